@@ -1,0 +1,66 @@
+"""zilla-muf: structured-matrix kernels for state space models and linear attention.
+
+State space models (S4, Mamba, Mamba-2) and linear attention compute the same
+object: a product with a structured (semiseparable, Toeplitz, Cauchy,
+Vandermonde) matrix, evaluated as the chunked recurrence
+``h_t = a_t * h_{t-1} + b_t``. zilla-muf provides those kernels for NumPy
+arrays, in compiled, multithreaded form.
+
+Modules
+-------
+scan
+    The recurrence, by sequential, chunked and associative algorithms.
+"""
+
+from . import scan
+from ._openmp_helpers import have_openmp
+from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "associative_scan",
+    "chunked_scan",
+    "have_openmp",
+    "linear_scan",
+    "openmp_info",
+    "scan",
+    "sequential_scan",
+]
+
+
+def openmp_info(workers=None):
+    """Report how the kernels parallelise on this build and machine.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Threads to ask a parallel kernel for, as the ``workers`` argument of
+        every function (None is 1, -1 all cores).
+
+    Returns
+    -------
+    info : dict
+        ``"openmp"``: whether the kernels were compiled with OpenMP;
+        ``"max_threads"``: the OpenMP runtime's default thread count;
+        ``"requested"``: the threads `workers` resolves to;
+        ``"threads_used"``: how many distinct threads a parallel loop run with
+        that request actually used (1 without OpenMP).
+
+    Examples
+    --------
+    >>> import zilla_muf
+    >>> info = zilla_muf.openmp_info(workers=1)
+    >>> info["threads_used"]
+    1
+    """
+    from ._openmp_helpers import max_threads, threads_used
+    from ._validation import resolve_workers
+
+    n = resolve_workers(workers)
+    return {
+        "openmp": have_openmp(),
+        "max_threads": max_threads(),
+        "requested": n,
+        "threads_used": threads_used(n),
+    }

@@ -1,0 +1,751 @@
+# cython: language_level=3
+"""Kernels of the linear recurrence h_t = a_t * h_{t-1} + b_t.
+
+Design
+------
+Every array reaches the kernels as a C-contiguous 3-D view
+``(outer, n, inner)``: the scan runs along the middle axis, ``outer`` collects
+the dimensions before it and ``inner`` those after it. Two layouts follow:
+
+* rows (``inner == 1``, the scan axis contiguous): each (row, time range) is a
+  *lane*, a dependent chain. Up to ``LANES`` lanes advance in lockstep so that
+  their independent multiply-adds overlap (instruction-level parallelism);
+  the lanes are different rows, or different chunks of one row.
+* columns (``inner > 1``, time-major): a *segment* is a block of contiguous
+  channels over a time range; each step is an elementwise vector operation
+  over the block, with all loads of a step before its stores (vectorisable).
+
+A scan in reverse walks the same memory with a negative step.
+
+Algorithms, each over lanes or segments:
+
+* sequential: one pass per chain.
+* chunked: (1) every chunk is scanned from zero in parallel, also forming the
+  product of its decays; (2) a carry pass runs over chunk boundaries, giving
+  the state entering each chunk; (3) every chunk but the first adds the
+  carried state times the running product of its decays (parallel).
+* associative: (1) every leaf block is reduced to its affine map
+  (A, B) = (prod a, scan from 0) in parallel; (2) a work-efficient Blelloch
+  tree (up-sweep, down-sweep) over the leaf maps of each sequence gives the
+  exclusive prefix, i.e. the state entering every leaf; (3) every leaf is
+  scanned from that state in parallel. The monoid is
+  (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2).
+
+All indices are Py_ssize_t. Scratch memory is O(number of chunks or leaves).
+"""
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
+
+from zilla_muf._types cimport scalar_t
+
+cdef enum:
+    LANES = 8
+
+
+# ---------------------------------------------------------------------------
+# Rows layout: K <= LANES independent chains in lockstep.
+# pa/pb/po[k] point at the first element of lane k in scan order; `step` is
+# +1 or -1. All lanes advance `m` steps.
+# ---------------------------------------------------------------------------
+
+cdef inline void lanes_scan(scalar_t **pa, scalar_t **pb, scalar_t **po,
+                            scalar_t *s, int K, Py_ssize_t m,
+                            Py_ssize_t step) noexcept nogil:
+    """s[k] <- scan of lane k from s[k]; every state is stored to po[k]."""
+    cdef Py_ssize_t i, off = 0
+    cdef int k
+    cdef scalar_t x[LANES]
+    cdef scalar_t x0
+    cdef scalar_t *a0
+    cdef scalar_t *b0
+    cdef scalar_t *o0
+    if K == 1:
+        x0 = s[0]
+        a0 = pa[0]
+        b0 = pb[0]
+        o0 = po[0]
+        for i in range(m):
+            x0 = a0[off] * x0 + b0[off]
+            o0[off] = x0
+            off = off + step
+        s[0] = x0
+        return
+    for k in range(LANES):
+        x[k] = s[k] if k < K else s[0]
+    if K == LANES:
+        for i in range(m):
+            for k in range(LANES):
+                x[k] = pa[k][off] * x[k] + pb[k][off]
+            for k in range(LANES):
+                po[k][off] = x[k]
+            off = off + step
+    else:
+        for i in range(m):
+            for k in range(K):
+                x[k] = pa[k][off] * x[k] + pb[k][off]
+                po[k][off] = x[k]
+            off = off + step
+    for k in range(K):
+        s[k] = x[k]
+
+
+cdef inline void lanes_scan_prod(scalar_t **pa, scalar_t **pb, scalar_t **po,
+                                 scalar_t *s, scalar_t *p, int K, Py_ssize_t m,
+                                 Py_ssize_t step) noexcept nogil:
+    """As lanes_scan, also p[k] <- p[k] * product of lane k's decays."""
+    cdef Py_ssize_t i, off = 0
+    cdef int k
+    cdef scalar_t x[LANES]
+    cdef scalar_t q[LANES]
+    cdef scalar_t av
+    for k in range(K):
+        x[k] = s[k]
+        q[k] = p[k]
+    if K == LANES:
+        for i in range(m):
+            for k in range(LANES):
+                av = pa[k][off]
+                x[k] = av * x[k] + pb[k][off]
+                q[k] = q[k] * av
+            for k in range(LANES):
+                po[k][off] = x[k]
+            off = off + step
+    else:
+        for i in range(m):
+            for k in range(K):
+                av = pa[k][off]
+                x[k] = av * x[k] + pb[k][off]
+                q[k] = q[k] * av
+                po[k][off] = x[k]
+            off = off + step
+    for k in range(K):
+        s[k] = x[k]
+        p[k] = q[k]
+
+
+cdef inline void lanes_reduce(scalar_t **pa, scalar_t **pb, scalar_t *s,
+                              scalar_t *p, int K, Py_ssize_t m,
+                              Py_ssize_t step) noexcept nogil:
+    """The affine map of each lane: s[k] <- scan from s[k], p[k] *= prod a."""
+    cdef Py_ssize_t i, off = 0
+    cdef int k
+    cdef scalar_t x[LANES]
+    cdef scalar_t q[LANES]
+    cdef scalar_t av
+    for k in range(K):
+        x[k] = s[k]
+        q[k] = p[k]
+    if K == LANES:
+        for i in range(m):
+            for k in range(LANES):
+                av = pa[k][off]
+                x[k] = av * x[k] + pb[k][off]
+                q[k] = q[k] * av
+            off = off + step
+    else:
+        for i in range(m):
+            for k in range(K):
+                av = pa[k][off]
+                x[k] = av * x[k] + pb[k][off]
+                q[k] = q[k] * av
+            off = off + step
+    for k in range(K):
+        s[k] = x[k]
+        p[k] = q[k]
+
+
+cdef inline void lanes_correct(scalar_t **pa, scalar_t **po, scalar_t *c,
+                               int K, Py_ssize_t m,
+                               Py_ssize_t step) noexcept nogil:
+    """Add a carried state: c_k <- a * c_k, po[k] += c_k, along each lane."""
+    cdef Py_ssize_t i, off = 0
+    cdef int k
+    cdef scalar_t x[LANES]
+    for k in range(K):
+        x[k] = c[k]
+    if K == LANES:
+        for i in range(m):
+            for k in range(LANES):
+                x[k] = pa[k][off] * x[k]
+            for k in range(LANES):
+                po[k][off] = po[k][off] + x[k]
+            off = off + step
+    else:
+        for i in range(m):
+            for k in range(K):
+                x[k] = pa[k][off] * x[k]
+                po[k][off] = po[k][off] + x[k]
+            off = off + step
+
+
+# ---------------------------------------------------------------------------
+# Columns layout: w contiguous channels, m steps `step` elements apart.
+# ---------------------------------------------------------------------------
+
+cdef inline void cols_scan(const scalar_t *a, const scalar_t *b, scalar_t *o,
+                           const scalar_t *init, Py_ssize_t w, Py_ssize_t m,
+                           Py_ssize_t step) noexcept nogil:
+    """o[i] = a[i] * o[i-1] + b[i] with o[-1] = init, elementwise over w."""
+    cdef Py_ssize_t i, c
+    cdef const scalar_t *ai
+    cdef const scalar_t *bi
+    cdef const scalar_t *prev = init
+    cdef scalar_t *oi
+    for i in range(m):
+        ai = a + i * step
+        bi = b + i * step
+        oi = o + i * step
+        for c in range(w):
+            oi[c] = ai[c] * prev[c] + bi[c]
+        prev = oi
+
+
+cdef inline void cols_scan_prod(const scalar_t *a, const scalar_t *b,
+                                scalar_t *o, const scalar_t *init,
+                                scalar_t *p, Py_ssize_t w, Py_ssize_t m,
+                                Py_ssize_t step) noexcept nogil:
+    """cols_scan, and p[c] = product of the m decays of channel c."""
+    cdef Py_ssize_t i, c
+    cdef const scalar_t *ai
+    cdef const scalar_t *bi
+    cdef const scalar_t *prev = init
+    cdef scalar_t *oi
+    for c in range(w):
+        p[c] = 1
+    for i in range(m):
+        ai = a + i * step
+        bi = b + i * step
+        oi = o + i * step
+        for c in range(w):
+            oi[c] = ai[c] * prev[c] + bi[c]
+            p[c] = p[c] * ai[c]
+        prev = oi
+
+
+cdef inline void cols_reduce(const scalar_t *a, const scalar_t *b,
+                             scalar_t *s, scalar_t *p, Py_ssize_t w,
+                             Py_ssize_t m, Py_ssize_t step) noexcept nogil:
+    """s[c] <- scan of channel c from s[c]; p[c] *= product of decays."""
+    cdef Py_ssize_t i, c
+    cdef scalar_t av
+    for i in range(m):
+        for c in range(w):
+            av = a[i * step + c]
+            s[c] = av * s[c] + b[i * step + c]
+            p[c] = p[c] * av
+
+
+cdef inline void cols_correct(const scalar_t *a, scalar_t *o, scalar_t *cs,
+                              Py_ssize_t w, Py_ssize_t m,
+                              Py_ssize_t step) noexcept nogil:
+    """cs[c] <- a * cs[c]; o += cs, step by step (cs is overwritten)."""
+    cdef Py_ssize_t i, c
+    for i in range(m):
+        for c in range(w):
+            cs[c] = a[i * step + c] * cs[c]
+            o[i * step + c] = o[i * step + c] + cs[c]
+
+
+# ---------------------------------------------------------------------------
+# Addressing helpers
+# ---------------------------------------------------------------------------
+
+cdef inline Py_ssize_t pos(Py_ssize_t t, Py_ssize_t n, bint reverse) noexcept nogil:
+    """Memory index along the scan axis of the t-th step in scan order."""
+    return n - 1 - t if reverse else t
+
+
+cdef inline Py_ssize_t imin(Py_ssize_t x, Py_ssize_t y) noexcept nogil:
+    return x if x < y else y
+
+
+# ---------------------------------------------------------------------------
+# Rows layout drivers. A row is split into `nseg` segments of `seglen` steps
+# (the last may be shorter); task = row * nseg + segment. One call of
+# rows_group handles the LANES consecutive tasks of group g, in lockstep.
+# Scratch S1/S2 are indexed by row * sstride + segment.
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    MODE_SCAN = 0       # scan from h0 / S1 (entering state), write O
+    MODE_SCAN_PROD = 1  # scan from h0 / 0, write O, S1 <- decay product
+    MODE_REDUCE = 2     # from h0 / 0: S1 <- decay product, S2 <- end state
+    MODE_CORRECT = 3    # segments > 0: O += S1 carried by the decays
+
+
+cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
+                     const scalar_t *H0, scalar_t *S1, scalar_t *S2,
+                     Py_ssize_t g, Py_ssize_t outer, Py_ssize_t n,
+                     Py_ssize_t nseg, Py_ssize_t seglen, Py_ssize_t sstride,
+                     bint reverse) noexcept nogil:
+    cdef scalar_t *pa[LANES]
+    cdef scalar_t *pb[LANES]
+    cdef scalar_t *po[LANES]
+    cdef scalar_t s[LANES]
+    cdef scalar_t q[LANES]
+    cdef Py_ssize_t mlen[LANES]
+    cdef Py_ssize_t sidx[LANES]
+    cdef Py_ssize_t task, r, c, t0, m, mmin = seglen, base, i
+    cdef Py_ssize_t step = -1 if reverse else 1
+    cdef int k, K = 0
+    cdef scalar_t x, av
+    for k in range(LANES):
+        task = g * LANES + k
+        if task >= outer * nseg:
+            break
+        r = task // nseg
+        c = task - r * nseg
+        if mode == MODE_CORRECT and c == 0:
+            continue
+        t0 = c * seglen
+        m = imin(seglen, n - t0)
+        base = r * n + pos(t0, n, reverse)
+        pa[K] = A + base
+        pb[K] = B + base
+        po[K] = O + base
+        sidx[K] = r * sstride + c
+        if mode == MODE_CORRECT or (mode == MODE_SCAN and c > 0):
+            s[K] = S1[sidx[K]]
+        elif c == 0:
+            s[K] = H0[r]
+        else:
+            s[K] = 0
+        q[K] = 1
+        mlen[K] = m
+        if m < mmin:
+            mmin = m
+        K = K + 1
+    if K == 0:
+        return
+    if mode == MODE_SCAN:
+        lanes_scan(pa, pb, po, s, K, mmin, step)
+    elif mode == MODE_SCAN_PROD:
+        lanes_scan_prod(pa, pb, po, s, q, K, mmin, step)
+    elif mode == MODE_REDUCE:
+        lanes_reduce(pa, pb, s, q, K, mmin, step)
+    else:
+        lanes_correct(pa, po, s, K, mmin, step)
+    # lanes longer than the shortest one (a row's last segment is shorter)
+    for k in range(K):
+        x = s[k]
+        if mode == MODE_CORRECT:
+            # lanes_correct leaves s untouched: re-run the carry to mmin
+            for i in range(mmin):
+                x = pa[k][i * step] * x
+        for i in range(mmin, mlen[k]):
+            av = pa[k][i * step]
+            if mode == MODE_CORRECT:
+                x = av * x
+                po[k][i * step] = po[k][i * step] + x
+            else:
+                x = av * x + pb[k][i * step]
+                q[k] = q[k] * av
+                if mode != MODE_REDUCE:
+                    po[k][i * step] = x
+        if mode == MODE_SCAN_PROD:
+            S1[sidx[k]] = q[k]
+        elif mode == MODE_REDUCE:
+            S1[sidx[k]] = q[k]
+            S2[sidx[k]] = x
+
+
+cdef inline void rows_pass(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
+                           const scalar_t *H0, scalar_t *S1, scalar_t *S2,
+                           Py_ssize_t outer, Py_ssize_t n, Py_ssize_t nseg,
+                           Py_ssize_t seglen, Py_ssize_t sstride, bint reverse,
+                           int nthreads) noexcept nogil:
+    """One parallel pass of rows_group over every lane group."""
+    cdef Py_ssize_t g, ngroup = (outer * nseg + LANES - 1) // LANES
+    if nthreads == 1:
+        for g in range(ngroup):
+            rows_group(mode, A, B, O, H0, S1, S2, g, outer, n, nseg, seglen,
+                       sstride, reverse)
+    else:
+        for g in prange(ngroup, num_threads=nthreads, schedule='static'):
+            rows_group(mode, A, B, O, H0, S1, S2, g, outer, n, nseg, seglen,
+                       sstride, reverse)
+
+
+# ---------------------------------------------------------------------------
+# Sequential
+# ---------------------------------------------------------------------------
+
+def sequential(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
+               const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
+               bint reverse):
+    """One pass per channel; single-threaded."""
+    cdef Py_ssize_t outer = out.shape[0], n = out.shape[1], inner = out.shape[2]
+    cdef Py_ssize_t o, j, step
+    cdef scalar_t *A
+    cdef scalar_t *B
+    cdef scalar_t *O
+    if outer == 0 or n == 0 or inner == 0:
+        return
+    A = <scalar_t *> &a[0, 0, 0]
+    B = <scalar_t *> &b[0, 0, 0]
+    O = &out[0, 0, 0]
+    with nogil:
+        if inner == 1:
+            rows_pass(MODE_SCAN, A, B, O, &h0[0, 0], NULL, NULL, outer, n, 1,
+                      n, 1, reverse, 1)
+        else:
+            step = -inner if reverse else inner
+            for o in range(outer):
+                j = (o * n + pos(0, n, reverse)) * inner
+                cols_scan(A + j, B + j, O + j, &h0[o, 0], inner, n, step)
+
+
+# ---------------------------------------------------------------------------
+# Chunked
+# ---------------------------------------------------------------------------
+
+cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
+                      const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
+                      bint reverse, Py_ssize_t cs, int nthreads) noexcept nogil:
+    cdef Py_ssize_t nch = (n + cs - 1) // cs
+    cdef Py_ssize_t r, c, t0, m
+    cdef scalar_t *P
+    cdef scalar_t st, nxt
+
+    if nch == 1:
+        rows_pass(MODE_SCAN, A, B, O, H0, NULL, NULL, outer, n, 1, n, 1,
+                  reverse, nthreads)
+        return 0
+    P = <scalar_t *> malloc(outer * nch * sizeof(scalar_t))
+    if P == NULL:
+        return -1
+    # (1) every chunk from zero (chunk 0 from h0), with its decay product
+    rows_pass(MODE_SCAN_PROD, A, B, O, H0, P, NULL, outer, n, nch, cs, nch,
+              reverse, nthreads)
+    # (2) carry pass: P[r, c] <- state entering chunk c
+    for r in prange(outer, num_threads=nthreads, schedule='static'):
+        st = O[r * n + pos(cs - 1, n, reverse)]
+        for c in range(1, nch):
+            t0 = c * cs
+            m = imin(cs, n - t0)
+            nxt = P[r * nch + c] * st + O[r * n + pos(t0 + m - 1, n, reverse)]
+            P[r * nch + c] = st
+            st = nxt
+    # (3) chunks 1.. add the carried state
+    rows_pass(MODE_CORRECT, A, B, O, H0, P, NULL, outer, n, nch, cs, nch,
+              reverse, nthreads)
+    free(P)
+    return 0
+
+
+cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
+                      const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
+                      Py_ssize_t inner, bint reverse, Py_ssize_t cs,
+                      Py_ssize_t cw, int nthreads) noexcept nogil:
+    """Columns layout; segments are (row, channel block of cw, time chunk)."""
+    cdef Py_ssize_t nch = (n + cs - 1) // cs
+    cdef Py_ssize_t nblk = (inner + cw - 1) // cw
+    cdef Py_ssize_t nlane = outer * nblk
+    cdef Py_ssize_t ntask = nlane * nch
+    cdef Py_ssize_t task, lane, r, blk, c, c0, w, t0, m, i, j
+    cdef Py_ssize_t step = -inner if reverse else inner
+    cdef scalar_t *P
+    cdef scalar_t *prod_c
+    cdef scalar_t *carry
+    cdef scalar_t *endv
+    cdef scalar_t nxt
+    cdef scalar_t *zeros = NULL
+
+    # P holds, per (lane, chunk), cw values: decay products, then carries.
+    P = <scalar_t *> malloc(ntask * cw * sizeof(scalar_t))
+    zeros = <scalar_t *> malloc(cw * sizeof(scalar_t))
+    if P == NULL or zeros == NULL:
+        free(P)
+        free(zeros)
+        return -1
+    for j in range(cw):
+        zeros[j] = 0
+
+    # (1) local scans (chunk 0 from h0)
+    for task in prange(ntask, num_threads=nthreads,
+                       schedule='static'):
+        lane = task // nch
+        c = task - lane * nch
+        r = lane // nblk
+        blk = lane - r * nblk
+        c0 = blk * cw
+        w = imin(cw, inner - c0)
+        t0 = c * cs
+        m = imin(cs, n - t0)
+        j = (r * n + pos(t0, n, reverse)) * inner + c0
+        if c == 0:
+            cols_scan(A + j, B + j, O + j, H0 + r * inner + c0, w, m, step)
+        else:
+            cols_scan_prod(A + j, B + j, O + j, zeros, P + task * cw, w, m,
+                           step)
+
+    # (2) carry pass per lane: P[lane, c] <- state entering chunk c
+    for lane in prange(nlane, num_threads=nthreads,
+                       schedule='static'):
+        r = lane // nblk
+        blk = lane - r * nblk
+        c0 = blk * cw
+        w = imin(cw, inner - c0)
+        # running state lives in P[lane, 0] (unused by chunk 0)
+        carry = P + (lane * nch) * cw
+        endv = O + (r * n + pos(imin(cs, n) - 1, n, reverse)) * inner + c0
+        for j in range(w):
+            carry[j] = endv[j]
+        for c in range(1, nch):
+            t0 = c * cs
+            m = imin(cs, n - t0)
+            prod_c = P + (lane * nch + c) * cw
+            endv = O + (r * n + pos(t0 + m - 1, n, reverse)) * inner + c0
+            for j in range(w):
+                nxt = prod_c[j] * carry[j] + endv[j]
+                prod_c[j] = carry[j]
+                carry[j] = nxt
+
+    # (3) corrections
+    for task in prange(ntask, num_threads=nthreads,
+                       schedule='static'):
+        lane = task // nch
+        c = task - lane * nch
+        if c > 0:
+            r = lane // nblk
+            blk = lane - r * nblk
+            c0 = blk * cw
+            w = imin(cw, inner - c0)
+            t0 = c * cs
+            m = imin(cs, n - t0)
+            j = (r * n + pos(t0, n, reverse)) * inner + c0
+            cols_correct(A + j, O + j, P + task * cw, w, m, step)
+    free(P)
+    free(zeros)
+    return 0
+
+
+def chunked(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
+            const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
+            bint reverse, Py_ssize_t chunk_size, Py_ssize_t block_width,
+            int num_threads):
+    """Chunked scan; `block_width` is the channel block of the columns layout."""
+    cdef Py_ssize_t outer = out.shape[0], n = out.shape[1], inner = out.shape[2]
+    cdef int status = 0
+    cdef scalar_t *A
+    cdef scalar_t *B
+    cdef scalar_t *O
+    if chunk_size < 1 or block_width < 1 or num_threads < 1:
+        raise ValueError("chunk_size, block_width and num_threads must be >= 1")
+    if outer == 0 or n == 0 or inner == 0:
+        return
+    A = <scalar_t *> &a[0, 0, 0]
+    B = <scalar_t *> &b[0, 0, 0]
+    O = &out[0, 0, 0]
+    with nogil:
+        if inner == 1:
+            status = rows_chunked(A, B, O, &h0[0, 0], outer, n, reverse,
+                                  imin(chunk_size, n), num_threads)
+        else:
+            status = cols_chunked(A, B, O, &h0[0, 0], outer, n, inner, reverse,
+                                  imin(chunk_size, n), imin(block_width, inner),
+                                  num_threads)
+    if status != 0:
+        raise MemoryError("could not allocate the scan's scratch memory")
+
+
+# ---------------------------------------------------------------------------
+# Associative (Blelloch tree over leaf blocks)
+# ---------------------------------------------------------------------------
+
+cdef inline void tree_exclusive(scalar_t *TA, scalar_t *TB, Py_ssize_t p2,
+                                Py_ssize_t w, int nthreads) noexcept nogil:
+    """Exclusive prefix of the affine maps (TA[i], TB[i]), i < p2, in place.
+
+    Each node holds `w` independent maps (channels), stored contiguously at
+    [i * w, (i + 1) * w). p2 is a power of two; unused leaves hold (1, 0).
+    Up-sweep then down-sweep (Blelloch): O(p2) combines, 2 log2(p2) levels,
+    the nodes of a level combined in parallel when there are many.
+    """
+    cdef Py_ssize_t d, nnode, idx, i, l, j
+    cdef int nt
+    cdef scalar_t la, lb, ra, rb
+    # up-sweep: X[i] = X[i - d] o X[i]
+    d = 1
+    while d < p2:
+        nnode = p2 // (2 * d)
+        nt = nthreads if nnode * w >= 8192 else 1
+        for idx in prange(nnode, num_threads=nt, schedule='static'):
+            i = (2 * idx + 2) * d - 1
+            l = i - d
+            for j in range(w):
+                # (la, lb) o (ra, rb) = (la ra, ra lb + rb)
+                ra = TA[i * w + j]
+                TB[i * w + j] = ra * TB[l * w + j] + TB[i * w + j]
+                TA[i * w + j] = TA[l * w + j] * ra
+        d = 2 * d
+    for j in range(w):
+        TA[(p2 - 1) * w + j] = 1
+        TB[(p2 - 1) * w + j] = 0
+    # down-sweep: X[i - d] <- X[i]; X[i] <- X[i] o old X[i - d]
+    d = p2 // 2
+    while d >= 1:
+        nnode = p2 // (2 * d)
+        nt = nthreads if nnode * w >= 8192 else 1
+        for idx in prange(nnode, num_threads=nt, schedule='static'):
+            i = (2 * idx + 2) * d - 1
+            l = i - d
+            for j in range(w):
+                la = TA[l * w + j]
+                lb = TB[l * w + j]
+                ra = TA[i * w + j]
+                rb = TB[i * w + j]
+                TA[l * w + j] = ra
+                TB[l * w + j] = rb
+                TA[i * w + j] = ra * la
+                TB[i * w + j] = la * rb + lb
+        d = d // 2
+
+
+cdef inline Py_ssize_t next_pow2(Py_ssize_t x) noexcept nogil:
+    cdef Py_ssize_t p = 1
+    while p < x:
+        p = 2 * p
+    return p
+
+
+cdef int rows_associative(scalar_t *A, scalar_t *B, scalar_t *O,
+                          const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
+                          bint reverse, Py_ssize_t leaf,
+                          int nthreads) noexcept nogil:
+    cdef Py_ssize_t nleaf = (n + leaf - 1) // leaf
+    cdef Py_ssize_t p2 = next_pow2(nleaf)
+    cdef Py_ssize_t r, i
+    cdef scalar_t *TA
+    cdef scalar_t *TB
+
+    TA = <scalar_t *> malloc(outer * p2 * sizeof(scalar_t))
+    TB = <scalar_t *> malloc(outer * p2 * sizeof(scalar_t))
+    if TA == NULL or TB == NULL:
+        free(TA)
+        free(TB)
+        return -1
+    # (1) leaf maps; the first leaf of a row starts from h0
+    rows_pass(MODE_REDUCE, A, B, O, H0, TA, TB, outer, n, nleaf, leaf, p2,
+              reverse, nthreads)
+    for r in range(outer):
+        for i in range(nleaf, p2):
+            TA[r * p2 + i] = 1
+            TB[r * p2 + i] = 0
+    # (2) tree per row over its leaves: TB[r, c] <- state entering leaf c
+    if outer >= nthreads:
+        for r in prange(outer, num_threads=nthreads, schedule='static'):
+            tree_exclusive(TA + r * p2, TB + r * p2, p2, 1, 1)
+    else:
+        for r in range(outer):
+            tree_exclusive(TA + r * p2, TB + r * p2, p2, 1, nthreads)
+    # (3) every leaf from its entering state (h0 for the first)
+    rows_pass(MODE_SCAN, A, B, O, H0, TB, NULL, outer, n, nleaf, leaf, p2,
+              reverse, nthreads)
+    free(TA)
+    free(TB)
+    return 0
+
+
+cdef int cols_associative(scalar_t *A, scalar_t *B, scalar_t *O,
+                          const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
+                          Py_ssize_t inner, bint reverse, Py_ssize_t leaf,
+                          Py_ssize_t cw, int nthreads) noexcept nogil:
+    cdef Py_ssize_t nleaf = (n + leaf - 1) // leaf
+    cdef Py_ssize_t p2 = next_pow2(nleaf)
+    cdef Py_ssize_t nblk = (inner + cw - 1) // cw
+    cdef Py_ssize_t nlane = outer * nblk
+    cdef Py_ssize_t ntask = nlane * nleaf
+    cdef Py_ssize_t task, lane, r, blk, c, c0, w, t0, m, i, j, tb
+    cdef Py_ssize_t step = -inner if reverse else inner
+    cdef scalar_t *TA
+    cdef scalar_t *TB
+
+    TA = <scalar_t *> malloc(nlane * p2 * cw * sizeof(scalar_t))
+    TB = <scalar_t *> malloc(nlane * p2 * cw * sizeof(scalar_t))
+    if TA == NULL or TB == NULL:
+        free(TA)
+        free(TB)
+        return -1
+
+    # (1) leaf maps; node (lane, c) at TA[(lane * p2 + c) * cw]
+    for task in prange(nlane * p2, num_threads=nthreads,
+                       schedule='static'):
+        lane = task // p2
+        c = task - lane * p2
+        r = lane // nblk
+        blk = lane - r * nblk
+        c0 = blk * cw
+        w = imin(cw, inner - c0)
+        tb = task * cw
+        for j in range(cw):
+            TA[tb + j] = 1
+            TB[tb + j] = 0
+        if c < nleaf:
+            if c == 0:
+                for j in range(w):
+                    TB[tb + j] = H0[r * inner + c0 + j]
+            t0 = c * leaf
+            m = imin(leaf, n - t0)
+            i = (r * n + pos(t0, n, reverse)) * inner + c0
+            cols_reduce(A + i, B + i, TB + tb, TA + tb, w, m, step)
+
+    # (2) tree per lane, vectorised over the block's channels
+    if nlane >= nthreads:
+        for lane in prange(nlane, num_threads=nthreads,
+                           schedule='static'):
+            tree_exclusive(TA + lane * p2 * cw, TB + lane * p2 * cw, p2, cw, 1)
+    else:
+        for lane in range(nlane):
+            tree_exclusive(TA + lane * p2 * cw, TB + lane * p2 * cw, p2, cw,
+                           nthreads)
+
+    # (3) every leaf from its entering state
+    for task in prange(ntask, num_threads=nthreads,
+                       schedule='static'):
+        lane = task // nleaf
+        c = task - lane * nleaf
+        r = lane // nblk
+        blk = lane - r * nblk
+        c0 = blk * cw
+        w = imin(cw, inner - c0)
+        t0 = c * leaf
+        m = imin(leaf, n - t0)
+        i = (r * n + pos(t0, n, reverse)) * inner + c0
+        if c == 0:
+            cols_scan(A + i, B + i, O + i, H0 + r * inner + c0, w, m, step)
+        else:
+            cols_scan(A + i, B + i, O + i, TB + (lane * p2 + c) * cw, w, m,
+                      step)
+    free(TA)
+    free(TB)
+    return 0
+
+
+def associative(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
+                const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
+                bint reverse, Py_ssize_t leaf_size, Py_ssize_t block_width,
+                int num_threads):
+    """Tree scan over leaf blocks of `leaf_size` steps."""
+    cdef Py_ssize_t outer = out.shape[0], n = out.shape[1], inner = out.shape[2]
+    cdef int status = 0
+    cdef scalar_t *A
+    cdef scalar_t *B
+    cdef scalar_t *O
+    if leaf_size < 1 or block_width < 1 or num_threads < 1:
+        raise ValueError("leaf_size, block_width and num_threads must be >= 1")
+    if outer == 0 or n == 0 or inner == 0:
+        return
+    A = <scalar_t *> &a[0, 0, 0]
+    B = <scalar_t *> &b[0, 0, 0]
+    O = &out[0, 0, 0]
+    with nogil:
+        if inner == 1:
+            status = rows_associative(A, B, O, &h0[0, 0], outer, n, reverse,
+                                      imin(leaf_size, n), num_threads)
+        else:
+            status = cols_associative(A, B, O, &h0[0, 0], outer, n, inner,
+                                      reverse, imin(leaf_size, n),
+                                      imin(block_width, inner), num_threads)
+    if status != 0:
+        raise MemoryError("could not allocate the scan's scratch memory")

@@ -1,0 +1,185 @@
+"""Argument handling shared by every public function.
+
+One helper per concern, so that every wrapper resolves dtypes, normalises
+axes, counts threads and checks shapes the same way and with the same words:
+
+- :func:`result_dtype` -- the computation dtype of several named arrays;
+- :func:`as_array` -- an argument as an ndarray of a checked kind;
+- :func:`normalize_axis` -- an ``axis`` argument, never wrapped silently;
+- :func:`resolve_workers` -- the ``workers`` argument, as in ``scipy.fft``;
+- :func:`positive_int` -- integer options such as ``chunk_size``;
+- :func:`broadcast_shapes` -- broadcasting with the offending names;
+- :func:`check_shape` -- an exact expected shape.
+"""
+
+import operator
+import os
+
+import numpy as np
+
+__all__ = [
+    "as_array",
+    "broadcast_shapes",
+    "check_shape",
+    "normalize_axis",
+    "positive_int",
+    "resolve_workers",
+    "result_dtype",
+]
+
+_REAL = (np.dtype(np.float32), np.dtype(np.float64))
+_COMPLEX = (np.dtype(np.complex64), np.dtype(np.complex128))
+
+
+def as_array(x, name):
+    """Return `x` as an ndarray, rejecting kinds no kernel computes with.
+
+    Integers and bools are accepted (they promote to float64 later); object,
+    string, bytes, datetime, timedelta and void arrays raise ``TypeError``.
+    """
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"`{name}` must be array_like of numbers: {exc}") from None
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(
+            f"`{name}` must have a numeric dtype, got dtype {arr.dtype}"
+        )
+    return arr
+
+
+def _kernel_dtype(dt):
+    """The dtype a kernel computes in for an input of dtype `dt`."""
+    if dt.kind in "bui":
+        return np.dtype(np.float64)
+    if dt.kind == "f":
+        if dt.itemsize <= 4:
+            return np.dtype(np.float32)
+        return np.dtype(np.float64)
+    # complex
+    if dt.itemsize <= 8:
+        return np.dtype(np.complex64)
+    return np.dtype(np.complex128)
+
+
+def result_dtype(*, allow_complex=True, **arrays):
+    """The dtype the computation runs in for the named arrays.
+
+    Follows the package convention: ``np.result_type`` of the inputs, with
+    integers and bools promoted to float64, float16 to float32 and long
+    double to float64. ``None`` values are ignored.
+
+    Parameters
+    ----------
+    allow_complex : bool
+        When False, a complex input raises ``TypeError`` naming it.
+    **arrays
+        The arguments, by their public names, as ndarrays (see
+        :func:`as_array`) or None.
+    """
+    kinds = []
+    for name, arr in arrays.items():
+        if arr is None:
+            continue
+        if arr.dtype.kind not in "biufc":
+            raise TypeError(
+                f"`{name}` must have a numeric dtype, got dtype {arr.dtype}"
+            )
+        if arr.dtype.kind == "c" and not allow_complex:
+            raise TypeError(
+                f"`{name}` must be real (float32 or float64), got dtype {arr.dtype}"
+            )
+        kinds.append(_kernel_dtype(arr.dtype))
+    if not kinds:
+        return np.dtype(np.float64)
+    return _kernel_dtype(np.result_type(*kinds))
+
+
+def normalize_axis(axis, ndim, name="axis"):
+    """Return `axis` as an index in ``range(ndim)``.
+
+    Negative values count from the end; anything outside ``[-ndim, ndim)``
+    raises ``ValueError`` (it is never wrapped modulo `ndim`).
+    """
+    try:
+        ax = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"`{name}` must be an integer, got {axis!r}") from None
+    if not -ndim <= ax < ndim:
+        raise ValueError(
+            f"`{name}` must be in the range [{-ndim}, {ndim}) for an input "
+            f"of {ndim} dimension(s), got {ax}"
+        )
+    return ax % ndim
+
+
+def resolve_workers(workers, name="workers"):
+    """Return the number of threads a kernel should use.
+
+    ``None`` means 1; a positive integer is taken as is; ``-1`` means all
+    cores and other negatives count back from there as in ``scipy.fft``
+    (``-2`` is all cores but one). ``0`` and values below ``-cpu_count``
+    raise ``ValueError``.
+    """
+    if workers is None:
+        return 1
+    if isinstance(workers, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be an integer or None, got {workers!r}")
+    try:
+        w = operator.index(workers)
+    except TypeError:
+        raise TypeError(f"`{name}` must be an integer or None, got {workers!r}") from None
+    if w > 0:
+        return w
+    ncpu = os.cpu_count() or 1
+    if w == 0:
+        raise ValueError(f"`{name}` must not be 0, got 0")
+    n = ncpu + 1 + w
+    if n < 1:
+        raise ValueError(
+            f"`{name}` = {w} asks for {n} threads on a machine with {ncpu} "
+            f"cores; use a value in [-{ncpu}, -1] or a positive integer"
+        )
+    return n
+
+
+def positive_int(value, name, allow_none=False):
+    """Return `value` as a positive Python int, or None when allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}") from None
+    if v < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {v}")
+    return v
+
+
+def broadcast_shapes(**shapes):
+    """Broadcast the named shapes; on failure name every argument involved."""
+    try:
+        return np.broadcast_shapes(*shapes.values())
+    except ValueError:
+        desc = ", ".join(f"`{k}` {tuple(v)}" for k, v in shapes.items())
+        raise ValueError(
+            f"shapes do not broadcast together: {desc}"
+        ) from None
+
+
+def check_shape(arr, expected, name):
+    """Raise ``ValueError`` unless ``arr.shape == expected``.
+
+    `expected` may contain ``None`` for a dimension of any length.
+    """
+    shape = arr.shape
+    ok = len(shape) == len(expected) and all(
+        e is None or e == s for e, s in zip(expected, shape)
+    )
+    if not ok:
+        exp = "(" + ", ".join("any" if e is None else str(e) for e in expected)
+        exp += ",)" if len(expected) == 1 else ")"
+        raise ValueError(f"`{name}` must have shape {exp}, got {shape}")
+    return arr

@@ -1,0 +1,472 @@
+"""The linear recurrence h_t = a_t * h_{t-1} + b_t.
+
+Every state space model and every linear-attention layer evaluates this
+first-order recurrence along its sequence axis. This module computes it by
+three algorithms that give the same result to rounding:
+
+- :func:`~zilla_muf.sequential_scan` -- one pass along the axis (the reference);
+- :func:`~zilla_muf.chunked_scan` -- the blocked algorithm of Mamba-2's SSD: local scans
+  per chunk, a carry pass over the chunk boundaries, a correction; parallel;
+- :func:`~zilla_muf.associative_scan` -- a work-efficient (Blelloch) tree scan of the
+  affine monoid, parallel;
+
+and :func:`~zilla_muf.linear_scan`, which dispatches to the fastest for the shape.
+"""
+
+import numpy as np
+
+from . import _scan
+from ._validation import (
+    as_array,
+    broadcast_shapes,
+    normalize_axis,
+    positive_int,
+    resolve_workers,
+    result_dtype,
+)
+
+__all__ = ["associative_scan", "chunked_scan", "linear_scan", "sequential_scan"]
+
+_METHODS = ("auto", "sequential", "chunked", "associative")
+
+# Rows layout (scan axis contiguous): chains advance 8 at a time in lockstep,
+# so a thread wants at least 8 of them.
+_LANES = 8
+# Columns layout (time-major): channel block width of one task.
+_MIN_BLOCK = 64
+# Smallest chunk (steps) worth a carry and a correction.
+_MIN_CHUNK = 256
+# Leaf block of the associative scan, in elements per channel block.
+_LEAF_ELEMS = 1 << 14
+
+
+class _Problem:
+    """A scan's arguments, checked and laid out as (outer, n, inner)."""
+
+    __slots__ = ("a", "b", "h0", "shape", "axis", "dtype", "outer", "n", "inner")
+
+    def __init__(self, a, b, h0, axis):
+        a = as_array(a, "a")
+        b = as_array(b, "b")
+        h0 = None if h0 is None else as_array(h0, "h0")
+        self.dtype = result_dtype(a=a, b=b, h0=h0)
+        shape = broadcast_shapes(a=a.shape, b=b.shape)
+        if len(shape) == 0:
+            raise ValueError(
+                "`a` and `b` must have at least one dimension (the scan "
+                "axis), got shapes () and ()"
+            )
+        ax = normalize_axis(axis, len(shape))
+        self.shape = shape
+        self.axis = ax
+        self.n = shape[ax]
+        self.outer = int(np.prod(shape[:ax], dtype=np.int64))
+        self.inner = int(np.prod(shape[ax + 1:], dtype=np.int64))
+        state_shape = shape[:ax] + shape[ax + 1:]
+        if h0 is None:
+            h0 = np.zeros(state_shape, dtype=self.dtype)
+        else:
+            try:
+                h0 = np.broadcast_to(h0, state_shape)
+            except ValueError:
+                raise ValueError(
+                    f"`h0` must broadcast to the result shape without the scan "
+                    f"axis, {state_shape}, got shape {h0.shape}"
+                ) from None
+        self.h0 = np.ascontiguousarray(h0, dtype=self.dtype).reshape(
+            self.outer, self.inner
+        )
+        self.a = self._layout(a)
+        self.b = self._layout(b)
+
+    def _layout(self, x):
+        x = np.broadcast_to(x, self.shape)
+        return np.ascontiguousarray(x, dtype=self.dtype).reshape(
+            self.outer, self.n, self.inner
+        )
+
+    def run(self, kernel, reverse, return_final, *args):
+        out = np.empty((self.outer, self.n, self.inner), dtype=self.dtype)
+        kernel(self.a, self.b, self.h0, out, bool(reverse), *args)
+        h = out.reshape(self.shape)
+        if not return_final:
+            return h
+        state_shape = self.shape[: self.axis] + self.shape[self.axis + 1:]
+        if self.n == 0:
+            final = self.h0.reshape(state_shape).copy()
+        else:
+            last = 0 if reverse else self.n - 1
+            final = out[:, last, :].reshape(state_shape).copy()
+        return h, final
+
+    @property
+    def channels(self):
+        return self.outer * self.inner
+
+
+def _block_width(p, nthreads):
+    """Channel block of one task in the columns layout."""
+    if p.inner == 1:
+        return 1
+    tasks_wanted = 4 * nthreads
+    per_row = max(1, -(-tasks_wanted // max(p.outer, 1)))
+    w = -(-p.inner // per_row)
+    w = max(_MIN_BLOCK, -(-w // 16) * 16)
+    return min(w, p.inner)
+
+
+def _auto_chunk(p, nthreads):
+    """Default chunk length: the whole axis when channels give parallelism."""
+    if p.inner == 1:
+        parallel_units = p.outer // _LANES
+    else:
+        parallel_units = p.outer * (-(-p.inner // _block_width(p, nthreads)))
+    if nthreads == 1 or parallel_units >= 2 * nthreads or p.n <= 2 * _MIN_CHUNK:
+        if p.inner == 1 and p.outer < _LANES and p.n >= 8 * _MIN_CHUNK:
+            # one or a few long rows: chunks give lanes to run in lockstep
+            return max(_MIN_CHUNK, -(-p.n // (_LANES * nthreads)))
+        return max(p.n, 1)
+    if p.inner == 1:
+        pieces = _LANES * nthreads
+    else:
+        pieces = 4 * nthreads
+    return max(_MIN_CHUNK, -(-p.n // pieces))
+
+
+def _auto_leaf(p, nthreads):
+    """Leaf block length of the associative scan."""
+    if p.inner == 1:
+        return max(64, min(_LEAF_ELEMS, -(-p.n // (_LANES * nthreads))))
+    w = _block_width(p, nthreads)
+    return max(16, min(_LEAF_ELEMS // w, -(-p.n // (4 * nthreads))))
+
+
+def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False):
+    r"""Scan :math:`h_t = a_t h_{t-1} + b_t` in one pass along `axis`.
+
+    Parameters
+    ----------
+    a : array_like
+        Decays :math:`a_t`, float32, float64, complex64 or complex128 (integers
+        and bools are promoted to float64). Broadcast against `b`.
+    b : array_like
+        Inputs :math:`b_t`. Broadcast against `a`.
+    h0 : array_like, optional
+        The state before the first step, broadcastable to the result shape
+        with `axis` removed. Default 0.
+    axis : int, optional
+        The time axis. Default -1.
+    reverse : bool, optional
+        Run from the last element to the first:
+        :math:`h_t = a_t h_{t+1} + b_t`, :math:`h_n = h_0` (the adjoint scan).
+    return_final : bool, optional
+        Also return the last state computed.
+
+    Returns
+    -------
+    h : ndarray
+        The states, of the broadcast shape of `a` and `b` and dtype
+        ``np.result_type`` of the inputs; ``h[..., t]`` (along `axis`) is the
+        state after step t.
+    h_final : ndarray
+        Only with ``return_final=True``: the last state computed, the shape of
+        `h` without `axis` (`h0` when the axis has length 0).
+
+    Raises
+    ------
+    TypeError
+        If an input is not numeric (object, str, datetime, ...).
+    ValueError
+        If `a`, `b` and `h0` do not broadcast, or `axis` is out of range.
+
+    See Also
+    --------
+    chunked_scan, associative_scan : parallel algorithms, same result.
+    linear_scan : picks the fastest algorithm.
+    scipy.signal.lfilter : the constant-decay case, ``lfilter([1], [1, -a], b)``.
+
+    Notes
+    -----
+    The recurrence, for :math:`t = 0, \dots, n-1`,
+
+    .. math::
+
+        h_t = a_t \, h_{t-1} + b_t, \qquad h_{-1} = h_0 ,
+
+    is evaluated left to right in the input dtype, one dependent step per
+    element. It is the reference the other algorithms are tested against.
+    Each channel's chain is independent; eight chains run interleaved so that
+    their latencies overlap, which does not change any result.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import sequential_scan
+    >>> sequential_scan([0.5, 0.5, 0.5], [1.0, 1.0, 1.0])
+    array([1.  , 1.5 , 1.75])
+    >>> h, last = sequential_scan([0.5, 0.5], [1.0, 1.0], h0=2.0, return_final=True)
+    >>> h, last
+    (array([2. , 2. ]), array(2.))
+
+    The time axis can be any axis; here the steps run down the rows:
+
+    >>> sequential_scan(np.full((3, 2), 0.5), np.ones((3, 2)), axis=0)
+    array([[1.  , 1.  ],
+           [1.5 , 1.5 ],
+           [1.75, 1.75]])
+    """
+    p = _Problem(a, b, h0, axis)
+    return p.run(_scan.sequential, reverse, return_final)
+
+
+def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
+                 return_final=False, workers=None):
+    r"""Scan :math:`h_t = a_t h_{t-1} + b_t` by chunks, in parallel.
+
+    The blocked algorithm of Mamba-2's state space duality: each chunk is
+    scanned from zero independently, a carry pass over the chunk boundaries
+    gives the state entering each chunk, and a correction adds it, carried by
+    the chunk's decays.
+
+    Parameters
+    ----------
+    a : array_like
+        Decays :math:`a_t`, float32, float64, complex64 or complex128.
+        Broadcast against `b`.
+    b : array_like
+        Inputs :math:`b_t`. Broadcast against `a`.
+    h0 : array_like, optional
+        The state before the first step, broadcastable to the result shape
+        with `axis` removed. Default 0.
+    chunk_size : int, optional
+        Steps per chunk. The default uses the whole axis (no carry pass) when
+        the channels alone give every thread enough independent work, and
+        otherwise splits the axis into a few chunks per thread.
+    axis : int, optional
+        The time axis. Default -1.
+    reverse : bool, optional
+        Run from the last element to the first (see :func:`sequential_scan`).
+    return_final : bool, optional
+        Also return the last state computed.
+    workers : int, optional
+        Threads to use: None is 1, -1 all cores, negative values count back
+        from all cores as in :mod:`scipy.fft`.
+
+    Returns
+    -------
+    h : ndarray
+        The states, of the broadcast shape and result dtype.
+    h_final : ndarray
+        Only with ``return_final=True``: the last state computed.
+
+    Raises
+    ------
+    TypeError
+        If an input is not numeric.
+    ValueError
+        If the shapes do not broadcast, `axis` is out of range, `chunk_size`
+        is not a positive integer or `workers` is 0.
+
+    See Also
+    --------
+    sequential_scan, associative_scan, linear_scan
+
+    Notes
+    -----
+    With chunks :math:`[s_k, e_k)`, the local scans give
+    :math:`\tilde h_t` (from 0, or from :math:`h_0` in the first chunk) and
+    the decay products :math:`P_k = \prod_{t \in k} a_t`. The carry pass
+    computes the state entering each chunk,
+    :math:`c_{k+1} = P_k c_k + \tilde h_{e_k - 1}`, and the correction adds
+    :math:`\left(\prod_{u=s_k}^{t} a_u\right) c_k` to :math:`\tilde h_t`.
+    Work is about twice that of the sequential scan, but the chunks run in
+    parallel and, within a thread, eight chunks advance in lockstep.
+
+    Rounding differs from :func:`sequential_scan` only in the order of the
+    operations; for :math:`|a_t| \le 1` the error is of the same size.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import chunked_scan, sequential_scan
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.uniform(0.9, 1.0, size=(4, 10_000))
+    >>> b = rng.standard_normal((4, 10_000))
+    >>> h = chunked_scan(a, b, chunk_size=1000, workers=2)
+    >>> bool(np.allclose(h, sequential_scan(a, b)))
+    True
+    """
+    chunk_size = positive_int(chunk_size, "chunk_size", allow_none=True)
+    nthreads = resolve_workers(workers)
+    p = _Problem(a, b, h0, axis)
+    cs = _auto_chunk(p, nthreads) if chunk_size is None else chunk_size
+    return p.run(_scan.chunked, reverse, return_final, cs,
+                 _block_width(p, nthreads), nthreads)
+
+
+def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
+                     return_final=False, workers=None):
+    r"""Scan :math:`h_t = a_t h_{t-1} + b_t` as a parallel prefix (tree) scan.
+
+    The recurrence is the prefix product of the affine maps
+    :math:`x \mapsto a_t x + b_t` under the associative operation
+    :math:`(a_1, b_1) \circ (a_2, b_2) = (a_1 a_2,\ a_2 b_1 + b_2)`,
+    evaluated by a work-efficient (Blelloch) tree scan.
+
+    Parameters
+    ----------
+    a : array_like
+        Decays :math:`a_t`, float32, float64, complex64 or complex128.
+        Broadcast against `b`.
+    b : array_like
+        Inputs :math:`b_t`. Broadcast against `a`.
+    h0 : array_like, optional
+        The state before the first step, broadcastable to the result shape
+        with `axis` removed. Default 0.
+    axis : int, optional
+        The time axis. Default -1.
+    reverse : bool, optional
+        Run from the last element to the first (see :func:`sequential_scan`).
+    return_final : bool, optional
+        Also return the last state computed.
+    workers : int, optional
+        Threads to use: None is 1, -1 all cores, negative values count back
+        from all cores as in :mod:`scipy.fft`.
+
+    Returns
+    -------
+    h : ndarray
+        The states, of the broadcast shape and result dtype.
+    h_final : ndarray
+        Only with ``return_final=True``: the last state computed.
+
+    Raises
+    ------
+    TypeError
+        If an input is not numeric.
+    ValueError
+        If the shapes do not broadcast, `axis` is out of range or `workers`
+        is 0.
+
+    See Also
+    --------
+    sequential_scan, chunked_scan, linear_scan
+
+    Notes
+    -----
+    The sequence is cut into leaf blocks. Each leaf is reduced, in parallel,
+    to its map :math:`(A, B) = (\prod a_t,\ \text{scan of } b \text{ from } 0)`
+    (the first from :math:`h_0`). An up-sweep and a down-sweep over the leaf
+    maps (:math:`O(m)` combines in :math:`2 \log_2 m` levels, each level in
+    parallel) give the exclusive prefix, the state entering each leaf; every
+    leaf is then scanned from it, in parallel. Total work is :math:`O(n)`.
+
+    .. versionadded:: 0.1.0
+
+    References
+    ----------
+    .. [1] G. E. Blelloch, "Prefix sums and their applications", CMU-CS-90-190,
+       1990.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import associative_scan
+    >>> associative_scan([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])
+    array([ 1.,  3.,  6., 10.])
+    >>> associative_scan([2.0, 2.0, 2.0], [0.0, 0.0, 1.0], reverse=True)
+    array([4., 2., 1.])
+    """
+    nthreads = resolve_workers(workers)
+    p = _Problem(a, b, h0, axis)
+    return p.run(_scan.associative, reverse, return_final,
+                 _auto_leaf(p, nthreads), _block_width(p, nthreads), nthreads)
+
+
+def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
+                return_final=False, workers=None, chunk_size=None):
+    r"""Scan :math:`h_t = a_t h_{t-1} + b_t` with a chosen or automatic method.
+
+    Parameters
+    ----------
+    a : array_like
+        Decays :math:`a_t`, float32, float64, complex64 or complex128.
+        Broadcast against `b`.
+    b : array_like
+        Inputs :math:`b_t`. Broadcast against `a`.
+    h0 : array_like, optional
+        The state before the first step, broadcastable to the result shape
+        with `axis` removed. Default 0.
+    method : {"auto", "sequential", "chunked", "associative"}, optional
+        The algorithm. "auto" (default) chooses as described in the Notes.
+    axis : int, optional
+        The time axis. Default -1.
+    reverse : bool, optional
+        Run from the last element to the first (see :func:`sequential_scan`).
+    return_final : bool, optional
+        Also return the last state computed.
+    workers : int, optional
+        Threads to use (ignored by "sequential"): None is 1, -1 all cores.
+    chunk_size : int, optional
+        Steps per chunk for "chunked" (and "auto" when it picks it).
+
+    Returns
+    -------
+    h : ndarray
+        The states, of the broadcast shape and result dtype.
+    h_final : ndarray
+        Only with ``return_final=True``: the last state computed.
+
+    Raises
+    ------
+    TypeError
+        If an input is not numeric.
+    ValueError
+        If `method` is unknown, the shapes do not broadcast, `axis` is out of
+        range, `chunk_size` is not a positive integer or `workers` is 0.
+
+    See Also
+    --------
+    sequential_scan, chunked_scan, associative_scan
+
+    Notes
+    -----
+    ``method="auto"`` uses :func:`sequential_scan` when one thread is asked
+    for, or when the whole problem is small (under 16384 elements) so that
+    starting threads costs more than it saves; otherwise it uses
+    :func:`chunked_scan`, which splits the work over channels when there are
+    enough of them and over chunks of the time axis when there are not. The
+    tree scan does strictly more memory traffic than the chunked scan on this
+    kind of machine, so "auto" never picks it; it is there for its
+    :math:`O(\log n)`-depth structure and as an independent check.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> from zilla_muf import linear_scan
+    >>> linear_scan([0.5, 0.5, 0.5], [1.0, 1.0, 1.0], method="associative")
+    array([1.  , 1.5 , 1.75])
+    """
+    if method not in _METHODS:
+        raise ValueError(
+            f"`method` must be one of {', '.join(map(repr, _METHODS))}, got {method!r}"
+        )
+    kwargs = dict(axis=axis, reverse=reverse, return_final=return_final)
+    if method == "sequential":
+        return sequential_scan(a, b, h0, **kwargs)
+    if method == "associative":
+        return associative_scan(a, b, h0, workers=workers, **kwargs)
+    if method == "auto":
+        nthreads = resolve_workers(workers)
+        positive_int(chunk_size, "chunk_size", allow_none=True)
+        a = as_array(a, "a")
+        b = as_array(b, "b")
+        size = broadcast_shapes(a=a.shape, b=b.shape)
+        if nthreads == 1 or int(np.prod(size, dtype=np.int64)) < 16384:
+            return sequential_scan(a, b, h0, **kwargs)
+    return chunked_scan(a, b, h0, chunk_size=chunk_size, workers=workers, **kwargs)
