@@ -12,7 +12,21 @@ from zilla_muf._parallel cimport ZM_HAVE_OPENMP, omp_get_thread_num, omp_get_max
 
 
 def have_openmp():
-    """True when the kernels were compiled with OpenMP."""
+    """Whether the compiled kernels were built with OpenMP.
+
+    Without OpenMP every kernel still runs, on one thread whatever `workers`
+    asks for. :func:`zilla_muf.openmp_info` also reports the threads used.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import zilla_muf
+    >>> isinstance(zilla_muf.have_openmp(), bool)
+    True
+    """
     return bool(ZM_HAVE_OPENMP)
 
 

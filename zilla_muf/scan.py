@@ -208,7 +208,7 @@ def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False
     array([1.  , 1.5 , 1.75])
     >>> h, last = sequential_scan([0.5, 0.5], [1.0, 1.0], h0=2.0, return_final=True)
     >>> h, last
-    (array([2. , 2. ]), array(2.))
+    (array([2., 2.]), array(2.))
 
     The time axis can be any axis; here the steps run down the rows:
 
