@@ -1,0 +1,411 @@
+"""Tests of zilla_muf.scan against independent oracles.
+
+Oracles: a plain Python loop in long double (or complex128/clongdouble), the
+dense lower-triangular matrix of the recurrence, and scipy.signal.lfilter for
+constant decays.
+"""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import scipy.signal
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import zilla_muf
+from zilla_muf import associative_scan, chunked_scan, linear_scan, sequential_scan
+
+from conftest import ALL_DTYPES, REAL_DTYPES, assert_close, random_array
+
+METHODS = {
+    "sequential": lambda a, b, h0=None, **kw: sequential_scan(
+        a, b, h0, **{k: v for k, v in kw.items() if k not in ("workers", "chunk_size")}
+    ),
+    "chunked": lambda a, b, h0=None, **kw: chunked_scan(a, b, h0, **kw),
+    "associative": lambda a, b, h0=None, **kw: associative_scan(
+        a, b, h0, **{k: v for k, v in kw.items() if k != "chunk_size"}
+    ),
+    "linear_auto": lambda a, b, h0=None, **kw: linear_scan(a, b, h0, **kw),
+}
+
+
+def loop_oracle(a, b, h0=None, axis=-1, reverse=False):
+    """h_t = a_t h_{t-1} + b_t by a Python loop in extended precision."""
+    a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+    cplx = np.iscomplexobj(a) or np.iscomplexobj(b) or np.iscomplexobj(h0)
+    wide = np.clongdouble if cplx else np.longdouble
+    a = np.moveaxis(a.astype(wide), axis, -1)
+    b = np.moveaxis(b.astype(wide), axis, -1)
+    state = np.zeros(a.shape[:-1], dtype=wide)
+    if h0 is not None:
+        state = state + np.asarray(h0).astype(wide)
+    out = np.empty_like(a)
+    n = a.shape[-1]
+    order = range(n - 1, -1, -1) if reverse else range(n)
+    for t in order:
+        state = a[..., t] * state + b[..., t]
+        out[..., t] = state
+    return np.moveaxis(out, -1, axis), state
+
+
+def dense_oracle(a, b, h0):
+    """The recurrence as a dense lower-triangular matrix product (1-D)."""
+    n = len(a)
+    M = np.zeros((n, n), dtype=np.result_type(a, b, h0, np.float64))
+    for i in range(n):
+        for j in range(i + 1):
+            M[i, j] = np.prod(a[j + 1:i + 1])
+    carry = np.array([np.prod(a[:i + 1]) for i in range(n)])
+    return M @ b + carry * h0
+
+
+# ---------------------------------------------------------------------------
+# Correctness against the oracles
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_matches_dense_matrix(method, dtype, rng):
+    n = 37
+    a = random_array(rng, n, dtype, 0.5, 1.0)
+    b = random_array(rng, n, dtype)
+    h0 = random_array(rng, (), dtype)
+    want = dense_oracle(a.astype(np.complex128), b.astype(np.complex128),
+                        complex(h0))
+    if np.dtype(dtype).kind == "f":
+        want = want.real
+    got = METHODS[method](a, b, h0, chunk_size=5, workers=2) if method != "sequential" \
+        else sequential_scan(a, b, h0)
+    assert got.dtype == dtype
+    assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_matches_loop_oracle(method, dtype, axis, reverse, rng):
+    shape = (6, 300, 5)
+    a = random_array(rng, shape, dtype, 0.8, 1.0)
+    b = random_array(rng, shape, dtype)
+    h0_shape = shape[:axis % 3] + shape[axis % 3 + 1:]
+    h0 = random_array(rng, h0_shape, dtype)
+    want, want_last = loop_oracle(a, b, h0, axis=axis, reverse=reverse)
+    got, last = METHODS[method](a, b, h0, axis=axis, reverse=reverse,
+                                return_final=True, workers=2, chunk_size=64)
+    assert got.dtype == dtype and last.dtype == dtype
+    assert got.shape == shape and last.shape == h0_shape
+    assert_close(got, want, dtype, scale=10)
+    assert_close(last, want_last, dtype, scale=10)
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_constant_decay_matches_lfilter(dtype, rng):
+    b = rng.standard_normal((3, 5000)).astype(dtype)
+    decay = 0.99
+    want = scipy.signal.lfilter([1.0], [1.0, -decay], b.astype(np.float64), axis=-1)
+    for fn in (sequential_scan, chunked_scan, associative_scan):
+        got = fn(np.array(decay, dtype=dtype), b) if fn is sequential_scan \
+            else fn(np.array(decay, dtype=dtype), b, workers=2)
+        assert got.dtype == dtype
+        assert_close(got, want, dtype, scale=20)
+
+
+def test_reverse_is_flipped_forward(rng):
+    a = rng.uniform(0.5, 1.0, size=(4, 1000))
+    b = rng.standard_normal((4, 1000))
+    want = sequential_scan(a[:, ::-1], b[:, ::-1])[:, ::-1]
+    for fn in METHODS.values():
+        assert_close(fn(a, b, reverse=True, workers=2, chunk_size=100), want,
+                     np.float64)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 255, 256, 257, 4099])
+def test_chunk_boundaries(n, rng):
+    """Chunk sizes 1, n-1, n and > n; lengths around the lane and leaf sizes."""
+    a = rng.uniform(0.5, 1.0, size=(3, n))
+    b = rng.standard_normal((3, n))
+    want, _ = loop_oracle(a, b)
+    for cs in sorted({1, max(n - 1, 1), n, n + 5}):
+        for w in (1, 2):
+            assert_close(chunked_scan(a, b, chunk_size=cs, workers=w), want, np.float64)
+            assert_close(chunked_scan(a.T, b.T, axis=0, chunk_size=cs, workers=w),
+                         want.T, np.float64)
+    assert_close(associative_scan(a, b, workers=2), want, np.float64)
+
+
+def test_single_long_sequence(rng):
+    n = 1 << 17
+    a = rng.uniform(0.999, 1.0, size=n)
+    b = rng.standard_normal(n)
+    want, _ = loop_oracle(a, b)
+    for fn in METHODS.values():
+        assert_close(fn(a, b, workers=2), want, np.float64, scale=100)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_broadcasting(dtype, rng):
+    a = random_array(rng, (1, 50, 1), dtype, 0.5, 1.0)   # one decay per step
+    b = random_array(rng, (4, 50, 3), dtype)
+    h0 = random_array(rng, (3,), dtype)                  # broadcast over rows
+    want, _ = loop_oracle(a, b, np.broadcast_to(h0, (4, 3)), axis=1)
+    for fn in METHODS.values():
+        got = fn(a, b, h0, axis=1, workers=2)
+        assert got.shape == (4, 50, 3)
+        assert_close(got, want, dtype, scale=10)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_dtype_resolution(dtype):
+    a = np.full(4, 0.5, dtype=dtype)
+    assert sequential_scan(a, a).dtype == dtype
+    # integers promote to float64, which then wins over single precision
+    want = np.complex128 if np.dtype(dtype).kind == "c" else np.float64
+    assert sequential_scan(a, np.ones(4, dtype=np.int32)).dtype == want
+    assert sequential_scan([1, 2], [3, 4]).dtype == np.float64
+    assert sequential_scan(np.ones(3, np.float16), np.ones(3, np.float16)).dtype == np.float32
+    assert sequential_scan(np.ones(3, np.float32), np.ones(3, np.complex64)).dtype == np.complex64
+    assert sequential_scan(np.ones(3, np.float32), np.ones(3, np.float64)).dtype == np.float64
+    assert sequential_scan(np.ones(3, np.float32), np.ones(3, np.float32),
+                           h0=np.complex128(1)).dtype == np.complex128
+    assert sequential_scan([True, False], [1, 1]).dtype == np.float64
+
+
+def test_empty_axis():
+    for fn in METHODS.values():
+        h, last = fn(np.ones((3, 0)), np.ones((3, 0)), h0=[1.0, 2.0, 3.0],
+                     return_final=True, workers=2)
+        assert h.shape == (3, 0) and h.dtype == np.float64
+        np.testing.assert_array_equal(last, [1.0, 2.0, 3.0])
+        assert fn(np.ones((0, 5), np.float32), np.ones((0, 5), np.float32)).shape == (0, 5)
+
+
+def test_nan_and_inf_propagate():
+    a = np.array([1.0, 1.0, 1.0, 0.0, 1.0])
+    b = np.array([1.0, np.nan, 1.0, 1.0, 1.0])
+    for fn in METHODS.values():
+        h = fn(a, b, workers=2, chunk_size=2)
+        assert np.isnan(h[1]) and np.isnan(h[2])
+        # a zero decay forgets the NaN in exact arithmetic, but 0 * NaN is NaN
+        assert np.isnan(h[3])
+    h = sequential_scan([1.0, 1.0], [np.inf, 1.0])
+    assert h[1] == np.inf
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    n=st.integers(0, 600),
+    axis_pick=st.integers(0, 3),
+    chunk=st.integers(1, 700),
+    workers=st.sampled_from([1, 2]),
+    reverse=st.booleans(),
+    use_h0=st.booleans(),
+    cplx=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_all_methods_agree(shape, n, axis_pick, chunk, workers, reverse, use_h0,
+                           cplx, seed):
+    rng = np.random.default_rng(seed)
+    axis = axis_pick % (len(shape) + 1)
+    full = list(shape)
+    full.insert(axis, n)
+    dtype = np.complex128 if cplx else np.float64
+    a = random_array(rng, full, dtype, 0.7, 1.0)
+    b = random_array(rng, full, dtype)
+    h0 = random_array(rng, shape, dtype) if use_h0 else None
+    want, want_last = loop_oracle(a, b, h0, axis=axis, reverse=reverse)
+    kw = dict(axis=axis, reverse=reverse, return_final=True)
+    for h, last in (
+        sequential_scan(a, b, h0, **kw),
+        chunked_scan(a, b, h0, chunk_size=chunk, workers=workers, **kw),
+        associative_scan(a, b, h0, workers=workers, **kw),
+        linear_scan(a, b, h0, workers=workers, **kw),
+    ):
+        assert h.shape == tuple(full)
+        assert_close(h, want, dtype, scale=10)
+        if n:
+            assert_close(last, want_last, dtype, scale=10)
+
+
+def test_float32_accuracy_long_sequence():
+    """At L = 1e6 the parallel algorithms are as accurate as the sequential one."""
+    rng = np.random.default_rng(7)
+    n = 1_000_000
+    a64 = rng.uniform(0.999, 1.0, size=n)
+    b64 = rng.standard_normal(n)
+    a32, b32 = a64.astype(np.float32), b64.astype(np.float32)
+    # float64 oracle on the float32 inputs (exactly representable)
+    ref = sequential_scan(a32.astype(np.float64), b32.astype(np.float64))
+    scale = np.max(np.abs(ref))
+
+    def err(h):
+        return np.max(np.abs(h.astype(np.float64) - ref)) / scale
+
+    e_seq = err(sequential_scan(a32, b32))
+    for h in (chunked_scan(a32, b32, workers=2),
+              chunked_scan(a32, b32, chunk_size=1000, workers=2),
+              associative_scan(a32, b32, workers=2)):
+        assert h.dtype == np.float32
+        assert err(h) <= 2 * e_seq + 1e-7
+
+
+# ---------------------------------------------------------------------------
+# The Cython contract
+# ---------------------------------------------------------------------------
+
+def test_inputs_not_modified_and_readonly(rng):
+    a = rng.uniform(0.5, 1.0, size=(5, 400))
+    b = rng.standard_normal((5, 400))
+    h0 = rng.standard_normal(5)
+    copies = [x.copy() for x in (a, b, h0)]
+    for x in (a, b, h0):
+        x.flags.writeable = False
+    want, _ = loop_oracle(a, b, h0)
+    for fn in METHODS.values():
+        assert_close(fn(a, b, h0, workers=2, chunk_size=50), want, np.float64)
+    for x, c in zip((a, b, h0), copies):
+        np.testing.assert_array_equal(x, c)
+
+
+def test_non_contiguous_inputs(rng):
+    a = rng.uniform(0.5, 1.0, size=(400, 10))[::2, ::3]   # strided
+    b = np.asfortranarray(rng.standard_normal((200, 4)))
+    want, _ = loop_oracle(a, b, axis=0)
+    for fn in METHODS.values():
+        assert_close(fn(a, b, axis=0, workers=2), want, np.float64)
+
+
+def test_memmap_inputs(tmp_path, rng):
+    a = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.float32,
+                                  shape=(3, 2000))
+    a[:] = rng.uniform(0.9, 1.0, size=a.shape)
+    a.flush()
+    a_ro = np.load(tmp_path / "a.npy", mmap_mode="r")
+    b = rng.standard_normal((3, 2000)).astype(np.float32)
+    want, _ = loop_oracle(a_ro, b)
+    for fn in METHODS.values():
+        assert_close(fn(a_ro, b, workers=2), want, np.float32, scale=10)
+
+
+def test_workers_give_identical_results(rng):
+    a = rng.uniform(0.9, 1.0, size=(3, 50_000)).astype(np.float32)
+    b = rng.standard_normal((3, 50_000)).astype(np.float32)
+    for cs in (777, 50_000):
+        h1 = chunked_scan(a, b, chunk_size=cs, workers=1)
+        h2 = chunked_scan(a, b, chunk_size=cs, workers=2)
+        np.testing.assert_array_equal(h1, h2)
+    h1 = chunked_scan(a.T, b.T, axis=0, chunk_size=999, workers=1)
+    h2 = chunked_scan(a.T, b.T, axis=0, chunk_size=999, workers=2)
+    np.testing.assert_array_equal(h1, h2)
+    # deterministic for a fixed worker count
+    np.testing.assert_array_equal(associative_scan(a, b, workers=2),
+                                  associative_scan(a, b, workers=2))
+
+
+def test_concurrent_calls_match_serial(rng):
+    a = rng.uniform(0.9, 1.0, size=(8, 20_000))
+    b = rng.standard_normal((8, 20_000))
+    calls = [
+        lambda: sequential_scan(a, b),
+        lambda: chunked_scan(a, b, workers=2, chunk_size=1000),
+        lambda: associative_scan(a, b, workers=2),
+        lambda: chunked_scan(a.T, b.T, axis=0, workers=2),
+    ] * 3
+    serial = [f() for f in calls]
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        parallel = list(ex.map(lambda f: f(), calls))
+    for s, p in zip(serial, parallel):
+        np.testing.assert_array_equal(s, p)
+
+
+def test_openmp_build_and_thread_count():
+    info = zilla_muf.openmp_info(workers=2)
+    assert info["requested"] == 2
+    if info["openmp"]:
+        assert info["threads_used"] == 2
+    else:
+        assert info["threads_used"] == 1
+    assert zilla_muf.openmp_info(workers=1)["threads_used"] == 1
+
+
+def test_gil_released_during_kernel(rng):
+    """Two threads scanning at once finish while a third thread keeps running."""
+    a = rng.uniform(0.9, 1.0, size=(2, 2_000_000)).astype(np.float32)
+    b = rng.standard_normal((2, 2_000_000)).astype(np.float32)
+    ticks = []
+    done = threading.Event()
+
+    def ticker():
+        while not done.is_set():
+            ticks.append(1)
+            done.wait(0.001)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    try:
+        for _ in range(3):
+            sequential_scan(a, b)
+    finally:
+        done.set()
+        t.join()
+    assert len(ticks) > 1
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [sequential_scan, chunked_scan, associative_scan,
+                                linear_scan])
+def test_bad_shapes_and_axes(fn):
+    with pytest.raises(ValueError, match=r"`a` \(3,\), `b` \(4,\)"):
+        fn(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match=r"`axis` must be in the range \[-2, 2\).*got 2"):
+        fn(np.ones((2, 3)), np.ones((2, 3)), axis=2)
+    with pytest.raises(ValueError, match=r"`axis` must be in the range \[-2, 2\).*got -3"):
+        fn(np.ones((2, 3)), np.ones((2, 3)), axis=-3)
+    with pytest.raises(TypeError, match=r"`axis` must be an integer"):
+        fn(np.ones(3), np.ones(3), axis=1.0)
+    with pytest.raises(ValueError, match=r"`h0` must broadcast .*\(2,\), got shape \(3,\)"):
+        fn(np.ones((2, 3)), np.ones((2, 3)), np.ones(3))
+    with pytest.raises(ValueError, match=r"at least one dimension"):
+        fn(1.0, 2.0)
+
+
+@pytest.mark.parametrize("fn", [sequential_scan, chunked_scan, associative_scan])
+def test_bad_dtypes(fn):
+    with pytest.raises(TypeError, match=r"`a` must have a numeric dtype, got dtype object"):
+        fn(np.array([1, None]), np.ones(2))
+    with pytest.raises(TypeError, match=r"`b` must have a numeric dtype, got dtype <U1"):
+        fn(np.ones(2), np.array(["x", "y"]))
+    with pytest.raises(TypeError, match=r"`h0` must have a numeric dtype"):
+        fn(np.ones(2), np.ones(2), np.datetime64("2020-01-01"))
+
+
+def test_bad_chunk_size_and_workers():
+    a = b = np.ones(10)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=rf"`chunk_size` must be a positive integer, got {bad}"):
+            chunked_scan(a, b, chunk_size=bad)
+    with pytest.raises(ValueError, match=r"`chunk_size` must be a positive integer, got 2.5"):
+        chunked_scan(a, b, chunk_size=2.5)
+    with pytest.raises(ValueError, match=r"`chunk_size` must be a positive integer, got True"):
+        linear_scan(a, b, chunk_size=True)
+    for fn in (chunked_scan, associative_scan, linear_scan):
+        with pytest.raises(ValueError, match=r"`workers` must not be 0"):
+            fn(a, b, workers=0)
+        with pytest.raises(ValueError, match=r"`workers` = -1000"):
+            fn(a, b, workers=-1000)
+        with pytest.raises(TypeError, match=r"`workers` must be an integer or None"):
+            fn(a, b, workers=1.5)
+    with pytest.raises(ValueError, match=r"`method` must be one of"):
+        linear_scan(a, b, method="fast")
+
+
+def test_workers_minus_one_uses_all_cores(rng):
+    a = rng.uniform(0.9, 1.0, size=10_000)
+    b = rng.standard_normal(10_000)
+    assert_close(chunked_scan(a, b, workers=-1), loop_oracle(a, b)[0], np.float64)
