@@ -40,6 +40,8 @@ from zilla_muf._types cimport scalar_t
 
 cdef enum:
     LANES = 8
+    # steps by which lockstep lanes are staggered when their spacing aliases
+    SKEW = 16
 
 
 # ---------------------------------------------------------------------------
@@ -176,6 +178,8 @@ cdef inline void lanes_correct(scalar_t **pa, scalar_t **po, scalar_t *c,
                 x[k] = pa[k][off] * x[k]
                 po[k][off] = po[k][off] + x[k]
             off = off + step
+    for k in range(K):
+        c[k] = x[k]
 
 
 # ---------------------------------------------------------------------------
@@ -270,14 +274,89 @@ cdef enum:
     MODE_SCAN = 0       # scan from h0 / S1 (entering state), write O
     MODE_SCAN_PROD = 1  # scan from h0 / 0, write O, S1 <- decay product
     MODE_REDUCE = 2     # from h0 / 0: S1 <- decay product, S2 <- end state
-    MODE_CORRECT = 3    # segments > 0: O += S1 carried by the decays
+    MODE_CORRECT = 3    # segments >= cskip: O += S1 carried by the decays
+
+
+cdef inline void lanes_run(int mode, scalar_t **pa, scalar_t **pb,
+                           scalar_t **po, scalar_t *s, scalar_t *q, int K,
+                           Py_ssize_t m, Py_ssize_t step) noexcept nogil:
+    if mode == MODE_SCAN:
+        lanes_scan(pa, pb, po, s, K, m, step)
+    elif mode == MODE_SCAN_PROD:
+        lanes_scan_prod(pa, pb, po, s, q, K, m, step)
+    elif mode == MODE_REDUCE:
+        lanes_reduce(pa, pb, s, q, K, m, step)
+    else:
+        lanes_correct(pa, po, s, K, m, step)
+
+
+cdef inline void lanes_run_skewed(int mode, scalar_t **pa, scalar_t **pb,
+                                  scalar_t **po, scalar_t *s, scalar_t *q,
+                                  int K, Py_ssize_t m, Py_ssize_t step,
+                                  Py_ssize_t skew) noexcept nogil:
+    """lanes_run with lane k running `(K-1-k) * skew` steps ahead.
+
+    Lanes whose spacing is a multiple of 4 KiB keep their addresses `skew`
+    elements apart this way. Lane k runs its first (K-1-k) * skew steps
+    alone, all lanes then advance in lockstep, and lane k runs its last
+    k * skew steps alone; every lane sees its steps in order.
+    """
+    cdef scalar_t *qa[LANES]
+    cdef scalar_t *qb[LANES]
+    cdef scalar_t *qo[LANES]
+    cdef Py_ssize_t pre, M
+    cdef int k
+    if K == 1 or m <= (K - 1) * skew:
+        for k in range(K):
+            lanes_run(mode, pa + k, pb + k, po + k, s + k, q + k, 1, m, step)
+        return
+    for k in range(K):
+        pre = (K - 1 - k) * skew
+        lanes_run(mode, pa + k, pb + k, po + k, s + k, q + k, 1, pre, step)
+        qa[k] = pa[k] + pre * step
+        qb[k] = pb[k] + pre * step
+        qo[k] = po[k] + pre * step
+    M = m - (K - 1) * skew
+    lanes_run(mode, qa, qb, qo, s, q, K, M, step)
+    for k in range(K):
+        qa[k] = qa[k] + M * step
+        qb[k] = qb[k] + M * step
+        qo[k] = qo[k] + M * step
+        lanes_run(mode, qa + k, qb + k, qo + k, s + k, q + k, 1, k * skew, step)
+
+
+cdef inline void lanes_auto(int mode, scalar_t **pa, scalar_t **pb,
+                            scalar_t **po, scalar_t *s, scalar_t *q, int K,
+                            Py_ssize_t m, Py_ssize_t step,
+                            bint interleave) noexcept nogil:
+    if interleave:
+        lanes_run(mode, pa, pb, po, s, q, K, m, step)
+    else:
+        lanes_run_skewed(mode, pa, pb, po, s, q, K, m, step, SKEW)
+
+
+cdef inline bint spacing_interleaves(Py_ssize_t elems, size_t itemsize) noexcept nogil:
+    """Whether lanes `elems` apart can run in lockstep.
+
+    Two lanes whose addresses differ by (nearly) a multiple of 4 KiB make
+    loads falsely wait on the other lane's stores (4K aliasing), which makes
+    lockstep slower than one lane at a time. Every pair of the LANES lanes is
+    checked.
+    """
+    cdef Py_ssize_t j, d
+    for j in range(1, LANES):
+        d = (j * elems * <Py_ssize_t> itemsize) % 4096
+        if d < 32 or d > 4096 - 32:
+            return False
+    return True
 
 
 cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
                      const scalar_t *H0, scalar_t *S1, scalar_t *S2,
                      Py_ssize_t g, Py_ssize_t outer, Py_ssize_t n,
                      Py_ssize_t nseg, Py_ssize_t seglen, Py_ssize_t sstride,
-                     bint reverse) noexcept nogil:
+                     bint reverse, bint interleave,
+                     Py_ssize_t cskip) noexcept nogil:
     cdef scalar_t *pa[LANES]
     cdef scalar_t *pb[LANES]
     cdef scalar_t *po[LANES]
@@ -295,7 +374,7 @@ cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
             break
         r = task // nseg
         c = task - r * nseg
-        if mode == MODE_CORRECT and c == 0:
+        if mode == MODE_CORRECT and c < cskip:
             continue
         t0 = c * seglen
         m = imin(seglen, n - t0)
@@ -317,21 +396,10 @@ cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
         K = K + 1
     if K == 0:
         return
-    if mode == MODE_SCAN:
-        lanes_scan(pa, pb, po, s, K, mmin, step)
-    elif mode == MODE_SCAN_PROD:
-        lanes_scan_prod(pa, pb, po, s, q, K, mmin, step)
-    elif mode == MODE_REDUCE:
-        lanes_reduce(pa, pb, s, q, K, mmin, step)
-    else:
-        lanes_correct(pa, po, s, K, mmin, step)
+    lanes_auto(mode, pa, pb, po, s, q, K, mmin, step, interleave)
     # lanes longer than the shortest one (a row's last segment is shorter)
     for k in range(K):
         x = s[k]
-        if mode == MODE_CORRECT:
-            # lanes_correct leaves s untouched: re-run the carry to mmin
-            for i in range(mmin):
-                x = pa[k][i * step] * x
         for i in range(mmin, mlen[k]):
             av = pa[k][i * step]
             if mode == MODE_CORRECT:
@@ -353,17 +421,21 @@ cdef inline void rows_pass(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
                            const scalar_t *H0, scalar_t *S1, scalar_t *S2,
                            Py_ssize_t outer, Py_ssize_t n, Py_ssize_t nseg,
                            Py_ssize_t seglen, Py_ssize_t sstride, bint reverse,
-                           int nthreads) noexcept nogil:
-    """One parallel pass of rows_group over every lane group."""
+                           int nthreads, Py_ssize_t cskip=1) noexcept nogil:
+    """One parallel pass of rows_group over every lane group.
+
+    In MODE_CORRECT, segments with index < cskip are left alone."""
     cdef Py_ssize_t g, ngroup = (outer * nseg + LANES - 1) // LANES
-    if nthreads == 1:
+    cdef bint inter = spacing_interleaves(n if nseg == 1 else seglen,
+                                          sizeof(scalar_t))
+    if nthreads == 1 or ngroup == 1:
         for g in range(ngroup):
             rows_group(mode, A, B, O, H0, S1, S2, g, outer, n, nseg, seglen,
-                       sstride, reverse)
+                       sstride, reverse, inter, cskip)
     else:
         for g in prange(ngroup, num_threads=nthreads, schedule='static'):
             rows_group(mode, A, B, O, H0, S1, S2, g, outer, n, nseg, seglen,
-                       sstride, reverse)
+                       sstride, reverse, inter, cskip)
 
 
 # ---------------------------------------------------------------------------
@@ -399,37 +471,130 @@ def sequential(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
 # Chunked
 # ---------------------------------------------------------------------------
 
+cdef scalar_t span_scan(scalar_t *A, scalar_t *B, scalar_t *O, scalar_t st,
+                        Py_ssize_t m, Py_ssize_t step, Py_ssize_t cs,
+                        scalar_t *Pch) noexcept nogil:
+    """Scan `m` steps from state `st` on the calling thread; return the last.
+
+    A, B, O point at the first step in scan order, `step` is +1 or -1. The
+    chunks of `cs` steps go LANES at a time: local scans in lockstep, the
+    carry over those LANES chunks, the corrections, all while the chunks are
+    still in cache. Pch[j] receives the product of chunk j's decays.
+    """
+    cdef scalar_t *pa[LANES]
+    cdef scalar_t *pb[LANES]
+    cdef scalar_t *po[LANES]
+    cdef scalar_t *ta
+    cdef scalar_t *tb
+    cdef scalar_t *to
+    cdef scalar_t sv[LANES]
+    cdef scalar_t q[LANES]
+    cdef scalar_t cin[LANES]
+    cdef Py_ssize_t nch = (m + cs - 1) // cs
+    cdef Py_ssize_t g0, off, mm
+    cdef bint inter = spacing_interleaves(cs, sizeof(scalar_t))
+    cdef int k, K
+    cdef scalar_t c
+    g0 = 0
+    while g0 < nch:
+        K = <int> imin(LANES, nch - g0)
+        for k in range(K):
+            off = (g0 + k) * cs * step
+            pa[k] = A + off
+            pb[k] = B + off
+            po[k] = O + off
+            sv[k] = st if k == 0 else 0
+            q[k] = 1
+        # the group's last chunk may be shorter than the others
+        mm = imin(cs, m - (g0 + K - 1) * cs)
+        lanes_auto(MODE_SCAN_PROD, pa, pb, po, sv, q, K, mm, step, inter)
+        if mm < cs:
+            for k in range(K - 1):
+                ta = pa[k] + mm * step
+                tb = pb[k] + mm * step
+                to = po[k] + mm * step
+                lanes_run(MODE_SCAN_PROD, &ta, &tb, &to, sv + k, q + k, 1,
+                          cs - mm, step)
+        c = sv[0]
+        for k in range(1, K):
+            cin[k] = c
+            c = q[k] * c + sv[k]
+        for k in range(K):
+            Pch[g0 + k] = q[k]
+        st = c
+        if K > 1:
+            lanes_auto(MODE_CORRECT, pa + 1, pb + 1, po + 1, cin + 1, q + 1,
+                       K - 1, mm, step, inter)
+            if mm < cs:
+                for k in range(1, K - 1):
+                    ta = pa[k] + mm * step
+                    tb = pb[k] + mm * step
+                    to = po[k] + mm * step
+                    lanes_run(MODE_CORRECT, &ta, &tb, &to, cin + k, q + k, 1,
+                              cs - mm, step)
+        g0 = g0 + K
+    return st
+
+
 cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
                       const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
                       bint reverse, Py_ssize_t cs, int nthreads) noexcept nogil:
-    cdef Py_ssize_t nch = (n + cs - 1) // cs
-    cdef Py_ssize_t r, c, t0, m
-    cdef scalar_t *P
-    cdef scalar_t st, nxt
+    """Chunked scan of rows.
 
+    A row with several chunks is cut into spans, one per thread when there
+    are fewer rows than threads. (1) Every span is scanned on one thread by
+    span_scan (chunked, cache-blocked; the first from h0, the others from
+    zero), recording its chunks' decay products; (2) a carry pass over the
+    spans gives each later chunk the state it should have started from;
+    (3) the chunks of spans after the first add it, in parallel.
+    """
+    cdef Py_ssize_t nch = (n + cs - 1) // cs
+    cdef Py_ssize_t T, span_ch, task, r, k, j, t0, m, base, j0, j1
+    cdef Py_ssize_t step = -1 if reverse else 1
+    cdef scalar_t *P
+    cdef scalar_t *E
+    cdef scalar_t c, run, pj
     if nch == 1:
         rows_pass(MODE_SCAN, A, B, O, H0, NULL, NULL, outer, n, 1, n, 1,
                   reverse, nthreads)
         return 0
+    T = 1 if outer >= nthreads else imin(nch, (nthreads + outer - 1) // outer)
+    span_ch = (nch + T - 1) // T
+    T = (nch + span_ch - 1) // span_ch
     P = <scalar_t *> malloc(outer * nch * sizeof(scalar_t))
-    if P == NULL:
+    E = <scalar_t *> malloc(outer * T * sizeof(scalar_t))
+    if P == NULL or E == NULL:
+        free(P)
+        free(E)
         return -1
-    # (1) every chunk from zero (chunk 0 from h0), with its decay product
-    rows_pass(MODE_SCAN_PROD, A, B, O, H0, P, NULL, outer, n, nch, cs, nch,
-              reverse, nthreads)
-    # (2) carry pass: P[r, c] <- state entering chunk c
-    for r in prange(outer, num_threads=nthreads, schedule='static'):
-        st = O[r * n + pos(cs - 1, n, reverse)]
-        for c in range(1, nch):
-            t0 = c * cs
-            m = imin(cs, n - t0)
-            nxt = P[r * nch + c] * st + O[r * n + pos(t0 + m - 1, n, reverse)]
-            P[r * nch + c] = st
-            st = nxt
-    # (3) chunks 1.. add the carried state
-    rows_pass(MODE_CORRECT, A, B, O, H0, P, NULL, outer, n, nch, cs, nch,
-              reverse, nthreads)
+    # (1) spans, each on one thread
+    for task in prange(outer * T, num_threads=nthreads, schedule='static'):
+        r = task // T
+        k = task - r * T
+        t0 = k * span_ch * cs
+        m = imin(span_ch * cs, n - t0)
+        base = r * n + pos(t0, n, reverse)
+        E[task] = span_scan(A + base, B + base, O + base,
+                            H0[r] if k == 0 else 0, m, step, cs,
+                            P + r * nch + k * span_ch)
+    if T > 1:
+        # (2) carry over spans: P[chunk] <- state entering it from outside
+        for r in range(outer):
+            c = E[r * T]
+            for k in range(1, T):
+                run = c
+                j0 = r * nch + k * span_ch
+                j1 = r * nch + imin(nch, (k + 1) * span_ch)
+                for j in range(j0, j1):
+                    pj = P[j]
+                    P[j] = run
+                    run = run * pj
+                c = run + E[r * T + k]
+        # (3) chunks of the later spans add it
+        rows_pass(MODE_CORRECT, A, B, O, H0, P, NULL, outer, n, nch, cs, nch,
+                  reverse, nthreads, span_ch)
     free(P)
+    free(E)
     return 0
 
 

@@ -29,15 +29,13 @@ __all__ = ["associative_scan", "chunked_scan", "linear_scan", "sequential_scan"]
 
 _METHODS = ("auto", "sequential", "chunked", "associative")
 
-# Rows layout (scan axis contiguous): chains advance 8 at a time in lockstep,
-# so a thread wants at least 8 of them.
+# Rows layout (scan axis contiguous): chains advance 8 at a time in lockstep.
 _LANES = 8
-# Columns layout (time-major): channel block width of one task.
-_MIN_BLOCK = 64
+# Chunk length (steps) of a long row: 8 chunks of each thread (x 3 arrays)
+# stay in L2 between the local scan and the correction.
+_ROW_CHUNK = 2048
 # Smallest chunk (steps) worth a carry and a correction.
 _MIN_CHUNK = 256
-# Leaf block of the associative scan, in elements per channel block.
-_LEAF_ELEMS = 1 << 14
 
 
 class _Problem:
@@ -104,41 +102,54 @@ class _Problem:
         return self.outer * self.inner
 
 
+def _odd16(x):
+    """x rounded up to 16 times an odd number.
+
+    Lanes that many elements apart never sit a multiple of 4 KiB apart, which
+    would make their loads wait on each other's stores (4K aliasing).
+    """
+    k = max(1, -(-int(x) // 16))
+    return 16 * (k + 1 - k % 2)
+
+
 def _block_width(p, nthreads):
-    """Channel block of one task in the columns layout."""
+    """Channel block of one task in the columns layout: as wide as possible
+    (long contiguous runs per step stream well), split only to give every
+    thread work."""
+    if p.inner == 1 or p.outer >= nthreads:
+        return max(p.inner, 1)
+    blocks = -(-nthreads // max(p.outer, 1))
+    w = -(-p.inner // blocks)
+    return min(p.inner, max(16, -(-w // 16) * 16))
+
+
+def _lanes(p, nthreads):
+    """Independent (row or channel block) tasks of the layout."""
     if p.inner == 1:
-        return 1
-    tasks_wanted = 4 * nthreads
-    per_row = max(1, -(-tasks_wanted // max(p.outer, 1)))
-    w = -(-p.inner // per_row)
-    w = max(_MIN_BLOCK, -(-w // 16) * 16)
-    return min(w, p.inner)
+        return p.outer
+    return p.outer * (-(-p.inner // _block_width(p, nthreads)))
 
 
 def _auto_chunk(p, nthreads):
-    """Default chunk length: the whole axis when channels give parallelism."""
-    if p.inner == 1:
-        parallel_units = p.outer // _LANES
-    else:
-        parallel_units = p.outer * (-(-p.inner // _block_width(p, nthreads)))
-    if nthreads == 1 or parallel_units >= 2 * nthreads or p.n <= 2 * _MIN_CHUNK:
-        if p.inner == 1 and p.outer < _LANES and p.n >= 8 * _MIN_CHUNK:
-            # one or a few long rows: chunks give lanes to run in lockstep
-            return max(_MIN_CHUNK, -(-p.n // (_LANES * nthreads)))
+    """Default chunk length: the whole axis when the channels alone give the
+    threads independent work, else chunks of the time axis."""
+    if p.n <= 4 * _MIN_CHUNK:
         return max(p.n, 1)
     if p.inner == 1:
-        pieces = _LANES * nthreads
-    else:
-        pieces = 4 * nthreads
-    return max(_MIN_CHUNK, -(-p.n // pieces))
+        if p.outer >= _LANES * nthreads:
+            return p.n
+        return _odd16(min(_ROW_CHUNK, max(_MIN_CHUNK, p.n // (_LANES * nthreads))))
+    if _lanes(p, nthreads) >= nthreads:
+        return p.n
+    return max(_MIN_CHUNK, -(-p.n // (4 * nthreads)))
 
 
 def _auto_leaf(p, nthreads):
-    """Leaf block length of the associative scan."""
+    """Leaf length of the associative scan: enough leaves for every thread
+    (8 per thread in the rows layout, run in lockstep)."""
     if p.inner == 1:
-        return max(64, min(_LEAF_ELEMS, -(-p.n // (_LANES * nthreads))))
-    w = _block_width(p, nthreads)
-    return max(16, min(_LEAF_ELEMS // w, -(-p.n // (4 * nthreads))))
+        return _odd16(min(4096, max(64, p.n // (_LANES * nthreads))))
+    return max(16, -(-p.n // max(8, 4 * nthreads)))
 
 
 def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False):

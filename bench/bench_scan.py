@@ -1,0 +1,139 @@
+"""Benchmarks of zilla_muf.scan against the memory roofline and baselines.
+
+The roofline of a scan is ``np.add(a, b, out=h)`` on the same arrays: it reads
+`a` and `b` and writes `h` once, exactly the traffic a scan cannot avoid.
+Baselines: ``scipy.signal.lfilter`` (constant decay only) and a NumPy loop
+over time vectorised over channels.
+
+    python bench/bench_scan.py [--quick] [--repeat N]
+
+Writes bench/results/scan.json and prints a table of times and ratios.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import scipy.signal
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import Report, median_time  # noqa: E402
+
+from zilla_muf import (  # noqa: E402
+    associative_scan,
+    chunked_scan,
+    linear_scan,
+    sequential_scan,
+)
+
+
+def numpy_loop(a, b, out):
+    """Time-major loop: one vectorised step per time index."""
+    np.multiply(a[0], 0, out=out[0])
+    out[0] += b[0]
+    for t in range(1, a.shape[0]):
+        np.multiply(a[t], out[t - 1], out=out[t])
+        out[t] += b[t]
+    return out
+
+
+def make(rng, shape, dtype):
+    a = rng.uniform(0.9, 1.0, size=shape).astype(dtype)
+    b = rng.standard_normal(shape).astype(dtype)
+    return a, b
+
+
+def batched(report, rng, repeat, channels, steps, quick):
+    """Batched: channels x steps, both layouts, float32 and float64."""
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        for layout in ("rows", "time-major"):
+            shape = (channels, steps) if layout == "rows" else (steps, channels)
+            axis = -1 if layout == "rows" else 0
+            a, b = make(rng, shape, dtype)
+            h = np.empty_like(a)
+            case = f"batched {channels}x{steps} {name} {layout}"
+            roof = median_time(lambda: np.add(a, b, out=h), repeat)
+            report.add(case, "roofline np.add", roof, roof)
+            for w in (1, 2):
+                report.add(case, f"linear_scan w={w}",
+                           median_time(lambda: linear_scan(a, b, axis=axis, workers=w),
+                                       repeat), roof)
+            report.add(case, "sequential_scan",
+                       median_time(lambda: sequential_scan(a, b, axis=axis), repeat), roof)
+            for w in (1, 2):
+                report.add(case, f"chunked_scan w={w}",
+                           median_time(lambda: chunked_scan(a, b, axis=axis, workers=w),
+                                       repeat), roof)
+                report.add(case, f"associative_scan w={w}",
+                           median_time(lambda: associative_scan(a, b, axis=axis, workers=w),
+                                       repeat), roof)
+            if layout == "time-major" and not quick:
+                out = np.empty_like(a)
+                report.add(case, "NumPy loop over time",
+                           median_time(lambda: numpy_loop(a, b, out), 3), roof)
+            if dtype == np.float64 and not quick:
+                decay = 0.95
+                bb = b if layout == "rows" else b
+                report.add(case, "scipy lfilter (constant a)",
+                           median_time(lambda: scipy.signal.lfilter(
+                               [1.0], [1.0, -decay], bb, axis=axis), 3), roof)
+                report.add(case, "linear_scan w=2 (constant a)",
+                           median_time(lambda: linear_scan(decay, bb, axis=axis, workers=2),
+                                       repeat), roof)
+
+
+def cache_resident(report, rng, repeat):
+    n = 1 << 18
+    a, b = make(rng, n, np.float32)
+    h = np.empty_like(a)
+    case = "one sequence 2^18 float32 (in cache)"
+    seq = median_time(lambda: sequential_scan(a, b), repeat, min_time=0.02)
+    report.add(case, "sequential_scan", seq, seq)
+    report.add(case, "roofline np.add",
+               median_time(lambda: np.add(a, b, out=h), repeat, min_time=0.02), seq)
+    for w in (1, 2):
+        report.add(case, f"chunked_scan w={w}",
+                   median_time(lambda: chunked_scan(a, b, workers=w), repeat,
+                               min_time=0.02), seq)
+        report.add(case, f"associative_scan w={w}",
+                   median_time(lambda: associative_scan(a, b, workers=w), repeat,
+                               min_time=0.02), seq)
+
+
+def long_sequence(report, rng, repeat):
+    n = 1 << 24
+    a, b = make(rng, n, np.float32)
+    h = np.empty_like(a)
+    case = "one sequence 2^24 float32"
+    roof = median_time(lambda: np.add(a, b, out=h), repeat)
+    report.add(case, "roofline np.add", roof, roof)
+    report.add(case, "sequential_scan", median_time(lambda: sequential_scan(a, b), repeat),
+               roof)
+    for w in (1, 2):
+        report.add(case, f"chunked_scan w={w}",
+                   median_time(lambda: chunked_scan(a, b, workers=w), repeat), roof)
+        report.add(case, f"associative_scan w={w}",
+                   median_time(lambda: associative_scan(a, b, workers=w), repeat), roof)
+        report.add(case, f"linear_scan w={w}",
+                   median_time(lambda: linear_scan(a, b, workers=w), repeat), roof)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer baselines")
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    report = Report("scan")
+    size = 1024 if args.quick else 4096
+    batched(report, rng, args.repeat, size, size, args.quick)
+    cache_resident(report, rng, args.repeat)
+    long_sequence(report, rng, max(3, args.repeat // 2))
+    print(report.table())
+    print(f"\nwritten: {report.save()}")
+
+
+if __name__ == "__main__":
+    main()
