@@ -1,20 +1,7 @@
-"""Shared test configuration: tolerances by dtype, random generators.
-
-`python -m pytest` from a checkout puts the checkout first on ``sys.path``,
-where ``zilla_muf/`` is the uncompiled source tree. The tests are meant to
-exercise the installed, compiled package, so the checkout root is removed
-from ``sys.path`` before anything imports ``zilla_muf``.
-"""
-
-import os
-import sys
-from pathlib import Path
+"""Shared test configuration: tolerances by dtype, random generators."""
 
 import numpy as np
 import pytest
-
-_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != _ROOT]
 
 REAL_DTYPES = [np.float32, np.float64]
 COMPLEX_DTYPES = [np.complex64, np.complex128]

@@ -3,6 +3,7 @@
 import doctest
 import importlib
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +36,23 @@ def test_docstring_examples(test):
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{test.name}: {result.failed} example(s) failed"
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+RST = sorted(DOCS.rglob("*.rst")) if DOCS.exists() else []
+RST = [p for p in RST if "generated" not in p.parts and ">>>" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", RST, ids=[str(p.relative_to(DOCS)) for p in RST])
+def test_documentation_examples(path):
+    with np.printoptions(legacy=False):
+        result = doctest.testfile(
+            str(path), module_relative=False, globs={"np": np},
+            optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+            verbose=False, report=True,
+        )
+    assert result.attempted > 0
+    assert result.failed == 0, f"{path.name}: {result.failed} example(s) failed"
 
 
 def test_every_public_function_has_an_example():

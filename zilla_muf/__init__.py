@@ -12,6 +12,44 @@ scan
     The recurrence, by sequential, chunked and associative algorithms.
 """
 
+
+def _installed_copy():
+    """The directory of an installed, compiled copy of this package.
+
+    Running ``python -m zilla_muf`` or ``python -m pytest`` from the root of
+    a source checkout puts the checkout first on ``sys.path``, so the
+    uncompiled ``zilla_muf/`` source folder is imported instead of the
+    installed package. Its modules are then taken from the installed copy,
+    found on the rest of ``sys.path``.
+    """
+    import os
+    import sys
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    here = os.path.normcase(os.path.dirname(os.path.abspath(__file__)))
+    for entry in sys.path:
+        cand = os.path.join(os.path.abspath(entry or os.curdir), "zilla_muf")
+        if os.path.normcase(cand) == here:
+            continue
+        if any(os.path.isfile(os.path.join(cand, "_openmp_helpers" + suffix))
+               for suffix in EXTENSION_SUFFIXES):
+            return cand
+    return None
+
+
+try:
+    from . import _openmp_helpers
+except ImportError:
+    _where = _installed_copy()
+    if _where is None:
+        raise ImportError(
+            "zilla_muf's compiled kernels are not built: this is the source "
+            "tree. Install the package (`pip install .`), or for development "
+            "`pip install --no-build-isolation -e .`."
+        ) from None
+    __path__[:] = [_where]
+    from . import _openmp_helpers
+
 from . import scan
 from ._openmp_helpers import have_openmp
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
