@@ -26,6 +26,7 @@ from . import _structured
 from ._validation import (
     as_array,
     broadcast_shapes,
+    positive_int,
     resolve_workers,
     result_dtype,
 )
@@ -214,6 +215,11 @@ def semiseparable_matvec(a, B, C, x, *, chunk_size=None, workers=None):
     array([ 1.,  3.,  6., 10.])
     """
     a, B, C, x, lead, dtype = _semiseparable_operands(a, B, C, x)
+    n, r = B.shape[-2:]
+    if n == 0 or r == 0:
+        positive_int(chunk_size, "chunk_size", allow_none=True)
+        resolve_workers(workers)
+        return np.zeros(lead + (n,), dtype=dtype)
     # h has the broadcast leading dimensions of a, B and x; C joins in einsum
     b = np.multiply(B, x[..., None], dtype=dtype)
     h = chunked_scan(np.asarray(a, dtype=dtype)[..., None], b, axis=-2,
