@@ -135,7 +135,7 @@ def fft_conv(signal, kernel, *, axis=-1, workers=None):
 
     See Also
     --------
-    toeplitz_matvec : the same product, with a direct method for short kernels.
+    zilla_muf.toeplitz_matvec : the same product, with a direct method for short kernels.
     scipy.signal.fftconvolve : the full (untruncated) convolution.
 
     Notes
