@@ -143,18 +143,20 @@ def test_semiseparable_dtypes(dtypes, expected):
     batch=st.integers(1, 3),
     chunk=st.one_of(st.none(), st.integers(1, 16)),
     workers=st.integers(1, 2),
+    complex_=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_semiseparable_matvec_is_matrix_product(n, r, batch, chunk, workers, seed):
+def test_semiseparable_matvec_is_matrix_product(n, r, batch, chunk, workers, complex_, seed):
     rng = np.random.default_rng(seed)
-    a = rng.uniform(-1.0, 1.0, (batch, n))
-    B = rng.standard_normal((batch, n, r))
-    C = rng.standard_normal((batch, n, r))
-    x = rng.standard_normal((batch, n))
+    dtype = np.complex128 if complex_ else np.float64
+    a = random_array(rng, (batch, n), dtype) * 0.7
+    B = random_array(rng, (batch, n, r), dtype)
+    C = random_array(rng, (batch, n, r), dtype)
+    x = random_array(rng, (batch, n), dtype)
     y = semiseparable_matvec(a, B, C, x, chunk_size=chunk, workers=workers)
     M = semiseparable_matrix(a, B, C)
-    assert y.shape == (batch, n)
-    assert_close(y, np.einsum("bij,bj->bi", M, x), np.float64, scale=100)
+    assert y.shape == (batch, n) and y.dtype == dtype
+    assert_close(y, np.einsum("bij,bj->bi", M, x), dtype, scale=100)
 
 
 def test_semiseparable_bad_input():

@@ -467,3 +467,140 @@ def vandermonde_transpose(const real_t[:, ::1] poles, const real_t[:, ::1] v,
                                 imin(L, (s + 1) * split))
     if failed != 0:
         raise MemoryError("could not allocate the power tables")
+
+
+# ---------------------------------------------------------------------------
+# Semiseparable (real data): the scan over r state channels and the
+# contraction with C in one pass, chunked along n.
+# ---------------------------------------------------------------------------
+
+cdef inline real_t dot(const real_t *u, const real_t *v,
+                       Py_ssize_t r) noexcept nogil:
+    """u . v with four partial sums (independent dependency chains)."""
+    cdef real_t s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef Py_ssize_t k = 0
+    while k + 4 <= r:
+        s0 = s0 + u[k] * v[k]
+        s1 = s1 + u[k + 1] * v[k + 1]
+        s2 = s2 + u[k + 2] * v[k + 2]
+        s3 = s3 + u[k + 3] * v[k + 3]
+        k = k + 4
+    while k < r:
+        s0 = s0 + u[k] * v[k]
+        k = k + 1
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef real_t ss_local(const real_t *a, const real_t *B, const real_t *C,
+                     const real_t *x, real_t *y, real_t *h, Py_ssize_t m,
+                     Py_ssize_t r) noexcept nogil:
+    """From h (r values): h <- a_t h + B_t x_t, y_t = C_t . h, m steps.
+
+    Leaves the end state in h; returns the product of the m decays.
+    """
+    cdef Py_ssize_t t, k
+    cdef real_t at, xt, q = 1
+    cdef const real_t *bt
+    for t in range(m):
+        at = a[t]
+        xt = x[t]
+        bt = B + t * r
+        for k in range(r):
+            h[k] = at * h[k] + bt[k] * xt
+        y[t] = dot(C + t * r, h, r)
+        q = q * at
+    return q
+
+
+cdef void ss_correct(const real_t *a, const real_t *C, real_t *y,
+                     const real_t *carry, Py_ssize_t m,
+                     Py_ssize_t r) noexcept nogil:
+    """y_t += (prod_{u <= t} a_u) C_t . carry over a chunk of m steps."""
+    cdef Py_ssize_t t
+    cdef real_t q = 1
+    for t in range(m):
+        q = q * a[t]
+        y[t] = y[t] + q * dot(C + t * r, carry, r)
+
+
+def semiseparable(const real_t[:, ::1] a, const Py_ssize_t[::1] amap,
+                  const real_t[:, ::1] B, const Py_ssize_t[::1] bmap,
+                  const real_t[:, ::1] C, const Py_ssize_t[::1] cmap,
+                  const real_t[:, ::1] x, const Py_ssize_t[::1] xmap,
+                  real_t[:, ::1] out, Py_ssize_t r, Py_ssize_t chunk_size,
+                  int num_threads):
+    """out[q] = M x for row q: a, x (.., n), B, C (.., n * r), row maps.
+
+    (1) every chunk from a zero state, in parallel, keeping its end state
+    and decay product; (2) per row, the states entering the chunks; (3)
+    every chunk but the first adds its entering state carried by the decays.
+    """
+    cdef Py_ssize_t rows = out.shape[0], n = out.shape[1]
+    cdef Py_ssize_t nch, ntask, task, q, c, t0, m, k, j
+    cdef real_t *S
+    cdef real_t *P
+    cdef real_t *prev
+    cdef real_t *cur
+    cdef const real_t *AP
+    cdef const real_t *BP
+    cdef const real_t *CP
+    cdef const real_t *XP
+    cdef real_t *OP
+    if chunk_size < 1 or num_threads < 1 or r < 1:
+        raise ValueError("chunk_size, num_threads and r must be >= 1")
+    if (amap.shape[0] != rows or bmap.shape[0] != rows or cmap.shape[0] != rows
+            or xmap.shape[0] != rows or a.shape[1] != n or x.shape[1] != n
+            or B.shape[1] != n * r or C.shape[1] != n * r):
+        raise ValueError("semiseparable: inconsistent shapes")
+    if rows == 0 or n == 0:
+        return
+    for q in range(rows):
+        if not (0 <= amap[q] < a.shape[0] and 0 <= bmap[q] < B.shape[0]
+                and 0 <= cmap[q] < C.shape[0] and 0 <= xmap[q] < x.shape[0]):
+            raise ValueError("semiseparable: row map out of range")
+    chunk_size = imin(chunk_size, n)
+    nch = (n + chunk_size - 1) // chunk_size
+    ntask = rows * nch
+    S = <real_t *> malloc(ntask * r * sizeof(real_t))
+    P = <real_t *> malloc(ntask * sizeof(real_t))
+    if S == NULL or P == NULL:
+        free(S)
+        free(P)
+        raise MemoryError("could not allocate the semiseparable scratch")
+    AP = &a[0, 0]
+    BP = &B[0, 0]
+    CP = &C[0, 0]
+    XP = &x[0, 0]
+    OP = &out[0, 0]
+    with nogil:
+        # (1) local passes
+        for task in prange(ntask, num_threads=num_threads, schedule='static'):
+            q = task // nch
+            c = task - q * nch
+            t0 = c * chunk_size
+            m = imin(chunk_size, n - t0)
+            for k in range(r):
+                S[task * r + k] = 0
+            P[task] = ss_local(AP + amap[q] * n + t0, BP + (bmap[q] * n + t0) * r,
+                               CP + (cmap[q] * n + t0) * r, XP + xmap[q] * n + t0,
+                               OP + q * n + t0, S + task * r, m, r)
+        if nch > 1:
+            # (2) S[q, c - 1] <- the state entering chunk c, in place:
+            # E_1 = S_0, E_c = P_{c-1} E_{c-1} + S_{c-1}
+            for q in prange(rows, num_threads=num_threads, schedule='static'):
+                for c in range(2, nch):
+                    prev = S + (q * nch + c - 2) * r
+                    cur = S + (q * nch + c - 1) * r
+                    for j in range(r):
+                        cur[j] = P[q * nch + c - 1] * prev[j] + cur[j]
+            # (3) corrections
+            for task in prange(ntask, num_threads=num_threads, schedule='static'):
+                q = task // nch
+                c = task - q * nch
+                if c > 0:
+                    t0 = c * chunk_size
+                    m = imin(chunk_size, n - t0)
+                    ss_correct(AP + amap[q] * n + t0, CP + (cmap[q] * n + t0) * r,
+                               OP + q * n + t0, S + (task - 1) * r, m, r)
+    free(S)
+    free(P)

@@ -51,6 +51,8 @@ _TILE = 1024
 # over 1 to 256 channels, lengths 512 to 65536; 1.0 to 2.9 real, 0.4 to 1.2
 # complex, where the direct method makes four real products).
 _DIRECT_BREAK = {"f": 2.0, "c": 0.9}
+# Smallest chunk (steps) of the semiseparable kernel worth a carry.
+_MIN_SS_CHUNK = 256
 # Powers per task of the Vandermonde kernels. Multiples of the kernels'
 # 256-power blocks, so that the split never changes a result.
 _VDM_BLOCK = 256
@@ -133,6 +135,14 @@ def _semiseparable_operands(a, B, C, x=None):
         shapes["x"] = x.shape[:-1]
     lead = broadcast_shapes(**shapes)
     return a, B, C, x, lead, dtype
+
+
+def _semiseparable_chunk(rows, n, nthreads):
+    """Default chunk: whole rows when they keep every thread busy."""
+    if nthreads == 1 or rows >= 2 * nthreads:
+        return max(n, 1)
+    pieces = -(-4 * nthreads // max(rows, 1))
+    return max(_MIN_SS_CHUNK, -(-n // pieces))
 
 
 def semiseparable_matvec(a, B, C, x, *, chunk_size=None, workers=None):
@@ -223,6 +233,23 @@ def semiseparable_matvec(a, B, C, x, *, chunk_size=None, workers=None):
         positive_int(chunk_size, "chunk_size", allow_none=True)
         resolve_workers(workers)
         return np.zeros(lead + (n,), dtype=dtype)
+    if dtype.kind == "f":
+        nthreads = resolve_workers(workers)
+        chunk_size = positive_int(chunk_size, "chunk_size", allow_none=True)
+        rows = int(np.prod(lead, dtype=np.int64))
+        if chunk_size is None:
+            chunk_size = _semiseparable_chunk(rows, n, nthreads)
+        # each argument once per distinct row, with its row map
+        args = []
+        for arr, tail, width in ((a, 1, n), (B, 2, n * r), (C, 2, n * r), (x, 1, n)):
+            arr_lead = arr.shape[:-tail]
+            nrow = int(np.prod(arr_lead, dtype=np.int64))
+            args.append(np.ascontiguousarray(arr, dtype=dtype).reshape(nrow, width))
+            args.append(_row_map(arr_lead, lead))
+        out = np.empty((rows, n), dtype=dtype)
+        _structured.semiseparable(*args, out, r, chunk_size, nthreads)
+        return out.reshape(lead + (n,))
+    # complex: the scan of the r channels, then the contraction with C;
     # h has the broadcast leading dimensions of a, B and x; C joins in einsum
     b = np.multiply(B, x[..., None], dtype=dtype)
     h = chunked_scan(np.asarray(a, dtype=dtype)[..., None], b, axis=-2,
@@ -406,7 +433,7 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     :math:`nK - K(K-1)/2` with :math:`K = \min(\text{len}(k), n)`, are
     fewer than :math:`c \, m \log_2 m` with :math:`m = n + K - 1`, the
     constant :math:`c` measured on the development machine (2 for real
-    data, 0.9 for complex): at n = 8192, kernels of up to 25 taps (real)
+    data, 0.9 for complex): at n = 8192, kernels of up to 26 taps (real)
     or 11 taps (complex) go direct.
 
     .. versionadded:: 0.1.0
