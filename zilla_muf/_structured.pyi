@@ -21,3 +21,10 @@ def vandermonde_transpose(
     vmap: npt.NDArray[np.intp], out: npt.NDArray[np.floating], split: int,
     num_threads: int,
 ) -> None: ...
+def semiseparable(
+    a: npt.NDArray[np.floating], amap: npt.NDArray[np.intp],
+    B: npt.NDArray[np.floating], bmap: npt.NDArray[np.intp],
+    C: npt.NDArray[np.floating], cmap: npt.NDArray[np.intp],
+    x: npt.NDArray[np.floating], xmap: npt.NDArray[np.intp],
+    out: npt.NDArray[np.floating], r: int, chunk_size: int, num_threads: int,
+) -> None: ...

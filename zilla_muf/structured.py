@@ -164,8 +164,9 @@ def semiseparable_matvec(a, B, C, x, *, chunk_size=None, workers=None):
         The vector, shape (..., n). The leading dimensions of all four
         arguments broadcast.
     chunk_size : int, optional
-        Steps per chunk of the underlying :func:`chunked_scan`. Default:
-        chosen for the shape and `workers`.
+        Steps per chunk along `n` (see Notes). Default: whole rows when the
+        leading dimensions give every thread work, otherwise a few chunks
+        per thread.
     workers : int, optional
         Threads to use: None is 1, -1 all cores, negative values count back
         from all cores as in :mod:`scipy.fft`.
@@ -200,10 +201,16 @@ def semiseparable_matvec(a, B, C, x, *, chunk_size=None, workers=None):
         y_i = C_i \cdot h_i = \sum_{j \le i} (C_i \cdot B_j)
               \Big(\prod_{k=j+1}^{i} a_k\Big) x_j ,
 
-    which is the product with the lower-triangular matrix :math:`M`. The
-    :math:`r` channels of the state are scanned by :func:`chunked_scan`
-    (time-major, channels contiguous), then contracted with :math:`C_i`.
-    The dot product is not conjugated for complex data.
+    which is the product with the lower-triangular matrix :math:`M`.
+
+    Real data runs in one compiled pass that updates the :math:`r` state
+    channels and contracts them with :math:`C_i` step by step, chunked along
+    :math:`n` like :func:`chunked_scan`: each chunk from a zero state in
+    parallel, a carry pass over the chunk ends, then each chunk adds
+    :math:`\big(\prod_{u \le t} a_u\big) \, C_t \cdot h_{\text{in}}`
+    for the state :math:`h_{\text{in}}` entering it. Complex data scans the
+    channels with :func:`chunked_scan` (time-major, channels contiguous),
+    then contracts with :math:`C_i`. The dot product is not conjugated.
 
     .. versionadded:: 0.1.0
 
