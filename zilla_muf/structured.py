@@ -360,14 +360,14 @@ def _toeplitz_direct(k, x, lead, dtype, nthreads):
     _structured.toeplitz_direct(kstack, kmaps, xstack, xmaps, out, _TILE, nthreads)
     out = out.reshape(len(terms), rows, n)
     if dtype.kind != "c":
-        y = out[0]
-    else:
-        y = np.zeros((rows, n), dtype=dtype)
-        for t, part in zip(terms, out):
-            if t[3] == 0:
-                y.real += t[2] * part
-            else:
-                y.imag += t[2] * part
+        return out[0].reshape(lead + (n,))
+    y = np.empty((rows, n), dtype=dtype)
+    for target in (0, 1):
+        parts = [(sign, part) for (_, _, sign, tgt), part in zip(terms, out) if tgt == target]
+        dest = y.real if target == 0 else y.imag
+        np.copyto(dest, parts[0][1])    # the first term of each part is positive
+        for sign, part in parts[1:]:
+            (np.subtract if sign < 0 else np.add)(dest, part, out=dest)
     return y.reshape(lead + (n,))
 
 
@@ -639,11 +639,14 @@ def vandermonde_matvec(poles, weights, length, *, conj_pairs=False, workers=None
     :math:`L \times N` matrix. The length is cut into blocks of 256 powers;
     :math:`\lambda^{l_0 + j} = \lambda^{l_0} \lambda^{j}` with the anchor
     :math:`\lambda^{l_0} = \exp(l_0 \log \lambda)` evaluated in double
-    precision for every block and the table :math:`\lambda^j`, :math:`j <
-    256`, built once in double precision by doubling (at most nine
-    roundings). The error of :math:`\lambda^l` is thus a few roundings plus
-    :math:`l` times the rounding of :math:`\log \lambda` -- the same size as
-    the effect of rounding :math:`\lambda` itself -- with no overflow for
+    precision for every block, and the table :math:`\lambda^j`, :math:`j <
+    256`, built once per row in double precision by doubling,
+    :math:`\lambda^{p + j} = \lambda^j \exp(p \log \lambda)` for
+    :math:`p = 1, 2, 4, \dots` (one rounded product per binary digit of
+    :math:`j`). The error of :math:`\lambda^l` is thus a few roundings of
+    the output dtype plus :math:`l` times the double-precision rounding of
+    :math:`\log \lambda` -- no larger than the effect of rounding
+    :math:`\lambda` itself -- and nothing overflows for
     :math:`|\lambda| \le 1`. :math:`0^0 = 1`.
 
     .. versionadded:: 0.1.0
