@@ -180,6 +180,10 @@ def test_empty_axis():
         assert h.shape == (3, 0) and h.dtype == np.float64
         np.testing.assert_array_equal(last, [1.0, 2.0, 3.0])
         assert fn(np.ones((0, 5), np.float32), np.ones((0, 5), np.float32)).shape == (0, 5)
+        # no channels, time-major
+        h, last = fn(np.ones((7, 0)), np.ones((7, 0)), axis=0, return_final=True,
+                     workers=2)
+        assert h.shape == (7, 0) and last.shape == (0,)
 
 
 def test_nan_and_inf_propagate():

@@ -10,6 +10,13 @@ Modules
 -------
 scan
     The recurrence, by sequential, chunked and associative algorithms.
+structured
+    Products with semiseparable, causal Toeplitz, Cauchy and Vandermonde
+    matrices, without forming them.
+fft_conv
+    Causal convolution by FFT. The module is callable:
+    ``zilla_muf.fft_conv(signal, kernel)`` is
+    ``zilla_muf.fft_conv.fft_conv(signal, kernel)``.
 """
 
 
@@ -50,20 +57,39 @@ except ImportError:
     __path__[:] = [_where]
     from . import _openmp_helpers
 
-from . import scan
+# `fft_conv` is both a module and its function: the module is callable (see
+# zilla_muf/fft_conv.py), so zilla_muf.fft_conv(...) and
+# zilla_muf.fft_conv.fft_conv(...) are the same call.
+from . import fft_conv, scan, structured
 from ._openmp_helpers import have_openmp
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
+from .structured import (
+    cauchy_matvec,
+    semiseparable_matrix,
+    semiseparable_matvec,
+    toeplitz_matvec,
+    vandermonde_matvec,
+    vandermonde_rmatvec,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "associative_scan",
+    "cauchy_matvec",
     "chunked_scan",
+    "fft_conv",
     "have_openmp",
     "linear_scan",
     "openmp_info",
     "scan",
+    "semiseparable_matrix",
+    "semiseparable_matvec",
     "sequential_scan",
+    "structured",
+    "toeplitz_matvec",
+    "vandermonde_matvec",
+    "vandermonde_rmatvec",
 ]
 
 

@@ -116,7 +116,7 @@ def _block_width(p, nthreads):
     """Channel block of one task in the columns layout: as wide as possible
     (long contiguous runs per step stream well), split only to give every
     thread work."""
-    if p.inner == 1 or p.outer >= nthreads:
+    if p.inner <= 1 or p.outer >= nthreads:
         return max(p.inner, 1)
     blocks = -(-nthreads // max(p.outer, 1))
     w = -(-p.inner // blocks)
