@@ -10,11 +10,25 @@ Modules
 -------
 scan
     The recurrence, by sequential, chunked and associative algorithms.
+ssd
+    Mamba-2's structured state space duality: the chunked SSD layer, its four
+    stages, the sequential and quadratic (attention) forms, and the one-token
+    decoding update.
 """
 
-from . import scan
+from . import scan, ssd
 from ._openmp_helpers import have_openmp
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
+from .ssd import (
+    selective_state_update,
+    ssd_chunk_cumsum,
+    ssd_chunk_scan,
+    ssd_chunk_scan_combined,
+    ssd_chunk_state,
+    ssd_quadratic,
+    ssd_sequential,
+    ssd_state_passing,
+)
 
 __version__ = "0.1.0"
 
@@ -25,7 +39,16 @@ __all__ = [
     "linear_scan",
     "openmp_info",
     "scan",
+    "selective_state_update",
     "sequential_scan",
+    "ssd",
+    "ssd_chunk_cumsum",
+    "ssd_chunk_scan",
+    "ssd_chunk_scan_combined",
+    "ssd_chunk_state",
+    "ssd_quadratic",
+    "ssd_sequential",
+    "ssd_state_passing",
 ]
 
 
