@@ -52,17 +52,93 @@ from zilla_muf._types cimport real_t
 # Element helpers
 # ---------------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    /* exp for float32 that gcc can vectorise (no libm call): Cody-Waite
+       range reduction x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial
+       (Cephes expf, about 1 ulp) and 2^n built in the exponent bits.
+       Underflow gives 0 (for x < -87.3, where exp(x) < 2^-126), overflow
+       inf, NaN propagates. */
+    static inline float zm_expf(float x) {
+        float xc = x < -87.33654f ? -87.33654f : x;
+        xc = xc > 88.0f ? 88.0f : xc;
+        float t = xc * 1.44269504088896341f;
+        float n = (t + 12582912.0f) - 12582912.0f;       /* round to nearest */
+        float r = xc - n * 0.693359375f;
+        r = r + n * 2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        float y = p * r * r + r + 1.0f;
+        union { int i; float f; } sc;
+        sc.i = ((int) n + 127) << 23;
+        y = y * sc.f;
+        y = x < -87.33654f ? 0.0f : y;
+        y = x > 88.0f ? __builtin_inff() : y;
+        return x != x ? x : y;
+    }
+
+    /* One row of the masked decay matrix:
+       w[j] = cb[j] * exp(csi - cs[j]) * dt[j], the exponent clamped to <= 0
+       when `clamp`. Contiguous, restrict-qualified and branch-free so that
+       the compiler vectorises it (with -fno-trapping-math). */
+    static void zm_decay_row_f(float *restrict w, const float *restrict cb,
+                               const float *restrict cs,
+                               const float *restrict dt, float csi,
+                               Py_ssize_t n, int clamp) {
+        Py_ssize_t j;
+        if (clamp) {
+            for (j = 0; j < n; j++) {
+                float d = csi - cs[j];
+                d = d > 0.0f ? 0.0f : d;
+                w[j] = cb[j] * zm_expf(d) * dt[j];
+            }
+        } else {
+            for (j = 0; j < n; j++)
+                w[j] = cb[j] * zm_expf(csi - cs[j]) * dt[j];
+        }
+    }
+
+    static void zm_decay_row_d(double *restrict w, const double *restrict cb,
+                               const double *restrict cs,
+                               const double *restrict dt, double csi,
+                               Py_ssize_t n, int clamp) {
+        Py_ssize_t j;
+        if (clamp) {
+            for (j = 0; j < n; j++) {
+                double d = csi - cs[j];
+                d = d > 0.0 ? 0.0 : d;
+                w[j] = cb[j] * exp(d) * dt[j];
+            }
+        } else {
+            for (j = 0; j < n; j++)
+                w[j] = cb[j] * exp(csi - cs[j]) * dt[j];
+        }
+    }
+    """
+    float zm_expf(float x) noexcept nogil
+    void zm_decay_row_f(float *w, const float *cb, const float *cs,
+                        const float *dt, float csi, Py_ssize_t n,
+                        int clamp) noexcept nogil
+    void zm_decay_row_d(double *w, const double *cb, const double *cs,
+                        const double *dt, double csi, Py_ssize_t n,
+                        int clamp) noexcept nogil
+
+
 cdef inline real_t rexp(real_t v) noexcept nogil:
     if real_t is float:
-        return expf(v)
+        return zm_expf(v)
     else:
         return exp(v)
 
 
 cdef inline real_t decay(real_t d, bint clamp) noexcept nogil:
     """exp(d), with d clamped to <= 0 when the math says it is."""
-    if clamp and d > 0:
-        d = 0
+    if clamp:
+        d = 0 if d > 0 else d
     return rexp(d)
 
 
@@ -98,32 +174,41 @@ cdef inline bint nonincreasing(const real_t *cs, Py_ssize_t m) noexcept nogil:
 # ---------------------------------------------------------------------------
 
 cdef void chunk_output(const real_t *X, const real_t *Bc, const real_t *Cc,
+                       const real_t *CB, Py_ssize_t ldcb,
                        const real_t *dt, const real_t *cs,
                        const long long *seq, const real_t *S, bint has_state,
                        real_t *Y, Py_ssize_t m, Py_ssize_t P, Py_ssize_t N,
-                       int ldx, int ldb, real_t *W, real_t *Cw) noexcept nogil:
+                       int ldx, int ldb, real_t *W, real_t *Cw,
+                       real_t *CBw) noexcept nogil:
     """Y = (E o C B^T) diag(dt) X + diag(exp(cs)) C S^T for one chunk.
 
-    S is the (P, N) state entering the chunk (already zero when a new
-    sequence starts at the chunk's first position); has_state = False skips
-    the inter-chunk term (S == 0).
+    CB, when not NULL, is C B^T already formed (row stride ldcb). S is the
+    (P, N) state entering the chunk (already zero when a new sequence starts
+    at the chunk's first position); has_state = False skips the inter-chunk
+    term (S == 0).
     """
     cdef Py_ssize_t i, j, n
     cdef int mi = <int> m
     cdef bint clamp = nonincreasing(cs, m)
-    cdef real_t csi, e
-    # W = C B^T (m, m), row-major with ld m
-    gemm_rm(c'N', c'T', mi, mi, <int> N, 1, Cc, ldb, Bc, ldb, 0, W, mi)
+    cdef real_t e
+    cdef real_t *Wi
+    if CB == NULL:
+        # C B^T (m, m), row-major with ld m, into the scratch CBw
+        gemm_rm(c'N', c'T', mi, mi, <int> N, 1, Cc, ldb, Bc, ldb, 0, CBw, mi)
+        CB = CBw
+        ldcb = m
     for i in range(m):
-        csi = cs[i]
-        for j in range(i + 1):
-            W[i * m + j] = W[i * m + j] * decay(csi - cs[j], clamp) * dt[j]
+        Wi = W + i * m
+        if real_t is float:
+            zm_decay_row_f(Wi, CB + i * ldcb, cs, dt, cs[i], i + 1, clamp)
+        else:
+            zm_decay_row_d(Wi, CB + i * ldcb, cs, dt, cs[i], i + 1, clamp)
         for j in range(i + 1, m):
-            W[i * m + j] = 0
-        if seq != NULL:
+            Wi[j] = 0
+        if seq != NULL and seq[0] != seq[m - 1]:
             for j in range(i + 1):
                 if seq[j] != seq[i]:
-                    W[i * m + j] = 0
+                    Wi[j] = 0
     gemm_rm(c'N', c'N', mi, <int> P, mi, 1, W, mi, X, ldx, 0, Y, ldx)
     if not has_state:
         return
@@ -177,7 +262,8 @@ cdef inline Py_ssize_t imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 cdef void combined_task(const real_t *x, const real_t *dt, const real_t *dA,
                        const real_t *Bm, const real_t *Cm,
-                       const long long *seq, real_t *state, real_t *y,
+                       const long long *seq, const real_t *CBall,
+                       real_t *state, real_t *y,
                        bint has_init, Py_ssize_t b, Py_ssize_t h,
                        Py_ssize_t L, Py_ssize_t Lp, Py_ssize_t H,
                        Py_ssize_t G, Py_ssize_t P, Py_ssize_t N,
@@ -186,6 +272,7 @@ cdef void combined_task(const real_t *x, const real_t *dt, const real_t *dA,
     cdef Py_ssize_t c, t0, m, g = h // (H // G), k
     cdef real_t *Cw = W + csz * csz
     cdef real_t *Xw = Cw + csz * N
+    cdef real_t *CBw = Xw + csz * P
     cdef real_t *S = state + (b * H + h) * P * N
     cdef const real_t *X
     cdef const real_t *Bc
@@ -193,6 +280,7 @@ cdef void combined_task(const real_t *x, const real_t *dt, const real_t *dA,
     cdef const real_t *dtc
     cdef const real_t *csc
     cdef const long long *sq = NULL
+    cdef const real_t *CB = NULL
     cdef real_t *Y
     cdef bint has_state = has_init
     cdef int ldx = <int> (H * P), ldb = <int> (G * N)
@@ -211,8 +299,10 @@ cdef void combined_task(const real_t *x, const real_t *dt, const real_t *dA,
                 for k in range(P * N):
                     S[k] = 0
                 has_state = False
-        chunk_output(X, Bc, Cc, dtc, csc, sq, S, has_state, Y, m, P, N,
-                     ldx, ldb, W, Cw)
+        if CBall != NULL:
+            CB = CBall + ((b * G + g) * nch + c) * csz * csz
+        chunk_output(X, Bc, Cc, CB, csz, dtc, csc, sq, S, has_state, Y, m,
+                     P, N, ldx, ldb, W, Cw, CBw)
         chunk_state(X, Bc, dtc, csc, sq, S,
                     chunk_carry(csc, sq, m) if has_state else 0,
                     m, P, N, ldx, ldb, Xw)
@@ -255,25 +345,51 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
              const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
              const real_t[:, :, :, ::1] C, const long long[:, ::1] seq,
              bint has_seq, real_t[:, :, :, ::1] state, bint has_init,
-             real_t[:, :, :, ::1] y, Py_ssize_t chunk_size, int num_threads):
+             real_t[:, :, :, ::1] y, Py_ssize_t chunk_size, int num_threads,
+             bint share_cb=True):
     """Chunked SSD scan; `state` holds the initial state and gets the final
-    one. Returns the number of threads that ran."""
+    one. Returns the number of threads that ran.
+
+    With share_cb and several heads per group, C B^T of every (batch, group,
+    chunk) is formed once, in a first parallel pass, into a
+    (batch, ngroups, nchunks, chunk_size, chunk_size) array, instead of once
+    per head.
+    """
     cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
-    cdef Py_ssize_t Lp = dt.shape[2], task
+    cdef Py_ssize_t Lp = dt.shape[2], task, b, c, g, t0, m
+    cdef Py_ssize_t nch = (L + chunk_size - 1) // chunk_size
     cdef const long long *sq = &seq[0, 0] if has_seq else NULL
-    cdef Scratch scr = Scratch(num_threads, chunk_size * (chunk_size + N + P),
+    cdef Scratch scr = Scratch(num_threads,
+                               chunk_size * (2 * chunk_size + N + P),
                                sizeof(real_t))
     cdef real_t *buf = <real_t *> scr.buf
-    cdef int tid
+    cdef real_t *cb = NULL
+    cdef int tid, ldb = <int> (G * N), mi
+    cdef Py_ssize_t cbsz = chunk_size * chunk_size
+    cdef Scratch cbs
+    if share_cb and H // G > 1:
+        cbs = Scratch(1, nb * G * nch * cbsz, sizeof(real_t))
+        cb = <real_t *> cbs.buf
+        for task in prange(nb * G * nch, num_threads=num_threads,
+                           schedule='static', nogil=True):
+            b = task // (G * nch)
+            g = (task // nch) % G
+            c = task % nch
+            t0 = c * chunk_size
+            mi = <int> imin(chunk_size, L - t0)
+            gemm_rm(c'N', c'T', mi, mi, <int> N, 1, &C[b, t0, g, 0], ldb,
+                    &B[b, t0, g, 0], ldb, 0, cb + task * cbsz,
+                    <int> chunk_size)
     for task in prange(nb * H, num_threads=num_threads, schedule='static',
                        nogil=True):
         tid = threadid()
         scr.mark(tid)
         combined_task(&x[0, 0, 0, 0], &dt[0, 0, 0], &dA[0, 0, 0],
-                      &B[0, 0, 0, 0], &C[0, 0, 0, 0], sq, &state[0, 0, 0, 0],
-                      &y[0, 0, 0, 0], has_init, task // H, task % H, L, Lp,
-                      H, G, P, N, chunk_size, buf + tid * scr.per_thread)
+                      &B[0, 0, 0, 0], &C[0, 0, 0, 0], sq, cb,
+                      &state[0, 0, 0, 0], &y[0, 0, 0, 0], has_init,
+                      task // H, task % H, L, Lp, H, G, P, N, chunk_size,
+                      buf + tid * scr.per_thread)
     return scr.count()
 
 
@@ -369,7 +485,7 @@ def chunk_scan(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef Py_ssize_t task, b, c, h, g, t0, m
     cdef int ldx = <int> (H * P), ldb = <int> (G * N), tid
     cdef const long long *sq
-    cdef Scratch scr = Scratch(num_threads, chunk_size * (chunk_size + N),
+    cdef Scratch scr = Scratch(num_threads, chunk_size * (2 * chunk_size + N),
                                sizeof(real_t))
     cdef real_t *buf = <real_t *> scr.buf
     for task in prange(nb * nch * H, num_threads=num_threads,
@@ -384,10 +500,12 @@ def chunk_scan(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         m = imin(chunk_size, L - t0)
         sq = &seq[b, t0] if has_seq else NULL
         chunk_output(&x[b, t0, h, 0], &B[b, t0, g, 0], &C[b, t0, g, 0],
-                     &dt[b, h, t0], &dA[b, h, t0], sq,
+                     NULL, 0, &dt[b, h, t0], &dA[b, h, t0], sq,
                      &chunk_states[b, c, h, 0, 0], True, &y[b, t0, h, 0],
                      m, P, N, ldx, ldb, buf + tid * scr.per_thread,
-                     buf + tid * scr.per_thread + chunk_size * chunk_size)
+                     buf + tid * scr.per_thread + chunk_size * chunk_size,
+                     buf + tid * scr.per_thread
+                     + chunk_size * (chunk_size + N))
     return scr.count()
 
 
