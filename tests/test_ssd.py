@@ -614,3 +614,15 @@ def test_stage_bad_inputs_name_the_argument(rng):
         ssd_chunk_scan(x, dt_out, dA, B, C[..., :2], entering)
     with pytest.raises(ValueError, match="`D`"):
         ssd_chunk_scan(x, dt_out, dA, B, C, entering, D=np.ones((4, 2)))
+
+
+def test_chunk_size_longer_than_the_sequence(rng):
+    # scratch is sized by the longest real chunk, not by chunk_size
+    args, kw = make_problem(rng, L=11, init=True, seq=True)
+    y_ref, h_ref = loop_oracle(*args, **kw)
+    y, h = ssd_chunk_scan_combined(*args, 10**9, **kw, return_final_states=True)
+    assert_close(y, y_ref, np.float64, 10)
+    assert_close(h, h_ref, np.float64, 10)
+    y4, h4 = run_stages(*args, 10**5, **kw)
+    assert_close(y4, y_ref, np.float64, 10)
+    assert_close(h4, h_ref, np.float64, 10)

@@ -268,11 +268,14 @@ cdef void combined_task(const real_t *x, const real_t *dt, const real_t *dA,
                        Py_ssize_t L, Py_ssize_t Lp, Py_ssize_t H,
                        Py_ssize_t G, Py_ssize_t P, Py_ssize_t N,
                        Py_ssize_t csz, real_t *W) noexcept nogil:
+    """Walk the chunks of head h of batch b. W is this thread's scratch of
+    cm * (2 cm + N + P) elements, cm = min(csz, L) (the longest chunk)."""
     cdef Py_ssize_t nch = (L + csz - 1) // csz
+    cdef Py_ssize_t cm = imin(csz, L)
     cdef Py_ssize_t c, t0, m, g = h // (H // G), k
-    cdef real_t *Cw = W + csz * csz
-    cdef real_t *Xw = Cw + csz * N
-    cdef real_t *CBw = Xw + csz * P
+    cdef real_t *Cw = W + cm * cm
+    cdef real_t *Xw = Cw + cm * N
+    cdef real_t *CBw = Xw + cm * P
     cdef real_t *S = state + (b * H + h) * P * N
     cdef const real_t *X
     cdef const real_t *Bc
@@ -300,8 +303,8 @@ cdef void combined_task(const real_t *x, const real_t *dt, const real_t *dA,
                     S[k] = 0
                 has_state = False
         if CBall != NULL:
-            CB = CBall + ((b * G + g) * nch + c) * csz * csz
-        chunk_output(X, Bc, Cc, CB, csz, dtc, csc, sq, S, has_state, Y, m,
+            CB = CBall + ((b * G + g) * nch + c) * cm * cm
+        chunk_output(X, Bc, Cc, CB, cm, dtc, csc, sq, S, has_state, Y, m,
                      P, N, ldx, ldb, W, Cw, CBw)
         chunk_state(X, Bc, dtc, csc, sq, S,
                     chunk_carry(csc, sq, m) if has_state else 0,
@@ -360,13 +363,13 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef Py_ssize_t Lp = dt.shape[2], task, b, c, g, t0, m
     cdef Py_ssize_t nch = (L + chunk_size - 1) // chunk_size
     cdef const long long *sq = &seq[0, 0] if has_seq else NULL
-    cdef Scratch scr = Scratch(num_threads,
-                               chunk_size * (2 * chunk_size + N + P),
+    cdef Py_ssize_t cm = imin(chunk_size, L)
+    cdef Scratch scr = Scratch(num_threads, cm * (2 * cm + N + P),
                                sizeof(real_t))
     cdef real_t *buf = <real_t *> scr.buf
     cdef real_t *cb = NULL
     cdef int tid, ldb = <int> (G * N), mi
-    cdef Py_ssize_t cbsz = chunk_size * chunk_size
+    cdef Py_ssize_t cbsz = cm * cm
     cdef Scratch cbs
     if share_cb and H // G > 1:
         cbs = Scratch(1, nb * G * nch * cbsz, sizeof(real_t))
@@ -379,8 +382,7 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
             t0 = c * chunk_size
             mi = <int> imin(chunk_size, L - t0)
             gemm_rm(c'N', c'T', mi, mi, <int> N, 1, &C[b, t0, g, 0], ldb,
-                    &B[b, t0, g, 0], ldb, 0, cb + task * cbsz,
-                    <int> chunk_size)
+                    &B[b, t0, g, 0], ldb, 0, cb + task * cbsz, <int> cm)
     for task in prange(nb * H, num_threads=num_threads, schedule='static',
                        nogil=True):
         tid = threadid()
@@ -409,7 +411,8 @@ def chunk_states(const real_t[:, :, :, ::1] x, const real_t[:, :, :, ::1] B,
     cdef Py_ssize_t task, b, c, h, g, t0, m
     cdef int ldx = <int> (H * P), ldb = <int> (G * N), tid
     cdef const long long *sq
-    cdef Scratch scr = Scratch(num_threads, chunk_size * P, sizeof(real_t))
+    cdef Scratch scr = Scratch(num_threads, imin(chunk_size, L) * P,
+                               sizeof(real_t))
     cdef real_t *buf = <real_t *> scr.buf
     for task in prange(nb * nch * H, num_threads=num_threads,
                        schedule='static', nogil=True):
@@ -485,8 +488,8 @@ def chunk_scan(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef Py_ssize_t task, b, c, h, g, t0, m
     cdef int ldx = <int> (H * P), ldb = <int> (G * N), tid
     cdef const long long *sq
-    cdef Scratch scr = Scratch(num_threads, chunk_size * (2 * chunk_size + N),
-                               sizeof(real_t))
+    cdef Py_ssize_t cm = imin(chunk_size, L)
+    cdef Scratch scr = Scratch(num_threads, cm * (2 * cm + N), sizeof(real_t))
     cdef real_t *buf = <real_t *> scr.buf
     for task in prange(nb * nch * H, num_threads=num_threads,
                        schedule='static', nogil=True):
@@ -503,9 +506,8 @@ def chunk_scan(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
                      NULL, 0, &dt[b, h, t0], &dA[b, h, t0], sq,
                      &chunk_states[b, c, h, 0, 0], True, &y[b, t0, h, 0],
                      m, P, N, ldx, ldb, buf + tid * scr.per_thread,
-                     buf + tid * scr.per_thread + chunk_size * chunk_size,
-                     buf + tid * scr.per_thread
-                     + chunk_size * (chunk_size + N))
+                     buf + tid * scr.per_thread + cm * cm,
+                     buf + tid * scr.per_thread + cm * (cm + N))
     return scr.count()
 
 

@@ -239,10 +239,12 @@ def _finish(y, x, D, z):
 
 
 def _chunk_size(chunk_size, L):
+    """The chunk length a layer call uses: never longer than the sequence
+    (a chunk longer than the sequence is the same single chunk)."""
     cs = positive_int(chunk_size, "chunk_size", allow_none=True)
     if cs is None:
-        cs = max(1, min(_DEFAULT_CHUNK, L))
-    return cs
+        cs = _DEFAULT_CHUNK
+    return max(1, min(cs, L))
 
 
 def _cumsum(dtp, A, cs):
@@ -779,8 +781,11 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     :math:`2Q(\text{dstate} + \text{headdim}) + 4\,\text{headdim}\cdot\text{dstate}`
     multiply-adds, all in matrix products (BLAS, one thread per task).
     Each (batch, head) pair is one parallel task that walks its chunks in
-    order, so only one state per task is kept: memory beyond the output is
-    O(workers * Q^2).
+    order, so only one state per task is kept and no per-chunk states are
+    stored: the working memory is O(workers * Q^2) plus, when several heads
+    share a group, the (batch, ngroups, nchunks, Q, Q) products
+    :math:`C B^\top` formed once for all of them (about Q / (headdim *
+    heads per group) times the size of `x`).
 
     All exponents are differences of cumulative sums within one chunk, and
     are clamped to <= 0 when the decays are (:math:`\Delta' A \le 0`): float32
