@@ -626,3 +626,19 @@ def test_chunk_size_longer_than_the_sequence(rng):
     y4, h4 = run_stages(*args, 10**5, **kw)
     assert_close(y4, y_ref, np.float64, 10)
     assert_close(h4, h_ref, np.float64, 10)
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_exp_over_the_whole_range(dtype):
+    # single head, one position per chunk row pair: the decay between two
+    # positions is exp(dt * A) for dt*A across the dtype's exponent range
+    # (growth included), checked against NumPy's exp
+    vals = np.linspace(-85.0, 85.0, 341)
+    x = np.ones((1, 2, len(vals), 1), dtype=dtype)
+    dt = np.ones((1, 2, len(vals)), dtype=dtype)
+    B = np.ones((1, 2, 1, 1), dtype=dtype)
+    A = vals.astype(dtype)
+    y = ssd_chunk_scan_combined(x, dt, A, B, B, 2, dt_limit=(-np.inf, np.inf))
+    # y_1 = exp(A) * y_0 + 1 with y_0 = 1
+    expect = np.exp(A.astype(np.float64)) + 1.0
+    np.testing.assert_allclose(y[0, 1, :, 0], expect, rtol=5 * np.finfo(dtype).eps)

@@ -33,9 +33,16 @@ The GEMMs are scipy.linalg.cython_blas calls, one task per OpenMP thread at a
 time; the Python layer limits BLAS to one thread around these kernels. The
 row-major products are issued as column-major GEMMs of the transposes.
 
+The fused scan (`combined`) gives each (batch, head) task its chunks in
+order: output of the chunk from the running state, then the running state
+advanced through the chunk, so no per-chunk states are stored. When several
+heads share a group, C B^T is formed once per (batch, group, chunk) in a
+first parallel pass, into a (batch, ngroups, nchunks, cm, cm) array
+(cm = min(chunk_size, seqlen)), and read by every head of the group.
+
 Parallel tasks: (batch, head) for the fused scan, the sequential recurrence
 and the state passing; (batch, chunk, head) for the chunk-state and
-chunk-scan stages. Per-thread scratch is O(chunk_size^2 + chunk_size *
+chunk-scan stages; (batch, group, chunk) for the shared C B^T. Per-thread scratch is O(chunk_size^2 + chunk_size *
 (headdim + dstate)); no per-position state and no (L, L) matrix per head
 and chunk is ever stored beyond the one a thread works on.
 """
@@ -56,12 +63,12 @@ cdef extern from *:
     """
     /* exp for float32 that gcc can vectorise (no libm call): Cody-Waite
        range reduction x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial
-       (Cephes expf, about 1 ulp) and 2^n built in the exponent bits.
-       Underflow gives 0 (for x < -87.3, where exp(x) < 2^-126), overflow
-       inf, NaN propagates. */
+       (Cephes expf; 1.35 ulp at most over [-87.3, 88.7], checked against
+       double exp) and 2^n built in the exponent bits. Underflow gives 0
+       (x < -87.3, where exp(x) < 2^-126), overflow inf, NaN propagates. */
     static inline float zm_expf(float x) {
         float xc = x < -87.33654f ? -87.33654f : x;
-        xc = xc > 88.0f ? 88.0f : xc;
+        xc = xc > 88.72283f ? 88.72283f : xc;
         float t = xc * 1.44269504088896341f;
         float n = (t + 12582912.0f) - 12582912.0f;       /* round to nearest */
         float r = xc - n * 0.693359375f;
@@ -73,11 +80,13 @@ cdef extern from *:
         p = p * r + 1.6666665459e-1f;
         p = p * r + 5.0000001201e-1f;
         float y = p * r * r + r + 1.0f;
+        /* 2^n with n in [-126, 128]: 2^128 is built as 2 * 2^127 */
+        float adj = n > 0.0f ? 1.0f : 0.0f;
         union { int i; float f; } sc;
-        sc.i = ((int) n + 127) << 23;
-        y = y * sc.f;
+        sc.i = ((int) (n - adj) + 127) << 23;
+        y = y * (1.0f + adj) * sc.f;
         y = x < -87.33654f ? 0.0f : y;
-        y = x > 88.0f ? __builtin_inff() : y;
+        y = x > 88.72283f ? __builtin_inff() : y;
         return x != x ? x : y;
     }
 
