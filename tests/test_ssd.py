@@ -509,6 +509,22 @@ def test_concurrent_calls_match_serial(rng):
         np.testing.assert_array_equal(b1, b2)
 
 
+def test_blas_thread_limits_are_restored(rng):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def limits():
+        return sorted((i["filepath"], i["num_threads"])
+                      for i in threadpoolctl.threadpool_info()
+                      if i["user_api"] == "blas")
+
+    before = limits()
+    args, kw = make_problem(rng, nb=2, L=40, H=4, P=8, G=1, N=8)
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda _: ssd_chunk_scan_combined(*args, 8, workers=2),
+                    range(8)))
+    assert limits() == before
+
+
 def test_empty_and_degenerate_shapes(rng):
     x = np.zeros((2, 0, 4, 3), dtype=np.float32)
     dt = np.zeros((2, 0, 4), dtype=np.float32)

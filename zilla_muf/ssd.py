@@ -66,25 +66,41 @@ _INT_MAX = 2**31 - 1
 # ---------------------------------------------------------------------------
 
 _controller = None
-_controller_lock = threading.Lock()
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
 
 
 def _blas_controller():
     global _controller
     if _controller is None:
-        with _controller_lock:
-            if _controller is None:
-                from threadpoolctl import ThreadpoolController
+        from threadpoolctl import ThreadpoolController
 
-                _controller = ThreadpoolController()
+        _controller = ThreadpoolController()
     return _controller
 
 
 @contextlib.contextmanager
 def _single_threaded_blas():
-    """Limit BLAS to one thread while a kernel runs (no oversubscription)."""
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    """Limit BLAS to one thread while kernels run (no oversubscription).
+
+    The limit is process-wide, so it is reference counted: the first of
+    several concurrent calls sets it, the last one restores the original
+    limits.
+    """
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _blas_controller().limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 # ---------------------------------------------------------------------------
