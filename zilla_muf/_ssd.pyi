@@ -4,9 +4,14 @@ import numpy.typing as npt
 _F = npt.NDArray[np.floating]
 _I = npt.NDArray[np.int64]
 
+class Scratch:
+    def __init__(self, nthreads: int, per_thread: int, itemsize: int) -> None: ...
+    def count(self) -> int: ...
+
 def combined(
     x: _F, dt: _F, dA: _F, B: _F, C: _F, seq: _I, has_seq: bool,
     state: _F, has_init: bool, y: _F, chunk_size: int, num_threads: int,
+    share_cb: bool = ...,
 ) -> int: ...
 def chunk_states(
     x: _F, B: _F, dt: _F, dA: _F, seq: _I, has_seq: bool, states: _F,
