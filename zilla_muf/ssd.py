@@ -905,9 +905,12 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
         \operatorname{silu}(z_t).
 
     :math:`2\,\text{headdim}\cdot\text{dstate}` multiply-adds per token and
-    head, with one state per (batch, head) held in cache: faster than the
-    chunked algorithm for short sequences (see the benchmarks for the
-    crossover on a given machine).
+    head, with one state per (batch, head) held in cache, but as vector
+    operations rather than matrix products: faster than the chunked
+    algorithm for short sequences only. On a 2-core x86-64 machine with
+    batch 1, 8 heads and a 64 x 64 state per head, it was faster up to
+    seqlen 32 and slower from seqlen 64 on (``bench/bench_ssd.py`` measures
+    the crossover on a given machine).
 
     .. versionadded:: 0.1.0
 
