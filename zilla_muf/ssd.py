@@ -192,9 +192,7 @@ class _Problem:
         return self.init.copy()
 
     def seq_args(self):
-        if self.seq is None:
-            return np.zeros((1, 1), dtype=np.int64), False
-        return self.seq, True
+        return _seq_kernel_args(self.seq)
 
     def finish(self, y):
         return _finish(y, self.x, self.D, self.z)
@@ -413,6 +411,7 @@ def _stage_arrays(x, B, dt_out, dA_cumsum, extra):
 
 
 def _seq_kernel_args(seq):
+    """(ids, has_seq) for a kernel: a 1x1 placeholder when there are none."""
     if seq is None:
         return np.zeros((1, 1), dtype=np.int64), False
     return seq, True
