@@ -4,7 +4,8 @@ State space models (S4, Mamba, Mamba-2) and linear attention compute the same
 object: a product with a structured (semiseparable, Toeplitz, Cauchy,
 Vandermonde) matrix, evaluated as the chunked recurrence
 ``h_t = a_t * h_{t-1} + b_t``. zilla-muf provides those kernels for NumPy
-arrays, in compiled, multithreaded form.
+arrays, in compiled, multithreaded form. Every public function is importable
+from this package and from its module.
 
 Modules
 -------
@@ -17,6 +18,10 @@ fft_conv
     Causal convolution by FFT. The module is callable:
     ``zilla_muf.fft_conv(signal, kernel)`` is
     ``zilla_muf.fft_conv.fft_conv(signal, kernel)``.
+ssd
+    Mamba-2's structured state space duality: the chunked SSD layer, its four
+    stages, the sequential and quadratic (attention) forms, and the one-token
+    decoding update.
 """
 
 
@@ -57,12 +62,23 @@ except ImportError:
     __path__[:] = [_where]
     from . import _openmp_helpers
 
+
 # `fft_conv` is both a module and its function: the module is callable (see
 # zilla_muf/fft_conv.py), so zilla_muf.fft_conv(...) and
 # zilla_muf.fft_conv.fft_conv(...) are the same call.
-from . import fft_conv, scan, structured
+from . import fft_conv, scan, ssd, structured
 from ._openmp_helpers import have_openmp
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
+from .ssd import (
+    selective_state_update,
+    ssd_chunk_cumsum,
+    ssd_chunk_scan,
+    ssd_chunk_scan_combined,
+    ssd_chunk_state,
+    ssd_quadratic,
+    ssd_sequential,
+    ssd_state_passing,
+)
 from .structured import (
     cauchy_matvec,
     semiseparable_matrix,
@@ -74,23 +90,13 @@ from .structured import (
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "associative_scan",
-    "cauchy_matvec",
-    "chunked_scan",
-    "fft_conv",
-    "have_openmp",
-    "linear_scan",
-    "openmp_info",
-    "scan",
-    "semiseparable_matrix",
-    "semiseparable_matvec",
-    "sequential_scan",
-    "structured",
-    "toeplitz_matvec",
-    "vandermonde_matvec",
-    "vandermonde_rmatvec",
-]
+# The public modules, and every public function of theirs.
+_MODULES = ["fft_conv", "scan", "ssd", "structured"]
+__all__ = sorted(
+    set(_MODULES)
+    | {"have_openmp", "openmp_info"}
+    | {name for mod in _MODULES for name in globals()[mod].__all__}
+)
 
 
 def openmp_info(workers=None):
