@@ -10,22 +10,58 @@ Modules
 -------
 scan
     The recurrence, by sequential, chunked and associative algorithms.
+stable_ops
+    Overflow-free softmax, log-sum-exp, segment sums, gates, RMS norm.
+discretize
+    Zero-order-hold and bilinear discretisation, diagonal or dense.
+complex_ops
+    Complex exponentials and the conjugate-pair readout of diagonal SSMs.
 """
 
-from . import scan
+from . import complex_ops, discretize, scan, stable_ops
 from ._openmp_helpers import have_openmp
+from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
+from .discretize import bilinear_discretize, zoh_discretize
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
+from .stable_ops import (
+    log_softmax,
+    log_sum_exp,
+    logcumsumexp,
+    rms_norm,
+    segsum,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "associative_scan",
+    "bilinear_discretize",
     "chunked_scan",
+    "complex_exp",
+    "complex_ops",
+    "conjugate_pair_output",
+    "diag_complex_matrix_exp",
+    "discretize",
     "have_openmp",
     "linear_scan",
+    "log_softmax",
+    "log_sum_exp",
+    "logcumsumexp",
     "openmp_info",
+    "rms_norm",
     "scan",
+    "segsum",
     "sequential_scan",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softplus",
+    "stable_ops",
+    "zoh_discretize",
 ]
 
 
