@@ -150,9 +150,10 @@ cdef inline void log_softmax_row(const real_t *x, real_t *out, Py_ssize_t n) noe
     cdef Py_ssize_t i
     cdef double s
     s = row_exp_sum(x, NULL, n, m)
-    shift = m + <real_t> log(s)
+    shift = <real_t> log(s)
+    # (x - m) - log(s): exact small results even when |m| >> log(s)
     for i in range(n):
-        out[i] = x[i] - shift
+        out[i] = (x[i] - m) - shift
 
 
 cdef inline real_t log_sum_exp_row(const real_t *x, Py_ssize_t n) noexcept nogil:

@@ -180,10 +180,11 @@ def log_softmax(x, axis=-1, *, workers=None):
     -----
     .. math::
 
-        \log \operatorname{softmax}(x)_i = x_i - m - \log \sum_k e^{x_k - m},
-        \qquad m = \max_k x_k .
+        \log \operatorname{softmax}(x)_i = (x_i - m) - \log \sum_k e^{x_k - m},
+        \qquad m = \max_k x_k ,
 
-    Entries of a tiny softmax (whose exponential underflows) keep their
+    in that order, so results near 0 keep full precision when :math:`|m|`
+    is huge. Entries of a tiny softmax (whose exponential underflows) keep their
     exact logarithm. Rows that are all :math:`-\infty` or hold
     :math:`+\infty` or NaN give NaN.
 
