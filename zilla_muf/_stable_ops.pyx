@@ -10,7 +10,10 @@ between threads by a static ``prange``; each row is handled by one small
 
 * softmax: three sweeps of one row held in cache: the maximum (eight
   independent running maxima), then ``e = exp(x - max)`` stored to the output
-  while summing, then a scale by ``1 / sum``. log_softmax and log_sum_exp use
+  and summed (in double, eight partial sums), then a scale by ``1 / sum``.
+  The exponentials come from the branch-free loops of ``_vexp.h``, which
+  vectorise (libm's ``exp`` is a call per element) and are dispatched at
+  load time between an SSE2 and an AVX2 + FMA build. log_softmax and log_sum_exp use
   the same maximum and sum. A row whose maximum is infinite gives NaN
   (softmax, log_softmax: ``inf - inf``) or that infinity (log_sum_exp).
 * logcumsumexp: ``acc = logaddexp(acc, x_t)`` written with one exponential of a
@@ -33,15 +36,24 @@ from zilla_muf._types cimport real_t
 cdef enum:
     LANES = 8
     BLOCK = 4096
+    EBUF = 512
 
 cdef double LOG2 = 0.6931471805599453
 
 
+cdef extern from "_vexp.h" nogil:
+    float zm_expf(float x)
+    double zm_exp(double x)
+    void zm_exp_shift_f(const float *x, float *e, Py_ssize_t n, float m)
+    void zm_exp_shift_d(const double *x, double *e, Py_ssize_t n, double m)
+
+
 cdef inline real_t r_exp(real_t x) noexcept nogil:
+    """exp, branch-free and inlined so that loops over it vectorise."""
     if real_t is float:
-        return expf(x)
+        return zm_expf(x)
     else:
-        return exp(x)
+        return zm_exp(x)
 
 
 cdef inline real_t r_log(real_t x) noexcept nogil:
@@ -69,71 +81,86 @@ cdef inline real_t r_fabs(real_t x) noexcept nogil:
 # Row functions
 # ---------------------------------------------------------------------------
 
-cdef inline real_t row_max(const real_t *x, Py_ssize_t n, bint *has_nan) noexcept nogil:
-    """Largest element, ignoring NaN; has_nan[0] tells whether one was seen."""
+cdef inline real_t row_max(const real_t *x, Py_ssize_t n) noexcept nogil:
+    """Largest element, ignoring NaN (-inf for an empty row)."""
     cdef real_t m[LANES]
     cdef real_t v, best
     cdef Py_ssize_t i = 0
     cdef int k
-    cdef bint nan = False
     for k in range(LANES):
         m[k] = -INFINITY
     while i + LANES <= n:
         for k in range(LANES):
             v = x[i + k]
             m[k] = v if v > m[k] else m[k]
-            nan = nan | (v != v)
         i = i + LANES
     while i < n:
         v = x[i]
         m[0] = v if v > m[0] else m[0]
-        nan = nan | (v != v)
         i = i + 1
     best = m[0]
     for k in range(1, LANES):
         best = m[k] if m[k] > best else best
-    has_nan[0] = nan
     return best
 
 
-cdef inline double row_exp_sum(const real_t *x, real_t *out, Py_ssize_t n,
-                               real_t m) noexcept nogil:
-    """sum(exp(x - m)); the terms are stored to `out` unless it is NULL."""
+cdef inline bint row_has_nan(const real_t *x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if x[i] != x[i]:
+            return True
+    return False
+
+
+cdef inline double lane_sum(const real_t *e, Py_ssize_t n) noexcept nogil:
+    """sum(e) in double, in LANES independent partial sums."""
     cdef double s[LANES]
-    cdef real_t e
     cdef Py_ssize_t i = 0
     cdef int k
     cdef double total = 0.0
     for k in range(LANES):
         s[k] = 0.0
-    if out != NULL:
-        while i + LANES <= n:
-            for k in range(LANES):
-                e = r_exp(x[i + k] - m)
-                out[i + k] = e
-                s[k] = s[k] + e
-            i = i + LANES
-        while i < n:
-            e = r_exp(x[i] - m)
-            out[i] = e
-            s[0] = s[0] + e
-            i = i + 1
-    else:
-        while i + LANES <= n:
-            for k in range(LANES):
-                s[k] = s[k] + r_exp(x[i + k] - m)
-            i = i + LANES
-        while i < n:
-            s[0] = s[0] + r_exp(x[i] - m)
-            i = i + 1
+    while i + LANES <= n:
+        for k in range(LANES):
+            s[k] = s[k] + e[i + k]
+        i = i + LANES
+    while i < n:
+        s[0] = s[0] + e[i]
+        i = i + 1
     for k in range(LANES):
         total = total + s[k]
     return total
 
 
+cdef inline void exp_shifted(const real_t *x, real_t *e, Py_ssize_t n,
+                             real_t m) noexcept nogil:
+    """e = exp(x - m), by the vectorised (and CPU-dispatched) C loops."""
+    if real_t is float:
+        zm_exp_shift_f(x, e, n, m)
+    else:
+        zm_exp_shift_d(x, e, n, m)
+
+
+cdef inline double row_exp_sum(const real_t *x, real_t *out, Py_ssize_t n,
+                               real_t m) noexcept nogil:
+    """sum(exp(x - m)); the terms are stored to `out` unless it is NULL."""
+    cdef real_t buf[EBUF]
+    cdef Py_ssize_t i0, w
+    cdef double total = 0.0
+    if out != NULL:
+        exp_shifted(x, out, n, m)
+        return lane_sum(out, n)
+    i0 = 0
+    while i0 < n:
+        w = n - i0 if n - i0 < EBUF else EBUF
+        exp_shifted(x + i0, buf, w, m)
+        total = total + lane_sum(buf, w)
+        i0 = i0 + w
+    return total
+
+
 cdef inline void softmax_row(const real_t *x, real_t *out, Py_ssize_t n) noexcept nogil:
-    cdef bint nan
-    cdef real_t m = row_max(x, n, &nan)
+    cdef real_t m = row_max(x, n)
     cdef real_t scale
     cdef Py_ssize_t i
     cdef double s
@@ -144,8 +171,7 @@ cdef inline void softmax_row(const real_t *x, real_t *out, Py_ssize_t n) noexcep
 
 
 cdef inline void log_softmax_row(const real_t *x, real_t *out, Py_ssize_t n) noexcept nogil:
-    cdef bint nan
-    cdef real_t m = row_max(x, n, &nan)
+    cdef real_t m = row_max(x, n)
     cdef real_t shift
     cdef Py_ssize_t i
     cdef double s
@@ -157,12 +183,11 @@ cdef inline void log_softmax_row(const real_t *x, real_t *out, Py_ssize_t n) noe
 
 
 cdef inline real_t log_sum_exp_row(const real_t *x, Py_ssize_t n) noexcept nogil:
-    cdef bint nan
-    cdef real_t m = row_max(x, n, &nan)
-    if nan:
-        return NAN
+    cdef real_t m = row_max(x, n)
     if m == INFINITY or m == -INFINITY:
-        return m
+        # a NaN would be ignored by the maximum; otherwise it propagates
+        # through the sum below
+        return NAN if row_has_nan(x, n) else m
     return m + <real_t> log(row_exp_sum(x, NULL, n, m))
 
 

@@ -124,8 +124,9 @@ def softmax(x, axis=-1, *, workers=None):
         \operatorname{softmax}(x)_i = \frac{e^{x_i - m}}{\sum_k e^{x_k - m}} ,
 
     so every exponential is at most 1 and the sum at least 1: no overflow or
-    total underflow for any finite input. Each row is swept three times while
-    it is in cache (the maximum; exponentials stored and summed; a scale).
+    total underflow for any finite input. Each row is processed while it is
+    in cache: the maximum, the exponentials (a vectorised loop) stored to the
+    output, their sum in float64, a scale.
     A row that is all :math:`-\infty`, or contains :math:`+\infty` or NaN,
     gives NaN (:math:`\infty - \infty` and :math:`\infty/\infty` are
     undefined), as :func:`scipy.special.softmax` does.
