@@ -79,6 +79,10 @@ def exp_scaled(const real_t[::1] z, const real_t[::1] delta, real_t[::1] out,
         for blk in prange(nblk, num_threads=num_threads, schedule='static'):
             i1 = (blk + 1) * BLOCK if (blk + 1) * BLOCK < n else n
             for i in range(blk * BLOCK, i1):
+                # assigned here so that prange makes them thread-private
+                # (variables only written through a pointer would be shared)
+                re = 0
+                im = 0
                 if scaled:
                     d = delta[i]
                     cexp_parts(d * z[2 * i], d * z[2 * i + 1], &re, &im)

@@ -112,6 +112,12 @@ def zoh_complex(const real_t[::1] a, const real_t[::1] delta,
             i1 = (blk + 1) * BLOCK if (blk + 1) * BLOCK < n else n
             for i in range(blk * BLOCK, i1):
                 d = delta[i]
+                # assigned here so that prange makes them thread-private
+                # (variables only written through a pointer would be shared)
+                ar = 0
+                ai = 0
+                pr = 0
+                pi = 0
                 zoh_complex_elem(d * a[2 * i], d * a[2 * i + 1], &ar, &ai,
                                  &pr, &pi)
                 abar[2 * i] = <real_t> ar
@@ -170,6 +176,10 @@ def bilinear_complex(const real_t[::1] a, const real_t[::1] delta,
                 y = d * a[2 * i + 1]
                 dr = 1.0 - alpha * x
                 di = -alpha * y
+                ar = 0      # thread-private: see zoh_complex
+                ai = 0
+                qr = 0
+                qi = 0
                 cdiv(1.0 + (1.0 - alpha) * x, (1.0 - alpha) * y, dr, di,
                      &ar, &ai)
                 abar[2 * i] = <real_t> ar

@@ -19,6 +19,7 @@ from . import _complex_ops
 from ._validation import (
     as_array,
     broadcast_shapes,
+    dtype_operand,
     normalize_axis,
     resolve_workers,
     result_dtype,
@@ -34,11 +35,12 @@ def _complex_dtype(dtype):
 
 def _exp(z, delta, name, workers):
     nthreads = resolve_workers(workers)
-    z = as_array(z, name)
+    z_raw, z = z, as_array(z, name)
     d = None if delta is None else as_array(delta, "delta")
     if d is not None and d.dtype.kind == "c":
         raise TypeError(f"`delta` must be real, got dtype {d.dtype}")
-    cdt = _complex_dtype(result_dtype(**{name: z, "delta": d}))
+    cdt = _complex_dtype(result_dtype(**{name: dtype_operand(z_raw, z),
+                                         "delta": dtype_operand(delta, d)}))
     rdt = np.dtype(cdt.char.lower())
     shape = z.shape if d is None else broadcast_shapes(**{name: z.shape, "delta": d.shape})
     size = math.prod(shape)

@@ -19,7 +19,13 @@ import numpy as np
 import scipy.linalg
 
 from . import _discretize
-from ._validation import as_array, broadcast_shapes, resolve_workers, result_dtype
+from ._validation import (
+    as_array,
+    broadcast_shapes,
+    dtype_operand,
+    resolve_workers,
+    result_dtype,
+)
 
 __all__ = ["bilinear_discretize", "zoh_discretize"]
 
@@ -33,13 +39,14 @@ def _real_dtype(dtype):
 
 def _prepare(A, B, delta):
     """Validated arrays and the computation dtype."""
-    A = as_array(A, "A")
-    B = as_array(B, "B")
-    delta = as_array(delta, "delta")
-    if delta.dtype.kind == "c":
-        raise TypeError(f"`delta` must be real, got dtype {delta.dtype}")
-    dtype = result_dtype(A=A, B=B, delta=delta)
-    return A, B, delta, dtype
+    a = as_array(A, "A")
+    b = as_array(B, "B")
+    d = as_array(delta, "delta")
+    if d.dtype.kind == "c":
+        raise TypeError(f"`delta` must be real, got dtype {d.dtype}")
+    dtype = result_dtype(A=dtype_operand(A, a), B=dtype_operand(B, b),
+                         delta=dtype_operand(delta, d))
+    return a, b, d, dtype
 
 
 def _diagonal(kind, A, B, delta, dtype, alpha, workers):
