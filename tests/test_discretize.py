@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from zilla_muf import bilinear_discretize, zoh_discretize
 
-from conftest import ALL_DTYPES, COMPLEX_DTYPES, REAL_DTYPES, assert_close, random_array
+from conftest import ALL_DTYPES, REAL_DTYPES, assert_close, random_array
 
 
 def c2d(A, B, dt, method, alpha=None):
