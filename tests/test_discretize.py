@@ -128,8 +128,8 @@ def test_zoh_real_A_complex_B(rng):
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 def test_bilinear_diagonal_matches_cont2discrete(rng, dtype, alpha):
-    A = -random_array(rng, 10, dtype, 0.0, 3.0)
-    B = random_array(rng, 10, dtype)
+    A = -random_array(rng, 6, dtype, 0.0, 3.0)
+    B = random_array(rng, 6, dtype)
     d = 0.2
     Ab, Bb = bilinear_discretize(A, B, d, alpha=alpha)
     assert Ab.dtype == dtype and Bb.dtype == dtype
