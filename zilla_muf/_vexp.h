@@ -98,9 +98,10 @@ ZM_INLINE double zm_exp(double x)
 
 /* The loops are compiled twice on x86-64 Linux with gcc: for the baseline
  * (SSE2) and for AVX2 + FMA, picked at load time by the CPU (an ifunc, as
- * NumPy dispatches its own loops). Elsewhere, the baseline only. */
+ * NumPy dispatches its own loops; ifuncs need glibc). Elsewhere, the
+ * baseline only. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
-    && defined(__linux__)
+    && defined(__linux__) && defined(__GLIBC__)
 #define ZM_CLONES __attribute__((target_clones("arch=haswell", "default")))
 #else
 #define ZM_CLONES
