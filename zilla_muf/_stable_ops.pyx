@@ -28,8 +28,7 @@ between threads by a static ``prange``; each row is handled by one small
   ``group`` contiguous channels; the sum of squares accumulates in double.
 """
 from cython.parallel cimport prange
-from libc.math cimport (exp, expf, log, logf, log1p, log1pf, sqrt, fabs,
-                        fabsf, INFINITY, NAN)
+from libc.math cimport log, log1p, log1pf, sqrt, fabs, fabsf, INFINITY, NAN
 
 from zilla_muf._types cimport real_t
 
@@ -54,13 +53,6 @@ cdef inline real_t r_exp(real_t x) noexcept nogil:
         return zm_expf(x)
     else:
         return zm_exp(x)
-
-
-cdef inline real_t r_log(real_t x) noexcept nogil:
-    if real_t is float:
-        return logf(x)
-    else:
-        return log(x)
 
 
 cdef inline real_t r_log1p(real_t x) noexcept nogil:
