@@ -214,6 +214,11 @@ def test_dtype_rules(fn):
     assert Ab.dtype == np.complex128 and Bb.dtype == np.complex128
     Ab, Bb = fn(f, f, np.array(0.1))
     assert Ab.dtype == np.float64 and Bb.dtype == np.float64
+    # Python numbers are weak, as in np.result_type: float32 data stays float32
+    Ab, Bb = fn(f, 1.0, 0.1)
+    assert Ab.dtype == np.float32 and Bb.dtype == np.float32
+    Ab, Bb = fn(f, 1j, 0.1)
+    assert Ab.dtype == np.float32 and Bb.dtype == np.complex64
 
 
 # -- errors -------------------------------------------------------------------
