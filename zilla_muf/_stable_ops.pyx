@@ -11,9 +11,10 @@ between threads by a static ``prange``; each row is handled by one small
 * softmax: three sweeps of one row held in cache: the maximum (eight
   independent running maxima), then ``e = exp(x - max)`` stored to the output
   and summed (in double, eight partial sums), then a scale by ``1 / sum``.
-  The exponentials come from the branch-free loops of ``_vexp.h``, which
-  vectorise (libm's ``exp`` is a call per element) and are dispatched at
-  load time between an SSE2 and an AVX2 + FMA build. log_softmax and log_sum_exp use
+  The maximum, exponential and sum loops are the C loops of ``_vexp.h``:
+  a branch-free exp that vectorises (libm's is a call per element), and
+  eight-lane max/sum; each is dispatched at load time between an SSE2 and an
+  AVX2 + FMA build. log_softmax and log_sum_exp use
   the same maximum and sum. A row whose maximum is infinite gives NaN
   (softmax, log_softmax: ``inf - inf``) or that infinity (log_sum_exp).
 * logcumsumexp: ``acc = logaddexp(acc, x_t)`` written with one exponential of a
@@ -33,7 +34,6 @@ from libc.math cimport log, log1p, log1pf, sqrt, fabs, fabsf, INFINITY, NAN
 from zilla_muf._types cimport real_t
 
 cdef enum:
-    LANES = 8
     BLOCK = 4096
     EBUF = 512
 
@@ -45,6 +45,10 @@ cdef extern from "_vexp.h" nogil:
     double zm_exp(double x)
     void zm_exp_shift_f(const float *x, float *e, Py_ssize_t n, float m)
     void zm_exp_shift_d(const double *x, double *e, Py_ssize_t n, double m)
+    float zm_max_f(const float *x, Py_ssize_t n)
+    double zm_max_d(const double *x, Py_ssize_t n)
+    double zm_sum_f(const float *x, Py_ssize_t n)
+    double zm_sum_d(const double *x, Py_ssize_t n)
 
 
 cdef inline real_t r_exp(real_t x) noexcept nogil:
@@ -75,25 +79,10 @@ cdef inline real_t r_fabs(real_t x) noexcept nogil:
 
 cdef inline real_t row_max(const real_t *x, Py_ssize_t n) noexcept nogil:
     """Largest element, ignoring NaN (-inf for an empty row)."""
-    cdef real_t m[LANES]
-    cdef real_t v, best
-    cdef Py_ssize_t i = 0
-    cdef int k
-    for k in range(LANES):
-        m[k] = -INFINITY
-    while i + LANES <= n:
-        for k in range(LANES):
-            v = x[i + k]
-            m[k] = v if v > m[k] else m[k]
-        i = i + LANES
-    while i < n:
-        v = x[i]
-        m[0] = v if v > m[0] else m[0]
-        i = i + 1
-    best = m[0]
-    for k in range(1, LANES):
-        best = m[k] if m[k] > best else best
-    return best
+    if real_t is float:
+        return zm_max_f(x, n)
+    else:
+        return zm_max_d(x, n)
 
 
 cdef inline bint row_has_nan(const real_t *x, Py_ssize_t n) noexcept nogil:
@@ -105,23 +94,11 @@ cdef inline bint row_has_nan(const real_t *x, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline double lane_sum(const real_t *e, Py_ssize_t n) noexcept nogil:
-    """sum(e) in double, in LANES independent partial sums."""
-    cdef double s[LANES]
-    cdef Py_ssize_t i = 0
-    cdef int k
-    cdef double total = 0.0
-    for k in range(LANES):
-        s[k] = 0.0
-    while i + LANES <= n:
-        for k in range(LANES):
-            s[k] = s[k] + e[i + k]
-        i = i + LANES
-    while i < n:
-        s[0] = s[0] + e[i]
-        i = i + 1
-    for k in range(LANES):
-        total = total + s[k]
-    return total
+    """sum(e) in double, in eight partial sums."""
+    if real_t is float:
+        return zm_sum_f(e, n)
+    else:
+        return zm_sum_d(e, n)
 
 
 cdef inline void exp_shifted(const real_t *x, real_t *e, Py_ssize_t n,

@@ -97,12 +97,16 @@ ZM_INLINE double zm_exp(double x)
 }
 
 /* The loops are compiled twice on x86-64 Linux with gcc: for the baseline
- * (SSE2) and for AVX2 + FMA, picked at load time by the CPU (an ifunc, as
- * NumPy dispatches its own loops; ifuncs need glibc). Elsewhere, the
- * baseline only. */
+ * (SSE2) and for x86-64-v3 (AVX2 + FMA; gcc < 12: AVX2), picked at load time
+ * by the CPU's features (an ifunc, as NumPy dispatches its own loops; ifuncs
+ * need glibc). Elsewhere, the baseline only. ("arch=haswell" would not do:
+ * its resolver asks for that CPU model, so an AMD CPU got the baseline.) */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
+    && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
+#define ZM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
     && defined(__linux__) && defined(__GLIBC__)
-#define ZM_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define ZM_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define ZM_CLONES
 #endif
@@ -121,6 +125,53 @@ static void zm_exp_shift_d(const double *x, double *e, ptrdiff_t n, double m)
     for (ptrdiff_t i = 0; i < n; i++)
         e[i] = zm_exp(x[i] - m);
 }
+
+/* Largest element, ignoring NaN (-inf for n == 0); eight running maxima so
+ * that the loop vectorises (a select that keeps m on NaN is maxps). */
+#define ZM_LANES 8
+#define ZM_DEFINE_MAX(name, T)                                              \
+ZM_CLONES                                                                   \
+static T name(const T *x, ptrdiff_t n)                                      \
+{                                                                           \
+    T m[ZM_LANES];                                                          \
+    ptrdiff_t i = 0;                                                        \
+    for (int k = 0; k < ZM_LANES; k++)                                      \
+        m[k] = -INFINITY;                                                   \
+    for (; i + ZM_LANES <= n; i += ZM_LANES)                                \
+        for (int k = 0; k < ZM_LANES; k++)                                  \
+            m[k] = x[i + k] > m[k] ? x[i + k] : m[k];                       \
+    for (; i < n; i++)                                                      \
+        m[0] = x[i] > m[0] ? x[i] : m[0];                                   \
+    T best = m[0];                                                          \
+    for (int k = 1; k < ZM_LANES; k++)                                      \
+        best = m[k] > best ? m[k] : best;                                   \
+    return best;                                                            \
+}
+
+/* Sum in double, in eight partial sums (vectorises without reassociation). */
+#define ZM_DEFINE_SUM(name, T)                                              \
+ZM_CLONES                                                                   \
+static double name(const T *e, ptrdiff_t n)                                 \
+{                                                                           \
+    double s[ZM_LANES];                                                     \
+    ptrdiff_t i = 0;                                                        \
+    for (int k = 0; k < ZM_LANES; k++)                                      \
+        s[k] = 0.0;                                                         \
+    for (; i + ZM_LANES <= n; i += ZM_LANES)                                \
+        for (int k = 0; k < ZM_LANES; k++)                                  \
+            s[k] += (double) e[i + k];                                      \
+    for (; i < n; i++)                                                      \
+        s[0] += (double) e[i];                                              \
+    double total = 0.0;                                                     \
+    for (int k = 0; k < ZM_LANES; k++)                                      \
+        total += s[k];                                                      \
+    return total;                                                           \
+}
+
+ZM_DEFINE_MAX(zm_max_f, float)
+ZM_DEFINE_MAX(zm_max_d, double)
+ZM_DEFINE_SUM(zm_sum_f, float)
+ZM_DEFINE_SUM(zm_sum_d, double)
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
