@@ -24,7 +24,9 @@ between threads by a static ``prange``; each row is handled by one small
   sums), 0 on the diagonal and ``-inf`` above it.
 * elementwise functions (sigmoid, silu, softplus) run over a flat contiguous
   array in blocks of ``BLOCK`` elements; every formula evaluates ``exp`` of a
-  non-positive argument only, so no finite input overflows.
+  non-positive argument only, so no finite input overflows. sigmoid and silu
+  are the vectorised loops of ``_vexp.h``; ``silu_elem`` (the same formula)
+  serves rms_norm's gate.
 * rms_norm: rows ``(rows, channels)``, each row split into groups of
   ``group`` contiguous channels; the sum of squares accumulates in double.
 """
@@ -49,6 +51,10 @@ cdef extern from "_vexp.h" nogil:
     double zm_max_d(const double *x, Py_ssize_t n)
     double zm_sum_f(const float *x, Py_ssize_t n)
     double zm_sum_d(const double *x, Py_ssize_t n)
+    void zm_sigmoid_f(const float *x, float *out, Py_ssize_t n)
+    void zm_sigmoid_d(const double *x, double *out, Py_ssize_t n)
+    void zm_silu_f(const float *x, float *out, Py_ssize_t n)
+    void zm_silu_d(const double *x, double *out, Py_ssize_t n)
 
 
 cdef inline real_t r_exp(real_t x) noexcept nogil:
@@ -355,11 +361,15 @@ def elementwise(int op, const real_t[::1] x, real_t[::1] out, double beta,
             i0 = b * BLOCK
             i1 = i0 + BLOCK if i0 + BLOCK < n else n
             if op == OP_SIGMOID:
-                for i in range(i0, i1):
-                    out[i] = sigmoid_elem(x[i])
+                if real_t is float:
+                    zm_sigmoid_f(&x[i0], &out[i0], i1 - i0)
+                else:
+                    zm_sigmoid_d(&x[i0], &out[i0], i1 - i0)
             elif op == OP_SILU:
-                for i in range(i0, i1):
-                    out[i] = silu_elem(x[i])
+                if real_t is float:
+                    zm_silu_f(&x[i0], &out[i0], i1 - i0)
+                else:
+                    zm_silu_d(&x[i0], &out[i0], i1 - i0)
             else:
                 for i in range(i0, i1):
                     out[i] = softplus_elem(x[i], rb, rt)

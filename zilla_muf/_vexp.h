@@ -168,6 +168,33 @@ static double name(const T *e, ptrdiff_t n)                                 \
     return total;                                                           \
 }
 
+/* Logistic sigmoid and SiLU of n elements: exp only of -|x| (no overflow);
+ * silu at x = -inf is the limit -0 rather than -inf * 0. */
+#define ZM_DEFINE_GATES(sig, silu, T, EXP)                                  \
+ZM_CLONES                                                                   \
+static void sig(const T *x, T *out, ptrdiff_t n)                            \
+{                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                                     \
+        T v = x[i];                                                         \
+        T e = EXP(v < 0 ? v : -v);                                          \
+        T r = (T) 1 / ((T) 1 + e);                                          \
+        out[i] = v >= 0 ? r : e * r;                                        \
+    }                                                                       \
+}                                                                           \
+ZM_CLONES                                                                   \
+static void silu(const T *x, T *out, ptrdiff_t n)                           \
+{                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                                     \
+        T v = x[i];                                                         \
+        T e = EXP(v < 0 ? v : -v);                                          \
+        T r = (T) 1 / ((T) 1 + e);                                          \
+        T s = v >= 0 ? r : e * r;                                           \
+        out[i] = s != 0 ? v * s : (T) -0.0;                                 \
+    }                                                                       \
+}
+
+ZM_DEFINE_GATES(zm_sigmoid_f, zm_silu_f, float, zm_expf)
+ZM_DEFINE_GATES(zm_sigmoid_d, zm_silu_d, double, zm_exp)
 ZM_DEFINE_MAX(zm_max_f, float)
 ZM_DEFINE_MAX(zm_max_d, double)
 ZM_DEFINE_SUM(zm_sum_f, float)
