@@ -18,6 +18,12 @@ fft_conv
     Causal convolution by FFT. The module is callable:
     ``zilla_muf.fft_conv(signal, kernel)`` is
     ``zilla_muf.fft_conv.fft_conv(signal, kernel)``.
+stable_ops
+    Overflow-free softmax, log-sum-exp, segment sums, gates, RMS norm.
+discretize
+    Zero-order-hold and bilinear discretisation, diagonal or dense.
+complex_ops
+    Complex exponentials and the conjugate-pair readout of diagonal SSMs.
 ssd
     Mamba-2's structured state space duality: the chunked SSD layer, its four
     stages, the sequential and quadratic (attention) forms, and the one-token
@@ -66,8 +72,10 @@ except ImportError:
 # `fft_conv` is both a module and its function: the module is callable (see
 # zilla_muf/fft_conv.py), so zilla_muf.fft_conv(...) and
 # zilla_muf.fft_conv.fft_conv(...) are the same call.
-from . import fft_conv, scan, ssd, structured
+from . import complex_ops, discretize, fft_conv, scan, ssd, stable_ops, structured
 from ._openmp_helpers import have_openmp
+from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
+from .discretize import bilinear_discretize, zoh_discretize
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
 from .ssd import (
     selective_state_update,
@@ -78,6 +86,17 @@ from .ssd import (
     ssd_quadratic,
     ssd_sequential,
     ssd_state_passing,
+)
+from .stable_ops import (
+    log_softmax,
+    log_sum_exp,
+    logcumsumexp,
+    rms_norm,
+    segsum,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
 )
 from .structured import (
     cauchy_matvec,
@@ -91,7 +110,8 @@ from .structured import (
 __version__ = "0.1.0"
 
 # The public modules, and every public function of theirs.
-_MODULES = ["fft_conv", "scan", "ssd", "structured"]
+_MODULES = ["complex_ops", "discretize", "fft_conv", "scan", "ssd", "stable_ops",
+            "structured"]
 __all__ = sorted(
     set(_MODULES)
     | {"have_openmp", "openmp_info"}

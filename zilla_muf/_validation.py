@@ -4,6 +4,7 @@ One helper per concern, so that every wrapper resolves dtypes, normalises
 axes, counts threads and checks shapes the same way and with the same words:
 
 - :func:`result_dtype` -- the computation dtype of several named arrays;
+- :func:`dtype_operand` -- a Python number stays weak in :func:`result_dtype`;
 - :func:`as_array` -- an argument as an ndarray of a checked kind;
 - :func:`normalize_axis` -- an ``axis`` argument, never wrapped silently;
 - :func:`resolve_workers` -- the ``workers`` argument, as in ``scipy.fft``;
@@ -22,6 +23,7 @@ __all__ = [
     "as_array",
     "broadcast_shapes",
     "check_shape",
+    "dtype_operand",
     "inplace_array",
     "normalize_axis",
     "positive_int",
@@ -77,11 +79,20 @@ def result_dtype(*, allow_complex=True, **arrays):
         When False, a complex input raises ``TypeError`` naming it.
     **arrays
         The arguments, by their public names, as ndarrays (see
-        :func:`as_array`) or None.
+        :func:`as_array`), plain Python numbers (weak: they decide only the
+        kind, see :func:`dtype_operand`) or None.
     """
     kinds = []
+    weak = []
     for name, arr in arrays.items():
         if arr is None:
+            continue
+        if type(arr) in _PY_SCALARS:
+            # a Python number is "weak", as in np.result_type (NEP 50): it
+            # only decides the kind (float32 * 0.5 stays float32)
+            if type(arr) is complex and not allow_complex:
+                raise TypeError(f"`{name}` must be real, got {arr!r}")
+            weak.append(arr)
             continue
         if arr.dtype.kind not in "biufc":
             raise TypeError(
@@ -92,9 +103,21 @@ def result_dtype(*, allow_complex=True, **arrays):
                 f"`{name}` must be real (float32 or float64), got dtype {arr.dtype}"
             )
         kinds.append(_kernel_dtype(arr.dtype))
-    if not kinds:
+    if not kinds and not weak:
         return np.dtype(np.float64)
-    return _kernel_dtype(np.result_type(*kinds))
+    return _kernel_dtype(np.result_type(*kinds, *weak))
+
+
+_PY_SCALARS = (bool, int, float, complex)
+
+
+def dtype_operand(value, arr):
+    """What to pass to :func:`result_dtype` for an argument.
+
+    `value` itself when it is a plain Python number (weak, as NumPy treats
+    Python scalars), otherwise its array `arr` (see :func:`as_array`).
+    """
+    return value if type(value) in _PY_SCALARS else arr
 
 
 def normalize_axis(axis, ndim, name="axis"):
