@@ -1,5 +1,8 @@
 """Sphinx configuration for the zilla-muf documentation."""
 
+import importlib.util
+from pathlib import Path
+
 import zilla_muf
 
 project = "zilla-muf"
@@ -13,7 +16,25 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
     "numpydoc",
+    "matplotlib.sphinxext.plot_directive",
 ]
+
+# Formulas render with MathJax. The docs extra installs the package
+# sphinx-mathjax-offline, which ships MathJax 3; it is copied into the site
+# so that the pages render without network access. Without it, MathJax
+# loads from its default CDN.
+_mathjax = importlib.util.find_spec("sphinx-mathjax-offline")
+_mathjax_static = []
+if _mathjax is not None and _mathjax.origin is not None:
+    _mathjax_static = [str(Path(_mathjax.origin).parent / "static")]
+    mathjax_path = "mathjax/tex-chtml.js"
+
+# Figures drawn at build time from the code in `.. plot::` blocks.
+plot_formats = [("png", 120)]
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_include_source = False
+plot_rcparams = {"figure.dpi": 120, "savefig.bbox": "tight"}
 
 autosummary_generate = True
 autodoc_typehints = "none"
@@ -31,7 +52,7 @@ templates_path = ["_templates"]
 exclude_patterns = ["_build"]
 html_theme = "pydata_sphinx_theme"
 html_title = "zilla-muf"
-html_static_path = ["_static"]
+html_static_path = ["_static"] + _mathjax_static
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
