@@ -10,21 +10,28 @@ Modules
 -------
 scan
     The recurrence, by sequential, chunked and associative algorithms.
+selective
+    Mamba-1: the selective scan and the depthwise causal convolution.
 """
 
-from . import scan
+from . import scan, selective
 from ._openmp_helpers import have_openmp
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
+from .selective import causal_conv1d, causal_conv1d_update, selective_scan
 
 __version__ = "0.1.0"
 
 __all__ = [
     "associative_scan",
+    "causal_conv1d",
+    "causal_conv1d_update",
     "chunked_scan",
     "have_openmp",
     "linear_scan",
     "openmp_info",
     "scan",
+    "selective",
+    "selective_scan",
     "sequential_scan",
 ]
 
