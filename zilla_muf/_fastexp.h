@@ -1,4 +1,4 @@
-/* A branch-free single-precision exponential that compilers vectorise.
+/* Branch-free single-precision exp and softplus that compilers vectorise.
  *
  * libm's expf is an opaque call, so a loop that calls it runs one element
  * at a time. zm_expf is Cephes' expf (range reduction x = k ln2 + r with
@@ -58,6 +58,40 @@ static inline float zm_expf(float x)
     rbits = rbits & ~small;
     memcpy(&res, &rbits, sizeof res);
     return res;
+}
+
+/* log1p(y) for y in [0, 1] as 2 atanh(y / (2 + y)): no cancellation for
+ * small y, and the odd series in s = y / (2 + y) <= 1/3 converges to float
+ * precision by its s^17 term (the next is below 2e-10 relative). */
+static inline float zm_log1pf_unit(float y)
+{
+    float s = y / (2.0f + y);
+    float s2 = s * s;
+    float p = 1.0f / 17.0f;
+    p = p * s2 + 1.0f / 15.0f;
+    p = p * s2 + 1.0f / 13.0f;
+    p = p * s2 + 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    p = p * s2 + 1.0f;
+    return 2.0f * s * p;
+}
+
+/* softplus(x) = max(x, 0) + log1p(exp(-|x|)), branch-free: overflow-free
+ * for every x, NaN in gives NaN out. Above x = 20 the correction is below
+ * half an ulp of x, so the result is x itself, as with torch's threshold. */
+static inline float zm_softplusf(float x)
+{
+    uint32_t xbits, abits, pbits;
+    float ax, pos;
+    memcpy(&xbits, &x, sizeof xbits);
+    abits = xbits & 0x7FFFFFFFu;
+    pbits = xbits & ~(0u - (xbits >> 31));      /* x, or +0 when negative */
+    memcpy(&ax, &abits, sizeof ax);
+    memcpy(&pos, &pbits, sizeof pos);
+    return pos + zm_log1pf_unit(zm_expf(-ax));
 }
 
 #endif

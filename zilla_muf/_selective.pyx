@@ -5,10 +5,11 @@ Design
 ------
 Selective scan. One *channel* is a (batch b, channel d) pair; its state is
 the dstate-vector h, kept in a per-thread scratch row of N values (in L1)
-across the whole time loop. Every step t does, with n innermost and
-contiguous (vectorised):
+across the whole time loop. A first pass over the channel's row forms the
+steps dt[t] = softplus(delta[t] + bias) (or without softplus) and the gates
+silu(z[t]) in two more scratch rows (vectorised over t); then every step t
+does, with n innermost and contiguous (vectorised):
 
-    dt   = delta[t] + bias, then softplus(dt) when asked
     h[n] = exp(dt A[n]) h[n] + (dt u[t]) B[t, n]
     y[t] = sum_n C[t, n] h[n]  (+ D u[t]),  then y[t] * silu(z[t])
 
@@ -21,8 +22,9 @@ the three public layouts (constant (dim, N): sb = 0, gs = 1, sg = N, st = 0;
 (batch, N, L) and (batch, G, N, L) transposed to (batch, [G,] L, N)).
 Channels are independent: a static `prange` over batch * dim gives each
 thread a contiguous block of channels, so a group's B and C rows stay in
-cache. The float32 exponential is `zm_expf` (_fastexp.h), which gcc
-vectorises over n; float64 uses libm's exp. Complex A keeps the real and
+cache. The float32 exponential and softplus are `zm_expf` and
+`zm_softplusf` (_fastexp.h), branch-free so that gcc vectorises them;
+float64 uses libm. Complex A keeps the real and
 imaginary parts of h, A, B and C in separate real rows; the output is
 2 Re(sum_n C h), the state one member of each conjugate pair.
 
@@ -31,7 +33,7 @@ xpad = (initial states, x), evaluated tap by tap with t innermost
 (vectorised), the first width-1 outputs reading the initial states.
 """
 from cython.parallel cimport prange, parallel
-from libc.math cimport exp, expf, log1p, log1pf, cos, cosf, sin, sinf
+from libc.math cimport exp, log1p, cos, cosf, sin, sinf
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._types cimport real_t
@@ -39,6 +41,7 @@ from zilla_muf._types cimport real_t
 
 cdef extern from "_fastexp.h" nogil:
     float zm_expf(float x)
+    float zm_softplusf(float x)
 
 
 cdef enum:
@@ -58,20 +61,17 @@ cdef inline real_t exp_t(real_t x) noexcept nogil:
 
 cdef inline real_t softplus_t(real_t x) noexcept nogil:
     """log(1 + exp(x)), and x itself above 20 (torch's threshold)."""
-    if x > 20:
-        return x
     if real_t is float:
-        return log1pf(expf(x))
+        return zm_softplusf(x)     # branch-free; equals x above 20
     else:
+        if x > 20:
+            return x
         return log1p(exp(x))
 
 
 cdef inline real_t silu_t(real_t x) noexcept nogil:
     """x sigmoid(x); exp(-x) may overflow to inf, giving -0."""
-    if real_t is float:
-        return x / (1 + expf(-x))
-    else:
-        return x / (1 + exp(-x))
+    return x / (1 + exp_t(-x))
 
 
 cdef inline real_t cos_t(real_t x) noexcept nogil:
@@ -111,21 +111,33 @@ cdef inline real_t dot(const real_t *c, const real_t *h,
 # Row functions: one channel over the whole sequence
 # ---------------------------------------------------------------------------
 
-cdef inline real_t step_delta(real_t d, real_t bias,
-                              bint softplus) noexcept nogil:
-    d = d + bias
+cdef inline void delta_row(const real_t *dl, real_t bias, bint softplus,
+                           real_t *dt, Py_ssize_t L) noexcept nogil:
+    """dt[t] = softplus(dl[t] + bias) (or without softplus); vectorised."""
+    cdef Py_ssize_t t
     if softplus:
-        d = softplus_t(d)
-    return d
+        for t in range(L):
+            dt[t] = softplus_t(dl[t] + bias)
+    else:
+        for t in range(L):
+            dt[t] = dl[t] + bias
 
 
-cdef void channel_real(const real_t *u, const real_t *dl, const real_t *z,
+cdef inline void gate_row(const real_t *z, real_t *g,
+                          Py_ssize_t L) noexcept nogil:
+    """g[t] = silu(z[t]); vectorised."""
+    cdef Py_ssize_t t
+    for t in range(L):
+        g[t] = silu_t(z[t])
+
+
+cdef void channel_real(const real_t *u, const real_t *dts, const real_t *g,
                        const real_t *A, const real_t *Bp, Py_ssize_t bst,
                        const real_t *Cp, Py_ssize_t cst, real_t Dd,
-                       real_t bias, bint softplus, const real_t *h0,
-                       real_t *y, real_t *hlast, real_t *h,
+                       const real_t *h0, real_t *y, real_t *hlast, real_t *h,
                        Py_ssize_t N, Py_ssize_t L) noexcept nogil:
-    """One channel of the real selective scan; h is N values of scratch."""
+    """One channel of the real selective scan, from its steps dts and gates
+    g (silu(z), or NULL); h is N values of scratch."""
     cdef Py_ssize_t t, n
     cdef real_t dt, du, ut, acc
     cdef const real_t *Bt
@@ -134,26 +146,25 @@ cdef void channel_real(const real_t *u, const real_t *dl, const real_t *z,
         h[n] = h0[n]
     for t in range(L):
         ut = u[t]
-        dt = step_delta(dl[t], bias, softplus)
+        dt = dts[t]
         du = dt * ut
         Bt = Bp + t * bst
         Ct = Cp + t * cst
         for n in range(N):
             h[n] = exp_t(dt * A[n]) * h[n] + du * Bt[n]
         acc = dot(Ct, h, N) + Dd * ut
-        if z != NULL:
-            acc = acc * silu_t(z[t])
+        if g != NULL:
+            acc = acc * g[t]
         y[t] = acc
     for n in range(N):
         hlast[n] = h[n]
 
 
-cdef void channel_complex(const real_t *u, const real_t *dl, const real_t *z,
+cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
                           const real_t *Ar, const real_t *Ai,
                           const real_t *Bpr, const real_t *Bpi, Py_ssize_t bst,
                           const real_t *Cpr, const real_t *Cpi, Py_ssize_t cst,
-                          real_t Dd, real_t bias, bint softplus,
-                          const real_t *h0r, const real_t *h0i,
+                          real_t Dd, const real_t *h0r, const real_t *h0i,
                           real_t *y, real_t *hlr, real_t *hli,
                           real_t *hr, real_t *hi, real_t *ar, real_t *ai,
                           Py_ssize_t N, Py_ssize_t L) noexcept nogil:
@@ -169,7 +180,7 @@ cdef void channel_complex(const real_t *u, const real_t *dl, const real_t *z,
         hi[n] = h0i[n]
     for t in range(L):
         ut = u[t]
-        dt = step_delta(dl[t], bias, softplus)
+        dt = dts[t]
         du = dt * ut
         Btr = Bpr + t * bst
         Bti = Bpi + t * bst
@@ -186,8 +197,8 @@ cdef void channel_complex(const real_t *u, const real_t *dl, const real_t *z,
             hr[n] = xr
             hi[n] = xi
         acc = 2 * (dot(Ctr, hr, N) - dot(Cti, hi, N)) + Dd * ut
-        if z != NULL:
-            acc = acc * silu_t(z[t])
+        if g != NULL:
+            acc = acc * g[t]
         y[t] = acc
     for n in range(N):
         hlr[n] = hr[n]
@@ -209,26 +220,35 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
                    const real_t *bias, bint softplus, const real_t *H0,
                    real_t *Y, real_t *HL, Py_ssize_t batch, Py_ssize_t dim,
                    Py_ssize_t N, Py_ssize_t L, int nthreads) noexcept nogil:
-    """All channels, `nthreads` threads; -1 when scratch cannot be had."""
+    """All channels, `nthreads` threads; -1 when scratch cannot be had.
+
+    Per-thread scratch: the state (N), the channel's steps and gates (L each).
+    """
     cdef Py_ssize_t ch, b, d
     cdef real_t *h
+    cdef real_t *dts
+    cdef real_t *g
     cdef int status = 0
     cdef int *failed = &status    # shared: plain assignments are private
     with parallel(num_threads=nthreads):
-        h = <real_t *> malloc((N + 1) * sizeof(real_t))
+        h = <real_t *> malloc((N + 2 * L + 1) * sizeof(real_t))
         if h == NULL:
             failed[0] = -1
         else:
+            dts = h + N
+            g = dts + L
             for ch in prange(batch * dim, schedule='static'):
                 b = ch // dim
                 d = ch - b * dim
-                channel_real(U + ch * L, DL + ch * L,
-                             NULL if Z == NULL else Z + ch * L,
+                delta_row(DL + ch * L, bias[d], softplus, dts, L)
+                if Z != NULL:
+                    gate_row(Z + ch * L, g, L)
+                channel_real(U + ch * L, dts, NULL if Z == NULL else g,
                              A + d * N,
                              B + row_offset(b, d, bl[0], bl[1], bl[2]), bl[3],
                              C + row_offset(b, d, cl[0], cl[1], cl[2]), cl[3],
-                             Dv[d], bias[d], softplus, H0 + ch * N,
-                             Y + ch * L, HL + ch * N, h, N, L)
+                             Dv[d], H0 + ch * N, Y + ch * L, HL + ch * N, h,
+                             N, L)
             free(h)
     return status
 
@@ -242,26 +262,32 @@ cdef int scan_complex(const real_t *U, const real_t *DL, const real_t *Z,
                       real_t *HLr, real_t *HLi, Py_ssize_t batch,
                       Py_ssize_t dim, Py_ssize_t N, Py_ssize_t L,
                       int nthreads) noexcept nogil:
+    """As scan_real; scratch holds the four real rows of the complex state."""
     cdef Py_ssize_t ch, b, d, ob, oc
     cdef real_t *s
+    cdef real_t *dts
+    cdef real_t *g
     cdef int status = 0
     cdef int *failed = &status    # shared: plain assignments are private
     with parallel(num_threads=nthreads):
-        s = <real_t *> malloc(4 * (N + 1) * sizeof(real_t))
+        s = <real_t *> malloc((4 * (N + 1) + 2 * L) * sizeof(real_t))
         if s == NULL:
             failed[0] = -1
         else:
+            dts = s + 4 * (N + 1)
+            g = dts + L
             for ch in prange(batch * dim, schedule='static'):
                 b = ch // dim
                 d = ch - b * dim
                 ob = row_offset(b, d, bl[0], bl[1], bl[2])
                 oc = row_offset(b, d, cl[0], cl[1], cl[2])
-                channel_complex(U + ch * L, DL + ch * L,
-                                NULL if Z == NULL else Z + ch * L,
+                delta_row(DL + ch * L, bias[d], softplus, dts, L)
+                if Z != NULL:
+                    gate_row(Z + ch * L, g, L)
+                channel_complex(U + ch * L, dts, NULL if Z == NULL else g,
                                 Ar + d * N, Ai + d * N,
                                 Br + ob, Bi + ob, bl[3],
-                                Cr + oc, Ci + oc, cl[3],
-                                Dv[d], bias[d], softplus,
+                                Cr + oc, Ci + oc, cl[3], Dv[d],
                                 H0r + ch * N, H0i + ch * N,
                                 Y + ch * L, HLr + ch * N, HLi + ch * N,
                                 s, s + (N + 1), s + 2 * (N + 1),
