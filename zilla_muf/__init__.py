@@ -12,12 +12,26 @@ scan
     The recurrence, by sequential, chunked and associative algorithms.
 selective
     Mamba-1: the selective scan and the depthwise causal convolution.
+ssd
+    Mamba-2's structured state space duality: the chunked SSD layer, its four
+    stages, the sequential and quadratic (attention) forms, and the one-token
+    decoding update.
 """
 
-from . import scan, selective
+from . import scan, selective, ssd
 from ._openmp_helpers import have_openmp
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
 from .selective import causal_conv1d, causal_conv1d_update, selective_scan
+from .ssd import (
+    selective_state_update,
+    ssd_chunk_cumsum,
+    ssd_chunk_scan,
+    ssd_chunk_scan_combined,
+    ssd_chunk_state,
+    ssd_quadratic,
+    ssd_sequential,
+    ssd_state_passing,
+)
 
 __version__ = "0.1.0"
 
@@ -32,7 +46,16 @@ __all__ = [
     "scan",
     "selective",
     "selective_scan",
+    "selective_state_update",
     "sequential_scan",
+    "ssd",
+    "ssd_chunk_cumsum",
+    "ssd_chunk_scan",
+    "ssd_chunk_scan_combined",
+    "ssd_chunk_state",
+    "ssd_quadratic",
+    "ssd_sequential",
+    "ssd_state_passing",
 ]
 
 

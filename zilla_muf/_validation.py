@@ -9,7 +9,8 @@ axes, counts threads and checks shapes the same way and with the same words:
 - :func:`resolve_workers` -- the ``workers`` argument, as in ``scipy.fft``;
 - :func:`positive_int` -- integer options such as ``chunk_size``;
 - :func:`broadcast_shapes` -- broadcasting with the offending names;
-- :func:`check_shape` -- an exact expected shape.
+- :func:`check_shape` -- an exact expected shape;
+- :func:`inplace_array` -- an output argument a function writes into.
 """
 
 import operator
@@ -21,6 +22,7 @@ __all__ = [
     "as_array",
     "broadcast_shapes",
     "check_shape",
+    "inplace_array",
     "normalize_axis",
     "positive_int",
     "resolve_workers",
@@ -182,4 +184,28 @@ def check_shape(arr, expected, name):
         exp = "(" + ", ".join("any" if e is None else str(e) for e in expected)
         exp += ",)" if len(expected) == 1 else ")"
         raise ValueError(f"`{name}` must have shape {exp}, got {shape}")
+    return arr
+
+
+def inplace_array(arr, name, dtypes=_REAL):
+    """Check that `arr` can be updated in place by a compiled kernel.
+
+    It must be an ndarray (``TypeError``) of one of `dtypes` (``TypeError``),
+    writeable and C-contiguous (``ValueError``). Returns `arr` itself.
+    """
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(
+            f"`{name}` must be a NumPy array (it is updated in place), "
+            f"got {type(arr).__name__}"
+        )
+    if arr.dtype not in dtypes:
+        allowed = ", ".join(str(d) for d in dtypes)
+        raise TypeError(f"`{name}` must have dtype {allowed}, got dtype {arr.dtype}")
+    if not arr.flags.writeable:
+        raise ValueError(f"`{name}` must be writeable (it is updated in place)")
+    if not arr.flags.c_contiguous:
+        raise ValueError(
+            f"`{name}` must be C-contiguous (it is updated in place); "
+            f"use np.ascontiguousarray and keep the copy"
+        )
     return arr

@@ -1,0 +1,1094 @@
+"""Mamba-2's structured state space duality (SSD).
+
+A Mamba-2 layer runs, for every head, the diagonal-decay state space model
+
+.. math::
+
+    h_t = e^{\\Delta_t A}\\, h_{t-1} + \\Delta_t\\, x_t B_t^\\top, \\qquad
+    y_t = h_t C_t \\;(+\\, D x_t),
+
+with a (headdim, dstate) state :math:`h_t`. Unrolled, :math:`y = M (\\Delta x)`
+with the semiseparable matrix
+:math:`M_{ij} = (C_i \\cdot B_j)\\, e^{\\sum_{t=j+1}^{i} \\Delta_t A}` -- masked
+linear attention. This module evaluates it in three ways:
+
+- :func:`~zilla_muf.ssd_chunk_scan_combined` -- the chunked SSD algorithm:
+  matrix products inside chunks, a recurrence between them (the fast path);
+  also available as its four stages :func:`~zilla_muf.ssd_chunk_cumsum`,
+  :func:`~zilla_muf.ssd_chunk_state`, :func:`~zilla_muf.ssd_state_passing`,
+  :func:`~zilla_muf.ssd_chunk_scan`;
+- :func:`~zilla_muf.ssd_sequential` -- the recurrence step by step;
+- :func:`~zilla_muf.ssd_quadratic` -- the attention ("dual") form, O(L^2);
+
+and :func:`~zilla_muf.selective_state_update`, one decoding step.
+
+Layouts follow ``mamba_ssm``: x (batch, seqlen, nheads, headdim), dt
+(batch, seqlen, nheads), A (nheads,), B and C (batch, seqlen, ngroups,
+dstate), where head h reads group ``h // (nheads // ngroups)``.
+"""
+
+import contextlib
+import math
+import threading
+
+import numpy as np
+from scipy.special import expit
+
+from . import _ssd
+from ._validation import (
+    as_array,
+    check_shape,
+    inplace_array,
+    positive_int,
+    resolve_workers,
+    result_dtype,
+)
+
+__all__ = [
+    "selective_state_update",
+    "ssd_chunk_cumsum",
+    "ssd_chunk_scan",
+    "ssd_chunk_scan_combined",
+    "ssd_chunk_state",
+    "ssd_quadratic",
+    "ssd_sequential",
+    "ssd_state_passing",
+]
+
+# Default chunk length: 64 keeps every product of the chunked algorithm at
+# the size where a single-threaded GEMM is most efficient while the L^2 part
+# of the work (chunk_size per token) stays small next to the state part.
+_DEFAULT_CHUNK = 64
+_INT_MAX = 2**31 - 1
+
+# ---------------------------------------------------------------------------
+# BLAS threads: the kernels call single-threaded GEMMs from OpenMP threads.
+# ---------------------------------------------------------------------------
+
+_controller = None
+_controller_lock = threading.Lock()
+
+
+def _blas_controller():
+    global _controller
+    if _controller is None:
+        with _controller_lock:
+            if _controller is None:
+                from threadpoolctl import ThreadpoolController
+
+                _controller = ThreadpoolController()
+    return _controller
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Limit BLAS to one thread while a kernel runs (no oversubscription)."""
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        yield
+
+
+# ---------------------------------------------------------------------------
+# Argument handling
+# ---------------------------------------------------------------------------
+
+
+def _dt_limit(dt_limit):
+    try:
+        lo, hi = (float(v) for v in dt_limit)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`dt_limit` must be a pair of numbers (low, high), got {dt_limit!r}"
+        ) from None
+    if not lo <= hi:
+        raise ValueError(f"`dt_limit` must have low <= high, got {dt_limit!r}")
+    return lo, hi
+
+
+class _Problem:
+    """The arguments of one SSD layer call, checked, in one dtype."""
+
+    def __init__(self, x, dt, A, B, C, *, D=None, z=None, dt_bias=None,
+                 initial_states=None, seq_idx=None, dt_softplus=False,
+                 dt_limit=(0.0, math.inf), extra=None):
+        x = as_array(x, "x")
+        dt = as_array(dt, "dt")
+        A = as_array(A, "A")
+        B = as_array(B, "B")
+        C = as_array(C, "C")
+        opt = {
+            "D": None if D is None else as_array(D, "D"),
+            "z": None if z is None else as_array(z, "z"),
+            "dt_bias": None if dt_bias is None else as_array(dt_bias, "dt_bias"),
+            "initial_states": (None if initial_states is None
+                               else as_array(initial_states, "initial_states")),
+        }
+        self.dtype = result_dtype(allow_complex=False, x=x, dt=dt, A=A, B=B,
+                                  C=C, **opt, **(extra or {}))
+        check_shape(x, (None,) * 4, "x")
+        nb, L, H, P = x.shape
+        check_shape(dt, (nb, L, H), "dt")
+        check_shape(A, (H,), "A")
+        check_shape(B, (nb, L, None, None), "B")
+        G, N = B.shape[2:]
+        check_shape(C, (nb, L, G, N), "C")
+        _check_groups(H, G)
+        _check_blas_dims(H, P, G, N)
+        self.nb, self.L, self.H, self.P, self.G, self.N = nb, L, H, P, G, N
+        D = opt["D"]
+        if D is not None and D.shape not in ((H,), (H, P)):
+            raise ValueError(
+                f"`D` must have shape ({H},) or ({H}, {P}), got {D.shape}"
+            )
+        if opt["z"] is not None:
+            check_shape(opt["z"], x.shape, "z")
+        if opt["dt_bias"] is not None:
+            check_shape(opt["dt_bias"], (H,), "dt_bias")
+        if opt["initial_states"] is not None:
+            check_shape(opt["initial_states"], (nb, H, P, N), "initial_states")
+        self.seq = _seq_idx(seq_idx, nb, L)
+        self.dt_softplus = bool(dt_softplus)
+        self.dt_limit = _dt_limit(dt_limit)
+        cast = self.cast
+        self.x, self.B, self.C = cast(x), cast(B), cast(C)
+        self.dt, self.A = cast(dt), cast(A)
+        self.D = None if D is None else cast(D)
+        self.z = None if opt["z"] is None else cast(opt["z"])
+        self.dt_bias = None if opt["dt_bias"] is None else cast(opt["dt_bias"])
+        self.init = (None if opt["initial_states"] is None
+                     else cast(opt["initial_states"]))
+
+    def cast(self, arr):
+        return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    @property
+    def degenerate(self):
+        return min(self.nb, self.L, self.H, self.P, self.N) == 0
+
+    def processed_dt(self):
+        """dt' as (batch, nheads, seqlen)."""
+        return _process_dt(self.dt, self.dt_bias, self.dt_softplus,
+                           self.dt_limit).transpose(0, 2, 1)
+
+    def state(self):
+        """A fresh (batch, nheads, headdim, dstate) state: the initial one or 0."""
+        if self.init is None:
+            return np.zeros((self.nb, self.H, self.P, self.N), dtype=self.dtype)
+        return self.init.copy()
+
+    def seq_args(self):
+        if self.seq is None:
+            return np.zeros((1, 1), dtype=np.int64), False
+        return self.seq, True
+
+    def finish(self, y):
+        return _finish(y, self.x, self.D, self.z)
+
+
+def _check_groups(H, G):
+    if G < 1 or H % G != 0:
+        raise ValueError(
+            f"`B` and `C` must have ngroups dividing nheads = {H} (the third "
+            f"axis), got ngroups = {G}"
+        )
+
+
+def _check_blas_dims(H, P, G, N):
+    if H * P > _INT_MAX or G * N > _INT_MAX:
+        raise ValueError(
+            "nheads * headdim and ngroups * dstate must be below 2**31 "
+            f"(BLAS leading dimensions), got {H * P} and {G * N}"
+        )
+
+
+def _seq_idx(seq_idx, nb, L):
+    if seq_idx is None:
+        return None
+    s = np.asarray(seq_idx)
+    if s.dtype.kind not in "iu":
+        raise TypeError(f"`seq_idx` must have an integer dtype, got dtype {s.dtype}")
+    check_shape(s, (nb, L), "seq_idx")
+    s = np.ascontiguousarray(s, dtype=np.int64)
+    if L > 1 and np.any(s[:, 1:] < s[:, :-1]):
+        raise ValueError(
+            "`seq_idx` must be non-decreasing along each row (the ids of "
+            "packed sequences in order)"
+        )
+    return s
+
+
+def _process_dt(dt, dt_bias, dt_softplus, dt_limit):
+    """dt' = clamp(softplus(dt + dt_bias) or dt + dt_bias, *dt_limit)."""
+    d = np.array(dt, copy=True)
+    if dt_bias is not None:
+        d += dt_bias
+    if dt_softplus:
+        # log(1 + e^d), overflow-free
+        np.logaddexp(d.dtype.type(0), d, out=d)
+    lo, hi = dt_limit
+    np.clip(d, d.dtype.type(lo), d.dtype.type(hi), out=d)
+    return d
+
+
+def _finish(y, x, D, z):
+    """y (+ D x), then y * silu(z), in place."""
+    if D is not None:
+        y += x * (D[:, None] if D.ndim == 1 else D)
+    if z is not None:
+        y *= z * expit(z)
+    return y
+
+
+def _chunk_size(chunk_size, L):
+    cs = positive_int(chunk_size, "chunk_size", allow_none=True)
+    if cs is None:
+        cs = max(1, min(_DEFAULT_CHUNK, L))
+    return cs
+
+
+def _cumsum(dtp, A, cs):
+    """(dt_out, dA_cumsum) as (batch, nheads, nchunks * cs), padded."""
+    nb, H, L = dtp.shape
+    nch = -(-L // cs)
+    dt_out = np.zeros((nb, H, nch * cs), dtype=dtp.dtype)
+    dt_out[:, :, :L] = dtp
+    dA = np.zeros_like(dt_out)
+    np.multiply(dtp, A[:, None], out=dA[:, :, :L])
+    dA4 = dA.reshape(nb, H, nch, cs)
+    np.cumsum(dA4, axis=-1, out=dA4)
+    return dt_out, dA
+
+
+def _chunk_layout(dt_out, dA_cumsum, nb, H, L):
+    """Check the (batch, nheads, nchunks, chunk_size) stage arrays."""
+    check_shape(dt_out, (nb, H, None, None), "dt_out")
+    nch, cs = dt_out.shape[2:]
+    if cs < 1:
+        raise ValueError(f"`dt_out` must have chunk_size >= 1 (its last axis), got {cs}")
+    if nch != -(-L // cs):
+        raise ValueError(
+            f"`dt_out` must have nchunks = ceil(seqlen / chunk_size) = "
+            f"{-(-L // cs)} for seqlen {L} and chunk_size {cs}, got {nch}"
+        )
+    check_shape(dA_cumsum, dt_out.shape, "dA_cumsum")
+    return nch, cs
+
+
+# ---------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------
+
+
+def ssd_chunk_cumsum(dt, A, *, chunk_size, dt_bias=None, dt_softplus=False,
+                     dt_limit=(0.0, math.inf)):
+    r"""Process the step sizes and form the per-chunk cumulative decays.
+
+    Stage 1 of the chunked SSD algorithm.
+
+    Parameters
+    ----------
+    dt : array_like
+        Step sizes, shape (batch, seqlen, nheads), float32 or float64.
+    A : array_like
+        Decay rates, shape (nheads,) (negative for a stable model).
+    chunk_size : int
+        Positions per chunk.
+    dt_bias : array_like, optional
+        Added to `dt`, shape (nheads,).
+    dt_softplus : bool, optional
+        Apply :math:`\log(1 + e^{x})` to ``dt + dt_bias``.
+    dt_limit : (float, float), optional
+        Clamp the processed step to ``[low, high]``. Default ``(0, inf)``.
+
+    Returns
+    -------
+    dt_out : ndarray
+        The processed steps :math:`\Delta'`, shape
+        (batch, nheads, nchunks, chunk_size) with
+        ``nchunks = ceil(seqlen / chunk_size)``; padding positions are 0.
+    dA_cumsum : ndarray
+        The inclusive cumulative sum of :math:`\Delta' A` within each chunk,
+        same shape (restarted at every chunk; constant over the padding).
+
+    Raises
+    ------
+    TypeError
+        If an input is not real and numeric.
+    ValueError
+        If the shapes disagree, `chunk_size` is not a positive integer or
+        `dt_limit` is not an ordered pair.
+
+    See Also
+    --------
+    ssd_chunk_state, ssd_state_passing, ssd_chunk_scan
+    ssd_chunk_scan_combined : the four stages in one call.
+
+    Notes
+    -----
+    .. math::
+
+        \Delta'_t = \operatorname{clamp}\bigl(\operatorname{softplus}(\Delta_t
+        + b), \ell, u\bigr), \qquad
+        \mathrm{cs}_{t} = \sum_{s = c_0}^{t} \Delta'_s A ,
+
+    where :math:`c_0` is the first position of the chunk of :math:`t`.
+    Restarting the sum at every chunk keeps the exponents of the later
+    stages differences of nearby values, accurate in float32 whatever the
+    sequence length.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import ssd_chunk_cumsum
+    >>> dt = np.full((1, 5, 1), 0.5)
+    >>> dt_out, dA_cumsum = ssd_chunk_cumsum(dt, [-1.0], chunk_size=2)
+    >>> dt_out[0, 0]
+    array([[0.5, 0.5],
+           [0.5, 0.5],
+           [0.5, 0. ]])
+    >>> dA_cumsum[0, 0]
+    array([[-0.5, -1. ],
+           [-0.5, -1. ],
+           [-0.5, -0.5]])
+    """
+    cs = positive_int(chunk_size, "chunk_size")
+    dt = as_array(dt, "dt")
+    A = as_array(A, "A")
+    dt_bias = None if dt_bias is None else as_array(dt_bias, "dt_bias")
+    dtype = result_dtype(allow_complex=False, dt=dt, A=A, dt_bias=dt_bias)
+    check_shape(dt, (None,) * 3, "dt")
+    nb, L, H = dt.shape
+    check_shape(A, (H,), "A")
+    if dt_bias is not None:
+        check_shape(dt_bias, (H,), "dt_bias")
+        dt_bias = dt_bias.astype(dtype)
+    dtp = _process_dt(dt.astype(dtype), dt_bias, bool(dt_softplus),
+                      _dt_limit(dt_limit)).transpose(0, 2, 1)
+    dt_out, dA = _cumsum(dtp, A.astype(dtype), cs)
+    nch = dt_out.shape[2] // cs
+    return dt_out.reshape(nb, H, nch, cs), dA.reshape(nb, H, nch, cs)
+
+
+def _stage_arrays(x, B, dt_out, dA_cumsum, extra):
+    """Check and cast the arrays the chunk stages share."""
+    x = as_array(x, "x")
+    B = as_array(B, "B")
+    dt_out = as_array(dt_out, "dt_out")
+    dA_cumsum = as_array(dA_cumsum, "dA_cumsum")
+    dtype = result_dtype(allow_complex=False, x=x, B=B, dt_out=dt_out,
+                         dA_cumsum=dA_cumsum, **extra)
+    check_shape(x, (None,) * 4, "x")
+    nb, L, H, P = x.shape
+    check_shape(B, (nb, L, None, None), "B")
+    G, N = B.shape[2:]
+    _check_groups(H, G)
+    _check_blas_dims(H, P, G, N)
+    nch, cs = _chunk_layout(dt_out, dA_cumsum, nb, H, L)
+
+    def cast(a):
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    return (dtype, cast, cast(x), cast(B),
+            cast(dt_out).reshape(nb, H, nch * cs),
+            cast(dA_cumsum).reshape(nb, H, nch * cs), nch, cs)
+
+
+def _seq_kernel_args(seq):
+    if seq is None:
+        return np.zeros((1, 1), dtype=np.int64), False
+    return seq, True
+
+
+def ssd_chunk_state(x, B, dt_out, dA_cumsum, *, seq_idx=None, workers=None):
+    r"""The state at the end of every chunk, each from a zero start.
+
+    Stage 2 of the chunked SSD algorithm.
+
+    Parameters
+    ----------
+    x : array_like
+        Inputs, shape (batch, seqlen, nheads, headdim).
+    B : array_like
+        Input projections, shape (batch, seqlen, ngroups, dstate); head h
+        uses group ``h // (nheads // ngroups)``.
+    dt_out, dA_cumsum : array_like
+        The outputs of :func:`ssd_chunk_cumsum`, shape
+        (batch, nheads, nchunks, chunk_size).
+    seq_idx : array_like of int, optional
+        Sequence ids, shape (batch, seqlen), non-decreasing along each row.
+        A chunk's state only collects the positions of the sequence of its
+        last position.
+    workers : int, optional
+        Threads: None is 1, -1 all cores (as in :mod:`scipy.fft`).
+
+    Returns
+    -------
+    states : ndarray
+        Shape (batch, nchunks, nheads, headdim, dstate).
+
+    Raises
+    ------
+    TypeError
+        If an input is not real and numeric, or `seq_idx` not integer.
+    ValueError
+        If the shapes disagree, ngroups does not divide nheads or `seq_idx`
+        decreases.
+
+    See Also
+    --------
+    ssd_chunk_cumsum, ssd_state_passing, ssd_chunk_scan
+
+    Notes
+    -----
+    For chunk :math:`k` with positions :math:`c_0 \dots c_1` (last real one),
+
+    .. math::
+
+        S_k = \sum_{l = c_0}^{c_1} e^{\mathrm{cs}_{c_1} - \mathrm{cs}_l}\,
+        \Delta'_l\, x_l B_l^\top ,
+
+    one matrix product :math:`X^\top \operatorname{diag}(w) B` per chunk and
+    head.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import ssd_chunk_cumsum, ssd_chunk_state
+    >>> x = np.ones((1, 4, 1, 1)); B = np.ones((1, 4, 1, 1))
+    >>> dt_out, dA_cumsum = ssd_chunk_cumsum(np.ones((1, 4, 1)), [0.0], chunk_size=2)
+    >>> ssd_chunk_state(x, B, dt_out, dA_cumsum)[0, :, 0, 0, 0]
+    array([2., 2.])
+    """
+    nthreads = resolve_workers(workers)
+    dtype, cast, x, B, dt_out, dA, nch, cs = _stage_arrays(
+        x, B, dt_out, dA_cumsum, {})
+    nb, L, H, P = x.shape
+    N = B.shape[3]
+    seq, has_seq = _seq_kernel_args(_seq_idx(seq_idx, nb, L))
+    states = np.zeros((nb, nch, H, P, N), dtype=dtype)
+    if min(nb, L, H, P, N) == 0:
+        return states
+    with _single_threaded_blas():
+        _ssd.chunk_states(x, B, dt_out, dA, seq, has_seq, states, cs, nthreads)
+    return states
+
+
+def ssd_state_passing(states, dA_cumsum, *, initial_states=None, seq_idx=None,
+                      workers=None):
+    r"""Carry the chunk states across chunks: the state entering each chunk.
+
+    Stage 3 of the chunked SSD algorithm.
+
+    Parameters
+    ----------
+    states : array_like
+        The chunk states of :func:`ssd_chunk_state`, shape
+        (batch, nchunks, nheads, headdim, dstate).
+    dA_cumsum : array_like
+        From :func:`ssd_chunk_cumsum`, shape (batch, nheads, nchunks, chunk_size).
+    initial_states : array_like, optional
+        The state before the first position, shape
+        (batch, nheads, headdim, dstate). Default 0.
+    seq_idx : array_like of int, optional
+        Sequence ids, shape (batch, seqlen) with
+        ``nchunks = ceil(seqlen / chunk_size)``; the state is reset to zero
+        where the id changes.
+    workers : int, optional
+        Threads: None is 1, -1 all cores.
+
+    Returns
+    -------
+    chunk_states : ndarray
+        ``chunk_states[:, k]`` is the state entering chunk k (that is, the
+        state before its first position, zero if a new sequence starts
+        there), shape (batch, nchunks, nheads, headdim, dstate).
+    final_states : ndarray
+        The state after the last position, shape (batch, nheads, headdim, dstate).
+
+    Raises
+    ------
+    TypeError
+        If an input is not real and numeric.
+    ValueError
+        If the shapes disagree or `seq_idx` decreases.
+
+    See Also
+    --------
+    ssd_chunk_state, ssd_chunk_scan
+
+    Notes
+    -----
+    With :math:`e_k` the decay of chunk k (the last value of its cumulative
+    sum), :math:`H_0 = h_{\text{init}}` and
+
+    .. math::
+
+        H_{k+1} = e^{e_k} H_k + S_k ,
+
+    where the carried term is dropped when a sequence starts inside chunk k
+    and :math:`H_{k+1}` is zeroed when one starts at its first position.
+    The pass is sequential over chunks, parallel over (batch, head).
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import ssd_state_passing
+    >>> states = np.ones((1, 3, 1, 1, 1))
+    >>> dA_cumsum = np.log(np.full((1, 1, 3, 1), 0.5))
+    >>> entering, final = ssd_state_passing(states, dA_cumsum)
+    >>> entering[0, :, 0, 0, 0], final[0, 0, 0, 0]
+    (array([0. , 1. , 1.5]), np.float64(1.75))
+    """
+    nthreads = resolve_workers(workers)
+    states = as_array(states, "states")
+    dA_cumsum = as_array(dA_cumsum, "dA_cumsum")
+    init = None if initial_states is None else as_array(initial_states, "initial_states")
+    dtype = result_dtype(allow_complex=False, states=states,
+                         dA_cumsum=dA_cumsum, initial_states=init)
+    check_shape(states, (None,) * 5, "states")
+    nb, nch, H, P, N = states.shape
+    check_shape(dA_cumsum, (nb, H, nch, None), "dA_cumsum")
+    cs = dA_cumsum.shape[3]
+    if cs < 1:
+        raise ValueError(f"`dA_cumsum` must have chunk_size >= 1 (its last axis), got {cs}")
+    if seq_idx is None:
+        L = nch * cs
+        seq = None
+    else:
+        s = np.asarray(seq_idx)
+        check_shape(s, (nb, None), "seq_idx")
+        L = s.shape[1]
+        if nch != -(-L // cs):
+            raise ValueError(
+                f"`seq_idx` must have seqlen with ceil(seqlen / chunk_size) = "
+                f"nchunks = {nch} (chunk_size {cs}), got seqlen {L}"
+            )
+        seq = _seq_idx(s, nb, L)
+    if init is None:
+        init = np.zeros((nb, H, P, N), dtype=dtype)
+    else:
+        check_shape(init, (nb, H, P, N), "initial_states")
+    seq, has_seq = _seq_kernel_args(seq)
+    out = np.empty((nb, nch, H, P, N), dtype=dtype)
+    final = np.empty((nb, H, P, N), dtype=dtype)
+    if out.size == 0:
+        final[...] = init
+        return out, final
+    _ssd.state_passing(
+        np.ascontiguousarray(states, dtype=dtype),
+        np.ascontiguousarray(dA_cumsum, dtype=dtype).reshape(nb, H, nch * cs),
+        seq, has_seq, L, np.ascontiguousarray(init, dtype=dtype), out, final,
+        cs, nthreads)
+    return out, final
+
+
+def ssd_chunk_scan(x, dt_out, dA_cumsum, B, C, chunk_states, *, D=None, z=None,
+                   seq_idx=None, workers=None):
+    r"""The output: intra-chunk (diagonal block) plus inter-chunk terms.
+
+    Stage 4 of the chunked SSD algorithm.
+
+    Parameters
+    ----------
+    x : array_like
+        Inputs, shape (batch, seqlen, nheads, headdim).
+    dt_out, dA_cumsum : array_like
+        From :func:`ssd_chunk_cumsum`, shape (batch, nheads, nchunks, chunk_size).
+    B, C : array_like
+        Input and output projections, shape (batch, seqlen, ngroups, dstate).
+    chunk_states : array_like
+        The state entering each chunk, from :func:`ssd_state_passing`, shape
+        (batch, nchunks, nheads, headdim, dstate).
+    D : array_like, optional
+        Skip connection, shape (nheads,) or (nheads, headdim).
+    z : array_like, optional
+        Gate, shape of `x`: the output is multiplied by ``silu(z)``.
+    seq_idx : array_like of int, optional
+        Sequence ids, shape (batch, seqlen), non-decreasing along each row.
+    workers : int, optional
+        Threads: None is 1, -1 all cores.
+
+    Returns
+    -------
+    y : ndarray
+        Shape (batch, seqlen, nheads, headdim).
+
+    Raises
+    ------
+    TypeError
+        If an input is not real and numeric.
+    ValueError
+        If the shapes disagree, ngroups does not divide nheads or `seq_idx`
+        decreases.
+
+    See Also
+    --------
+    ssd_chunk_cumsum, ssd_chunk_state, ssd_state_passing
+    ssd_chunk_scan_combined : all four stages.
+
+    Notes
+    -----
+    For position i of a chunk with entering state :math:`H`,
+
+    .. math::
+
+        y_i = \sum_{j \le i} (C_i \cdot B_j)\, e^{\mathrm{cs}_i - \mathrm{cs}_j}
+        \Delta'_j x_j \;+\; e^{\mathrm{cs}_i} H C_i ,
+
+    the sums restricted to positions of the sequence of i. Per chunk and
+    head these are three matrix products, :math:`(E \circ C B^\top)`,
+    its product with :math:`\operatorname{diag}(\Delta') X`, and
+    :math:`C H^\top`.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import (ssd_chunk_cumsum, ssd_chunk_scan, ssd_chunk_state,
+    ...                        ssd_chunk_scan_combined, ssd_state_passing)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1, 10, 2, 3)); dt = rng.uniform(0, 1, (1, 10, 2))
+    >>> A = np.array([-1.0, -0.5]); B = rng.standard_normal((1, 10, 1, 4))
+    >>> C = rng.standard_normal((1, 10, 1, 4))
+    >>> dt_out, dA_cumsum = ssd_chunk_cumsum(dt, A, chunk_size=4)
+    >>> states = ssd_chunk_state(x, B, dt_out, dA_cumsum)
+    >>> entering, final = ssd_state_passing(states, dA_cumsum)
+    >>> y = ssd_chunk_scan(x, dt_out, dA_cumsum, B, C, entering)
+    >>> bool(np.allclose(y, ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=4)))
+    True
+    """
+    nthreads = resolve_workers(workers)
+    C = as_array(C, "C")
+    chunk_states = as_array(chunk_states, "chunk_states")
+    D = None if D is None else as_array(D, "D")
+    z = None if z is None else as_array(z, "z")
+    dtype, cast, x, B, dt_out, dA, nch, cs = _stage_arrays(
+        x, B, dt_out, dA_cumsum, {"C": C, "chunk_states": chunk_states,
+                                  "D": D, "z": z})
+    nb, L, H, P = x.shape
+    G, N = B.shape[2:]
+    check_shape(C, B.shape, "C")
+    check_shape(chunk_states, (nb, nch, H, P, N), "chunk_states")
+    if D is not None and D.shape not in ((H,), (H, P)):
+        raise ValueError(f"`D` must have shape ({H},) or ({H}, {P}), got {D.shape}")
+    if z is not None:
+        check_shape(z, x.shape, "z")
+    seq, has_seq = _seq_kernel_args(_seq_idx(seq_idx, nb, L))
+    y = np.zeros(x.shape, dtype=dtype)
+    if min(nb, L, H, P, N) > 0:
+        with _single_threaded_blas():
+            _ssd.chunk_scan(x, dt_out, dA, B, cast(C), cast(chunk_states), seq,
+                            has_seq, y, cs, nthreads)
+    return _finish(y, x, None if D is None else cast(D),
+                   None if z is None else cast(z))
+
+
+def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
+                            dt_bias=None, initial_states=None, seq_idx=None,
+                            dt_softplus=False, dt_limit=(0.0, math.inf),
+                            return_final_states=False, workers=None):
+    r"""A Mamba-2 SSD layer by the chunked algorithm.
+
+    Parameters
+    ----------
+    x : array_like
+        Inputs, shape (batch, seqlen, nheads, headdim), float32 or float64.
+    dt : array_like
+        Step sizes, shape (batch, seqlen, nheads).
+    A : array_like
+        Decay rates, shape (nheads,) (negative for a stable model).
+    B, C : array_like
+        Input and output projections, shape (batch, seqlen, ngroups, dstate)
+        with ngroups dividing nheads; head h uses group
+        ``h // (nheads // ngroups)``.
+    chunk_size : int, optional
+        Positions per chunk. The default is 64 (or seqlen when shorter): the
+        products are then at the size a single-threaded GEMM runs fastest,
+        and the chunk-length part of the work stays below the state part.
+    D : array_like, optional
+        Skip connection, shape (nheads,) or (nheads, headdim): adds ``D x``.
+    z : array_like, optional
+        Gate, shape of `x`: the output is multiplied by ``silu(z)``.
+    dt_bias : array_like, optional
+        Added to `dt`, shape (nheads,).
+    initial_states : array_like, optional
+        The state before the first position, shape
+        (batch, nheads, headdim, dstate). Default 0.
+    seq_idx : array_like of int, optional
+        Sequence ids, shape (batch, seqlen), non-decreasing along each row:
+        several sequences packed in one row. The state is reset to zero where
+        the id changes (`initial_states` is the state before position 0).
+    dt_softplus : bool, optional
+        Apply softplus to ``dt + dt_bias``.
+    dt_limit : (float, float), optional
+        Clamp the processed step to ``[low, high]``. Default ``(0, inf)``.
+    return_final_states : bool, optional
+        Also return the state after the last position.
+    workers : int, optional
+        Threads: None is 1, -1 all cores (as in :mod:`scipy.fft`). The work is
+        split over (batch, head) pairs.
+
+    Returns
+    -------
+    y : ndarray
+        Shape (batch, seqlen, nheads, headdim), dtype of the inputs.
+    final_states : ndarray
+        Only with ``return_final_states=True``: shape
+        (batch, nheads, headdim, dstate).
+
+    Raises
+    ------
+    TypeError
+        If an input is not real and numeric, or `seq_idx` is not integer.
+    ValueError
+        If the shapes disagree (each message names the argument), ngroups
+        does not divide nheads, `chunk_size` is not a positive integer,
+        `seq_idx` decreases or `workers` is 0.
+
+    See Also
+    --------
+    ssd_sequential : the same by the recurrence.
+    ssd_quadratic : the same by the attention form.
+    ssd_chunk_cumsum, ssd_chunk_state, ssd_state_passing, ssd_chunk_scan :
+        the four stages, which chained give this function's result.
+    selective_state_update : one step, for decoding.
+
+    Notes
+    -----
+    Per head, with :math:`\Delta'_t = \operatorname{clamp}(\operatorname{softplus}
+    (\Delta_t + b), \ell, u)` (softplus only with ``dt_softplus=True``),
+
+    .. math::
+
+        h_t = e^{\Delta'_t A} h_{t-1} + \Delta'_t\, x_t B_t^\top, \qquad
+        y_t = h_t C_t + D x_t, \qquad y_t \leftarrow y_t \cdot
+        \operatorname{silu}(z_t).
+
+    The chunked algorithm splits the sequence into chunks of
+    :math:`Q` = `chunk_size` positions. Inside a chunk the output is the
+    masked attention :math:`(E \circ C B^\top)(\Delta' x)` with
+    :math:`E_{ij} = e^{\mathrm{cs}_i - \mathrm{cs}_j}`, plus the entering
+    state read out by :math:`C`; between chunks the state is carried by the
+    recurrence. Work per token and head is about
+    :math:`2Q(\text{dstate} + \text{headdim}) + 4\,\text{headdim}\cdot\text{dstate}`
+    multiply-adds, all in matrix products (BLAS, one thread per task).
+    Each (batch, head) pair is one parallel task that walks its chunks in
+    order, so only one state per task is kept: memory beyond the output is
+    O(workers * Q^2).
+
+    All exponents are differences of cumulative sums within one chunk, and
+    are clamped to <= 0 when the decays are (:math:`\Delta' A \le 0`): float32
+    keeps its accuracy at any sequence length. float32 inputs are computed in
+    float32, float64 in float64.
+
+    A NaN or infinity in a chunk's input can reach the outputs of that chunk's
+    earlier positions through the (zero) masked entries of the products, as in
+    every matrix-product formulation of SSD; :func:`ssd_sequential` keeps
+    them causal.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import ssd_chunk_scan_combined, ssd_sequential
+    >>> rng = np.random.default_rng(0)
+    >>> batch, seqlen, nheads, headdim, ngroups, dstate = 2, 100, 4, 8, 2, 16
+    >>> x = rng.standard_normal((batch, seqlen, nheads, headdim))
+    >>> dt = rng.uniform(-4, -1, (batch, seqlen, nheads))
+    >>> A = -rng.uniform(1, 16, nheads)
+    >>> B = rng.standard_normal((batch, seqlen, ngroups, dstate))
+    >>> C = rng.standard_normal((batch, seqlen, ngroups, dstate))
+    >>> y, last = ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=32,
+    ...                                   dt_softplus=True, D=np.ones(nheads),
+    ...                                   return_final_states=True, workers=2)
+    >>> y.shape, last.shape
+    ((2, 100, 4, 8), (2, 4, 8, 16))
+    >>> y_ref = ssd_sequential(x, dt, A, B, C, dt_softplus=True, D=np.ones(nheads))
+    >>> bool(np.allclose(y, y_ref))
+    True
+    """
+    nthreads = resolve_workers(workers)
+    p = _Problem(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+                 initial_states=initial_states, seq_idx=seq_idx,
+                 dt_softplus=dt_softplus, dt_limit=dt_limit)
+    cs = _chunk_size(chunk_size, p.L)
+    state = p.state()
+    if p.degenerate:
+        y = np.zeros(p.x.shape, dtype=p.dtype)
+    else:
+        dt_out, dA = _cumsum(p.processed_dt(), p.A, cs)
+        seq, has_seq = p.seq_args()
+        y = np.empty(p.x.shape, dtype=p.dtype)
+        with _single_threaded_blas():
+            _ssd.combined(p.x, dt_out, dA, p.B, p.C, seq, has_seq, state,
+                          p.init is not None, y, cs, nthreads)
+    y = p.finish(y)
+    return (y, state) if return_final_states else y
+
+
+def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
+                   dt_bias=None, initial_states=None, seq_idx=None,
+                   dt_softplus=False, dt_limit=(0.0, math.inf),
+                   return_final_states=False, workers=None):
+    r"""A Mamba-2 SSD layer by the plain recurrence, one position at a time.
+
+    The reference for the chunked algorithm, and the fastest method for
+    short sequences.
+
+    Parameters
+    ----------
+    x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_limit, return_final_states
+        As in :func:`ssd_chunk_scan_combined`.
+    chunk_size : int, optional
+        Accepted (and checked) for a signature identical to
+        :func:`ssd_chunk_scan_combined`; unused.
+    workers : int, optional
+        Threads: None is 1, -1 all cores; the work is split over
+        (batch, head) pairs.
+
+    Returns
+    -------
+    y : ndarray
+        Shape (batch, seqlen, nheads, headdim).
+    final_states : ndarray
+        Only with ``return_final_states=True``: shape
+        (batch, nheads, headdim, dstate).
+
+    Raises
+    ------
+    TypeError
+        If an input is not real and numeric, or `seq_idx` is not integer.
+    ValueError
+        As :func:`ssd_chunk_scan_combined`.
+
+    See Also
+    --------
+    ssd_chunk_scan_combined, ssd_quadratic, selective_state_update
+
+    Notes
+    -----
+    For every position t, in order, with the state reset to zero where
+    `seq_idx` changes:
+
+    .. math::
+
+        h_t = e^{\Delta'_t A} h_{t-1} + \Delta'_t\, x_t B_t^\top, \qquad
+        y_t = h_t C_t \;(+ D x_t), \quad y_t \leftarrow y_t\,
+        \operatorname{silu}(z_t).
+
+    :math:`2\,\text{headdim}\cdot\text{dstate}` multiply-adds per token and
+    head, with one state per (batch, head) held in cache: faster than the
+    chunked algorithm for short sequences (see the benchmarks for the
+    crossover on a given machine).
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import ssd_sequential
+    >>> x = np.ones((1, 3, 1, 1)); dt = np.full((1, 3, 1), np.log(2.0))
+    >>> B = np.ones((1, 3, 1, 1)); C = np.ones((1, 3, 1, 1))
+    >>> y = ssd_sequential(x, dt, [-1.0], B, C)   # h_t = h_{t-1} / 2 + log 2
+    >>> np.round(y[0, :, 0, 0] / np.log(2.0), 6)
+    array([1.  , 1.5 , 1.75])
+    """
+    nthreads = resolve_workers(workers)
+    p = _Problem(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+                 initial_states=initial_states, seq_idx=seq_idx,
+                 dt_softplus=dt_softplus, dt_limit=dt_limit)
+    _chunk_size(chunk_size, p.L)
+    state = p.state()
+    y = np.zeros(p.x.shape, dtype=p.dtype)
+    if not p.degenerate:
+        seq, has_seq = p.seq_args()
+        _ssd.sequential(p.x, np.ascontiguousarray(p.processed_dt()), p.A,
+                        p.B, p.C, seq, has_seq, state, y, nthreads)
+    y = p.finish(y)
+    return (y, state) if return_final_states else y
+
+
+def _segsum(a):
+    """out[..., i, j] = sum_{t=j+1..i} a[..., t] (j <= i), -inf above.
+
+    Accumulated down the columns of the strictly lower masked a_i, so every
+    entry is a direct sum of its own terms (no prefix-sum differences).
+    """
+    n = a.shape[-1]
+    below = np.tril(np.ones((n, n), dtype=bool), -1)
+    s = np.cumsum(np.where(below, a[..., :, None], a.dtype.type(0)), axis=-2)
+    return np.where(np.tril(np.ones((n, n), dtype=bool)), s,
+                    a.dtype.type(-np.inf))
+
+
+def ssd_quadratic(x, dt, A, B, C, *, D=None, z=None, dt_bias=None,
+                  dt_softplus=False, dt_limit=(0.0, math.inf)):
+    r"""A Mamba-2 SSD layer by its attention (quadratic, "dual") form.
+
+    Forms the masked (seqlen, seqlen) attention matrix of every head:
+    O(seqlen^2) time and memory, meant as a reference for short sequences.
+
+    Parameters
+    ----------
+    x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit
+        As in :func:`ssd_chunk_scan_combined`.
+
+    Returns
+    -------
+    y : ndarray
+        Shape (batch, seqlen, nheads, headdim).
+
+    Raises
+    ------
+    TypeError
+        If an input is not real and numeric.
+    ValueError
+        If the shapes disagree or ngroups does not divide nheads.
+
+    See Also
+    --------
+    ssd_chunk_scan_combined, ssd_sequential
+
+    Notes
+    -----
+    .. math::
+
+        y = (L \circ C B^\top)(\Delta' x), \qquad
+        L_{ij} = \exp\Bigl(\sum_{t=j+1}^{i} \Delta'_t A\Bigr) \ (j \le i),
+        \quad L_{ij} = 0 \ (j > i),
+
+    per head, where the segment sums are accumulated directly (never as a
+    difference of prefix sums, which would cancel).
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import ssd_quadratic, ssd_sequential
+    >>> rng = np.random.default_rng(1)
+    >>> x = rng.standard_normal((1, 20, 2, 4)); dt = rng.uniform(0, 0.5, (1, 20, 2))
+    >>> B = rng.standard_normal((1, 20, 1, 3)); C = rng.standard_normal((1, 20, 1, 3))
+    >>> y = ssd_quadratic(x, dt, [-1.0, -2.0], B, C)
+    >>> bool(np.allclose(y, ssd_sequential(x, dt, [-1.0, -2.0], B, C)))
+    True
+    """
+    p = _Problem(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+                 dt_softplus=dt_softplus, dt_limit=dt_limit)
+    y = np.zeros(p.x.shape, dtype=p.dtype)
+    if not p.degenerate:
+        dtp = p.processed_dt()                   # (batch, nheads, seqlen)
+        rep = p.H // p.G
+        for b in range(p.nb):
+            for h in range(p.H):
+                g = h // rep
+                Lmat = np.exp(_segsum(dtp[b, h] * p.A[h]))
+                M = Lmat * (p.C[b, :, g] @ p.B[b, :, g].T)
+                y[b, :, h] = M @ (dtp[b, h][:, None] * p.x[b, :, h])
+    return p.finish(y)
+
+
+def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
+                           dt_bias=None, dt_softplus=False,
+                           dt_limit=(0.0, math.inf)):
+    r"""Advance a Mamba-2 state by one token, in place; return the output.
+
+    Parameters
+    ----------
+    state : ndarray
+        Shape (batch, nheads, headdim, dstate), float32 or float64, writeable
+        and C-contiguous; updated in place (the one documented exception to
+        "inputs are never modified"). Its dtype must be the result dtype of
+        the other inputs (a float32 state takes float32 inputs).
+    x : array_like
+        The token's inputs, shape (batch, nheads, headdim).
+    dt : array_like
+        Step sizes, shape (batch, nheads).
+    A : array_like
+        Decay rates, shape (nheads,).
+    B, C : array_like
+        Projections, shape (batch, ngroups, dstate), ngroups dividing nheads.
+    D : array_like, optional
+        Skip connection, shape (nheads,) or (nheads, headdim).
+    z : array_like, optional
+        Gate, shape of `x`.
+    dt_bias : array_like, optional
+        Added to `dt`, shape (nheads,).
+    dt_softplus : bool, optional
+        Apply softplus to ``dt + dt_bias``.
+    dt_limit : (float, float), optional
+        Clamp the processed step, as in :func:`ssd_chunk_scan_combined`
+        (whose default, ``(0, inf)``, it shares, so that token-by-token
+        updates reproduce it).
+
+    Returns
+    -------
+    y : ndarray
+        Shape (batch, nheads, headdim).
+
+    Raises
+    ------
+    TypeError
+        If `state` is not an ndarray of float32/float64 or its dtype is not
+        the inputs' result dtype, or an input is not real and numeric.
+    ValueError
+        If `state` is read-only or not C-contiguous, or the shapes disagree.
+
+    See Also
+    --------
+    ssd_chunk_scan_combined : the same over a whole sequence.
+
+    Notes
+    -----
+    One step of the recurrence of :func:`ssd_sequential`,
+    :math:`h \leftarrow e^{\Delta' A} h + \Delta'\, x B^\top`,
+    :math:`y = h C \;(+ D x)`, then :math:`y \cdot \operatorname{silu}(z)`.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import selective_state_update
+    >>> state = np.zeros((1, 1, 1, 1))
+    >>> for _ in range(3):
+    ...     y = selective_state_update(state, np.ones((1, 1, 1)), [[np.log(2.0)]],
+    ...                                [-1.0], np.ones((1, 1, 1)), np.ones((1, 1, 1)))
+    >>> float(np.round(state[0, 0, 0, 0] / np.log(2.0), 6))
+    1.75
+    """
+    state = inplace_array(state, "state")
+    x = as_array(x, "x")
+    dt = as_array(dt, "dt")
+    B = as_array(B, "B")
+    C = as_array(C, "C")
+    check_shape(x, (None,) * 3, "x")
+    check_shape(dt, (None, None), "dt")
+    check_shape(B, (None,) * 3, "B")
+    check_shape(C, (None,) * 3, "C")
+    if z is not None:
+        z = as_array(z, "z")
+        check_shape(z, x.shape, "z")
+    p = _Problem(x[:, None], dt[:, None], A, B[:, None], C[:, None], D=D,
+                 z=None if z is None else z[:, None],
+                 dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                 extra={"state": state})
+    check_shape(state, (p.nb, p.H, p.P, p.N), "state")
+    if p.dtype != state.dtype:
+        raise TypeError(
+            f"`state` has dtype {state.dtype} but the inputs compute in "
+            f"{p.dtype}; pass inputs of dtype {state.dtype} or a {p.dtype} state"
+        )
+    y = np.zeros(p.x.shape, dtype=p.dtype)
+    if not p.degenerate:
+        _ssd.sequential(p.x, np.ascontiguousarray(p.processed_dt()), p.A,
+                        p.B, p.C, np.zeros((1, 1), dtype=np.int64), False,
+                        state, y, 1)
+    return p.finish(y)[:, 0]
