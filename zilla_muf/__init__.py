@@ -16,10 +16,18 @@ ssd
     Mamba-2's structured state space duality: the chunked SSD layer, its four
     stages, the sequential and quadratic (attention) forms, and the one-token
     decoding update.
+stable_ops
+    Overflow-free softmax, log-sum-exp, segment sums, gates, RMS norm.
+discretize
+    Zero-order-hold and bilinear discretisation, diagonal or dense.
+complex_ops
+    Complex exponentials and the conjugate-pair readout of diagonal SSMs.
 """
 
-from . import scan, selective, ssd
+from . import complex_ops, discretize, scan, selective, ssd, stable_ops
 from ._openmp_helpers import have_openmp
+from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
+from .discretize import bilinear_discretize, zoh_discretize
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
 from .selective import causal_conv1d, causal_conv1d_update, selective_scan
 from .ssd import (
@@ -32,22 +40,48 @@ from .ssd import (
     ssd_sequential,
     ssd_state_passing,
 )
+from .stable_ops import (
+    log_softmax,
+    log_sum_exp,
+    logcumsumexp,
+    rms_norm,
+    segsum,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "associative_scan",
+    "bilinear_discretize",
     "causal_conv1d",
     "causal_conv1d_update",
     "chunked_scan",
+    "complex_exp",
+    "complex_ops",
+    "conjugate_pair_output",
+    "diag_complex_matrix_exp",
+    "discretize",
     "have_openmp",
     "linear_scan",
+    "log_softmax",
+    "log_sum_exp",
+    "logcumsumexp",
     "openmp_info",
+    "rms_norm",
     "scan",
+    "segsum",
     "selective",
     "selective_scan",
     "selective_state_update",
     "sequential_scan",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softplus",
     "ssd",
     "ssd_chunk_cumsum",
     "ssd_chunk_scan",
@@ -56,6 +90,8 @@ __all__ = [
     "ssd_quadratic",
     "ssd_sequential",
     "ssd_state_passing",
+    "stable_ops",
+    "zoh_discretize",
 ]
 
 

@@ -1,0 +1,421 @@
+# cython: language_level=3
+"""Kernels of the numerically stable reductions and activations.
+
+Design
+------
+Row functions take a C-contiguous 2-D view ``(rows, n)``: the reduction axis
+was moved last by the caller, so every row is contiguous. Rows are split
+between threads by a static ``prange``; each row is handled by one small
+``noexcept nogil`` function.
+
+* softmax: three sweeps of one row held in cache: the maximum (eight
+  independent running maxima), then ``e = exp(x - max)`` stored to the output
+  and summed (in double, eight partial sums), then a scale by ``1 / sum``.
+  The exponentials come from the branch-free loops of ``_vexp.h``, which
+  vectorise (libm's ``exp`` is a call per element) and are dispatched at
+  load time between an SSE2 and an AVX2 + FMA build. log_softmax and log_sum_exp use
+  the same maximum and sum. A row whose maximum is infinite gives NaN
+  (softmax, log_softmax: ``inf - inf``) or that infinity (log_sum_exp).
+* logcumsumexp: ``acc = logaddexp(acc, x_t)`` written with one exponential of a
+  non-positive number per step.
+* segsum: row ``i`` of the ``(n, n)`` output is row ``i - 1`` plus ``x[i]``
+  below the diagonal (a running sum per column, never a difference of prefix
+  sums), 0 on the diagonal and ``-inf`` above it.
+* elementwise functions (sigmoid, silu, softplus) run over a flat contiguous
+  array in blocks of ``BLOCK`` elements; every formula evaluates ``exp`` of a
+  non-positive argument only, so no finite input overflows.
+* rms_norm: rows ``(rows, channels)``, each row split into groups of
+  ``group`` contiguous channels; the sum of squares accumulates in double.
+"""
+from cython.parallel cimport prange
+from libc.math cimport (exp, expf, log, logf, log1p, log1pf, sqrt, fabs,
+                        fabsf, INFINITY, NAN)
+
+from zilla_muf._types cimport real_t
+
+cdef enum:
+    LANES = 8
+    BLOCK = 4096
+    EBUF = 512
+
+cdef double LOG2 = 0.6931471805599453
+
+
+cdef extern from "_vexp.h" nogil:
+    float zm_expf(float x)
+    double zm_exp(double x)
+    void zm_exp_shift_f(const float *x, float *e, Py_ssize_t n, float m)
+    void zm_exp_shift_d(const double *x, double *e, Py_ssize_t n, double m)
+
+
+cdef inline real_t r_exp(real_t x) noexcept nogil:
+    """exp, branch-free and inlined so that loops over it vectorise."""
+    if real_t is float:
+        return zm_expf(x)
+    else:
+        return zm_exp(x)
+
+
+cdef inline real_t r_log(real_t x) noexcept nogil:
+    if real_t is float:
+        return logf(x)
+    else:
+        return log(x)
+
+
+cdef inline real_t r_log1p(real_t x) noexcept nogil:
+    if real_t is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
+cdef inline real_t r_fabs(real_t x) noexcept nogil:
+    if real_t is float:
+        return fabsf(x)
+    else:
+        return fabs(x)
+
+
+# ---------------------------------------------------------------------------
+# Row functions
+# ---------------------------------------------------------------------------
+
+cdef inline real_t row_max(const real_t *x, Py_ssize_t n) noexcept nogil:
+    """Largest element, ignoring NaN (-inf for an empty row)."""
+    cdef real_t m[LANES]
+    cdef real_t v, best
+    cdef Py_ssize_t i = 0
+    cdef int k
+    for k in range(LANES):
+        m[k] = -INFINITY
+    while i + LANES <= n:
+        for k in range(LANES):
+            v = x[i + k]
+            m[k] = v if v > m[k] else m[k]
+        i = i + LANES
+    while i < n:
+        v = x[i]
+        m[0] = v if v > m[0] else m[0]
+        i = i + 1
+    best = m[0]
+    for k in range(1, LANES):
+        best = m[k] if m[k] > best else best
+    return best
+
+
+cdef inline bint row_has_nan(const real_t *x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if x[i] != x[i]:
+            return True
+    return False
+
+
+cdef inline double lane_sum(const real_t *e, Py_ssize_t n) noexcept nogil:
+    """sum(e) in double, in LANES independent partial sums."""
+    cdef double s[LANES]
+    cdef Py_ssize_t i = 0
+    cdef int k
+    cdef double total = 0.0
+    for k in range(LANES):
+        s[k] = 0.0
+    while i + LANES <= n:
+        for k in range(LANES):
+            s[k] = s[k] + e[i + k]
+        i = i + LANES
+    while i < n:
+        s[0] = s[0] + e[i]
+        i = i + 1
+    for k in range(LANES):
+        total = total + s[k]
+    return total
+
+
+cdef inline void exp_shifted(const real_t *x, real_t *e, Py_ssize_t n,
+                             real_t m) noexcept nogil:
+    """e = exp(x - m), by the vectorised (and CPU-dispatched) C loops."""
+    if real_t is float:
+        zm_exp_shift_f(x, e, n, m)
+    else:
+        zm_exp_shift_d(x, e, n, m)
+
+
+cdef inline double row_exp_sum(const real_t *x, real_t *out, Py_ssize_t n,
+                               real_t m) noexcept nogil:
+    """sum(exp(x - m)); the terms are stored to `out` unless it is NULL."""
+    cdef real_t buf[EBUF]
+    cdef Py_ssize_t i0, w
+    cdef double total = 0.0
+    if out != NULL:
+        exp_shifted(x, out, n, m)
+        return lane_sum(out, n)
+    i0 = 0
+    while i0 < n:
+        w = n - i0 if n - i0 < EBUF else EBUF
+        exp_shifted(x + i0, buf, w, m)
+        total = total + lane_sum(buf, w)
+        i0 = i0 + w
+    return total
+
+
+cdef inline void softmax_row(const real_t *x, real_t *out, Py_ssize_t n) noexcept nogil:
+    cdef real_t m = row_max(x, n)
+    cdef real_t scale
+    cdef Py_ssize_t i
+    cdef double s
+    s = row_exp_sum(x, out, n, m)
+    scale = <real_t> (1.0 / s)
+    for i in range(n):
+        out[i] = out[i] * scale
+
+
+cdef inline void log_softmax_row(const real_t *x, real_t *out, Py_ssize_t n) noexcept nogil:
+    cdef real_t m = row_max(x, n)
+    cdef real_t shift
+    cdef Py_ssize_t i
+    cdef double s
+    s = row_exp_sum(x, NULL, n, m)
+    shift = <real_t> log(s)
+    # (x - m) - log(s): exact small results even when |m| >> log(s)
+    for i in range(n):
+        out[i] = (x[i] - m) - shift
+
+
+cdef inline real_t log_sum_exp_row(const real_t *x, Py_ssize_t n) noexcept nogil:
+    cdef real_t m = row_max(x, n)
+    if m == INFINITY or m == -INFINITY:
+        # a NaN would be ignored by the maximum; otherwise it propagates
+        # through the sum below
+        return NAN if row_has_nan(x, n) else m
+    return m + <real_t> log(row_exp_sum(x, NULL, n, m))
+
+
+cdef inline real_t log_add_exp(real_t a, real_t b) noexcept nogil:
+    """log(exp(a) + exp(b)) with one exp of a non-positive number."""
+    if a == b:
+        return a + <real_t> LOG2       # also both +inf or both -inf
+    if a > b:
+        return a + r_log1p(r_exp(b - a))
+    if b > a:
+        return b + r_log1p(r_exp(a - b))
+    return a + b                       # a NaN
+
+
+cdef inline void logcumsumexp_row(const real_t *x, real_t *out, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef real_t acc
+    if n == 0:
+        return
+    acc = x[0]
+    out[0] = acc
+    for i in range(1, n):
+        acc = log_add_exp(acc, x[i])
+        out[i] = acc
+
+
+cdef inline void segsum_row(const real_t *x, real_t *out, Py_ssize_t n) noexcept nogil:
+    """out (n, n): out[i, j] = out[i-1, j] + x[i] for j < i."""
+    cdef Py_ssize_t i, j
+    cdef real_t xi
+    cdef real_t *row
+    cdef real_t *prev
+    for i in range(n):
+        row = out + i * n
+        xi = x[i]
+        if i > 0:
+            prev = row - n
+            for j in range(i):
+                row[j] = prev[j] + xi
+        row[i] = 0
+        for j in range(i + 1, n):
+            row[j] = -INFINITY
+
+
+cdef inline void rms_norm_row(const real_t *x, const real_t *z, const real_t *w,
+                              real_t *out, Py_ssize_t c, Py_ssize_t group,
+                              double eps, bint gated,
+                              bint norm_before_gate) noexcept nogil:
+    cdef Py_ssize_t g0, i
+    cdef double ss, v
+    cdef real_t r, gate
+    g0 = 0
+    while g0 < c:
+        ss = 0.0
+        if gated and not norm_before_gate:
+            for i in range(g0, g0 + group):
+                out[i] = x[i] * silu_elem(z[i])
+                v = out[i]
+                ss = ss + v * v
+        else:
+            for i in range(g0, g0 + group):
+                v = x[i]
+                ss = ss + v * v
+        r = <real_t> (1.0 / sqrt(ss / group + eps))
+        if not gated:
+            for i in range(g0, g0 + group):
+                out[i] = x[i] * r * w[i]
+        elif norm_before_gate:
+            for i in range(g0, g0 + group):
+                out[i] = x[i] * r * w[i] * silu_elem(z[i])
+        else:
+            for i in range(g0, g0 + group):
+                out[i] = out[i] * r * w[i]
+        g0 = g0 + group
+
+
+# ---------------------------------------------------------------------------
+# Element functions: exp only ever sees -|x|.
+# ---------------------------------------------------------------------------
+
+cdef inline real_t sigmoid_elem(real_t x) noexcept nogil:
+    cdef real_t e = r_exp(-r_fabs(x))
+    cdef real_t r = 1 / (1 + e)
+    return r if x >= 0 else e * r
+
+
+cdef inline real_t silu_elem(real_t x) noexcept nogil:
+    cdef real_t s = sigmoid_elem(x)
+    # x * 0 at x = -inf is the limit -0, not NaN
+    return x * s if s != 0 else -0.0
+
+
+cdef inline real_t softplus_elem(real_t x, real_t beta, real_t threshold) noexcept nogil:
+    cdef real_t z = beta * x
+    if z > threshold:
+        return x
+    return ((z if z > 0 else 0) + r_log1p(r_exp(-r_fabs(z)))) / beta
+
+
+# ---------------------------------------------------------------------------
+# Loops and entry points
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    OP_SOFTMAX = 0
+    OP_LOG_SOFTMAX = 1
+    OP_LOGCUMSUMEXP = 2
+
+
+cdef void rows_loop(int op, const real_t *X, real_t *O, Py_ssize_t rows,
+                    Py_ssize_t n, int nthreads) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in prange(rows, num_threads=nthreads, schedule='static'):
+        if op == OP_SOFTMAX:
+            softmax_row(X + r * n, O + r * n, n)
+        elif op == OP_LOG_SOFTMAX:
+            log_softmax_row(X + r * n, O + r * n, n)
+        else:
+            logcumsumexp_row(X + r * n, O + r * n, n)
+
+
+def _check_threads(int num_threads):
+    if num_threads < 1:
+        raise ValueError(f"`num_threads` must be >= 1, got {num_threads}")
+
+
+def _check_rows(Py_ssize_t xr, Py_ssize_t xn, Py_ssize_t orows, Py_ssize_t on):
+    if xr != orows or xn != on:
+        raise ValueError(
+            f"output shape ({orows}, {on}) does not match input ({xr}, {xn})")
+
+
+def rows(int op, const real_t[:, ::1] x, real_t[:, ::1] out, int num_threads):
+    """Row-wise softmax (op 0), log_softmax (1) or logcumsumexp (2)."""
+    _check_threads(num_threads)
+    _check_rows(x.shape[0], x.shape[1], out.shape[0], out.shape[1])
+    if op < 0 or op > 2:
+        raise ValueError(f"unknown row operation {op}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return
+    with nogil:
+        rows_loop(op, &x[0, 0], &out[0, 0], x.shape[0], x.shape[1],
+                  num_threads)
+
+
+def log_sum_exp(const real_t[:, ::1] x, real_t[::1] out, int num_threads):
+    """out[r] = log(sum(exp(x[r, :])))."""
+    cdef Py_ssize_t r, rows = x.shape[0], n = x.shape[1]
+    _check_threads(num_threads)
+    if out.shape[0] != rows:
+        raise ValueError(f"output length {out.shape[0]} does not match {rows} rows")
+    if rows == 0:
+        return
+    if n == 0:
+        out[:] = -INFINITY
+        return
+    with nogil:
+        for r in prange(rows, num_threads=num_threads, schedule='static'):
+            out[r] = log_sum_exp_row(&x[r, 0], n)
+
+
+def segsum(const real_t[:, ::1] x, real_t[:, :, ::1] out, int num_threads):
+    """out[r] = the (n, n) segment sums of x[r]."""
+    cdef Py_ssize_t r, rows = x.shape[0], n = x.shape[1]
+    _check_threads(num_threads)
+    if out.shape[0] != rows or out.shape[1] != n or out.shape[2] != n:
+        raise ValueError("output shape does not match (rows, n, n)")
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        for r in prange(rows, num_threads=num_threads, schedule='static'):
+            segsum_row(&x[r, 0], &out[r, 0, 0], n)
+
+
+cdef enum:
+    OP_SIGMOID = 0
+    OP_SILU = 1
+    OP_SOFTPLUS = 2
+
+
+def elementwise(int op, const real_t[::1] x, real_t[::1] out, double beta,
+                double threshold, int num_threads):
+    """sigmoid (op 0), silu (1) or softplus(beta, threshold) (2), elementwise."""
+    cdef Py_ssize_t n = x.shape[0], nblk, b, i, i0, i1
+    cdef real_t rb = <real_t> beta, rt = <real_t> threshold
+    _check_threads(num_threads)
+    if out.shape[0] != n:
+        raise ValueError(f"output length {out.shape[0]} does not match {n}")
+    if op < 0 or op > 2:
+        raise ValueError(f"unknown elementwise operation {op}")
+    if n == 0:
+        return
+    nblk = (n + BLOCK - 1) // BLOCK
+    with nogil:
+        for b in prange(nblk, num_threads=num_threads, schedule='static'):
+            i0 = b * BLOCK
+            i1 = i0 + BLOCK if i0 + BLOCK < n else n
+            if op == OP_SIGMOID:
+                for i in range(i0, i1):
+                    out[i] = sigmoid_elem(x[i])
+            elif op == OP_SILU:
+                for i in range(i0, i1):
+                    out[i] = silu_elem(x[i])
+            else:
+                for i in range(i0, i1):
+                    out[i] = softplus_elem(x[i], rb, rt)
+
+
+def rms_norm(const real_t[:, ::1] x, const real_t[:, ::1] z,
+             const real_t[::1] weight, real_t[:, ::1] out, Py_ssize_t group,
+             double eps, bint gated, bint norm_before_gate, int num_threads):
+    """Row-wise RMS normalisation in groups of `group` channels."""
+    cdef Py_ssize_t r, rows = x.shape[0], c = x.shape[1]
+    cdef const real_t *Z
+    _check_threads(num_threads)
+    _check_rows(rows, c, out.shape[0], out.shape[1])
+    if weight.shape[0] != c:
+        raise ValueError(f"weight length {weight.shape[0]} does not match {c}")
+    if gated and (z.shape[0] != rows or z.shape[1] != c):
+        raise ValueError("z shape does not match x")
+    if rows == 0 or c == 0:
+        return
+    if group < 1 or c % group != 0:
+        raise ValueError(f"group {group} does not divide {c} channels")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    Z = &z[0, 0] if gated else &x[0, 0]
+    with nogil:
+        for r in prange(rows, num_threads=num_threads, schedule='static'):
+            rms_norm_row(&x[r, 0], Z + r * c, &weight[0], &out[r, 0], c,
+                         group, eps, gated, norm_before_gate)

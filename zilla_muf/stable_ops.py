@@ -1,0 +1,663 @@
+"""Numerically stable reductions and activations.
+
+The building blocks around a state space model's scan: normalised
+exponentials and their logarithms, the segment sums of Mamba-2's decay mask,
+the gates, and the RMS normalisation of the gated output. Every function
+works for the whole floating-point range of its dtype:
+
+- :func:`~zilla_muf.softmax`, :func:`~zilla_muf.log_softmax`,
+  :func:`~zilla_muf.log_sum_exp` -- max-shifted, one pass over a row in cache;
+- :func:`~zilla_muf.logcumsumexp` -- the running log-sum-exp;
+- :func:`~zilla_muf.segsum` -- the segment sums
+  :math:`\\sum_{t=j+1}^{i} x_t` without prefix-sum cancellation;
+- :func:`~zilla_muf.sigmoid`, :func:`~zilla_muf.silu`,
+  :func:`~zilla_muf.softplus` -- overflow-free activations;
+- :func:`~zilla_muf.rms_norm` -- RMS normalisation, optionally gated and
+  grouped (Mamba-2's ``RMSNormGated``).
+
+These are real functions: complex input raises ``TypeError``.
+"""
+
+import math
+import operator
+
+import numpy as np
+
+from . import _stable_ops
+from ._validation import (
+    as_array,
+    broadcast_shapes,
+    check_shape,
+    normalize_axis,
+    resolve_workers,
+    result_dtype,
+)
+
+__all__ = [
+    "log_softmax",
+    "log_sum_exp",
+    "logcumsumexp",
+    "rms_norm",
+    "segsum",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softplus",
+]
+
+_OP_SOFTMAX, _OP_LOG_SOFTMAX, _OP_LOGCUMSUMEXP = 0, 1, 2
+_OP_SIGMOID, _OP_SILU, _OP_SOFTPLUS = 0, 1, 2
+
+
+def _real_rows(x, axis):
+    """`x` as a C-contiguous (rows, n) array of its real kernel dtype.
+
+    Returns the 2-D array and the shape of `x` with `axis` moved last.
+    """
+    x = as_array(x, "x")
+    dtype = result_dtype(allow_complex=False, x=x)
+    if x.ndim == 0:
+        raise ValueError("`x` must have at least one dimension, got a 0-d array")
+    ax = normalize_axis(axis, x.ndim)
+    moved = np.moveaxis(x, ax, -1)
+    shape = moved.shape
+    rows = math.prod(shape[:-1])
+    x2 = np.ascontiguousarray(moved, dtype=dtype).reshape(rows, shape[-1])
+    return x2, shape, ax
+
+
+def _row_op(op, x, axis, workers):
+    nthreads = resolve_workers(workers)
+    x2, shape, ax = _real_rows(x, axis)
+    out = np.empty_like(x2)
+    _stable_ops.rows(op, x2, out, nthreads)
+    return np.moveaxis(out.reshape(shape), -1, ax)
+
+
+def _elementwise(op, x, workers, beta=1.0, threshold=20.0):
+    nthreads = resolve_workers(workers)
+    x = as_array(x, "x")
+    dtype = result_dtype(allow_complex=False, x=x)
+    flat = np.ascontiguousarray(x, dtype=dtype).reshape(-1)
+    out = np.empty_like(flat)
+    _stable_ops.elementwise(op, flat, out, beta, threshold, nthreads)
+    return out.reshape(x.shape)
+
+
+def softmax(x, axis=-1, *, workers=None):
+    r"""Softmax along `axis`, shifted by the maximum so nothing overflows.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, float32 or float64 (integers and bools are promoted to
+        float64, float16 to float32).
+    axis : int, optional
+        The axis to normalise over. Default -1.
+    workers : int, optional
+        Threads to use (split over the other axes): None is 1, -1 all cores,
+        negative values count back from all cores as in :mod:`scipy.fft`.
+
+    Returns
+    -------
+    s : ndarray
+        Same shape as `x`; non-negative, summing to 1 along `axis`.
+
+    Raises
+    ------
+    TypeError
+        If `x` is complex or not numeric.
+    ValueError
+        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+
+    See Also
+    --------
+    log_softmax, log_sum_exp
+    scipy.special.softmax : the same function, computed in several passes.
+
+    Notes
+    -----
+    With :math:`m = \max_k x_k`,
+
+    .. math::
+
+        \operatorname{softmax}(x)_i = \frac{e^{x_i - m}}{\sum_k e^{x_k - m}} ,
+
+    so every exponential is at most 1 and the sum at least 1: no overflow or
+    total underflow for any finite input. Each row is processed while it is
+    in cache: the maximum, the exponentials (a vectorised loop) stored to the
+    output, their sum in float64, a scale.
+    A row that is all :math:`-\infty`, or contains :math:`+\infty` or NaN,
+    gives NaN (:math:`\infty - \infty` and :math:`\infty/\infty` are
+    undefined), as :func:`scipy.special.softmax` does.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import softmax
+    >>> softmax([1.0, 2.0, 3.0])
+    array([0.09003057, 0.24472847, 0.66524096])
+
+    Inputs far beyond ``exp``'s range are fine:
+
+    >>> softmax(np.array([1e30, 1e30, -1e30], dtype=np.float32))
+    array([0.5, 0.5, 0. ], dtype=float32)
+    """
+    return _row_op(_OP_SOFTMAX, x, axis, workers)
+
+
+def log_softmax(x, axis=-1, *, workers=None):
+    r"""Logarithm of the softmax along `axis`, without forming the softmax.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, float32 or float64.
+    axis : int, optional
+        The axis to normalise over. Default -1.
+    workers : int, optional
+        Threads to use: None is 1, -1 all cores.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape as `x`: :math:`x - \operatorname{logsumexp}(x)` along `axis`.
+
+    Raises
+    ------
+    TypeError
+        If `x` is complex or not numeric.
+    ValueError
+        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+
+    See Also
+    --------
+    softmax, log_sum_exp
+    scipy.special.log_softmax
+
+    Notes
+    -----
+    .. math::
+
+        \log \operatorname{softmax}(x)_i = (x_i - m) - \log \sum_k e^{x_k - m},
+        \qquad m = \max_k x_k ,
+
+    in that order, so results near 0 keep full precision when :math:`|m|`
+    is huge. Entries of a tiny softmax (whose exponential underflows) keep their
+    exact logarithm. Rows that are all :math:`-\infty` or hold
+    :math:`+\infty` or NaN give NaN.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> from zilla_muf import log_softmax
+    >>> log_softmax([0.0, 0.0, -100.0])
+    array([  -0.69314718,   -0.69314718, -100.69314718])
+    """
+    return _row_op(_OP_LOG_SOFTMAX, x, axis, workers)
+
+
+def log_sum_exp(x, axis=-1, keepdims=False, *, workers=None):
+    r"""Logarithm of the sum of exponentials along `axis`, without overflow.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, float32 or float64.
+    axis : int, optional
+        The axis to reduce. Default -1.
+    keepdims : bool, optional
+        Keep the reduced axis with length 1. Default False.
+    workers : int, optional
+        Threads to use: None is 1, -1 all cores.
+
+    Returns
+    -------
+    lse : ndarray
+        The shape of `x` without `axis` (or with length 1 there when
+        `keepdims`).
+
+    Raises
+    ------
+    TypeError
+        If `x` is complex or not numeric.
+    ValueError
+        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+
+    See Also
+    --------
+    softmax, logcumsumexp
+    scipy.special.logsumexp
+
+    Notes
+    -----
+    .. math::
+
+        \operatorname{lse}(x) = m + \log \sum_k e^{x_k - m},
+        \qquad m = \max_k x_k ,
+
+    exact to rounding for every finite input up to the dtype's maximum. A row
+    that is all :math:`-\infty` (or empty) gives :math:`-\infty`; a row holding
+    :math:`+\infty` gives :math:`+\infty`; a NaN gives NaN.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import log_sum_exp
+    >>> log_sum_exp([1000.0, 1000.0])
+    np.float64(1000.6931471805599)
+    >>> log_sum_exp(np.array([[0.0, 0.0], [-np.inf, -np.inf]]), axis=1, keepdims=True)
+    array([[0.69314718],
+           [      -inf]])
+    """
+    nthreads = resolve_workers(workers)
+    x2, shape, ax = _real_rows(x, axis)
+    out = np.empty(x2.shape[0], dtype=x2.dtype)
+    _stable_ops.log_sum_exp(x2, out, nthreads)
+    out = out.reshape(shape[:-1])
+    if keepdims:
+        out = np.expand_dims(out, ax)
+    return out[()] if out.ndim == 0 else out
+
+
+def logcumsumexp(x, axis=-1, *, workers=None):
+    r"""Running log-sum-exp along `axis`.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, float32 or float64.
+    axis : int, optional
+        The axis to accumulate along. Default -1.
+    workers : int, optional
+        Threads to use (split over the other axes): None is 1, -1 all cores.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape as `x`: ``y[..., t] = log_sum_exp(x[..., :t+1])``.
+
+    Raises
+    ------
+    TypeError
+        If `x` is complex or not numeric.
+    ValueError
+        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+
+    See Also
+    --------
+    log_sum_exp
+    numpy.logaddexp : ``np.logaddexp.accumulate`` is the same recurrence.
+
+    Notes
+    -----
+    The recurrence :math:`y_0 = x_0`,
+
+    .. math::
+
+        y_t = \max(y_{t-1}, x_t)
+              + \operatorname{log1p}\!\left(e^{-|y_{t-1} - x_t|}\right),
+
+    takes one exponential of a non-positive number per step (no overflow);
+    equal infinities stay that infinity.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import logcumsumexp
+    >>> logcumsumexp(np.log([1.0, 2.0, 3.0]))
+    array([0.        , 1.09861229, 1.79175947])
+    """
+    return _row_op(_OP_LOGCUMSUMEXP, x, axis, workers)
+
+
+def segsum(x, axis=-1, *, workers=None):
+    r"""Segment sums :math:`\sum_{t=j+1}^{i} x_t` for all pairs (i, j).
+
+    ``exp(segsum(log_a))`` is the lower-triangular decay mask
+    :math:`L_{ij} = \prod_{t=j+1}^{i} a_t` of Mamba-2's state space duality.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, float32 or float64, of length n along `axis`.
+    axis : int, optional
+        The sequence axis. Default -1.
+    workers : int, optional
+        Threads to use (split over the other axes): None is 1, -1 all cores.
+
+    Returns
+    -------
+    s : ndarray
+        Shape ``(..., n, n)``: the other axes of `x` (`axis` removed, order
+        kept), then `i`, then `j`.
+
+    Raises
+    ------
+    TypeError
+        If `x` is complex or not numeric.
+    ValueError
+        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+
+    See Also
+    --------
+    logcumsumexp
+    numpy.cumsum : ``cs[i] - cs[j]`` is the same quantity, with cancellation.
+
+    Notes
+    -----
+    .. math::
+
+        s_{ij} = \begin{cases} \sum_{t=j+1}^{i} x_t & j < i \\
+                 0 & j = i \\ -\infty & j > i \end{cases}
+
+    Row :math:`i` is computed from row :math:`i-1` as
+    :math:`s_{ij} = s_{i-1,j} + x_i` (a running sum per column), never as a
+    difference of prefix sums, so a small segment after a long one keeps its
+    full relative precision.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> from zilla_muf import segsum
+    >>> segsum([1.0, 2.0, 3.0])
+    array([[ 0., -inf, -inf],
+           [ 2.,  0., -inf],
+           [ 5.,  3.,  0.]])
+    """
+    nthreads = resolve_workers(workers)
+    x2, shape, _ = _real_rows(x, axis)
+    n = shape[-1]
+    out = np.empty((x2.shape[0], n, n), dtype=x2.dtype)
+    _stable_ops.segsum(x2, out, nthreads)
+    return out.reshape(shape + (n,))
+
+
+def sigmoid(x, *, workers=None):
+    r"""Logistic sigmoid :math:`1 / (1 + e^{-x})`, elementwise.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, float32 or float64.
+    workers : int, optional
+        Threads to use: None is 1, -1 all cores.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape as `x`, in [0, 1].
+
+    Raises
+    ------
+    TypeError
+        If `x` is complex or not numeric.
+    ValueError
+        If `workers` is 0.
+
+    See Also
+    --------
+    silu, softplus
+    scipy.special.expit
+
+    Notes
+    -----
+    With :math:`e = e^{-|x|} \le 1`,
+
+    .. math::
+
+        \sigma(x) = \begin{cases} 1/(1 + e) & x \ge 0 \\
+                    e/(1 + e) & x < 0 \end{cases}
+
+    so no exponential overflows and small results keep full relative
+    precision.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> from zilla_muf import sigmoid
+    >>> sigmoid([-1000.0, 0.0, 1000.0])
+    array([0. , 0.5, 1. ])
+    """
+    return _elementwise(_OP_SIGMOID, x, workers)
+
+
+def silu(x, *, workers=None):
+    r"""SiLU (swish) :math:`x \, \sigma(x)`, elementwise.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, float32 or float64.
+    workers : int, optional
+        Threads to use: None is 1, -1 all cores.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape as `x`.
+
+    Raises
+    ------
+    TypeError
+        If `x` is complex or not numeric.
+    ValueError
+        If `workers` is 0.
+
+    See Also
+    --------
+    sigmoid, rms_norm
+
+    Notes
+    -----
+    :math:`\operatorname{silu}(x) = x \, \sigma(x)` with the overflow-free
+    :func:`sigmoid`; at :math:`x = -\infty` it returns the limit
+    :math:`-0` rather than :math:`-\infty \cdot 0`.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> from zilla_muf import silu
+    >>> silu([-1000.0, 0.0, 2.0])
+    array([-0.       ,  0.       ,  1.76159416])
+    """
+    return _elementwise(_OP_SILU, x, workers)
+
+
+def softplus(x, beta=1.0, threshold=20.0, *, workers=None):
+    r"""Softplus :math:`\log(1 + e^{\beta x}) / \beta`, elementwise.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, float32 or float64.
+    beta : float, optional
+        Sharpness, finite and nonzero. Default 1.
+    threshold : float, optional
+        Where :math:`\beta x` exceeds it, `x` itself is returned (as in
+        PyTorch). Default 20. Must not be NaN.
+    workers : int, optional
+        Threads to use: None is 1, -1 all cores.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape as `x`.
+
+    Raises
+    ------
+    TypeError
+        If `x` is complex or not numeric, or `beta` or `threshold` is not a
+        real number.
+    ValueError
+        If `beta` is 0 or not finite, `threshold` is NaN, or `workers` is 0.
+
+    See Also
+    --------
+    sigmoid : the derivative of softplus.
+    numpy.logaddexp : ``np.logaddexp(0, x)`` is softplus with beta 1.
+
+    Notes
+    -----
+    With :math:`z = \beta x`,
+
+    .. math::
+
+        \operatorname{softplus}(x) = \begin{cases} x & z > \text{threshold} \\
+            \bigl(\max(z, 0) + \operatorname{log1p}(e^{-|z|})\bigr) / \beta
+            & \text{otherwise,} \end{cases}
+
+    which equals :math:`\operatorname{log1p}(e^{z})/\beta` and never
+    overflows, whatever the threshold.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> from zilla_muf import softplus
+    >>> softplus([-10000.0, 0.0, 10000.0])
+    array([0.00000000e+00, 6.93147181e-01, 1.00000000e+04])
+    >>> softplus([1.0], beta=2.0)
+    array([1.06346401])
+    """
+    beta = _real_scalar(beta, "beta")
+    threshold = _real_scalar(threshold, "threshold")
+    if beta == 0 or not math.isfinite(beta):
+        raise ValueError(f"`beta` must be finite and nonzero, got {beta}")
+    if math.isnan(threshold):
+        raise ValueError("`threshold` must be a number, got nan")
+    return _elementwise(_OP_SOFTPLUS, x, workers, beta, threshold)
+
+
+def _real_scalar(value, name):
+    """A real Python float from a scalar argument, or TypeError naming it."""
+    if isinstance(value, (bool, np.bool_)) or not np.isrealobj(value) \
+            or np.ndim(value) != 0:
+        raise TypeError(f"`{name}` must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a real number, got {value!r}") from None
+
+
+def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
+             norm_before_gate=True, workers=None):
+    r"""RMS normalisation over the last axis, optionally gated and grouped.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, float32 or float64, with C channels on the last axis.
+    weight : array_like, optional
+        Per-channel scale, shape (C,). Default 1.
+    eps : float, optional
+        Added to the mean square, >= 0. Default 1e-6.
+    z : array_like, optional
+        Gate (Mamba-2's ``RMSNormGated``), broadcast against `x`.
+    group_size : int, optional
+        Normalise each contiguous group of this many channels separately; must
+        divide C. Default C (one group).
+    norm_before_gate : bool, optional
+        With `z`: True gives ``norm(x) * silu(z)``, False gives
+        ``norm(x * silu(z))``. Default True.
+    workers : int, optional
+        Threads to use (split over rows): None is 1, -1 all cores.
+
+    Returns
+    -------
+    y : ndarray
+        The broadcast shape of `x` and `z`.
+
+    Raises
+    ------
+    TypeError
+        If an input is complex or not numeric, or `eps` is not a real number.
+    ValueError
+        If `x` is 0-d, `weight` is not of shape (C,), `z` does not broadcast
+        against `x`, `group_size` does not divide C, `eps` < 0 or `workers`
+        is 0.
+
+    See Also
+    --------
+    silu
+
+    Notes
+    -----
+    For a group :math:`G` of :math:`g` channels,
+
+    .. math::
+
+        \operatorname{norm}(v)_c = \frac{v_c}
+            {\sqrt{\frac{1}{g} \sum_{k \in G} v_k^2 + \varepsilon}} \; w_c ,
+
+    with :math:`v = x` (no gate, or ``norm_before_gate=True``, then times
+    :math:`\operatorname{silu}(z)`) or :math:`v = x \operatorname{silu}(z)`.
+    The sum of squares accumulates in float64.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import rms_norm
+    >>> rms_norm([3.0, 4.0], eps=0.0)
+    array([0.84852814, 1.13137085])
+    >>> rms_norm([1.0, 1.0, 2.0, 2.0], group_size=2, eps=0.0)
+    array([1., 1., 1., 1.])
+    """
+    nthreads = resolve_workers(workers)
+    x = as_array(x, "x")
+    w = None if weight is None else as_array(weight, "weight")
+    zz = None if z is None else as_array(z, "z")
+    dtype = result_dtype(allow_complex=False, x=x, weight=w, z=zz)
+    eps = _real_scalar(eps, "eps")
+    if not eps >= 0:
+        raise ValueError(f"`eps` must be >= 0, got {eps}")
+    if x.ndim == 0:
+        raise ValueError("`x` must have at least one dimension, got a 0-d array")
+    shape = x.shape if zz is None else broadcast_shapes(x=x.shape, z=zz.shape)
+    if len(shape) == 0:
+        raise ValueError("`x` must have at least one dimension, got a 0-d array")
+    c = shape[-1]
+    if zz is not None and shape[-1] != x.shape[-1]:
+        raise ValueError(
+            f"`z` must not change the channel count of `x` ({x.shape[-1]}) "
+            f"when broadcast, got shape {zz.shape}")
+    if w is None:
+        w = np.ones(c, dtype=dtype)
+    else:
+        check_shape(w, (c,), "weight")
+    if group_size is None:
+        group = c
+    else:
+        try:
+            group = operator.index(group_size)
+        except TypeError:
+            raise ValueError(
+                f"`group_size` must be a positive integer, got {group_size!r}"
+            ) from None
+        if isinstance(group_size, (bool, np.bool_)) or group < 1 or c % group:
+            raise ValueError(
+                f"`group_size` must be a positive integer dividing the "
+                f"{c} channels, got {group_size!r}")
+    rows = math.prod(shape[:-1])
+    x2 = np.ascontiguousarray(np.broadcast_to(x, shape), dtype=dtype).reshape(rows, c)
+    w1 = np.ascontiguousarray(w, dtype=dtype)
+    if zz is None:
+        z2 = x2
+    else:
+        z2 = np.ascontiguousarray(np.broadcast_to(zz, shape), dtype=dtype).reshape(rows, c)
+    out = np.empty_like(x2)
+    _stable_ops.rms_norm(x2, z2, w1, out, max(group, 1), eps, zz is not None,
+                         bool(norm_before_gate), nthreads)
+    return out.reshape(shape)
