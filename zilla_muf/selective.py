@@ -18,7 +18,13 @@ Layouts follow mamba_ssm: sequences are (batch, dim, seqlen).
 import numpy as np
 
 from . import _selective
-from ._validation import as_array, check_shape, resolve_workers, result_dtype
+from ._validation import (
+    as_array,
+    check_shape,
+    inplace_array,
+    resolve_workers,
+    result_dtype,
+)
 
 __all__ = ["causal_conv1d", "causal_conv1d_update", "selective_scan"]
 
@@ -463,27 +469,16 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None):
     >>> state
     array([[[2., 3.]]])
     """
-    if not isinstance(conv_state, np.ndarray):
-        raise TypeError(
-            "`conv_state` must be a NumPy array (it is updated in place), got "
-            f"{type(conv_state).__name__}"
-        )
+    conv_state = inplace_array(conv_state, "conv_state")
     x = as_array(x, "x")
     weight = as_array(weight, "weight")
     bias = None if bias is None else as_array(bias, "bias")
-    as_array(conv_state, "conv_state")
     dtype = result_dtype(allow_complex=False, x=x, conv_state=conv_state,
                          weight=weight, bias=bias)
     if conv_state.dtype != dtype:
         raise TypeError(
             f"`conv_state` must have dtype {dtype} (the result type of the "
             f"inputs) to be updated in place, got {conv_state.dtype}"
-        )
-    if not conv_state.flags.writeable:
-        raise ValueError("`conv_state` must be writeable: it is updated in place")
-    if not conv_state.flags.c_contiguous:
-        raise ValueError(
-            "`conv_state` must be C-contiguous: it is updated in place"
         )
     silu = _activation(activation)
     shape = x.shape
