@@ -122,3 +122,71 @@ def test_mamba1_matches_transformers(hidden_size, state_size, conv_kernel, seqle
     assert _rel_err(out, expected) < 1e-4
     dec, _, _ = m1.prefill_then_decode(w, hidden, max(1, seqlen // 2))
     assert _rel_err(dec, expected) < 1e-4
+
+
+# ---------------------------------------------------------------------------
+# Mamba-2
+# ---------------------------------------------------------------------------
+
+def _mamba2():
+    pytest.importorskip("zilla_muf.ssd")
+    return load_example("mamba2_layer")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_groups", [1, 2])
+def test_mamba2_prefill_then_decode_equals_forward(dtype, n_groups):
+    m2 = _mamba2()
+    w = m2.Mamba2Weights.random(d_model=32, d_state=8, head_dim=8,
+                                n_groups=n_groups, seed=4, dtype=dtype)
+    w.chunk_size = 8
+    rng = np.random.default_rng(6)
+    hidden = rng.standard_normal((2, 21, 32)).astype(dtype)
+    full, conv_state, ssm_state = m2.forward(w, hidden)
+    assert full.shape == (2, 21, 32) and full.dtype == dtype
+    tol = 5e-5 if dtype == np.float32 else 1e-11
+    for n_prefill in (1, 8, 13):
+        dec, cs, ss = m2.prefill_then_decode(w, hidden, n_prefill)
+        assert _rel_err(dec, full) < tol
+        assert _rel_err(cs, conv_state) < tol
+        assert _rel_err(ss, ssm_state) < tol
+    cs, ss = m2.empty_states(w, 2)
+    outs = [m2.step(w, hidden[:, t], cs, ss) for t in range(21)]
+    assert _rel_err(np.stack(outs, 1), full) < tol
+    a, cs, ss = m2.forward(w, hidden[:, :9])
+    b, _, _ = m2.forward(w, hidden[:, 9:], conv_state=cs, ssm_state=ss)
+    assert _rel_err(np.concatenate([a, b], 1), full) < tol
+
+
+@pytest.mark.parametrize("hidden_size,state_size,head_dim,n_groups,chunk,seqlen",
+                         [(32, 8, 8, 1, 8, 20), (48, 16, 16, 2, 16, 37),
+                          (16, 4, 4, 4, 4, 3)])
+def test_mamba2_matches_transformers(hidden_size, state_size, head_dim, n_groups,
+                                     chunk, seqlen):
+    torch = _torch()
+    m2 = _mamba2()
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    config = Mamba2Config(hidden_size=hidden_size, state_size=state_size,
+                          expand=2, head_dim=head_dim,
+                          num_heads=2 * hidden_size // head_dim,
+                          n_groups=n_groups, conv_kernel=4, chunk_size=chunk,
+                          num_hidden_layers=1, vocab_size=16, use_bias=False,
+                          use_conv_bias=True)
+    mixer = Mamba2Mixer(config, layer_idx=0).eval()
+    _randomise(mixer, torch, seed=hidden_size + seqlen)
+    rng = np.random.default_rng(seqlen)
+    hidden = rng.standard_normal((2, seqlen, hidden_size)).astype(np.float32)
+    with torch.no_grad():
+        expected = mixer(torch.from_numpy(hidden)).numpy()
+
+    w = m2.Mamba2Weights.from_state_dict(
+        _numpy_state_dict(mixer), n_groups=n_groups, head_dim=head_dim,
+        eps=config.layer_norm_epsilon, chunk_size=chunk,
+        dt_limit=config.time_step_limit)
+    out, _, _ = m2.forward(w, hidden, workers=2)
+    assert out.dtype == np.float32
+    assert _rel_err(out, expected) < 2e-4
+    dec, _, _ = m2.prefill_then_decode(w, hidden, max(1, seqlen // 2))
+    assert _rel_err(dec, expected) < 2e-4
