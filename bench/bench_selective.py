@@ -178,12 +178,12 @@ def bench_mamba2(report, quick):
     def decode():
         cs, ss = conv_state.copy(), ssm_state.copy()
         for i in range(n_decode):
-            m2.step(w, toks[:, i], cs, ss, workers=1)
+            m2.step(w, toks[:, i], cs, ss)
 
     t = median_time(decode, repeat=3) / n_decode
     ref_t = None
     if mixer is not None:
-        ref_t = _mamba2_torch_decode_time(torch, mixer, hidden, n_decode)
+        ref_t = _mamba2_torch_decode_time(torch, mixer, config, hidden, n_decode)
         if ref_t is not None:
             report.add(f"{case} decode", "transformers Mamba2Mixer step (torch)", ref_t,
                        tokens_per_s=1 / ref_t)
@@ -191,15 +191,14 @@ def bench_mamba2(report, quick):
                tokens_per_s=1 / t)
 
 
-def _mamba2_torch_decode_time(torch, mixer, hidden, n_decode):
+def _mamba2_torch_decode_time(torch, mixer, config, hidden, n_decode):
     """Seconds per token of Mamba2Mixer's cached single-token path."""
     try:
         from transformers import DynamicCache
-        from transformers import Mamba2Config  # noqa: F401
     except ImportError:
         return None
     try:
-        cache = DynamicCache(config=mixer.config)
+        cache = DynamicCache(config=config)
         th = torch.from_numpy(hidden)
         with torch.no_grad():
             mixer(th[:, :16], cache_params=cache)
