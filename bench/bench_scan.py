@@ -120,12 +120,52 @@ def long_sequence(report, rng, repeat):
                    median_time(lambda: linear_scan(a, b, workers=w), repeat), roof)
 
 
+def sweep(report, rng, repeat):
+    """Time per element against size: 256 channels, 2^6 .. 2^14 steps."""
+    channels = 256
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        for layout in ("rows", "time-major"):
+            case = f"{name}, {layout}, {channels} channels"
+            axis = -1 if layout == "rows" else 0
+            for log_steps in range(6, 15, 2):
+                steps = 1 << log_steps
+                shape = (channels, steps) if layout == "rows" else (steps, channels)
+                a, b = make(rng, shape, dtype)
+                h = np.empty_like(a)
+                size = a.size
+                mt = 0.02
+
+                def add(label, fn, reps=repeat):
+                    report.add(case, label, median_time(fn, reps, min_time=mt), size=size)
+
+                add("roofline np.add", lambda: np.add(a, b, out=h))
+                add("sequential_scan", lambda: sequential_scan(a, b, axis=axis))
+                for w in (1, 2):
+                    add(f"chunked_scan w={w}", lambda: chunked_scan(a, b, axis=axis, workers=w))
+                add("associative_scan w=2",
+                    lambda: associative_scan(a, b, axis=axis, workers=2))
+                if dtype == np.float64:
+                    add("scipy lfilter (constant a)",
+                        lambda: scipy.signal.lfilter([1.0], [1.0, -0.95], b, axis=axis), 3)
+                if layout == "time-major" and steps <= 4096:
+                    out = np.empty_like(a)
+                    add("NumPy loop over time", lambda: numpy_loop(a, b, out), 3)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer baselines")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--sweep", action="store_true",
+                        help="time against size instead (bench/results/scan_sweep.json)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
+    if args.sweep:
+        report = Report("scan_sweep")
+        sweep(report, rng, args.repeat)
+        print(f"written: {report.save()}")
+        return
     report = Report("scan")
     size = 1024 if args.quick else 4096
     batched(report, rng, args.repeat, size, size, args.quick)

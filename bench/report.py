@@ -123,6 +123,8 @@ def main():
     machine_done = False
     for f in files:
         data = json.loads(f.read_text())
+        if not isinstance(data, dict) or "suite" not in data:
+            continue  # a suite's auxiliary record, not a table of rows
         suite = data["suite"]
         rows = data["rows"]
         if not machine_done:

@@ -18,6 +18,8 @@ fft_conv
     Causal convolution by FFT. The module is callable:
     ``zilla_muf.fft_conv(signal, kernel)`` is
     ``zilla_muf.fft_conv.fft_conv(signal, kernel)``.
+selective
+    Mamba-1: the selective scan and the depthwise causal convolution.
 stable_ops
     Overflow-free softmax, log-sum-exp, segment sums, gates, RMS norm.
 discretize
@@ -72,11 +74,21 @@ except ImportError:
 # `fft_conv` is both a module and its function: the module is callable (see
 # zilla_muf/fft_conv.py), so zilla_muf.fft_conv(...) and
 # zilla_muf.fft_conv.fft_conv(...) are the same call.
-from . import complex_ops, discretize, fft_conv, scan, ssd, stable_ops, structured
+from . import (
+    complex_ops,
+    discretize,
+    fft_conv,
+    scan,
+    selective,
+    ssd,
+    stable_ops,
+    structured,
+)
 from ._openmp_helpers import have_openmp
 from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
 from .discretize import bilinear_discretize, zoh_discretize
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
+from .selective import causal_conv1d, causal_conv1d_update, selective_scan
 from .ssd import (
     selective_state_update,
     ssd_chunk_cumsum,
@@ -110,8 +122,8 @@ from .structured import (
 __version__ = "0.1.0"
 
 # The public modules, and every public function of theirs.
-_MODULES = ["complex_ops", "discretize", "fft_conv", "scan", "ssd", "stable_ops",
-            "structured"]
+_MODULES = ["complex_ops", "discretize", "fft_conv", "scan", "selective", "ssd",
+            "stable_ops", "structured"]
 __all__ = sorted(
     set(_MODULES)
     | {"have_openmp", "openmp_info"}

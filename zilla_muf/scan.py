@@ -36,6 +36,15 @@ _LANES = 8
 _ROW_CHUNK = 2048
 # Smallest chunk (steps) worth a carry and a correction.
 _MIN_CHUNK = 256
+# Elements of work below which another thread costs more than it saves.
+_MIN_PER_THREAD = 1 << 15
+
+
+def _threads(p, workers):
+    """Threads for problem `p`: `workers` resolved, capped so that every
+    thread gets at least _MIN_PER_THREAD elements."""
+    n = resolve_workers(workers)
+    return max(1, min(n, (p.outer * p.n * p.inner) // _MIN_PER_THREAD))
 
 
 class _Problem:
@@ -262,8 +271,9 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     return_final : bool, optional
         Also return the last state computed.
     workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+        Threads to use at most: None is 1, -1 all cores, negative values
+        count back from all cores as in :mod:`scipy.fft`. A problem too
+        small to share (under 32768 elements per thread) uses fewer.
 
     Returns
     -------
@@ -312,8 +322,9 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     True
     """
     chunk_size = positive_int(chunk_size, "chunk_size", allow_none=True)
-    nthreads = resolve_workers(workers)
+    resolve_workers(workers)
     p = _Problem(a, b, h0, axis)
+    nthreads = _threads(p, workers)
     cs = _auto_chunk(p, nthreads) if chunk_size is None else chunk_size
     return p.run(_scan.chunked, reverse, return_final, cs,
                  _block_width(p, nthreads), nthreads)
@@ -345,8 +356,9 @@ def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
     return_final : bool, optional
         Also return the last state computed.
     workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+        Threads to use at most: None is 1, -1 all cores, negative values
+        count back from all cores as in :mod:`scipy.fft`. A problem too
+        small to share (under 32768 elements per thread) uses fewer.
 
     Returns
     -------
@@ -392,8 +404,9 @@ def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
     >>> associative_scan([2.0, 2.0, 2.0], [0.0, 0.0, 1.0], reverse=True)
     array([4., 2., 1.])
     """
-    nthreads = resolve_workers(workers)
+    resolve_workers(workers)
     p = _Problem(a, b, h0, axis)
+    nthreads = _threads(p, workers)
     return p.run(_scan.associative, reverse, return_final,
                  _auto_leaf(p, nthreads), _block_width(p, nthreads), nthreads)
 

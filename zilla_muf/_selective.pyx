@@ -1,0 +1,507 @@
+# cython: language_level=3
+"""Kernels of Mamba-1: the selective scan and the depthwise causal convolution.
+
+Design
+------
+Selective scan. One *channel* is a (batch b, channel d) pair; its state is
+the dstate-vector h, kept in a per-thread scratch row of N values (in L1)
+across the whole time loop. A first pass over the channel's row forms the
+steps dt[t] = softplus(delta[t] + bias) (or without softplus) and the gates
+silu(z[t]) in two more scratch rows (vectorised over t); then every step t
+does, with n innermost and contiguous (vectorised):
+
+    h[n] = exp(dt A[n]) h[n] + (dt u[t]) B[t, n]
+    y[t] = sum_n C[t, n] h[n]  (+ D u[t]),  then y[t] * silu(z[t])
+
+There is no (batch, dim, dstate, seqlen) temporary: per step the kernel reads
+u, delta (and z) of the channel, one row of B and of C, and writes one y.
+u, delta, z and y are (batch, dim, seqlen), C-contiguous, so a channel walks
+contiguous memory. B and C arrive flattened, time-major with n last: the row
+of (b, d) at step t starts at  b * sb + (d // gs) * sg + t * st,  which covers
+the three public layouts (constant (dim, N): sb = 0, gs = 1, sg = N, st = 0;
+(batch, N, L) and (batch, G, N, L) transposed to (batch, [G,] L, N)).
+Channels are independent: a static `prange` over batch * dim gives each
+thread a contiguous block of channels, so a group's B and C rows stay in
+cache. The float32 exponential and softplus are `zm_expf` and
+`zm_softplusf` (_fastexp.h), branch-free so that gcc vectorises them;
+float64 uses libm. Complex A keeps the real and
+imaginary parts of h, A, B and C in separate real rows; the output is
+2 Re(sum_n C h), the state one member of each conjugate pair.
+
+Causal convolution. Per channel, out[t] = bias + sum_k w[k] xpad[t + k] with
+xpad = (initial states, x), evaluated tap by tap with t innermost
+(vectorised), the first width-1 outputs reading the initial states.
+"""
+from cython.parallel cimport prange, parallel
+from libc.math cimport exp, log1p, cos, cosf, sin, sinf
+from libc.stdlib cimport malloc, free
+
+from zilla_muf._types cimport real_t
+
+
+cdef extern from "_fastexp.h" nogil:
+    float zm_expf(float x)
+    float zm_softplusf(float x)
+
+
+cdef enum:
+    PART = 8    # partial sums of a dot product (one SIMD register or two)
+
+
+# ---------------------------------------------------------------------------
+# Element functions
+# ---------------------------------------------------------------------------
+
+cdef inline real_t exp_t(real_t x) noexcept nogil:
+    if real_t is float:
+        return zm_expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline real_t softplus_t(real_t x) noexcept nogil:
+    """log(1 + exp(x)), and x itself above 20 (torch's threshold)."""
+    if real_t is float:
+        return zm_softplusf(x)     # branch-free; equals x above 20
+    else:
+        if x > 20:
+            return x
+        return log1p(exp(x))
+
+
+cdef inline real_t silu_t(real_t x) noexcept nogil:
+    """x sigmoid(x); exp(-x) may overflow to inf, giving -0."""
+    return x / (1 + exp_t(-x))
+
+
+cdef inline real_t cos_t(real_t x) noexcept nogil:
+    if real_t is float:
+        return cosf(x)
+    else:
+        return cos(x)
+
+
+cdef inline real_t sin_t(real_t x) noexcept nogil:
+    if real_t is float:
+        return sinf(x)
+    else:
+        return sin(x)
+
+
+cdef inline real_t dot(const real_t *c, const real_t *h,
+                       Py_ssize_t N) noexcept nogil:
+    """sum_n c[n] h[n] with PART interleaved partial sums (vectorised)."""
+    cdef real_t part[PART]
+    cdef real_t s
+    cdef Py_ssize_t n, j, i, n8 = N - N % PART
+    for j in range(PART):
+        part[j] = 0
+    for i in range(N // PART):
+        n = i * PART
+        for j in range(PART):
+            part[j] = part[j] + c[n + j] * h[n + j]
+    s = ((part[0] + part[4]) + (part[1] + part[5])) + \
+        ((part[2] + part[6]) + (part[3] + part[7]))
+    for n in range(n8, N):
+        s = s + c[n] * h[n]
+    return s
+
+
+# ---------------------------------------------------------------------------
+# Row functions: one channel over the whole sequence
+# ---------------------------------------------------------------------------
+
+cdef inline void delta_row(const real_t *dl, real_t bias, bint softplus,
+                           real_t *dt, Py_ssize_t L) noexcept nogil:
+    """dt[t] = softplus(dl[t] + bias) (or without softplus); vectorised."""
+    cdef Py_ssize_t t
+    if softplus:
+        for t in range(L):
+            dt[t] = softplus_t(dl[t] + bias)
+    else:
+        for t in range(L):
+            dt[t] = dl[t] + bias
+
+
+cdef inline void gate_row(const real_t *z, real_t *g,
+                          Py_ssize_t L) noexcept nogil:
+    """g[t] = silu(z[t]); vectorised."""
+    cdef Py_ssize_t t
+    for t in range(L):
+        g[t] = silu_t(z[t])
+
+
+cdef void channel_real(const real_t *u, const real_t *dts, const real_t *g,
+                       const real_t *A, const real_t *Bp, Py_ssize_t bst,
+                       const real_t *Cp, Py_ssize_t cst, real_t Dd,
+                       const real_t *h0, real_t *y, real_t *hlast, real_t *h,
+                       Py_ssize_t N, Py_ssize_t L) noexcept nogil:
+    """One channel of the real selective scan, from its steps dts and gates
+    g (silu(z), or NULL); h is N values of scratch."""
+    cdef Py_ssize_t t, n
+    cdef real_t dt, du, ut, acc
+    cdef const real_t *Bt
+    cdef const real_t *Ct
+    for n in range(N):
+        h[n] = h0[n]
+    for t in range(L):
+        ut = u[t]
+        dt = dts[t]
+        du = dt * ut
+        Bt = Bp + t * bst
+        Ct = Cp + t * cst
+        for n in range(N):
+            h[n] = exp_t(dt * A[n]) * h[n] + du * Bt[n]
+        acc = dot(Ct, h, N) + Dd * ut
+        if g != NULL:
+            acc = acc * g[t]
+        y[t] = acc
+    for n in range(N):
+        hlast[n] = h[n]
+
+
+cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
+                          const real_t *Ar, const real_t *Ai,
+                          const real_t *Bpr, const real_t *Bpi, Py_ssize_t bst,
+                          const real_t *Cpr, const real_t *Cpi, Py_ssize_t cst,
+                          real_t Dd, const real_t *h0r, const real_t *h0i,
+                          real_t *y, real_t *hlr, real_t *hli,
+                          real_t *hr, real_t *hi, real_t *ar, real_t *ai,
+                          Py_ssize_t N, Py_ssize_t L) noexcept nogil:
+    """One channel with complex A (and B, C): y = 2 Re(sum_n C h)."""
+    cdef Py_ssize_t t, n
+    cdef real_t dt, du, ut, acc, mag, xr, xi
+    cdef const real_t *Btr
+    cdef const real_t *Bti
+    cdef const real_t *Ctr
+    cdef const real_t *Cti
+    for n in range(N):
+        hr[n] = h0r[n]
+        hi[n] = h0i[n]
+    for t in range(L):
+        ut = u[t]
+        dt = dts[t]
+        du = dt * ut
+        Btr = Bpr + t * bst
+        Bti = Bpi + t * bst
+        Ctr = Cpr + t * cst
+        Cti = Cpi + t * cst
+        # exp(dt A) = exp(dt Re A) (cos(dt Im A) + i sin(dt Im A))
+        for n in range(N):
+            mag = exp_t(dt * Ar[n])
+            ar[n] = mag * cos_t(dt * Ai[n])
+            ai[n] = mag * sin_t(dt * Ai[n])
+        for n in range(N):
+            xr = ar[n] * hr[n] - ai[n] * hi[n] + du * Btr[n]
+            xi = ar[n] * hi[n] + ai[n] * hr[n] + du * Bti[n]
+            hr[n] = xr
+            hi[n] = xi
+        acc = 2 * (dot(Ctr, hr, N) - dot(Cti, hi, N)) + Dd * ut
+        if g != NULL:
+            acc = acc * g[t]
+        y[t] = acc
+    for n in range(N):
+        hlr[n] = hr[n]
+        hli[n] = hi[n]
+
+
+# ---------------------------------------------------------------------------
+# Drivers
+# ---------------------------------------------------------------------------
+
+cdef inline Py_ssize_t row_offset(Py_ssize_t b, Py_ssize_t d, Py_ssize_t sb,
+                                  Py_ssize_t gs, Py_ssize_t sg) noexcept nogil:
+    return b * sb + (d // gs) * sg
+
+
+cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
+                   const real_t *A, const real_t *B, Py_ssize_t *bl,
+                   const real_t *C, Py_ssize_t *cl, const real_t *Dv,
+                   const real_t *bias, bint softplus, const real_t *H0,
+                   real_t *Y, real_t *HL, Py_ssize_t batch, Py_ssize_t dim,
+                   Py_ssize_t N, Py_ssize_t L, int nthreads) noexcept nogil:
+    """All channels, `nthreads` threads; -1 when scratch cannot be had.
+
+    Per-thread scratch: the state (N), the channel's steps and gates (L each).
+    """
+    cdef Py_ssize_t ch, b, d
+    cdef real_t *h
+    cdef real_t *dts
+    cdef real_t *g
+    cdef int status = 0
+    cdef int *failed = &status    # shared: plain assignments are private
+    with parallel(num_threads=nthreads):
+        h = <real_t *> malloc((N + 2 * L + 1) * sizeof(real_t))
+        if h == NULL:
+            failed[0] = -1
+        else:
+            dts = h + N
+            g = dts + L
+            for ch in prange(batch * dim, schedule='static'):
+                b = ch // dim
+                d = ch - b * dim
+                delta_row(DL + ch * L, bias[d], softplus, dts, L)
+                if Z != NULL:
+                    gate_row(Z + ch * L, g, L)
+                channel_real(U + ch * L, dts, NULL if Z == NULL else g,
+                             A + d * N,
+                             B + row_offset(b, d, bl[0], bl[1], bl[2]), bl[3],
+                             C + row_offset(b, d, cl[0], cl[1], cl[2]), cl[3],
+                             Dv[d], H0 + ch * N, Y + ch * L, HL + ch * N, h,
+                             N, L)
+            free(h)
+    return status
+
+
+cdef int scan_complex(const real_t *U, const real_t *DL, const real_t *Z,
+                      const real_t *Ar, const real_t *Ai,
+                      const real_t *Br, const real_t *Bi, Py_ssize_t *bl,
+                      const real_t *Cr, const real_t *Ci, Py_ssize_t *cl,
+                      const real_t *Dv, const real_t *bias, bint softplus,
+                      const real_t *H0r, const real_t *H0i, real_t *Y,
+                      real_t *HLr, real_t *HLi, Py_ssize_t batch,
+                      Py_ssize_t dim, Py_ssize_t N, Py_ssize_t L,
+                      int nthreads) noexcept nogil:
+    """As scan_real; scratch holds the four real rows of the complex state."""
+    cdef Py_ssize_t ch, b, d, ob, oc
+    cdef real_t *s
+    cdef real_t *dts
+    cdef real_t *g
+    cdef int status = 0
+    cdef int *failed = &status    # shared: plain assignments are private
+    with parallel(num_threads=nthreads):
+        s = <real_t *> malloc((4 * (N + 1) + 2 * L) * sizeof(real_t))
+        if s == NULL:
+            failed[0] = -1
+        else:
+            dts = s + 4 * (N + 1)
+            g = dts + L
+            for ch in prange(batch * dim, schedule='static'):
+                b = ch // dim
+                d = ch - b * dim
+                ob = row_offset(b, d, bl[0], bl[1], bl[2])
+                oc = row_offset(b, d, cl[0], cl[1], cl[2])
+                delta_row(DL + ch * L, bias[d], softplus, dts, L)
+                if Z != NULL:
+                    gate_row(Z + ch * L, g, L)
+                channel_complex(U + ch * L, dts, NULL if Z == NULL else g,
+                                Ar + d * N, Ai + d * N,
+                                Br + ob, Bi + ob, bl[3],
+                                Cr + oc, Ci + oc, cl[3], Dv[d],
+                                H0r + ch * N, H0i + ch * N,
+                                Y + ch * L, HLr + ch * N, HLi + ch * N,
+                                s, s + (N + 1), s + 2 * (N + 1),
+                                s + 3 * (N + 1), N, L)
+            free(s)
+    return status
+
+
+cdef inline bint same3(const real_t[:, :, ::1] a, Py_ssize_t n0, Py_ssize_t n1,
+                       Py_ssize_t n2) noexcept:
+    return a.shape[0] == n0 and a.shape[1] == n1 and a.shape[2] == n2
+
+
+cdef object check_layout(Py_ssize_t[::1] lay, Py_ssize_t size,
+                         Py_ssize_t batch, Py_ssize_t dim, Py_ssize_t N,
+                         Py_ssize_t L, str name):
+    """The furthest row a layout addresses must lie inside the buffer."""
+    cdef Py_ssize_t last
+    if lay.shape[0] != 4 or lay[1] < 1 or lay[0] < 0 or lay[2] < 0 or lay[3] < 0:
+        raise ValueError(f"invalid layout for {name}")
+    if batch == 0 or dim == 0 or N == 0 or L == 0:
+        return
+    last = row_offset(batch - 1, dim - 1, lay[0], lay[1], lay[2]) \
+        + (L - 1) * lay[3] + N
+    if last > size:
+        raise ValueError(f"layout of {name} addresses {last} elements, "
+                         f"the buffer has {size}")
+
+
+def selective_scan_real(const real_t[:, :, ::1] u,
+                        const real_t[:, :, ::1] delta,
+                        const real_t[:, ::1] A,
+                        const real_t[::1] B, Py_ssize_t[::1] b_layout,
+                        const real_t[::1] C, Py_ssize_t[::1] c_layout,
+                        const real_t[::1] D, const real_t[::1] delta_bias,
+                        bint delta_softplus, z,
+                        const real_t[:, :, ::1] h0,
+                        real_t[:, :, ::1] y, real_t[:, :, ::1] last_state,
+                        int num_threads):
+    """Selective scan with real A; `z` is an array like `u` or None.
+
+    `b_layout` / `c_layout` are (sb, gs, sg, st): the row of B for channel
+    (b, d) at step t starts at b * sb + (d // gs) * sg + t * st.
+    """
+    cdef Py_ssize_t batch = u.shape[0], dim = u.shape[1], L = u.shape[2]
+    cdef Py_ssize_t N = A.shape[1]
+    cdef const real_t[:, :, ::1] zv
+    cdef const real_t *Z = NULL
+    cdef int status
+    if num_threads < 1:
+        raise ValueError("num_threads must be >= 1")
+    if not (same3(delta, batch, dim, L) and same3(y, batch, dim, L)):
+        raise ValueError("u, delta and y must have the same shape")
+    if not (same3(h0, batch, dim, N) and same3(last_state, batch, dim, N)):
+        raise ValueError("h0 and last_state must be (batch, dim, dstate)")
+    if A.shape[0] != dim or D.shape[0] != dim or delta_bias.shape[0] != dim:
+        raise ValueError("A, D and delta_bias must have dim rows")
+    check_layout(b_layout, B.shape[0], batch, dim, N, L, "B")
+    check_layout(c_layout, C.shape[0], batch, dim, N, L, "C")
+    if z is not None:
+        zv = z
+        if not same3(zv, batch, dim, L):
+            raise ValueError("z must have the shape of u")
+    if batch == 0 or dim == 0:
+        return
+    if z is not None and L > 0:
+        Z = &zv[0, 0, 0]
+    with nogil:
+        status = scan_real(
+            &u[0, 0, 0] if L > 0 else NULL, &delta[0, 0, 0] if L > 0 else NULL,
+            Z, &A[0, 0] if N > 0 else NULL,
+            &B[0] if B.shape[0] > 0 else NULL, &b_layout[0],
+            &C[0] if C.shape[0] > 0 else NULL, &c_layout[0],
+            &D[0], &delta_bias[0], delta_softplus,
+            &h0[0, 0, 0] if N > 0 else NULL,
+            &y[0, 0, 0] if L > 0 else NULL,
+            &last_state[0, 0, 0] if N > 0 else NULL,
+            batch, dim, N, L, num_threads)
+    if status != 0:
+        raise MemoryError("could not allocate the scan's scratch memory")
+
+
+def selective_scan_complex(const real_t[:, :, ::1] u,
+                           const real_t[:, :, ::1] delta,
+                           const real_t[:, ::1] A_re, const real_t[:, ::1] A_im,
+                           const real_t[::1] B_re, const real_t[::1] B_im,
+                           Py_ssize_t[::1] b_layout,
+                           const real_t[::1] C_re, const real_t[::1] C_im,
+                           Py_ssize_t[::1] c_layout,
+                           const real_t[::1] D, const real_t[::1] delta_bias,
+                           bint delta_softplus, z,
+                           const real_t[:, :, ::1] h0_re,
+                           const real_t[:, :, ::1] h0_im,
+                           real_t[:, :, ::1] y,
+                           real_t[:, :, ::1] last_re, real_t[:, :, ::1] last_im,
+                           int num_threads):
+    """Selective scan with complex A, parts in separate real arrays."""
+    cdef Py_ssize_t batch = u.shape[0], dim = u.shape[1], L = u.shape[2]
+    cdef Py_ssize_t N = A_re.shape[1]
+    cdef const real_t[:, :, ::1] zv
+    cdef const real_t *Z = NULL
+    cdef int status
+    if num_threads < 1:
+        raise ValueError("num_threads must be >= 1")
+    if not (same3(delta, batch, dim, L) and same3(y, batch, dim, L)):
+        raise ValueError("u, delta and y must have the same shape")
+    if not (same3(h0_re, batch, dim, N) and same3(h0_im, batch, dim, N)
+            and same3(last_re, batch, dim, N) and same3(last_im, batch, dim, N)):
+        raise ValueError("states must be (batch, dim, dstate)")
+    if A_im.shape[0] != dim or A_im.shape[1] != N or A_re.shape[0] != dim \
+            or D.shape[0] != dim or delta_bias.shape[0] != dim:
+        raise ValueError("A, D and delta_bias must have dim rows")
+    if B_re.shape[0] != B_im.shape[0] or C_re.shape[0] != C_im.shape[0]:
+        raise ValueError("real and imaginary parts must have equal sizes")
+    check_layout(b_layout, B_re.shape[0], batch, dim, N, L, "B")
+    check_layout(c_layout, C_re.shape[0], batch, dim, N, L, "C")
+    if z is not None:
+        zv = z
+        if not same3(zv, batch, dim, L):
+            raise ValueError("z must have the shape of u")
+    if batch == 0 or dim == 0:
+        return
+    if z is not None and L > 0:
+        Z = &zv[0, 0, 0]
+    with nogil:
+        status = scan_complex(
+            &u[0, 0, 0] if L > 0 else NULL, &delta[0, 0, 0] if L > 0 else NULL,
+            Z, &A_re[0, 0] if N > 0 else NULL, &A_im[0, 0] if N > 0 else NULL,
+            &B_re[0] if B_re.shape[0] > 0 else NULL,
+            &B_im[0] if B_im.shape[0] > 0 else NULL, &b_layout[0],
+            &C_re[0] if C_re.shape[0] > 0 else NULL,
+            &C_im[0] if C_im.shape[0] > 0 else NULL, &c_layout[0],
+            &D[0], &delta_bias[0], delta_softplus,
+            &h0_re[0, 0, 0] if N > 0 else NULL,
+            &h0_im[0, 0, 0] if N > 0 else NULL,
+            &y[0, 0, 0] if L > 0 else NULL,
+            &last_re[0, 0, 0] if N > 0 else NULL,
+            &last_im[0, 0, 0] if N > 0 else NULL,
+            batch, dim, N, L, num_threads)
+    if status != 0:
+        raise MemoryError("could not allocate the scan's scratch memory")
+
+
+# ---------------------------------------------------------------------------
+# Causal depthwise convolution
+# ---------------------------------------------------------------------------
+
+cdef void conv_channel(const real_t *x, const real_t *w, real_t bias,
+                       const real_t *init, real_t *out, Py_ssize_t W,
+                       Py_ssize_t L, bint silu) noexcept nogil:
+    """out[t] = bias + sum_k w[k] xpad[t + k], xpad = (init[0:W-1], x)."""
+    cdef Py_ssize_t t, k, s, head
+    cdef real_t wk
+    for t in range(L):
+        out[t] = bias
+    for k in range(W):
+        wk = w[k]
+        s = W - 1 - k           # this tap reads x[t - s]
+        head = s if s < L else L
+        for t in range(head):
+            out[t] = out[t] + wk * init[t + k]
+        for t in range(head, L):
+            out[t] = out[t] + wk * x[t - s]
+    if silu:
+        for t in range(L):
+            out[t] = silu_t(out[t])
+
+
+def causal_conv1d(const real_t[:, :, ::1] x, const real_t[:, ::1] weight,
+                  const real_t[::1] bias, const real_t[:, :, ::1] init,
+                  real_t[:, :, ::1] out, bint silu):
+    """Depthwise causal convolution of every (batch, channel) row."""
+    cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1], L = x.shape[2]
+    cdef Py_ssize_t W = weight.shape[1], ch, d
+    if weight.shape[0] != dim or bias.shape[0] != dim or W < 1:
+        raise ValueError("weight must be (dim, width >= 1), bias (dim,)")
+    if not (same3(init, batch, dim, W - 1) and same3(out, batch, dim, L)):
+        raise ValueError("init must be (batch, dim, width - 1), out like x")
+    if batch == 0 or dim == 0 or L == 0:
+        return
+    cdef const real_t *X = &x[0, 0, 0]
+    cdef const real_t *I = &init[0, 0, 0] if W > 1 else NULL
+    cdef real_t *O = &out[0, 0, 0]
+    with nogil:
+        for ch in range(batch * dim):
+            d = ch % dim
+            conv_channel(X + ch * L, &weight[d, 0], bias[d],
+                         NULL if I == NULL else I + ch * (W - 1),
+                         O + ch * L, W, L, silu)
+
+
+def causal_conv1d_update(const real_t[:, ::1] x, real_t[:, :, ::1] state,
+                         const real_t[:, ::1] weight, const real_t[::1] bias,
+                         real_t[:, ::1] out, bint silu):
+    """One token: out = bias + w[:W-1] . state + w[W-1] x; state rolls left."""
+    cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1]
+    cdef Py_ssize_t W = weight.shape[1], b, d, k
+    cdef real_t acc, xv
+    if weight.shape[0] != dim or bias.shape[0] != dim or W < 1:
+        raise ValueError("weight must be (dim, width >= 1), bias (dim,)")
+    if not same3(state, batch, dim, W - 1) or out.shape[0] != batch \
+            or out.shape[1] != dim:
+        raise ValueError("state must be (batch, dim, width - 1), out like x")
+    with nogil:
+        for b in range(batch):
+            for d in range(dim):
+                xv = x[b, d]
+                acc = bias[d] + weight[d, W - 1] * xv
+                for k in range(W - 1):
+                    acc = acc + weight[d, k] * state[b, d, k]
+                for k in range(W - 2):
+                    state[b, d, k] = state[b, d, k + 1]
+                if W > 1:
+                    state[b, d, W - 2] = xv
+                if silu:
+                    acc = silu_t(acc)
+                out[b, d] = acc

@@ -1,0 +1,504 @@
+"""Mamba-1: the selective scan and the depthwise causal convolution.
+
+A Mamba-1 mixer runs a short depthwise causal convolution over its inputs,
+then a *selective* state space model whose step size and input/output
+projections depend on the token:
+
+- :func:`~zilla_muf.selective_scan` -- the selective scan of mamba_ssm's
+  ``selective_scan_ref``, with skip connection, gating, step-size bias and
+  softplus, an initial state and the last state for decoding;
+- :func:`~zilla_muf.causal_conv1d` -- the depthwise causal convolution, with
+  initial and final states so that a sequence can be processed in pieces;
+- :func:`~zilla_muf.causal_conv1d_update` -- one decoding step of the
+  convolution, advancing its rolling state in place.
+
+Layouts follow mamba_ssm: sequences are (batch, dim, seqlen).
+"""
+
+import numpy as np
+
+from . import _selective
+from ._validation import (
+    as_array,
+    check_shape,
+    inplace_array,
+    resolve_workers,
+    result_dtype,
+)
+
+__all__ = ["causal_conv1d", "causal_conv1d_update", "selective_scan"]
+
+_ACTIVATIONS = (None, "silu")
+
+
+def _check_real(**arrays):
+    for name, arr in arrays.items():
+        if arr is not None and arr.dtype.kind == "c":
+            raise TypeError(
+                f"`{name}` must be real (float32 or float64), got dtype {arr.dtype}"
+            )
+
+
+def _bc_layout(X, name, batch, dim, N, L):
+    """`X` (B or C) time-major with dstate last, and its row layout.
+
+    Returns the array to flatten and (sb, gs, sg, st): the row of channel
+    (b, d) at step t starts at b * sb + (d // gs) * sg + t * st.
+    """
+    if X.ndim == 2:
+        check_shape(X, (dim, N), name)
+        return X, (0, 1, N, 0)
+    if X.ndim == 3:
+        check_shape(X, (batch, N, L), name)
+        return X.transpose(0, 2, 1), (L * N, max(dim, 1), 0, N)
+    if X.ndim == 4:
+        check_shape(X, (batch, None, N, L), name)
+        G = X.shape[1]
+        if G < 1 or dim % G != 0:
+            raise ValueError(
+                f"`{name}` has ngroups = {G} (axis 1 of shape {X.shape}), "
+                f"which must be a positive divisor of dim = {dim}"
+            )
+        return X.transpose(0, 1, 3, 2), (G * L * N, max(dim // G, 1), L * N, N)
+    raise ValueError(
+        f"`{name}` must have shape (dim, dstate), (batch, dstate, seqlen) or "
+        f"(batch, ngroups, dstate, seqlen) = (.., {N}, {L}), got {X.shape}"
+    )
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                   delta_softplus=False, return_last_state=False,
+                   initial_state=None, workers=None):
+    r"""Mamba-1's selective scan: an SSM whose step and projections vary per token.
+
+    Parameters
+    ----------
+    u : array_like
+        Inputs, shape (batch, dim, seqlen), float32 or float64.
+    delta : array_like
+        Step sizes :math:`\Delta`, shape (batch, dim, seqlen).
+    A : array_like
+        State matrix diagonals, shape (dim, dstate), real or complex.
+    B, C : array_like
+        Input and output projections, each of shape (dim, dstate) (constant
+        in time), (batch, dstate, seqlen) (shared by every channel) or
+        (batch, ngroups, dstate, seqlen), where ngroups divides dim and
+        channel ``d`` uses group ``d // (dim // ngroups)``. Complex only
+        when `A` is complex (real ones are then promoted).
+    D : array_like, optional
+        Skip connection, shape (dim,): adds ``D[d] * u`` to the output.
+    z : array_like, optional
+        Gate, shape (batch, dim, seqlen): the output is multiplied by
+        ``silu(z)``.
+    delta_bias : array_like, optional
+        Added to `delta` per channel, shape (dim,).
+    delta_softplus : bool, optional
+        Use ``softplus(delta + delta_bias)`` as the step (``x`` itself where
+        it exceeds 20, as ``torch.nn.functional.softplus``).
+    return_last_state : bool, optional
+        Also return the state after the last step.
+    initial_state : array_like, optional
+        The state before the first step, shape (batch, dim, dstate); complex
+        only when `A` is. Default 0.
+    workers : int, optional
+        Threads; None is 1, -1 all cores (see :func:`scipy.fft.fft`).
+
+    Returns
+    -------
+    y : ndarray
+        Shape (batch, dim, seqlen), real: float32 when every input is
+        float32 (or complex64), else float64.
+    last_state : ndarray
+        Only with ``return_last_state=True``: shape (batch, dim, dstate), real
+        for real `A`, complex for complex `A` (the dtype of the computation).
+
+    Raises
+    ------
+    TypeError
+        If an input is not numeric, or `u`, `delta`, `D`, `z`, `delta_bias`
+        are complex, or `B`, `C`, `initial_state` are complex while `A` is
+        real.
+    ValueError
+        If a shape does not match the others (the message names the
+        argument), ngroups does not divide dim, or `workers` is 0.
+
+    See Also
+    --------
+    causal_conv1d : the convolution that precedes the scan in a Mamba layer.
+    sequential_scan : the scalar recurrence this generalises.
+
+    Notes
+    -----
+    For every batch row and channel :math:`d`, with state
+    :math:`h \in \mathbb{R}^{N}` (or :math:`\mathbb{C}^{N}`) and
+    :math:`\Delta_t = \operatorname{softplus}(\delta_t + b_d)` (or without
+    the softplus),
+
+    .. math::
+
+        h_t = \exp(\Delta_t A_d) \odot h_{t-1} + \Delta_t B_t u_t, \qquad
+        y_t = \Big(\textstyle\sum_n C_{t,n} h_{t,n} + D_d u_t\Big)
+              \operatorname{silu}(z_t),
+
+    with :math:`h_{-1}` the initial state. For complex :math:`A` the state
+    holds one member of each conjugate pair and the sum is replaced by
+    :math:`2\,\mathrm{Re}\sum_n C_{t,n} h_{t,n}`, mamba_ssm's convention.
+    mamba_ssm's alternative real layouts with 2·seqlen interleaved
+    real/imaginary parts are not accepted: pass complex `B` and `C` instead
+    (``B[..., 0::2] + 1j * B[..., 1::2]``).
+
+    Unlike ``selective_scan_ref``, which computes in float32, float64 inputs
+    are computed in float64. The kernel keeps each channel's state in a small
+    per-thread buffer across the sequence, with no (batch, dim, dstate,
+    seqlen) temporary, and runs channels in parallel. In float32 the
+    exponential is a vectorised polynomial within 2 ulp of ``expf`` that
+    flushes results below about 1.7e-38 to zero.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    One channel with :math:`e^{\Delta A} = 1/2` and :math:`B = C = 1` is the
+    scan :math:`h_t = h_{t-1}/2 + u_t`:
+
+    >>> import numpy as np
+    >>> from zilla_muf import selective_scan
+    >>> u = np.ones((1, 1, 4))
+    >>> delta = np.ones((1, 1, 4))
+    >>> A = [[-np.log(2.0)]]
+    >>> y, h = selective_scan(u, delta, A, [[1.0]], [[1.0]], return_last_state=True)
+    >>> print(np.round(y, 6))
+    [[[1.    1.5   1.75  1.875]]]
+    >>> print(np.round(h, 6))
+    [[[1.875]]]
+
+    Input-dependent B and C of shape (batch, ngroups, dstate, seqlen), with a
+    skip connection and a gate:
+
+    >>> rng = np.random.default_rng(0)
+    >>> batch, dim, dstate, seqlen = 2, 4, 3, 5
+    >>> u = rng.standard_normal((batch, dim, seqlen)).astype(np.float32)
+    >>> delta = rng.uniform(0.1, 1.0, (batch, dim, seqlen)).astype(np.float32)
+    >>> A = -rng.uniform(0.5, 2.0, (dim, dstate)).astype(np.float32)
+    >>> B = rng.standard_normal((batch, 2, dstate, seqlen)).astype(np.float32)
+    >>> C = rng.standard_normal((batch, 2, dstate, seqlen)).astype(np.float32)
+    >>> y = selective_scan(u, delta, A, B, C, D=np.ones(dim, np.float32), z=u)
+    >>> y.shape, y.dtype
+    ((2, 4, 5), dtype('float32'))
+    """
+    u = as_array(u, "u")
+    delta = as_array(delta, "delta")
+    A = as_array(A, "A")
+    B = as_array(B, "B")
+    C = as_array(C, "C")
+    D = None if D is None else as_array(D, "D")
+    z = None if z is None else as_array(z, "z")
+    delta_bias = None if delta_bias is None else as_array(delta_bias, "delta_bias")
+    h0 = None if initial_state is None else as_array(initial_state, "initial_state")
+    dtype = result_dtype(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z,
+                         delta_bias=delta_bias, initial_state=h0)
+    _check_real(u=u, delta=delta, D=D, z=z, delta_bias=delta_bias)
+    is_complex = A.dtype.kind == "c"
+    if not is_complex:
+        for name, arr in (("B", B), ("C", C), ("initial_state", h0)):
+            if arr is not None and arr.dtype.kind == "c":
+                raise TypeError(
+                    f"`{name}` may be complex only when `A` is complex; got "
+                    f"`{name}` of dtype {arr.dtype} and `A` of dtype {A.dtype}"
+                )
+    rdt = np.dtype(np.float32) if dtype in (np.float32, np.complex64) \
+        else np.dtype(np.float64)
+    nthreads = resolve_workers(workers)
+
+    if u.ndim != 3:
+        raise ValueError(
+            f"`u` must have shape (batch, dim, seqlen), got {u.shape}"
+        )
+    batch, dim, L = u.shape
+    check_shape(delta, (batch, dim, L), "delta")
+    check_shape(A, (dim, None), "A")
+    N = A.shape[1]
+    B, b_layout = _bc_layout(B, "B", batch, dim, N, L)
+    C, c_layout = _bc_layout(C, "C", batch, dim, N, L)
+    if D is not None:
+        check_shape(D, (dim,), "D")
+    if z is not None:
+        check_shape(z, (batch, dim, L), "z")
+    if delta_bias is not None:
+        check_shape(delta_bias, (dim,), "delta_bias")
+    if h0 is not None:
+        check_shape(h0, (batch, dim, N), "initial_state")
+
+    def real(x):
+        return np.ascontiguousarray(x, dtype=rdt)
+
+    u_ = real(u)
+    delta_ = real(delta)
+    D_ = np.zeros(dim, rdt) if D is None else real(D)
+    bias_ = np.zeros(dim, rdt) if delta_bias is None else real(delta_bias)
+    z_ = None if z is None else real(z)
+    b_layout = np.asarray(b_layout, dtype=np.intp)
+    c_layout = np.asarray(c_layout, dtype=np.intp)
+    nthreads = max(1, min(nthreads, batch * dim))
+    y = np.empty((batch, dim, L), dtype=rdt)
+
+    if not is_complex:
+        h0_ = np.zeros((batch, dim, N), rdt) if h0 is None else real(h0)
+        last = np.empty((batch, dim, N), dtype=rdt)
+        _selective.selective_scan_real(
+            u_, delta_, real(A), real(B).ravel(), b_layout,
+            real(C).ravel(), c_layout, D_, bias_, bool(delta_softplus), z_,
+            h0_, y, last, nthreads)
+    else:
+        cdt = dtype
+
+        def parts(x):
+            x = np.asarray(x)
+            if x.dtype.kind == "c":
+                return real(x.real), real(x.imag)
+            return real(x), np.zeros(x.shape, rdt)
+
+        A_re, A_im = parts(A)
+        B_re, B_im = parts(B)
+        C_re, C_im = parts(C)
+        if h0 is None:
+            h0_re = h0_im = np.zeros((batch, dim, N), rdt)
+        else:
+            h0_re, h0_im = parts(h0)
+        last_re = np.empty((batch, dim, N), dtype=rdt)
+        last_im = np.empty((batch, dim, N), dtype=rdt)
+        _selective.selective_scan_complex(
+            u_, delta_, A_re, A_im, B_re.ravel(), B_im.ravel(), b_layout,
+            C_re.ravel(), C_im.ravel(), c_layout, D_, bias_,
+            bool(delta_softplus), z_, h0_re, h0_im, y, last_re, last_im,
+            nthreads)
+        last = np.empty((batch, dim, N), dtype=cdt)
+        last.real = last_re
+        last.imag = last_im
+    if return_last_state:
+        return y, last
+    return y
+
+
+def _activation(activation):
+    if not isinstance(activation, (str, type(None))) or activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"`activation` must be None or 'silu', got {activation!r}"
+        )
+    return activation == "silu"
+
+
+def _conv_weight(weight, dim):
+    if weight.ndim != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
+        raise ValueError(
+            f"`weight` must have shape (dim, width) = ({dim}, width >= 1), "
+            f"got {weight.shape}"
+        )
+    return weight.shape[1]
+
+
+def causal_conv1d(x, weight, bias=None, *, activation=None,
+                  initial_states=None, return_final_states=False):
+    r"""Depthwise causal 1-D convolution, as in a Mamba layer.
+
+    Parameters
+    ----------
+    x : array_like
+        Inputs, shape (batch, dim, seqlen), float32 or float64.
+    weight : array_like
+        One filter per channel, shape (dim, width). ``weight[:, -1]``
+        multiplies the current input, ``weight[:, 0]`` the one width-1 steps
+        back (the orientation of ``torch.nn.Conv1d`` with
+        ``groups=dim, padding=width-1``).
+    bias : array_like, optional
+        Shape (dim,).
+    activation : {None, "silu"}, optional
+        Applied to the output.
+    initial_states : array_like, optional
+        The width-1 inputs before ``x``, shape (batch, dim, width-1), oldest
+        first. Default zeros.
+    return_final_states : bool, optional
+        Also return the last width-1 inputs (drawing on `initial_states` when
+        seqlen < width-1): the `initial_states` that continue the sequence.
+
+    Returns
+    -------
+    out : ndarray
+        Shape (batch, dim, seqlen), the result dtype of the inputs.
+    final_states : ndarray
+        Only with ``return_final_states=True``: shape (batch, dim, width-1).
+
+    Raises
+    ------
+    TypeError
+        If an input is not real numeric.
+    ValueError
+        If the shapes do not match (the message names the argument) or
+        `activation` is not None or "silu".
+
+    See Also
+    --------
+    causal_conv1d_update : one token at a time, state updated in place.
+    selective_scan : the scan that follows the convolution in Mamba-1.
+
+    Notes
+    -----
+    With :math:`W` the width and :math:`\tilde x` the inputs preceded by the
+    :math:`W-1` initial states,
+
+    .. math::
+
+        \mathrm{out}_t = b + \sum_{k=0}^{W-1} w_k\, \tilde x_{t+k}
+                       = b + \sum_{k=0}^{W-1} w_{W-1-k}\, x_{t-k},
+
+    where :math:`x_{t-k}` before the start is read from the initial states.
+    The width may exceed the sequence length. Splitting a sequence in pieces
+    and passing each piece's final states to the next gives the same output
+    as the whole. Computed in the input dtype, one channel at a time.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import causal_conv1d
+    >>> x = np.arange(1.0, 6.0).reshape(1, 1, 5)
+    >>> causal_conv1d(x, [[1.0, 10.0]])
+    array([[[10., 21., 32., 43., 54.]]])
+
+    In two pieces, carrying the state:
+
+    >>> out1, state = causal_conv1d(x[..., :3], [[1.0, 10.0]], return_final_states=True)
+    >>> out2 = causal_conv1d(x[..., 3:], [[1.0, 10.0]], initial_states=state)
+    >>> np.concatenate([out1, out2], axis=-1)
+    array([[[10., 21., 32., 43., 54.]]])
+    """
+    x = as_array(x, "x")
+    weight = as_array(weight, "weight")
+    bias = None if bias is None else as_array(bias, "bias")
+    init = None if initial_states is None else as_array(initial_states, "initial_states")
+    dtype = result_dtype(allow_complex=False, x=x, weight=weight, bias=bias,
+                         initial_states=init)
+    silu = _activation(activation)
+    if x.ndim != 3:
+        raise ValueError(
+            f"`x` must have shape (batch, dim, seqlen), got {x.shape}"
+        )
+    batch, dim, L = x.shape
+    W = _conv_weight(weight, dim)
+    if bias is not None:
+        check_shape(bias, (dim,), "bias")
+    if init is not None:
+        check_shape(init, (batch, dim, W - 1), "initial_states")
+    x_ = np.ascontiguousarray(x, dtype=dtype)
+    init_ = np.zeros((batch, dim, W - 1), dtype) if init is None \
+        else np.ascontiguousarray(init, dtype=dtype)
+    out = np.empty((batch, dim, L), dtype=dtype)
+    _selective.causal_conv1d(
+        x_, np.ascontiguousarray(weight, dtype=dtype),
+        np.zeros(dim, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype),
+        init_, out, silu)
+    if not return_final_states:
+        return out
+    if L >= W - 1:
+        final = x_[:, :, L - (W - 1):].copy()
+    else:
+        final = np.concatenate([init_[:, :, L:], x_], axis=-1)
+    return out, final
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None):
+    r"""One decoding step of :func:`causal_conv1d`; advances `conv_state` in place.
+
+    Parameters
+    ----------
+    x : array_like
+        The new token, shape (batch, dim), or (batch, dim, 1).
+    conv_state : ndarray
+        The last width-1 inputs, shape (batch, dim, width-1), oldest first
+        (the ``final_states`` of :func:`causal_conv1d`). Updated in place: it
+        must be a writeable C-contiguous ndarray of the result dtype.
+    weight : array_like
+        Shape (dim, width), as for :func:`causal_conv1d`.
+    bias : array_like, optional
+        Shape (dim,).
+    activation : {None, "silu"}, optional
+        Applied to the output.
+
+    Returns
+    -------
+    out : ndarray
+        The output for this token, of the shape of `x`.
+
+    Raises
+    ------
+    TypeError
+        If an input is not real numeric, `conv_state` is not an ndarray, or
+        its dtype is not the result dtype of `x`, `conv_state`, `weight` and
+        `bias`.
+    ValueError
+        If the shapes do not match (the message names the argument),
+        `conv_state` is read-only or not C-contiguous, or `activation` is
+        not None or "silu".
+
+    See Also
+    --------
+    causal_conv1d : the whole sequence at once.
+
+    Notes
+    -----
+    With :math:`s` the state (:math:`W-1` inputs, oldest first),
+
+    .. math::
+
+        \mathrm{out} = b + \sum_{k=0}^{W-2} w_k s_k + w_{W-1} x,
+
+    then :math:`s \leftarrow (s_1, \dots, s_{W-2}, x)`. Running it token by
+    token from the state :func:`causal_conv1d` returns gives the outputs of
+    :func:`causal_conv1d` on the longer sequence.
+
+    .. versionadded:: 0.1.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import causal_conv1d_update
+    >>> state = np.array([[[1.0, 2.0]]])       # (batch, dim, width - 1)
+    >>> causal_conv1d_update([[3.0]], state, [[1.0, 1.0, 10.0]])
+    array([[33.]])
+    >>> state
+    array([[[2., 3.]]])
+    """
+    conv_state = inplace_array(conv_state, "conv_state")
+    x = as_array(x, "x")
+    weight = as_array(weight, "weight")
+    bias = None if bias is None else as_array(bias, "bias")
+    dtype = result_dtype(allow_complex=False, x=x, conv_state=conv_state,
+                         weight=weight, bias=bias)
+    if conv_state.dtype != dtype:
+        raise TypeError(
+            f"`conv_state` must have dtype {dtype} (the result type of the "
+            f"inputs) to be updated in place, got {conv_state.dtype}"
+        )
+    silu = _activation(activation)
+    shape = x.shape
+    if x.ndim == 3 and x.shape[2] == 1:
+        x = x[:, :, 0]
+    if x.ndim != 2:
+        raise ValueError(
+            f"`x` must have shape (batch, dim) or (batch, dim, 1), got {shape}"
+        )
+    batch, dim = x.shape
+    W = _conv_weight(weight, dim)
+    check_shape(conv_state, (batch, dim, W - 1), "conv_state")
+    if bias is not None:
+        check_shape(bias, (dim,), "bias")
+    x_ = np.ascontiguousarray(x, dtype=dtype)
+    if np.may_share_memory(x_, conv_state):
+        x_ = x_.copy()
+    out = np.empty((batch, dim), dtype=dtype)
+    _selective.causal_conv1d_update(
+        x_, conv_state, np.ascontiguousarray(weight, dtype=dtype),
+        np.zeros(dim, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype),
+        out, silu)
+    return out.reshape(shape)
