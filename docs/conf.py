@@ -56,4 +56,7 @@ html_static_path = ["_static"] + _mathjax_static
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
+    # a search icon rather than a search field: the top bar keeps every
+    # section link on one line
+    "navbar_persistent": ["search-button"],
 }
