@@ -53,10 +53,14 @@ exclude_patterns = ["_build"]
 html_theme = "pydata_sphinx_theme"
 html_title = "zilla-muf"
 html_static_path = ["_static"] + _mathjax_static
+html_css_files = ["custom.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
     # a search icon rather than a search field: the top bar keeps every
     # section link on one line
     "navbar_persistent": ["search-button"],
+    # the wide call-mapping tables get the whole page width
+    "secondary_sidebar_items": {"**": ["page-toc", "sourcelink"], "migration": []},
 }
+html_sidebars = {"migration": []}
