@@ -23,7 +23,7 @@ the three public layouts (constant (dim, N): sb = 0, gs = 1, sg = N, st = 0;
 Channels are independent: a static `prange` over batch * dim gives each
 thread a contiguous block of channels, so a group's B and C rows stay in
 cache. The float32 exponential and softplus are `zm_expf` and
-`zm_softplusf` (_fastexp.h), branch-free so that gcc vectorises them;
+`zm_softplusf` (_vmath.h), branch-free so that gcc vectorises them;
 float64 uses libm. Complex A keeps the real and
 imaginary parts of h, A, B and C in separate real rows; the output is
 2 Re(sum_n C h), the state one member of each conjugate pair.
@@ -39,7 +39,7 @@ from libc.stdlib cimport malloc, free
 from zilla_muf._types cimport real_t
 
 
-cdef extern from "_fastexp.h" nogil:
+cdef extern from "_vmath.h" nogil:
     float zm_expf(float x)
     float zm_softplusf(float x)
 

@@ -61,34 +61,7 @@ from zilla_muf._types cimport real_t
 
 cdef extern from *:
     """
-    /* exp for float32 that gcc can vectorise (no libm call): Cody-Waite
-       range reduction x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial
-       (Cephes expf; 1.35 ulp at most over [-87.3, 88.7], checked against
-       double exp) and 2^n built in the exponent bits. Underflow gives 0
-       (x < -87.3, where exp(x) < 2^-126), overflow inf, NaN propagates. */
-    static inline float zm_expf(float x) {
-        float xc = x < -87.33654f ? -87.33654f : x;
-        xc = xc > 88.72283f ? 88.72283f : xc;
-        float t = xc * 1.44269504088896341f;
-        float n = (t + 12582912.0f) - 12582912.0f;       /* round to nearest */
-        float r = xc - n * 0.693359375f;
-        r = r + n * 2.12194440e-4f;
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        float y = p * r * r + r + 1.0f;
-        /* 2^n with n in [-126, 128]: 2^128 is built as 2 * 2^127 */
-        float adj = n > 0.0f ? 1.0f : 0.0f;
-        union { int i; float f; } sc;
-        sc.i = ((int) (n - adj) + 127) << 23;
-        y = y * (1.0f + adj) * sc.f;
-        y = x < -87.33654f ? 0.0f : y;
-        y = x > 88.72283f ? __builtin_inff() : y;
-        return x != x ? x : y;
-    }
+    #include "_vmath.h"
 
     /* One row of the masked decay matrix:
        w[j] = cb[j] * exp(csi - cs[j]) * dt[j], the exponent clamped to <= 0

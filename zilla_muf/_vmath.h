@@ -1,0 +1,127 @@
+/*
+ * Branch-free exp (float, double) and softplus (float) that compilers
+ * vectorise: the element functions of every kernel that exponentiates.
+ *
+ * exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 (|r| <= ln2/2,
+ * ln 2 split in two parts so that r is exact). exp(r) by the Cephes
+ * polynomial (float) or Pade form (double), both within ~1 ulp. 2^n is
+ * built from the exponent bits in two factors, so that results in the
+ * subnormal range round correctly. x is clamped to a range just wider than
+ * exp's finite, nonzero one, so that large inputs overflow to inf and small
+ * ones round to 0 by themselves, and NaN propagates through the arithmetic:
+ * the only selects are the clamps.
+ *
+ * Rounding to an integer uses the 1.5 * 2^p "magic number" addition, which
+ * requires no -ffast-math (no reassociation); the build never uses it. gcc
+ * if-converts the clamps (and so vectorises loops of these calls) only with
+ * -fno-trapping-math, which the build sets for every kernel: it concerns
+ * floating-point exception flags, never values, and no kernel reads them.
+ */
+#ifndef ZM_VMATH_H
+#define ZM_VMATH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#if defined(__GNUC__)
+#define ZM_INLINE static inline __attribute__((always_inline))
+#else
+#define ZM_INLINE static inline
+#endif
+
+ZM_INLINE float zm_pow2f(int32_t n)
+{
+    float f;
+    uint32_t bits = ((uint32_t) (n + 127)) << 23;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+ZM_INLINE float zm_expf(float x)
+{
+    const float magic = 12582912.0f;            /* 1.5 * 2^23 */
+    float xc = x < -104.0f ? -104.0f : x;
+    xc = xc > 88.8f ? 88.8f : xc;
+    float n = (xc * 1.44269504088896341f + magic) - magic;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * (r * r) + r + 1.0f;
+    int32_t ni = (int32_t) (n == n ? n : 0.0f);   /* NaN: y is NaN anyway */
+    int32_t n1 = ni >> 1;
+    return y * zm_pow2f(n1) * zm_pow2f(ni - n1);
+}
+
+ZM_INLINE double zm_pow2(int32_t n)
+{
+    double f;
+    uint64_t bits = ((uint64_t) (uint32_t) (n + 1023)) << 52;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+ZM_INLINE double zm_exp(double x)
+{
+    const double magic = 6755399441055744.0;    /* 1.5 * 2^52 */
+    double xc = x < -746.0 ? -746.0 : x;
+    xc = xc > 710.0 ? 710.0 : xc;
+    double n = (xc * 1.4426950408889634073599 + magic) - magic;
+    double r = xc - n * 6.93145751953125e-1;
+    r = r - n * 1.42860682030941723212e-6;
+    double rr = r * r;
+    double px = 1.26177193074810590878e-4;
+    px = px * rr + 3.02994407707441961300e-2;
+    px = px * rr + 9.99999999999999999910e-1;
+    px = px * r;
+    double q = 3.00198505138664455042e-6;
+    q = q * rr + 2.52448340349684104192e-3;
+    q = q * rr + 2.27265548208155028766e-1;
+    q = q * rr + 2.00000000000000000009e0;
+    double y = 1.0 + 2.0 * (px / (q - px));
+    int32_t ni = (int32_t) (n == n ? n : 0.0);
+    int32_t n1 = ni >> 1;
+    return y * zm_pow2(n1) * zm_pow2(ni - n1);
+}
+
+/* log1p(y) for y in [0, 1] as 2 atanh(y / (2 + y)): no cancellation for
+ * small y, and the odd series in s = y / (2 + y) <= 1/3 converges to float
+ * precision by its s^17 term (the next is below 2e-10 relative). */
+ZM_INLINE float zm_log1pf_unit(float y)
+{
+    float s = y / (2.0f + y);
+    float s2 = s * s;
+    float p = 1.0f / 17.0f;
+    p = p * s2 + 1.0f / 15.0f;
+    p = p * s2 + 1.0f / 13.0f;
+    p = p * s2 + 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    p = p * s2 + 1.0f;
+    return 2.0f * s * p;
+}
+
+/* softplus(x) = max(x, 0) + log1p(exp(-|x|)), branch-free: overflow-free
+ * for every x, NaN in gives NaN out. Above x = 20 the correction is below
+ * half an ulp of x, so the result is x itself, as with torch's threshold. */
+ZM_INLINE float zm_softplusf(float x)
+{
+    uint32_t xbits, abits, pbits;
+    float ax, pos;
+    memcpy(&xbits, &x, sizeof xbits);
+    abits = xbits & 0x7FFFFFFFu;
+    pbits = xbits & ~(0u - (xbits >> 31));      /* x, or +0 when negative */
+    memcpy(&ax, &abits, sizeof ax);
+    memcpy(&pos, &pbits, sizeof pos);
+    return pos + zm_log1pf_unit(zm_expf(-ax));
+}
+
+#endif
