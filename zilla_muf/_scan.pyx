@@ -39,7 +39,7 @@ from libc.stdlib cimport malloc, free
 from zilla_muf._types cimport scalar_t
 
 cdef enum:
-    LANES = 8
+    LANES = 4
     # steps by which lockstep lanes are staggered when their spacing aliases
     SKEW = 16
 
@@ -327,8 +327,40 @@ cdef inline void lanes_run_skewed(int mode, scalar_t **pa, scalar_t **pb,
 
 cdef inline void lanes_auto(int mode, scalar_t **pa, scalar_t **pb,
                             scalar_t **po, scalar_t *s, scalar_t *q, int K,
-                            Py_ssize_t m, Py_ssize_t step,
-                            bint interleave) noexcept nogil:
+                            Py_ssize_t m, Py_ssize_t step, bint interleave,
+                            scalar_t *scratch) noexcept nogil:
+    """Run K lanes in lockstep, staggered when their spacing aliases.
+
+    With a `scratch` row of at least m elements, fewer than LANES lanes are
+    padded with dummy lanes (reading lane 0's inputs, writing the scratch
+    row), so that the fixed-width loop, whose states stay in registers, runs.
+    """
+    cdef scalar_t *xa[LANES]
+    cdef scalar_t *xb[LANES]
+    cdef scalar_t *xo[LANES]
+    cdef scalar_t xs[LANES]
+    cdef scalar_t xq[LANES]
+    cdef int k
+    if 1 < K < LANES and scratch != NULL and interleave:
+        for k in range(LANES):
+            if k < K:
+                xa[k] = pa[k]
+                xb[k] = pb[k]
+                xo[k] = po[k]
+                xs[k] = s[k]
+                xq[k] = q[k]
+            else:
+                xa[k] = pa[0]
+                xb[k] = pb[0]
+                # a reverse lane walks down from its first element
+                xo[k] = scratch + (m - 1 if step < 0 else 0)
+                xs[k] = 0
+                xq[k] = 1
+        lanes_run(mode, xa, xb, xo, xs, xq, LANES, m, step)
+        for k in range(K):
+            s[k] = xs[k]
+            q[k] = xq[k]
+        return
     if interleave:
         lanes_run(mode, pa, pb, po, s, q, K, m, step)
     else:
@@ -368,14 +400,15 @@ cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
     cdef Py_ssize_t step = -1 if reverse else 1
     cdef int k, K = 0
     cdef scalar_t x, av
+    # MODE_CORRECT visits only the segments c >= cskip of every row
+    cdef Py_ssize_t c0 = cskip if mode == MODE_CORRECT else 0
+    cdef Py_ssize_t nvis = nseg - c0
     for k in range(LANES):
         task = g * LANES + k
-        if task >= outer * nseg:
+        if task >= outer * nvis:
             break
-        r = task // nseg
-        c = task - r * nseg
-        if mode == MODE_CORRECT and c < cskip:
-            continue
+        r = task // nvis
+        c = c0 + (task - r * nvis)
         t0 = c * seglen
         m = imin(seglen, n - t0)
         base = r * n + pos(t0, n, reverse)
@@ -396,7 +429,7 @@ cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
         K = K + 1
     if K == 0:
         return
-    lanes_auto(mode, pa, pb, po, s, q, K, mmin, step, interleave)
+    lanes_auto(mode, pa, pb, po, s, q, K, mmin, step, interleave, NULL)
     # lanes longer than the shortest one (a row's last segment is shorter)
     for k in range(K):
         x = s[k]
@@ -424,8 +457,10 @@ cdef inline void rows_pass(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
                            int nthreads, Py_ssize_t cskip=1) noexcept nogil:
     """One parallel pass of rows_group over every lane group.
 
-    In MODE_CORRECT, segments with index < cskip are left alone."""
-    cdef Py_ssize_t g, ngroup = (outer * nseg + LANES - 1) // LANES
+    In MODE_CORRECT, segments with index < cskip are left alone (and not
+    scheduled, so that the threads share the remaining work evenly)."""
+    cdef Py_ssize_t nvis = nseg - (cskip if mode == MODE_CORRECT else 0)
+    cdef Py_ssize_t g, ngroup = (outer * nvis + LANES - 1) // LANES
     cdef bint inter = spacing_interleaves(n if nseg == 1 else seglen,
                                           sizeof(scalar_t))
     if nthreads == 1 or ngroup == 1:
@@ -473,13 +508,14 @@ def sequential(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
 
 cdef scalar_t span_scan(scalar_t *A, scalar_t *B, scalar_t *O, scalar_t st,
                         Py_ssize_t m, Py_ssize_t step, Py_ssize_t cs,
-                        scalar_t *Pch) noexcept nogil:
+                        scalar_t *Pch, scalar_t *scratch) noexcept nogil:
     """Scan `m` steps from state `st` on the calling thread; return the last.
 
     A, B, O point at the first step in scan order, `step` is +1 or -1. The
     chunks of `cs` steps go LANES at a time: local scans in lockstep, the
     carry over those LANES chunks, the corrections, all while the chunks are
     still in cache. Pch[j] receives the product of chunk j's decays.
+    `scratch` holds cs elements (the dummy lanes' output).
     """
     cdef scalar_t *pa[LANES]
     cdef scalar_t *pb[LANES]
@@ -507,7 +543,8 @@ cdef scalar_t span_scan(scalar_t *A, scalar_t *B, scalar_t *O, scalar_t st,
             q[k] = 1
         # the group's last chunk may be shorter than the others
         mm = imin(cs, m - (g0 + K - 1) * cs)
-        lanes_auto(MODE_SCAN_PROD, pa, pb, po, sv, q, K, mm, step, inter)
+        lanes_auto(MODE_SCAN_PROD, pa, pb, po, sv, q, K, mm, step, inter,
+                   scratch)
         if mm < cs:
             for k in range(K - 1):
                 ta = pa[k] + mm * step
@@ -524,7 +561,7 @@ cdef scalar_t span_scan(scalar_t *A, scalar_t *B, scalar_t *O, scalar_t st,
         st = c
         if K > 1:
             lanes_auto(MODE_CORRECT, pa + 1, pb + 1, po + 1, cin + 1, q + 1,
-                       K - 1, mm, step, inter)
+                       K - 1, mm, step, inter, scratch)
             if mm < cs:
                 for k in range(1, K - 1):
                     ta = pa[k] + mm * step
@@ -553,6 +590,7 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     cdef Py_ssize_t step = -1 if reverse else 1
     cdef scalar_t *P
     cdef scalar_t *E
+    cdef scalar_t *W
     cdef scalar_t c, run, pj
     if nch == 1:
         rows_pass(MODE_SCAN, A, B, O, H0, NULL, NULL, outer, n, 1, n, 1,
@@ -567,7 +605,12 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
         free(P)
         free(E)
         return -1
-    # (1) spans, each on one thread
+    W = <scalar_t *> malloc(outer * T * cs * sizeof(scalar_t))
+    if W == NULL:
+        free(P)
+        free(E)
+        return -1
+    # (1) spans, each on one thread (W: a scratch row per span)
     for task in prange(outer * T, num_threads=nthreads, schedule='static'):
         r = task // T
         k = task - r * T
@@ -576,7 +619,8 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
         base = r * n + pos(t0, n, reverse)
         E[task] = span_scan(A + base, B + base, O + base,
                             H0[r] if k == 0 else 0, m, step, cs,
-                            P + r * nch + k * span_ch)
+                            P + r * nch + k * span_ch, W + task * cs)
+    free(W)
     if T > 1:
         # (2) carry over spans: P[chunk] <- state entering it from outside
         for r in range(outer):

@@ -29,11 +29,12 @@ __all__ = ["associative_scan", "chunked_scan", "linear_scan", "sequential_scan"]
 
 _METHODS = ("auto", "sequential", "chunked", "associative")
 
-# Rows layout (scan axis contiguous): chains advance 8 at a time in lockstep.
-_LANES = 8
-# Chunk length (steps) of a long row: 8 chunks of each thread (x 3 arrays)
-# stay in L2 between the local scan and the correction.
-_ROW_CHUNK = 2048
+# Rows layout (scan axis contiguous): chains advance 4 at a time in lockstep.
+_LANES = 4
+# Chunk length (steps) of a long row: the LANES chunks a thread scans in
+# lockstep (x 3 arrays, 48 KiB in float32) are still in cache when it
+# corrects them.
+_ROW_CHUNK = 1024
 # Smallest chunk (steps) worth a carry and a correction.
 _MIN_CHUNK = 256
 # Elements of work below which another thread costs more than it saves.
