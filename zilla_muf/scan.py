@@ -216,7 +216,7 @@ def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False
 
     is evaluated left to right in the input dtype, one dependent step per
     element. It is the reference the other algorithms are tested against.
-    Each channel's chain is independent; eight chains run interleaved so that
+    Each channel's chain is independent; four chains run interleaved so that
     their latencies overlap, which does not change any result.
 
     .. versionadded:: 0.1.0
@@ -304,7 +304,7 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     :math:`c_{k+1} = P_k c_k + \tilde h_{e_k - 1}`, and the correction adds
     :math:`\left(\prod_{u=s_k}^{t} a_u\right) c_k` to :math:`\tilde h_t`.
     Work is about twice that of the sequential scan, but the chunks run in
-    parallel and, within a thread, eight chunks advance in lockstep.
+    parallel and, within a thread, four chunks advance in lockstep.
 
     Rounding differs from :func:`sequential_scan` only in the order of the
     operations; for :math:`|a_t| \le 1` the error is of the same size.
