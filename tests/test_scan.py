@@ -171,6 +171,11 @@ def test_dtype_resolution(dtype):
     assert sequential_scan(np.ones(3, np.float32), np.ones(3, np.float32),
                            h0=np.complex128(1)).dtype == np.complex128
     assert sequential_scan([True, False], [1, 1]).dtype == np.float64
+    # Python numbers are weak: they do not widen single precision
+    a32 = np.full(3, 0.5, np.float32)
+    assert sequential_scan(a32, a32, h0=0.5).dtype == np.float32
+    assert chunked_scan(0.5, a32, workers=2).dtype == np.float32
+    assert sequential_scan(a32, a32, h0=1j).dtype == np.complex64
 
 
 def test_empty_axis():

@@ -19,6 +19,7 @@ from . import _scan
 from ._validation import (
     as_array,
     broadcast_shapes,
+    dtype_operand,
     normalize_axis,
     positive_int,
     resolve_workers,
@@ -54,10 +55,13 @@ class _Problem:
     __slots__ = ("a", "b", "h0", "shape", "axis", "dtype", "outer", "n", "inner")
 
     def __init__(self, a, b, h0, axis):
+        a_in, b_in, h0_in = a, b, h0
         a = as_array(a, "a")
         b = as_array(b, "b")
         h0 = None if h0 is None else as_array(h0, "h0")
-        self.dtype = result_dtype(a=a, b=b, h0=h0)
+        # Python numbers are weak (NEP 50): float32 data with h0=0.5 stays float32
+        self.dtype = result_dtype(a=dtype_operand(a_in, a), b=dtype_operand(b_in, b),
+                                  h0=None if h0 is None else dtype_operand(h0_in, h0))
         shape = broadcast_shapes(a=a.shape, b=b.shape)
         if len(shape) == 0:
             raise ValueError(
