@@ -141,9 +141,10 @@ def _split_xbc(w, xBC):
     return x, B, C
 
 
-def _gated_norm(w, y, z):
+def _gated_norm(w, y, z, workers=None):
     return rms_norm(y, w.norm_weight, eps=w.eps, z=z,
-                    group_size=w.d_inner // w.n_groups, norm_before_gate=False)
+                    group_size=w.d_inner // w.n_groups, norm_before_gate=False,
+                    workers=workers)
 
 
 def forward(w, hidden, *, conv_state=None, ssm_state=None, workers=None):
@@ -176,7 +177,7 @@ def forward(w, hidden, *, conv_state=None, ssm_state=None, workers=None):
         x, dt, A, B, C, w.chunk_size, D=w.D, dt_bias=w.dt_bias,
         initial_states=ssm_state, dt_softplus=True, dt_limit=w.dt_limit,
         return_final_states=True, workers=workers)
-    y = _gated_norm(w, y.reshape(batch, seqlen, w.d_inner), z)
+    y = _gated_norm(w, y.reshape(batch, seqlen, w.d_inner), z, workers)
     out = _linear(y, w.out_proj_weight, w.out_proj_bias)
     return out, conv_state, np.ascontiguousarray(ssm_state)
 

@@ -371,13 +371,20 @@ def _toeplitz_direct(k, x, lead, dtype, nthreads):
     return y.reshape(lead + (n,))
 
 
-def _toeplitz_auto_direct(n, K, dtype):
-    """Whether the direct method is expected to be faster (cost model)."""
+def _toeplitz_auto_direct(n, K, dtype, nthreads=1, channels=1):
+    """Whether the direct method is expected to be faster (cost model).
+
+    The direct kernel divides its tasks (channels x 1024-sample tiles) among
+    the threads; the FFTs of these lengths gained little from a second
+    thread in the measurements, so the break-even grows with the threads
+    the direct kernel can use.
+    """
     if K == 0 or n == 0:
         return True
     macs = n * K - K * (K - 1) / 2
     m = n + K - 1
-    return macs < _DIRECT_BREAK[dtype.kind] * m * np.log2(max(m, 2))
+    threads = max(1, min(nthreads, channels * -(-n // _TILE)))
+    return macs < _DIRECT_BREAK[dtype.kind] * threads * m * np.log2(max(m, 2))
 
 
 def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
@@ -438,10 +445,12 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
 
     "auto" takes the direct method when its multiply-adds,
     :math:`nK - K(K-1)/2` with :math:`K = \min(\text{len}(k), n)`, are
-    fewer than :math:`c \, m \log_2 m` with :math:`m = n + K - 1`, the
-    constant :math:`c` measured on the development machine (2 for real
-    data, 0.9 for complex): at n = 8192, kernels of up to 26 taps (real)
-    or 11 taps (complex) go direct.
+    fewer than :math:`c \, t \, m \log_2 m` with :math:`m = n + K - 1`,
+    :math:`t` the threads the direct kernel can use (its tasks are split
+    among them; the FFTs of such lengths gain little from more threads) and
+    the constant :math:`c` measured on the development machine (2 for real
+    data, 0.9 for complex): at n = 8192 on one thread, kernels of up to 26
+    taps (real) or 11 taps (complex) go direct.
 
     .. versionadded:: 0.1.0
 
@@ -467,7 +476,9 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     k, x, lead, out_axis, dtype = _conv_operands(kernel, x, axis, "kernel", "x")
     n, K = x.shape[-1], k.shape[-1]
     if method == "auto":
-        method = "direct" if _toeplitz_auto_direct(n, K, dtype) else "fft"
+        channels = int(np.prod(lead, dtype=np.int64))
+        method = "direct" if _toeplitz_auto_direct(n, K, dtype, nthreads,
+                                                   channels) else "fft"
     if method == "fft":
         y = _fft_causal(k, x, lead, dtype, nthreads)
     else:
