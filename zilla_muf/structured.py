@@ -47,10 +47,11 @@ _TOEPLITZ_METHODS = ("auto", "direct", "fft")
 _TILE = 1024
 # "auto" takes the direct method when its multiply-adds are fewer than
 # _DIRECT_BREAK[kind] * m log2(m), m = n + K - 1: the break-even constants
-# measured for real and complex data with bench/bench_structured.py (median
-# over 1 to 256 channels, lengths 512 to 65536; 1.0 to 2.9 real, 0.4 to 1.2
-# complex, where the direct method makes four real products).
-_DIRECT_BREAK = {"f": 2.0, "c": 0.9}
+# measured for real and complex data with bench/bench_structured.py (its
+# sweep of kernel lengths over 64 x 8192, 8 x 32768 and 64 x 4096 inputs,
+# workers 1 and 2: about 3.5 for real data, 1.0 for complex, where the
+# direct method makes four real products).
+_DIRECT_BREAK = {"f": 3.5, "c": 1.0}
 # Smallest chunk (steps) of the semiseparable kernel worth a carry.
 _MIN_SS_CHUNK = 256
 # Powers per task of the Vandermonde kernels. Multiples of the kernels'
@@ -371,20 +372,13 @@ def _toeplitz_direct(k, x, lead, dtype, nthreads):
     return y.reshape(lead + (n,))
 
 
-def _toeplitz_auto_direct(n, K, dtype, nthreads=1, channels=1):
-    """Whether the direct method is expected to be faster (cost model).
-
-    The direct kernel divides its tasks (channels x 1024-sample tiles) among
-    the threads; the FFTs of these lengths gained little from a second
-    thread in the measurements, so the break-even grows with the threads
-    the direct kernel can use.
-    """
+def _toeplitz_auto_direct(n, K, dtype):
+    """Whether the direct method is expected to be faster (cost model)."""
     if K == 0 or n == 0:
         return True
     macs = n * K - K * (K - 1) / 2
     m = n + K - 1
-    threads = max(1, min(nthreads, channels * -(-n // _TILE)))
-    return macs < _DIRECT_BREAK[dtype.kind] * threads * m * np.log2(max(m, 2))
+    return macs < _DIRECT_BREAK[dtype.kind] * m * np.log2(max(m, 2))
 
 
 def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
@@ -445,12 +439,10 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
 
     "auto" takes the direct method when its multiply-adds,
     :math:`nK - K(K-1)/2` with :math:`K = \min(\text{len}(k), n)`, are
-    fewer than :math:`c \, t \, m \log_2 m` with :math:`m = n + K - 1`,
-    :math:`t` the threads the direct kernel can use (its tasks are split
-    among them; the FFTs of such lengths gain little from more threads) and
-    the constant :math:`c` measured on the development machine (2 for real
-    data, 0.9 for complex): at n = 8192 on one thread, kernels of up to 26
-    taps (real) or 11 taps (complex) go direct.
+    fewer than :math:`c \, m \log_2 m` with :math:`m = n + K - 1`, the
+    constant :math:`c` measured on the development machine (3.5 for real
+    data, 1.0 for complex): at n = 8192, kernels of up to 45 taps (real) or
+    13 taps (complex) go direct.
 
     .. versionadded:: 0.1.0
 
@@ -476,9 +468,7 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     k, x, lead, out_axis, dtype = _conv_operands(kernel, x, axis, "kernel", "x")
     n, K = x.shape[-1], k.shape[-1]
     if method == "auto":
-        channels = int(np.prod(lead, dtype=np.int64))
-        method = "direct" if _toeplitz_auto_direct(n, K, dtype, nthreads,
-                                                   channels) else "fft"
+        method = "direct" if _toeplitz_auto_direct(n, K, dtype) else "fft"
     if method == "fft":
         y = _fft_causal(k, x, lead, dtype, nthreads)
     else:
