@@ -170,6 +170,10 @@ def bench_mamba2(report, quick):
         ref_t = median_time(run_ref, repeat=3)
         report.add(f"{case} prefill L{seqlen}", "transformers Mamba2Mixer (torch, 2 threads)", ref_t)
     report.add(f"{case} prefill L{seqlen}", "zilla_muf example, workers=2", t, ref_t)
+    t_env = _prefill_with_quiet_blas(d_model, seqlen)
+    if t_env is not None:
+        report.add(f"{case} prefill L{seqlen}",
+                   "zilla_muf example, workers=2, OPENBLAS_THREAD_TIMEOUT=4", t_env, ref_t)
 
     # decode: tokens per second after a short prefill
     _, conv_state, ssm_state = m2.forward(w, hidden[:, :16], workers=2)
@@ -189,6 +193,37 @@ def bench_mamba2(report, quick):
                        tokens_per_s=1 / ref_t)
     report.add(f"{case} decode", "zilla_muf example step", t, ref_t,
                tokens_per_s=1 / t)
+
+
+_PREFILL_CHILD = """
+import sys, numpy as np
+sys.path.insert(0, {bench!r})
+from _harness import median_time
+from bench_selective import _load_example
+m2 = _load_example("mamba2_layer")
+w = m2.Mamba2Weights.random(d_model={d_model}, d_state=128, head_dim=64)
+hidden = np.random.default_rng(2).standard_normal((1, {seqlen}, {d_model})).astype(np.float32)
+print(median_time(lambda: m2.forward(w, hidden, workers=2), repeat=3))
+"""
+
+
+def _prefill_with_quiet_blas(d_model, seqlen):
+    """Seconds of the example's prefill in a process whose OpenBLAS threads
+    sleep as soon as a call returns (OPENBLAS_THREAD_TIMEOUT=4, read when
+    NumPy loads): its spinning threads then leave the cores to zilla_muf's
+    OpenMP threads between the layer's matrix products."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT="4")
+    code = _PREFILL_CHILD.format(bench=str(Path(__file__).resolve().parent),
+                                 d_model=d_model, seqlen=seqlen)
+    proc = subprocess.run([sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        progress(f"prefill with OPENBLAS_THREAD_TIMEOUT=4 failed: {proc.stderr[-300:]}")
+        return None
+    return float(proc.stdout.split()[-1])
 
 
 def _mamba2_torch_decode_time(torch, mixer, config, hidden, n_decode):

@@ -20,6 +20,7 @@ OUT = HERE.parent / "docs" / "_static" / "bench"
 TITLES = {
     "scan": "Scans (zilla_muf.scan)",
     "scan_sweep": "Scans by size",
+    "sweeps": "Primitives and layers by size",
     "stable_ops": "Stable operations (zilla_muf.stable_ops)",
     "structured": "Structured matvecs and FFT convolution",
     "ssd": "Mamba-2 SSD (zilla_muf.ssd)",

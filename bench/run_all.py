@@ -5,8 +5,8 @@
 Each suite runs in its own process (so that memory peaks and thread pools of
 one do not colour the next) and writes ``bench/results/<suite>.json``;
 ``bench/report.py`` then turns them into ``docs/_static/bench/``: a table and
-a plot per suite, and time-versus-size curves of the scans against the memory
-roofline and the baselines. Progress goes to stderr.
+a plot per suite, and time-versus-size curves of every kernel against its
+baselines (and, where it applies, the memory roofline). Progress goes to stderr.
 
 By default the suites run in their quick form (the whole run takes a few
 minutes on two cores); ``--full`` uses every repeat and baseline. Suites
@@ -30,6 +30,7 @@ SUITES = {
     "structured": ("bench_structured.py", ["--quick"], []),
     "ssd": ("bench_ssd.py", ["--quick"], []),
     "selective": ("bench_selective.py", ["--quick"], []),
+    "sweeps": ("bench_sweeps.py", ["--repeat", "3"], ["--repeat", "5"]),
 }
 
 

@@ -143,7 +143,7 @@ def forward(w, hidden, *, conv_state=None, ssm_state=None, workers=None):
     x, z = xz[:, :w.d_inner], xz[:, w.d_inner:]
     x, conv_state = causal_conv1d(x, w.conv1d_weight, w.conv1d_bias,
                                   activation="silu", initial_states=conv_state,
-                                  return_final_states=True)
+                                  return_final_states=True, workers=workers)
     dt, B, C = _ssm_inputs(w, x)
     A = -np.exp(w.A_log)
     y, ssm_state = selective_scan(x, dt, A, B, C, D=w.D, z=z,

@@ -170,7 +170,7 @@ def forward(w, hidden, *, conv_state=None, ssm_state=None, workers=None):
     xBC, conv_state = causal_conv1d(np.swapaxes(xBC, 1, 2), w.conv1d_weight,
                                     w.conv1d_bias, activation="silu",
                                     initial_states=conv_state,
-                                    return_final_states=True)
+                                    return_final_states=True, workers=workers)
     x, B, C = _split_xbc(w, np.swapaxes(xBC, 1, 2))
     A = -np.exp(w.A_log)
     y, ssm_state = ssd_chunk_scan_combined(

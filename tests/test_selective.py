@@ -373,6 +373,31 @@ def test_conv_against_convolve(rng, dtype, width, seqlen, silu):
     assert_close(causal_conv1d(x, w), conv_oracle(x, w), dtype, scale=5)
 
 
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("width,seqlen", [(4, 150), (4, 2), (1, 5), (7, 3), (3, 0)])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_conv_time_major_layout(rng, dtype, width, seqlen, workers):
+    """Time-major data (channels contiguous, rows strided) is convolved in
+    its layout, and the output keeps that layout."""
+    dim = 6
+    act = rng.standard_normal((2, seqlen, dim + 5)).astype(dtype)
+    x = np.swapaxes(act[:, :, 2:2 + dim], 1, 2)       # (batch, dim, seqlen) view
+    w = rng.standard_normal((dim, width)).astype(dtype)
+    bias = rng.standard_normal(dim).astype(dtype)
+    init = rng.standard_normal((2, dim, width - 1)).astype(dtype)
+    xc = np.ascontiguousarray(x)
+    out, final = causal_conv1d(x, w, bias, activation="silu", initial_states=init,
+                               return_final_states=True, workers=workers)
+    assert out.shape == x.shape and out.dtype == dtype
+    if seqlen > 1:
+        assert np.swapaxes(out, 1, 2).flags.c_contiguous
+    assert final.flags.c_contiguous and final.shape == (2, dim, width - 1)
+    assert_close(out, conv_oracle(xc, w, bias, init, silu=True), dtype, scale=5)
+    full = np.concatenate([init, xc], axis=-1)
+    np.testing.assert_array_equal(final, full[..., full.shape[-1] - (width - 1):])
+    np.testing.assert_array_equal(x, np.swapaxes(act[:, :, 2:2 + dim], 1, 2))
+
+
 @settings(max_examples=40, deadline=None)
 @given(width=st.integers(1, 6), seqlen=st.integers(0, 30),
        cuts=st.lists(st.integers(0, 30), max_size=4))

@@ -17,6 +17,11 @@ def selective_scan_complex(
 ) -> None: ...
 def causal_conv1d(
     x: _F, weight: _F, bias: _F, init: _F, out: _F, silu: bool,
+    num_threads: int,
+) -> None: ...
+def causal_conv1d_time_major(
+    x: _F, wt: _F, bias: _F, init: _F, out: _F, silu: bool,
+    num_threads: int,
 ) -> None: ...
 def causal_conv1d_update(
     x: _F, state: _F, weight: _F, bias: _F, out: _F, silu: bool,

@@ -458,7 +458,7 @@ cdef void conv_channel(const real_t *x, const real_t *w, real_t bias,
 
 def causal_conv1d(const real_t[:, :, ::1] x, const real_t[:, ::1] weight,
                   const real_t[::1] bias, const real_t[:, :, ::1] init,
-                  real_t[:, :, ::1] out, bint silu):
+                  real_t[:, :, ::1] out, bint silu, int num_threads):
     """Depthwise causal convolution of every (batch, channel) row."""
     cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1], L = x.shape[2]
     cdef Py_ssize_t W = weight.shape[1], ch, d
@@ -472,11 +472,76 @@ def causal_conv1d(const real_t[:, :, ::1] x, const real_t[:, ::1] weight,
     cdef const real_t *I = &init[0, 0, 0] if W > 1 else NULL
     cdef real_t *O = &out[0, 0, 0]
     with nogil:
-        for ch in range(batch * dim):
+        for ch in prange(batch * dim, num_threads=num_threads, schedule='static'):
             d = ch % dim
             conv_channel(X + ch * L, &weight[d, 0], bias[d],
                          NULL if I == NULL else I + ch * (W - 1),
                          O + ch * L, W, L, silu)
+
+
+cdef void conv_rows(const real_t *x, Py_ssize_t xrow, const real_t *wt,
+                    const real_t *bias, const real_t *init, real_t *out,
+                    Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t dim,
+                    Py_ssize_t W, bint silu) noexcept nogil:
+    """Time-major rows t0 <= t < t1 of one sequence.
+
+    x[t * xrow + c] is input (t, c); wt is the weight transposed, (W, dim);
+    init is (W - 1, dim), oldest first; out is (L, dim) C-contiguous. Each
+    row is a vector operation over the contiguous channels.
+    """
+    cdef Py_ssize_t t, k, c, src
+    cdef const real_t *xs
+    cdef const real_t *wk
+    cdef real_t *o
+    for t in range(t0, t1):
+        o = out + t * dim
+        for c in range(dim):
+            o[c] = bias[c]
+        for k in range(W):
+            # tap k reads the padded sequence at t + k: init for t + k < W - 1
+            src = t + k - (W - 1)
+            xs = (x + src * xrow) if src >= 0 else (init + (t + k) * dim)
+            wk = wt + k * dim
+            for c in range(dim):
+                o[c] = o[c] + wk[c] * xs[c]
+        if silu:
+            for c in range(dim):
+                o[c] = silu_t(o[c])
+
+
+def causal_conv1d_time_major(const real_t[:, :, :] x, const real_t[:, ::1] wt,
+                             const real_t[::1] bias, const real_t[:, :, ::1] init,
+                             real_t[:, :, ::1] out, bint silu, int num_threads):
+    """The convolution of time-major data: x, out (batch, seqlen, dim) with
+    contiguous channels (x's rows may be strided), wt (width, dim), init
+    (batch, width - 1, dim)."""
+    cdef Py_ssize_t batch = x.shape[0], L = x.shape[1], dim = x.shape[2]
+    cdef Py_ssize_t W = wt.shape[0], task, b, blk, nblk, t0, t1
+    cdef Py_ssize_t xrow, xbat
+    if wt.shape[1] != dim or bias.shape[0] != dim or W < 1:
+        raise ValueError("wt must be (width >= 1, dim), bias (dim,)")
+    if not (same3(init, batch, W - 1, dim) and same3(out, batch, L, dim)):
+        raise ValueError("init must be (batch, width - 1, dim), out like x")
+    if batch == 0 or dim == 0 or L == 0:
+        return
+    if x.strides[2] != <Py_ssize_t> sizeof(real_t):
+        raise ValueError("x must have contiguous channels")
+    xrow = x.strides[1] // <Py_ssize_t> sizeof(real_t)
+    xbat = x.strides[0] // <Py_ssize_t> sizeof(real_t)
+    # blocks of 64 time steps per task
+    nblk = (L + 63) // 64
+    cdef const real_t *X = &x[0, 0, 0]
+    cdef const real_t *I = &init[0, 0, 0] if W > 1 else NULL
+    cdef real_t *O = &out[0, 0, 0]
+    with nogil:
+        for task in prange(batch * nblk, num_threads=num_threads, schedule='static'):
+            b = task // nblk
+            blk = task - b * nblk
+            t0 = blk * 64
+            t1 = t0 + 64 if t0 + 64 < L else L
+            conv_rows(X + b * xbat, xrow, &wt[0, 0], &bias[0],
+                      NULL if I == NULL else I + b * (W - 1) * dim,
+                      O + b * L * dim, t0, t1, dim, W, silu)
 
 
 def causal_conv1d_update(const real_t[:, ::1] x, real_t[:, :, ::1] state,

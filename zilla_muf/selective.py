@@ -298,7 +298,7 @@ def _conv_weight(weight, dim):
 
 
 def causal_conv1d(x, weight, bias=None, *, activation=None,
-                  initial_states=None, return_final_states=False):
+                  initial_states=None, return_final_states=False, workers=None):
     r"""Depthwise causal 1-D convolution, as in a Mamba layer.
 
     Parameters
@@ -320,11 +320,18 @@ def causal_conv1d(x, weight, bias=None, *, activation=None,
     return_final_states : bool, optional
         Also return the last width-1 inputs (drawing on `initial_states` when
         seqlen < width-1): the `initial_states` that continue the sequence.
+    workers : int, optional
+        Threads to use: None is 1, -1 all cores.
 
     Returns
     -------
     out : ndarray
-        Shape (batch, dim, seqlen), the result dtype of the inputs.
+        Shape (batch, dim, seqlen), the result dtype of the inputs. When `x`
+        is time-major in memory (its channels contiguous, as
+        ``np.swapaxes(h, 1, 2)`` of a (batch, seqlen, dim) activation ``h``),
+        the convolution runs in that layout and `out` has it too
+        (``np.swapaxes(out, 1, 2)`` is then C-contiguous): no transposing
+        copy either way.
     final_states : ndarray
         Only with ``return_final_states=True``: shape (batch, dim, width-1).
 
@@ -390,20 +397,34 @@ def causal_conv1d(x, weight, bias=None, *, activation=None,
         check_shape(bias, (dim,), "bias")
     if init is not None:
         check_shape(init, (batch, dim, W - 1), "initial_states")
-    x_ = np.ascontiguousarray(x, dtype=dtype)
+    nthreads = resolve_workers(workers)
     init_ = np.zeros((batch, dim, W - 1), dtype) if init is None \
         else np.ascontiguousarray(init, dtype=dtype)
-    out = np.empty((batch, dim, L), dtype=dtype)
-    _selective.causal_conv1d(
-        x_, np.ascontiguousarray(weight, dtype=dtype),
-        np.zeros(dim, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype),
-        init_, out, silu)
+    bias_ = np.zeros(dim, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+    xt = np.swapaxes(x, 1, 2)
+    if x.dtype == dtype and dim > 1 and xt.strides[2] == x.itemsize:
+        # time-major data (channels contiguous, e.g. a transposed view of a
+        # (batch, seqlen, dim) layer activation): convolve in that layout,
+        # and return the result in it too
+        out_t = np.empty((batch, L, dim), dtype=dtype)
+        _selective.causal_conv1d_time_major(
+            xt, np.ascontiguousarray(np.asarray(weight, dtype=dtype).T), bias_,
+            np.ascontiguousarray(np.swapaxes(init_, 1, 2)), out_t, silu, nthreads)
+        out = np.swapaxes(out_t, 1, 2)
+        x_ = x
+    else:
+        x_ = np.ascontiguousarray(x, dtype=dtype)
+        out = np.empty((batch, dim, L), dtype=dtype)
+        _selective.causal_conv1d(x_, np.ascontiguousarray(weight, dtype=dtype), bias_,
+                                 init_, out, silu, nthreads)
     if not return_final_states:
         return out
     if L >= W - 1:
-        final = x_[:, :, L - (W - 1):].copy()
+        final = np.ascontiguousarray(x_[:, :, L - (W - 1):], dtype=dtype)
     else:
-        final = np.concatenate([init_[:, :, L:], x_], axis=-1)
+        # (concatenate keeps its inputs' memory order: make the state C-ordered)
+        final = np.ascontiguousarray(
+            np.concatenate([init_[:, :, L:], x_.astype(dtype, copy=False)], axis=-1))
     return out, final
 
 
