@@ -25,15 +25,6 @@ from _harness import Report, median_time  # noqa: E402
 import zilla_muf  # noqa: E402
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(2)
-    return torch
-
-
 def sweep_rows(report, repeat):
     """softmax and log_sum_exp over rows of 1024, float32 and float64."""
     rng = np.random.default_rng(0)
@@ -107,7 +98,7 @@ def sweep_layers(report, repeat):
     """SSD (8 heads, 64 x 64 state) and the selective scan (dim 256,
     dstate 16) over the sequence length, float32, against the PyTorch CPU
     ports of mamba_ssm's reference listings."""
-    from bench_selective import scan_inputs
+    from bench_selective import _torch, scan_inputs
     from bench_ssd import make_inputs, torch_runner
 
     torch = _torch()
