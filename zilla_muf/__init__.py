@@ -33,6 +33,15 @@ ssd
 """
 
 
+def _has_kernels(folder):
+    """Whether `folder` holds this package's compiled extensions."""
+    import os
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    return any(os.path.isfile(os.path.join(folder, "_openmp_helpers" + suffix))
+               for suffix in EXTENSION_SUFFIXES)
+
+
 def _installed_copy():
     """The directory of an installed, compiled copy of this package.
 
@@ -44,15 +53,11 @@ def _installed_copy():
     """
     import os
     import sys
-    from importlib.machinery import EXTENSION_SUFFIXES
 
     here = os.path.normcase(os.path.dirname(os.path.abspath(__file__)))
     for entry in sys.path:
         cand = os.path.join(os.path.abspath(entry or os.curdir), "zilla_muf")
-        if os.path.normcase(cand) == here:
-            continue
-        if any(os.path.isfile(os.path.join(cand, "_openmp_helpers" + suffix))
-               for suffix in EXTENSION_SUFFIXES):
+        if os.path.normcase(cand) != here and _has_kernels(cand):
             return cand
     return None
 
@@ -60,6 +65,10 @@ def _installed_copy():
 try:
     from . import _openmp_helpers
 except ImportError:
+    import os as _os
+
+    if _has_kernels(_os.path.dirname(_os.path.abspath(__file__))):
+        raise  # the kernels are here but do not load: report why
     _where = _installed_copy()
     if _where is None:
         raise ImportError(
