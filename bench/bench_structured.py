@@ -113,7 +113,8 @@ def bench_toeplitz_sweep(report, repeat):
                     lambda m=m: zilla_muf.toeplitz_matvec(k, x, method=m, workers=workers),
                     repeat=repeat) for m in ("direct", "fft", "auto")}
                 best = min(times["direct"], times["fft"])
-                picked = "direct" if _toeplitz_auto_direct(n, K, np.dtype(dtype)) else "fft"
+                picked = "direct" if _toeplitz_auto_direct(
+                    n, K, np.dtype(dtype), workers, C) else "fft"
                 report.add(case, f"direct w={workers}", times["direct"], best)
                 report.add(case, f"fft w={workers}", times["fft"], best)
                 report.add(case, f"auto ({picked}) w={workers}", times["auto"], best)

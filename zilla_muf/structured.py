@@ -46,12 +46,15 @@ _TOEPLITZ_METHODS = ("auto", "direct", "fft")
 # Output samples per task of the direct Toeplitz kernel (stays in L1).
 _TILE = 1024
 # "auto" takes the direct method when its multiply-adds are fewer than
-# _DIRECT_BREAK[kind] * m log2(m), m = n + K - 1: the break-even constants
-# measured for real and complex data with bench/bench_structured.py (its
-# sweep of kernel lengths over 64 x 8192, 8 x 32768 and 64 x 4096 inputs,
-# workers 1 and 2: about 3.5 for real data, 1.0 for complex, where the
-# direct method makes four real products).
-_DIRECT_BREAK = {"f": 3.5, "c": 1.0}
+# _DIRECT_BREAK[dtype.char] * (1 + _THREAD_GAIN * (t - 1)) * m log2(m),
+# m = n + K - 1, t the threads the direct kernel can use: constants fitted on
+# three runs of bench/bench_structured.py's sweep of kernel lengths (64 x 8192
+# float32, 8 x 32768 float64, 64 x 4096 complex64; workers 1 and 2), where a
+# second thread sped the direct kernel up more than the FFTs of these lengths.
+# Near the crossover the two methods' times varied by more than 20% from run
+# to run, which bounds how well any constant can do there.
+_DIRECT_BREAK = {"f": 3.5, "d": 3.5, "F": 1.1, "D": 1.1}
+_THREAD_GAIN = 0.4
 # Smallest chunk (steps) of the semiseparable kernel worth a carry.
 _MIN_SS_CHUNK = 256
 # Powers per task of the Vandermonde kernels. Multiples of the kernels'
@@ -372,13 +375,15 @@ def _toeplitz_direct(k, x, lead, dtype, nthreads):
     return y.reshape(lead + (n,))
 
 
-def _toeplitz_auto_direct(n, K, dtype):
+def _toeplitz_auto_direct(n, K, dtype, nthreads=1, channels=1):
     """Whether the direct method is expected to be faster (cost model)."""
     if K == 0 or n == 0:
         return True
     macs = n * K - K * (K - 1) / 2
     m = n + K - 1
-    return macs < _DIRECT_BREAK[dtype.kind] * m * np.log2(max(m, 2))
+    threads = max(1, min(nthreads, channels * -(-n // _TILE)))
+    c = _DIRECT_BREAK[dtype.char] * (1 + _THREAD_GAIN * (threads - 1))
+    return macs < c * m * np.log2(max(m, 2))
 
 
 def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
@@ -439,10 +444,12 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
 
     "auto" takes the direct method when its multiply-adds,
     :math:`nK - K(K-1)/2` with :math:`K = \min(\text{len}(k), n)`, are
-    fewer than :math:`c \, m \log_2 m` with :math:`m = n + K - 1`, the
-    constant :math:`c` measured on the development machine (3.5 for real
-    data, 1.0 for complex): at n = 8192, kernels of up to 45 taps (real) or
-    13 taps (complex) go direct.
+    fewer than :math:`c \, (1 + 0.4 (t - 1)) \, m \log_2 m` with
+    :math:`m = n + K - 1` and :math:`t` the threads the direct kernel can
+    use (a second thread speeds it up more than it speeds up FFTs of these
+    lengths), the constant :math:`c` measured on the development machine
+    (3.5 for real data, 1.1 for complex): at n = 8192 on one thread, real
+    kernels of up to 45 taps and complex ones of up to 14 go direct.
 
     .. versionadded:: 0.1.0
 
@@ -468,7 +475,9 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     k, x, lead, out_axis, dtype = _conv_operands(kernel, x, axis, "kernel", "x")
     n, K = x.shape[-1], k.shape[-1]
     if method == "auto":
-        method = "direct" if _toeplitz_auto_direct(n, K, dtype) else "fft"
+        channels = int(np.prod(lead, dtype=np.int64))
+        method = "direct" if _toeplitz_auto_direct(n, K, dtype, nthreads,
+                                                   channels) else "fft"
     if method == "fft":
         y = _fft_causal(k, x, lead, dtype, nthreads)
     else:
