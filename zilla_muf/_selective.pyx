@@ -33,15 +33,12 @@ xpad = (initial states, x), evaluated tap by tap with t innermost
 (vectorised), the first width-1 outputs reading the initial states.
 """
 from cython.parallel cimport prange, parallel
-from libc.math cimport exp, log1p, cos, cosf, sin, sinf
+from libc.math cimport log1p, cos, cosf, sin, sinf
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._types cimport real_t
+from zilla_muf._vmath cimport vexp, zm_softplusf
 
-
-cdef extern from "_vmath.h" nogil:
-    float zm_expf(float x)
-    float zm_softplusf(float x)
 
 
 cdef enum:
@@ -52,13 +49,6 @@ cdef enum:
 # Element functions
 # ---------------------------------------------------------------------------
 
-cdef inline real_t exp_t(real_t x) noexcept nogil:
-    if real_t is float:
-        return zm_expf(x)
-    else:
-        return exp(x)
-
-
 cdef inline real_t softplus_t(real_t x) noexcept nogil:
     """log(1 + exp(x)), and x itself above 20 (torch's threshold)."""
     if real_t is float:
@@ -66,12 +56,12 @@ cdef inline real_t softplus_t(real_t x) noexcept nogil:
     else:
         if x > 20:
             return x
-        return log1p(exp(x))
+        return log1p(vexp(x))
 
 
 cdef inline real_t silu_t(real_t x) noexcept nogil:
     """x sigmoid(x); exp(-x) may overflow to inf, giving -0."""
-    return x / (1 + exp_t(-x))
+    return x / (1 + vexp(-x))
 
 
 cdef inline real_t cos_t(real_t x) noexcept nogil:
@@ -151,7 +141,7 @@ cdef void channel_real(const real_t *u, const real_t *dts, const real_t *g,
         Bt = Bp + t * bst
         Ct = Cp + t * cst
         for n in range(N):
-            h[n] = exp_t(dt * A[n]) * h[n] + du * Bt[n]
+            h[n] = vexp(dt * A[n]) * h[n] + du * Bt[n]
         acc = dot(Ct, h, N) + Dd * ut
         if g != NULL:
             acc = acc * g[t]
@@ -188,7 +178,7 @@ cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
         Cti = Cpi + t * cst
         # exp(dt A) = exp(dt Re A) (cos(dt Im A) + i sin(dt Im A))
         for n in range(N):
-            mag = exp_t(dt * Ar[n])
+            mag = vexp(dt * Ar[n])
             ar[n] = mag * cos_t(dt * Ai[n])
             ai[n] = mag * sin_t(dt * Ai[n])
         for n in range(N):

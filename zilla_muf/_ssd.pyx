@@ -53,6 +53,7 @@ from libc.string cimport memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 from zilla_muf._types cimport real_t
+from zilla_muf._vmath cimport vexp
 
 
 # ---------------------------------------------------------------------------
@@ -135,7 +136,6 @@ cdef extern from *:
     ZM_SEQ_STEP(zm_seq_step_f, float)
     ZM_SEQ_STEP(zm_seq_step_d, double)
     """
-    float zm_expf(float x) noexcept nogil
     void zm_seq_step_f(float *S, const float *x, const float *Bt,
                        const float *Ct, float a, float d, Py_ssize_t P,
                        Py_ssize_t N, float *y) noexcept nogil
@@ -150,18 +150,11 @@ cdef extern from *:
                         int clamp) noexcept nogil
 
 
-cdef inline real_t rexp(real_t v) noexcept nogil:
-    if real_t is float:
-        return zm_expf(v)
-    else:
-        return exp(v)
-
-
 cdef inline real_t decay(real_t d, bint clamp) noexcept nogil:
     """exp(d), with d clamped to <= 0 when the math says it is."""
     if clamp:
         d = 0 if d > 0 else d
-    return rexp(d)
+    return vexp(d)
 
 
 cdef inline void gemm_rm(char ta, char tb, int m, int n, int k, real_t alpha,

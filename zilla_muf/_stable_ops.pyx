@@ -34,6 +34,7 @@ from cython.parallel cimport prange
 from libc.math cimport log, log1p, log1pf, sqrt, fabs, fabsf, INFINITY, NAN
 
 from zilla_muf._types cimport real_t
+from zilla_muf._vmath cimport vexp
 
 cdef enum:
     BLOCK = 4096
@@ -43,8 +44,6 @@ cdef double LOG2 = 0.6931471805599453
 
 
 cdef extern from "_vexp.h" nogil:
-    float zm_expf(float x)
-    double zm_exp(double x)
     void zm_exp_shift_f(const float *x, float *e, Py_ssize_t n, float m)
     void zm_exp_shift_d(const double *x, double *e, Py_ssize_t n, double m)
     float zm_max_f(const float *x, Py_ssize_t n)
@@ -55,14 +54,6 @@ cdef extern from "_vexp.h" nogil:
     void zm_sigmoid_d(const double *x, double *out, Py_ssize_t n)
     void zm_silu_f(const float *x, float *out, Py_ssize_t n)
     void zm_silu_d(const double *x, double *out, Py_ssize_t n)
-
-
-cdef inline real_t r_exp(real_t x) noexcept nogil:
-    """exp, branch-free and inlined so that loops over it vectorise."""
-    if real_t is float:
-        return zm_expf(x)
-    else:
-        return zm_exp(x)
 
 
 cdef inline real_t r_log1p(real_t x) noexcept nogil:
@@ -171,9 +162,9 @@ cdef inline real_t log_add_exp(real_t a, real_t b) noexcept nogil:
     if a == b:
         return a + <real_t> LOG2       # also both +inf or both -inf
     if a > b:
-        return a + r_log1p(r_exp(b - a))
+        return a + r_log1p(vexp(b - a))
     if b > a:
-        return b + r_log1p(r_exp(a - b))
+        return b + r_log1p(vexp(a - b))
     return a + b                       # a NaN
 
 
@@ -244,7 +235,7 @@ cdef inline void rms_norm_row(const real_t *x, const real_t *z, const real_t *w,
 # ---------------------------------------------------------------------------
 
 cdef inline real_t sigmoid_elem(real_t x) noexcept nogil:
-    cdef real_t e = r_exp(-r_fabs(x))
+    cdef real_t e = vexp(-r_fabs(x))
     cdef real_t r = 1 / (1 + e)
     return r if x >= 0 else e * r
 
@@ -259,7 +250,7 @@ cdef inline real_t softplus_elem(real_t x, real_t beta, real_t threshold) noexce
     cdef real_t z = beta * x
     if z > threshold:
         return x
-    return ((z if z > 0 else 0) + r_log1p(r_exp(-r_fabs(z)))) / beta
+    return ((z if z > 0 else 0) + r_log1p(vexp(-r_fabs(z)))) / beta
 
 
 # ---------------------------------------------------------------------------
