@@ -136,6 +136,33 @@ def test_chunk_boundaries(n, rng):
     assert_close(associative_scan(a, b, workers=2), want, np.float64)
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("outer,n,inner", [(1, 1000, 1), (3, 517, 1), (1, 300, 5),
+                                           (2, 129, 33), (1, 40, 70)])
+def test_kernels_split_between_threads(dtype, reverse, outer, n, inner, rng):
+    """The parallel kernels with 2 and 3 threads on inputs small enough that
+    the public functions would use one thread: every way of splitting a
+    sequence (spans of chunks, channel blocks, leaves) against the oracle."""
+    from zilla_muf import _scan
+
+    a = random_array(rng, (outer, n, inner), dtype, 0.5, 1.0)
+    b = random_array(rng, (outer, n, inner), dtype)
+    h0 = random_array(rng, (outer, inner), dtype)
+    want, _ = loop_oracle(a, b, h0, axis=1, reverse=reverse)
+    for threads in (2, 3):
+        for cs in sorted({1, 7, 16, 33, n // 3 + 1, n}):
+            for cw in sorted({1, 4, inner}):
+                out = np.empty_like(a)
+                _scan.chunked(a, b, h0, out, reverse, cs, cw, threads)
+                assert_close(out, want, dtype, scale=n)
+        for leaf in (1, 5, 64):
+            out = np.empty_like(a)
+            _scan.associative(a, b, h0, out, reverse, leaf, max(1, inner // 2),
+                              threads)
+            assert_close(out, want, dtype, scale=n)
+
+
 def test_single_long_sequence(rng):
     n = 1 << 17
     a = rng.uniform(0.999, 1.0, size=n)
@@ -300,18 +327,20 @@ def test_memmap_inputs(tmp_path, rng):
 
 
 def test_workers_give_identical_results(rng):
+    # with at least as many sequences as threads, every sequence is scanned
+    # whole by one thread: the thread count cannot change a bit
     a = rng.uniform(0.9, 1.0, size=(3, 50_000)).astype(np.float32)
     b = rng.standard_normal((3, 50_000)).astype(np.float32)
     for cs in (777, 50_000):
         h1 = chunked_scan(a, b, chunk_size=cs, workers=1)
         h2 = chunked_scan(a, b, chunk_size=cs, workers=2)
         np.testing.assert_array_equal(h1, h2)
-    h1 = chunked_scan(a.T, b.T, axis=0, chunk_size=999, workers=1)
-    h2 = chunked_scan(a.T, b.T, axis=0, chunk_size=999, workers=2)
-    np.testing.assert_array_equal(h1, h2)
-    # deterministic for a fixed worker count
-    np.testing.assert_array_equal(associative_scan(a, b, workers=2),
-                                  associative_scan(a, b, workers=2))
+    # deterministic for a fixed worker count, also where one sequence is
+    # split between threads (rows and time-major)
+    for x, y, axis in ((a[:1], b[:1], -1), (a.T, b.T, 0)):
+        for fn in (chunked_scan, associative_scan):
+            np.testing.assert_array_equal(fn(x, y, axis=axis, workers=2),
+                                          fn(x, y, axis=axis, workers=2))
 
 
 def test_concurrent_calls_match_serial(rng):

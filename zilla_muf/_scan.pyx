@@ -36,7 +36,21 @@ All indices are Py_ssize_t. Scratch memory is O(number of chunks or leaves).
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 
-from zilla_muf._types cimport scalar_t
+from zilla_muf._types cimport real_t, scalar_t
+
+cdef extern from "_scanrow.h" nogil:
+    float zm_seqrow_f(const float *a, const float *b, float *h,
+                      Py_ssize_t m, float x, int rev)
+    double zm_seqrow_d(const double *a, const double *b, double *h,
+                       Py_ssize_t m, double x, int rev)
+    float zm_scanrow_f(const float *a, const float *b, float *h,
+                       Py_ssize_t m, float x, int rev, float *prod)
+    double zm_scanrow_d(const double *a, const double *b, double *h,
+                        Py_ssize_t m, double x, int rev, double *prod)
+    void zm_correctrow_f(const float *a, float *h, Py_ssize_t m, float c,
+                         int rev)
+    void zm_correctrow_d(const double *a, double *h, Py_ssize_t m, double c,
+                         int rev)
 
 cdef enum:
     LANES = 4
@@ -474,6 +488,200 @@ cdef inline void rows_pass(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
 
 
 # ---------------------------------------------------------------------------
+# Rows layout, real dtypes: one contiguous row at a time with the vector
+# kernels of _scanrow.h (the lockstep lanes above serve complex dtypes).
+# A row is addressed from its first element in scan order; `rev` walks down.
+# ---------------------------------------------------------------------------
+
+cdef inline real_t vseq(real_t *a, real_t *b, real_t *h, Py_ssize_t m,
+                        real_t x, bint rev) noexcept nogil:
+    if real_t is float:
+        return zm_seqrow_f(a, b, h, m, x, rev)
+    else:
+        return zm_seqrow_d(a, b, h, m, x, rev)
+
+
+cdef inline real_t vscan(real_t *a, real_t *b, real_t *h, Py_ssize_t m,
+                         real_t x, bint rev, real_t *prod) noexcept nogil:
+    """Scan m steps from x (h NULL: store nothing); prod <- decay product."""
+    if real_t is float:
+        return zm_scanrow_f(a, b, h, m, x, rev, prod)
+    else:
+        return zm_scanrow_d(a, b, h, m, x, rev, prod)
+
+
+cdef inline void vcorrect(real_t *a, real_t *h, Py_ssize_t m, real_t c,
+                          bint rev) noexcept nogil:
+    """h_t += c_t, c_t = a_t c_{t-1}, c_{-1} = c."""
+    if real_t is float:
+        zm_correctrow_f(a, h, m, c, rev)
+    else:
+        zm_correctrow_d(a, h, m, c, rev)
+
+
+cdef void vrows_sequential(real_t *A, real_t *B, real_t *O, const real_t *H0,
+                           Py_ssize_t outer, Py_ssize_t n,
+                           bint reverse) noexcept nogil:
+    cdef Py_ssize_t r, base
+    for r in range(outer):
+        base = r * n + pos(0, n, reverse)
+        vseq(A + base, B + base, O + base, n, H0[r], reverse)
+
+
+cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
+                       Py_ssize_t outer, Py_ssize_t n, bint reverse,
+                       Py_ssize_t cs, int nthreads) noexcept nogil:
+    """Chunked scan of real rows.
+
+    With at least as many rows as threads, every row is one task, scanned in
+    one pass. Otherwise each row is cut into spans of whole chunks, one per
+    thread: (1) every span is scanned in one pass (the first from h0, the
+    others from zero), recording the decay product of each of its chunks;
+    (2) a carry pass over the spans gives every chunk of a later span the
+    state carried into it; (3) those chunks add it, in parallel.
+    """
+    cdef Py_ssize_t nch = (n + cs - 1) // cs
+    cdef Py_ssize_t T, span_ch, task, ntask, r, k, j, t0, m, base, j0, j1
+    cdef Py_ssize_t step = -1 if reverse else 1
+    cdef real_t *P
+    cdef real_t *E
+    cdef real_t c, run, pj, x
+    T = 1 if outer >= nthreads else imin(nch, (nthreads + outer - 1) // outer)
+    if T <= 1:
+        if nthreads == 1 or outer == 1:
+            for r in range(outer):
+                base = r * n + pos(0, n, reverse)
+                vscan(A + base, B + base, O + base, n, H0[r], reverse, NULL)
+        else:
+            for r in prange(outer, num_threads=nthreads, schedule='static'):
+                base = r * n + pos(0, n, reverse)
+                vscan(A + base, B + base, O + base, n, H0[r], reverse, NULL)
+        return 0
+    span_ch = (nch + T - 1) // T
+    T = (nch + span_ch - 1) // span_ch
+    P = <real_t *> malloc(outer * nch * sizeof(real_t))
+    E = <real_t *> malloc(outer * T * sizeof(real_t))
+    if P == NULL or E == NULL:
+        free(P)
+        free(E)
+        return -1
+    # (1) spans, each in one pass on one thread
+    for task in prange(outer * T, num_threads=nthreads, schedule='static'):
+        r = task // T
+        k = task - r * T
+        x = H0[r] if k == 0 else 0
+        for j in range(k * span_ch, imin(nch, (k + 1) * span_ch)):
+            t0 = j * cs
+            base = r * n + pos(t0, n, reverse)
+            x = vscan(A + base, B + base, O + base, imin(cs, n - t0), x,
+                      reverse, P + r * nch + j)
+        E[task] = x
+    # (2) carry over spans: P[chunk] <- state carried into it from outside
+    for r in range(outer):
+        c = E[r * T]
+        for k in range(1, T):
+            run = c
+            j0 = r * nch + k * span_ch
+            j1 = r * nch + imin(nch, (k + 1) * span_ch)
+            for j in range(j0, j1):
+                pj = P[j]
+                P[j] = run
+                run = run * pj
+            c = run + E[r * T + k]
+    # (3) the chunks of later spans add it
+    ntask = outer * (nch - span_ch)
+    for task in prange(ntask, num_threads=nthreads, schedule='static'):
+        r = task // (nch - span_ch)
+        j = span_ch + (task - r * (nch - span_ch))
+        t0 = j * cs
+        base = r * n + pos(t0, n, reverse)
+        vcorrect(A + base, O + base, imin(cs, n - t0), P[r * nch + j], reverse)
+    free(P)
+    free(E)
+    return 0
+
+
+cdef void vrow_tree(real_t *A, real_t *B, real_t *O, real_t x, Py_ssize_t n,
+                    bint reverse, Py_ssize_t leaf, real_t *TA,
+                    real_t *TB) noexcept nogil:
+    """Associative scan of one row on the calling thread (TA, TB: p2)."""
+    cdef Py_ssize_t nleaf = (n + leaf - 1) // leaf
+    cdef Py_ssize_t p2 = next_pow2(nleaf)
+    cdef Py_ssize_t c, off
+    cdef Py_ssize_t step = -1 if reverse else 1
+    for c in range(p2):
+        if c < nleaf:
+            off = c * leaf * step
+            TB[c] = vscan(A + off, B + off, NULL, imin(leaf, n - c * leaf),
+                          x if c == 0 else 0, reverse, TA + c)
+        else:
+            TA[c] = 1
+            TB[c] = 0
+    tree_exclusive(TA, TB, p2, 1, 1)
+    for c in range(nleaf):
+        off = c * leaf * step
+        vscan(A + off, B + off, O + off, imin(leaf, n - c * leaf),
+              x if c == 0 else TB[c], reverse, NULL)
+
+
+cdef int vrows_associative(real_t *A, real_t *B, real_t *O, const real_t *H0,
+                           Py_ssize_t outer, Py_ssize_t n, bint reverse,
+                           Py_ssize_t leaf, int nthreads) noexcept nogil:
+    """Tree scan of real rows over leaves of `leaf` steps.
+
+    With at least as many rows as threads, each row is one task: its leaves
+    reduced to affine maps, the Blelloch tree, the leaves scanned, while the
+    row is in cache. Otherwise the three phases run one after the other,
+    each parallel over (row, leaf) or over rows.
+    """
+    cdef Py_ssize_t nleaf = (n + leaf - 1) // leaf
+    cdef Py_ssize_t p2 = next_pow2(nleaf)
+    cdef Py_ssize_t r, c, task, base, t0
+    cdef real_t *TA
+    cdef real_t *TB
+    TA = <real_t *> malloc(outer * p2 * sizeof(real_t))
+    TB = <real_t *> malloc(outer * p2 * sizeof(real_t))
+    if TA == NULL or TB == NULL:
+        free(TA)
+        free(TB)
+        return -1
+    if outer >= nthreads:
+        for r in prange(outer, num_threads=nthreads, schedule='static'):
+            base = r * n + pos(0, n, reverse)
+            vrow_tree(A + base, B + base, O + base, H0[r], n, reverse, leaf,
+                      TA + r * p2, TB + r * p2)
+        free(TA)
+        free(TB)
+        return 0
+    # (1) leaf maps; the first leaf of a row starts from h0
+    for task in prange(outer * p2, num_threads=nthreads, schedule='static'):
+        r = task // p2
+        c = task - r * p2
+        if c < nleaf:
+            t0 = c * leaf
+            base = r * n + pos(t0, n, reverse)
+            TB[task] = vscan(A + base, B + base, NULL, imin(leaf, n - t0),
+                             H0[r] if c == 0 else 0, reverse, TA + task)
+        else:
+            TA[task] = 1
+            TB[task] = 0
+    # (2) tree per row: TB[r, c] <- state entering leaf c
+    for r in range(outer):
+        tree_exclusive(TA + r * p2, TB + r * p2, p2, 1, nthreads)
+    # (3) every leaf from its entering state (h0 for the first)
+    for task in prange(outer * nleaf, num_threads=nthreads, schedule='static'):
+        r = task // nleaf
+        c = task - r * nleaf
+        t0 = c * leaf
+        base = r * n + pos(t0, n, reverse)
+        vscan(A + base, B + base, O + base, imin(leaf, n - t0),
+              H0[r] if c == 0 else TB[r * p2 + c], reverse, NULL)
+    free(TA)
+    free(TB)
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # Sequential
 # ---------------------------------------------------------------------------
 
@@ -493,8 +701,11 @@ def sequential(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
     O = &out[0, 0, 0]
     with nogil:
         if inner == 1:
-            rows_pass(MODE_SCAN, A, B, O, &h0[0, 0], NULL, NULL, outer, n, 1,
-                      n, 1, reverse, 1)
+            if scalar_t is float or scalar_t is double:
+                vrows_sequential(A, B, O, &h0[0, 0], outer, n, reverse)
+            else:
+                rows_pass(MODE_SCAN, A, B, O, &h0[0, 0], NULL, NULL, outer,
+                          n, 1, n, 1, reverse, 1)
         else:
             step = -inner if reverse else inner
             for o in range(outer):
@@ -646,22 +857,44 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
                       const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
                       Py_ssize_t inner, bint reverse, Py_ssize_t cs,
                       Py_ssize_t cw, int nthreads) noexcept nogil:
-    """Columns layout; segments are (row, channel block of cw, time chunk)."""
+    """Columns layout. A lane is (row, channel block of cw).
+
+    With at least as many lanes as threads, every lane is one task, scanned
+    in one pass. Otherwise each lane's time axis is cut into spans of whole
+    chunks, one per thread, so that every thread writes its own range of
+    memory: (1) every span is scanned in one pass (the first from h0, the
+    others from zero), recording the decay products of its chunks; (2) a
+    carry pass gives every chunk of a later span the state carried into it;
+    (3) those chunks add it, in parallel.
+    """
     cdef Py_ssize_t nch = (n + cs - 1) // cs
     cdef Py_ssize_t nblk = (inner + cw - 1) // cw
     cdef Py_ssize_t nlane = outer * nblk
-    cdef Py_ssize_t ntask = nlane * nch
-    cdef Py_ssize_t task, lane, r, blk, c, c0, w, t0, m, i, j
+    cdef Py_ssize_t T, span_ch, nlater, task, lane, r, blk, k, c, c0, w
+    cdef Py_ssize_t t0, m, j, jp
     cdef Py_ssize_t step = -inner if reverse else inner
     cdef scalar_t *P
-    cdef scalar_t *prod_c
-    cdef scalar_t *carry
+    cdef scalar_t *run
     cdef scalar_t *endv
-    cdef scalar_t nxt
     cdef scalar_t *zeros = NULL
+    cdef const scalar_t *init
+    cdef scalar_t nxt
 
-    # P holds, per (lane, chunk), cw values: decay products, then carries.
-    P = <scalar_t *> malloc(ntask * cw * sizeof(scalar_t))
+    T = 1 if nlane >= nthreads else imin(nch, (nthreads + nlane - 1) // nlane)
+    span_ch = (nch + T - 1) // T
+    T = (nch + span_ch - 1) // span_ch
+    if T == 1:
+        for lane in prange(nlane, num_threads=nthreads, schedule='static'):
+            r = lane // nblk
+            blk = lane - r * nblk
+            c0 = blk * cw
+            j = (r * n + pos(0, n, reverse)) * inner + c0
+            cols_scan(A + j, B + j, O + j, H0 + r * inner + c0,
+                      imin(cw, inner - c0), n, step)
+        return 0
+    # P holds, per (lane, chunk), cw values: decay products, then carries;
+    # the slot of a lane's chunk 0 (never corrected) holds the running state.
+    P = <scalar_t *> malloc(nlane * nch * cw * sizeof(scalar_t))
     zeros = <scalar_t *> malloc(cw * sizeof(scalar_t))
     if P == NULL or zeros == NULL:
         free(P)
@@ -670,11 +903,60 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     for j in range(cw):
         zeros[j] = 0
 
-    # (1) local scans (chunk 0 from h0)
-    for task in prange(ntask, num_threads=nthreads,
+    # (1) spans, each in one pass on one thread
+    for task in prange(nlane * T, num_threads=nthreads, schedule='static'):
+        lane = task // T
+        k = task - lane * T
+        r = lane // nblk
+        blk = lane - r * nblk
+        c0 = blk * cw
+        w = imin(cw, inner - c0)
+        for c in range(k * span_ch, imin(nch, (k + 1) * span_ch)):
+            t0 = c * cs
+            m = imin(cs, n - t0)
+            j = (r * n + pos(t0, n, reverse)) * inner + c0
+            if c == 0:
+                cols_scan(A + j, B + j, O + j, H0 + r * inner + c0, w, m, step)
+            else:
+                # a span's first chunk starts from zero, the others from the
+                # previous chunk's last state
+                if c == k * span_ch:
+                    init = zeros
+                else:
+                    init = O + j - step
+                cols_scan_prod(A + j, B + j, O + j, init,
+                               P + (lane * nch + c) * cw, w, m, step)
+
+    # (2) carry per lane: P[lane, c] <- state carried into chunk c
+    for lane in range(nlane):
+        r = lane // nblk
+        blk = lane - r * nblk
+        c0 = blk * cw
+        w = imin(cw, inner - c0)
+        run = P + (lane * nch) * cw
+        t0 = imin(span_ch * cs, n) - 1
+        endv = O + (r * n + pos(t0, n, reverse)) * inner + c0
+        for jp in range(w):
+            run[jp] = endv[jp]
+        for k in range(1, T):
+            for c in range(k * span_ch, imin(nch, (k + 1) * span_ch)):
+                j = (lane * nch + c) * cw
+                for jp in range(w):
+                    nxt = P[j + jp] * run[jp]
+                    P[j + jp] = run[jp]
+                    run[jp] = nxt
+            # run is now the carry times the span's decays: add its end
+            t0 = imin((k + 1) * span_ch * cs, n) - 1
+            endv = O + (r * n + pos(t0, n, reverse)) * inner + c0
+            for jp in range(w):
+                run[jp] = run[jp] + endv[jp]
+
+    # (3) the chunks of later spans add it
+    nlater = nch - span_ch
+    for task in prange(nlane * nlater, num_threads=nthreads,
                        schedule='static'):
-        lane = task // nch
-        c = task - lane * nch
+        lane = task // nlater
+        c = span_ch + (task - lane * nlater)
         r = lane // nblk
         blk = lane - r * nblk
         c0 = blk * cw
@@ -682,48 +964,7 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
         t0 = c * cs
         m = imin(cs, n - t0)
         j = (r * n + pos(t0, n, reverse)) * inner + c0
-        if c == 0:
-            cols_scan(A + j, B + j, O + j, H0 + r * inner + c0, w, m, step)
-        else:
-            cols_scan_prod(A + j, B + j, O + j, zeros, P + task * cw, w, m,
-                           step)
-
-    # (2) carry pass per lane: P[lane, c] <- state entering chunk c
-    for lane in prange(nlane, num_threads=nthreads,
-                       schedule='static'):
-        r = lane // nblk
-        blk = lane - r * nblk
-        c0 = blk * cw
-        w = imin(cw, inner - c0)
-        # running state lives in P[lane, 0] (unused by chunk 0)
-        carry = P + (lane * nch) * cw
-        endv = O + (r * n + pos(imin(cs, n) - 1, n, reverse)) * inner + c0
-        for j in range(w):
-            carry[j] = endv[j]
-        for c in range(1, nch):
-            t0 = c * cs
-            m = imin(cs, n - t0)
-            prod_c = P + (lane * nch + c) * cw
-            endv = O + (r * n + pos(t0 + m - 1, n, reverse)) * inner + c0
-            for j in range(w):
-                nxt = prod_c[j] * carry[j] + endv[j]
-                prod_c[j] = carry[j]
-                carry[j] = nxt
-
-    # (3) corrections
-    for task in prange(ntask, num_threads=nthreads,
-                       schedule='static'):
-        lane = task // nch
-        c = task - lane * nch
-        if c > 0:
-            r = lane // nblk
-            blk = lane - r * nblk
-            c0 = blk * cw
-            w = imin(cw, inner - c0)
-            t0 = c * cs
-            m = imin(cs, n - t0)
-            j = (r * n + pos(t0, n, reverse)) * inner + c0
-            cols_correct(A + j, O + j, P + task * cw, w, m, step)
+        cols_correct(A + j, O + j, P + (lane * nch + c) * cw, w, m, step)
     free(P)
     free(zeros)
     return 0
@@ -748,8 +989,12 @@ def chunked(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
     O = &out[0, 0, 0]
     with nogil:
         if inner == 1:
-            status = rows_chunked(A, B, O, &h0[0, 0], outer, n, reverse,
-                                  imin(chunk_size, n), num_threads)
+            if scalar_t is float or scalar_t is double:
+                status = vrows_chunked(A, B, O, &h0[0, 0], outer, n, reverse,
+                                       imin(chunk_size, n), num_threads)
+            else:
+                status = rows_chunked(A, B, O, &h0[0, 0], outer, n, reverse,
+                                      imin(chunk_size, n), num_threads)
         else:
             status = cols_chunked(A, B, O, &h0[0, 0], outer, n, inner, reverse,
                                   imin(chunk_size, n), imin(block_width, inner),
@@ -969,8 +1214,14 @@ def associative(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
     O = &out[0, 0, 0]
     with nogil:
         if inner == 1:
-            status = rows_associative(A, B, O, &h0[0, 0], outer, n, reverse,
-                                      imin(leaf_size, n), num_threads)
+            if scalar_t is float or scalar_t is double:
+                status = vrows_associative(A, B, O, &h0[0, 0], outer, n,
+                                           reverse, imin(leaf_size, n),
+                                           num_threads)
+            else:
+                status = rows_associative(A, B, O, &h0[0, 0], outer, n,
+                                          reverse, imin(leaf_size, n),
+                                          num_threads)
         else:
             status = cols_associative(A, B, O, &h0[0, 0], outer, n, inner,
                                       reverse, imin(leaf_size, n),

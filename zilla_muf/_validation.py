@@ -82,6 +82,14 @@ def result_dtype(*, allow_complex=True, **arrays):
         :func:`as_array`), plain Python numbers (weak: they decide only the
         kind, see :func:`dtype_operand`) or None.
     """
+    # the common case: every argument an array of one kernel dtype
+    dts = {arr.dtype for arr in arrays.values()
+           if arr is not None and type(arr) is np.ndarray}
+    if len(dts) == 1 and all(arr is None or type(arr) is np.ndarray
+                             for arr in arrays.values()):
+        (dt,) = dts
+        if dt in _REAL or (allow_complex and dt in _COMPLEX):
+            return dt
     kinds = []
     weak = []
     for name, arr in arrays.items():
@@ -185,8 +193,12 @@ def positive_int(value, name, allow_none=False):
 
 def broadcast_shapes(**shapes):
     """Broadcast the named shapes; on failure name every argument involved."""
+    values = list(shapes.values())
+    first = tuple(values[0]) if values else ()
+    if all(tuple(v) == first for v in values):
+        return first
     try:
-        return np.broadcast_shapes(*shapes.values())
+        return np.broadcast_shapes(*values)
     except ValueError:
         desc = ", ".join(f"`{k}` {tuple(v)}" for k, v in shapes.items())
         raise ValueError(

@@ -31,6 +31,21 @@
 #define ZM_INLINE static inline
 #endif
 
+/* Loops marked ZM_CLONES are compiled twice on x86-64 Linux with gcc: for the baseline
+ * (SSE2) and for x86-64-v3 (AVX2 + FMA; gcc < 12: AVX2), picked at load time
+ * by the CPU's features (an ifunc, as NumPy dispatches its own loops; ifuncs
+ * need glibc). Elsewhere, the baseline only. ("arch=haswell" would not do:
+ * its resolver asks for that CPU model, so an AMD CPU got the baseline.) */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
+    && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
+#define ZM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
+    && defined(__linux__) && defined(__GLIBC__)
+#define ZM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define ZM_CLONES
+#endif
+
 ZM_INLINE float zm_pow2f(int32_t n)
 {
     float f;

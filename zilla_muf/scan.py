@@ -13,6 +13,8 @@ three algorithms that give the same result to rounding:
 and :func:`~zilla_muf.linear_scan`, which dispatches to the fastest for the shape.
 """
 
+import math
+
 import numpy as np
 
 from . import _scan
@@ -40,6 +42,8 @@ _ROW_CHUNK = 1024
 _MIN_CHUNK = 256
 # Elements of work below which another thread costs more than it saves.
 _MIN_PER_THREAD = 1 << 15
+# Steps per thread below which the columns layout splits channels, not time.
+_MIN_STEPS_PER_THREAD = 64
 
 
 def _threads(p, workers):
@@ -72,11 +76,11 @@ class _Problem:
         self.shape = shape
         self.axis = ax
         self.n = shape[ax]
-        self.outer = int(np.prod(shape[:ax], dtype=np.int64))
-        self.inner = int(np.prod(shape[ax + 1:], dtype=np.int64))
+        self.outer = math.prod(shape[:ax])
+        self.inner = math.prod(shape[ax + 1:])
         state_shape = shape[:ax] + shape[ax + 1:]
         if h0 is None:
-            h0 = np.zeros(state_shape, dtype=self.dtype)
+            self.h0 = np.zeros((self.outer, self.inner), dtype=self.dtype)
         else:
             try:
                 h0 = np.broadcast_to(h0, state_shape)
@@ -85,14 +89,15 @@ class _Problem:
                     f"`h0` must broadcast to the result shape without the scan "
                     f"axis, {state_shape}, got shape {h0.shape}"
                 ) from None
-        self.h0 = np.ascontiguousarray(h0, dtype=self.dtype).reshape(
-            self.outer, self.inner
-        )
+            self.h0 = np.ascontiguousarray(h0, dtype=self.dtype).reshape(
+                self.outer, self.inner
+            )
         self.a = self._layout(a)
         self.b = self._layout(b)
 
     def _layout(self, x):
-        x = np.broadcast_to(x, self.shape)
+        if x.shape != self.shape:
+            x = np.broadcast_to(x, self.shape)
         return np.ascontiguousarray(x, dtype=self.dtype).reshape(
             self.outer, self.n, self.inner
         )
@@ -126,11 +131,20 @@ def _odd16(x):
     return 16 * (k + 1 - k % 2)
 
 
+def _time_split(p, nthreads):
+    """Whether the columns layout splits the time axis between threads.
+
+    Splitting time gives every thread its own range of memory (its own
+    pages to fault in and cache lines to write), which a split of the
+    channels of every step cannot; it needs enough steps per thread."""
+    return p.inner > 1 and p.outer < nthreads and p.n >= _MIN_STEPS_PER_THREAD * nthreads
+
+
 def _block_width(p, nthreads):
     """Channel block of one task in the columns layout: as wide as possible
     (long contiguous runs per step stream well), split only to give every
-    thread work."""
-    if p.inner <= 1 or p.outer >= nthreads:
+    thread work when the time axis is too short to split."""
+    if p.inner <= 1 or p.outer >= nthreads or _time_split(p, nthreads):
         return max(p.inner, 1)
     blocks = -(-nthreads // max(p.outer, 1))
     w = -(-p.inner // blocks)
@@ -147,6 +161,9 @@ def _lanes(p, nthreads):
 def _auto_chunk(p, nthreads):
     """Default chunk length: the whole axis when the channels alone give the
     threads independent work, else chunks of the time axis."""
+    if _time_split(p, nthreads):
+        # spans of four chunks: the corrections of later spans share out
+        return -(-p.n // (4 * nthreads))
     if p.n <= 4 * _MIN_CHUNK:
         return max(p.n, 1)
     if p.inner == 1:
@@ -464,14 +481,17 @@ def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
 
     Notes
     -----
-    ``method="auto"`` uses :func:`sequential_scan` when one thread is asked
-    for, or when the whole problem is small (under 16384 elements) so that
-    starting threads costs more than it saves; otherwise it uses
-    :func:`chunked_scan`, which splits the work over channels when there are
-    enough of them and over chunks of the time axis when there are not. The
-    tree scan does strictly more memory traffic than the chunked scan on this
-    kind of machine, so "auto" never picks it; it is there for its
-    :math:`O(\log n)`-depth structure and as an independent check.
+    ``method="auto"`` uses :func:`chunked_scan`. Its single-thread pass is
+    the fastest of the three algorithms on one thread as well: along a
+    contiguous time axis it advances blocks of steps in vector registers
+    (float32, float64), and along a strided one it advances a wide block of
+    channels per step. With several threads it splits the work over rows
+    or channel blocks when there are enough of them, and over spans of the
+    time axis when there are not; it uses at most one thread per 32768
+    elements, since starting a thread costs more than it saves on less. The
+    tree scan does strictly more memory traffic than the chunked scan, so
+    "auto" never picks it; it is there for its :math:`O(\log n)`-depth
+    structure and as an independent check.
 
     .. versionadded:: 0.1.0
 
@@ -490,12 +510,4 @@ def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
         return sequential_scan(a, b, h0, **kwargs)
     if method == "associative":
         return associative_scan(a, b, h0, workers=workers, **kwargs)
-    if method == "auto":
-        nthreads = resolve_workers(workers)
-        positive_int(chunk_size, "chunk_size", allow_none=True)
-        a = as_array(a, "a")
-        b = as_array(b, "b")
-        size = broadcast_shapes(a=a.shape, b=b.shape)
-        if nthreads == 1 or int(np.prod(size, dtype=np.int64)) < 16384:
-            return sequential_scan(a, b, h0, **kwargs)
     return chunked_scan(a, b, h0, chunk_size=chunk_size, workers=workers, **kwargs)
