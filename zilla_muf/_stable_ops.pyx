@@ -54,6 +54,11 @@ cdef extern from "_vexp.h" nogil:
     void zm_sigmoid_d(const double *x, double *out, Py_ssize_t n)
     void zm_silu_f(const float *x, float *out, Py_ssize_t n)
     void zm_silu_d(const double *x, double *out, Py_ssize_t n)
+    double zm_sumsq_f(const float *x, Py_ssize_t n)
+    double zm_sumsq_d(const double *x, Py_ssize_t n)
+    void zm_mulsilu_f(const float *x, const float *z, float *out, Py_ssize_t n)
+    void zm_mulsilu_d(const double *x, const double *z, double *out,
+                      Py_ssize_t n)
 
 
 cdef inline real_t r_log1p(real_t x) noexcept nogil:
@@ -96,6 +101,23 @@ cdef inline double lane_sum(const real_t *e, Py_ssize_t n) noexcept nogil:
         return zm_sum_f(e, n)
     else:
         return zm_sum_d(e, n)
+
+
+cdef inline double lane_sumsq(const real_t *x, Py_ssize_t n) noexcept nogil:
+    """sum(x**2) in double, in eight partial sums."""
+    if real_t is float:
+        return zm_sumsq_f(x, n)
+    else:
+        return zm_sumsq_d(x, n)
+
+
+cdef inline void mul_silu(const real_t *x, const real_t *z, real_t *out,
+                          Py_ssize_t n) noexcept nogil:
+    """out = x * silu(z), by the vectorised C loops."""
+    if real_t is float:
+        zm_mulsilu_f(x, z, out, n)
+    else:
+        zm_mulsilu_d(x, z, out, n)
 
 
 cdef inline void exp_shifted(const real_t *x, real_t *e, Py_ssize_t n,
@@ -202,28 +224,25 @@ cdef inline void rms_norm_row(const real_t *x, const real_t *z, const real_t *w,
                               real_t *out, Py_ssize_t c, Py_ssize_t group,
                               double eps, bint gated,
                               bint norm_before_gate) noexcept nogil:
+    """One row, group by group; every pass is a vectorised loop."""
     cdef Py_ssize_t g0, i
-    cdef double ss, v
-    cdef real_t r, gate
+    cdef double ss
+    cdef real_t r
     g0 = 0
     while g0 < c:
-        ss = 0.0
         if gated and not norm_before_gate:
-            for i in range(g0, g0 + group):
-                out[i] = x[i] * silu_elem(z[i])
-                v = out[i]
-                ss = ss + v * v
+            mul_silu(x + g0, z + g0, out + g0, group)
+            ss = lane_sumsq(out + g0, group)
         else:
-            for i in range(g0, g0 + group):
-                v = x[i]
-                ss = ss + v * v
+            ss = lane_sumsq(x + g0, group)
         r = <real_t> (1.0 / sqrt(ss / group + eps))
         if not gated:
             for i in range(g0, g0 + group):
                 out[i] = x[i] * r * w[i]
         elif norm_before_gate:
+            mul_silu(x + g0, z + g0, out + g0, group)
             for i in range(g0, g0 + group):
-                out[i] = x[i] * r * w[i] * silu_elem(z[i])
+                out[i] = out[i] * r * w[i]
         else:
             for i in range(g0, g0 + group):
                 out[i] = out[i] * r * w[i]

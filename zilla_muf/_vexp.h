@@ -90,6 +90,44 @@ static void silu(const T *x, T *out, ptrdiff_t n)                           \
     }                                                                       \
 }
 
+/* Sum of squares in double, in eight partial sums. */
+#define ZM_DEFINE_SUMSQ(name, T)                                            \
+ZM_CLONES                                                                   \
+static double name(const T *x, ptrdiff_t n)                                 \
+{                                                                           \
+    double s[ZM_LANES];                                                     \
+    ptrdiff_t i = 0;                                                        \
+    for (int k = 0; k < ZM_LANES; k++)                                      \
+        s[k] = 0.0;                                                         \
+    for (; i + ZM_LANES <= n; i += ZM_LANES)                                \
+        for (int k = 0; k < ZM_LANES; k++)                                  \
+            s[k] += (double) x[i + k] * (double) x[i + k];                  \
+    for (; i < n; i++)                                                      \
+        s[0] += (double) x[i] * (double) x[i];                              \
+    double total = 0.0;                                                     \
+    for (int k = 0; k < ZM_LANES; k++)                                      \
+        total += s[k];                                                      \
+    return total;                                                           \
+}
+
+/* out = x * silu(z), elementwise (the gate of a gated normalisation). */
+#define ZM_DEFINE_MULSILU(name, T, EXP)                                     \
+ZM_CLONES                                                                   \
+static void name(const T *x, const T *z, T *out, ptrdiff_t n)               \
+{                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                                     \
+        T v = z[i];                                                         \
+        T e = EXP(v < 0 ? v : -v);                                          \
+        T r = (T) 1 / ((T) 1 + e);                                          \
+        T s = v >= 0 ? r : e * r;                                           \
+        out[i] = x[i] * (s != 0 ? v * s : (T) -0.0);                        \
+    }                                                                       \
+}
+
+ZM_DEFINE_SUMSQ(zm_sumsq_f, float)
+ZM_DEFINE_SUMSQ(zm_sumsq_d, double)
+ZM_DEFINE_MULSILU(zm_mulsilu_f, float, zm_expf)
+ZM_DEFINE_MULSILU(zm_mulsilu_d, double, zm_exp)
 ZM_DEFINE_GATES(zm_sigmoid_f, zm_silu_f, float, zm_expf)
 ZM_DEFINE_GATES(zm_sigmoid_d, zm_silu_d, double, zm_exp)
 ZM_DEFINE_MAX(zm_max_f, float)
