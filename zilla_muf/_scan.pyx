@@ -7,10 +7,11 @@ Every array reaches the kernels as a C-contiguous 3-D view
 ``(outer, n, inner)``: the scan runs along the middle axis, ``outer`` collects
 the dimensions before it and ``inner`` those after it. Two layouts follow:
 
-* rows (``inner == 1``, the scan axis contiguous): each (row, time range) is a
-  *lane*, a dependent chain. Up to ``LANES`` lanes advance in lockstep so that
-  their independent multiply-adds overlap (instruction-level parallelism);
-  the lanes are different rows, or different chunks of one row.
+* rows (``inner == 1``, the scan axis contiguous): real dtypes run one
+  contiguous row at a time through the vector kernels of ``_scanrow.h``
+  (the prefix of a block of steps formed in registers). Complex dtypes use
+  *lanes*: each (row, time range) is a dependent chain, and up to ``LANES``
+  lanes advance in lockstep so that their multiply-adds overlap.
 * columns (``inner > 1``, time-major): a *segment* is a block of contiguous
   channels over a time range; each step is an elementwise vector operation
   over the block, with all loads of a step before its stores (vectorisable).

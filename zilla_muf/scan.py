@@ -32,11 +32,11 @@ __all__ = ["associative_scan", "chunked_scan", "linear_scan", "sequential_scan"]
 
 _METHODS = ("auto", "sequential", "chunked", "associative")
 
-# Rows layout (scan axis contiguous): chains advance 4 at a time in lockstep.
+# Rows layout (scan axis contiguous): complex chains advance 4 at a time in
+# lockstep (real ones take the vector row kernels, whole rows per thread).
 _LANES = 4
-# Chunk length (steps) of a long row: the LANES chunks a thread scans in
-# lockstep (x 3 arrays, 48 KiB in float32) are still in cache when it
-# corrects them.
+# Chunk length (steps) of a long row split between threads: the unit in
+# which the corrections of later spans are shared out.
 _ROW_CHUNK = 1024
 # Smallest chunk (steps) worth a carry and a correction.
 _MIN_CHUNK = 256
@@ -177,7 +177,7 @@ def _auto_chunk(p, nthreads):
 
 def _auto_leaf(p, nthreads):
     """Leaf length of the associative scan: enough leaves for every thread
-    (8 per thread in the rows layout, run in lockstep)."""
+    (8 per thread in the rows layout)."""
     if p.inner == 1:
         return _odd16(min(4096, max(64, p.n // (_LANES * nthreads))))
     return max(16, -(-p.n // max(8, 4 * nthreads)))
@@ -235,10 +235,14 @@ def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False
 
         h_t = a_t \, h_{t-1} + b_t, \qquad h_{-1} = h_0 ,
 
-    is evaluated left to right in the input dtype, one dependent step per
-    element. It is the reference the other algorithms are tested against.
-    Each channel's chain is independent; four chains run interleaved so that
-    their latencies overlap, which does not change any result.
+    is evaluated left to right in the input dtype, in one pass on one
+    thread. Along a contiguous time axis, real dtypes advance four steps
+    per link of the dependent chain: the maps of steps t..t+1, t..t+2 and
+    t..t+3 are formed off the chain, e.g.
+    :math:`h_{t+1} = (a_{t+1} a_t) h_{t-1} + (a_{t+1} b_t + b_{t+1})`, which
+    shortens the chain of dependent multiply-adds fourfold and changes the
+    rounding, not its size. Along a strided axis every step is one
+    elementwise operation over the channels.
 
     .. versionadded:: 0.1.0
 
@@ -324,8 +328,19 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     computes the state entering each chunk,
     :math:`c_{k+1} = P_k c_k + \tilde h_{e_k - 1}`, and the correction adds
     :math:`\left(\prod_{u=s_k}^{t} a_u\right) c_k` to :math:`\tilde h_t`.
-    Work is about twice that of the sequential scan, but the chunks run in
-    parallel and, within a thread, four chunks advance in lockstep.
+    With at least as many sequences (or channel blocks) as threads, each
+    thread scans whole sequences in one pass and `chunk_size` does not
+    matter. Otherwise every sequence is cut into one span of whole chunks
+    per thread: each span is scanned in one pass (the first from
+    :math:`h_0`, the others from zero) recording its chunks' products, and
+    the carry and correction above run over the chunks of the later spans,
+    in parallel. Along a contiguous time axis, the real-dtype kernels
+    advance blocks of steps in vector registers (each block's prefix of
+    affine maps formed in a few shift-and-combine steps).
+
+    The result does not depend on the number of threads when every
+    sequence stays on one thread; where one is split, the split points, and
+    so the rounding, depend on the thread count.
 
     Rounding differs from :func:`sequential_scan` only in the order of the
     operations; for :math:`|a_t| \le 1` the error is of the same size.
