@@ -488,6 +488,31 @@ cdef inline void rows_pass(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
                        sstride, reverse, inter, cskip)
 
 
+cdef void span_carry(scalar_t *P, const scalar_t *E, Py_ssize_t outer,
+                     Py_ssize_t nch, Py_ssize_t T,
+                     Py_ssize_t span_ch) noexcept nogil:
+    """Carry pass over the spans of rows cut into T spans of span_ch chunks.
+
+    On entry P[r * nch + j] is the decay product of chunk j of row r and
+    E[r * T + k] the last state of span k (span 0 scanned from h0, the
+    others from zero). On exit P holds, for every chunk of spans k >= 1,
+    the state carried into it from before its span.
+    """
+    cdef Py_ssize_t r, k, j, j0, j1
+    cdef scalar_t c, run, pj
+    for r in range(outer):
+        c = E[r * T]
+        for k in range(1, T):
+            run = c
+            j0 = r * nch + k * span_ch
+            j1 = r * nch + imin(nch, (k + 1) * span_ch)
+            for j in range(j0, j1):
+                pj = P[j]
+                P[j] = run
+                run = run * pj
+            c = run + E[r * T + k]
+
+
 # ---------------------------------------------------------------------------
 # Rows layout, real dtypes: one contiguous row at a time with the vector
 # kernels of _scanrow.h (the lockstep lanes above serve complex dtypes).
@@ -542,11 +567,11 @@ cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
     state carried into it; (3) those chunks add it, in parallel.
     """
     cdef Py_ssize_t nch = (n + cs - 1) // cs
-    cdef Py_ssize_t T, span_ch, task, ntask, r, k, j, t0, m, base, j0, j1
+    cdef Py_ssize_t T, span_ch, task, ntask, r, k, j, t0, m, base
     cdef Py_ssize_t step = -1 if reverse else 1
     cdef real_t *P
     cdef real_t *E
-    cdef real_t c, run, pj, x
+    cdef real_t x
     T = 1 if outer >= nthreads else imin(nch, (nthreads + outer - 1) // outer)
     if T <= 1:
         if nthreads == 1 or outer == 1:
@@ -578,17 +603,7 @@ cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
                       reverse, P + r * nch + j)
         E[task] = x
     # (2) carry over spans: P[chunk] <- state carried into it from outside
-    for r in range(outer):
-        c = E[r * T]
-        for k in range(1, T):
-            run = c
-            j0 = r * nch + k * span_ch
-            j1 = r * nch + imin(nch, (k + 1) * span_ch)
-            for j in range(j0, j1):
-                pj = P[j]
-                P[j] = run
-                run = run * pj
-            c = run + E[r * T + k]
+    span_carry(P, E, outer, nch, T, span_ch)
     # (3) the chunks of later spans add it
     ntask = outer * (nch - span_ch)
     for task in prange(ntask, num_threads=nthreads, schedule='static'):
@@ -798,12 +813,11 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     (3) the chunks of spans after the first add it, in parallel.
     """
     cdef Py_ssize_t nch = (n + cs - 1) // cs
-    cdef Py_ssize_t T, span_ch, task, r, k, j, t0, m, base, j0, j1
+    cdef Py_ssize_t T, span_ch, task, r, k, j, t0, m, base
     cdef Py_ssize_t step = -1 if reverse else 1
     cdef scalar_t *P
     cdef scalar_t *E
     cdef scalar_t *W
-    cdef scalar_t c, run, pj
     if nch == 1:
         rows_pass(MODE_SCAN, A, B, O, H0, NULL, NULL, outer, n, 1, n, 1,
                   reverse, nthreads)
@@ -834,18 +848,8 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
                             P + r * nch + k * span_ch, W + task * cs)
     free(W)
     if T > 1:
-        # (2) carry over spans: P[chunk] <- state entering it from outside
-        for r in range(outer):
-            c = E[r * T]
-            for k in range(1, T):
-                run = c
-                j0 = r * nch + k * span_ch
-                j1 = r * nch + imin(nch, (k + 1) * span_ch)
-                for j in range(j0, j1):
-                    pj = P[j]
-                    P[j] = run
-                    run = run * pj
-                c = run + E[r * T + k]
+        # (2) carry over spans: P[chunk] <- state carried into it from outside
+        span_carry(P, E, outer, nch, T, span_ch)
         # (3) chunks of the later spans add it
         rows_pass(MODE_CORRECT, A, B, O, H0, P, NULL, outer, n, nch, cs, nch,
                   reverse, nthreads, span_ch)
