@@ -27,9 +27,7 @@ Layouts follow ``mamba_ssm``: x (batch, seqlen, nheads, headdim), dt
 dstate), where head h reads group ``h // (nheads // ngroups)``.
 """
 
-import contextlib
 import math
-import threading
 
 import numpy as np
 from scipy.special import expit
@@ -59,49 +57,6 @@ __all__ = [
 # the size where a single-threaded GEMM is most efficient while the L^2 part
 # of the work (chunk_size per token) stays small next to the state part.
 _DEFAULT_CHUNK = 64
-_INT_MAX = 2**31 - 1
-
-# ---------------------------------------------------------------------------
-# BLAS threads: the kernels call single-threaded GEMMs from OpenMP threads.
-# ---------------------------------------------------------------------------
-
-_controller = None
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limiter = None
-
-
-def _blas_controller():
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _controller = ThreadpoolController()
-    return _controller
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """Limit BLAS to one thread while kernels run (no oversubscription).
-
-    The limit is process-wide, so it is reference counted: the first of
-    several concurrent calls sets it, the last one restores the original
-    limits.
-    """
-    global _blas_users, _blas_limiter
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_limiter = _blas_controller().limit(limits=1, user_api="blas")
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
-
 
 # ---------------------------------------------------------------------------
 # Argument handling
@@ -148,7 +103,6 @@ class _Problem:
         G, N = B.shape[2:]
         check_shape(C, (nb, L, G, N), "C")
         _check_groups(H, G)
-        _check_blas_dims(H, P, G, N)
         self.nb, self.L, self.H, self.P, self.G, self.N = nb, L, H, P, G, N
         D = opt["D"]
         if D is not None and D.shape not in ((H,), (H, P)):
@@ -203,14 +157,6 @@ def _check_groups(H, G):
         raise ValueError(
             f"`B` and `C` must have ngroups dividing nheads = {H} (the third "
             f"axis), got ngroups = {G}"
-        )
-
-
-def _check_blas_dims(H, P, G, N):
-    if H * P > _INT_MAX or G * N > _INT_MAX:
-        raise ValueError(
-            "nheads * headdim and ngroups * dstate must be below 2**31 "
-            f"(BLAS leading dimensions), got {H * P} and {G * N}"
         )
 
 
@@ -399,7 +345,6 @@ def _stage_arrays(x, B, dt_out, dA_cumsum, extra):
     check_shape(B, (nb, L, None, None), "B")
     G, N = B.shape[2:]
     _check_groups(H, G)
-    _check_blas_dims(H, P, G, N)
     nch, cs = _chunk_layout(dt_out, dA_cumsum, nb, H, L)
 
     def cast(a):
@@ -488,8 +433,7 @@ def ssd_chunk_state(x, B, dt_out, dA_cumsum, *, seq_idx=None, workers=None):
     states = np.zeros((nb, nch, H, P, N), dtype=dtype)
     if min(nb, L, H, P, N) == 0:
         return states
-    with _single_threaded_blas():
-        _ssd.chunk_states(x, B, dt_out, dA, seq, has_seq, states, cs, nthreads)
+    _ssd.chunk_states(x, B, dt_out, dA, seq, has_seq, states, cs, nthreads)
     return states
 
 
@@ -699,9 +643,8 @@ def ssd_chunk_scan(x, dt_out, dA_cumsum, B, C, chunk_states, *, D=None, z=None,
     seq, has_seq = _seq_kernel_args(_seq_idx(seq_idx, nb, L))
     y = np.zeros(x.shape, dtype=dtype)
     if min(nb, L, H, P, N) > 0:
-        with _single_threaded_blas():
-            _ssd.chunk_scan(x, dt_out, dA, B, cast(C), cast(chunk_states), seq,
-                            has_seq, y, cs, nthreads)
+        _ssd.chunk_scan(x, dt_out, dA, B, cast(C), cast(chunk_states), seq,
+                        has_seq, y, cs, nthreads)
     return _finish(y, x, None if D is None else cast(D),
                    None if z is None else cast(z))
 
@@ -794,7 +737,8 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     state read out by :math:`C`; between chunks the state is carried by the
     recurrence. Work per token and head is about
     :math:`2Q(\text{dstate} + \text{headdim}) + 4\,\text{headdim}\cdot\text{dstate}`
-    multiply-adds, all in matrix products (BLAS, one thread per task).
+    multiply-adds, all in register-tiled matrix products that skip the
+    masked upper half of the intra-chunk one.
     Each (batch, head) pair is one parallel task that walks its chunks in
     order, so only one state per task is kept and no per-chunk states are
     stored: the working memory is O(workers * Q^2) plus, when several heads
@@ -846,9 +790,8 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
         dt_out, dA = _cumsum(p.processed_dt(), p.A, cs)
         seq, has_seq = p.seq_args()
         y = np.empty(p.x.shape, dtype=p.dtype)
-        with _single_threaded_blas():
-            _ssd.combined(p.x, dt_out, dA, p.B, p.C, seq, has_seq, state,
-                          p.init is not None, y, cs, nthreads)
+        _ssd.combined(p.x, dt_out, dA, p.B, p.C, seq, has_seq, state,
+                      p.init is not None, y, cs, nthreads)
     y = p.finish(y)
     return (y, state) if return_final_states else y
 

@@ -1,0 +1,552 @@
+/*
+ * Body of _ssdchunk.h, included once per element type with T (element),
+ * V (vector of VW elements), S(name) (name with the type's suffix) and
+ * ZM_EXP (exp of T) defined. No include guard: that is the point.
+ */
+
+/* ------------------------------------------------------------------------
+ * One tile: rows r < MR, columns c < NV * VW of
+ *
+ *   acc  = beta * C            (use_c; else 0)
+ *   acc += A1 B1               (k1 terms; A1(r, l) = A1[r * ra1 + l * ka1],
+ *                               B1 row l at B1 + l * ldb1)
+ *   acc *= rs[r]               (rs != NULL)
+ *   acc += A2 B2               (k2 terms, as A1 B1)
+ *   C[r * ldc + c] = acc       (c < ncols)
+ * ------------------------------------------------------------------------ */
+typedef struct {
+    ptrdiff_t k1, ra1, ka1, ldb1;
+    const T *A1, *B1, *rs;
+    ptrdiff_t k2, ra2, ka2, ldb2;
+    const T *A2, *B2;
+    T *C;
+    ptrdiff_t ldc, ncols;
+    T beta;
+    int use_c;
+} S(zm_tile_args);
+
+ZM_INLINE V S(zm_vld)(const T *p)
+{
+    V v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+ZM_INLINE void S(zm_vst)(T *p, V v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+ZM_INLINE void S(zm_tile_run)(const int MR, const int NV,
+                              const S(zm_tile_args) *t)
+{
+    const V zero = {0};
+    V acc[ZM_SSD_MR][2];
+    T part[2 * VW];
+    ptrdiff_t l, c;
+    int r, v, full = t->ncols == NV * VW;
+
+    ZM_UNROLL
+    for (r = 0; r < MR; r++) {
+        ZM_UNROLL
+        for (v = 0; v < NV; v++) {
+            if (!t->use_c) {
+                acc[r][v] = zero;
+            } else if (full) {
+                acc[r][v] = t->beta * S(zm_vld)(t->C + r * t->ldc + v * VW);
+            } else {
+                for (c = 0; c < NV * VW; c++)
+                    part[c] = c < t->ncols ? t->C[r * t->ldc + c] : 0;
+                acc[r][v] = t->beta * S(zm_vld)(part + v * VW);
+            }
+        }
+    }
+    {
+        const T *A = t->A1, *B = t->B1;
+        const ptrdiff_t ra = t->ra1, ka = t->ka1, ldb = t->ldb1;
+        for (l = 0; l < t->k1; l++) {
+            V b0 = S(zm_vld)(B + l * ldb);
+            V b1 = NV > 1 ? S(zm_vld)(B + l * ldb + VW) : zero;
+            ZM_UNROLL
+            for (r = 0; r < MR; r++) {
+                T a = A[r * ra + l * ka];
+                acc[r][0] += a * b0;
+                if (NV > 1)
+                    acc[r][1] += a * b1;
+            }
+        }
+    }
+    if (t->rs != NULL) {
+        ZM_UNROLL
+        for (r = 0; r < MR; r++) {
+            ZM_UNROLL
+            for (v = 0; v < NV; v++)
+                acc[r][v] *= t->rs[r];
+        }
+    }
+    {
+        const T *A = t->A2, *B = t->B2;
+        const ptrdiff_t ra = t->ra2, ka = t->ka2, ldb = t->ldb2;
+        for (l = 0; l < t->k2; l++) {
+            V b0 = S(zm_vld)(B + l * ldb);
+            V b1 = NV > 1 ? S(zm_vld)(B + l * ldb + VW) : zero;
+            ZM_UNROLL
+            for (r = 0; r < MR; r++) {
+                T a = A[r * ra + l * ka];
+                acc[r][0] += a * b0;
+                if (NV > 1)
+                    acc[r][1] += a * b1;
+            }
+        }
+    }
+    ZM_UNROLL
+    for (r = 0; r < MR; r++) {
+        if (full) {
+            ZM_UNROLL
+            for (v = 0; v < NV; v++)
+                S(zm_vst)(t->C + r * t->ldc + v * VW, acc[r][v]);
+        } else {
+            for (v = 0; v < NV; v++)
+                S(zm_vst)(part + v * VW, acc[r][v]);
+            for (c = 0; c < t->ncols; c++)
+                t->C[r * t->ldc + c] = part[c];
+        }
+    }
+}
+
+#define ZM_TILE_FN(MR, NV)                                                  \
+ZM_CLONES static void S(zm_tile_##MR##_##NV)(const S(zm_tile_args) *t)     \
+{                                                                           \
+    S(zm_tile_run)(MR, NV, t);                                              \
+}
+ZM_TILE_FN(1, 1) ZM_TILE_FN(2, 1) ZM_TILE_FN(3, 1)
+ZM_TILE_FN(4, 1) ZM_TILE_FN(5, 1) ZM_TILE_FN(6, 1)
+ZM_TILE_FN(1, 2) ZM_TILE_FN(2, 2) ZM_TILE_FN(3, 2)
+ZM_TILE_FN(4, 2) ZM_TILE_FN(5, 2) ZM_TILE_FN(6, 2)
+#undef ZM_TILE_FN
+
+/* t->C and t->ncols set by the caller; mr rows, nv vectors. */
+static void S(zm_tile)(int mr, int nv, const S(zm_tile_args) *t)
+{
+    static void (*const fn[2][ZM_SSD_MR])(const S(zm_tile_args) *) = {
+        {S(zm_tile_1_1), S(zm_tile_2_1), S(zm_tile_3_1),
+         S(zm_tile_4_1), S(zm_tile_5_1), S(zm_tile_6_1)},
+        {S(zm_tile_1_2), S(zm_tile_2_2), S(zm_tile_3_2),
+         S(zm_tile_4_2), S(zm_tile_5_2), S(zm_tile_6_2)},
+    };
+    fn[nv - 1][mr - 1](t);
+}
+
+/* ------------------------------------------------------------------------
+ * The products of one chunk of m positions. Scratch operands have rows of
+ * Pp (or mp) elements, Pp a multiple of VW.
+ * ------------------------------------------------------------------------ */
+
+/* Y (m, P), row stride ldy:
+ *   Y[i] = e_i (Cc St)[i] + (W Xp)[i]
+ * Cc (m, N) stride ldc; St (N, Pp) the transposed state, or NULL for a zero
+ * state; W (m, m) lower triangular (entries right of the diagonal inside
+ * a tile's rows are zero), stride ldw; Xp (m, Pp). */
+static void S(zm_chunk_y)(T *Y, ptrdiff_t ldy, const T *Cc, ptrdiff_t ldc,
+                          const T *St, const T *e, ptrdiff_t N, const T *W,
+                          ptrdiff_t ldw, const T *Xp, ptrdiff_t m,
+                          ptrdiff_t P, ptrdiff_t Pp)
+{
+    S(zm_tile_args) t;
+    ptrdiff_t i0, j0;
+    memset(&t, 0, sizeof t);
+    t.k1 = St != NULL ? N : 0;
+    t.ra1 = ldc;
+    t.ka1 = 1;
+    t.ldb1 = Pp;
+    t.ka2 = 1;
+    t.ra2 = ldw;
+    t.ldb2 = Pp;
+    t.ldc = ldy;
+    for (j0 = 0; j0 < P; j0 += 2 * VW) {
+        int nv = Pp - j0 >= 2 * VW ? 2 : 1;
+        t.ncols = zm_ssd_min(nv * VW, P - j0);
+        t.B1 = St != NULL ? St + j0 : NULL;
+        t.B2 = Xp + j0;
+        for (i0 = 0; i0 < m; i0 += ZM_SSD_MR) {
+            int mr = (int) zm_ssd_min(ZM_SSD_MR, m - i0);
+            t.A1 = Cc + i0 * ldc;
+            t.rs = St != NULL ? e + i0 : NULL;
+            t.k2 = i0 + mr;
+            t.A2 = W + i0 * ldw;
+            t.C = Y + i0 * ldy + j0;
+            S(zm_tile)(mr, nv, &t);
+        }
+    }
+}
+
+/* St (N, Pp) = carry St + Bc^T Xw; Bc (m, N) stride ldb, Xw (m, Pp).
+ * carry == 0 does not read St. */
+static void S(zm_chunk_state)(T *St, T carry, const T *Bc, ptrdiff_t ldb,
+                              const T *Xw, ptrdiff_t m, ptrdiff_t N,
+                              ptrdiff_t Pp)
+{
+    S(zm_tile_args) t;
+    ptrdiff_t n0, j0;
+    memset(&t, 0, sizeof t);
+    t.k1 = m;
+    t.ra1 = 1;
+    t.ka1 = ldb;
+    t.ldb1 = Pp;
+    t.ldc = Pp;
+    t.beta = carry;
+    t.use_c = carry != 0;
+    for (j0 = 0; j0 < Pp; j0 += 2 * VW) {
+        int nv = Pp - j0 >= 2 * VW ? 2 : 1;
+        t.ncols = nv * VW;
+        t.B1 = Xw + j0;
+        for (n0 = 0; n0 < N; n0 += ZM_SSD_MR) {
+            int mr = (int) zm_ssd_min(ZM_SSD_MR, N - n0);
+            t.A1 = Bc + n0;
+            t.C = St + n0 * Pp + j0;
+            S(zm_tile)(mr, nv, &t);
+        }
+    }
+}
+
+/* CB (m, mp), stride ldcb >= mp: (Cc Bc^T)[i, j] for j <= i; the entries
+ * right of the diagonal are written too (zero in the padding columns), and
+ * never used. Bt: scratch (N, mp), mp >= m a multiple of VW. */
+static void S(zm_chunk_cb)(T *CB, ptrdiff_t ldcb, const T *Cc,
+                           const T *Bc, ptrdiff_t ldb, ptrdiff_t m,
+                           ptrdiff_t N, T *Bt, ptrdiff_t mp)
+{
+    S(zm_tile_args) t;
+    ptrdiff_t i0, j0, j, n;
+    for (n = 0; n < N; n++) {
+        T *row = Bt + n * mp;
+        for (j = 0; j < m; j++)
+            row[j] = Bc[j * ldb + n];
+        for (; j < mp; j++)
+            row[j] = 0;
+    }
+    memset(&t, 0, sizeof t);
+    t.k1 = N;
+    t.ra1 = ldb;
+    t.ka1 = 1;
+    t.ldb1 = mp;
+    t.ldc = ldcb;
+    for (j0 = 0; j0 < m; j0 += 2 * VW) {
+        int nv = mp - j0 >= 2 * VW ? 2 : 1;
+        t.ncols = nv * VW;
+        t.B1 = Bt + j0;
+        for (i0 = j0 / ZM_SSD_MR * ZM_SSD_MR; i0 < m; i0 += ZM_SSD_MR) {
+            int mr = (int) zm_ssd_min(ZM_SSD_MR, m - i0);
+            t.A1 = Cc + i0 * ldb;
+            t.C = CB + i0 * ldcb + j0;
+            S(zm_tile)(mr, nv, &t);
+        }
+    }
+}
+
+/* exp(d), d clamped to <= 0 when the chunk's decays never grow. */
+ZM_INLINE T S(zm_ssd_decay)(T d, int clamp)
+{
+    if (clamp && d > 0)
+        d = 0;
+    return ZM_EXP(d);
+}
+
+/* Whether a chunk's cumulative decay never grows (all dt'A <= 0). */
+static int S(zm_ssd_nonincreasing)(const T *cs, ptrdiff_t m)
+{
+    ptrdiff_t i;
+    if (m > 0 && cs[0] > 0)
+        return 0;
+    for (i = 1; i < m; i++)
+        if (cs[i] > cs[i - 1])
+            return 0;
+    return 1;
+}
+
+/* The masked decay matrix of one chunk, W (m, mp) with row stride mp:
+ *   W[i, j] = CB[i, j] exp(cs_i - cs_j) dt_j  for j <= i,
+ * 0 for i < j < (the end of i's tile of ZM_SSD_MR rows), and 0 where j and
+ * i belong to different sequences. The exponent is clamped to <= 0 when
+ * `clamp`. csp, dtp: scratch of mp elements. Each row is computed to a
+ * multiple of VW columns (CB has mp columns), so that the loops have no
+ * scalar tails; the entries right of the diagonal are then zeroed. */
+ZM_INLINE void S(zm_decay_matrix)(T *restrict W, const T *restrict CB,
+                                  ptrdiff_t ldcb, const T *restrict cs,
+                                  const T *restrict dt, const long long *sq,
+                                  ptrdiff_t m, ptrdiff_t mp, int clamp,
+                                  T *restrict csp, T *restrict dtp)
+{
+    ptrdiff_t i, j;
+    for (j = 0; j < m; j++) {
+        csp[j] = cs[j];
+        dtp[j] = dt[j];
+    }
+    for (; j < mp; j++) {
+        csp[j] = cs[m - 1];
+        dtp[j] = 0;
+    }
+    for (i = 0; i < m; i++) {
+        T *restrict Wi = W + i * mp;
+        const T *restrict cbi = CB + i * ldcb;
+        const T csi = cs[i];
+        const ptrdiff_t n = zm_ssd_round(i + 1, VW);
+        const ptrdiff_t tile_end = zm_ssd_min(m, i - i % ZM_SSD_MR + ZM_SSD_MR);
+        if (clamp) {
+            for (j = 0; j < n; j++) {
+                T d = csi - csp[j];
+                d = d > 0 ? 0 : d;
+                Wi[j] = cbi[j] * ZM_EXP(d) * dtp[j];
+            }
+        } else {
+            for (j = 0; j < n; j++)
+                Wi[j] = cbi[j] * ZM_EXP(csi - csp[j]) * dtp[j];
+        }
+        for (j = i + 1; j < n || j < tile_end; j++)
+            Wi[j] = 0;
+        if (sq != NULL && sq[0] != sq[m - 1])
+            for (j = 0; j <= i; j++)
+                if (sq[j] != sq[i])
+                    Wi[j] = 0;
+    }
+}
+
+/* e_i = exp(cs_i) (the entering state's decay to position i) and
+ * w_l = exp(cs_last - cs_l) dt_l (position l's weight in the chunk's end
+ * state), exponents clamped to <= 0 when `clamp`; 0 across a sequence
+ * boundary. */
+ZM_INLINE void S(zm_chunk_weights)(T *restrict e, T *restrict w,
+                                   const T *restrict cs,
+                                   const T *restrict dt,
+                                   const long long *sq, ptrdiff_t m,
+                                   int clamp)
+{
+    const T last = cs[m - 1];
+    ptrdiff_t i;
+    if (clamp) {
+        for (i = 0; i < m; i++) {
+            T a = cs[i], b = last - cs[i];
+            e[i] = ZM_EXP(a > 0 ? 0 : a);
+            w[i] = ZM_EXP(b > 0 ? 0 : b) * dt[i];
+        }
+    } else {
+        for (i = 0; i < m; i++) {
+            e[i] = ZM_EXP(cs[i]);
+            w[i] = ZM_EXP(last - cs[i]) * dt[i];
+        }
+    }
+    if (sq != NULL && sq[0] != sq[m - 1])
+        for (i = 0; i < m; i++) {
+            if (sq[i] != sq[0])
+                e[i] = 0;
+            if (sq[i] != sq[m - 1])
+                w[i] = 0;
+        }
+}
+
+/* ------------------------------------------------------------------------
+ * One chunk of one head, and the walks built on it.
+ *
+ * Scratch of one thread (zm_ssd_scratch(cm, P, N, VW, sizeof(T)) elements,
+ * cm the longest chunk): the transposed state St (N, Pp) and the chunk's
+ * operands.
+ * ------------------------------------------------------------------------ */
+typedef struct {
+    T *St, *Xp, *Xw, *W, *e, *wv, *csp, *dtp, *CBw, *Bt;
+    ptrdiff_t Pp, mp;
+} S(zm_ssd_ws);
+
+ZM_INLINE T *S(zm_carve)(T **p, ptrdiff_t n)
+{
+    T *r = *p;
+    *p += zm_ssd_round(n, 64 / (ptrdiff_t) sizeof(T));
+    return r;
+}
+
+/* Carve the scratch; the padding columns of St, Xp and Xw are zeroed (and
+ * stay zero). */
+static S(zm_ssd_ws) S(zm_ssd_workspace)(T *work, ptrdiff_t cm, ptrdiff_t P,
+                                        ptrdiff_t N)
+{
+    S(zm_ssd_ws) ws;
+    T *p = (T *) (((uintptr_t) work + 63) & ~(uintptr_t) 63);
+    ws.Pp = zm_ssd_round(P, VW);
+    ws.mp = zm_ssd_round(cm, VW);
+    ws.St = S(zm_carve)(&p, N * ws.Pp);
+    ws.Xp = S(zm_carve)(&p, cm * ws.Pp);
+    ws.Xw = S(zm_carve)(&p, cm * ws.Pp);
+    ws.W = S(zm_carve)(&p, cm * ws.mp);
+    ws.e = S(zm_carve)(&p, cm);
+    ws.wv = S(zm_carve)(&p, cm);
+    ws.csp = S(zm_carve)(&p, ws.mp);
+    ws.dtp = S(zm_carve)(&p, ws.mp);
+    ws.CBw = S(zm_carve)(&p, cm * ws.mp);
+    ws.Bt = S(zm_carve)(&p, N * ws.mp);
+    memset(ws.St, 0, N * ws.Pp * sizeof(T));
+    memset(ws.Xp, 0, cm * ws.Pp * sizeof(T));
+    memset(ws.Xw, 0, cm * ws.Pp * sizeof(T));
+    return ws;
+}
+
+/* St (N, Pp) <- state (P, N), or the reverse. */
+static void S(zm_ssd_state_in)(const S(zm_ssd_ws) *ws, const T *state,
+                               ptrdiff_t P, ptrdiff_t N)
+{
+    ptrdiff_t j, n;
+    for (n = 0; n < N; n++)
+        for (j = 0; j < P; j++)
+            ws->St[n * ws->Pp + j] = state[j * N + n];
+}
+
+static void S(zm_ssd_state_out)(const S(zm_ssd_ws) *ws, T *state,
+                                ptrdiff_t P, ptrdiff_t N)
+{
+    ptrdiff_t j, n;
+    for (j = 0; j < P; j++)
+        for (n = 0; n < N; n++)
+            state[j * N + n] = ws->St[n * ws->Pp + j];
+}
+
+/* One chunk of m positions of one head:
+ *   Y != NULL: Y = (E o C B^T) diag(dt) X + diag(exp(cs)) C St^T
+ *              (the state term only when has_state);
+ *   advance:   St = exp(cs_last) St + B^T diag(w) X   (St read only when
+ *              has_state).
+ * X, Y: (m, P) row stride ldx; Bc, Cc: (m, N) row stride ldb; dt, cs, sq:
+ * (m,) (sq NULL: one sequence); CB: C B^T (m, mp) with row stride mp, or
+ * NULL to form it here. */
+ZM_INLINE void S(zm_ssd_chunk)(const S(zm_ssd_ws) *ws, const T *X, T *Y,
+                               ptrdiff_t ldx, const T *Bc, const T *Cc,
+                               ptrdiff_t ldb, const T *dt, const T *cs,
+                               const long long *sq, const T *CB,
+                               int has_state, int advance, ptrdiff_t m,
+                               ptrdiff_t P, ptrdiff_t N)
+{
+    const ptrdiff_t Pp = ws->Pp, mp = ws->mp;
+    const int mixed = sq != NULL && sq[0] != sq[m - 1];
+    const int clamp = S(zm_ssd_nonincreasing)(cs, m);
+    ptrdiff_t j, l;
+
+    S(zm_chunk_weights)(ws->e, ws->wv, cs, dt, sq, m, clamp);
+    for (l = 0; l < m; l++) {
+        const T *src = X + l * ldx;
+        T *xp = ws->Xp + l * Pp, *xw = ws->Xw + l * Pp;
+        const T w = ws->wv[l];
+        for (j = 0; j < P; j++) {
+            xp[j] = src[j];
+            xw[j] = w * src[j];
+        }
+    }
+    if (Y != NULL) {
+        if (CB == NULL) {
+            S(zm_chunk_cb)(ws->CBw, mp, Cc, Bc, ldb, m, N, ws->Bt, mp);
+            CB = ws->CBw;
+        }
+        S(zm_decay_matrix)(ws->W, CB, mp, cs, dt, sq, m, mp, clamp, ws->csp,
+                           ws->dtp);
+        S(zm_chunk_y)(Y, ldx, Cc, ldb, has_state ? ws->St : NULL, ws->e, N,
+                      ws->W, mp, ws->Xp, m, P, Pp);
+    }
+    if (advance) {
+        T carry = has_state && !mixed ? S(zm_ssd_decay)(cs[m - 1], clamp) : 0;
+        S(zm_chunk_state)(ws->St, carry, Bc, ldb, ws->Xw, m, N, Pp);
+    }
+}
+
+/* Ask for the rows of the next chunk's x, B and C while this one is
+ * computed (the walk reads each of them once, from memory). */
+ZM_INLINE void S(zm_ssd_prefetch)(const T *X, ptrdiff_t ldx, ptrdiff_t P,
+                                  const T *Bc, const T *Cc, ptrdiff_t ldb,
+                                  ptrdiff_t N, ptrdiff_t m)
+{
+#if defined(__GNUC__)
+    const ptrdiff_t line = 64 / (ptrdiff_t) sizeof(T);
+    ptrdiff_t l, k;
+    for (l = 0; l < m; l++) {
+        for (k = 0; k < P; k += line)
+            __builtin_prefetch(X + l * ldx + k, 0, 2);
+        for (k = 0; k < N; k += line) {
+            __builtin_prefetch(Bc + l * ldb + k, 0, 2);
+            __builtin_prefetch(Cc + l * ldb + k, 0, 2);
+        }
+    }
+#else
+    (void) X; (void) ldx; (void) P; (void) Bc; (void) Cc; (void) ldb;
+    (void) N; (void) m;
+#endif
+}
+
+/* One (batch, head) task of the fused chunked scan: its chunks in order,
+ * each one's output from the running state, then the state advanced
+ * through the chunk.
+ *
+ * x, y: (L, P) of this head, row stride ldx; B, C: (L, N) of its group,
+ * row stride ldb; dt, cs: (L,) step sizes and per-chunk cumulative decays;
+ * seq: (L,) sequence ids or NULL; CB: chunk c's C B^T at CB + c * cbstride
+ * (zm_ssd_cb), or NULL to form it per chunk; state: (P, N), the initial
+ * state (has_init) on entry, the final one on return. */
+ZM_CLONES
+static void S(zm_ssd_walk)(const T *x, T *y, const T *B, const T *C,
+                           const T *dt, const T *cs, const long long *seq,
+                           const T *CBall, ptrdiff_t cbstride, T *state,
+                           int has_init, ptrdiff_t ldx, ptrdiff_t ldb,
+                           ptrdiff_t L, ptrdiff_t P, ptrdiff_t N,
+                           ptrdiff_t csz, T *work)
+{
+    const ptrdiff_t nch = (L + csz - 1) / csz;
+    const S(zm_ssd_ws) ws = S(zm_ssd_workspace)(work, zm_ssd_min(csz, L),
+                                                P, N);
+    int has_state = has_init;
+    ptrdiff_t c;
+
+    if (has_state)
+        S(zm_ssd_state_in)(&ws, state, P, N);
+    for (c = 0; c < nch; c++) {
+        const ptrdiff_t t0 = c * csz;
+        const long long *sq = seq != NULL ? seq + t0 : NULL;
+        /* a sequence starting at the chunk's first position */
+        if (sq != NULL && t0 > 0 && sq[0] != sq[-1])
+            has_state = 0;
+        if (c + 1 < nch)
+            S(zm_ssd_prefetch)(x + (t0 + csz) * ldx, ldx, P,
+                               B + (t0 + csz) * ldb, C + (t0 + csz) * ldb,
+                               ldb, N, zm_ssd_min(csz, L - t0 - csz));
+        S(zm_ssd_chunk)(&ws, x + t0 * ldx, y + t0 * ldx, ldx, B + t0 * ldb,
+                        C + t0 * ldb, ldb, dt + t0, cs + t0, sq,
+                        CBall != NULL ? CBall + c * cbstride : NULL,
+                        has_state, 1, zm_ssd_min(csz, L - t0), P, N);
+        has_state = 1;
+    }
+    S(zm_ssd_state_out)(&ws, state, P, N);
+}
+
+/* One chunk of the staged algorithm. With y != NULL: the chunk's output
+ * from the state entering it, `state` (P, N) (chunk scan); otherwise the
+ * chunk's end state from zero into `state` (chunk state). */
+ZM_CLONES
+static void S(zm_ssd_stage)(const T *x, T *y, const T *B, const T *C,
+                            const T *dt, const T *cs, const long long *sq,
+                            T *state, ptrdiff_t ldx, ptrdiff_t ldb,
+                            ptrdiff_t m, ptrdiff_t cm, ptrdiff_t P,
+                            ptrdiff_t N, T *work)
+{
+    const S(zm_ssd_ws) ws = S(zm_ssd_workspace)(work, cm, P, N);
+    if (y != NULL) {
+        S(zm_ssd_state_in)(&ws, state, P, N);
+        S(zm_ssd_chunk)(&ws, x, y, ldx, B, C, ldb, dt, cs, sq, NULL, 1, 0,
+                        m, P, N);
+    } else {
+        S(zm_ssd_chunk)(&ws, x, NULL, ldx, B, C, ldb, dt, cs, sq, NULL, 0, 1,
+                        m, P, N);
+        S(zm_ssd_state_out)(&ws, state, P, N);
+    }
+}
+
+/* C B^T of one chunk into CB (m rows, row stride ldcb), for a first pass
+ * shared by the heads of a group. work: N * zm_ssd_round(m, VW) + 64 bytes. */
+static void S(zm_ssd_cb)(T *CB, ptrdiff_t ldcb, const T *Cc, const T *Bc,
+                         ptrdiff_t ldb, ptrdiff_t m, ptrdiff_t N, T *work)
+{
+    T *Bt = (T *) (((uintptr_t) work + 63) & ~(uintptr_t) 63);
+    S(zm_chunk_cb)(CB, ldcb, Cc, Bc, ldb, m, N, Bt, zm_ssd_round(m, VW));
+}
