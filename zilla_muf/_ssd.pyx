@@ -50,12 +50,12 @@ per-position state and no (L, L) matrix per head
 and chunk is ever stored beyond the one a thread works on.
 """
 from cython.parallel cimport prange, threadid
-from libc.math cimport exp, expf
+from libc.math cimport exp, expf, fabs, log1p
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from zilla_muf._types cimport real_t
-from zilla_muf._vmath cimport vexp
+from zilla_muf._vmath cimport vexp, zm_softplusf
 
 
 # ---------------------------------------------------------------------------
@@ -286,6 +286,61 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
                           cbsz, &state[b, h, 0, 0], has_init, ldx, ldb, L, P,
                           N, chunk_size, buf + tid * scr.per_thread)
     return scr.count()
+
+
+# ---------------------------------------------------------------------------
+# Step sizes: dt' and the per-chunk cumulative decays, one (batch, head) task
+# each.
+# ---------------------------------------------------------------------------
+
+cdef inline real_t softplus(real_t v) noexcept nogil:
+    """log(1 + e^v), overflow-free (NaN propagates)."""
+    if real_t is float:
+        return zm_softplusf(v)
+    else:
+        return (v if v > 0 else 0) + log1p(exp(-fabs(v)))
+
+
+def process_dt(const real_t[:, :, ::1] dt, const real_t[::1] bias,
+               bint has_bias, bint dt_softplus, double lo, double hi,
+               const real_t[::1] A, bint has_A, Py_ssize_t chunk_size,
+               real_t[:, :, ::1] dt_out, real_t[:, :, ::1] dA,
+               int num_threads):
+    """dt_out[b, h, t] = clamp(softplus(dt[b, t, h] + bias[h]), lo, hi)
+    (softplus and bias optional) for t < seqlen, 0 in the padding; with
+    has_A, dA[b, h, t] = the inclusive sum of dt_out * A[h] from the start of
+    t's chunk (constant over the padding)."""
+    cdef Py_ssize_t nb = dt.shape[0], L = dt.shape[1], H = dt.shape[2]
+    cdef Py_ssize_t Lp = dt_out.shape[2], task, b, h, t
+    cdef real_t v, acc, a, bh, rlo = <real_t> lo, rhi = <real_t> hi
+    cdef real_t *out
+    cdef real_t *cs
+    for task in prange(nb * H, num_threads=num_threads, schedule='static',
+                       nogil=True):
+        b = task // H
+        h = task % H
+        bh = bias[h] if has_bias else 0
+        a = A[h] if has_A else 0
+        out = &dt_out[b, h, 0]
+        for t in range(L):
+            v = dt[b, t, h] + bh
+            if dt_softplus:
+                v = softplus(v)
+            if v < rlo:
+                v = rlo
+            if v > rhi:
+                v = rhi
+            out[t] = v
+        for t in range(L, Lp):
+            out[t] = 0
+        if has_A:
+            cs = &dA[b, h, 0]
+            acc = 0
+            for t in range(Lp):
+                if t % chunk_size == 0:
+                    acc = 0
+                acc = acc + out[t] * a
+                cs[t] = acc
 
 
 # ---------------------------------------------------------------------------

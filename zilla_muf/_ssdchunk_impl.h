@@ -138,6 +138,33 @@ static void S(zm_tile)(int mr, int nv, const S(zm_tile_args) *t)
 }
 
 /* ------------------------------------------------------------------------
+ * Prefetching: the rows of the next chunk's x are requested a few cache
+ * lines per tile while this chunk is computed, so that they arrive from
+ * memory without a burst of misses that would stall the products.
+ * ------------------------------------------------------------------------ */
+typedef struct {
+    const T *base;
+    ptrdiff_t ld, row, nrows, col, ncols;
+} S(zm_pf);
+
+ZM_INLINE void S(zm_pf_step)(S(zm_pf) *pf, int lines)
+{
+    const ptrdiff_t step = 64 / (ptrdiff_t) sizeof(T);
+    if (pf == NULL)
+        return;
+    for (; lines > 0 && pf->row < pf->nrows; lines--) {
+#if defined(__GNUC__)
+        __builtin_prefetch(pf->base + pf->row * pf->ld + pf->col, 0, 3);
+#endif
+        pf->col += step;
+        if (pf->col >= pf->ncols) {
+            pf->col = 0;
+            pf->row++;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
  * The products of one chunk of m positions. Scratch operands have rows of
  * Pp (or mp) elements, Pp a multiple of VW.
  * ------------------------------------------------------------------------ */
@@ -150,7 +177,7 @@ static void S(zm_tile)(int mr, int nv, const S(zm_tile_args) *t)
 static void S(zm_chunk_y)(T *Y, ptrdiff_t ldy, const T *Cc, ptrdiff_t ldc,
                           const T *St, const T *e, ptrdiff_t N, const T *W,
                           ptrdiff_t ldw, const T *Xp, ptrdiff_t m,
-                          ptrdiff_t P, ptrdiff_t Pp)
+                          ptrdiff_t P, ptrdiff_t Pp, S(zm_pf) *pf)
 {
     S(zm_tile_args) t;
     ptrdiff_t i0, j0;
@@ -175,6 +202,7 @@ static void S(zm_chunk_y)(T *Y, ptrdiff_t ldy, const T *Cc, ptrdiff_t ldc,
             t.k2 = i0 + mr;
             t.A2 = W + i0 * ldw;
             t.C = Y + i0 * ldy + j0;
+            S(zm_pf_step)(pf, 4);
             S(zm_tile)(mr, nv, &t);
         }
     }
@@ -184,7 +212,7 @@ static void S(zm_chunk_y)(T *Y, ptrdiff_t ldy, const T *Cc, ptrdiff_t ldc,
  * carry == 0 does not read St. */
 static void S(zm_chunk_state)(T *St, T carry, const T *Bc, ptrdiff_t ldb,
                               const T *Xw, ptrdiff_t m, ptrdiff_t N,
-                              ptrdiff_t Pp)
+                              ptrdiff_t Pp, S(zm_pf) *pf)
 {
     S(zm_tile_args) t;
     ptrdiff_t n0, j0;
@@ -204,6 +232,7 @@ static void S(zm_chunk_state)(T *St, T carry, const T *Bc, ptrdiff_t ldb,
             int mr = (int) zm_ssd_min(ZM_SSD_MR, N - n0);
             t.A1 = Bc + n0;
             t.C = St + n0 * Pp + j0;
+            S(zm_pf_step)(pf, 4);
             S(zm_tile)(mr, nv, &t);
         }
     }
@@ -420,7 +449,7 @@ ZM_INLINE void S(zm_ssd_chunk)(const S(zm_ssd_ws) *ws, const T *X, T *Y,
                                ptrdiff_t ldb, const T *dt, const T *cs,
                                const long long *sq, const T *CB,
                                int has_state, int advance, ptrdiff_t m,
-                               ptrdiff_t P, ptrdiff_t N)
+                               ptrdiff_t P, ptrdiff_t N, S(zm_pf) *pf)
 {
     const ptrdiff_t Pp = ws->Pp, mp = ws->mp;
     const int mixed = sq != NULL && sq[0] != sq[m - 1];
@@ -445,35 +474,12 @@ ZM_INLINE void S(zm_ssd_chunk)(const S(zm_ssd_ws) *ws, const T *X, T *Y,
         S(zm_decay_matrix)(ws->W, CB, mp, cs, dt, sq, m, mp, clamp, ws->csp,
                            ws->dtp);
         S(zm_chunk_y)(Y, ldx, Cc, ldb, has_state ? ws->St : NULL, ws->e, N,
-                      ws->W, mp, ws->Xp, m, P, Pp);
+                      ws->W, mp, ws->Xp, m, P, Pp, pf);
     }
     if (advance) {
         T carry = has_state && !mixed ? S(zm_ssd_decay)(cs[m - 1], clamp) : 0;
-        S(zm_chunk_state)(ws->St, carry, Bc, ldb, ws->Xw, m, N, Pp);
+        S(zm_chunk_state)(ws->St, carry, Bc, ldb, ws->Xw, m, N, Pp, pf);
     }
-}
-
-/* Ask for the rows of the next chunk's x, B and C while this one is
- * computed (the walk reads each of them once, from memory). */
-ZM_INLINE void S(zm_ssd_prefetch)(const T *X, ptrdiff_t ldx, ptrdiff_t P,
-                                  const T *Bc, const T *Cc, ptrdiff_t ldb,
-                                  ptrdiff_t N, ptrdiff_t m)
-{
-#if defined(__GNUC__)
-    const ptrdiff_t line = 64 / (ptrdiff_t) sizeof(T);
-    ptrdiff_t l, k;
-    for (l = 0; l < m; l++) {
-        for (k = 0; k < P; k += line)
-            __builtin_prefetch(X + l * ldx + k, 0, 2);
-        for (k = 0; k < N; k += line) {
-            __builtin_prefetch(Bc + l * ldb + k, 0, 2);
-            __builtin_prefetch(Cc + l * ldb + k, 0, 2);
-        }
-    }
-#else
-    (void) X; (void) ldx; (void) P; (void) Bc; (void) Cc; (void) ldb;
-    (void) N; (void) m;
-#endif
 }
 
 /* One (batch, head) task of the fused chunked scan: its chunks in order,
@@ -507,14 +513,13 @@ static void S(zm_ssd_walk)(const T *x, T *y, const T *B, const T *C,
         /* a sequence starting at the chunk's first position */
         if (sq != NULL && t0 > 0 && sq[0] != sq[-1])
             has_state = 0;
-        if (c + 1 < nch)
-            S(zm_ssd_prefetch)(x + (t0 + csz) * ldx, ldx, P,
-                               B + (t0 + csz) * ldb, C + (t0 + csz) * ldb,
-                               ldb, N, zm_ssd_min(csz, L - t0 - csz));
+        const int more = c + 1 < nch;
+        S(zm_pf) pf = {more ? x + (t0 + csz) * ldx : x, ldx, 0,
+                       more ? zm_ssd_min(csz, L - t0 - csz) : 0, 0, P};
         S(zm_ssd_chunk)(&ws, x + t0 * ldx, y + t0 * ldx, ldx, B + t0 * ldb,
                         C + t0 * ldb, ldb, dt + t0, cs + t0, sq,
                         CBall != NULL ? CBall + c * cbstride : NULL,
-                        has_state, 1, zm_ssd_min(csz, L - t0), P, N);
+                        has_state, 1, zm_ssd_min(csz, L - t0), P, N, &pf);
         has_state = 1;
     }
     S(zm_ssd_state_out)(&ws, state, P, N);
@@ -534,10 +539,10 @@ static void S(zm_ssd_stage)(const T *x, T *y, const T *B, const T *C,
     if (y != NULL) {
         S(zm_ssd_state_in)(&ws, state, P, N);
         S(zm_ssd_chunk)(&ws, x, y, ldx, B, C, ldb, dt, cs, sq, NULL, 1, 0,
-                        m, P, N);
+                        m, P, N, NULL);
     } else {
         S(zm_ssd_chunk)(&ws, x, NULL, ldx, B, C, ldb, dt, cs, sq, NULL, 0, 1,
-                        m, P, N);
+                        m, P, N, NULL);
         S(zm_ssd_state_out)(&ws, state, P, N);
     }
 }

@@ -134,10 +134,11 @@ class _Problem:
     def degenerate(self):
         return min(self.nb, self.L, self.H, self.P, self.N) == 0
 
-    def processed_dt(self):
-        """dt' as (batch, nheads, seqlen)."""
-        return _process_dt(self.dt, self.dt_bias, self.dt_softplus,
-                           self.dt_limit).transpose(0, 2, 1)
+    def processed_dt(self, chunk_size=None, nthreads=1):
+        """dt' as (batch, nheads, seqlen); with a chunk size, (dt_out,
+        dA_cumsum) as (batch, nheads, nchunks * chunk_size), padded."""
+        return _step_sizes(self.dt, self.A, self.dt_bias, self.dt_softplus,
+                           self.dt_limit, chunk_size, nthreads)
 
     def state(self):
         """A fresh (batch, nheads, headdim, dstate) state: the initial one or 0."""
@@ -207,17 +208,21 @@ def _chunk_size(chunk_size, L):
     return max(1, min(cs, L))
 
 
-def _cumsum(dtp, A, cs):
-    """(dt_out, dA_cumsum) as (batch, nheads, nchunks * cs), padded."""
-    nb, H, L = dtp.shape
-    nch = -(-L // cs)
-    dt_out = np.zeros((nb, H, nch * cs), dtype=dtp.dtype)
-    dt_out[:, :, :L] = dtp
-    dA = np.zeros_like(dt_out)
-    np.multiply(dtp, A[:, None], out=dA[:, :, :L])
-    dA4 = dA.reshape(nb, H, nch, cs)
-    np.cumsum(dA4, axis=-1, out=dA4)
-    return dt_out, dA
+def _step_sizes(dt, A, dt_bias, dt_softplus, dt_limit, chunk_size, nthreads):
+    """The processed steps of C-contiguous (batch, seqlen, nheads) `dt`, as
+    (batch, nheads, seqlen); with `chunk_size`, (dt_out, dA_cumsum) as
+    (batch, nheads, nchunks * chunk_size), zero-padded and with the decay
+    sums restarted at every chunk."""
+    nb, L, H = dt.shape
+    cs = L if chunk_size is None else chunk_size
+    Lp = -(-L // cs) * cs if L else 0
+    dt_out = np.empty((nb, H, Lp), dtype=dt.dtype)
+    dA = dt_out if chunk_size is None else np.empty_like(dt_out)
+    bias = dt_bias if dt_bias is not None else np.zeros(1, dtype=dt.dtype)
+    lo, hi = dt_limit
+    _ssd.process_dt(dt, bias, dt_bias is not None, dt_softplus, lo, hi, A,
+                    chunk_size is not None, max(cs, 1), dt_out, dA, nthreads)
+    return dt_out if chunk_size is None else (dt_out, dA)
 
 
 def _chunk_layout(dt_out, dA_cumsum, nb, H, L):
@@ -325,9 +330,9 @@ def ssd_chunk_cumsum(dt, A, *, chunk_size, dt_bias=None, dt_softplus=False,
     if dt_bias is not None:
         check_shape(dt_bias, (H,), "dt_bias")
         dt_bias = dt_bias.astype(dtype)
-    dtp = _process_dt(dt.astype(dtype), dt_bias, bool(dt_softplus),
-                      _dt_limit(dt_limit)).transpose(0, 2, 1)
-    dt_out, dA = _cumsum(dtp, A.astype(dtype), cs)
+    dt_out, dA = _step_sizes(np.ascontiguousarray(dt, dtype=dtype),
+                             np.ascontiguousarray(A, dtype=dtype), dt_bias,
+                             bool(dt_softplus), _dt_limit(dt_limit), cs, 1)
     nch = dt_out.shape[2] // cs
     return dt_out.reshape(nb, H, nch, cs), dA.reshape(nb, H, nch, cs)
 
@@ -787,7 +792,7 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     if p.degenerate:
         y = np.zeros(p.x.shape, dtype=p.dtype)
     else:
-        dt_out, dA = _cumsum(p.processed_dt(), p.A, cs)
+        dt_out, dA = p.processed_dt(cs, nthreads)
         seq, has_seq = p.seq_args()
         y = np.empty(p.x.shape, dtype=p.dtype)
         _ssd.combined(p.x, dt_out, dA, p.B, p.C, seq, has_seq, state,
@@ -875,7 +880,7 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     y = np.zeros(p.x.shape, dtype=p.dtype)
     if not p.degenerate:
         seq, has_seq = p.seq_args()
-        _ssd.sequential(p.x, np.ascontiguousarray(p.processed_dt()), p.A,
+        _ssd.sequential(p.x, p.processed_dt(), p.A,
                         p.B, p.C, seq, has_seq, state, y, nthreads)
     y = p.finish(y)
     return (y, state) if return_final_states else y
@@ -950,7 +955,8 @@ def ssd_quadratic(x, dt, A, B, C, *, D=None, z=None, dt_bias=None,
                  dt_softplus=dt_softplus, dt_limit=dt_limit)
     y = np.zeros(p.x.shape, dtype=p.dtype)
     if not p.degenerate:
-        dtp = p.processed_dt()                   # (batch, nheads, seqlen)
+        dtp = _process_dt(p.dt, p.dt_bias, p.dt_softplus,
+                          p.dt_limit).transpose(0, 2, 1)  # (batch, nheads, seqlen)
         rep = p.H // p.G
         for b in range(p.nb):
             for h in range(p.H):
@@ -1054,7 +1060,7 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
         )
     y = np.zeros(p.x.shape, dtype=p.dtype)
     if not p.degenerate:
-        _ssd.sequential(p.x, np.ascontiguousarray(p.processed_dt()), p.A,
+        _ssd.sequential(p.x, p.processed_dt(), p.A,
                         p.B, p.C, np.zeros((1, 1), dtype=np.int64), False,
                         state, y, 1)
     return p.finish(y)[:, 0]
