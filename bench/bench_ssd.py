@@ -279,7 +279,7 @@ def main(argv=None):
 
     # crossover: sequential vs chunked over seqlen, case-1 head shape
     sweep = []
-    for L in (16, 32, 64, 128, 256, 512, 1024, 2048):
+    for L in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048):
         inputs = make_inputs((1, L, 8, 64, 1, 64))
         tc = best_time(lambda: run_ours(inputs, None), repeat=repeat, min_time=0.02)
         ts = best_time(lambda: run_sequential(inputs), repeat=repeat, min_time=0.02)

@@ -71,6 +71,7 @@ cdef extern from *:
        row in a fixed order (the compiler vectorises them; the result does
        not depend on the thread count). */
     #define ZM_SEQ_STEP(NAME, T)                                            \
+    ZM_CLONES                                                               \
     static void NAME(T *restrict S, const T *restrict x,                    \
                      const T *restrict Bt, const T *restrict Ct, T a, T d,  \
                      Py_ssize_t P, Py_ssize_t N, T *restrict y) {           \

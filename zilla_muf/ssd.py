@@ -854,10 +854,11 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     :math:`2\,\text{headdim}\cdot\text{dstate}` multiply-adds per token and
     head, with one state per (batch, head) held in cache, but as vector
     operations rather than matrix products: faster than the chunked
-    algorithm for short sequences only. On a 2-core x86-64 machine with
-    batch 1, 8 heads and a 64 x 64 state per head, it was faster up to
-    seqlen 32 and slower from seqlen 64 on (``bench/bench_ssd.py`` measures
-    the crossover on a given machine).
+    algorithm for very short sequences only. On a 2-core x86-64 machine
+    with batch 1, 8 heads and a 64 x 64 state per head, it was faster up to
+    seqlen 4 and slower from seqlen 8 on (``bench/bench_ssd.py`` measures
+    the crossover on a given machine); decoding one token at a time
+    (:func:`selective_state_update`) is where it belongs.
 
     .. versionadded:: 0.1.0
 
