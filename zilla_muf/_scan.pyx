@@ -219,6 +219,47 @@ cdef inline void cols_scan(const scalar_t *a, const scalar_t *b, scalar_t *o,
         prev = oi
 
 
+cdef inline void cols_scan_shared(const scalar_t *a, const scalar_t *b,
+                                  scalar_t *o, const scalar_t *init,
+                                  Py_ssize_t w, Py_ssize_t m, Py_ssize_t step,
+                                  Py_ssize_t blk, Py_ssize_t nblk) noexcept nogil:
+    """cols_scan of channel block `blk` of `nblk` that share every step's
+    memory with the others, each on its own thread. A 2 MiB page of the
+    output then holds the steps of every block, and the thread that first
+    writes it zeroes it while the others wait; instead, each thread faults
+    in (by writing its own first channel of a step ahead) every nblk-th
+    2 MiB region of the output, two regions ahead of the scan, so that the
+    zeroing of fresh pages is shared out and done before it is needed."""
+    cdef Py_ssize_t i, c, t, ahead
+    cdef Py_ssize_t rowb = (step if step > 0 else -step) * sizeof(scalar_t)
+    cdef Py_ssize_t per = (2 << 20) // rowb if rowb < (2 << 20) else 1
+    cdef const scalar_t *ai
+    cdef const scalar_t *bi
+    cdef const scalar_t *prev = init
+    cdef scalar_t *oi
+    cdef volatile scalar_t *touch
+    if per < 1:
+        per = 1
+    ahead = 2 * per
+    for t in range(imin(ahead, m)):
+        touch = o + t * step
+        if ((<size_t> touch) >> 21) % nblk == blk:
+            touch[0] = 0
+    for i in range(m):
+        if i % per == 0:
+            t = i + ahead
+            if t < m:
+                touch = o + t * step
+                if ((<size_t> touch) >> 21) % nblk == blk:
+                    touch[0] = 0
+        ai = a + i * step
+        bi = b + i * step
+        oi = o + i * step
+        for c in range(w):
+            oi[c] = ai[c] * prev[c] + bi[c]
+        prev = oi
+
+
 cdef inline void cols_scan_prod(const scalar_t *a, const scalar_t *b,
                                 scalar_t *o, const scalar_t *init,
                                 scalar_t *p, Py_ssize_t w, Py_ssize_t m,
@@ -858,6 +899,17 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     return 0
 
 
+cdef extern from *:
+    """
+    #ifndef ZM_SPAN0
+    #define ZM_SPAN0 2
+    #define ZM_SPAN 3
+    #endif
+    """
+    Py_ssize_t SPAN0_PARTS "ZM_SPAN0"
+    Py_ssize_t SPAN_PARTS "ZM_SPAN"
+
+
 cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
                       const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
                       Py_ssize_t inner, bint reverse, Py_ssize_t cs,
@@ -865,50 +917,54 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     """Columns layout. A lane is (row, channel block of cw).
 
     With at least as many lanes as threads, every lane is one task, scanned
-    in one pass. Otherwise each lane's time axis is cut into spans of whole
-    chunks, one per thread, so that every thread writes its own range of
-    memory: (1) every span is scanned in one pass (the first from h0, the
-    others from zero), recording the decay products of its chunks; (2) a
-    carry pass gives every chunk of a later span the state carried into it;
-    (3) those chunks add it, in parallel.
+    in one pass. Otherwise each lane's time axis is cut into T + 1 spans,
+    T = threads per lane, so that every thread reads and writes its own
+    range of memory (reduce, then scan):
+
+    (1) thread 0 of a lane scans span 0 from h0 while threads 1 .. T-1
+        reduce spans 1 .. T-1 to their affine maps h -> P h + S (reading
+        a and b, writing nothing);
+    (2) a carry pass per lane gives the state entering spans 1 .. T;
+    (3) thread k scans span k + 1 from its entering state.
+
+    Span 0 is two thirds the length of the others, so that its scan (two
+    streams read, one written) takes as long as a reduction (two read) of
+    a longer span. Every element is written once and a and b of spans
+    1 .. T-1 are read twice: 25% more memory traffic than one pass for two
+    threads, against 50% for scanning the later spans from zero and
+    correcting them. `cs` does not enter this layout's result.
     """
-    cdef Py_ssize_t nch = (n + cs - 1) // cs
     cdef Py_ssize_t nblk = (inner + cw - 1) // cw
     cdef Py_ssize_t nlane = outer * nblk
-    cdef Py_ssize_t T, span_ch, nlater, task, lane, r, blk, k, c, c0, w
-    cdef Py_ssize_t t0, m, j, jp
+    cdef Py_ssize_t T, parts, task, lane, r, blk, k, c0, w, t0, t1, j, jp
     cdef Py_ssize_t step = -inner if reverse else inner
-    cdef scalar_t *P
-    cdef scalar_t *run
-    cdef scalar_t *endv
-    cdef scalar_t *zeros = NULL
-    cdef const scalar_t *init
-    cdef scalar_t nxt
+    cdef scalar_t *agg
+    cdef scalar_t *Pk
+    cdef scalar_t *Sk
+    cdef scalar_t *carry
+    cdef const scalar_t *endv
 
-    T = 1 if nlane >= nthreads else imin(nch, (nthreads + nlane - 1) // nlane)
-    span_ch = (nch + T - 1) // T
-    T = (nch + span_ch - 1) // span_ch
-    if T == 1:
+    T = 1 if nlane >= nthreads else imin(n, (nthreads + nlane - 1) // nlane)
+    if T <= 1:
         for lane in prange(nlane, num_threads=nthreads, schedule='static'):
             r = lane // nblk
             blk = lane - r * nblk
             c0 = blk * cw
             j = (r * n + pos(0, n, reverse)) * inner + c0
-            cols_scan(A + j, B + j, O + j, H0 + r * inner + c0,
-                      imin(cw, inner - c0), n, step)
+            if outer < nthreads and nblk > 1:
+                cols_scan_shared(A + j, B + j, O + j, H0 + r * inner + c0,
+                                 imin(cw, inner - c0), n, step, blk, nblk)
+            else:
+                cols_scan(A + j, B + j, O + j, H0 + r * inner + c0,
+                          imin(cw, inner - c0), n, step)
         return 0
-    # P holds, per (lane, chunk), cw values: decay products, then carries;
-    # the slot of a lane's chunk 0 (never corrected) holds the running state.
-    P = <scalar_t *> malloc(nlane * nch * cw * sizeof(scalar_t))
-    zeros = <scalar_t *> malloc(cw * sizeof(scalar_t))
-    if P == NULL or zeros == NULL:
-        free(P)
-        free(zeros)
+    # per (lane, span k): P (decay product), S (state from zero), carry
+    agg = <scalar_t *> malloc(nlane * (T + 1) * 3 * cw * sizeof(scalar_t))
+    if agg == NULL:
         return -1
-    for j in range(cw):
-        zeros[j] = 0
+    parts = SPAN0_PARTS + SPAN_PARTS * T
 
-    # (1) spans, each in one pass on one thread
+    # (1) span 0 scanned, spans 1 .. T-1 reduced
     for task in prange(nlane * T, num_threads=nthreads, schedule='static'):
         lane = task // T
         k = task - lane * T
@@ -916,63 +972,69 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
         blk = lane - r * nblk
         c0 = blk * cw
         w = imin(cw, inner - c0)
-        for c in range(k * span_ch, imin(nch, (k + 1) * span_ch)):
-            t0 = c * cs
-            m = imin(cs, n - t0)
-            j = (r * n + pos(t0, n, reverse)) * inner + c0
-            if c == 0:
-                cols_scan(A + j, B + j, O + j, H0 + r * inner + c0, w, m, step)
-            else:
-                # a span's first chunk starts from zero, the others from the
-                # previous chunk's last state
-                if c == k * span_ch:
-                    init = zeros
-                else:
-                    init = O + j - step
-                cols_scan_prod(A + j, B + j, O + j, init,
-                               P + (lane * nch + c) * cw, w, m, step)
+        t0 = span_start(k, n, T, parts)
+        t1 = span_start(k + 1, n, T, parts)
+        j = (r * n + pos(t0, n, reverse)) * inner + c0
+        if k == 0:
+            cols_scan(A + j, B + j, O + j, H0 + r * inner + c0, w, t1 - t0,
+                      step)
+        else:
+            Pk = agg + ((lane * (T + 1) + k) * 3) * cw
+            Sk = Pk + cw
+            for jp in range(w):
+                Pk[jp] = 1
+                Sk[jp] = 0
+            cols_reduce(A + j, B + j, Sk, Pk, w, t1 - t0, step)
 
-    # (2) carry per lane: P[lane, c] <- state carried into chunk c
+    # (2) the state entering spans 1 .. T of every lane
     for lane in range(nlane):
         r = lane // nblk
         blk = lane - r * nblk
         c0 = blk * cw
         w = imin(cw, inner - c0)
-        run = P + (lane * nch) * cw
-        t0 = imin(span_ch * cs, n) - 1
-        endv = O + (r * n + pos(t0, n, reverse)) * inner + c0
+        carry = agg + ((lane * (T + 1) + 1) * 3 + 2) * cw
+        t1 = span_start(1, n, T, parts)
+        if t1 > 0:
+            endv = O + (r * n + pos(t1 - 1, n, reverse)) * inner + c0
+        else:
+            endv = H0 + r * inner + c0
         for jp in range(w):
-            run[jp] = endv[jp]
+            carry[jp] = endv[jp]
         for k in range(1, T):
-            for c in range(k * span_ch, imin(nch, (k + 1) * span_ch)):
-                j = (lane * nch + c) * cw
-                for jp in range(w):
-                    nxt = P[j + jp] * run[jp]
-                    P[j + jp] = run[jp]
-                    run[jp] = nxt
-            # run is now the carry times the span's decays: add its end
-            t0 = imin((k + 1) * span_ch * cs, n) - 1
-            endv = O + (r * n + pos(t0, n, reverse)) * inner + c0
+            Pk = agg + ((lane * (T + 1) + k) * 3) * cw
+            Sk = Pk + cw
+            endv = Pk + 2 * cw
+            carry = agg + ((lane * (T + 1) + k + 1) * 3 + 2) * cw
             for jp in range(w):
-                run[jp] = run[jp] + endv[jp]
+                carry[jp] = Pk[jp] * endv[jp] + Sk[jp]
 
-    # (3) the chunks of later spans add it
-    nlater = nch - span_ch
-    for task in prange(nlane * nlater, num_threads=nthreads,
-                       schedule='static'):
-        lane = task // nlater
-        c = span_ch + (task - lane * nlater)
+    # (3) spans 1 .. T scanned from their entering states
+    for task in prange(nlane * T, num_threads=nthreads, schedule='static'):
+        lane = task // T
+        k = task - lane * T + 1
         r = lane // nblk
         blk = lane - r * nblk
         c0 = blk * cw
         w = imin(cw, inner - c0)
-        t0 = c * cs
-        m = imin(cs, n - t0)
+        t0 = span_start(k, n, T, parts)
+        t1 = span_start(k + 1, n, T, parts)
         j = (r * n + pos(t0, n, reverse)) * inner + c0
-        cols_correct(A + j, O + j, P + (lane * nch + c) * cw, w, m, step)
-    free(P)
-    free(zeros)
+        cols_scan(A + j, B + j, O + j,
+                  agg + ((lane * (T + 1) + k) * 3 + 2) * cw, w, t1 - t0,
+                  step)
+    free(agg)
     return 0
+
+
+cdef inline Py_ssize_t span_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t T,
+                                  Py_ssize_t parts) noexcept nogil:
+    """First step of span k of T + 1 (span 0: SPAN0_PARTS parts, the others
+    SPAN_PARTS)."""
+    if k <= 0:
+        return 0
+    if k > T:
+        return n
+    return n * (SPAN0_PARTS + SPAN_PARTS * (k - 1)) // parts
 
 
 def chunked(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,

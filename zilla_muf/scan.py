@@ -42,8 +42,11 @@ _ROW_CHUNK = 1024
 _MIN_CHUNK = 256
 # Elements of work below which another thread costs more than it saves.
 _MIN_PER_THREAD = 1 << 15
-# Steps per thread below which the columns layout splits channels, not time.
+# Steps per thread below which the columns layout never splits time.
 _MIN_STEPS_PER_THREAD = 64
+# Bytes per step of the smallest channel block the columns layout gives a
+# thread; with fewer channels it splits time instead.
+_MIN_BLOCK_BYTES = 512
 
 
 def _threads(p, workers):
@@ -134,10 +137,14 @@ def _odd16(x):
 def _time_split(p, nthreads):
     """Whether the columns layout splits the time axis between threads.
 
-    Splitting time gives every thread its own range of memory (its own
-    pages to fault in and cache lines to write), which a split of the
-    channels of every step cannot; it needs enough steps per thread."""
-    return p.inner > 1 and p.outer < nthreads and p.n >= _MIN_STEPS_PER_THREAD * nthreads
+    It splits the channels of every step when that gives every thread a
+    block of at least _MIN_BLOCK_BYTES per step (each block then streams on
+    its own, and the threads share out the faulting-in of the output's
+    pages); with fewer channels, and enough steps, it splits time."""
+    if p.inner <= 1 or p.outer >= nthreads or p.n < _MIN_STEPS_PER_THREAD * nthreads:
+        return False
+    blocks = -(-nthreads // max(p.outer, 1))
+    return p.inner * p.dtype.itemsize < _MIN_BLOCK_BYTES * blocks
 
 
 def _block_width(p, nthreads):
@@ -162,8 +169,8 @@ def _auto_chunk(p, nthreads):
     """Default chunk length: the whole axis when the channels alone give the
     threads independent work, else chunks of the time axis."""
     if _time_split(p, nthreads):
-        # spans of four chunks: the corrections of later spans share out
-        return -(-p.n // (4 * nthreads))
+        # the time split of the columns layout uses spans, not chunks
+        return max(p.n, 1)
     if p.n <= 4 * _MIN_CHUNK:
         return max(p.n, 1)
     if p.inner == 1:
@@ -330,13 +337,21 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     :math:`\left(\prod_{u=s_k}^{t} a_u\right) c_k` to :math:`\tilde h_t`.
     With at least as many sequences (or channel blocks) as threads, each
     thread scans whole sequences in one pass and `chunk_size` does not
-    matter. Otherwise every sequence is cut into one span of whole chunks
-    per thread: each span is scanned in one pass (the first from
-    :math:`h_0`, the others from zero) recording its chunks' products, and
-    the carry and correction above run over the chunks of the later spans,
-    in parallel. Along a contiguous time axis, the real-dtype kernels
-    advance blocks of steps in vector registers (each block's prefix of
-    affine maps formed in a few shift-and-combine steps).
+    matter. Otherwise, along a contiguous time axis, every sequence is cut
+    into one span of whole chunks per thread: each span is scanned in one
+    pass (the first from :math:`h_0`, the others from zero) recording its
+    chunks' products, and the carry and correction above run over the
+    chunks of the later spans, in parallel. The real-dtype kernels of this
+    layout advance blocks of steps in vector registers (each block's prefix
+    of affine maps formed in a few shift-and-combine steps). Along a strided
+    time axis (channels contiguous), the channels of every step are split
+    into one block per thread when each block is at least 512 bytes wide;
+    the threads then also share out the faulting-in of the fresh output's
+    pages. With fewer channels the time axis is cut into a span per thread
+    plus a shorter first one: the first is scanned from :math:`h_0` while
+    the middle ones are reduced to their affine maps, and after a carry
+    pass every later span is scanned once from the state entering it (here
+    too `chunk_size` does not matter).
 
     The result does not depend on the number of threads when every
     sequence stays on one thread; where one is split, the split points, and
