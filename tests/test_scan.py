@@ -139,7 +139,7 @@ def test_chunk_boundaries(n, rng):
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("outer,n,inner", [(1, 1000, 1), (3, 517, 1), (1, 300, 5),
-                                           (2, 129, 33), (1, 40, 70)])
+                                           (2, 129, 33), (1, 40, 70), (1, 2, 9)])
 def test_kernels_split_between_threads(dtype, reverse, outer, n, inner, rng):
     """The parallel kernels with 2 and 3 threads on inputs small enough that
     the public functions would use one thread: every way of splitting a
