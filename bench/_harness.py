@@ -3,7 +3,9 @@
 Every benchmark records, for a named case, the median of several timed runs
 of the function under test and of its baselines, and reports the ratios in
 the same run (times on this shared machine drift; ratios taken in one run
-are what means something).
+are what means something). Where a case compares several functions,
+``interleaved_times`` measures them in alternating rounds and keeps each
+one's lowest round median.
 """
 
 import json
@@ -38,6 +40,21 @@ def median_time(fn, repeat=7, warmup=1, min_time=0.0):
                 break
         times.append(dt / calls)
     return float(np.median(times))
+
+
+def interleaved_times(fns, rounds=3, repeat=5, min_time=0.0):
+    """Seconds per call of every function in the dict `fns`, measured in
+    interleaved rounds: each round takes the median of `repeat` runs of every
+    function in turn, and each function's time is its lowest round median.
+
+    On a shared machine a disturbance lasts a while; interleaving exposes
+    every function (the roofline included) to the same conditions, and the
+    lowest round median is the least disturbed estimate of each."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], median_time(fn, repeat, min_time=min_time))
+    return best
 
 
 def machine():

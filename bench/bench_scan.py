@@ -7,7 +7,9 @@ over time vectorised over channels.
 
     python bench/bench_scan.py [--quick] [--repeat N]
 
-Writes bench/results/scan.json and prints a table of times and ratios.
+Writes bench/results/scan.json and prints a table of times and ratios. The
+functions of one case (the roofline included) are timed in interleaved
+rounds, each keeping its lowest round median (``_harness.interleaved_times``).
 """
 
 import argparse
@@ -18,7 +20,7 @@ import numpy as np
 import scipy.signal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, median_time  # noqa: E402
+from _harness import Report, interleaved_times, median_time  # noqa: E402
 
 from zilla_muf import (  # noqa: E402
     associative_scan,
@@ -44,7 +46,17 @@ def make(rng, shape, dtype):
     return a, b
 
 
-def batched(report, rng, repeat, channels, steps, quick):
+def add_all(report, case, fns, ref, rounds, repeat, min_time=0.0):
+    """Time the dict `fns` in interleaved rounds and report each against
+    fns[ref] (or, when `ref` is a number, against that time)."""
+    times = interleaved_times(fns, rounds, repeat, min_time)
+    ref_t = times[ref] if isinstance(ref, str) else ref
+    for name, t in times.items():
+        report.add(case, name, t, ref_t)
+    return times
+
+
+def batched(report, rng, repeat, channels, steps, quick, rounds):
     """Batched: channels x steps, both layouts, float32 and float64."""
     for dtype in (np.float32, np.float64):
         name = np.dtype(dtype).name
@@ -54,70 +66,57 @@ def batched(report, rng, repeat, channels, steps, quick):
             a, b = make(rng, shape, dtype)
             h = np.empty_like(a)
             case = f"batched {channels}x{steps} {name} {layout}"
-            roof = median_time(lambda: np.add(a, b, out=h), repeat)
-            report.add(case, "roofline np.add", roof, roof)
+            fns = {"roofline np.add": lambda: np.add(a, b, out=h)}
             for w in (1, 2):
-                report.add(case, f"linear_scan w={w}",
-                           median_time(lambda: linear_scan(a, b, axis=axis, workers=w),
-                                       repeat), roof)
-            report.add(case, "sequential_scan",
-                       median_time(lambda: sequential_scan(a, b, axis=axis), repeat), roof)
+                fns[f"linear_scan w={w}"] = (
+                    lambda w=w: linear_scan(a, b, axis=axis, workers=w))
+            fns["sequential_scan"] = lambda: sequential_scan(a, b, axis=axis)
             for w in (1, 2):
-                report.add(case, f"chunked_scan w={w}",
-                           median_time(lambda: chunked_scan(a, b, axis=axis, workers=w),
-                                       repeat), roof)
-                report.add(case, f"associative_scan w={w}",
-                           median_time(lambda: associative_scan(a, b, axis=axis, workers=w),
-                                       repeat), roof)
+                fns[f"chunked_scan w={w}"] = (
+                    lambda w=w: chunked_scan(a, b, axis=axis, workers=w))
+                fns[f"associative_scan w={w}"] = (
+                    lambda w=w: associative_scan(a, b, axis=axis, workers=w))
+            times = add_all(report, case, fns, "roofline np.add", rounds, repeat)
+            roof = times["roofline np.add"]
             if layout == "time-major" and not quick:
                 out = np.empty_like(a)
                 report.add(case, "NumPy loop over time",
                            median_time(lambda: numpy_loop(a, b, out), 3), roof)
             if dtype == np.float64 and not quick:
                 decay = 0.95
-                bb = b if layout == "rows" else b
                 report.add(case, "scipy lfilter (constant a)",
                            median_time(lambda: scipy.signal.lfilter(
-                               [1.0], [1.0, -decay], bb, axis=axis), 3), roof)
+                               [1.0], [1.0, -decay], b, axis=axis), 3), roof)
                 report.add(case, "linear_scan w=2 (constant a)",
-                           median_time(lambda: linear_scan(decay, bb, axis=axis, workers=2),
+                           median_time(lambda: linear_scan(decay, b, axis=axis, workers=2),
                                        repeat), roof)
 
 
-def cache_resident(report, rng, repeat):
+def cache_resident(report, rng, repeat, rounds):
     n = 1 << 18
     a, b = make(rng, n, np.float32)
     h = np.empty_like(a)
     case = "one sequence 2^18 float32 (in cache)"
-    seq = median_time(lambda: sequential_scan(a, b), repeat, min_time=0.02)
-    report.add(case, "sequential_scan", seq, seq)
-    report.add(case, "roofline np.add",
-               median_time(lambda: np.add(a, b, out=h), repeat, min_time=0.02), seq)
+    fns = {"sequential_scan": lambda: sequential_scan(a, b),
+           "roofline np.add": lambda: np.add(a, b, out=h)}
     for w in (1, 2):
-        report.add(case, f"chunked_scan w={w}",
-                   median_time(lambda: chunked_scan(a, b, workers=w), repeat,
-                               min_time=0.02), seq)
-        report.add(case, f"associative_scan w={w}",
-                   median_time(lambda: associative_scan(a, b, workers=w), repeat,
-                               min_time=0.02), seq)
+        fns[f"chunked_scan w={w}"] = lambda w=w: chunked_scan(a, b, workers=w)
+        fns[f"associative_scan w={w}"] = lambda w=w: associative_scan(a, b, workers=w)
+    add_all(report, case, fns, "sequential_scan", rounds, repeat, min_time=0.02)
 
 
-def long_sequence(report, rng, repeat):
+def long_sequence(report, rng, repeat, rounds):
     n = 1 << 24
     a, b = make(rng, n, np.float32)
     h = np.empty_like(a)
     case = "one sequence 2^24 float32"
-    roof = median_time(lambda: np.add(a, b, out=h), repeat)
-    report.add(case, "roofline np.add", roof, roof)
-    report.add(case, "sequential_scan", median_time(lambda: sequential_scan(a, b), repeat),
-               roof)
+    fns = {"roofline np.add": lambda: np.add(a, b, out=h),
+           "sequential_scan": lambda: sequential_scan(a, b)}
     for w in (1, 2):
-        report.add(case, f"chunked_scan w={w}",
-                   median_time(lambda: chunked_scan(a, b, workers=w), repeat), roof)
-        report.add(case, f"associative_scan w={w}",
-                   median_time(lambda: associative_scan(a, b, workers=w), repeat), roof)
-        report.add(case, f"linear_scan w={w}",
-                   median_time(lambda: linear_scan(a, b, workers=w), repeat), roof)
+        fns[f"chunked_scan w={w}"] = lambda w=w: chunked_scan(a, b, workers=w)
+        fns[f"associative_scan w={w}"] = lambda w=w: associative_scan(a, b, workers=w)
+        fns[f"linear_scan w={w}"] = lambda w=w: linear_scan(a, b, workers=w)
+    add_all(report, case, fns, "roofline np.add", rounds, repeat)
 
 
 def sweep(report, rng, repeat):
@@ -156,7 +155,9 @@ def sweep(report, rng, repeat):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer baselines")
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds; each time is its lowest round median")
     parser.add_argument("--sweep", action="store_true",
                         help="time against size instead (bench/results/scan_sweep.json)")
     args = parser.parse_args(argv)
@@ -168,9 +169,10 @@ def main(argv=None):
         return
     report = Report("scan")
     size = 1024 if args.quick else 4096
-    batched(report, rng, args.repeat, size, size, args.quick)
-    cache_resident(report, rng, args.repeat)
-    long_sequence(report, rng, max(3, args.repeat // 2))
+    rounds = 1 if args.quick else args.rounds
+    batched(report, rng, args.repeat, size, size, args.quick, rounds)
+    cache_resident(report, rng, args.repeat, rounds)
+    long_sequence(report, rng, max(3, args.repeat // 2), rounds)
     print(report.table())
     print(f"\nwritten: {report.save()}")
 
