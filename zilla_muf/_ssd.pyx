@@ -62,53 +62,6 @@ from zilla_muf._vmath cimport vexp, zm_softplusf
 # Element helpers
 # ---------------------------------------------------------------------------
 
-cdef extern from *:
-    """
-    #include "_vmath.h"
-
-    /* One step of the recurrence for one head: S (P, N) row-major,
-       S[p] <- a S[p] + (d x[p]) B, y[p] = S[p] . C. Eight running sums per
-       row in a fixed order (the compiler vectorises them; the result does
-       not depend on the thread count). */
-    #define ZM_SEQ_STEP(NAME, T)                                            \
-    ZM_CLONES                                                               \
-    static void NAME(T *restrict S, const T *restrict x,                    \
-                     const T *restrict Bt, const T *restrict Ct, T a, T d,  \
-                     Py_ssize_t P, Py_ssize_t N, T *restrict y) {           \
-        Py_ssize_t p, n;                                                    \
-        int k;                                                              \
-        for (p = 0; p < P; p++) {                                           \
-            T *restrict row = S + p * N;                                    \
-            T u = d * x[p];                                                 \
-            T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                            \
-            T tail = 0;                                                     \
-            for (n = 0; n + 8 <= N; n += 8) {                               \
-                for (k = 0; k < 8; k++) {                                   \
-                    T r = a * row[n + k] + u * Bt[n + k];                   \
-                    row[n + k] = r;                                         \
-                    acc[k] += r * Ct[n + k];                                \
-                }                                                           \
-            }                                                               \
-            for (; n < N; n++) {                                            \
-                T r = a * row[n] + u * Bt[n];                               \
-                row[n] = r;                                                 \
-                tail += r * Ct[n];                                          \
-            }                                                               \
-            y[p] = (((acc[0] + acc[4]) + (acc[1] + acc[5]))                 \
-                    + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) + tail;      \
-        }                                                                   \
-    }
-    ZM_SEQ_STEP(zm_seq_step_f, float)
-    ZM_SEQ_STEP(zm_seq_step_d, double)
-    """
-    void zm_seq_step_f(float *S, const float *x, const float *Bt,
-                       const float *Ct, float a, float d, Py_ssize_t P,
-                       Py_ssize_t N, float *y) noexcept nogil
-    void zm_seq_step_d(double *S, const double *x, const double *Bt,
-                       const double *Ct, double a, double d, Py_ssize_t P,
-                       Py_ssize_t N, double *y) noexcept nogil
-
-
 cdef extern from "_ssdchunk.h" nogil:
     int ZM_SSD_VWF
     int ZM_SSD_VWD
@@ -128,6 +81,12 @@ cdef extern from "_ssdchunk.h" nogil:
                        Py_ssize_t ldx, Py_ssize_t ldb, Py_ssize_t L,
                        Py_ssize_t P, Py_ssize_t N, Py_ssize_t csz,
                        double *work)
+    void zm_seq_step_f(float *S, const float *x, const float *Bt,
+                       const float *Ct, float a, float d, Py_ssize_t P,
+                       Py_ssize_t N, float *y)
+    void zm_seq_step_d(double *S, const double *x, const double *Bt,
+                       const double *Ct, double a, double d, Py_ssize_t P,
+                       Py_ssize_t N, double *y)
     void zm_ssd_stage_f(const float *x, float *y, const float *B,
                         const float *C, const float *dt, const float *cs,
                         const long long *seq, float *state, Py_ssize_t ldx,

@@ -555,3 +555,80 @@ static void S(zm_ssd_cb)(T *CB, ptrdiff_t ldcb, const T *Cc, const T *Bc,
     T *Bt = (T *) (((uintptr_t) work + 63) & ~(uintptr_t) 63);
     S(zm_chunk_cb)(CB, ldcb, Cc, Bc, ldb, m, N, Bt, zm_ssd_round(m, VW));
 }
+
+/* ------------------------------------------------------------------------
+ * One step of the recurrence for one head (the sequential path and
+ * decoding): S (P, N) row-major,
+ *   S[p] <- a S[p] + (d x[p]) B,   y[p] = S[p] . C.
+ * Four rows at a time share the loads of B and C; each row's dot product
+ * is VW running sums over the vector columns, added in a fixed order, then
+ * its scalar tail (the result does not depend on the thread count).
+ * ------------------------------------------------------------------------ */
+ZM_INLINE T S(zm_hsum)(V v)
+{
+    T t[VW];
+    T s = 0;
+    int k, w;
+    memcpy(t, &v, sizeof t);
+    for (w = VW / 2; w >= 1; w /= 2)
+        for (k = 0; k < w; k++)
+            t[k] += t[k + w];
+    s = t[0];
+    return s;
+}
+
+ZM_CLONES
+static void S(zm_seq_step)(T *restrict St, const T *restrict x,
+                           const T *restrict Bt, const T *restrict Ct, T a,
+                           T d, ptrdiff_t P, ptrdiff_t N, T *restrict y)
+{
+    const V zero = {0};
+    const ptrdiff_t nv = N / VW * VW;
+    ptrdiff_t p = 0, n;
+    int k;
+    for (; p + 4 <= P; p += 4) {
+        T *restrict r[4];
+        T u[4], tail[4];
+        V acc[4];
+        for (k = 0; k < 4; k++) {
+            r[k] = St + (p + k) * N;
+            u[k] = d * x[p + k];
+            acc[k] = zero;
+            tail[k] = 0;
+        }
+        for (n = 0; n < nv; n += VW) {
+            const V b = S(zm_vld)(Bt + n), c = S(zm_vld)(Ct + n);
+            ZM_UNROLL
+            for (k = 0; k < 4; k++) {
+                V s = a * S(zm_vld)(r[k] + n) + u[k] * b;
+                S(zm_vst)(r[k] + n, s);
+                acc[k] += s * c;
+            }
+        }
+        for (; n < N; n++)
+            for (k = 0; k < 4; k++) {
+                T s = a * r[k][n] + u[k] * Bt[n];
+                r[k][n] = s;
+                tail[k] += s * Ct[n];
+            }
+        for (k = 0; k < 4; k++)
+            y[p + k] = S(zm_hsum)(acc[k]) + tail[k];
+    }
+    for (; p < P; p++) {
+        T *restrict row = St + p * N;
+        const T u = d * x[p];
+        V acc = zero;
+        T tail = 0;
+        for (n = 0; n < nv; n += VW) {
+            V s = a * S(zm_vld)(row + n) + u * S(zm_vld)(Bt + n);
+            S(zm_vst)(row + n, s);
+            acc += s * S(zm_vld)(Ct + n);
+        }
+        for (; n < N; n++) {
+            T s = a * row[n] + u * Bt[n];
+            row[n] = s;
+            tail += s * Ct[n];
+        }
+        y[p] = S(zm_hsum)(acc) + tail;
+    }
+}
