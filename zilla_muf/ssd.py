@@ -53,9 +53,9 @@ __all__ = [
     "ssd_state_passing",
 ]
 
-# Default chunk length: 64 keeps every product of the chunked algorithm at
-# the size where a single-threaded GEMM is most efficient while the L^2 part
-# of the work (chunk_size per token) stays small next to the state part.
+# Default chunk length: 64 keeps a chunk's operands in the first two cache
+# levels and the L^2 part of the work (chunk_size per token) small next to
+# the state part, which does not depend on the chunk length.
 _DEFAULT_CHUNK = 64
 
 # ---------------------------------------------------------------------------
