@@ -125,8 +125,10 @@ def bench_conv(report, quick):
 
         ref_t = median_time(run_ref, repeat=5)
         report.add(case, "torch conv1d + silu (2 threads)", ref_t)
-    t = median_time(lambda: causal_conv1d(x, w, b, activation="silu"), repeat=5)
-    report.add(case, "zilla_muf", t, ref_t)
+    for workers in (1, 2):
+        t = median_time(lambda: causal_conv1d(x, w, b, activation="silu",
+                                              workers=workers), repeat=5)
+        report.add(case, f"zilla_muf workers={workers}", t, ref_t)
 
 
 def bench_mamba2(report, quick):

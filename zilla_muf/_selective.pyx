@@ -113,12 +113,19 @@ cdef inline void delta_row(const real_t *dl, real_t bias, bint softplus,
             dt[t] = dl[t] + bias
 
 
+cdef extern from "_vexp.h" nogil:
+    void zm_silu_f(const float *x, float *out, Py_ssize_t n)
+    void zm_silu_d(const double *x, double *out, Py_ssize_t n)
+
+
 cdef inline void gate_row(const real_t *z, real_t *g,
                           Py_ssize_t L) noexcept nogil:
-    """g[t] = silu(z[t]); vectorised."""
-    cdef Py_ssize_t t
-    for t in range(L):
-        g[t] = silu_t(z[t])
+    """g[t] = silu(z[t]) for t < L (the vectorised loop of _vexp.h; z may
+    be g)."""
+    if real_t is float:
+        zm_silu_f(z, g, L)
+    else:
+        zm_silu_d(z, g, L)
 
 
 cdef void channel_real(const real_t *u, const real_t *dts, const real_t *g,
@@ -442,8 +449,7 @@ cdef void conv_channel(const real_t *x, const real_t *w, real_t bias,
         for t in range(head, L):
             out[t] = out[t] + wk * x[t - s]
     if silu:
-        for t in range(L):
-            out[t] = silu_t(out[t])
+        gate_row(out, out, L)
 
 
 def causal_conv1d(const real_t[:, :, ::1] x, const real_t[:, ::1] weight,
@@ -495,8 +501,7 @@ cdef void conv_rows(const real_t *x, Py_ssize_t xrow, const real_t *wt,
             for c in range(dim):
                 o[c] = o[c] + wk[c] * xs[c]
         if silu:
-            for c in range(dim):
-                o[c] = silu_t(o[c])
+            gate_row(o, o, dim)
 
 
 def causal_conv1d_time_major(const real_t[:, :, :] x, const real_t[:, ::1] wt,
