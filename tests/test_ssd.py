@@ -475,6 +475,18 @@ def test_readonly_noncontiguous_memmapped_inputs_unmodified(rng, tmp_path):
         assert_close(h, h_ref, np.float64, 10)
     y4, h4 = run_stages(*new, 8, **kw, workers=2)
     assert_close(y4, y_ref, np.float64, 10)
+    # the chunk scan stage with read-only entering states
+    dt_out, dA_cumsum = ssd_chunk_cumsum(dt_mm, A, chunk_size=8,
+                                         dt_bias=kw["dt_bias"],
+                                         dt_softplus=kw.get("dt_softplus", False))
+    states = ssd_chunk_state(xs, Bs, dt_out, dA_cumsum, seq_idx=kw["seq_idx"])
+    entering, _ = ssd_state_passing(states, dA_cumsum,
+                                    initial_states=kw["initial_states"],
+                                    seq_idx=kw["seq_idx"])
+    entering.flags.writeable = False
+    y5 = ssd_chunk_scan(xs, dt_out, dA_cumsum, Bs, Cs, entering, D=kw["D"],
+                        z=kw["z"], seq_idx=kw["seq_idx"], workers=2)
+    assert_close(y5, y_ref, np.float64, 10)
     for v, c in zip(new + [kw[k] for k in sorted(kw)], copies):
         np.testing.assert_array_equal(v, c)
 

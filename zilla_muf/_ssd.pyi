@@ -13,18 +13,18 @@ def combined(
     state: _F, has_init: bool, y: _F, chunk_size: int, num_threads: int,
     share_cb: bool = ...,
 ) -> int: ...
-def chunk_states(
-    x: _F, B: _F, dt: _F, dA: _F, seq: _I, has_seq: bool, states: _F,
-    chunk_size: int, num_threads: int,
+def process_dt(
+    dt: _F, bias: _F, has_bias: bool, dt_softplus: bool, lo: float, hi: float,
+    A: _F, has_A: bool, chunk_size: int, dt_out: _F, dA: _F, num_threads: int,
+) -> None: ...
+def chunk_stage(
+    x: _F, dt: _F, dA: _F, B: _F, C: _F, states: _F, seq: _I, has_seq: bool,
+    y: _F, scan: bool, chunk_size: int, num_threads: int,
 ) -> int: ...
 def state_passing(
     states: _F, dA: _F, seq: _I, has_seq: bool, L: int, init: _F, out: _F,
     final: _F, chunk_size: int, num_threads: int,
 ) -> None: ...
-def chunk_scan(
-    x: _F, dt: _F, dA: _F, B: _F, C: _F, chunk_states: _F, seq: _I,
-    has_seq: bool, y: _F, chunk_size: int, num_threads: int,
-) -> int: ...
 def sequential(
     x: _F, dt: _F, A: _F, B: _F, C: _F, seq: _I, has_seq: bool, state: _F,
     y: _F, num_threads: int,

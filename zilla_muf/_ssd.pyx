@@ -304,21 +304,29 @@ def process_dt(const real_t[:, :, ::1] dt, const real_t[::1] bias,
 
 
 # ---------------------------------------------------------------------------
-# The four stages. chunk_states / chunk_scan: tasks (batch, chunk, head).
+# The stages: chunk state and chunk scan (tasks (batch, chunk, head)), and
+# the state passing (tasks (batch, head)).
 # ---------------------------------------------------------------------------
 
-def chunk_states(const real_t[:, :, :, ::1] x, const real_t[:, :, :, ::1] B,
-                 const real_t[:, :, ::1] dt, const real_t[:, :, ::1] dA,
-                 const long long[:, ::1] seq, bint has_seq,
-                 real_t[:, :, :, :, ::1] states, Py_ssize_t chunk_size,
-                 int num_threads):
-    """states[b, c, h] = end state of chunk c of head h from a zero start."""
+def chunk_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+                const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
+                const real_t[:, :, :, ::1] C,
+                const real_t[:, :, :, :, ::1] states,
+                const long long[:, ::1] seq, bint has_seq, real_t[:, :, :, ::1] y,
+                bint scan, Py_ssize_t chunk_size, int num_threads):
+    """One task per (batch, chunk, head). scan = False (chunk state):
+    states[b, c, h] <- the end state of chunk c from a zero start (`states`
+    must be writable; `C` and `y` are not used). scan = True (chunk scan):
+    y <- intra-chunk term + inter-chunk term from the entering states
+    `states` (only read)."""
     cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t nch = states.shape[1]
     cdef Py_ssize_t task, b, c, h, g, t0, m, cm = imin(chunk_size, L)
     cdef int tid
     cdef const long long *sq
+    cdef real_t *yp
+    cdef const real_t *cp
     cdef Scratch scr = Scratch(num_threads,
                                zm_ssd_scratch(cm, P, N,
                                               vector_width(<real_t *> NULL),
@@ -338,16 +346,18 @@ def chunk_states(const real_t[:, :, :, ::1] x, const real_t[:, :, :, ::1] B,
         t0 = c * chunk_size
         m = imin(chunk_size, L - t0)
         sq = &seq[b, t0] if has_seq else NULL
+        yp = &y[b, t0, h, 0] if scan else NULL
+        cp = &C[b, t0, g, 0] if scan else NULL
         if real_t is float:
-            zm_ssd_stage_f(&x[b, t0, h, 0], NULL, &B[b, t0, g, 0], NULL,
+            zm_ssd_stage_f(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
                            &dt[b, h, t0], &dA[b, h, t0], sq,
-                           &states[b, c, h, 0, 0], H * P, G * N, m, cm, P, N,
-                           buf + tid * scr.per_thread)
+                           <real_t *> &states[b, c, h, 0, 0], H * P, G * N,
+                           m, cm, P, N, buf + tid * scr.per_thread)
         else:
-            zm_ssd_stage_d(&x[b, t0, h, 0], NULL, &B[b, t0, g, 0], NULL,
+            zm_ssd_stage_d(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
                            &dt[b, h, t0], &dA[b, h, t0], sq,
-                           &states[b, c, h, 0, 0], H * P, G * N, m, cm, P, N,
-                           buf + tid * scr.per_thread)
+                           <real_t *> &states[b, c, h, 0, 0], H * P, G * N,
+                           m, cm, P, N, buf + tid * scr.per_thread)
     return scr.count()
 
 
@@ -393,54 +403,6 @@ def state_passing(const real_t[:, :, :, :, ::1] states,
             src = &states[b, c, h, 0, 0]
             for k in range(PN):
                 fin[k] = carry * fin[k] + src[k]
-
-
-def chunk_scan(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
-               const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
-               const real_t[:, :, :, ::1] C,
-               const real_t[:, :, :, :, ::1] chunk_states,
-               const long long[:, ::1] seq, bint has_seq,
-               real_t[:, :, :, ::1] y, Py_ssize_t chunk_size, int num_threads):
-    """y = intra-chunk term + inter-chunk term from the entering states
-    (only read: the stage kernel takes the state as its in/out argument)."""
-    cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
-    cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
-    cdef Py_ssize_t nch = chunk_states.shape[1]
-    cdef Py_ssize_t task, b, c, h, g, t0, m, cm = imin(chunk_size, L)
-    cdef int tid
-    cdef const long long *sq
-    cdef Scratch scr = Scratch(num_threads,
-                               zm_ssd_scratch(cm, P, N,
-                                              vector_width(<real_t *> NULL),
-                                              sizeof(real_t)),
-                               sizeof(real_t))
-    cdef real_t *buf = <real_t *> scr.buf
-    if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
-        return 0
-    for task in prange(nb * nch * H, num_threads=num_threads,
-                       schedule='static', nogil=True):
-        tid = threadid()
-        scr.mark(tid)
-        b = task // (nch * H)
-        c = (task // H) % nch
-        h = task % H
-        g = h // (H // G)
-        t0 = c * chunk_size
-        m = imin(chunk_size, L - t0)
-        sq = &seq[b, t0] if has_seq else NULL
-        if real_t is float:
-            zm_ssd_stage_f(&x[b, t0, h, 0], &y[b, t0, h, 0], &B[b, t0, g, 0],
-                           &C[b, t0, g, 0], &dt[b, h, t0], &dA[b, h, t0], sq,
-                           <real_t *> &chunk_states[b, c, h, 0, 0],
-                           H * P, G * N, m, cm, P, N,
-                           buf + tid * scr.per_thread)
-        else:
-            zm_ssd_stage_d(&x[b, t0, h, 0], &y[b, t0, h, 0], &B[b, t0, g, 0],
-                           &C[b, t0, g, 0], &dt[b, h, t0], &dA[b, h, t0], sq,
-                           <real_t *> &chunk_states[b, c, h, 0, 0],
-                           H * P, G * N, m, cm, P, N,
-                           buf + tid * scr.per_thread)
-    return scr.count()
 
 
 # ---------------------------------------------------------------------------

@@ -438,7 +438,9 @@ def ssd_chunk_state(x, B, dt_out, dA_cumsum, *, seq_idx=None, workers=None):
     states = np.zeros((nb, nch, H, P, N), dtype=dtype)
     if min(nb, L, H, P, N) == 0:
         return states
-    _ssd.chunk_states(x, B, dt_out, dA, seq, has_seq, states, cs, nthreads)
+    unused = np.empty((0, 0, 0, 0), dtype=dtype)
+    _ssd.chunk_stage(x, dt_out, dA, B, B, states, seq, has_seq, unused, False,
+                     cs, nthreads)
     return states
 
 
@@ -648,8 +650,8 @@ def ssd_chunk_scan(x, dt_out, dA_cumsum, B, C, chunk_states, *, D=None, z=None,
     seq, has_seq = _seq_kernel_args(_seq_idx(seq_idx, nb, L))
     y = np.zeros(x.shape, dtype=dtype)
     if min(nb, L, H, P, N) > 0:
-        _ssd.chunk_scan(x, dt_out, dA, B, cast(C), cast(chunk_states), seq,
-                        has_seq, y, cs, nthreads)
+        _ssd.chunk_stage(x, dt_out, dA, B, cast(C), cast(chunk_states), seq,
+                         has_seq, y, True, cs, nthreads)
     return _finish(y, x, None if D is None else cast(D),
                    None if z is None else cast(z))
 
