@@ -529,6 +529,29 @@ cdef inline void rows_pass(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
                        sstride, reverse, inter, cskip)
 
 
+cdef Py_ssize_t span_split(Py_ssize_t outer, Py_ssize_t nch, int nthreads,
+                           Py_ssize_t *span_ch) noexcept nogil:
+    """Spans of whole chunks for `outer` rows of `nch` chunks split between
+    threads: returns the spans per row (1 when the rows alone occupy every
+    thread) and sets span_ch, the chunks per span."""
+    cdef Py_ssize_t T = 1 if outer >= nthreads else imin(nch, (nthreads + outer - 1) // outer)
+    span_ch[0] = (nch + T - 1) // T
+    return (nch + span_ch[0] - 1) // span_ch[0]
+
+
+cdef int span_scratch(Py_ssize_t outer, Py_ssize_t nch, Py_ssize_t T,
+                      size_t itemsize, void **P, void **E) noexcept nogil:
+    """P: outer * nch elements (chunk products, then carries), E: outer * T
+    (span end states). Returns -1 (nothing allocated) when out of memory."""
+    P[0] = malloc(outer * nch * itemsize)
+    E[0] = malloc(outer * T * itemsize)
+    if P[0] == NULL or E[0] == NULL:
+        free(P[0])
+        free(E[0])
+        return -1
+    return 0
+
+
 cdef void span_carry(scalar_t *P, const scalar_t *E, Py_ssize_t outer,
                      Py_ssize_t nch, Py_ssize_t T,
                      Py_ssize_t span_ch) noexcept nogil:
@@ -613,7 +636,7 @@ cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
     cdef real_t *P
     cdef real_t *E
     cdef real_t x
-    T = 1 if outer >= nthreads else imin(nch, (nthreads + outer - 1) // outer)
+    T = span_split(outer, nch, nthreads, &span_ch)
     if T <= 1:
         if nthreads == 1 or outer == 1:
             for r in range(outer):
@@ -624,13 +647,8 @@ cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
                 base = r * n + pos(0, n, reverse)
                 vscan(A + base, B + base, O + base, n, H0[r], reverse, NULL)
         return 0
-    span_ch = (nch + T - 1) // T
-    T = (nch + span_ch - 1) // span_ch
-    P = <real_t *> malloc(outer * nch * sizeof(real_t))
-    E = <real_t *> malloc(outer * T * sizeof(real_t))
-    if P == NULL or E == NULL:
-        free(P)
-        free(E)
+    if span_scratch(outer, nch, T, sizeof(real_t), <void **> &P,
+                    <void **> &E) != 0:
         return -1
     # (1) spans, each in one pass on one thread
     for task in prange(outer * T, num_threads=nthreads, schedule='static'):
@@ -863,14 +881,9 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
         rows_pass(MODE_SCAN, A, B, O, H0, NULL, NULL, outer, n, 1, n, 1,
                   reverse, nthreads)
         return 0
-    T = 1 if outer >= nthreads else imin(nch, (nthreads + outer - 1) // outer)
-    span_ch = (nch + T - 1) // T
-    T = (nch + span_ch - 1) // span_ch
-    P = <scalar_t *> malloc(outer * nch * sizeof(scalar_t))
-    E = <scalar_t *> malloc(outer * T * sizeof(scalar_t))
-    if P == NULL or E == NULL:
-        free(P)
-        free(E)
+    T = span_split(outer, nch, nthreads, &span_ch)
+    if span_scratch(outer, nch, T, sizeof(scalar_t), <void **> &P,
+                    <void **> &E) != 0:
         return -1
     W = <scalar_t *> malloc(outer * T * cs * sizeof(scalar_t))
     if W == NULL:
@@ -899,15 +912,9 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     return 0
 
 
-cdef extern from *:
-    """
-    #ifndef ZM_SPAN0
-    #define ZM_SPAN0 2
-    #define ZM_SPAN 3
-    #endif
-    """
-    Py_ssize_t SPAN0_PARTS "ZM_SPAN0"
-    Py_ssize_t SPAN_PARTS "ZM_SPAN"
+cdef enum:
+    SPAN0_PARTS = 2    # the columns layout's time split: span 0 ...
+    SPAN_PARTS = 3     # ... against every later span
 
 
 cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
