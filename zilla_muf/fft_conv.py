@@ -38,6 +38,11 @@ from ._validation import (
 
 __all__ = ["fft_conv"]
 
+# Signal elements per FFT thread below which another thread costs more than
+# it saves (bench/bench_sweeps.py: with 16 channels, 2 threads were slower
+# than 1 up to 2^16 elements and faster from 2^18 on).
+_MIN_PER_THREAD = 1 << 17
+
 
 def _conv_operands(kernel, x, axis, kname, xname):
     """Check and lay out the operands of a causal convolution.
@@ -117,7 +122,9 @@ def fft_conv(signal, kernel, *, axis=-1, workers=None):
         The time axis of `signal`. Default -1.
     workers : int, optional
         Threads for :mod:`scipy.fft`: None is 1, -1 all cores, negative
-        values count back from all cores.
+        values count back from all cores. At most one thread per 131072
+        elements of the (broadcast) signal is used: on less, another thread
+        costs more than it saves.
 
     Returns
     -------
@@ -176,6 +183,8 @@ def fft_conv(signal, kernel, *, axis=-1, workers=None):
     """
     nthreads = resolve_workers(workers)
     k, x, lead, out_axis, dtype = _conv_operands(kernel, signal, axis, "kernel", "signal")
+    size = int(np.prod(lead, dtype=np.int64)) * x.shape[-1]
+    nthreads = max(1, min(nthreads, size // _MIN_PER_THREAD))
     y = _fft_causal(k, x, lead, dtype, nthreads)
     return np.moveaxis(y, -1, out_axis)
 
