@@ -77,11 +77,14 @@ def _conv_operands(kernel, x, axis, kname, xname):
 
 
 def _fft_causal(k, x, lead, dtype, workers):
-    """Causal convolution of operands laid out by :func:`_conv_operands`."""
+    """Causal convolution of operands laid out by :func:`_conv_operands`,
+    on at most one FFT thread per _MIN_PER_THREAD signal elements."""
     n = x.shape[-1]
     K = k.shape[-1]
     if n == 0 or K == 0 or 0 in lead:
         return np.zeros(lead + (n,), dtype=dtype)
+    size = int(np.prod(lead, dtype=np.int64)) * n
+    workers = max(1, min(workers, size // _MIN_PER_THREAD))
     x = x.astype(dtype, copy=False)
     k = k.astype(dtype, copy=False)
     if dtype.kind == "c":
@@ -183,8 +186,6 @@ def fft_conv(signal, kernel, *, axis=-1, workers=None):
     """
     nthreads = resolve_workers(workers)
     k, x, lead, out_axis, dtype = _conv_operands(kernel, signal, axis, "kernel", "signal")
-    size = int(np.prod(lead, dtype=np.int64)) * x.shape[-1]
-    nthreads = max(1, min(nthreads, size // _MIN_PER_THREAD))
     y = _fft_causal(k, x, lead, dtype, nthreads)
     return np.moveaxis(y, -1, out_axis)
 
