@@ -5,6 +5,7 @@ def toeplitz_direct(
     kernel: npt.NDArray[np.floating], kmap: npt.NDArray[np.intp],
     x: npt.NDArray[np.floating], xmap: npt.NDArray[np.intp],
     out: npt.NDArray[np.floating], tile: int, num_threads: int,
+    cplx: bool = ...,
 ) -> None: ...
 def cauchy(
     nodes: npt.NDArray[np.floating], nmap: npt.NDArray[np.intp],

@@ -80,18 +80,49 @@ cdef inline void toeplitz_tile(const real_t *k, Py_ssize_t K, const real_t *x,
             yo[i] = yo[i] + kj * xo[i]
 
 
+cdef inline void toeplitz_tile_cplx(const real_t *k, Py_ssize_t K,
+                                    const real_t *x, real_t *y, Py_ssize_t i0,
+                                    Py_ssize_t i1) noexcept nogil:
+    """toeplitz_tile of complex data stored as (re, im) pairs: element i of
+    x is x[2 i] + 1j x[2 i + 1], and likewise k and y."""
+    cdef Py_ssize_t i, j, start, m
+    cdef real_t kr, ki
+    cdef real_t *yo
+    cdef const real_t *xo
+    for i in range(2 * i0, 2 * i1):
+        y[i] = 0
+    for j in range(imin(K, i1)):
+        kr = k[2 * j]
+        ki = k[2 * j + 1]
+        start = imax(i0, j)
+        m = i1 - start
+        yo = y + 2 * start
+        xo = x + 2 * (start - j)
+        for i in range(m):
+            yo[2 * i] = yo[2 * i] + kr * xo[2 * i] - ki * xo[2 * i + 1]
+            yo[2 * i + 1] = yo[2 * i + 1] + kr * xo[2 * i + 1] + ki * xo[2 * i]
+
+
 def toeplitz_direct(const real_t[:, ::1] kernel, const Py_ssize_t[::1] kmap,
                     const real_t[:, ::1] x, const Py_ssize_t[::1] xmap,
-                    real_t[:, ::1] out, Py_ssize_t tile, int num_threads):
-    """out[r] = causal convolution of kernel[kmap[r]] and x[xmap[r]]."""
-    cdef Py_ssize_t rows = out.shape[0], n = out.shape[1], K = kernel.shape[1]
+                    real_t[:, ::1] out, Py_ssize_t tile, int num_threads,
+                    bint cplx=False):
+    """out[r] = causal convolution of kernel[kmap[r]] and x[xmap[r]].
+
+    With cplx, every row holds complex values as (re, im) pairs (the real
+    views of complex arrays), so a row of length 2 m has m elements."""
+    cdef Py_ssize_t width = 2 if cplx else 1
+    cdef Py_ssize_t rows = out.shape[0], n = out.shape[1] // width
+    cdef Py_ssize_t K = kernel.shape[1] // width
     cdef Py_ssize_t ntile, ntask, task, r, t, i0
     cdef const real_t *KP
     cdef const real_t *XP
     cdef real_t *OP
     if tile < 1 or num_threads < 1:
         raise ValueError("tile and num_threads must be >= 1")
-    if kmap.shape[0] != rows or xmap.shape[0] != rows or x.shape[1] != n:
+    if (kmap.shape[0] != rows or xmap.shape[0] != rows
+            or x.shape[1] != out.shape[1] or out.shape[1] % width
+            or kernel.shape[1] % width):
         raise ValueError("toeplitz_direct: inconsistent shapes")
     if rows == 0 or n == 0:
         return
@@ -111,8 +142,12 @@ def toeplitz_direct(const real_t[:, ::1] kernel, const Py_ssize_t[::1] kmap,
             r = task // ntile
             t = task - r * ntile
             i0 = t * tile
-            toeplitz_tile(KP + kmap[r] * K, K, XP + xmap[r] * n, OP + r * n,
-                          i0, imin(n, i0 + tile))
+            if cplx:
+                toeplitz_tile_cplx(KP + kmap[r] * 2 * K, K, XP + xmap[r] * 2 * n,
+                                   OP + r * 2 * n, i0, imin(n, i0 + tile))
+            else:
+                toeplitz_tile(KP + kmap[r] * K, K, XP + xmap[r] * n,
+                              OP + r * n, i0, imin(n, i0 + tile))
 
 
 # ---------------------------------------------------------------------------

@@ -52,8 +52,11 @@ _TILE = 1024
 # float32, 8 x 32768 float64, 64 x 4096 complex64; workers 1 and 2), where a
 # second thread sped the direct kernel up more than the FFTs of these lengths.
 # Near the crossover the two methods' times varied by more than 20% from run
-# to run, which bounds how well any constant can do there.
-_DIRECT_BREAK = {"f": 3.5, "d": 3.5, "F": 1.1, "D": 1.1}
+# to run, which bounds how well any constant can do there. The complex
+# constants were refit (one sweep of 64 x 4096, kernel lengths 12-32) when
+# the direct kernel began multiplying complex pairs in place of four real
+# products.
+_DIRECT_BREAK = {"f": 3.5, "d": 3.5, "F": 1.3, "D": 1.9}
 _THREAD_GAIN = 0.4
 # Smallest chunk (steps) of the semiseparable kernel worth a carry.
 _MIN_SS_CHUNK = 256
@@ -343,36 +346,18 @@ def semiseparable_matrix(a, B, C):
 # ---------------------------------------------------------------------------
 
 def _toeplitz_direct(k, x, lead, dtype, nthreads):
-    """Direct causal convolution; complex data as real products."""
+    """Direct causal convolution; complex data through the real views of
+    complex rows (the kernel multiplies (re, im) pairs)."""
     n = x.shape[-1]
     rows = int(np.prod(lead, dtype=np.int64))
-    rdtype = _real_of(dtype)
     kmap = _row_map(k.shape[:-1], lead)
     xmap = _row_map(x.shape[:-1], lead)
-    kparts = [k.real, k.imag] if k.dtype.kind == "c" else [k]
-    xparts = [x.real, x.imag] if x.dtype.kind == "c" else [x]
-    kstack = np.concatenate([_rows(p, rdtype) for p in kparts])
-    xstack = np.concatenate([_rows(p, rdtype) for p in xparts])
-    kr = kstack.shape[0] // len(kparts)
-    xr = xstack.shape[0] // len(xparts)
-    # (kernel part, signal part, sign, real/imag target)
-    terms = [(0, 0, 1, 0), (1, 1, -1, 0), (0, 1, 1, 1), (1, 0, 1, 1)]
-    terms = [t for t in terms if t[0] < len(kparts) and t[1] < len(xparts)]
-    kmaps = np.concatenate([kmap + t[0] * kr for t in terms])
-    xmaps = np.concatenate([xmap + t[1] * xr for t in terms])
-    out = np.empty((len(terms) * rows, n), dtype=rdtype)
-    _structured.toeplitz_direct(kstack, kmaps, xstack, xmaps, out, _TILE, nthreads)
-    out = out.reshape(len(terms), rows, n)
-    if dtype.kind != "c":
-        return out[0].reshape(lead + (n,))
-    y = np.empty((rows, n), dtype=dtype)
-    for target in (0, 1):
-        parts = [(sign, part) for (_, _, sign, tgt), part in zip(terms, out) if tgt == target]
-        dest = y.real if target == 0 else y.imag
-        np.copyto(dest, parts[0][1])    # the first term of each part is positive
-        for sign, part in parts[1:]:
-            (np.subtract if sign < 0 else np.add)(dest, part, out=dest)
-    return y.reshape(lead + (n,))
+    out = np.empty((rows, n), dtype=dtype)
+    cplx = dtype.kind == "c"
+    view = _interleaved if cplx else (lambda a: a)
+    _structured.toeplitz_direct(view(_rows(k, dtype)), kmap, view(_rows(x, dtype)),
+                                xmap, view(out), _TILE, nthreads, cplx)
+    return out.reshape(lead + (n,))
 
 
 def _toeplitz_auto_direct(n, K, dtype, nthreads=1, channels=1):
