@@ -9,10 +9,13 @@
  * accumulators, which fit the 16 AVX registers); other compilers get the
  * same loops on scalars (vectors of width 1).
  *
- * Every product has the head dimension P as its columns, so the operands
- * read along columns (the chunk of x, the state, the weighted x) are first
- * copied into scratch rows of Pp = P rounded up to the vector width, and
- * the state is kept transposed, (N, Pp), while a task walks its chunks.
+ * The output and state products have the head dimension P as their
+ * columns, so the operands read along columns (the chunk of x, the state,
+ * the weighted x) are first copied into scratch rows of Pp = P rounded up
+ * to the vector width, and the state is kept transposed, (N, Pp), while a
+ * task walks its chunks. C B^T has the chunk's positions as columns: B is
+ * copied transposed for it. The operands read by rows (C, B, the decay
+ * matrix) are used where they are.
  */
 #ifndef ZM_SSDCHUNK_H
 #define ZM_SSDCHUNK_H
