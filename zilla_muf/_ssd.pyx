@@ -63,8 +63,8 @@ from zilla_muf._vmath cimport vexp, zm_softplusf
 # ---------------------------------------------------------------------------
 
 cdef extern from "_ssdchunk.h" nogil:
-    int ZM_SSD_VWF
-    int ZM_SSD_VWD
+    int ZM_VWF
+    int ZM_VWD
     Py_ssize_t zm_ssd_scratch(Py_ssize_t cm, Py_ssize_t P, Py_ssize_t N,
                               Py_ssize_t vw, Py_ssize_t itemsize)
     void zm_ssd_walk_f(const float *x, float *y, const float *B,
@@ -169,9 +169,9 @@ cdef class Scratch:
 
 cdef inline Py_ssize_t vector_width(real_t *dummy) noexcept nogil:
     if real_t is float:
-        return ZM_SSD_VWF
+        return ZM_VWF
     else:
-        return ZM_SSD_VWD
+        return ZM_VWD
 
 
 def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,

@@ -4,10 +4,10 @@
  * operands and no separate scaling passes.
  *
  * The body (_ssdchunk_impl.h) is written once and included twice, with
- * T = float and T = double. With gcc/clang vector extensions a tile is MR
- * rows by two 32-byte vectors (6 x 16 floats, 6 x 8 doubles: 12
- * accumulators, which fit the 16 AVX registers); other compilers get the
- * same loops on scalars (vectors of width 1).
+ * T = float and T = double, on the vectors of _vlanes.h. With gcc/clang
+ * vector extensions a tile is MR rows by two 32-byte vectors (6 x 16
+ * floats, 6 x 8 doubles: 12 accumulators, which fit the 16 AVX registers);
+ * other compilers get the same loops on scalars (vectors of width 1).
  *
  * The output and state products have the head dimension P as their
  * columns, so the operands read along columns (the chunk of x, the state,
@@ -20,28 +20,10 @@
 #ifndef ZM_SSDCHUNK_H
 #define ZM_SSDCHUNK_H
 
-#include "_vmath.h"
-
-#if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 5)
-typedef float zm_ssd_vf __attribute__((vector_size(32)));
-typedef double zm_ssd_vd __attribute__((vector_size(32)));
-#define ZM_SSD_VWF 8
-#define ZM_SSD_VWD 4
-#else
-typedef float zm_ssd_vf;
-typedef double zm_ssd_vd;
-#define ZM_SSD_VWF 1
-#define ZM_SSD_VWD 1
-#endif
+#include "_vlanes.h"
 
 /* Rows of a tile. */
 #define ZM_SSD_MR 6
-
-#if defined(__GNUC__)
-#define ZM_UNROLL _Pragma("GCC unroll 8")
-#else
-#define ZM_UNROLL
-#endif
 
 ZM_INLINE ptrdiff_t zm_ssd_round(ptrdiff_t n, ptrdiff_t w)
 {
@@ -66,8 +48,8 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 }
 
 #define T float
-#define V zm_ssd_vf
-#define VW ZM_SSD_VWF
+#define V zm_vf
+#define VW ZM_VWF
 #define S(name) name##_f
 #define ZM_EXP zm_expf
 #include "_ssdchunk_impl.h"
@@ -78,8 +60,8 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 #undef ZM_EXP
 
 #define T double
-#define V zm_ssd_vd
-#define VW ZM_SSD_VWD
+#define V zm_vd
+#define VW ZM_VWD
 #define S(name) name##_d
 #define ZM_EXP zm_exp
 #include "_ssdchunk_impl.h"

@@ -25,18 +25,6 @@ typedef struct {
     int use_c;
 } S(zm_tile_args);
 
-ZM_INLINE V S(zm_vld)(const T *p)
-{
-    V v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-ZM_INLINE void S(zm_vst)(T *p, V v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
 ZM_INLINE void S(zm_tile_run)(const int MR, const int NV,
                               const S(zm_tile_args) *t)
 {
@@ -564,19 +552,6 @@ static void S(zm_ssd_cb)(T *CB, ptrdiff_t ldcb, const T *Cc, const T *Bc,
  * is VW running sums over the vector columns, added in a fixed order, then
  * its scalar tail (the result does not depend on the thread count).
  * ------------------------------------------------------------------------ */
-ZM_INLINE T S(zm_hsum)(V v)
-{
-    T t[VW];
-    T s = 0;
-    int k, w;
-    memcpy(t, &v, sizeof t);
-    for (w = VW / 2; w >= 1; w /= 2)
-        for (k = 0; k < w; k++)
-            t[k] += t[k + w];
-    s = t[0];
-    return s;
-}
-
 ZM_CLONES
 static void S(zm_seq_step)(T *restrict St, const T *restrict x,
                            const T *restrict Bt, const T *restrict Ct, T a,
