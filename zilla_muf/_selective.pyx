@@ -22,22 +22,25 @@ the three public layouts (constant (dim, N): sb = 0, gs = 1, sg = N, st = 0;
 (batch, N, L) and (batch, G, N, L) transposed to (batch, [G,] L, N)).
 Channels are independent: a static `prange` over batch * dim gives each
 thread a contiguous block of channels, so a group's B and C rows stay in
-cache. The float32 exponential and softplus are `zm_expf` and
-`zm_softplusf` (_vmath.h), branch-free so that gcc vectorises them;
-float64 uses libm. Complex A keeps the real and
-imaginary parts of h, A, B and C in separate real rows; the output is
-2 Re(sum_n C h), the state one member of each conjugate pair.
+cache. The real channel and its steps are the C loops of _selscan.h
+(compiled for x86-64-v3 too): the decays exp(dt A) of a block of steps
+are formed in one vectorised pass, then the recurrence is multiply-adds in
+vector lanes. The exponential and softplus are `zm_expf` / `zm_exp` and
+`zm_softplusf` (_vmath.h), branch-free so that they vectorise. Complex A
+keeps the real and imaginary parts of h, A, B and C in separate real rows;
+the output is 2 Re(sum_n C h), the state one member of each conjugate
+pair.
 
 Causal convolution. Per channel, out[t] = bias + sum_k w[k] xpad[t + k] with
 xpad = (initial states, x), evaluated tap by tap with t innermost
 (vectorised), the first width-1 outputs reading the initial states.
 """
 from cython.parallel cimport prange, parallel
-from libc.math cimport log1p, cos, cosf, sin, sinf
+from libc.math cimport cos, cosf, sin, sinf
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._types cimport real_t
-from zilla_muf._vmath cimport vexp, zm_softplusf
+from zilla_muf._vmath cimport vexp
 
 
 
@@ -48,16 +51,6 @@ cdef enum:
 # ---------------------------------------------------------------------------
 # Element functions
 # ---------------------------------------------------------------------------
-
-cdef inline real_t softplus_t(real_t x) noexcept nogil:
-    """log(1 + exp(x)), and x itself above 20 (torch's threshold)."""
-    if real_t is float:
-        return zm_softplusf(x)     # branch-free; equals x above 20
-    else:
-        if x > 20:
-            return x
-        return log1p(vexp(x))
-
 
 cdef inline real_t silu_t(real_t x) noexcept nogil:
     """x sigmoid(x); exp(-x) may overflow to inf, giving -0."""
@@ -101,18 +94,6 @@ cdef inline real_t dot(const real_t *c, const real_t *h,
 # Row functions: one channel over the whole sequence
 # ---------------------------------------------------------------------------
 
-cdef inline void delta_row(const real_t *dl, real_t bias, bint softplus,
-                           real_t *dt, Py_ssize_t L) noexcept nogil:
-    """dt[t] = softplus(dl[t] + bias) (or without softplus); vectorised."""
-    cdef Py_ssize_t t
-    if softplus:
-        for t in range(L):
-            dt[t] = softplus_t(dl[t] + bias)
-    else:
-        for t in range(L):
-            dt[t] = dl[t] + bias
-
-
 cdef extern from "_vexp.h" nogil:
     void zm_silu_f(const float *x, float *out, Py_ssize_t n)
     void zm_silu_d(const double *x, double *out, Py_ssize_t n)
@@ -128,33 +109,48 @@ cdef inline void gate_row(const real_t *z, real_t *g,
         zm_silu_d(z, g, L)
 
 
-cdef void channel_real(const real_t *u, const real_t *dts, const real_t *g,
-                       const real_t *A, const real_t *Bp, Py_ssize_t bst,
-                       const real_t *Cp, Py_ssize_t cst, real_t Dd,
-                       const real_t *h0, real_t *y, real_t *hlast, real_t *h,
-                       Py_ssize_t N, Py_ssize_t L) noexcept nogil:
-    """One channel of the real selective scan, from its steps dts and gates
-    g (silu(z), or NULL); h is N values of scratch."""
-    cdef Py_ssize_t t, n
-    cdef real_t dt, du, ut, acc
-    cdef const real_t *Bt
-    cdef const real_t *Ct
-    for n in range(N):
-        h[n] = h0[n]
-    for t in range(L):
-        ut = u[t]
-        dt = dts[t]
-        du = dt * ut
-        Bt = Bp + t * bst
-        Ct = Cp + t * cst
-        for n in range(N):
-            h[n] = vexp(dt * A[n]) * h[n] + du * Bt[n]
-        acc = dot(Ct, h, N) + Dd * ut
-        if g != NULL:
-            acc = acc * g[t]
-        y[t] = acc
-    for n in range(N):
-        hlast[n] = h[n]
+cdef extern from "_selscan.h" nogil:
+    Py_ssize_t zm_sel_scratch(Py_ssize_t N)
+    void zm_sel_steps_f(const float *dl, float bias, int softplus, float *dt,
+                        Py_ssize_t L)
+    void zm_sel_steps_d(const double *dl, double bias, int softplus,
+                        double *dt, Py_ssize_t L)
+    void zm_sel_channel_f(const float *u, const float *dts, const float *g,
+                          const float *A, const float *Bp, Py_ssize_t bst,
+                          const float *Cp, Py_ssize_t cst, float Dd,
+                          const float *h0, float *y, float *hlast,
+                          float *work, Py_ssize_t N, Py_ssize_t L)
+    void zm_sel_channel_d(const double *u, const double *dts, const double *g,
+                          const double *A, const double *Bp, Py_ssize_t bst,
+                          const double *Cp, Py_ssize_t cst, double Dd,
+                          const double *h0, double *y, double *hlast,
+                          double *work, Py_ssize_t N, Py_ssize_t L)
+
+
+cdef inline void delta_row(const real_t *dl, real_t bias, bint softplus,
+                           real_t *dt, Py_ssize_t L) noexcept nogil:
+    """dt[t] = softplus(dl[t] + bias) (or without softplus)."""
+    if real_t is float:
+        zm_sel_steps_f(dl, bias, softplus, dt, L)
+    else:
+        zm_sel_steps_d(dl, bias, softplus, dt, L)
+
+
+cdef inline void channel_real(const real_t *u, const real_t *dts,
+                              const real_t *g, const real_t *A,
+                              const real_t *Bp, Py_ssize_t bst,
+                              const real_t *Cp, Py_ssize_t cst, real_t Dd,
+                              const real_t *h0, real_t *y, real_t *hlast,
+                              real_t *work, Py_ssize_t N,
+                              Py_ssize_t L) noexcept nogil:
+    """One channel of the real selective scan (_selscan.h), from its steps
+    dts and gates g (silu(z), or NULL); work: zm_sel_scratch(N) values."""
+    if real_t is float:
+        zm_sel_channel_f(u, dts, g, A, Bp, bst, Cp, cst, Dd, h0, y, hlast,
+                         work, N, L)
+    else:
+        zm_sel_channel_d(u, dts, g, A, Bp, bst, Cp, cst, Dd, h0, y, hlast,
+                         work, N, L)
 
 
 cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
@@ -219,7 +215,8 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
                    Py_ssize_t N, Py_ssize_t L, int nthreads) noexcept nogil:
     """All channels, `nthreads` threads; -1 when scratch cannot be had.
 
-    Per-thread scratch: the state (N), the channel's steps and gates (L each).
+    Per-thread scratch: the state and a block of decays (zm_sel_scratch),
+    the channel's steps and gates (L each).
     """
     cdef Py_ssize_t ch, b, d
     cdef real_t *h
@@ -228,11 +225,11 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
     cdef int status = 0
     cdef int *failed = &status    # shared: plain assignments are private
     with parallel(num_threads=nthreads):
-        h = <real_t *> malloc((N + 2 * L + 1) * sizeof(real_t))
+        h = <real_t *> malloc((zm_sel_scratch(N) + 2 * L + 1) * sizeof(real_t))
         if h == NULL:
             failed[0] = -1
         else:
-            dts = h + N
+            dts = h + zm_sel_scratch(N)
             g = dts + L
             for ch in prange(batch * dim, schedule='static'):
                 b = ch // dim

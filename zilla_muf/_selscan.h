@@ -1,0 +1,104 @@
+/*
+ * One channel of Mamba-1's real selective scan (float and double), on the
+ * vectors of _vlanes.h: its state h (N values) is advanced through every
+ * step t,
+ *
+ *     h[n] = exp(dt[t] A[n]) h[n] + (dt[t] u[t]) B[t, n]
+ *     y[t] = (sum_n C[t, n] h[n] + D u[t]) * g[t]      (g: silu(z), or 1)
+ *
+ * The decays exp(dt A) of a block of ZM_SEL_TB steps are formed first, in
+ * one vectorised pass, so that the recurrence itself is multiply-adds only.
+ * The dot product over n runs in vector lanes, summed in a fixed order
+ * (the result does not depend on the thread count).
+ */
+#ifndef ZM_SELSCAN_H
+#define ZM_SELSCAN_H
+
+#include "_vlanes.h"
+
+/* Steps whose decays are formed in one pass. */
+#define ZM_SEL_TB 16
+
+/* Elements of scratch of one channel: the state and a block of decays. */
+static ptrdiff_t zm_sel_scratch(ptrdiff_t N)
+{
+    return N * (ZM_SEL_TB + 1);
+}
+
+#define ZM_DEFINE_SEL_CHANNEL(sfx, T, V, VW, EXP)                           \
+ZM_CLONES                                                                   \
+static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
+                                 const T *A, const T *Bp, ptrdiff_t bst,    \
+                                 const T *Cp, ptrdiff_t cst, T Dd,          \
+                                 const T *h0, T *y, T *hlast, T *work,      \
+                                 ptrdiff_t N, ptrdiff_t L)                  \
+{                                                                           \
+    const V zero = {0};                                                     \
+    T *restrict h = work;                                                   \
+    T *restrict dA = work + N;                                              \
+    ptrdiff_t t0, t, n;                                                     \
+    for (n = 0; n < N; n++)                                                 \
+        h[n] = h0[n];                                                       \
+    for (t0 = 0; t0 < L; t0 += ZM_SEL_TB) {                                 \
+        const ptrdiff_t tb = L - t0 < ZM_SEL_TB ? L - t0 : ZM_SEL_TB;       \
+        for (t = 0; t < tb; t++) {                                          \
+            const T d = dts[t0 + t];                                        \
+            T *restrict row = dA + t * N;                                   \
+            for (n = 0; n < N; n++)                                         \
+                row[n] = EXP(d * A[n]);                                     \
+        }                                                                   \
+        for (t = 0; t < tb; t++) {                                          \
+            const T *Bt = Bp + (t0 + t) * bst, *Ct = Cp + (t0 + t) * cst;   \
+            const T *e = dA + t * N;                                        \
+            const T ut = u[t0 + t], du = dts[t0 + t] * ut;                  \
+            V acc = zero;                                                   \
+            T tail = 0, s;                                                  \
+            for (n = 0; n + VW <= N; n += VW) {                             \
+                V hv = zm_vld_##sfx(e + n) * zm_vld_##sfx(h + n)            \
+                       + du * zm_vld_##sfx(Bt + n);                         \
+                zm_vst_##sfx(h + n, hv);                                    \
+                acc += zm_vld_##sfx(Ct + n) * hv;                           \
+            }                                                               \
+            for (; n < N; n++) {                                            \
+                T hv = e[n] * h[n] + du * Bt[n];                            \
+                h[n] = hv;                                                  \
+                tail += Ct[n] * hv;                                         \
+            }                                                               \
+            s = (zm_hsum_##sfx(acc) + tail) + Dd * ut;                      \
+            y[t0 + t] = g != NULL ? s * g[t0 + t] : s;                      \
+        }                                                                   \
+    }                                                                       \
+    for (n = 0; n < N; n++)                                                 \
+        hlast[n] = h[n];                                                    \
+}
+
+ZM_DEFINE_SEL_CHANNEL(f, float, zm_vf, ZM_VWF, zm_expf)
+ZM_DEFINE_SEL_CHANNEL(d, double, zm_vd, ZM_VWD, zm_exp)
+
+/* A channel's steps: dt[t] = softplus(dl[t] + bias), or dl[t] + bias.
+ * float: the branch-free zm_softplusf (vectorised); double: x itself
+ * above 20 (torch's threshold), else log1p(exp(x)). */
+ZM_CLONES
+static void zm_sel_steps_f(const float *dl, float bias, int softplus,
+                           float *dt, ptrdiff_t L)
+{
+    ptrdiff_t t;
+    if (softplus)
+        for (t = 0; t < L; t++)
+            dt[t] = zm_softplusf(dl[t] + bias);
+    else
+        for (t = 0; t < L; t++)
+            dt[t] = dl[t] + bias;
+}
+
+static void zm_sel_steps_d(const double *dl, double bias, int softplus,
+                           double *dt, ptrdiff_t L)
+{
+    ptrdiff_t t;
+    for (t = 0; t < L; t++) {
+        double x = dl[t] + bias;
+        dt[t] = !softplus || x > 20 ? x : log1p(zm_exp(x));
+    }
+}
+
+#endif
