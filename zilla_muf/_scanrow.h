@@ -25,7 +25,8 @@
 
 #include "_vmath.h"
 
-#if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 5)
+#if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 5) \
+    && !defined(ZM_SCALAR)
 #define ZM_ROW_VECTOR 1
 #else
 #define ZM_ROW_VECTOR 0

@@ -11,7 +11,9 @@
 
 #include "_vmath.h"
 
-#if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 5)
+/* ZM_SCALAR (a build or test define) selects the scalar path anywhere. */
+#if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 5) \
+    && !defined(ZM_SCALAR)
 typedef float zm_vf __attribute__((vector_size(32)));
 typedef double zm_vd __attribute__((vector_size(32)));
 #define ZM_VWF 8
