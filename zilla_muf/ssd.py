@@ -858,9 +858,10 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     operations rather than matrix products: faster than the chunked
     algorithm for very short sequences only. On a 2-core x86-64 machine
     with batch 1, 8 heads and a 64 x 64 state per head, it was faster up to
-    seqlen 4 and slower from seqlen 8 on (``bench/bench_ssd.py`` measures
-    the crossover on a given machine); decoding one token at a time
-    (:func:`selective_state_update`) is where it belongs.
+    seqlen 4 or 8 and slower from seqlen 8 or 16 on, depending on the run
+    (``bench/bench_ssd.py`` measures the crossover on a given machine);
+    decoding one token at a time (:func:`selective_state_update`) is where
+    it belongs.
 
     .. versionadded:: 0.1.0
 
