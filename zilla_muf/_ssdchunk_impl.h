@@ -25,13 +25,35 @@ typedef struct {
     int use_c;
 } S(zm_tile_args);
 
+/* acc[r][:] += sum_{l < k} A[r * ra + l * ka] * B[l * ldb + :], r < MR. */
+ZM_INLINE void S(zm_tile_seg)(const int MR, const int NV,
+                              V acc[ZM_SSD_MR][2], ptrdiff_t k, const T *A,
+                              ptrdiff_t ra, ptrdiff_t ka, const T *B,
+                              ptrdiff_t ldb)
+{
+    const V zero = {0};
+    ptrdiff_t l;
+    int r;
+    for (l = 0; l < k; l++) {
+        V b0 = S(zm_vld)(B + l * ldb);
+        V b1 = NV > 1 ? S(zm_vld)(B + l * ldb + VW) : zero;
+        ZM_UNROLL
+        for (r = 0; r < MR; r++) {
+            T a = A[r * ra + l * ka];
+            acc[r][0] += a * b0;
+            if (NV > 1)
+                acc[r][1] += a * b1;
+        }
+    }
+}
+
 ZM_INLINE void S(zm_tile_run)(const int MR, const int NV,
                               const S(zm_tile_args) *t)
 {
     const V zero = {0};
     V acc[ZM_SSD_MR][2];
     T part[2 * VW];
-    ptrdiff_t l, c;
+    ptrdiff_t c;
     int r, v, full = t->ncols == NV * VW;
 
     ZM_UNROLL
@@ -49,21 +71,7 @@ ZM_INLINE void S(zm_tile_run)(const int MR, const int NV,
             }
         }
     }
-    {
-        const T *A = t->A1, *B = t->B1;
-        const ptrdiff_t ra = t->ra1, ka = t->ka1, ldb = t->ldb1;
-        for (l = 0; l < t->k1; l++) {
-            V b0 = S(zm_vld)(B + l * ldb);
-            V b1 = NV > 1 ? S(zm_vld)(B + l * ldb + VW) : zero;
-            ZM_UNROLL
-            for (r = 0; r < MR; r++) {
-                T a = A[r * ra + l * ka];
-                acc[r][0] += a * b0;
-                if (NV > 1)
-                    acc[r][1] += a * b1;
-            }
-        }
-    }
+    S(zm_tile_seg)(MR, NV, acc, t->k1, t->A1, t->ra1, t->ka1, t->B1, t->ldb1);
     if (t->rs != NULL) {
         ZM_UNROLL
         for (r = 0; r < MR; r++) {
@@ -72,21 +80,7 @@ ZM_INLINE void S(zm_tile_run)(const int MR, const int NV,
                 acc[r][v] *= t->rs[r];
         }
     }
-    {
-        const T *A = t->A2, *B = t->B2;
-        const ptrdiff_t ra = t->ra2, ka = t->ka2, ldb = t->ldb2;
-        for (l = 0; l < t->k2; l++) {
-            V b0 = S(zm_vld)(B + l * ldb);
-            V b1 = NV > 1 ? S(zm_vld)(B + l * ldb + VW) : zero;
-            ZM_UNROLL
-            for (r = 0; r < MR; r++) {
-                T a = A[r * ra + l * ka];
-                acc[r][0] += a * b0;
-                if (NV > 1)
-                    acc[r][1] += a * b1;
-            }
-        }
-    }
+    S(zm_tile_seg)(MR, NV, acc, t->k2, t->A2, t->ra2, t->ka2, t->B2, t->ldb2);
     ZM_UNROLL
     for (r = 0; r < MR; r++) {
         if (full) {
