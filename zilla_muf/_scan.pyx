@@ -760,34 +760,6 @@ cdef int vrows_associative(real_t *A, real_t *B, real_t *O, const real_t *H0,
 # Sequential
 # ---------------------------------------------------------------------------
 
-def sequential(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
-               const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
-               bint reverse):
-    """One pass per channel; single-threaded."""
-    cdef Py_ssize_t outer = out.shape[0], n = out.shape[1], inner = out.shape[2]
-    cdef Py_ssize_t o, j, step
-    cdef scalar_t *A
-    cdef scalar_t *B
-    cdef scalar_t *O
-    if outer == 0 or n == 0 or inner == 0:
-        return
-    A = <scalar_t *> &a[0, 0, 0]
-    B = <scalar_t *> &b[0, 0, 0]
-    O = &out[0, 0, 0]
-    with nogil:
-        if inner == 1:
-            if scalar_t is float or scalar_t is double:
-                vrows_sequential(A, B, O, &h0[0, 0], outer, n, reverse)
-            else:
-                rows_pass(MODE_SCAN, A, B, O, &h0[0, 0], NULL, NULL, outer,
-                          n, 1, n, 1, reverse, 1)
-        else:
-            step = -inner if reverse else inner
-            for o in range(outer):
-                j = (o * n + pos(0, n, reverse)) * inner
-                cols_scan(A + j, B + j, O + j, &h0[o, 0], inner, n, step)
-
-
 # ---------------------------------------------------------------------------
 # Chunked
 # ---------------------------------------------------------------------------
@@ -1044,39 +1016,6 @@ cdef inline Py_ssize_t span_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t T,
     return n * (SPAN0_PARTS + SPAN_PARTS * (k - 1)) // parts
 
 
-def chunked(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
-            const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
-            bint reverse, Py_ssize_t chunk_size, Py_ssize_t block_width,
-            int num_threads):
-    """Chunked scan; `block_width` is the channel block of the columns layout."""
-    cdef Py_ssize_t outer = out.shape[0], n = out.shape[1], inner = out.shape[2]
-    cdef int status = 0
-    cdef scalar_t *A
-    cdef scalar_t *B
-    cdef scalar_t *O
-    if chunk_size < 1 or block_width < 1 or num_threads < 1:
-        raise ValueError("chunk_size, block_width and num_threads must be >= 1")
-    if outer == 0 or n == 0 or inner == 0:
-        return
-    A = <scalar_t *> &a[0, 0, 0]
-    B = <scalar_t *> &b[0, 0, 0]
-    O = &out[0, 0, 0]
-    with nogil:
-        if inner == 1:
-            if scalar_t is float or scalar_t is double:
-                status = vrows_chunked(A, B, O, &h0[0, 0], outer, n, reverse,
-                                       imin(chunk_size, n), num_threads)
-            else:
-                status = rows_chunked(A, B, O, &h0[0, 0], outer, n, reverse,
-                                      imin(chunk_size, n), num_threads)
-        else:
-            status = cols_chunked(A, B, O, &h0[0, 0], outer, n, inner, reverse,
-                                  imin(chunk_size, n), imin(block_width, inner),
-                                  num_threads)
-    if status != 0:
-        raise MemoryError("could not allocate the scan's scratch memory")
-
-
 # ---------------------------------------------------------------------------
 # Associative (Blelloch tree over leaf blocks)
 # ---------------------------------------------------------------------------
@@ -1269,36 +1208,101 @@ cdef int cols_associative(scalar_t *A, scalar_t *B, scalar_t *O,
     return 0
 
 
-def associative(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
-                const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
-                bint reverse, Py_ssize_t leaf_size, Py_ssize_t block_width,
-                int num_threads):
-    """Tree scan over leaf blocks of `leaf_size` steps."""
+# ---------------------------------------------------------------------------
+# Entry points: out (outer, n, inner) <- the scan of a, b from h0 (outer,
+# inner) along axis 1. The rows layout (inner == 1) of real dtypes takes the
+# vector row kernels; complex rows the lockstep lanes; inner > 1 the
+# columns layout.
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    RUN_SEQUENTIAL
+    RUN_CHUNKED
+    RUN_ASSOCIATIVE
+
+
+cdef run(int method, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
+         const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out, bint reverse,
+         Py_ssize_t size, Py_ssize_t block_width, int num_threads):
+    """The kernels of `method`; `size` is the chunk or leaf length."""
     cdef Py_ssize_t outer = out.shape[0], n = out.shape[1], inner = out.shape[2]
+    cdef Py_ssize_t o, j, step
     cdef int status = 0
     cdef scalar_t *A
     cdef scalar_t *B
     cdef scalar_t *O
-    if leaf_size < 1 or block_width < 1 or num_threads < 1:
-        raise ValueError("leaf_size, block_width and num_threads must be >= 1")
+    cdef const scalar_t *H
     if outer == 0 or n == 0 or inner == 0:
         return
     A = <scalar_t *> &a[0, 0, 0]
     B = <scalar_t *> &b[0, 0, 0]
     O = &out[0, 0, 0]
+    H = &h0[0, 0]
+    size = imin(size, n)
+    block_width = imin(block_width, inner)
     with nogil:
-        if inner == 1:
-            if scalar_t is float or scalar_t is double:
-                status = vrows_associative(A, B, O, &h0[0, 0], outer, n,
-                                           reverse, imin(leaf_size, n),
-                                           num_threads)
+        if method == RUN_SEQUENTIAL:
+            if inner == 1:
+                if scalar_t is float or scalar_t is double:
+                    vrows_sequential(A, B, O, H, outer, n, reverse)
+                else:
+                    rows_pass(MODE_SCAN, A, B, O, H, NULL, NULL, outer, n, 1,
+                              n, 1, reverse, 1)
             else:
-                status = rows_associative(A, B, O, &h0[0, 0], outer, n,
-                                          reverse, imin(leaf_size, n),
-                                          num_threads)
+                step = -inner if reverse else inner
+                for o in range(outer):
+                    j = (o * n + pos(0, n, reverse)) * inner
+                    cols_scan(A + j, B + j, O + j, H + o * inner, inner, n,
+                              step)
+        elif method == RUN_CHUNKED:
+            if inner > 1:
+                status = cols_chunked(A, B, O, H, outer, n, inner, reverse,
+                                      size, block_width, num_threads)
+            elif scalar_t is float or scalar_t is double:
+                status = vrows_chunked(A, B, O, H, outer, n, reverse, size,
+                                       num_threads)
+            else:
+                status = rows_chunked(A, B, O, H, outer, n, reverse, size,
+                                      num_threads)
         else:
-            status = cols_associative(A, B, O, &h0[0, 0], outer, n, inner,
-                                      reverse, imin(leaf_size, n),
-                                      imin(block_width, inner), num_threads)
+            if inner > 1:
+                status = cols_associative(A, B, O, H, outer, n, inner,
+                                          reverse, size, block_width,
+                                          num_threads)
+            elif scalar_t is float or scalar_t is double:
+                status = vrows_associative(A, B, O, H, outer, n, reverse,
+                                           size, num_threads)
+            else:
+                status = rows_associative(A, B, O, H, outer, n, reverse, size,
+                                          num_threads)
     if status != 0:
         raise MemoryError("could not allocate the scan's scratch memory")
+
+
+def sequential(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
+               const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
+               bint reverse):
+    """One pass per channel; single-threaded."""
+    run(RUN_SEQUENTIAL, a, b, h0, out, reverse, 1, 1, 1)
+
+
+def chunked(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
+            const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
+            bint reverse, Py_ssize_t chunk_size, Py_ssize_t block_width,
+            int num_threads):
+    """Chunked scan; `block_width` is the channel block of the columns layout."""
+    if chunk_size < 1 or block_width < 1 or num_threads < 1:
+        raise ValueError("chunk_size, block_width and num_threads must be >= 1")
+    run(RUN_CHUNKED, a, b, h0, out, reverse, chunk_size, block_width,
+        num_threads)
+
+
+def associative(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
+                const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
+                bint reverse, Py_ssize_t leaf_size, Py_ssize_t block_width,
+                int num_threads):
+    """Tree scan over leaf blocks of `leaf_size` steps."""
+    if leaf_size < 1 or block_width < 1 or num_threads < 1:
+        raise ValueError("leaf_size, block_width and num_threads must be >= 1")
+    run(RUN_ASSOCIATIVE, a, b, h0, out, reverse, leaf_size, block_width,
+        num_threads)
