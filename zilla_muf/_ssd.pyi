@@ -10,8 +10,8 @@ class Scratch:
 
 def combined(
     x: _F, dt: _F, dA: _F, B: _F, C: _F, seq: _I, has_seq: bool,
-    state: _F, has_init: bool, y: _F, chunk_size: int, num_threads: int,
-    share_cb: bool = ...,
+    state: _F, has_init: bool, D: _F, has_D: bool, z: _F, has_z: bool,
+    y: _F, chunk_size: int, num_threads: int, share_cb: bool = ...,
 ) -> int: ...
 def process_dt(
     dt: _F, bias: _F, has_bias: bool, dt_softplus: bool, lo: float, hi: float,

@@ -71,6 +71,7 @@ cdef extern from "_ssdchunk.h" nogil:
                        const float *C, const float *dt, const float *cs,
                        const long long *seq, const float *CB,
                        Py_ssize_t cbstride, float *state, int has_init,
+                       const float *Dv, const float *z,
                        Py_ssize_t ldx, Py_ssize_t ldb, Py_ssize_t L,
                        Py_ssize_t P, Py_ssize_t N, Py_ssize_t csz,
                        float *work)
@@ -78,6 +79,7 @@ cdef extern from "_ssdchunk.h" nogil:
                        const double *C, const double *dt, const double *cs,
                        const long long *seq, const double *CB,
                        Py_ssize_t cbstride, double *state, int has_init,
+                       const double *Dv, const double *z,
                        Py_ssize_t ldx, Py_ssize_t ldb, Py_ssize_t L,
                        Py_ssize_t P, Py_ssize_t N, Py_ssize_t csz,
                        double *work)
@@ -178,10 +180,13 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
              const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
              const real_t[:, :, :, ::1] C, const long long[:, ::1] seq,
              bint has_seq, real_t[:, :, :, ::1] state, bint has_init,
-             real_t[:, :, :, ::1] y, Py_ssize_t chunk_size, int num_threads,
-             bint share_cb=True):
+             const real_t[:, ::1] D, bint has_D, const real_t[:, :, :, ::1] z,
+             bint has_z, real_t[:, :, :, ::1] y, Py_ssize_t chunk_size,
+             int num_threads, bint share_cb=True):
     """Chunked SSD scan; `state` holds the initial state and gets the final
-    one. Returns the number of threads that ran.
+    one. With has_D / has_z, y gets D (nheads, headdim) x added and is then
+    gated by silu(z) (z shaped like x), chunk by chunk. Returns the number
+    of threads that ran.
 
     Each (batch, head) task walks its chunks in order (_ssdchunk.h). With
     share_cb and several heads per group, C B^T of every (batch, group,
@@ -237,13 +242,17 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
             zm_ssd_walk_f(&x[b, 0, h, 0], &y[b, 0, h, 0], &B[b, 0, g, 0],
                           &C[b, 0, g, 0], &dt[b, h, 0], &dA[b, h, 0], sq,
                           (cb + (b * G + g) * nch * cbsz) if cb != NULL else NULL,
-                          cbsz, &state[b, h, 0, 0], has_init, ldx, ldb, L, P,
+                          cbsz, &state[b, h, 0, 0], has_init,
+                          &D[h, 0] if has_D else NULL,
+                          &z[b, 0, h, 0] if has_z else NULL, ldx, ldb, L, P,
                           N, chunk_size, buf + tid * scr.per_thread)
         else:
             zm_ssd_walk_d(&x[b, 0, h, 0], &y[b, 0, h, 0], &B[b, 0, g, 0],
                           &C[b, 0, g, 0], &dt[b, h, 0], &dA[b, h, 0], sq,
                           (cb + (b * G + g) * nch * cbsz) if cb != NULL else NULL,
-                          cbsz, &state[b, h, 0, 0], has_init, ldx, ldb, L, P,
+                          cbsz, &state[b, h, 0, 0], has_init,
+                          &D[h, 0] if has_D else NULL,
+                          &z[b, 0, h, 0] if has_z else NULL, ldx, ldb, L, P,
                           N, chunk_size, buf + tid * scr.per_thread)
     return scr.count()
 

@@ -464,6 +464,31 @@ ZM_INLINE void S(zm_ssd_chunk)(const S(zm_ssd_ws) *ws, const T *X, T *Y,
     }
 }
 
+/* The output's finishing terms on the rows of a chunk, while they are in
+ * cache: y = (y + D x) silu(z), D (P,) and z (rows of stride ld) optional.
+ * silu(v) = v s(v), the logistic s formed from exp(-|v|) (no overflow). */
+ZM_INLINE void S(zm_ssd_finish)(T *Y, const T *X, const T *Z, ptrdiff_t ld,
+                                const T *Dv, ptrdiff_t m, ptrdiff_t P)
+{
+    ptrdiff_t l, p;
+    for (l = 0; l < m; l++) {
+        T *restrict yr = Y + l * ld;
+        const T *restrict xr = X + l * ld;
+        if (Dv != NULL)
+            for (p = 0; p < P; p++)
+                yr[p] += Dv[p] * xr[p];
+        if (Z != NULL) {
+            const T *restrict zr = Z + l * ld;
+            for (p = 0; p < P; p++) {
+                T v = zr[p];
+                T e = ZM_EXP(v < 0 ? v : -v);
+                T r = (T) 1 / ((T) 1 + e);
+                yr[p] *= v * (v >= 0 ? r : e * r);
+            }
+        }
+    }
+}
+
 /* One (batch, head) task of the fused chunked scan: its chunks in order,
  * each one's output from the running state, then the state advanced
  * through the chunk.
@@ -472,14 +497,15 @@ ZM_INLINE void S(zm_ssd_chunk)(const S(zm_ssd_ws) *ws, const T *X, T *Y,
  * row stride ldb; dt, cs: (L,) step sizes and per-chunk cumulative decays;
  * seq: (L,) sequence ids or NULL; CB: chunk c's C B^T at CB + c * cbstride
  * (zm_ssd_cb), or NULL to form it per chunk; state: (P, N), the initial
- * state (has_init) on entry, the final one on return. */
+ * state (has_init) on entry, the final one on return; Dv: (P,) skip weights
+ * and z: (L, P) gates of row stride ldx, each NULL when absent. */
 ZM_CLONES
 static void S(zm_ssd_walk)(const T *x, T *y, const T *B, const T *C,
                            const T *dt, const T *cs, const long long *seq,
                            const T *CBall, ptrdiff_t cbstride, T *state,
-                           int has_init, ptrdiff_t ldx, ptrdiff_t ldb,
-                           ptrdiff_t L, ptrdiff_t P, ptrdiff_t N,
-                           ptrdiff_t csz, T *work)
+                           int has_init, const T *Dv, const T *z,
+                           ptrdiff_t ldx, ptrdiff_t ldb, ptrdiff_t L,
+                           ptrdiff_t P, ptrdiff_t N, ptrdiff_t csz, T *work)
 {
     const ptrdiff_t nch = (L + csz - 1) / csz;
     const S(zm_ssd_ws) ws = S(zm_ssd_workspace)(work, zm_ssd_min(csz, L),
@@ -502,6 +528,10 @@ static void S(zm_ssd_walk)(const T *x, T *y, const T *B, const T *C,
                         C + t0 * ldb, ldb, dt + t0, cs + t0, sq,
                         CBall != NULL ? CBall + c * cbstride : NULL,
                         has_state, 1, zm_ssd_min(csz, L - t0), P, N, &pf);
+        if (Dv != NULL || z != NULL)
+            S(zm_ssd_finish)(y + t0 * ldx, x + t0 * ldx,
+                             z != NULL ? z + t0 * ldx : NULL, ldx, Dv,
+                             zm_ssd_min(csz, L - t0), P);
         has_state = 1;
     }
     S(zm_ssd_state_out)(&ws, state, P, N);

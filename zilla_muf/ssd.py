@@ -792,14 +792,19 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     cs = _chunk_size(chunk_size, p.L)
     state = p.state()
     if p.degenerate:
-        y = np.zeros(p.x.shape, dtype=p.dtype)
+        y = p.finish(np.zeros(p.x.shape, dtype=p.dtype))
     else:
         dt_out, dA = p.processed_dt(cs, nthreads)
         seq, has_seq = p.seq_args()
         y = np.empty(p.x.shape, dtype=p.dtype)
+        # D and the gate are applied in the kernel, chunk by chunk
+        D2 = (np.zeros((1, 1), dtype=p.dtype) if p.D is None else
+              np.ascontiguousarray(np.broadcast_to(
+                  p.D[:, None] if p.D.ndim == 1 else p.D, (p.H, p.P))))
+        z = np.zeros((1, 1, 1, 1), dtype=p.dtype) if p.z is None else p.z
         _ssd.combined(p.x, dt_out, dA, p.B, p.C, seq, has_seq, state,
-                      p.init is not None, y, cs, nthreads)
-    y = p.finish(y)
+                      p.init is not None, D2, p.D is not None, z,
+                      p.z is not None, y, cs, nthreads)
     return (y, state) if return_final_states else y
 
 
