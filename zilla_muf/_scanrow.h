@@ -75,6 +75,38 @@ ZM_DEFINE_SEQROW(zm_seqrow_d, double)
  *   c_{-1} = c (adds the state carried into a block that was scanned from
  *   zero).
  * ------------------------------------------------------------------------ */
+/* ------------------------------------------------------------------------
+ * Steps i .. m-1 one at a time, from state x and decay product p (scan), or
+ * from carry c (correction): the tails of the vector kernels, and the whole
+ * of the scalar fallback.
+ * ------------------------------------------------------------------------ */
+#define ZM_DEFINE_TAILS(sfx, T)                                             \
+ZM_INLINE T zm_scantail_##sfx(const T *a, const T *b, T *h, ptrdiff_t i,    \
+                              ptrdiff_t m, ptrdiff_t s, T x, T p, T *prod)  \
+{                                                                           \
+    for (; i < m; i++) {                                                    \
+        T av = a[i * s];                                                    \
+        x = av * x + b[i * s];                                              \
+        p = p * av;                                                         \
+        if (h != NULL)                                                      \
+            h[i * s] = x;                                                   \
+    }                                                                       \
+    if (prod != NULL)                                                       \
+        *prod = p;                                                          \
+    return x;                                                               \
+}                                                                           \
+ZM_INLINE void zm_correcttail_##sfx(const T *a, T *h, ptrdiff_t i,          \
+                                    ptrdiff_t m, ptrdiff_t s, T c)          \
+{                                                                           \
+    for (; i < m; i++) {                                                    \
+        c = a[i * s] * c;                                                   \
+        h[i * s] = h[i * s] + c;                                            \
+    }                                                                       \
+}
+
+ZM_DEFINE_TAILS(f, float)
+ZM_DEFINE_TAILS(d, double)
+
 #if ZM_ROW_VECTOR
 
 typedef float zm_v8f __attribute__((vector_size(32)));
@@ -232,24 +264,12 @@ static T zm_scanrow_##sfx(const T *a, const T *b, T *h, ptrdiff_t m, T x,   \
     enum { W = ZM_W_##sfx };                                                \
     ptrdiff_t i = 0, s = rev ? -1 : 1;                                      \
     V hv = zm_splat_##sfx(x), pv = zm_splat_##sfx(1);                       \
-    T p;                                                                    \
     if (rev) {                                                              \
         ZM_SCAN_LOOP(sfx, T, V, 1)                                          \
     } else {                                                                \
         ZM_SCAN_LOOP(sfx, T, V, 0)                                          \
     }                                                                       \
-    x = hv[0];                                                              \
-    p = pv[0];                                                              \
-    for (; i < m; i++) {                                                    \
-        T av = a[i * s];                                                    \
-        x = av * x + b[i * s];                                              \
-        p = p * av;                                                         \
-        if (h != NULL)                                                      \
-            h[i * s] = x;                                                   \
-    }                                                                       \
-    if (prod != NULL)                                                       \
-        *prod = p;                                                          \
-    return x;                                                               \
+    return zm_scantail_##sfx(a, b, h, i, m, s, hv[0], pv[0], prod);      \
 }                                                                           \
                                                                             \
 ZM_CLONES                                                                   \
@@ -264,11 +284,7 @@ static void zm_correctrow_##sfx(const T *a, T *h, ptrdiff_t m, T c,         \
     } else {                                                                \
         ZM_CORRECT_LOOP(sfx, T, V, 0)                                       \
     }                                                                       \
-    c = cv[0];                                                              \
-    for (; i < m; i++) {                                                    \
-        c = a[i * s] * c;                                                   \
-        h[i * s] = h[i * s] + c;                                            \
-    }                                                                       \
+    zm_correcttail_##sfx(a, h, i, m, s, cv[0]);                             \
 }
 
 ZM_DEFINE_ROWS(f, float, zm_v8f)
@@ -280,28 +296,12 @@ ZM_DEFINE_ROWS(d, double, zm_v4d)
 static T zm_scanrow_##sfx(const T *a, const T *b, T *h, ptrdiff_t m, T x,   \
                           int rev, T *prod)                                 \
 {                                                                           \
-    ptrdiff_t i, s = rev ? -1 : 1;                                          \
-    T p = 1;                                                                \
-    for (i = 0; i < m; i++) {                                               \
-        T av = a[i * s];                                                    \
-        x = av * x + b[i * s];                                              \
-        p = p * av;                                                         \
-        if (h != NULL)                                                      \
-            h[i * s] = x;                                                   \
-    }                                                                       \
-    if (prod != NULL)                                                       \
-        *prod = p;                                                          \
-    return x;                                                               \
+    return zm_scantail_##sfx(a, b, h, 0, m, rev ? -1 : 1, x, 1, prod);      \
 }                                                                           \
-                                                                            \
 static void zm_correctrow_##sfx(const T *a, T *h, ptrdiff_t m, T c,         \
                                 int rev)                                    \
 {                                                                           \
-    ptrdiff_t i, s = rev ? -1 : 1;                                          \
-    for (i = 0; i < m; i++) {                                               \
-        c = a[i * s] * c;                                                   \
-        h[i * s] = h[i * s] + c;                                            \
-    }                                                                       \
+    zm_correcttail_##sfx(a, h, 0, m, rev ? -1 : 1, c);                      \
 }
 
 ZM_DEFINE_ROWS(f, float)
