@@ -163,6 +163,56 @@ def test_kernels_split_between_threads(dtype, reverse, outer, n, inner, rng):
             assert_close(out, want, dtype, scale=n)
 
 
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_long_rows_split_between_threads(dtype, reverse, rng):
+    """One long row shared by 2-4 threads: span 0 scanned while the others
+    are reduced by the lane tree (long enough for both of its rounds, and a
+    ragged tail), then every span scanned from its entering state."""
+    from zilla_muf import _scan
+
+    n = 20_011
+    a = random_array(rng, (1, n, 1), dtype, 0.9, 1.0)
+    b = random_array(rng, (1, n, 1), dtype)
+    h0 = random_array(rng, (1, 1), dtype)
+    want, _ = loop_oracle(a, b, h0, axis=1, reverse=reverse)
+    for threads in (2, 3, 4):
+        for cs in (1, 64, 999, 4096):
+            out = np.empty_like(a)
+            _scan.chunked(a, b, h0, out, reverse, cs, 1, threads)
+            assert_close(out, want, dtype, scale=100)
+        for leaf in (600, 5000):
+            out = np.empty_like(a)
+            _scan.associative(a, b, h0, out, reverse, leaf, 1, threads)
+            assert_close(out, want, dtype, scale=100)
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_decay_products_that_underflow(dtype, rng):
+    """Decays whose running products leave the normal range (where they are
+    flushed to zero): the states stay those of the recurrence, whatever the
+    size of the state carried across a split."""
+    from zilla_muf import _scan
+
+    n = 30_000
+    a = random_array(rng, (1, n, 1), dtype, 0.55, 0.95)
+    b = random_array(rng, (1, n, 1), dtype)
+    b[0, 5000:25000] = 0     # the states decay through the subnormal range
+    for h0v in (1.0, 1e30):
+        h0 = np.full((1, 1), h0v, dtype)
+        want, _ = loop_oracle(a, b, h0, axis=1)
+        for threads in (1, 2, 3):
+            out = np.empty_like(a)
+            _scan.chunked(a, b, h0, out, False, 500, 1, threads)
+            assert_close(out, want, dtype, scale=10)
+            # judged by their own size, the states after the quiet stretch
+            assert_close(out[0, 25000:], want[0, 25000:], dtype, scale=10)
+            out = np.empty_like(a)
+            _scan.associative(a, b, h0, out, False, 700, 1, threads)
+            assert_close(out, want, dtype, scale=10)
+            assert_close(out[0, 25000:], want[0, 25000:], dtype, scale=10)
+
+
 def test_single_long_sequence(rng):
     n = 1 << 17
     a = rng.uniform(0.999, 1.0, size=n)

@@ -45,13 +45,13 @@ cdef extern from "_scanrow.h" nogil:
     double zm_seqrow_d(const double *a, const double *b, double *h,
                        Py_ssize_t m, double x, int rev)
     float zm_scanrow_f(const float *a, const float *b, float *h,
-                       Py_ssize_t m, float x, int rev, float *prod)
+                       Py_ssize_t m, float x, int rev)
     double zm_scanrow_d(const double *a, const double *b, double *h,
-                        Py_ssize_t m, double x, int rev, double *prod)
-    void zm_correctrow_f(const float *a, float *h, Py_ssize_t m, float c,
-                         int rev)
-    void zm_correctrow_d(const double *a, double *h, Py_ssize_t m, double c,
-                         int rev)
+                        Py_ssize_t m, double x, int rev)
+    float zm_reducerow_f(const float *a, const float *b, Py_ssize_t m,
+                         float x, int rev, float *prod)
+    double zm_reducerow_d(const double *a, const double *b, Py_ssize_t m,
+                          double x, int rev, double *prod)
 
 cdef enum:
     LANES = 4
@@ -592,21 +592,12 @@ cdef inline real_t vseq(real_t *a, real_t *b, real_t *h, Py_ssize_t m,
 
 
 cdef inline real_t vscan(real_t *a, real_t *b, real_t *h, Py_ssize_t m,
-                         real_t x, bint rev, real_t *prod) noexcept nogil:
-    """Scan m steps from x (h NULL: store nothing); prod <- decay product."""
+                         real_t x, bint rev) noexcept nogil:
+    """Scan m steps from x into h; return the last state."""
     if real_t is float:
-        return zm_scanrow_f(a, b, h, m, x, rev, prod)
+        return zm_scanrow_f(a, b, h, m, x, rev)
     else:
-        return zm_scanrow_d(a, b, h, m, x, rev, prod)
-
-
-cdef inline void vcorrect(real_t *a, real_t *h, Py_ssize_t m, real_t c,
-                          bint rev) noexcept nogil:
-    """h_t += c_t, c_t = a_t c_{t-1}, c_{-1} = c."""
-    if real_t is float:
-        zm_correctrow_f(a, h, m, c, rev)
-    else:
-        zm_correctrow_d(a, h, m, c, rev)
+        return zm_scanrow_d(a, b, h, m, x, rev)
 
 
 cdef void vrows_sequential(real_t *A, real_t *B, real_t *O, const real_t *H0,
@@ -618,59 +609,99 @@ cdef void vrows_sequential(real_t *A, real_t *B, real_t *O, const real_t *H0,
         vseq(A + base, B + base, O + base, n, H0[r], reverse)
 
 
+# A reduction (zm_reducerow_*) costs about this fraction of a scan of the
+# same steps; span 0 of a shared row is that much shorter than the others.
+cdef double REDUCE_COST_F = 0.5
+cdef double REDUCE_COST_D = 0.7
+
+
+cdef inline real_t vreduce(real_t *a, real_t *b, Py_ssize_t m, real_t x,
+                           bint rev, real_t *prod) noexcept nogil:
+    """The state after m steps from x, stored nowhere; prod <- the decay
+    product (flushed to zero below the smallest normal number)."""
+    if real_t is float:
+        return zm_reducerow_f(a, b, m, x, rev, prod)
+    else:
+        return zm_reducerow_d(a, b, m, x, rev, prod)
+
+
 cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
                        Py_ssize_t outer, Py_ssize_t n, bint reverse,
                        Py_ssize_t cs, int nthreads) noexcept nogil:
     """Chunked scan of real rows.
 
     With at least as many rows as threads, every row is one task, scanned in
-    one pass. Otherwise each row is cut into spans of whole chunks, one per
-    thread: (1) every span is scanned in one pass (the first from h0, the
-    others from zero), recording the decay product of each of its chunks;
-    (2) a carry pass over the spans gives every chunk of a later span the
-    state carried into it; (3) those chunks add it, in parallel.
+    one pass. Otherwise T threads share a row, cut at chunk boundaries into
+    T + 1 spans: (1) thread 0 scans span 0 from h0 while thread k reduces
+    span k (k = 1 .. T-1) to its map x -> P x + E; (2) a carry pass gives
+    every span its entering state; (3) thread k scans span k from it, and
+    thread 0 span T. A reduction costs a fraction of a scan, so span 0 is
+    that much shorter than the others; span T is never reduced.
     """
     cdef Py_ssize_t nch = (n + cs - 1) // cs
-    cdef Py_ssize_t T, span_ch, task, ntask, r, k, j, t0, m, base
-    cdef Py_ssize_t step = -1 if reverse else 1
+    cdef Py_ssize_t T, task, r, k, j0, j1, t0, base
+    cdef double cost = REDUCE_COST_F if real_t is float else REDUCE_COST_D
+    cdef Py_ssize_t *start
     cdef real_t *P
     cdef real_t *E
-    cdef real_t x
-    T = span_split(outer, nch, nthreads, &span_ch)
+    cdef real_t c, e
+    T = 1 if outer >= nthreads else imin(nch - 1, (nthreads + outer - 1) // outer)
     if T <= 1:
         if nthreads == 1 or outer == 1:
             for r in range(outer):
                 base = r * n + pos(0, n, reverse)
-                vscan(A + base, B + base, O + base, n, H0[r], reverse, NULL)
+                vscan(A + base, B + base, O + base, n, H0[r], reverse)
         else:
             for r in prange(outer, num_threads=nthreads, schedule='static'):
                 base = r * n + pos(0, n, reverse)
-                vscan(A + base, B + base, O + base, n, H0[r], reverse, NULL)
+                vscan(A + base, B + base, O + base, n, H0[r], reverse)
         return 0
-    if span_scratch(outer, nch, T, sizeof(real_t), <void **> &P,
-                    <void **> &E) != 0:
+    # spans in chunks: span k is [start[k], start[k + 1])
+    start = <Py_ssize_t *> malloc((T + 2) * sizeof(Py_ssize_t))
+    P = <real_t *> malloc(outer * (T + 1) * sizeof(real_t))
+    E = <real_t *> malloc(outer * (T + 1) * sizeof(real_t))
+    if start == NULL or P == NULL or E == NULL:
+        free(start)
+        free(P)
+        free(E)
         return -1
-    # (1) spans, each in one pass on one thread
+    start[0] = 0
+    start[1] = max(1, <Py_ssize_t> (nch * cost / (T + cost) + 0.5))
+    for k in range(2, T + 2):
+        start[k] = start[1] + ((nch - start[1]) * (k - 1) + T // 2) // T
+    # (1) span 0 scanned from h0, spans 1 .. T-1 reduced from zero
     for task in prange(outer * T, num_threads=nthreads, schedule='static'):
         r = task // T
         k = task - r * T
-        x = H0[r] if k == 0 else 0
-        for j in range(k * span_ch, imin(nch, (k + 1) * span_ch)):
-            t0 = j * cs
-            base = r * n + pos(t0, n, reverse)
-            x = vscan(A + base, B + base, O + base, imin(cs, n - t0), x,
-                      reverse, P + r * nch + j)
-        E[task] = x
-    # (2) carry over spans: P[chunk] <- state carried into it from outside
-    span_carry(P, E, outer, nch, T, span_ch)
-    # (3) the chunks of later spans add it
-    ntask = outer * (nch - span_ch)
-    for task in prange(ntask, num_threads=nthreads, schedule='static'):
-        r = task // (nch - span_ch)
-        j = span_ch + (task - r * (nch - span_ch))
-        t0 = j * cs
+        t0 = start[k] * cs
         base = r * n + pos(t0, n, reverse)
-        vcorrect(A + base, O + base, imin(cs, n - t0), P[r * nch + j], reverse)
+        if k == 0:
+            E[r * (T + 1)] = vscan(A + base, B + base, O + base,
+                                   imin(start[1] * cs, n), H0[r], reverse)
+        else:
+            E[r * (T + 1) + k] = vreduce(A + base, B + base,
+                                         imin(start[k + 1] * cs, n) - t0, 0,
+                                         reverse, P + r * (T + 1) + k)
+    # (2) carry: E[r, k] <- the state entering span k (k = 1 .. T)
+    for r in range(outer):
+        c = E[r * (T + 1)]
+        for k in range(1, T):
+            e = E[r * (T + 1) + k]
+            E[r * (T + 1) + k] = c
+            c = P[r * (T + 1) + k] * c + e
+        E[r * (T + 1) + T] = c
+    # (3) span k on thread k, span T on thread 0
+    for task in prange(outer * T, num_threads=nthreads, schedule='static'):
+        r = task // T
+        k = task - r * T
+        if k == 0:
+            k = T
+        j0 = start[k] * cs
+        j1 = imin(start[k + 1] * cs, n)
+        base = r * n + pos(j0, n, reverse)
+        vscan(A + base, B + base, O + base, j1 - j0, E[r * (T + 1) + k],
+              reverse)
+    free(start)
     free(P)
     free(E)
     return 0
@@ -687,8 +718,8 @@ cdef void vrow_tree(real_t *A, real_t *B, real_t *O, real_t x, Py_ssize_t n,
     for c in range(p2):
         if c < nleaf:
             off = c * leaf * step
-            TB[c] = vscan(A + off, B + off, NULL, imin(leaf, n - c * leaf),
-                          x if c == 0 else 0, reverse, TA + c)
+            TB[c] = vreduce(A + off, B + off, imin(leaf, n - c * leaf),
+                            x if c == 0 else 0, reverse, TA + c)
         else:
             TA[c] = 1
             TB[c] = 0
@@ -696,7 +727,7 @@ cdef void vrow_tree(real_t *A, real_t *B, real_t *O, real_t x, Py_ssize_t n,
     for c in range(nleaf):
         off = c * leaf * step
         vscan(A + off, B + off, O + off, imin(leaf, n - c * leaf),
-              x if c == 0 else TB[c], reverse, NULL)
+              x if c == 0 else TB[c], reverse)
 
 
 cdef int vrows_associative(real_t *A, real_t *B, real_t *O, const real_t *H0,
@@ -735,8 +766,8 @@ cdef int vrows_associative(real_t *A, real_t *B, real_t *O, const real_t *H0,
         if c < nleaf:
             t0 = c * leaf
             base = r * n + pos(t0, n, reverse)
-            TB[task] = vscan(A + base, B + base, NULL, imin(leaf, n - t0),
-                             H0[r] if c == 0 else 0, reverse, TA + task)
+            TB[task] = vreduce(A + base, B + base, imin(leaf, n - t0),
+                               H0[r] if c == 0 else 0, reverse, TA + task)
         else:
             TA[task] = 1
             TB[task] = 0
@@ -750,7 +781,7 @@ cdef int vrows_associative(real_t *A, real_t *B, real_t *O, const real_t *H0,
         t0 = c * leaf
         base = r * n + pos(t0, n, reverse)
         vscan(A + base, B + base, O + base, imin(leaf, n - t0),
-              H0[r] if c == 0 else TB[r * p2 + c], reverse, NULL)
+              H0[r] if c == 0 else TB[r * p2 + c], reverse)
     free(TA)
     free(TB)
     return 0

@@ -338,20 +338,28 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     With at least as many sequences (or channel blocks) as threads, each
     thread scans whole sequences in one pass and `chunk_size` does not
     matter. Otherwise, along a contiguous time axis, every sequence is cut
-    into one span of whole chunks per thread: each span is scanned in one
-    pass (the first from :math:`h_0`, the others from zero) recording its
-    chunks' products, and the carry and correction above run over the
-    chunks of the later spans, in parallel. The real-dtype kernels of this
-    layout advance blocks of steps in vector registers (each block's prefix
-    of affine maps formed in a few shift-and-combine steps). Along a strided
-    time axis (channels contiguous), the channels of every step are split
-    into one block per thread when each block is at least 512 bytes wide;
-    the threads then also share out the faulting-in of the fresh output's
-    pages. With fewer channels the time axis is cut into a span per thread
-    plus a shorter first one: the first is scanned from :math:`h_0` while
-    the middle ones are reduced to their affine maps, and after a carry
-    pass every later span is scanned once from the state entering it (here
-    too `chunk_size` does not matter).
+    at chunk boundaries into spans. For complex dtypes there is one span
+    per thread: each is scanned in one pass (the first from :math:`h_0`,
+    the others from zero) recording its chunks' products, and the carry and
+    correction above run over the chunks of the later spans, in parallel.
+    For real dtypes, T threads share a sequence cut into T + 1 spans: the
+    first is scanned from :math:`h_0` while spans 1 to T - 1 are reduced to
+    their affine maps (the carry pass's :math:`P_k` and
+    :math:`\tilde h_{e_k - 1}`, by a tree over vector lanes that costs
+    about half a scan, which is why the first span is about half as long),
+    and after the carry pass spans 1 to T - 1 and the last are each scanned
+    once from the state entering them: the local scan and its correction
+    in one pass. The real-dtype scans of this layout keep 8 (float32) or 4
+    (float64) consecutive steps in the lanes of a vector register; each
+    lane advances by the affine map of the last 8 (or 4) steps, formed off
+    the dependent chain. Along a strided time axis (channels contiguous),
+    the channels of every step are split into one block per thread when
+    each block is at least 512 bytes wide; the threads then also share out
+    the faulting-in of the fresh output's pages. With fewer channels the
+    time axis is cut into spans as for real sequences above (here
+    `chunk_size` does not matter). Decay products that fall below the
+    smallest normal number are flushed to zero, which changes a state by
+    less than that number times the state it scales.
 
     The result does not depend on the number of threads when every
     sequence stays on one thread; where one is split, the split points, and
