@@ -31,6 +31,8 @@ from ._validation import (
 __all__ = ["associative_scan", "chunked_scan", "linear_scan", "sequential_scan"]
 
 _METHODS = ("auto", "sequential", "chunked", "associative")
+_KERNEL_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64,
+                                                 np.complex64, np.complex128))
 
 # Rows layout (scan axis contiguous): complex chains advance 4 at a time in
 # lockstep (real ones take the vector row kernels, whole rows per thread).
@@ -62,6 +64,23 @@ class _Problem:
     __slots__ = ("a", "b", "h0", "shape", "axis", "dtype", "outer", "n", "inner")
 
     def __init__(self, a, b, h0, axis):
+        if (h0 is None and type(a) is np.ndarray and type(b) is np.ndarray
+                and a.dtype in _KERNEL_DTYPES and b.dtype == a.dtype
+                and a.shape == b.shape and a.ndim > 0 and type(axis) is int
+                and (axis == -1 or axis == a.ndim - 1)
+                and a.flags.c_contiguous and b.flags.c_contiguous):
+            # the common case, laid out without copies or broadcasting
+            shape = a.shape
+            self.dtype = a.dtype
+            self.shape = shape
+            self.axis = len(shape) - 1
+            self.n = shape[-1]
+            self.outer = math.prod(shape[:-1])
+            self.inner = 1
+            self.h0 = np.zeros((self.outer, 1), dtype=self.dtype)
+            self.a = a.reshape(self.outer, self.n, 1)
+            self.b = b.reshape(self.outer, self.n, 1)
+            return
         a_in, b_in, h0_in = a, b, h0
         a = as_array(a, "a")
         b = as_array(b, "b")
