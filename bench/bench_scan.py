@@ -113,7 +113,10 @@ def long_sequence(report, rng, repeat, rounds):
     a, b = make(rng, n, np.float32)
     h = np.empty_like(a)
     case = "one sequence 2^24 float32"
+    # every scan returns a new array, whose pages the system zeroes on first
+    # touch; np.add into a new array shows that cost on its own
     fns = {"roofline np.add": lambda: np.add(a, b, out=h),
+           "np.add, new output": lambda: np.add(a, b),
            "sequential_scan": lambda: sequential_scan(a, b)}
     for w in (1, 2):
         fns[f"chunked_scan w={w}"] = lambda w=w: chunked_scan(a, b, workers=w)

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 
 # suite name -> (script, arguments for the quick run, for the full run)
 SUITES = {
-    "scan": ("bench_scan.py", ["--repeat", "3"], ["--repeat", "5"]),
+    "scan": ("bench_scan.py", ["--repeat", "3"], ["--repeat", "5", "--rounds", "7"]),
     "scan_sweep": ("bench_scan.py", ["--sweep", "--repeat", "3"], ["--sweep", "--repeat", "7"]),
     "stable_ops": ("bench_stable_ops.py", ["--repeat", "5"], ["--repeat", "9"]),
     "structured": ("bench_structured.py", ["--quick"], []),

@@ -97,12 +97,12 @@ ZM_INLINE T zm_scantail_##sfx(const T *a, const T *b, T *h, ptrdiff_t i,    \
 ZM_DEFINE_TAIL(f, float)
 ZM_DEFINE_TAIL(d, double)
 
-/* A decay product below the smallest normal number, set to zero. Running
- * products of decays below 1/2 in magnitude would otherwise come to rest
- * on the smallest subnormal (rounding to nearest) instead of reaching zero,
- * and every later multiplication would take the slow subnormal path; what
- * is dropped is below the smallest normal number times the state it
- * scales. */
+/* A decay product below the smallest normal number, set to zero. A running
+ * product of decays between 1/2 and 1 in magnitude would otherwise come to
+ * rest on the smallest subnormal number (its product with such a decay
+ * rounds back to it) instead of reaching zero, and every later
+ * multiplication would take the slow subnormal path. What is dropped is
+ * below the smallest normal number times the state it scales. */
 #define ZM_DEFINE_FLUSH(sfx, T, TMIN)                                       \
 ZM_INLINE T zm_flush_##sfx(T p)                                             \
 {                                                                           \
@@ -179,7 +179,8 @@ ZM_DEFINE_WIN(d, double, zm_vd)
     : ZM_SHUF4(prev, cur, 4 - k, 5 - k, 6 - k, 7 - k))
 
 /* The first 2W steps one at a time (the window maps of the first blocks
- * would reach before the row); st receives their states. */
+ * would reach before the row); returns the states of steps W .. 2W-1 as
+ * the lanes of a block. */
 #define ZM_DEFINE_HEAD(sfx, T, V, W)                                        \
 ZM_INLINE V zm_scanhead_##sfx(const T *a, const T *b, T *h, ptrdiff_t s,    \
                               T x, int rev)                                 \
