@@ -188,27 +188,28 @@ def test_long_rows_split_between_threads(dtype, reverse, rng):
 
 
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
-def test_decay_products_that_underflow(dtype, rng):
+@pytest.mark.parametrize("inner", [1, 3])
+def test_decay_products_that_underflow(dtype, inner, rng):
     """Decays whose running products leave the normal range (where they are
     flushed to zero): the states stay those of the recurrence, whatever the
-    size of the state carried across a split."""
+    size of the state carried across a split, in both layouts."""
     from zilla_muf import _scan
 
     n = 30_000
-    a = random_array(rng, (1, n, 1), dtype, 0.55, 0.95)
-    b = random_array(rng, (1, n, 1), dtype)
+    a = random_array(rng, (1, n, inner), dtype, 0.55, 0.95)
+    b = random_array(rng, (1, n, inner), dtype)
     b[0, 5000:25000] = 0     # the states decay through the subnormal range
     for h0v in (1.0, 1e30):
-        h0 = np.full((1, 1), h0v, dtype)
+        h0 = np.full((1, inner), h0v, dtype)
         want, _ = loop_oracle(a, b, h0, axis=1)
         for threads in (1, 2, 3):
             out = np.empty_like(a)
-            _scan.chunked(a, b, h0, out, False, 500, 1, threads)
+            _scan.chunked(a, b, h0, out, False, 500, inner, threads)
             assert_close(out, want, dtype, scale=10)
             # judged by their own size, the states after the quiet stretch
             assert_close(out[0, 25000:], want[0, 25000:], dtype, scale=10)
             out = np.empty_like(a)
-            _scan.associative(a, b, h0, out, False, 700, 1, threads)
+            _scan.associative(a, b, h0, out, False, 700, inner, threads)
             assert_close(out, want, dtype, scale=10)
             assert_close(out[0, 25000:], want[0, 25000:], dtype, scale=10)
 

@@ -52,8 +52,18 @@ cdef extern from "_scanrow.h" nogil:
                          float x, int rev, float *prod)
     double zm_reducerow_d(const double *a, const double *b, Py_ssize_t m,
                           double x, int rev, double *prod)
+    float zm_flush_f(float p)
+    double zm_flush_d(double p)
+
+cdef inline real_t flush(real_t p) noexcept nogil:
+    if real_t is float:
+        return zm_flush_f(p)
+    else:
+        return zm_flush_d(p)
+
 
 cdef enum:
+    FLUSH_STEPS = 64
     LANES = 4
     # steps by which lockstep lanes are staggered when their spacing aliases
     SKEW = 16
@@ -260,32 +270,14 @@ cdef inline void cols_scan_shared(const scalar_t *a, const scalar_t *b,
         prev = oi
 
 
-cdef inline void cols_scan_prod(const scalar_t *a, const scalar_t *b,
-                                scalar_t *o, const scalar_t *init,
-                                scalar_t *p, Py_ssize_t w, Py_ssize_t m,
-                                Py_ssize_t step) noexcept nogil:
-    """cols_scan, and p[c] = product of the m decays of channel c."""
-    cdef Py_ssize_t i, c
-    cdef const scalar_t *ai
-    cdef const scalar_t *bi
-    cdef const scalar_t *prev = init
-    cdef scalar_t *oi
-    for c in range(w):
-        p[c] = 1
-    for i in range(m):
-        ai = a + i * step
-        bi = b + i * step
-        oi = o + i * step
-        for c in range(w):
-            oi[c] = ai[c] * prev[c] + bi[c]
-            p[c] = p[c] * ai[c]
-        prev = oi
-
-
 cdef inline void cols_reduce(const scalar_t *a, const scalar_t *b,
                              scalar_t *s, scalar_t *p, Py_ssize_t w,
                              Py_ssize_t m, Py_ssize_t step) noexcept nogil:
-    """s[c] <- scan of channel c from s[c]; p[c] *= product of decays."""
+    """s[c] <- scan of channel c from s[c]; p[c] *= product of decays.
+
+    Real products below the smallest normal number are set to zero every
+    FLUSH_STEPS steps (see zm_flush_* in _scanrow.h: they would otherwise
+    rest on the smallest subnormal, every later step on the slow path)."""
     cdef Py_ssize_t i, c
     cdef scalar_t av
     for i in range(m):
@@ -293,17 +285,10 @@ cdef inline void cols_reduce(const scalar_t *a, const scalar_t *b,
             av = a[i * step + c]
             s[c] = av * s[c] + b[i * step + c]
             p[c] = p[c] * av
-
-
-cdef inline void cols_correct(const scalar_t *a, scalar_t *o, scalar_t *cs,
-                              Py_ssize_t w, Py_ssize_t m,
-                              Py_ssize_t step) noexcept nogil:
-    """cs[c] <- a * cs[c]; o += cs, step by step (cs is overwritten)."""
-    cdef Py_ssize_t i, c
-    for i in range(m):
-        for c in range(w):
-            cs[c] = a[i * step + c] * cs[c]
-            o[i * step + c] = o[i * step + c] + cs[c]
+        if scalar_t is float or scalar_t is double:
+            if i % FLUSH_STEPS == FLUSH_STEPS - 1:
+                for c in range(w):
+                    p[c] = flush(p[c])
 
 
 # ---------------------------------------------------------------------------
