@@ -66,7 +66,8 @@ def batched(report, rng, repeat, channels, steps, quick, rounds):
             a, b = make(rng, shape, dtype)
             h = np.empty_like(a)
             case = f"batched {channels}x{steps} {name} {layout}"
-            fns = {"roofline np.add": lambda: np.add(a, b, out=h)}
+            fns = {"roofline np.add": lambda: np.add(a, b, out=h),
+                   "np.add, new output": lambda: np.add(a, b)}
             for w in (1, 2):
                 fns[f"linear_scan w={w}"] = (
                     lambda w=w: linear_scan(a, b, axis=axis, workers=w))

@@ -139,9 +139,10 @@ def test_chunk_boundaries(n, rng):
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("outer,n,inner", [(1, 1000, 1), (3, 517, 1), (1, 300, 5),
-                                           (2, 129, 33), (1, 40, 70), (1, 2, 9)])
+                                           (2, 129, 33), (1, 40, 70), (1, 2, 9),
+                                           (1, 3, 1), (1, 5, 1)])
 def test_kernels_split_between_threads(dtype, reverse, outer, n, inner, rng):
-    """The parallel kernels with 2 and 3 threads on inputs small enough that
+    """The parallel kernels with 2 to 4 threads on inputs small enough that
     the public functions would use one thread: every way of splitting a
     sequence (spans of chunks, channel blocks, leaves) against the oracle."""
     from zilla_muf import _scan
@@ -150,8 +151,8 @@ def test_kernels_split_between_threads(dtype, reverse, outer, n, inner, rng):
     b = random_array(rng, (outer, n, inner), dtype)
     h0 = random_array(rng, (outer, inner), dtype)
     want, _ = loop_oracle(a, b, h0, axis=1, reverse=reverse)
-    for threads in (2, 3):
-        for cs in sorted({1, 7, 16, 33, n // 3 + 1, n}):
+    for threads in (2, 3, 4):
+        for cs in sorted({1, 2, 7, 16, 33, n // 3 + 1, n}):
             for cw in sorted({1, 4, inner}):
                 out = np.empty_like(a)
                 _scan.chunked(a, b, h0, out, reverse, cs, cw, threads)
