@@ -429,7 +429,9 @@ cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
                      Py_ssize_t g, Py_ssize_t outer, Py_ssize_t n,
                      Py_ssize_t nseg, Py_ssize_t seglen, Py_ssize_t sstride,
                      bint reverse, bint interleave,
-                     Py_ssize_t cskip) noexcept nogil:
+                     Py_ssize_t cskip, Py_ssize_t gw) noexcept nogil:
+    """Group g of gw (<= LANES) consecutive (row, segment) tasks, in
+    lockstep."""
     cdef scalar_t *pa[LANES]
     cdef scalar_t *pb[LANES]
     cdef scalar_t *po[LANES]
@@ -444,8 +446,8 @@ cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
     # MODE_CORRECT visits only the segments c >= cskip of every row
     cdef Py_ssize_t c0 = cskip if mode == MODE_CORRECT else 0
     cdef Py_ssize_t nvis = nseg - c0
-    for k in range(LANES):
-        task = g * LANES + k
+    for k in range(gw):
+        task = g * gw + k
         if task >= outer * nvis:
             break
         r = task // nvis
@@ -496,22 +498,27 @@ cdef inline void rows_pass(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
                            Py_ssize_t outer, Py_ssize_t n, Py_ssize_t nseg,
                            Py_ssize_t seglen, Py_ssize_t sstride, bint reverse,
                            int nthreads, Py_ssize_t cskip=1) noexcept nogil:
-    """One parallel pass of rows_group over every lane group.
+    """One parallel pass of rows_group over every lane group: LANES tasks
+    per group, fewer when that leaves a thread without a group.
 
     In MODE_CORRECT, segments with index < cskip are left alone (and not
     scheduled, so that the threads share the remaining work evenly)."""
     cdef Py_ssize_t nvis = nseg - (cskip if mode == MODE_CORRECT else 0)
-    cdef Py_ssize_t g, ngroup = (outer * nvis + LANES - 1) // LANES
+    cdef Py_ssize_t gw = LANES
+    cdef Py_ssize_t g, ngroup
+    if (outer * nvis + LANES - 1) // LANES < nthreads:
+        gw = max(1, (outer * nvis + nthreads - 1) // nthreads)
+    ngroup = (outer * nvis + gw - 1) // gw
     cdef bint inter = spacing_interleaves(n if nseg == 1 else seglen,
                                           sizeof(scalar_t))
     if nthreads == 1 or ngroup == 1:
         for g in range(ngroup):
             rows_group(mode, A, B, O, H0, S1, S2, g, outer, n, nseg, seglen,
-                       sstride, reverse, inter, cskip)
+                       sstride, reverse, inter, cskip, gw)
     else:
         for g in prange(ngroup, num_threads=nthreads, schedule='static'):
             rows_group(mode, A, B, O, H0, S1, S2, g, outer, n, nseg, seglen,
-                       sstride, reverse, inter, cskip)
+                       sstride, reverse, inter, cskip, gw)
 
 
 cdef Py_ssize_t span_split(Py_ssize_t outer, Py_ssize_t nch, int nthreads,

@@ -193,7 +193,10 @@ def _auto_chunk(p, nthreads):
     if p.n <= 4 * _MIN_CHUNK:
         return max(p.n, 1)
     if p.inner == 1:
-        if p.outer >= _LANES * nthreads:
+        if p.dtype.kind == "c" or p.outer >= _LANES * nthreads:
+            # complex rows are scanned whole: a few in lockstep per thread
+            # (the chunked form of a complex row, local scans and their
+            # corrections, costs more than its one pass)
             return p.n
         return _odd16(min(_ROW_CHUNK, max(_MIN_CHUNK, p.n // (_LANES * nthreads))))
     if _lanes(p, nthreads) >= nthreads:
@@ -314,8 +317,9 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
         with `axis` removed. Default 0.
     chunk_size : int, optional
         Steps per chunk. The default uses the whole axis (no carry pass) when
-        the channels alone give every thread enough independent work, and
-        otherwise splits the axis into a few chunks per thread.
+        the channels alone give every thread enough independent work, or
+        the dtype is complex, and otherwise splits the axis into a few
+        chunks per thread.
     axis : int, optional
         The time axis. Default -1.
     reverse : bool, optional
@@ -357,10 +361,13 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     With at least as many sequences (or channel blocks) as threads, each
     thread scans whole sequences in one pass and `chunk_size` does not
     matter. Otherwise, along a contiguous time axis, every sequence is cut
-    at chunk boundaries into spans. For complex dtypes there is one span
-    per thread: each is scanned in one pass (the first from :math:`h_0`,
-    the others from zero) recording its chunks' products, and the carry and
-    correction above run over the chunks of the later spans, in parallel.
+    at chunk boundaries into spans. For complex dtypes (only with a
+    `chunk_size` shorter than the axis: by default complex sequences are
+    scanned whole, a few in lockstep per thread, which is faster than their
+    chunked form) there is one span per thread: each is scanned in one pass
+    (the first from :math:`h_0`, the others from zero) recording its
+    chunks' products, and the carry and correction above run over the
+    chunks of the later spans, in parallel.
     For real dtypes, T threads share a sequence cut into T + 1 spans: the
     first is scanned from :math:`h_0` while spans 1 to T - 1 are reduced to
     their affine maps (the carry pass's :math:`P_k` and
@@ -544,7 +551,8 @@ def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
     (float32, float64), and along a strided one it advances a wide block of
     channels per step. With several threads it splits the work over rows
     or channel blocks when there are enough of them, and over spans of the
-    time axis when there are not; it uses at most one thread per 32768
+    time axis when there are not (complex sequences along a contiguous
+    axis are not split); it uses at most one thread per 32768
     elements, since starting a thread costs more than it saves on less. The
     tree scan does strictly more memory traffic than the chunked scan, so
     "auto" never picks it; it is there for its :math:`O(\log n)`-depth
