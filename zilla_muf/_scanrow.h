@@ -299,32 +299,30 @@ ZM_DEFINE_SCAN(d, double, zm_vd, 4)
 #define ZM_HI_d(x, y) ZM_SHUF4(x, y, 2, 3, 6, 7)
 
 #define ZM_DEFINE_NETPARTS(sfx, T, V, W)                                    \
-/* map 1, then map 2 */                                                     \
-ZM_INLINE void zm_join_##sfx(V A1, V B1, V A2, V B2, V *A, V *B)            \
+/* the maps (la, lb), whose steps lie lower in memory, joined with (ha,     \
+ * hb): lower first forward, upper first in reverse */                      \
+ZM_INLINE void zm_join_##sfx(V la, V lb, V ha, V hb, int rev, V *A, V *B)   \
 {                                                                           \
-    *A = A2 * A1;                                                           \
-    *B = A2 * B1 + B2;                                                      \
+    if (rev) {                                                              \
+        *A = la * ha;                                                       \
+        *B = la * hb + lb;                                                  \
+    } else {                                                                \
+        *A = ha * la;                                                       \
+        *B = ha * lb + hb;                                                  \
+    }                                                                       \
 }                                                                           \
 /* lanes 2i and 2i+1 of x, then of y, joined (per 128-bit half) */         \
 ZM_INLINE void zm_pairs_##sfx(V xa, V xb, V ya, V yb, int rev, V *A, V *B)  \
 {                                                                           \
-    V ea = ZM_EVEN_##sfx(xa, ya), oa = ZM_ODD_##sfx(xa, ya);                \
-    V eb = ZM_EVEN_##sfx(xb, yb), ob = ZM_ODD_##sfx(xb, yb);                \
-    if (rev)                                                                \
-        zm_join_##sfx(oa, ob, ea, eb, A, B);                                \
-    else                                                                    \
-        zm_join_##sfx(ea, eb, oa, ob, A, B);                                \
+    zm_join_##sfx(ZM_EVEN_##sfx(xa, ya), ZM_EVEN_##sfx(xb, yb),             \
+                  ZM_ODD_##sfx(xa, ya), ZM_ODD_##sfx(xb, yb), rev, A, B);   \
 }                                                                           \
 /* the lower halves of x and y joined with their upper halves */           \
 ZM_INLINE void zm_halves_##sfx(V xa, V xb, V ya, V yb, int rev, V *A,      \
                                V *B)                                        \
 {                                                                           \
-    V la = ZM_LO_##sfx(xa, ya), ha = ZM_HI_##sfx(xa, ya);                   \
-    V lb = ZM_LO_##sfx(xb, yb), hb = ZM_HI_##sfx(xb, yb);                   \
-    if (rev)                                                                \
-        zm_join_##sfx(ha, hb, la, lb, A, B);                                \
-    else                                                                    \
-        zm_join_##sfx(la, lb, ha, hb, A, B);                                \
+    zm_join_##sfx(ZM_LO_##sfx(xa, ya), ZM_LO_##sfx(xb, yb),                 \
+                  ZM_HI_##sfx(xa, ya), ZM_HI_##sfx(xb, yb), rev, A, B);     \
 }                                                                           \
 /* the state x and decay product p carried through the W maps of (A, B) */ \
 ZM_INLINE void zm_fold_##sfx(V A, V B, int rev, T *x, T *p)                 \
