@@ -38,6 +38,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._types cimport real_t, scalar_t
+from zilla_muf._vmath cimport vflush
 
 cdef extern from "_scanrow.h" nogil:
     float zm_seqrow_f(const float *a, const float *b, float *h,
@@ -52,14 +53,6 @@ cdef extern from "_scanrow.h" nogil:
                          float x, int rev, float *prod)
     double zm_reducerow_d(const double *a, const double *b, Py_ssize_t m,
                           double x, int rev, double *prod)
-    float zm_flush_f(float p)
-    double zm_flush_d(double p)
-
-cdef inline real_t flush(real_t p) noexcept nogil:
-    if real_t is float:
-        return zm_flush_f(p)
-    else:
-        return zm_flush_d(p)
 
 
 cdef enum:
@@ -276,7 +269,7 @@ cdef inline void cols_reduce(const scalar_t *a, const scalar_t *b,
     """s[c] <- scan of channel c from s[c]; p[c] *= product of decays.
 
     Real products below the smallest normal number are set to zero every
-    FLUSH_STEPS steps (see zm_flush_* in _scanrow.h: they would otherwise
+    FLUSH_STEPS steps (see zm_flush_* in _vmath.h: they would otherwise
     rest on the smallest subnormal, every later step on the slow path)."""
     cdef Py_ssize_t i, c
     cdef scalar_t av
@@ -288,7 +281,7 @@ cdef inline void cols_reduce(const scalar_t *a, const scalar_t *b,
         if scalar_t is float or scalar_t is double:
             if i % FLUSH_STEPS == FLUSH_STEPS - 1:
                 for c in range(w):
-                    p[c] = flush(p[c])
+                    p[c] = vflush(p[c])
 
 
 # ---------------------------------------------------------------------------
@@ -1255,6 +1248,9 @@ cdef run(int method, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
     cdef scalar_t *B
     cdef scalar_t *O
     cdef const scalar_t *H
+    if size < 1 or block_width < 1 or num_threads < 1:
+        raise ValueError(f"{'leaf_size' if method == RUN_ASSOCIATIVE else 'chunk_size'}, "
+                         "block_width and num_threads must be >= 1")
     if outer == 0 or n == 0 or inner == 0:
         return
     A = <scalar_t *> &a[0, 0, 0]
@@ -1314,8 +1310,6 @@ def chunked(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
             bint reverse, Py_ssize_t chunk_size, Py_ssize_t block_width,
             int num_threads):
     """Chunked scan; `block_width` is the channel block of the columns layout."""
-    if chunk_size < 1 or block_width < 1 or num_threads < 1:
-        raise ValueError("chunk_size, block_width and num_threads must be >= 1")
     run(RUN_CHUNKED, a, b, h0, out, reverse, chunk_size, block_width,
         num_threads)
 
@@ -1325,7 +1319,5 @@ def associative(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
                 bint reverse, Py_ssize_t leaf_size, Py_ssize_t block_width,
                 int num_threads):
     """Tree scan over leaf blocks of `leaf_size` steps."""
-    if leaf_size < 1 or block_width < 1 or num_threads < 1:
-        raise ValueError("leaf_size, block_width and num_threads must be >= 1")
     run(RUN_ASSOCIATIVE, a, b, h0, out, reverse, leaf_size, block_width,
         num_threads)

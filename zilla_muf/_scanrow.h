@@ -29,8 +29,6 @@
 #ifndef ZM_SCANROW_H
 #define ZM_SCANROW_H
 
-#include <float.h>
-
 #include "_vlanes.h"
 
 #if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 5) \
@@ -96,21 +94,6 @@ ZM_INLINE T zm_scantail_##sfx(const T *a, const T *b, T *h, ptrdiff_t i,    \
 
 ZM_DEFINE_TAIL(f, float)
 ZM_DEFINE_TAIL(d, double)
-
-/* A decay product below the smallest normal number, set to zero. A running
- * product of decays between 1/2 and 1 in magnitude would otherwise come to
- * rest on the smallest subnormal number (its product with such a decay
- * rounds back to it) instead of reaching zero, and every later
- * multiplication would take the slow subnormal path. What is dropped is
- * below the smallest normal number times the state it scales. */
-#define ZM_DEFINE_FLUSH(sfx, T, TMIN)                                       \
-ZM_INLINE T zm_flush_##sfx(T p)                                             \
-{                                                                           \
-    return (p < (T) (TMIN) && p > -(T) (TMIN)) ? 0 : p;                     \
-}
-
-ZM_DEFINE_FLUSH(f, float, FLT_MIN)
-ZM_DEFINE_FLUSH(d, double, DBL_MIN)
 
 #if ZM_ROW_VECTOR
 

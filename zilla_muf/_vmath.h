@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <float.h>
 
 #if defined(__GNUC__)
 #define ZM_INLINE static inline __attribute__((always_inline))
@@ -53,6 +54,21 @@ ZM_INLINE float zm_pow2f(int32_t n)
     memcpy(&f, &bits, sizeof f);
     return f;
 }
+
+/* A decay product below the smallest normal number, set to zero. A running
+ * product of decays between 1/2 and 1 in magnitude would otherwise come to
+ * rest on the smallest subnormal number (its product with such a decay
+ * rounds back to it) instead of reaching zero, and every later
+ * multiplication would take the slow subnormal path. What is dropped is
+ * below the smallest normal number times the state it scales. */
+#define ZM_DEFINE_FLUSH(sfx, T, TMIN)                                       \
+ZM_INLINE T zm_flush_##sfx(T p)                                             \
+{                                                                           \
+    return (p < (T) (TMIN) && p > -(T) (TMIN)) ? 0 : p;                     \
+}
+
+ZM_DEFINE_FLUSH(f, float, FLT_MIN)
+ZM_DEFINE_FLUSH(d, double, DBL_MIN)
 
 ZM_INLINE float zm_expf(float x)
 {
