@@ -422,7 +422,12 @@ def test_openmp_build_and_thread_count():
 
 
 def test_gil_released_during_kernel(rng):
-    """Two threads scanning at once finish while a third thread keeps running."""
+    """A thread that ticks every millisecond keeps ticking while scans run.
+
+    Were the GIL held inside the kernels, the ticker could only run between
+    calls: at most about one tick per call."""
+    import time
+
     a = rng.uniform(0.9, 1.0, size=(2, 2_000_000)).astype(np.float32)
     b = rng.standard_normal((2, 2_000_000)).astype(np.float32)
     ticks = []
@@ -435,13 +440,16 @@ def test_gil_released_during_kernel(rng):
 
     t = threading.Thread(target=ticker)
     t.start()
+    calls = 0
     try:
-        for _ in range(3):
+        t0 = time.perf_counter()
+        while calls < 3 or time.perf_counter() - t0 < 0.3:
             sequential_scan(a, b)
+            calls += 1
     finally:
         done.set()
         t.join()
-    assert len(ticks) > 1
+    assert len(ticks) > calls + 2
 
 
 # ---------------------------------------------------------------------------
