@@ -10,6 +10,12 @@ over time vectorised over channels.
 Writes bench/results/scan.json and prints a table of times and ratios. The
 functions of one case (the roofline included) are timed in interleaved
 rounds, each keeping its lowest round median (``_harness.interleaved_times``).
+
+Every scan returns a new array. Its memory comes from the cache of large
+output buffers (``zilla_muf.buffer_cache``), so from the second call on it
+is already mapped, as the roofline's output is. Rows marked "cache off" turn
+the cache off for their calls: every output is then fresh memory, whose
+pages the system zeroes on first touch, as on a first call.
 """
 
 import argparse
@@ -22,6 +28,7 @@ import scipy.signal
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Report, interleaved_times, median_time  # noqa: E402
 
+import zilla_muf  # noqa: E402
 from zilla_muf import (  # noqa: E402
     associative_scan,
     chunked_scan,
@@ -38,6 +45,18 @@ def numpy_loop(a, b, out):
         np.multiply(a[t], out[t - 1], out=out[t])
         out[t] += b[t]
     return out
+
+
+def cache_off(fn):
+    """`fn` with the output buffer cache off: its outputs are fresh memory."""
+    def run():
+        limit = zilla_muf.buffer_cache()["max_bytes"]
+        zilla_muf.buffer_cache(0)
+        try:
+            fn()  # the output is freed here, with nothing to keep it
+        finally:
+            zilla_muf.buffer_cache(limit)
+    return run
 
 
 def make(rng, shape, dtype):
@@ -71,6 +90,8 @@ def batched(report, rng, repeat, channels, steps, quick, rounds):
             for w in (1, 2):
                 fns[f"linear_scan w={w}"] = (
                     lambda w=w: linear_scan(a, b, axis=axis, workers=w))
+            fns["linear_scan w=2, cache off"] = cache_off(
+                lambda: linear_scan(a, b, axis=axis, workers=2))
             fns["sequential_scan"] = lambda: sequential_scan(a, b, axis=axis)
             for w in (1, 2):
                 fns[f"chunked_scan w={w}"] = (
@@ -114,11 +135,12 @@ def long_sequence(report, rng, repeat, rounds):
     a, b = make(rng, n, np.float32)
     h = np.empty_like(a)
     case = "one sequence 2^24 float32"
-    # every scan returns a new array, whose pages the system zeroes on first
-    # touch; np.add into a new array shows that cost on its own
+    # a new array's pages are zeroed by the system on first touch: np.add
+    # into a new array, and the scans with the buffer cache off, show that
     fns = {"roofline np.add": lambda: np.add(a, b, out=h),
            "np.add, new output": lambda: np.add(a, b),
-           "sequential_scan": lambda: sequential_scan(a, b)}
+           "sequential_scan": lambda: sequential_scan(a, b),
+           "sequential_scan, cache off": cache_off(lambda: sequential_scan(a, b))}
     for w in (1, 2):
         fns[f"chunked_scan w={w}"] = lambda w=w: chunked_scan(a, b, workers=w)
         fns[f"associative_scan w={w}"] = lambda w=w: associative_scan(a, b, workers=w)

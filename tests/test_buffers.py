@@ -1,0 +1,187 @@
+"""Tests of the cache of large output buffers (zilla_muf.buffer_cache).
+
+The oracle of every result is np.cumsum (the scan with all decays 1) or an
+earlier result copied out before its memory went back to the cache.
+"""
+
+import os
+import pickle
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import zilla_muf
+from zilla_muf import _buffers, linear_scan, sequential_scan
+
+MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def restore_limit():
+    """Every test starts from an empty cache and leaves the limit as it was."""
+    limit = zilla_muf.buffer_cache()["max_bytes"]
+    zilla_muf.buffer_cache(0)
+    zilla_muf.buffer_cache(limit)
+    yield
+    zilla_muf.buffer_cache(0)
+    zilla_muf.buffer_cache(limit)
+
+
+def handler_name(x):
+    """The name of the allocator of the memory under `x` (a view or not)."""
+    while isinstance(x.base, np.ndarray):
+        x = x.base
+    core = np._core if hasattr(np, "_core") else np.core
+    return core.multiarray.get_handler_name(x)
+
+
+def check(h, want):
+    np.testing.assert_allclose(h, want, rtol=1e-12, atol=1e-9)
+
+
+def scan_ones(n, rng, dtype=np.float64):
+    """A scan with every decay 1, and its oracle, the cumulative sum."""
+    b = rng.standard_normal(n).astype(dtype)
+    return sequential_scan(np.ones_like(b), b), np.cumsum(b)
+
+
+def test_freed_output_is_reused_and_results_stay_right():
+    rng = np.random.default_rng(0)
+    n = 2 * MIB // 8
+    h, want = scan_ones(n, rng)
+    check(h, want)
+    assert handler_name(h) == "zilla_muf_buffer_cache"
+    address = h.ctypes.data
+    assert address % 64 == 0
+    before = zilla_muf.buffer_cache()
+    del h
+    held = zilla_muf.buffer_cache()
+    assert held["cached_blocks"] == before["cached_blocks"] + 1
+    assert held["cached_bytes"] == before["cached_bytes"] + n * 8
+    # new data into the reused block: nothing of the old result shows
+    h2, want2 = scan_ones(n, rng)
+    check(h2, want2)
+    assert h2.ctypes.data == address
+    assert zilla_muf.buffer_cache()["hits"] == held["hits"] + 1
+
+
+def test_small_outputs_do_not_use_the_cache():
+    h = linear_scan(np.ones(1000), np.ones(1000))
+    np.testing.assert_array_equal(h, np.arange(1, 1001))
+    assert handler_name(h) != "zilla_muf_buffer_cache"
+
+
+def test_limit_is_respected_and_zero_turns_it_off():
+    rng = np.random.default_rng(1)
+    zilla_muf.buffer_cache(3 * MIB)
+    outs = [scan_ones(2 * MIB // 8, rng)[0] for _ in range(3)]
+    del outs
+    info = zilla_muf.buffer_cache()
+    assert info["cached_blocks"] == 1
+    assert info["cached_bytes"] == 2 * MIB
+    # a block larger than the limit is never kept
+    big = scan_ones(4 * MIB // 8, rng)[0]
+    del big
+    assert zilla_muf.buffer_cache()["cached_bytes"] == 2 * MIB
+    info = zilla_muf.buffer_cache(0)
+    assert info["cached_bytes"] == 0 and info["cached_blocks"] == 0
+    h, want = scan_ones(2 * MIB // 8, rng)
+    del h
+    assert zilla_muf.buffer_cache()["cached_blocks"] == 0
+
+
+def test_at_most_slots_blocks_oldest_evicted_first():
+    zilla_muf.buffer_cache(1 << 30)
+    sizes = [(MIB + k * 4096) // 8 for k in range(_buffers.SLOTS + 3)]
+    outs = [sequential_scan(np.ones(m), np.ones(m)) for m in sizes]
+    addresses = [o.ctypes.data for o in outs]
+    while outs:
+        del outs[0]  # freed oldest first
+    info = zilla_muf.buffer_cache()
+    assert info["cached_blocks"] == _buffers.SLOTS
+    assert info["cached_bytes"] == 8 * sum(sizes[3:])
+    # the newest block of its size comes back; the three oldest are gone
+    h = sequential_scan(np.ones(sizes[-1]), np.ones(sizes[-1]))
+    assert h.ctypes.data == addresses[-1]
+
+
+def test_a_block_much_larger_than_the_request_is_not_used():
+    rng = np.random.default_rng(2)
+    big, _ = scan_ones(4 * MIB // 8, rng)
+    del big
+    h, want = scan_ones(MIB // 8, rng)
+    check(h, want)
+    info = zilla_muf.buffer_cache()
+    assert info["cached_blocks"] == 1 and info["cached_bytes"] == 4 * MIB
+
+
+def test_resize_and_pickle_of_a_cached_output():
+    rng = np.random.default_rng(3)
+    n = MIB // 8
+    want = rng.standard_normal(n)
+    h = _buffers.empty(n, np.float64)
+    h[:] = want
+    assert handler_name(h) == "zilla_muf_buffer_cache"
+    h.resize(3 * n, refcheck=False)
+    check(h[:n], want)
+    h[n:] = 7.0
+    np.testing.assert_array_equal(h[n:], 7.0)
+    h.resize(n // 2, refcheck=False)
+    check(h, want[: n // 2])
+    back = pickle.loads(pickle.dumps(h))
+    check(back, want[: n // 2])
+    del h
+    assert zilla_muf.buffer_cache()["cached_blocks"] == 0  # now under 1 MiB
+
+
+def test_outputs_made_and_freed_on_four_threads():
+    rng = np.random.default_rng(4)
+    bs = [rng.standard_normal(MIB // 8 + 512 * k) for k in range(4)]
+
+    def work(k):
+        for _ in range(30):
+            h = linear_scan(np.ones_like(bs[k]), bs[k], workers=1)
+            check(h, np.cumsum(bs[k]))
+        return True
+
+    zilla_muf.buffer_cache(6 * MIB)
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))
+    info = zilla_muf.buffer_cache()
+    assert info["cached_bytes"] <= 6 * MIB
+    assert 1 <= info["cached_blocks"] <= _buffers.SLOTS
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin",
+                    reason="needs os.fork")
+def test_cache_works_in_a_forked_child():
+    rng = np.random.default_rng(5)
+    h, want = scan_ones(MIB // 8, rng)
+    del h
+    with warnings.catch_warnings():
+        # Python 3.12+ warns of fork() in a process with threads (OpenMP's)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: reuse the inherited block, then exit
+        ok = False
+        try:
+            h2 = sequential_scan(np.ones_like(want), np.diff(want, prepend=0.0))
+            ok = bool(np.allclose(h2, want)) and zilla_muf.buffer_cache()["hits"] >= 1
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (-1, ValueError, r"`max_bytes` must be >= 0, got -1"),
+    (1.5, TypeError, r"`max_bytes` must be an integer, got float"),
+    (True, TypeError, r"`max_bytes` must be an integer, got bool"),
+    ("1", TypeError, r"`max_bytes` must be an integer, got str"),
+])
+def test_bad_limit(bad, exc, match):
+    with pytest.raises(exc, match=match):
+        zilla_muf.buffer_cache(bad)

@@ -1,0 +1,80 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Output arrays whose large blocks are reused after they are freed.
+
+See _bufcache.h: a NumPy memory handler keeps the blocks of at least
+MIN_BYTES that arrays allocated through it free, up to a limit, for the next
+allocation they fit. Arrays made by `empty` free through that handler
+wherever they go; the handler applies to nothing else.
+"""
+
+import os
+
+import numpy as np
+cimport numpy as cnp
+from cpython.pycapsule cimport PyCapsule_New
+
+cnp.import_array()
+
+cdef extern from "_bufcache.h":
+    ctypedef struct PyDataMem_Handler:
+        pass
+    PyDataMem_Handler zm_handler
+    size_t zm_limit
+    size_t zm_min
+    size_t zm_cached
+    unsigned long long zm_hits
+    unsigned long long zm_misses
+    int zm_reset_lock()
+    int zm_blocks()
+    void zm_set_limit(size_t limit)
+    int ZM_SLOTS
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+if zm_reset_lock() != 0:
+    raise MemoryError("could not allocate the buffer cache's lock")
+
+cdef object _handler = PyCapsule_New(&zm_handler, "mem_handler", NULL)
+
+#: Blocks smaller than this (bytes) are never cached.
+MIN_BYTES = zm_min
+#: Blocks the cache holds at most.
+SLOTS = ZM_SLOTS
+
+
+def _after_fork_in_child():
+    if zm_reset_lock() != 0:
+        raise MemoryError("could not allocate the buffer cache's lock")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def empty(shape, dtype):
+    """np.empty(shape, dtype), its memory from the reusing handler."""
+    old = PyDataMem_SetHandler(_handler)
+    try:
+        return np.empty(shape, dtype=dtype)
+    finally:
+        PyDataMem_SetHandler(old)
+
+
+def set_limit(Py_ssize_t limit):
+    """Hold at most `limit` bytes of freed blocks (0: none); evict the rest."""
+    if limit < 0:
+        raise ValueError(f"`max_bytes` must be >= 0, got {limit}")
+    zm_set_limit(<size_t> limit)
+
+
+def stats():
+    """The limit, the bytes and blocks held, and the hits and misses of
+    allocations of at least MIN_BYTES."""
+    return {
+        "max_bytes": zm_limit,
+        "cached_bytes": zm_cached,
+        "cached_blocks": zm_blocks(),
+        "hits": zm_hits,
+        "misses": zm_misses,
+    }
