@@ -8,9 +8,11 @@
  * they fit with at most a quarter to spare.
  *
  * Every block carries a header just below its 64-byte aligned data: the
- * address the C allocator returned, and the capacity. Only zm_malloc takes
- * blocks from the cache (zm_calloc must return zeros); zm_realloc and
- * zm_free accept every block of this handler.
+ * address the C allocator returned, and the block's size. A block has room
+ * to place its data at any 64-byte offset in a page, so that an output can
+ * be put where the stores into it do not alias the loads of its inputs
+ * (zm_pick). Only zm_malloc takes blocks from the cache (zm_calloc must
+ * return zeros); zm_realloc and zm_free accept every block of this handler.
  */
 #ifndef ZILLA_MUF_BUFCACHE_H
 #define ZILLA_MUF_BUFCACHE_H
@@ -27,17 +29,26 @@
 #endif
 
 #define ZM_ALIGN 64
+#define ZM_PAGE 4096
 #define ZM_SLOTS 8
 #define ZM_HUGE ((size_t)1 << 22)
+/* Where a load runs a little ahead of a store to an address 0-255 bytes
+   lower, modulo the page, the processor may take the load to depend on the
+   store (4K aliasing) and wait for it. */
+#define ZM_NEAR 256
 
 typedef struct {
     void *base;     /* what malloc/calloc/realloc returned */
-    size_t cap;     /* usable bytes from the aligned data address */
+    size_t total;   /* bytes from base */
 } zm_header;
 
+/* Bytes a block has beyond its data: the header, and room to put the data
+   at any 64-byte offset in a page. */
+#define ZM_EXTRA (sizeof(zm_header) + ZM_PAGE - 1)
+
 typedef struct {
-    char *data;
-    size_t cap;
+    void *base;
+    size_t total;
     unsigned long long stamp;
 } zm_slot;
 
@@ -47,36 +58,76 @@ static size_t zm_cached = 0;
 static size_t zm_limit = (size_t)256 << 20;
 static size_t zm_min = (size_t)1 << 20;
 static unsigned long long zm_clock = 0, zm_hits = 0, zm_misses = 0;
+/* The page offset wanted for the next block (-1: any). Set and cleared
+   around one allocation by a caller holding the GIL. */
+static long zm_want = -1;
 
 static inline zm_header *zm_head(void *data)
 {
     return (zm_header *)((char *)data - sizeof(zm_header));
 }
 
-/* The aligned data address in a block from `base`, and its header. */
-static char *zm_place(void *base, size_t cap)
+static inline size_t zm_usable(size_t total)
+{
+    return total - ZM_EXTRA;
+}
+
+/* The data address in the block at `base`: 64-byte aligned, at page offset
+   `want` when that is not negative. */
+static inline char *zm_addr(void *base, long want)
 {
     uintptr_t p = ((uintptr_t)base + sizeof(zm_header) + ZM_ALIGN - 1)
                   & ~(uintptr_t)(ZM_ALIGN - 1);
-    zm_head((void *)p)->base = base;
-    zm_head((void *)p)->cap = cap;
+    if (want >= 0)
+        p += ((uintptr_t)want - p) & (uintptr_t)(ZM_PAGE - 1);
     return (char *)p;
+}
+
+/* zm_addr, with the block's header written just below the data. */
+static char *zm_place(void *base, size_t total, long want)
+{
+    char *p = zm_addr(base, want);
+    zm_head(p)->base = base;
+    zm_head(p)->total = total;
+    return p;
+}
+
+/* A page offset for an output that none of the `k` inputs at `near` has a
+   load 0 to ZM_NEAR - 1 bytes ahead of, as the output's stores trail the
+   inputs' loads; about half a page away from the first if that is free. */
+static long zm_pick(const size_t *near, int k)
+{
+    long c, o, d;
+    int i, ok;
+    for (c = 0; c < ZM_PAGE / ZM_ALIGN; c++) {
+        o = (long)((near[0] + ZM_PAGE / 2 + (uintptr_t)c * ZM_ALIGN)
+                   & (uintptr_t)(ZM_PAGE - ZM_ALIGN));
+        ok = 1;
+        for (i = 0; i < k; i++) {
+            d = (long)(((uintptr_t)o - near[i]) & (uintptr_t)(ZM_PAGE - 1));
+            if (d < ZM_NEAR)
+                ok = 0;
+        }
+        if (ok)
+            return o;
+    }
+    return -1;
 }
 
 /* Ask for transparent huge pages on a large block, as NumPy's own
    allocator does: a 2 MiB page faults in once instead of 512 times. */
-static void zm_advise(char *data, size_t cap)
+static void zm_advise(void *base, size_t total)
 {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (cap >= ZM_HUGE) {
-        uintptr_t lo = ((uintptr_t)data + 4095) & ~(uintptr_t)4095;
-        uintptr_t hi = ((uintptr_t)data + cap) & ~(uintptr_t)4095;
+    if (total >= ZM_HUGE) {
+        uintptr_t lo = ((uintptr_t)base + 4095) & ~(uintptr_t)4095;
+        uintptr_t hi = ((uintptr_t)base + total) & ~(uintptr_t)4095;
         if (hi > lo)
             madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
     }
 #else
-    (void)data;
-    (void)cap;
+    (void)base;
+    (void)total;
 #endif
 }
 
@@ -94,24 +145,24 @@ static void zm_lock_release(int held)
         PyThread_release_lock(zm_lock);
 }
 
-/* Remove and return a cached block of at least `size` bytes with at most a
-   quarter to spare (the smallest such), or NULL. Lock held. */
-static char *zm_take(size_t size)
+/* Remove and return the slot of a cached block with room for `size` bytes
+   and at most a quarter to spare (the smallest such), or -1. Lock held. */
+static int zm_take(size_t size, zm_slot *got)
 {
     int i, best = -1;
     for (i = 0; i < ZM_SLOTS; i++) {
-        size_t cap = zm_slots[i].cap;
-        if (zm_slots[i].data != NULL && cap >= size && cap - size <= size / 4
-                && (best < 0 || cap < zm_slots[best].cap))
+        size_t cap = zm_slots[i].base ? zm_usable(zm_slots[i].total) : 0;
+        if (zm_slots[i].base != NULL && cap >= size && cap - size <= size / 4
+                && (best < 0 || zm_slots[i].total < zm_slots[best].total))
             best = i;
     }
     if (best < 0)
-        return NULL;
-    char *data = zm_slots[best].data;
-    zm_cached -= zm_slots[best].cap;
-    zm_slots[best].data = NULL;
-    zm_slots[best].cap = 0;
-    return data;
+        return -1;
+    *got = zm_slots[best];
+    zm_cached -= zm_usable(got->total);
+    zm_slots[best].base = NULL;
+    zm_slots[best].total = 0;
+    return best;
 }
 
 /* Evict the oldest blocks until `need` more bytes fit under `limit` and a
@@ -122,7 +173,7 @@ static int zm_evict(size_t need, size_t limit, void **out, int *nout)
     for (;;) {
         int i, free_slot = -1, oldest = -1;
         for (i = 0; i < ZM_SLOTS; i++) {
-            if (zm_slots[i].data == NULL) {
+            if (zm_slots[i].base == NULL) {
                 if (free_slot < 0)
                     free_slot = i;
             } else if (oldest < 0 || zm_slots[i].stamp < zm_slots[oldest].stamp) {
@@ -133,72 +184,69 @@ static int zm_evict(size_t need, size_t limit, void **out, int *nout)
             return free_slot;
         if (oldest < 0)
             return -1;
-        out[(*nout)++] = zm_head(zm_slots[oldest].data)->base;
-        zm_cached -= zm_slots[oldest].cap;
-        zm_slots[oldest].data = NULL;
-        zm_slots[oldest].cap = 0;
+        out[(*nout)++] = zm_slots[oldest].base;
+        zm_cached -= zm_usable(zm_slots[oldest].total);
+        zm_slots[oldest].base = NULL;
+        zm_slots[oldest].total = 0;
     }
 }
 
 static void *zm_malloc(void *ctx, size_t size)
 {
+    zm_slot got;
     (void)ctx;
     if (size >= zm_min) {
         int held = zm_lock_acquire();
-        char *data = zm_take(size);
-        if (data != NULL)
+        int slot = zm_take(size, &got);
+        if (slot >= 0)
             zm_hits++;
         else
             zm_misses++;
         zm_lock_release(held);
-        if (data != NULL)
-            return data;
+        if (slot >= 0)
+            return zm_place(got.base, got.total, zm_want);
     }
-    if (size > SIZE_MAX - sizeof(zm_header) - ZM_ALIGN)
+    if (size > SIZE_MAX - ZM_EXTRA)
         return NULL;
-    void *base = malloc(size + sizeof(zm_header) + ZM_ALIGN);
+    void *base = malloc(size + ZM_EXTRA);
     if (base == NULL)
         return NULL;
-    char *data = zm_place(base, size);
-    zm_advise(data, size);
-    return data;
+    zm_advise(base, size + ZM_EXTRA);
+    return zm_place(base, size + ZM_EXTRA, zm_want);
 }
 
 static void *zm_calloc(void *ctx, size_t nelem, size_t elsize)
 {
     (void)ctx;
-    if (elsize != 0 && nelem > (SIZE_MAX - sizeof(zm_header) - ZM_ALIGN) / elsize)
+    if (elsize != 0 && nelem > (SIZE_MAX - ZM_EXTRA) / elsize)
         return NULL;
     size_t size = nelem * elsize;
-    void *base = calloc(1, size + sizeof(zm_header) + ZM_ALIGN);
+    void *base = calloc(1, size + ZM_EXTRA);
     if (base == NULL)
         return NULL;
-    char *data = zm_place(base, size);
-    zm_advise(data, size);
-    return data;
+    zm_advise(base, size + ZM_EXTRA);
+    return zm_place(base, size + ZM_EXTRA, -1);
 }
 
 static void *zm_realloc(void *ctx, void *ptr, size_t new_size)
 {
     if (ptr == NULL)
         return zm_malloc(ctx, new_size);
-    if (new_size > SIZE_MAX - sizeof(zm_header) - ZM_ALIGN)
+    if (new_size > SIZE_MAX - ZM_EXTRA)
         return NULL;
     zm_header h = *zm_head(ptr);
     size_t offset = (size_t)((char *)ptr - (char *)h.base);
-    size_t keep = h.cap < new_size ? h.cap : new_size;
-    void *base = realloc(h.base, new_size + sizeof(zm_header) + ZM_ALIGN);
+    size_t keep = h.total - offset < new_size ? h.total - offset : new_size;
+    long want = (long)((uintptr_t)ptr & (uintptr_t)(ZM_PAGE - 1));
+    void *base = realloc(h.base, new_size + ZM_EXTRA);
     if (base == NULL)
         return NULL;
-    /* the data moved with the block; its new address may be aligned
-       differently, so move it to where zm_place puts it */
+    /* the data moved with the block; put it back at its page offset */
     char *moved = (char *)base + offset;
-    char *data = (char *)(((uintptr_t)base + sizeof(zm_header) + ZM_ALIGN - 1)
-                          & ~(uintptr_t)(ZM_ALIGN - 1));
+    char *data = zm_addr(base, want);
     if (data != moved)
         memmove(data, moved, keep);
-    zm_place(base, new_size);
-    return data;
+    return zm_place(base, new_size + ZM_EXTRA, want);
 }
 
 static void zm_free(void *ctx, void *ptr, size_t size)
@@ -206,19 +254,20 @@ static void zm_free(void *ctx, void *ptr, size_t size)
     void *evicted[ZM_SLOTS + 1];
     int i, nev = 0, slot = -1;
     (void)ctx;
-    (void)size;  /* the header has the capacity */
+    (void)size;  /* the header has the block's size */
     if (ptr == NULL)
         return;
-    zm_header *h = zm_head(ptr);
-    if (h->cap >= zm_min && zm_lock != NULL) {
+    zm_header h = *zm_head(ptr);
+    size_t cap = zm_usable(h.total);
+    if (cap >= zm_min && zm_lock != NULL) {
         int held = zm_lock_acquire();
-        if (h->cap <= zm_limit) {
-            slot = zm_evict(h->cap, zm_limit, evicted, &nev);
+        if (cap <= zm_limit) {
+            slot = zm_evict(cap, zm_limit, evicted, &nev);
             if (slot >= 0) {
-                zm_slots[slot].data = (char *)ptr;
-                zm_slots[slot].cap = h->cap;
+                zm_slots[slot].base = h.base;
+                zm_slots[slot].total = h.total;
                 zm_slots[slot].stamp = ++zm_clock;
-                zm_cached += h->cap;
+                zm_cached += cap;
             }
         }
         zm_lock_release(held);
@@ -226,7 +275,7 @@ static void zm_free(void *ctx, void *ptr, size_t size)
     for (i = 0; i < nev; i++)
         free(evicted[i]);
     if (slot < 0)
-        free(h->base);
+        free(h.base);
 }
 
 /* Set the limit (bytes; 0 disables the cache) and evict what exceeds it. */
@@ -248,7 +297,7 @@ static int zm_blocks(void)
     int i, n = 0;
     int held = zm_lock_acquire();
     for (i = 0; i < ZM_SLOTS; i++)
-        n += zm_slots[i].data != NULL;
+        n += zm_slots[i].base != NULL;
     zm_lock_release(held);
     return n;
 }

@@ -19,6 +19,8 @@ cdef extern from "_bufcache.h":
     ctypedef struct PyDataMem_Handler:
         pass
     PyDataMem_Handler zm_handler
+    long zm_want
+    long zm_pick(const size_t *near, int k)
     size_t zm_limit
     size_t zm_min
     size_t zm_cached
@@ -52,12 +54,27 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def empty(shape, dtype):
-    """np.empty(shape, dtype), its memory from the reusing handler."""
+def empty(shape, dtype, cnp.ndarray a=None, cnp.ndarray b=None):
+    """np.empty(shape, dtype), its memory from the reusing handler.
+
+    Given the arrays `a` and `b` that a kernel reads while it writes the
+    result, the result is placed in its page so that its stores do not
+    alias their loads (see zm_pick)."""
+    cdef size_t near[2]
+    cdef int k = 0
+    if a is not None:
+        near[k] = <size_t> cnp.PyArray_DATA(a)
+        k += 1
+    if b is not None:
+        near[k] = <size_t> cnp.PyArray_DATA(b)
+        k += 1
     old = PyDataMem_SetHandler(_handler)
+    global zm_want
+    zm_want = zm_pick(near, k) if k else -1
     try:
         return np.empty(shape, dtype=dtype)
     finally:
+        zm_want = -1
         PyDataMem_SetHandler(old)
 
 

@@ -128,7 +128,7 @@ class _Problem:
     def run(self, kernel, reverse, return_final, *args):
         shape = (self.outer, self.n, self.inner)
         if self.outer * self.n * self.inner * self.dtype.itemsize >= _buffers.MIN_BYTES:
-            out = _buffers.empty(shape, self.dtype)
+            out = _buffers.empty(shape, self.dtype, self.a, self.b)
         else:
             out = np.empty(shape, dtype=self.dtype)
         kernel(self.a, self.b, self.h0, out, bool(reverse), *args)
