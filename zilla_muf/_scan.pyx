@@ -1157,11 +1157,12 @@ cdef int cols_associative(scalar_t *A, scalar_t *B, scalar_t *O,
     cdef Py_ssize_t p2 = next_pow2(nleaf)
     cdef Py_ssize_t nblk = (inner + cw - 1) // cw
     cdef Py_ssize_t nlane = outer * nblk
-    cdef Py_ssize_t ntask = nlane * nleaf
+    cdef Py_ssize_t ntask = nlane * (nleaf - 1)
     cdef Py_ssize_t task, lane, r, blk, c, c0, w, t0, m, i, j, tb
     cdef Py_ssize_t step = -inner if reverse else inner
     cdef scalar_t *TA
     cdef scalar_t *TB
+    cdef const scalar_t *end
 
     TA = <scalar_t *> malloc(nlane * p2 * cw * sizeof(scalar_t))
     TB = <scalar_t *> malloc(nlane * p2 * cw * sizeof(scalar_t))
@@ -1170,7 +1171,11 @@ cdef int cols_associative(scalar_t *A, scalar_t *B, scalar_t *O,
         free(TB)
         return -1
 
-    # (1) leaf maps; node (lane, c) at TA[(lane * p2 + c) * cw]
+    # (1) leaf maps; node (lane, c) at TA[(lane * p2 + c) * cw]. The first
+    # leaf is scanned from h0 here instead, its map's B the state it ends
+    # in (its A enters no state); the last is left the identity, since its
+    # map enters no other leaf's state. The inputs of the leaves between
+    # are read twice, those of the first and the last once.
     for task in prange(nlane * p2, num_threads=nthreads,
                        schedule='static'):
         lane = task // p2
@@ -1183,13 +1188,15 @@ cdef int cols_associative(scalar_t *A, scalar_t *B, scalar_t *O,
         for j in range(cw):
             TA[tb + j] = 1
             TB[tb + j] = 0
-        if c < nleaf:
-            if c == 0:
-                for j in range(w):
-                    TB[tb + j] = H0[r * inner + c0 + j]
-            t0 = c * leaf
-            m = imin(leaf, n - t0)
-            i = (r * n + pos(t0, n, reverse)) * inner + c0
+        t0 = c * leaf
+        m = imin(leaf, n - t0)
+        i = (r * n + pos(t0, n, reverse)) * inner + c0
+        if c == 0:
+            cols_scan(A + i, B + i, O + i, H0 + r * inner + c0, w, m, step)
+            end = O + (r * n + pos(m - 1, n, reverse)) * inner + c0
+            for j in range(w):
+                TB[tb + j] = end[j]
+        elif c < nleaf - 1:
             cols_reduce(A + i, B + i, TB + tb, TA + tb, w, m, step)
 
     # (2) tree per lane, vectorised over the block's channels
@@ -1202,11 +1209,11 @@ cdef int cols_associative(scalar_t *A, scalar_t *B, scalar_t *O,
             tree_exclusive(TA + lane * p2 * cw, TB + lane * p2 * cw, p2, cw,
                            nthreads)
 
-    # (3) every leaf from its entering state
+    # (3) every later leaf from its entering state
     for task in prange(ntask, num_threads=nthreads,
                        schedule='static'):
-        lane = task // nleaf
-        c = task - lane * nleaf
+        lane = task // (nleaf - 1)
+        c = task - lane * (nleaf - 1) + 1
         r = lane // nblk
         blk = lane - r * nblk
         c0 = blk * cw
@@ -1214,11 +1221,7 @@ cdef int cols_associative(scalar_t *A, scalar_t *B, scalar_t *O,
         t0 = c * leaf
         m = imin(leaf, n - t0)
         i = (r * n + pos(t0, n, reverse)) * inner + c0
-        if c == 0:
-            cols_scan(A + i, B + i, O + i, H0 + r * inner + c0, w, m, step)
-        else:
-            cols_scan(A + i, B + i, O + i, TB + (lane * p2 + c) * cw, w, m,
-                      step)
+        cols_scan(A + i, B + i, O + i, TB + (lane * p2 + c) * cw, w, m, step)
     free(TA)
     free(TB)
     return 0

@@ -479,6 +479,10 @@ def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
     maps (:math:`O(m)` combines in :math:`2 \log_2 m` levels, each level in
     parallel) give the exclusive prefix, the state entering each leaf; every
     leaf is then scanned from it, in parallel. Total work is :math:`O(n)`.
+    Along a strided time axis the first leaf is scanned from :math:`h_0`
+    during the reductions instead (its map is the state it ends in), and
+    the last is not reduced (its map enters no other leaf's state), so
+    their inputs are read once, the others' twice.
 
     .. versionadded:: 0.1.0
 
