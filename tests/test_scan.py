@@ -5,6 +5,8 @@ dense lower-triangular matrix of the recurrence, and scipy.signal.lfilter for
 constant decays.
 """
 
+import mmap
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -222,6 +224,78 @@ def test_single_long_sequence(rng):
     want, _ = loop_oracle(a, b)
     for fn in METHODS.values():
         assert_close(fn(a, b, workers=2), want, np.float64, scale=100)
+
+
+def available_memory():
+    """Bytes of memory available (Linux), or 0 where that is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@pytest.mark.skipif(sys.maxsize < 2**40 or available_memory() < 12 * 2**30,
+                    reason="needs a 64-bit build and 12 GiB of free memory")
+def test_sequences_longer_than_2_31():
+    """Scans whose offsets pass 2^31 elements, along a contiguous and a
+    strided axis. The inputs are zero but for a few steps; their untouched
+    pages are never given memory, so only the 8 GiB result is. Every
+    nonzero result is known exactly, and no other is nonzero."""
+    big = 2**31
+
+    def zeros(shape):
+        """Zeros whose untouched pages read from the system's zero page
+        (in 2 MiB pages where the system allows it: fewer faults)."""
+        size = 4 * int(np.prod(shape))
+        buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+        if hasattr(buf, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        return np.frombuffer(buf, np.float32).reshape(shape)
+
+    def check(h, want):
+        flat = h.reshape(-1)
+        for i, v in want.items():
+            assert flat[i] == v, (i, flat[i], v)
+        assert np.count_nonzero(flat) == len(want)
+
+    # one sequence of 2^31 + 64 steps
+    n = big + 64
+    a = zeros(n)
+    b = zeros(n)
+    k = big + 5
+    b[0] = 1.0
+    b[k] = 3.0
+    a[k + 1:k + 4] = 0.5
+    b[n - 1] = 2.0
+    forward = {0: 1.0, k: 3.0, k + 1: 1.5, k + 2: 0.75, k + 3: 0.375, n - 1: 2.0}
+    for run in (lambda: sequential_scan(a, b),
+                lambda: chunked_scan(a, b, workers=2),
+                lambda: associative_scan(a, b, workers=2)):
+        h = run()
+        check(h, forward)
+        del h
+    # reversed, h_t = a_t h_{t+1} + b_t: the decays now carry b[k + 3]
+    b[k + 3] = 8.0
+    h = chunked_scan(a, b, workers=2, reverse=True)
+    check(h, {0: 1.0, k: 3.0, k + 1: 2.0, k + 2: 4.0, k + 3: 8.0,
+              n - 1: 2.0})
+    del h, a, b
+
+    # time-major: 2^21 + 8 steps of 1024 channels
+    m, c = 2**21 + 8, 1024
+    a = zeros((m, c))
+    b = zeros((m, c))
+    b[0, 0] = 1.0
+    b[m - 3, 7] = 4.0
+    a[m - 2:, 7] = 0.5
+    b[m - 1, c - 1] = 5.0
+    h = chunked_scan(a, b, axis=0, workers=2)
+    check(h, {0: 1.0, (m - 3) * c + 7: 4.0, (m - 2) * c + 7: 2.0,
+              (m - 1) * c + 7: 1.0, (m - 1) * c + c - 1: 5.0})
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
