@@ -32,9 +32,11 @@
 #define ZM_PAGE 4096
 #define ZM_SLOTS 8
 #define ZM_HUGE ((size_t)1 << 22)
-/* Where a load runs a little ahead of a store to an address 0-255 bytes
-   lower, modulo the page, the processor may take the load to depend on the
-   store (4K aliasing) and wait for it. */
+/* A kernel's loads of an input run a little ahead of its stores into the
+   output. When the output sits 0 to ZM_NEAR - 1 bytes past the input
+   modulo the page, a load shares the low 12 address bits of a store still
+   pending, and the processor may take it to depend on the store and wait
+   (4K aliasing). */
 #define ZM_NEAR 256
 
 typedef struct {
