@@ -102,6 +102,31 @@ def bench_scan(report, quick):
         if torch is not None:
             err = float(np.max(np.abs(run() - y_ref)) / np.max(np.abs(y_ref)))
             progress(f"  max relative difference to the torch reference: {err:.2e}")
+    bench_scan_complex(report, rng, batch, dim, dstate, seqlen, repeat)
+
+
+def bench_scan_complex(report, rng, batch, dim, dstate, seqlen, repeat):
+    """Complex A (S4D-Lin: -1/2 + i pi n) with complex B and C, against the
+    same scan with real A: a complex state costs four real multiplies per
+    product, and each step's decays need exp, sin and cos."""
+    args = scan_inputs(rng, np.float32, batch, dim, dstate, seqlen)
+    case = (f"selective_scan complex64 (S4D-Lin A) b{batch} d{dim} n{dstate} "
+            f"L{seqlen}")
+    t_real = median_time(lambda: selective_scan(**args, delta_softplus=True,
+                                                workers=2), repeat=repeat)
+    report.add(case, "zilla_muf float32, real A, workers=2", t_real)
+    cargs = dict(args)
+    cargs["A"] = (-0.5 + 1j * np.pi * np.arange(dstate)).astype(np.complex64) \
+        * np.ones((dim, 1), np.complex64)
+    for key in ("B", "C"):
+        x = rng.standard_normal((2,) + args[key].shape)
+        cargs[key] = (x[0] + 1j * x[1]).astype(np.complex64)
+    for workers in (1, 2):
+        def run(workers=workers):
+            return selective_scan(**cargs, delta_softplus=True, workers=workers)
+
+        report.add(case, f"zilla_muf complex64 workers={workers}",
+                   median_time(run, repeat=repeat), t_real)
 
 
 def bench_conv(report, quick):

@@ -170,6 +170,45 @@ def test_scan_complex(rng, dtype, cplx_bc, kinds):
     assert_close(last, last0, dtype, scale=10)
 
 
+@pytest.mark.parametrize("dtype, fast_max", [(np.complex64, 4096.0),
+                                              (np.complex128, 1e6)])
+def test_complex_decay_angles(dtype, fast_max):
+    """exp(dt A) for purely imaginary A: the last state of one step from
+    h0 = 1 is exp(i dt Im A), against NumPy's complex128 exp. Angles span
+    the range the vectorised sin/cos reduce exactly, and beyond it (where
+    libm takes over), both signs, multiples of pi/2 and the ends."""
+    rdt = np.float32 if dtype == np.complex64 else np.float64
+    eps = np.finfo(rdt).eps
+    x = np.concatenate([
+        np.linspace(-fast_max, fast_max, 20001),
+        np.arange(-40, 41) * (np.pi / 4),
+        [fast_max, -fast_max, 1e-30, -0.0, 0.0],
+        [1.5 * fast_max, -3 * fast_max, 1e7, 3e8],
+    ]).astype(rdt)
+    dim = x.size
+    u = np.zeros((1, dim, 1), rdt)
+    delta = np.ones((1, dim, 1), rdt)
+    A = (1j * x.astype(np.float64)).reshape(dim, 1).astype(dtype)
+    B = np.ones((dim, 1), rdt)
+    C = np.ones((dim, 1), rdt)
+    h0 = np.ones((1, dim, 1), dtype)
+    y, last = selective_scan(u, delta, A, B, C, initial_state=h0,
+                             return_last_state=True)
+    want = np.exp(1j * x.astype(np.float64))
+    got = last.reshape(-1)
+    # a few units in the last place of numbers of size 1 (libm's own beyond
+    # the fast range); y is 2 Re(C h)
+    np.testing.assert_allclose(got.real, want.real, rtol=0, atol=4 * eps)
+    np.testing.assert_allclose(got.imag, want.imag, rtol=0, atol=4 * eps)
+    np.testing.assert_allclose(y.reshape(-1), 2 * want.real, rtol=0, atol=8 * eps)
+    # a step of NaN gives NaN, not a wrong number
+    delta[0, 0, 0] = np.nan
+    _, last = selective_scan(u, delta, A, B, C, initial_state=h0,
+                             return_last_state=True)
+    assert np.isnan(last[0, 0, 0])
+    assert np.all(np.isfinite(last[0, 1:, 0]))
+
+
 def test_complex_conjugate_pair_is_real_system(rng):
     # a conjugate pair (a, conj a) with conjugate B, C is a real system whose
     # output is 2 Re of one member: the real 2-state scan of the same pair

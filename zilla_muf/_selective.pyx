@@ -36,11 +36,11 @@ xpad = (initial states, x), evaluated tap by tap with t innermost
 (vectorised), the first width-1 outputs reading the initial states.
 """
 from cython.parallel cimport prange, parallel
-from libc.math cimport cos, cosf, sin, sinf
+from libc.math cimport cos, cosf, fabs, sin, sinf
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._types cimport real_t
-from zilla_muf._vmath cimport vexp
+from zilla_muf._vmath cimport vexp, vsincos, vsincos_max
 
 
 
@@ -163,7 +163,8 @@ cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
                           Py_ssize_t N, Py_ssize_t L) noexcept nogil:
     """One channel with complex A (and B, C): y = 2 Re(sum_n C h)."""
     cdef Py_ssize_t t, n
-    cdef real_t dt, du, ut, acc, mag, xr, xi
+    cdef real_t dt, du, ut, acc, mag, xr, xi, sn, cs
+    cdef real_t amax = 0
     cdef const real_t *Btr
     cdef const real_t *Bti
     cdef const real_t *Ctr
@@ -171,6 +172,8 @@ cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
     for n in range(N):
         hr[n] = h0r[n]
         hi[n] = h0i[n]
+        if fabs(Ai[n]) > amax:
+            amax = fabs(Ai[n])
     for t in range(L):
         ut = u[t]
         dt = dts[t]
@@ -179,11 +182,20 @@ cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
         Bti = Bpi + t * bst
         Ctr = Cpr + t * cst
         Cti = Cpi + t * cst
-        # exp(dt A) = exp(dt Re A) (cos(dt Im A) + i sin(dt Im A))
-        for n in range(N):
-            mag = vexp(dt * Ar[n])
-            ar[n] = mag * cos_t(dt * Ai[n])
-            ai[n] = mag * sin_t(dt * Ai[n])
+        # exp(dt A) = exp(dt Re A) (cos(dt Im A) + i sin(dt Im A)): by the
+        # vectorised sincos when every angle is in its exact range, else
+        # (a huge step or Im A, inf, NaN) by libm
+        if fabs(dt) * amax <= vsincos_max(dt):
+            for n in range(N):
+                mag = vexp(dt * Ar[n])
+                vsincos(dt * Ai[n], &sn, &cs)
+                ar[n] = mag * cs
+                ai[n] = mag * sn
+        else:
+            for n in range(N):
+                mag = vexp(dt * Ar[n])
+                ar[n] = mag * cos_t(dt * Ai[n])
+                ai[n] = mag * sin_t(dt * Ai[n])
         for n in range(N):
             xr = ar[n] * hr[n] - ai[n] * hi[n] + du * Btr[n]
             xi = ar[n] * hi[n] + ai[n] * hr[n] + du * Bti[n]

@@ -155,4 +155,63 @@ ZM_INLINE float zm_softplusf(float x)
     return pos + zm_log1pf_unit(zm_expf(-ax));
 }
 
+/* sin and cos of x together, branch-free so that loops over them vectorise.
+ * x = k pi/2 + r with k = round(x 2/pi) and pi/2 in three parts (Cody-Waite,
+ * the constants of Cephes' sin, doubled), so that r (|r| <= pi/4) is exact
+ * for |x| <= ZM_SINCOS_MAXF (float) or ZM_SINCOS_MAX (double); sin r and
+ * cos r by the Cephes polynomials (within ~1 ulp); k mod 4 swaps and
+ * negates them. Beyond the bound, and for inf and NaN, callers use libm. */
+#define ZM_SINCOS_MAXF 4096.0f
+#define ZM_SINCOS_MAX 1.0e6
+
+#define ZM_QUADRANT(T, q, sr, cr, s, c)                                     \
+    do {                                                                    \
+        T s_ = ((q) & 1) ? (cr) : (sr);                                     \
+        T c_ = ((q) & 1) ? (sr) : (cr);                                     \
+        *(s) = ((q) & 2) ? -s_ : s_;                                        \
+        *(c) = (((q) + 1) & 2) ? -c_ : c_;                                  \
+    } while (0)
+
+ZM_INLINE void zm_sincosf(float x, float *s, float *c)
+{
+    const float magic = 12582912.0f;            /* 1.5 * 2^23 */
+    float k = (x * 0.636619772367581343f + magic) - magic;
+    float r = x - k * 1.5703125f;
+    r = r - k * 4.837512969970703125e-4f;
+    r = r - k * 7.54978995489188216e-8f;
+    float z = r * r;
+    float sr = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z
+                - 1.6666654611e-1f) * z * r + r;
+    float cr = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z
+                + 4.166664568298827e-2f) * z * z - 0.5f * z + 1.0f;
+    int32_t q = (int32_t) (k == k ? k : 0.0f) & 3;
+    ZM_QUADRANT(float, q, sr, cr, s, c);
+}
+
+ZM_INLINE void zm_sincos(double x, double *s, double *c)
+{
+    const double magic = 6755399441055744.0;    /* 1.5 * 2^52 */
+    double k = (x * 0.63661977236758134308 + magic) - magic;
+    double r = x - k * 1.57079625129699707031;
+    r = r - k * 7.54978941586159635336e-8;
+    r = r - k * 5.39030285815811905290e-15;
+    double z = r * r;
+    double sp = 1.58962301576546568060e-10;
+    sp = sp * z - 2.50507477628578072866e-8;
+    sp = sp * z + 2.75573136213857245213e-6;
+    sp = sp * z - 1.98412698295895385996e-4;
+    sp = sp * z + 8.33333333332211858878e-3;
+    sp = sp * z - 1.66666666666666307295e-1;
+    double sr = r + r * z * sp;
+    double cp = -1.13585365213876817300e-11;
+    cp = cp * z + 2.08757008419747316778e-9;
+    cp = cp * z - 2.75573141792967388112e-7;
+    cp = cp * z + 2.48015872888517045348e-5;
+    cp = cp * z - 1.38888888888730564116e-3;
+    cp = cp * z + 4.16666666666665929218e-2;
+    double cr = 1.0 - 0.5 * z + z * z * cp;
+    int32_t q = (int32_t) (k == k ? k : 0.0) & 3;
+    ZM_QUADRANT(double, q, sr, cr, s, c);
+}
+
 #endif

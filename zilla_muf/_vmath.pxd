@@ -7,6 +7,10 @@ cdef extern from "_vmath.h" nogil:
     float zm_softplusf(float x)
     float zm_flush_f(float p)
     double zm_flush_d(double p)
+    void zm_sincosf(float x, float *s, float *c)
+    void zm_sincos(double x, double *s, double *c)
+    float ZM_SINCOS_MAXF
+    double ZM_SINCOS_MAX
 
 
 cdef inline real_t vexp(real_t x) noexcept nogil:
@@ -23,3 +27,19 @@ cdef inline real_t vflush(real_t p) noexcept nogil:
         return zm_flush_f(p)
     else:
         return zm_flush_d(p)
+
+
+cdef inline void vsincos(real_t x, real_t *s, real_t *c) noexcept nogil:
+    """sin and cos of x, branch-free (exact reduction for |x| <= vsincos_max)."""
+    if real_t is float:
+        zm_sincosf(x, s, c)
+    else:
+        zm_sincos(x, s, c)
+
+
+cdef inline real_t vsincos_max(real_t x) noexcept nogil:
+    """The largest |x| that vsincos reduces exactly (x: the type only)."""
+    if real_t is float:
+        return ZM_SINCOS_MAXF
+    else:
+        return ZM_SINCOS_MAX
