@@ -164,37 +164,41 @@ ZM_INLINE float zm_softplusf(float x)
 #define ZM_SINCOS_MAXF 4096.0f
 #define ZM_SINCOS_MAX 1.0e6
 
-#define ZM_QUADRANT(T, q, sr, cr, s, c)                                     \
+/* k = round(x 2/pi) by the magic-number addition, and r = x - k pi/2 with
+   pi/2 = p1 + p2 + p3 (p1 and p2 short, so that their products are exact). */
+#define ZM_REDUCE_HALF_PI(T, x, magic, p1, p2, p3, k, r)                    \
+    T k = ((x) * (T) 0.63661977236758134308 + (magic)) - (magic);          \
+    T r = (x) - k * (p1);                                                   \
+    r = r - k * (p2);                                                       \
+    r = r - k * (p3)
+
+/* sin and cos of x = k pi/2 + r from sr = sin r and cr = cos r. */
+#define ZM_QUADRANT(T, k, sr, cr, s, c)                                     \
     do {                                                                    \
-        T s_ = ((q) & 1) ? (cr) : (sr);                                     \
-        T c_ = ((q) & 1) ? (sr) : (cr);                                     \
-        *(s) = ((q) & 2) ? -s_ : s_;                                        \
-        *(c) = (((q) + 1) & 2) ? -c_ : c_;                                  \
+        int32_t q_ = (int32_t) ((k) == (k) ? (k) : (T) 0) & 3;             \
+        T s_ = (q_ & 1) ? (cr) : (sr);                                      \
+        T c_ = (q_ & 1) ? (sr) : (cr);                                      \
+        *(s) = (q_ & 2) ? -s_ : s_;                                         \
+        *(c) = ((q_ + 1) & 2) ? -c_ : c_;                                   \
     } while (0)
 
 ZM_INLINE void zm_sincosf(float x, float *s, float *c)
 {
-    const float magic = 12582912.0f;            /* 1.5 * 2^23 */
-    float k = (x * 0.636619772367581343f + magic) - magic;
-    float r = x - k * 1.5703125f;
-    r = r - k * 4.837512969970703125e-4f;
-    r = r - k * 7.54978995489188216e-8f;
+    ZM_REDUCE_HALF_PI(float, x, 12582912.0f /* 1.5 * 2^23 */, 1.5703125f,
+                      4.837512969970703125e-4f, 7.54978995489188216e-8f, k, r);
     float z = r * r;
     float sr = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z
                 - 1.6666654611e-1f) * z * r + r;
     float cr = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z
                 + 4.166664568298827e-2f) * z * z - 0.5f * z + 1.0f;
-    int32_t q = (int32_t) (k == k ? k : 0.0f) & 3;
-    ZM_QUADRANT(float, q, sr, cr, s, c);
+    ZM_QUADRANT(float, k, sr, cr, s, c);
 }
 
 ZM_INLINE void zm_sincos(double x, double *s, double *c)
 {
-    const double magic = 6755399441055744.0;    /* 1.5 * 2^52 */
-    double k = (x * 0.63661977236758134308 + magic) - magic;
-    double r = x - k * 1.57079625129699707031;
-    r = r - k * 7.54978941586159635336e-8;
-    r = r - k * 5.39030285815811905290e-15;
+    ZM_REDUCE_HALF_PI(double, x, 6755399441055744.0 /* 1.5 * 2^52 */,
+                      1.57079625129699707031, 7.54978941586159635336e-8,
+                      5.39030285815811905290e-15, k, r);
     double z = r * r;
     double sp = 1.58962301576546568060e-10;
     sp = sp * z - 2.50507477628578072866e-8;
@@ -210,8 +214,7 @@ ZM_INLINE void zm_sincos(double x, double *s, double *c)
     cp = cp * z - 1.38888888888730564116e-3;
     cp = cp * z + 4.16666666666665929218e-2;
     double cr = 1.0 - 0.5 * z + z * z * cp;
-    int32_t q = (int32_t) (k == k ? k : 0.0) & 3;
-    ZM_QUADRANT(double, q, sr, cr, s, c);
+    ZM_QUADRANT(double, k, sr, cr, s, c);
 }
 
 #endif
