@@ -946,7 +946,8 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
             blk = lane - r * nblk
             c0 = blk * cw
             j = (r * n + pos(0, n, reverse)) * inner + c0
-            if outer < nthreads and nblk > 1:
+            if outer < nthreads and nblk > 1 and O != B:
+                # (in place, O == B, the pages are mapped and hold b)
                 cols_scan_shared(A + j, B + j, O + j, H0 + r * inner + c0,
                                  imin(cw, inner - c0), n, step, blk, nblk)
             else:

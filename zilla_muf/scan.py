@@ -62,7 +62,8 @@ def _threads(p, workers):
 class _Problem:
     """A scan's arguments, checked and laid out as (outer, n, inner)."""
 
-    __slots__ = ("a", "b", "h0", "shape", "axis", "dtype", "outer", "n", "inner")
+    __slots__ = ("a", "b", "h0", "shape", "axis", "dtype", "outer", "n", "inner",
+                 "given")
 
     def __init__(self, a, b, h0, axis):
         if (h0 is None and type(a) is np.ndarray and type(b) is np.ndarray
@@ -81,6 +82,7 @@ class _Problem:
             self.h0 = np.zeros((self.outer, 1), dtype=self.dtype)
             self.a = a.reshape(self.outer, self.n, 1)
             self.b = b.reshape(self.outer, self.n, 1)
+            self.given = (a, b, None)
             return
         a_in, b_in, h0_in = a, b, h0
         a = as_array(a, "a")
@@ -117,6 +119,7 @@ class _Problem:
             )
         self.a = self._layout(a)
         self.b = self._layout(b)
+        self.given = (a, b, h0)
 
     def _layout(self, x):
         if x.shape != self.shape:
@@ -125,14 +128,40 @@ class _Problem:
             self.outer, self.n, self.inner
         )
 
-    def run(self, kernel, reverse, return_final, *args):
+    def _target(self, out, in_place):
+        """The (outer, n, inner) array the kernel writes, for `out`.
+
+        `out` itself when it is C-contiguous and shares no memory with the
+        kernel's `b`, or when it IS the kernel's `b` and `in_place` says
+        that the kernel may write over `b` (it reads every b_t before it
+        writes h_t at that address, and never again after); otherwise a
+        new array, copied into `out` afterwards (a strided `out`, or one
+        that overlaps `b`). Returns the array and whether it is `out`."""
         shape = (self.outer, self.n, self.inner)
+        if out is not None and out.flags.c_contiguous:
+            view = out.reshape(shape)
+            if not np.may_share_memory(view, self.b):
+                return view, True
+            if in_place and (view.__array_interface__["data"][0]
+                             == self.b.__array_interface__["data"][0]):
+                return view, True
         if self.outer * self.n * self.inner * self.dtype.itemsize >= _buffers.MIN_BYTES:
-            out = _buffers.empty(shape, self.dtype, self.a, self.b)
+            return _buffers.empty(shape, self.dtype, self.a, self.b), False
+        return np.empty(shape, dtype=self.dtype), False
+
+    def run(self, kernel, reverse, return_final, *args, out=None, in_place=False):
+        """`kernel` on the problem; `in_place`: whether the kernel may
+        write its result over its `b` (see _target)."""
+        if out is not None:
+            _check_out(out, self.shape, self.dtype, self.given)
+        res, direct = self._target(out, in_place)
+        kernel(self.a, self.b, self.h0, res, bool(reverse), *args)
+        if out is None:
+            h = res.reshape(self.shape)
         else:
-            out = np.empty(shape, dtype=self.dtype)
-        kernel(self.a, self.b, self.h0, out, bool(reverse), *args)
-        h = out.reshape(self.shape)
+            if not direct:
+                np.copyto(out, res.reshape(self.shape))
+            h = out
         if not return_final:
             return h
         state_shape = self.shape[: self.axis] + self.shape[self.axis + 1:]
@@ -140,12 +169,43 @@ class _Problem:
             final = self.h0.reshape(state_shape).copy()
         else:
             last = 0 if reverse else self.n - 1
-            final = out[:, last, :].reshape(state_shape).copy()
+            final = res[:, last, :].reshape(state_shape).copy()
         return h, final
 
     @property
     def channels(self):
         return self.outer * self.inner
+
+
+def _check_out(out, shape, dtype, given):
+    """Raise unless `out` can take a scan's result of `shape` and `dtype`.
+
+    `given` holds the caller's `a`, `b` and `h0` (None where absent):
+    `out` may overlap `b` (the scan in place), not `a` or `h0`."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"`out` must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(
+            f"`out` must have the result's shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise ValueError(
+            f"`out` must have the result's dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("`out` must be writable, got a read-only array")
+    for name, x in zip(("a", "h0"), (given[0], given[2])):
+        if x is not None and _overlaps(out, x):
+            raise ValueError(
+                f"`out` must not overlap `{name}` (only `b` may be scanned in place)")
+
+
+def _overlaps(x, y):
+    """Whether two arrays share memory; True when that is too hard to tell."""
+    if not np.may_share_memory(x, y):
+        return False
+    try:
+        return bool(np.shares_memory(x, y, max_work=1 << 12))
+    except np.exceptions.TooHardError:
+        return True
 
 
 def _odd16(x):
@@ -217,7 +277,8 @@ def _auto_leaf(p, nthreads):
     return max(16, -(-p.n // max(8, 4 * nthreads)))
 
 
-def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False):
+def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False,
+                    out=None):
     r"""Scan :math:`h_t = a_t h_{t-1} + b_t` in one pass along `axis`.
 
     Parameters
@@ -237,13 +298,18 @@ def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False
         :math:`h_t = a_t h_{t+1} + b_t`, :math:`h_n = h_0` (the adjoint scan).
     return_final : bool, optional
         Also return the last state computed.
+    out : ndarray, optional
+        Where to write the result: a writable array of exactly the result's
+        shape and dtype, any strides. It may be `b` itself (the scan then
+        runs in place, with the same result); it must not overlap `a` or
+        `h0`. Default: a new array.
 
     Returns
     -------
     h : ndarray
         The states, of the broadcast shape of `a` and `b` and dtype
         ``np.result_type`` of the inputs; ``h[..., t]`` (along `axis`) is the
-        state after step t.
+        state after step t. `out` when given.
     h_final : ndarray
         Only with ``return_final=True``: the last state computed, the shape of
         `h` without `axis` (`h0` when the axis has length 0).
@@ -251,9 +317,11 @@ def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False
     Raises
     ------
     TypeError
-        If an input is not numeric (object, str, datetime, ...).
+        If `out` is not an ndarray, or an input is not numeric (object, str,
+        datetime, ...).
     ValueError
-        If `a`, `b` and `h0` do not broadcast, or `axis` is out of range.
+        If `a`, `b` and `h0` do not broadcast, or `axis` is out of range, or
+        `out` has the wrong shape or dtype, is read-only or overlaps `a` or `h0`.
 
     See Also
     --------
@@ -299,11 +367,11 @@ def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False
            [1.75, 1.75]])
     """
     p = _Problem(a, b, h0, axis)
-    return p.run(_scan.sequential, reverse, return_final)
+    return p.run(_scan.sequential, reverse, return_final, out=out, in_place=True)
 
 
 def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
-                 return_final=False, workers=None):
+                 return_final=False, workers=None, out=None):
     r"""Scan :math:`h_t = a_t h_{t-1} + b_t` by chunks, in parallel.
 
     The blocked algorithm of Mamba-2's state space duality: each chunk is
@@ -336,21 +404,28 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
         Threads to use at most: None is 1, -1 all cores, negative values
         count back from all cores as in :mod:`scipy.fft`. A problem too
         small to share (under 32768 elements per thread) uses fewer.
+    out : ndarray, optional
+        Where to write the result: a writable array of exactly the result's
+        shape and dtype, any strides. It may be `b` itself (the scan then
+        runs in place, with the same result); it must not overlap `a` or
+        `h0`. Default: a new array.
 
     Returns
     -------
     h : ndarray
-        The states, of the broadcast shape and result dtype.
+        The states, of the broadcast shape and result dtype (`out` when
+        given).
     h_final : ndarray
         Only with ``return_final=True``: the last state computed.
 
     Raises
     ------
     TypeError
-        If an input is not numeric.
+        If `out` is not an ndarray, or an input is not numeric.
     ValueError
         If the shapes do not broadcast, `axis` is out of range, `chunk_size`
-        is not a positive integer or `workers` is 0.
+        is not a positive integer or `workers` is 0, or `out` has
+        the wrong shape or dtype, is read-only or overlaps `a` or `h0`.
 
     See Also
     --------
@@ -419,11 +494,12 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     nthreads = _threads(p, workers)
     cs = _auto_chunk(p, nthreads) if chunk_size is None else chunk_size
     return p.run(_scan.chunked, reverse, return_final, cs,
-                 _block_width(p, nthreads), nthreads)
+                 _block_width(p, nthreads), nthreads, out=out,
+                 in_place=p.inner > 1)
 
 
 def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
-                     return_final=False, workers=None):
+                     return_final=False, workers=None, out=None):
     r"""Scan :math:`h_t = a_t h_{t-1} + b_t` as a parallel prefix (tree) scan.
 
     The recurrence is the prefix product of the affine maps
@@ -451,21 +527,28 @@ def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
         Threads to use at most: None is 1, -1 all cores, negative values
         count back from all cores as in :mod:`scipy.fft`. A problem too
         small to share (under 32768 elements per thread) uses fewer.
+    out : ndarray, optional
+        Where to write the result: a writable array of exactly the result's
+        shape and dtype, any strides. It may be `b` itself (the scan then
+        runs in place, with the same result); it must not overlap `a` or
+        `h0`. Default: a new array.
 
     Returns
     -------
     h : ndarray
-        The states, of the broadcast shape and result dtype.
+        The states, of the broadcast shape and result dtype (`out` when
+        given).
     h_final : ndarray
         Only with ``return_final=True``: the last state computed.
 
     Raises
     ------
     TypeError
-        If an input is not numeric.
+        If `out` is not an ndarray, or an input is not numeric.
     ValueError
         If the shapes do not broadcast, `axis` is out of range or `workers`
-        is 0.
+        is 0, or `out` has
+        the wrong shape or dtype, is read-only or overlaps `a` or `h0`.
 
     See Also
     --------
@@ -504,11 +587,12 @@ def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
     p = _Problem(a, b, h0, axis)
     nthreads = _threads(p, workers)
     return p.run(_scan.associative, reverse, return_final,
-                 _auto_leaf(p, nthreads), _block_width(p, nthreads), nthreads)
+                 _auto_leaf(p, nthreads), _block_width(p, nthreads), nthreads,
+                 out=out, in_place=p.inner > 1)
 
 
 def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
-                return_final=False, workers=None, chunk_size=None):
+                return_final=False, workers=None, chunk_size=None, out=None):
     r"""Scan :math:`h_t = a_t h_{t-1} + b_t` with a chosen or automatic method.
 
     Parameters
@@ -533,21 +617,28 @@ def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
         Threads to use (ignored by "sequential"): None is 1, -1 all cores.
     chunk_size : int, optional
         Steps per chunk for "chunked" (and "auto" when it picks it).
+    out : ndarray, optional
+        Where to write the result: a writable array of exactly the result's
+        shape and dtype, any strides. It may be `b` itself (the scan then
+        runs in place, with the same result); it must not overlap `a` or
+        `h0`. Default: a new array.
 
     Returns
     -------
     h : ndarray
-        The states, of the broadcast shape and result dtype.
+        The states, of the broadcast shape and result dtype (`out` when
+        given).
     h_final : ndarray
         Only with ``return_final=True``: the last state computed.
 
     Raises
     ------
     TypeError
-        If an input is not numeric.
+        If `out` is not an ndarray, or an input is not numeric.
     ValueError
         If `method` is unknown, the shapes do not broadcast, `axis` is out of
-        range, `chunk_size` is not a positive integer or `workers` is 0.
+        range, `chunk_size` is not a positive integer or `workers` is 0, or `out` has
+        the wrong shape or dtype, is read-only or overlaps `a` or `h0`.
 
     See Also
     --------
@@ -586,7 +677,7 @@ def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
         raise ValueError(
             f"`method` must be one of {', '.join(map(repr, _METHODS))}, got {method!r}"
         )
-    kwargs = dict(axis=axis, reverse=reverse, return_final=return_final)
+    kwargs = dict(axis=axis, reverse=reverse, return_final=return_final, out=out)
     if method == "sequential":
         return sequential_scan(a, b, h0, **kwargs)
     if method == "associative":
