@@ -7,6 +7,7 @@ float32 data.
 
 import os
 import pickle
+import subprocess
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +23,11 @@ MIB = 1 << 20
 
 @pytest.fixture(autouse=True)
 def restore_limit():
-    """Every test starts from an empty cache and leaves the limit as it was."""
+    """Every test starts from an empty cache turned on (256 MiB) and leaves
+    the limit as it was."""
     limit = zilla_muf.buffer_cache()["max_bytes"]
     zilla_muf.buffer_cache(0)
-    zilla_muf.buffer_cache(limit)
+    zilla_muf.buffer_cache(256 * MIB)
     yield
     zilla_muf.buffer_cache(0)
     zilla_muf.buffer_cache(limit)
@@ -47,6 +49,19 @@ def scan_ones(n, rng, dtype=np.float64):
     """A scan with every decay 1, and its oracle, the cumulative sum."""
     b = rng.standard_normal(n).astype(dtype)
     return sequential_scan(np.ones_like(b), b), np.cumsum(b)
+
+
+def test_off_in_a_fresh_process():
+    code = ("import numpy as np, zilla_muf\n"
+            "info = zilla_muf.buffer_cache()\n"
+            "a = np.full((4, 1 << 16), 0.5)\n"
+            "h = zilla_muf.linear_scan(a, a)\n"
+            "del h\n"
+            "after = zilla_muf.buffer_cache()\n"
+            "print(info['max_bytes'], after['max_bytes'], after['cached_blocks'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.split() == ["0", "0", "0"]
 
 
 def test_freed_output_is_reused_and_results_stay_right():

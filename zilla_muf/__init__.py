@@ -183,15 +183,17 @@ def buffer_cache(max_bytes=None):
     A new array's memory is mapped in by the operating system page by page
     when it is first written, and every page is zeroed then. For an output of
     tens of megabytes that costs about as much as the scan that fills it
-    (see Notes). So the memory of large outputs is kept when they are freed,
-    and the next output it fits reuses it.
+    (see Notes). With the cache on, the memory of large scan outputs is kept
+    when they are freed, and the next output it fits reuses it. It is off
+    until turned on; passing ``out=`` to the scans avoids the cost without
+    it.
 
     Parameters
     ----------
     max_bytes : int, optional
         The most memory the cache holds, in bytes; 0 turns it off and frees
         what it holds. None (default) leaves the limit as it is. The limit
-        starts at 256 MiB.
+        starts at 0 (off).
 
     Returns
     -------
@@ -223,18 +225,23 @@ def buffer_cache(max_bytes=None):
     5-6 ms longer than rewriting one already mapped, against 9-10 ms for a
     pass of ``np.add`` over arrays of that size.
 
+    .. versionchanged:: 0.2.0
+       Off by default (in 0.1.0 the limit started at 256 MiB).
+
     Examples
     --------
     >>> import numpy as np
     >>> import zilla_muf
+    >>> limit = zilla_muf.buffer_cache()["max_bytes"]   # 0 unless turned on
+    >>> _ = zilla_muf.buffer_cache(256 << 20)           # turn it on
     >>> a = np.full((4, 1 << 16), 0.5)
     >>> h = zilla_muf.linear_scan(a, a)      # 2 MiB: from the cache
     >>> del h                                # kept for the next output
     >>> zilla_muf.buffer_cache()["cached_blocks"] >= 1
     True
-    >>> zilla_muf.buffer_cache(0)["cached_bytes"]   # turn it off
+    >>> zilla_muf.buffer_cache(0)["cached_bytes"]   # turn it off, free all
     0
-    >>> _ = zilla_muf.buffer_cache(256 << 20)       # and on again
+    >>> _ = zilla_muf.buffer_cache(limit)           # as it was
     """
     import operator
 

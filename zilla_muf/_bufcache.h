@@ -5,7 +5,8 @@
  * costs about as much as a pass over them. Blocks of at least zm_min bytes
  * that arrays allocated with this handler free are kept, up to zm_limit
  * bytes in all (oldest evicted first), and handed to the next allocation
- * they fit with at most a quarter to spare.
+ * they fit with at most a quarter to spare. The limit starts at 0 (nothing
+ * kept): the cache is opt-in.
  *
  * Every block carries a header just below its 64-byte aligned data: the
  * address the C allocator returned, and the block's size. A block has room
@@ -57,7 +58,7 @@ typedef struct {
 static PyThread_type_lock zm_lock = NULL;
 static zm_slot zm_slots[ZM_SLOTS];
 static size_t zm_cached = 0;
-static size_t zm_limit = (size_t)256 << 20;
+static size_t zm_limit = 0;
 static size_t zm_min = (size_t)1 << 20;
 static unsigned long long zm_clock = 0, zm_hits = 0, zm_misses = 0;
 /* The page offset wanted for the next block (-1: any). Set and cleared

@@ -11,7 +11,8 @@ three algorithms that give the same result to rounding:
   affine monoid, parallel;
 
 and :func:`~zilla_muf.linear_scan`, which dispatches to the fastest for the shape.
-Outputs of 1 MiB or more reuse freed memory (:func:`~zilla_muf.buffer_cache`).
+Every scan takes ``out=``: an array to write the result to, `b` itself for a
+scan in place.
 """
 
 import math
@@ -659,11 +660,15 @@ def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
     "auto" never picks it; it is there for its :math:`O(\log n)`-depth
     structure and as an independent check.
 
-    Every method returns a new array. Outputs of 1 MiB or more take their
-    memory from the cache of :func:`~zilla_muf.buffer_cache`: a repeated
-    call reuses memory that an earlier output freed, which the system has
-    already mapped, instead of fresh pages that it zeroes on first touch
-    (for tens of megabytes, as long again as the scan itself).
+    Every method writes to `out` when it is given, and otherwise returns a
+    new array. A new array's pages are fresh memory, which the system
+    zeroes on first touch: for tens of megabytes that takes as long again
+    as the scan itself. A repeated call that passes the same `out` (or
+    ``out=b``) avoids it; so does :func:`~zilla_muf.buffer_cache`, when
+    turned on, by reusing the memory of freed outputs of 1 MiB or more.
+
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     .. versionadded:: 0.1.0
 
