@@ -52,6 +52,21 @@ def loop_oracle(a, b, h0=None, axis=-1, reverse=False):
     return np.moveaxis(out, -1, axis), state
 
 
+def run_kernel(method, a, b, h0, out, reverse, size, block_width, threads):
+    """The kernel of `method` on (outer, n, inner) arrays, planned for
+    `threads` threads (not capped by size or load) with the given chunk
+    (or leaf) length and block width."""
+    from zilla_muf import _scan, _scan_plan
+
+    outer, n, inner = out.shape
+    plan = _scan_plan.make_plan(
+        method, outer, n, inner, out.dtype, workers_threads=threads,
+        chunk_size=size if method == "chunked" else None,
+        leaf_size=size if method == "associative" else None,
+        block_width=block_width, cap_by_size=False, cap_by_load=False)
+    _scan.scan(plan, a, b, out, h0, reverse)
+
+
 def dense_oracle(a, b, h0):
     """The recurrence as a dense lower-triangular matrix product (1-D)."""
     n = len(a)
@@ -147,8 +162,6 @@ def test_kernels_split_between_threads(dtype, reverse, outer, n, inner, rng):
     """The parallel kernels with 2 to 4 threads on inputs small enough that
     the public functions would use one thread: every way of splitting a
     sequence (spans of chunks, channel blocks, leaves) against the oracle."""
-    from zilla_muf import _scan
-
     a = random_array(rng, (outer, n, inner), dtype, 0.5, 1.0)
     b = random_array(rng, (outer, n, inner), dtype)
     h0 = random_array(rng, (outer, inner), dtype)
@@ -157,11 +170,11 @@ def test_kernels_split_between_threads(dtype, reverse, outer, n, inner, rng):
         for cs in sorted({1, 2, 7, 16, 33, n // 3 + 1, n}):
             for cw in sorted({1, 4, inner}):
                 out = np.empty_like(a)
-                _scan.chunked(a, b, h0, out, reverse, cs, cw, threads)
+                run_kernel("chunked", a, b, h0, out, reverse, cs, cw, threads)
                 assert_close(out, want, dtype, scale=n)
         for leaf in (1, 5, 64):
             out = np.empty_like(a)
-            _scan.associative(a, b, h0, out, reverse, leaf, max(1, inner // 2),
+            run_kernel("associative", a, b, h0, out, reverse, leaf, max(1, inner // 2),
                               threads)
             assert_close(out, want, dtype, scale=n)
 
@@ -172,8 +185,6 @@ def test_long_rows_split_between_threads(dtype, reverse, rng):
     """One long row shared by 2-4 threads: span 0 scanned while the others
     are reduced by the lane tree (long enough for both of its rounds, and a
     ragged tail), then every span scanned from its entering state."""
-    from zilla_muf import _scan
-
     n = 20_011
     a = random_array(rng, (1, n, 1), dtype, 0.9, 1.0)
     b = random_array(rng, (1, n, 1), dtype)
@@ -182,11 +193,11 @@ def test_long_rows_split_between_threads(dtype, reverse, rng):
     for threads in (2, 3, 4):
         for cs in (1, 64, 999, 4096):
             out = np.empty_like(a)
-            _scan.chunked(a, b, h0, out, reverse, cs, 1, threads)
+            run_kernel("chunked", a, b, h0, out, reverse, cs, 1, threads)
             assert_close(out, want, dtype, scale=100)
         for leaf in (600, 5000):
             out = np.empty_like(a)
-            _scan.associative(a, b, h0, out, reverse, leaf, 1, threads)
+            run_kernel("associative", a, b, h0, out, reverse, leaf, 1, threads)
             assert_close(out, want, dtype, scale=100)
 
 
@@ -196,8 +207,6 @@ def test_decay_products_that_underflow(dtype, inner, rng):
     """Decays whose running products leave the normal range (where they are
     flushed to zero): the states stay those of the recurrence, whatever the
     size of the state carried across a split, in both layouts."""
-    from zilla_muf import _scan
-
     n = 30_000
     a = random_array(rng, (1, n, inner), dtype, 0.55, 0.95)
     b = random_array(rng, (1, n, inner), dtype)
@@ -207,12 +216,12 @@ def test_decay_products_that_underflow(dtype, inner, rng):
         want, _ = loop_oracle(a, b, h0, axis=1)
         for threads in (1, 2, 3):
             out = np.empty_like(a)
-            _scan.chunked(a, b, h0, out, False, 500, inner, threads)
+            run_kernel("chunked", a, b, h0, out, False, 500, inner, threads)
             assert_close(out, want, dtype, scale=10)
             # judged by their own size, the states after the quiet stretch
             assert_close(out[0, 25000:], want[0, 25000:], dtype, scale=10)
             out = np.empty_like(a)
-            _scan.associative(a, b, h0, out, False, 700, inner, threads)
+            run_kernel("associative", a, b, h0, out, False, 700, inner, threads)
             assert_close(out, want, dtype, scale=10)
             assert_close(out[0, 25000:], want[0, 25000:], dtype, scale=10)
 

@@ -35,7 +35,7 @@ Algorithms, each over lanes or segments:
 All indices are Py_ssize_t. Scratch memory is O(number of chunks or leaves).
 """
 from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, free
 
 from zilla_muf._types cimport real_t, scalar_t
 from zilla_muf._vmath cimport vflush
@@ -68,7 +68,7 @@ cdef enum:
 # +1 or -1. All lanes advance `m` steps.
 # ---------------------------------------------------------------------------
 
-cdef inline void lanes_scan(scalar_t **pa, scalar_t **pb, scalar_t **po,
+cdef inline void lanes_scan(const scalar_t **pa, const scalar_t **pb, scalar_t **po,
                             scalar_t *s, int K, Py_ssize_t m,
                             Py_ssize_t step) noexcept nogil:
     """s[k] <- scan of lane k from s[k]; every state is stored to po[k]."""
@@ -76,8 +76,8 @@ cdef inline void lanes_scan(scalar_t **pa, scalar_t **pb, scalar_t **po,
     cdef int k
     cdef scalar_t x[LANES]
     cdef scalar_t x0
-    cdef scalar_t *a0
-    cdef scalar_t *b0
+    cdef const scalar_t *a0
+    cdef const scalar_t *b0
     cdef scalar_t *o0
     if K == 1:
         x0 = s[0]
@@ -109,7 +109,7 @@ cdef inline void lanes_scan(scalar_t **pa, scalar_t **pb, scalar_t **po,
         s[k] = x[k]
 
 
-cdef inline void lanes_scan_prod(scalar_t **pa, scalar_t **pb, scalar_t **po,
+cdef inline void lanes_scan_prod(const scalar_t **pa, const scalar_t **pb, scalar_t **po,
                                  scalar_t *s, scalar_t *p, int K, Py_ssize_t m,
                                  Py_ssize_t step) noexcept nogil:
     """As lanes_scan, also p[k] <- p[k] * product of lane k's decays."""
@@ -143,7 +143,7 @@ cdef inline void lanes_scan_prod(scalar_t **pa, scalar_t **pb, scalar_t **po,
         p[k] = q[k]
 
 
-cdef inline void lanes_reduce(scalar_t **pa, scalar_t **pb, scalar_t *s,
+cdef inline void lanes_reduce(const scalar_t **pa, const scalar_t **pb, scalar_t *s,
                               scalar_t *p, int K, Py_ssize_t m,
                               Py_ssize_t step) noexcept nogil:
     """The affine map of each lane: s[k] <- scan from s[k], p[k] *= prod a."""
@@ -174,7 +174,7 @@ cdef inline void lanes_reduce(scalar_t **pa, scalar_t **pb, scalar_t *s,
         p[k] = q[k]
 
 
-cdef inline void lanes_correct(scalar_t **pa, scalar_t **po, scalar_t *c,
+cdef inline void lanes_correct(const scalar_t **pa, scalar_t **po, scalar_t *c,
                                int K, Py_ssize_t m,
                                Py_ssize_t step) noexcept nogil:
     """Add a carried state: c_k <- a * c_k, po[k] += c_k, along each lane."""
@@ -311,7 +311,7 @@ cdef enum:
     MODE_CORRECT = 3    # segments >= cskip: O += S1 carried by the decays
 
 
-cdef inline void lanes_run(int mode, scalar_t **pa, scalar_t **pb,
+cdef inline void lanes_run(int mode, const scalar_t **pa, const scalar_t **pb,
                            scalar_t **po, scalar_t *s, scalar_t *q, int K,
                            Py_ssize_t m, Py_ssize_t step) noexcept nogil:
     if mode == MODE_SCAN:
@@ -324,7 +324,7 @@ cdef inline void lanes_run(int mode, scalar_t **pa, scalar_t **pb,
         lanes_correct(pa, po, s, K, m, step)
 
 
-cdef inline void lanes_run_skewed(int mode, scalar_t **pa, scalar_t **pb,
+cdef inline void lanes_run_skewed(int mode, const scalar_t **pa, const scalar_t **pb,
                                   scalar_t **po, scalar_t *s, scalar_t *q,
                                   int K, Py_ssize_t m, Py_ssize_t step,
                                   Py_ssize_t skew) noexcept nogil:
@@ -335,8 +335,8 @@ cdef inline void lanes_run_skewed(int mode, scalar_t **pa, scalar_t **pb,
     alone, all lanes then advance in lockstep, and lane k runs its last
     k * skew steps alone; every lane sees its steps in order.
     """
-    cdef scalar_t *qa[LANES]
-    cdef scalar_t *qb[LANES]
+    cdef const scalar_t *qa[LANES]
+    cdef const scalar_t *qb[LANES]
     cdef scalar_t *qo[LANES]
     cdef Py_ssize_t pre, M
     cdef int k
@@ -359,7 +359,7 @@ cdef inline void lanes_run_skewed(int mode, scalar_t **pa, scalar_t **pb,
         lanes_run(mode, qa + k, qb + k, qo + k, s + k, q + k, 1, k * skew, step)
 
 
-cdef inline void lanes_auto(int mode, scalar_t **pa, scalar_t **pb,
+cdef inline void lanes_auto(int mode, const scalar_t **pa, const scalar_t **pb,
                             scalar_t **po, scalar_t *s, scalar_t *q, int K,
                             Py_ssize_t m, Py_ssize_t step, bint interleave,
                             scalar_t *scratch) noexcept nogil:
@@ -369,8 +369,8 @@ cdef inline void lanes_auto(int mode, scalar_t **pa, scalar_t **pb,
     padded with dummy lanes (reading lane 0's inputs, writing the scratch
     row), so that the fixed-width loop, whose states stay in registers, runs.
     """
-    cdef scalar_t *xa[LANES]
-    cdef scalar_t *xb[LANES]
+    cdef const scalar_t *xa[LANES]
+    cdef const scalar_t *xb[LANES]
     cdef scalar_t *xo[LANES]
     cdef scalar_t xs[LANES]
     cdef scalar_t xq[LANES]
@@ -417,7 +417,7 @@ cdef inline bint spacing_interleaves(Py_ssize_t elems, size_t itemsize) noexcept
     return True
 
 
-cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
+cdef void rows_group(int mode, const scalar_t *A, const scalar_t *B, scalar_t *O,
                      const scalar_t *H0, scalar_t *S1, scalar_t *S2,
                      Py_ssize_t g, Py_ssize_t outer, Py_ssize_t n,
                      Py_ssize_t nseg, Py_ssize_t seglen, Py_ssize_t sstride,
@@ -425,8 +425,8 @@ cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
                      Py_ssize_t cskip, Py_ssize_t gw) noexcept nogil:
     """Group g of gw (<= LANES) consecutive (row, segment) tasks, in
     lockstep."""
-    cdef scalar_t *pa[LANES]
-    cdef scalar_t *pb[LANES]
+    cdef const scalar_t *pa[LANES]
+    cdef const scalar_t *pb[LANES]
     cdef scalar_t *po[LANES]
     cdef scalar_t s[LANES]
     cdef scalar_t q[LANES]
@@ -486,7 +486,7 @@ cdef void rows_group(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
             S2[sidx[k]] = x
 
 
-cdef inline void rows_pass(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
+cdef inline void rows_pass(int mode, const scalar_t *A, const scalar_t *B, scalar_t *O,
                            const scalar_t *H0, scalar_t *S1, scalar_t *S2,
                            Py_ssize_t outer, Py_ssize_t n, Py_ssize_t nseg,
                            Py_ssize_t seglen, Py_ssize_t sstride, bint reverse,
@@ -512,16 +512,6 @@ cdef inline void rows_pass(int mode, scalar_t *A, scalar_t *B, scalar_t *O,
         for g in prange(ngroup, num_threads=nthreads, schedule='static'):
             rows_group(mode, A, B, O, H0, S1, S2, g, outer, n, nseg, seglen,
                        sstride, reverse, inter, cskip, gw)
-
-
-cdef Py_ssize_t span_split(Py_ssize_t outer, Py_ssize_t nch, int nthreads,
-                           Py_ssize_t *span_ch) noexcept nogil:
-    """Spans of whole chunks for `outer` rows of `nch` chunks split between
-    threads: returns the spans per row (1 when the rows alone occupy every
-    thread) and sets span_ch, the chunks per span."""
-    cdef Py_ssize_t T = 1 if outer >= nthreads else imin(nch, (nthreads + outer - 1) // outer)
-    span_ch[0] = (nch + T - 1) // T
-    return (nch + span_ch[0] - 1) // span_ch[0]
 
 
 cdef int span_scratch(Py_ssize_t outer, Py_ssize_t nch, Py_ssize_t T,
@@ -568,7 +558,7 @@ cdef void span_carry(scalar_t *P, const scalar_t *E, Py_ssize_t outer,
 # A row is addressed from its first element in scan order; `rev` walks down.
 # ---------------------------------------------------------------------------
 
-cdef inline real_t vseq(real_t *a, real_t *b, real_t *h, Py_ssize_t m,
+cdef inline real_t vseq(const real_t *a, const real_t *b, real_t *h, Py_ssize_t m,
                         real_t x, bint rev) noexcept nogil:
     if real_t is float:
         return zm_seqrow_f(a, b, h, m, x, rev)
@@ -576,7 +566,7 @@ cdef inline real_t vseq(real_t *a, real_t *b, real_t *h, Py_ssize_t m,
         return zm_seqrow_d(a, b, h, m, x, rev)
 
 
-cdef inline real_t vscan(real_t *a, real_t *b, real_t *h, Py_ssize_t m,
+cdef inline real_t vscan(const real_t *a, const real_t *b, real_t *h, Py_ssize_t m,
                          real_t x, bint rev) noexcept nogil:
     """Scan m steps from x into h; return the last state."""
     if real_t is float:
@@ -585,7 +575,7 @@ cdef inline real_t vscan(real_t *a, real_t *b, real_t *h, Py_ssize_t m,
         return zm_scanrow_d(a, b, h, m, x, rev)
 
 
-cdef void vrows_sequential(real_t *A, real_t *B, real_t *O, const real_t *H0,
+cdef void vrows_sequential(const real_t *A, const real_t *B, real_t *O, const real_t *H0,
                            Py_ssize_t outer, Py_ssize_t n,
                            bint reverse) noexcept nogil:
     cdef Py_ssize_t r, base
@@ -594,13 +584,7 @@ cdef void vrows_sequential(real_t *A, real_t *B, real_t *O, const real_t *H0,
         vseq(A + base, B + base, O + base, n, H0[r], reverse)
 
 
-# A reduction (zm_reducerow_*) costs about this fraction of a scan of the
-# same steps; span 0 of a shared row is that much shorter than the others.
-cdef double REDUCE_COST_F = 0.5
-cdef double REDUCE_COST_D = 0.7
-
-
-cdef inline real_t vreduce(real_t *a, real_t *b, Py_ssize_t m, real_t x,
+cdef inline real_t vreduce(const real_t *a, const real_t *b, Py_ssize_t m, real_t x,
                            bint rev, real_t *prod) noexcept nogil:
     """The state after m steps from x, stored nowhere; prod <- the decay
     product (flushed to zero below the smallest normal number)."""
@@ -610,9 +594,10 @@ cdef inline real_t vreduce(real_t *a, real_t *b, Py_ssize_t m, real_t x,
         return zm_reducerow_d(a, b, m, x, rev, prod)
 
 
-cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
+cdef int vrows_chunked(const real_t *A, const real_t *B, real_t *O, const real_t *H0,
                        Py_ssize_t outer, Py_ssize_t n, bint reverse,
-                       Py_ssize_t cs, int nthreads) noexcept nogil:
+                       Py_ssize_t cs, Py_ssize_t T, double lead,
+                       int nthreads) noexcept nogil:
     """Chunked scan of real rows.
 
     With at least as many rows as threads, every row is one task, scanned in
@@ -621,16 +606,15 @@ cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
     span k (k = 1 .. T-1) to its map x -> P x + E; (2) a carry pass gives
     every span its entering state; (3) thread k scans span k from it, and
     thread 0 span T. A reduction costs a fraction of a scan, so span 0 is
-    that much shorter than the others; span T is never reduced.
+    shorter than the others (`lead` times their length); span T is never
+    reduced. T (1 <= T < number of chunks, or 1) comes from the plan.
     """
     cdef Py_ssize_t nch = (n + cs - 1) // cs
-    cdef Py_ssize_t T, task, r, k, j0, j1, t0, base
-    cdef double cost = REDUCE_COST_F if real_t is float else REDUCE_COST_D
+    cdef Py_ssize_t task, r, k, j0, j1, t0, base
     cdef Py_ssize_t *start
     cdef real_t *P
     cdef real_t *E
     cdef real_t c, e
-    T = 1 if outer >= nthreads else imin(nch - 1, (nthreads + outer - 1) // outer)
     if T <= 1:
         if nthreads == 1 or outer == 1:
             for r in range(outer):
@@ -651,7 +635,7 @@ cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
         free(E)
         return -1
     start[0] = 0
-    start[1] = max(1, <Py_ssize_t> (nch * cost / (T + cost) + 0.5))
+    start[1] = max(1, <Py_ssize_t> (nch * lead / (T + lead) + 0.5))
     for k in range(2, T + 2):
         start[k] = start[1] + ((nch - start[1]) * (k - 1) + T // 2) // T
     # (1) span 0 scanned from h0, spans 1 .. T-1 reduced from zero
@@ -692,7 +676,7 @@ cdef int vrows_chunked(real_t *A, real_t *B, real_t *O, const real_t *H0,
     return 0
 
 
-cdef void vrow_tree(real_t *A, real_t *B, real_t *O, real_t x, Py_ssize_t n,
+cdef void vrow_tree(const real_t *A, const real_t *B, real_t *O, real_t x, Py_ssize_t n,
                     bint reverse, Py_ssize_t leaf, real_t *TA,
                     real_t *TB) noexcept nogil:
     """Associative scan of one row on the calling thread (TA, TB: p2)."""
@@ -715,7 +699,7 @@ cdef void vrow_tree(real_t *A, real_t *B, real_t *O, real_t x, Py_ssize_t n,
               x if c == 0 else TB[c], reverse)
 
 
-cdef int vrows_associative(real_t *A, real_t *B, real_t *O, const real_t *H0,
+cdef int vrows_associative(const real_t *A, const real_t *B, real_t *O, const real_t *H0,
                            Py_ssize_t outer, Py_ssize_t n, bint reverse,
                            Py_ssize_t leaf, int nthreads) noexcept nogil:
     """Tree scan of real rows over leaves of `leaf` steps.
@@ -780,7 +764,7 @@ cdef int vrows_associative(real_t *A, real_t *B, real_t *O, const real_t *H0,
 # Chunked
 # ---------------------------------------------------------------------------
 
-cdef scalar_t span_scan(scalar_t *A, scalar_t *B, scalar_t *O, scalar_t st,
+cdef scalar_t span_scan(const scalar_t *A, const scalar_t *B, scalar_t *O, scalar_t st,
                         Py_ssize_t m, Py_ssize_t step, Py_ssize_t cs,
                         scalar_t *Pch, scalar_t *scratch) noexcept nogil:
     """Scan `m` steps from state `st` on the calling thread; return the last.
@@ -791,11 +775,11 @@ cdef scalar_t span_scan(scalar_t *A, scalar_t *B, scalar_t *O, scalar_t st,
     still in cache. Pch[j] receives the product of chunk j's decays.
     `scratch` holds cs elements (the dummy lanes' output).
     """
-    cdef scalar_t *pa[LANES]
-    cdef scalar_t *pb[LANES]
+    cdef const scalar_t *pa[LANES]
+    cdef const scalar_t *pb[LANES]
     cdef scalar_t *po[LANES]
-    cdef scalar_t *ta
-    cdef scalar_t *tb
+    cdef const scalar_t *ta
+    cdef const scalar_t *tb
     cdef scalar_t *to
     cdef scalar_t sv[LANES]
     cdef scalar_t q[LANES]
@@ -847,9 +831,10 @@ cdef scalar_t span_scan(scalar_t *A, scalar_t *B, scalar_t *O, scalar_t st,
     return st
 
 
-cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
+cdef int rows_chunked(const scalar_t *A, const scalar_t *B, scalar_t *O,
                       const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
-                      bint reverse, Py_ssize_t cs, int nthreads) noexcept nogil:
+                      bint reverse, Py_ssize_t cs, Py_ssize_t T,
+                      int nthreads) noexcept nogil:
     """Chunked scan of rows.
 
     A row with several chunks is cut into spans, one per thread when there
@@ -858,9 +843,11 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     zero), recording its chunks' decay products; (2) a carry pass over the
     spans gives each later chunk the state it should have started from;
     (3) the chunks of spans after the first add it, in parallel.
+    T (1 <= T <= number of chunks) comes from the plan; the spans are
+    equal runs of whole chunks.
     """
     cdef Py_ssize_t nch = (n + cs - 1) // cs
-    cdef Py_ssize_t T, span_ch, task, r, k, j, t0, m, base
+    cdef Py_ssize_t span_ch, task, r, k, j, t0, m, base
     cdef Py_ssize_t step = -1 if reverse else 1
     cdef scalar_t *P
     cdef scalar_t *E
@@ -869,7 +856,7 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
         rows_pass(MODE_SCAN, A, B, O, H0, NULL, NULL, outer, n, 1, n, 1,
                   reverse, nthreads)
         return 0
-    T = span_split(outer, nch, nthreads, &span_ch)
+    span_ch = (nch + T - 1) // T
     if span_scratch(outer, nch, T, sizeof(scalar_t), <void **> &P,
                     <void **> &E) != 0:
         return -1
@@ -900,20 +887,15 @@ cdef int rows_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     return 0
 
 
-cdef enum:
-    SPAN0_PARTS = 2    # the columns layout's time split: span 0 ...
-    SPAN_PARTS = 3     # ... against every later span
-
-
-cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
+cdef int cols_chunked(const scalar_t *A, const scalar_t *B, scalar_t *O,
                       const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
-                      Py_ssize_t inner, bint reverse, Py_ssize_t cs,
-                      Py_ssize_t cw, int nthreads) noexcept nogil:
+                      Py_ssize_t inner, bint reverse, Py_ssize_t cw,
+                      Py_ssize_t T, double lead, int nthreads) noexcept nogil:
     """Columns layout. A lane is (row, channel block of cw).
 
-    With at least as many lanes as threads, every lane is one task, scanned
-    in one pass. Otherwise each lane's time axis is cut into T + 1 spans,
-    T = threads per lane, so that every thread reads and writes its own
+    With T == 1 (from the plan: at least as many lanes as threads), every
+    lane is one task, scanned in one pass. Otherwise each lane's time axis
+    is cut into T + 1 spans, T = threads per lane (T <= n), so that every thread reads and writes its own
     range of memory (reduce, then scan):
 
     (1) thread 0 of a lane scans span 0 from h0 while threads 1 .. T-1
@@ -922,16 +904,16 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     (2) a carry pass per lane gives the state entering spans 1 .. T;
     (3) thread k scans span k + 1 from its entering state.
 
-    Span 0 is two thirds the length of the others, so that its scan (two
-    streams read, one written) takes as long as a reduction (two read) of
-    a longer span. Every element is written once and a and b of spans
+    Span 0 is `lead` (two thirds) the length of the others, so that its
+    scan (two streams read, one written) takes as long as a reduction (two
+    read) of a longer span. Every element is written once and a and b of spans
     1 .. T-1 are read twice: 25% more memory traffic than one pass for two
     threads, against 50% for scanning the later spans from zero and
-    correcting them. `cs` does not enter this layout's result.
+    correcting them.
     """
     cdef Py_ssize_t nblk = (inner + cw - 1) // cw
     cdef Py_ssize_t nlane = outer * nblk
-    cdef Py_ssize_t T, parts, task, lane, r, blk, k, c0, w, t0, t1, j, jp
+    cdef Py_ssize_t task, lane, r, blk, k, c0, w, t0, t1, j, jp
     cdef Py_ssize_t step = -inner if reverse else inner
     cdef scalar_t *agg
     cdef scalar_t *Pk
@@ -939,7 +921,6 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     cdef scalar_t *carry
     cdef const scalar_t *endv
 
-    T = 1 if nlane >= nthreads else imin(n, (nthreads + nlane - 1) // nlane)
     if T <= 1:
         for lane in prange(nlane, num_threads=nthreads, schedule='static'):
             r = lane // nblk
@@ -958,7 +939,6 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
     agg = <scalar_t *> malloc(nlane * (T + 1) * 3 * cw * sizeof(scalar_t))
     if agg == NULL:
         return -1
-    parts = SPAN0_PARTS + SPAN_PARTS * T
 
     # (1) span 0 scanned, spans 1 .. T-1 reduced
     for task in prange(nlane * T, num_threads=nthreads, schedule='static'):
@@ -968,8 +948,8 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
         blk = lane - r * nblk
         c0 = blk * cw
         w = imin(cw, inner - c0)
-        t0 = span_start(k, n, T, parts)
-        t1 = span_start(k + 1, n, T, parts)
+        t0 = span_start(k, n, T, lead)
+        t1 = span_start(k + 1, n, T, lead)
         j = (r * n + pos(t0, n, reverse)) * inner + c0
         if k == 0:
             cols_scan(A + j, B + j, O + j, H0 + r * inner + c0, w, t1 - t0,
@@ -989,7 +969,7 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
         c0 = blk * cw
         w = imin(cw, inner - c0)
         carry = agg + ((lane * (T + 1) + 1) * 3 + 2) * cw
-        t1 = span_start(1, n, T, parts)
+        t1 = span_start(1, n, T, lead)
         if t1 > 0:
             endv = O + (r * n + pos(t1 - 1, n, reverse)) * inner + c0
         else:
@@ -1012,8 +992,8 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
         blk = lane - r * nblk
         c0 = blk * cw
         w = imin(cw, inner - c0)
-        t0 = span_start(k, n, T, parts)
-        t1 = span_start(k + 1, n, T, parts)
+        t0 = span_start(k, n, T, lead)
+        t1 = span_start(k + 1, n, T, lead)
         j = (r * n + pos(t0, n, reverse)) * inner + c0
         cols_scan(A + j, B + j, O + j,
                   agg + ((lane * (T + 1) + k) * 3 + 2) * cw, w, t1 - t0,
@@ -1023,14 +1003,14 @@ cdef int cols_chunked(scalar_t *A, scalar_t *B, scalar_t *O,
 
 
 cdef inline Py_ssize_t span_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t T,
-                                  Py_ssize_t parts) noexcept nogil:
-    """First step of span k of T + 1 (span 0: SPAN0_PARTS parts, the others
-    SPAN_PARTS)."""
+                                  double lead) noexcept nogil:
+    """First step of span k of T + 1: span 0 is `lead` times as long as
+    each of the others."""
     if k <= 0:
         return 0
     if k > T:
         return n
-    return n * (SPAN0_PARTS + SPAN_PARTS * (k - 1)) // parts
+    return <Py_ssize_t> (n * ((lead + (k - 1)) / (lead + T)))
 
 
 # ---------------------------------------------------------------------------
@@ -1112,7 +1092,7 @@ cdef inline Py_ssize_t next_pow2(Py_ssize_t x) noexcept nogil:
     return p
 
 
-cdef int rows_associative(scalar_t *A, scalar_t *B, scalar_t *O,
+cdef int rows_associative(const scalar_t *A, const scalar_t *B, scalar_t *O,
                           const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
                           bint reverse, Py_ssize_t leaf,
                           int nthreads) noexcept nogil:
@@ -1150,7 +1130,7 @@ cdef int rows_associative(scalar_t *A, scalar_t *B, scalar_t *O,
     return 0
 
 
-cdef int cols_associative(scalar_t *A, scalar_t *B, scalar_t *O,
+cdef int cols_associative(const scalar_t *A, const scalar_t *B, scalar_t *O,
                           const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
                           Py_ssize_t inner, bint reverse, Py_ssize_t leaf,
                           Py_ssize_t cw, int nthreads) noexcept nogil:
@@ -1241,26 +1221,73 @@ cdef enum:
     RUN_ASSOCIATIVE
 
 
-cdef run(int method, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
-         const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out, bint reverse,
-         Py_ssize_t size, Py_ssize_t block_width, int num_threads):
-    """The kernels of `method`; `size` is the chunk or leaf length."""
+def _checked_plan(plan, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner):
+    """(method code, chunk, block width, splits, lead, threads) of `plan`,
+    checked against the problem."""
+    methods = {"sequential": RUN_SEQUENTIAL, "chunked": RUN_CHUNKED,
+               "associative": RUN_ASSOCIATIVE}
+    if plan.method not in methods:
+        raise ValueError(f"plan.method must be one of {tuple(methods)}, got {plan.method!r}")
+    if plan.layout != ("rows" if inner == 1 else "cols"):
+        raise ValueError(f"plan.layout {plan.layout!r} does not fit inner={inner}")
+    chunk, width = int(plan.chunk), int(plan.block_width)
+    splits, threads = int(plan.splits), int(plan.threads)
+    lead = float(plan.lead)
+    if chunk < 1 or width < 1 or splits < 1 or threads < 1:
+        raise ValueError("plan.chunk, block_width, splits and threads must be >= 1, "
+                         f"got {chunk}, {width}, {splits}, {threads}")
+    if not 0.0 < lead <= 1.0:
+        raise ValueError(f"plan.lead must be in (0, 1], got {lead}")
+    nch = (n + chunk - 1) // chunk
+    if splits > 1:
+        if plan.method != "chunked":
+            raise ValueError(f"plan.splits must be 1 for {plan.method!r}, got {splits}")
+        limit = n if inner > 1 else nch
+        if splits > limit:
+            raise ValueError(f"plan.splits must be at most {limit} here, got {splits}")
+    return methods[plan.method], chunk, width, splits, lead, threads
+
+
+def scan(plan, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
+         scalar_t[:, :, ::1] out, const scalar_t[:, ::1] h0=None,
+         bint reverse=False):
+    """out (outer, n, inner) <- the scan of a, b along axis 1 from h0
+    (outer, inner; None: zeros), as `plan` (a _scan_plan.ScanPlan) says.
+    `out` may be `b` itself when ``plan.in_place``."""
     cdef Py_ssize_t outer = out.shape[0], n = out.shape[1], inner = out.shape[2]
-    cdef Py_ssize_t o, j, step
-    cdef int status = 0
-    cdef scalar_t *A
-    cdef scalar_t *B
+    cdef Py_ssize_t o, j, step, size, block_width, splits
+    cdef double lead
+    cdef int status = 0, method, num_threads
+    cdef const scalar_t *A
+    cdef const scalar_t *B
     cdef scalar_t *O
     cdef const scalar_t *H
-    if size < 1 or block_width < 1 or num_threads < 1:
-        raise ValueError(f"{'leaf_size' if method == RUN_ASSOCIATIVE else 'chunk_size'}, "
-                         "block_width and num_threads must be >= 1")
+    cdef scalar_t *zeros = NULL
+    if (a.shape[0], a.shape[1], a.shape[2]) != (outer, n, inner):
+        raise ValueError(f"`a` must have the shape of `out`, {(outer, n, inner)}, "
+                         f"got {(a.shape[0], a.shape[1], a.shape[2])}")
+    if (b.shape[0], b.shape[1], b.shape[2]) != (outer, n, inner):
+        raise ValueError(f"`b` must have the shape of `out`, {(outer, n, inner)}, "
+                         f"got {(b.shape[0], b.shape[1], b.shape[2])}")
+    if h0 is not None and (h0.shape[0], h0.shape[1]) != (outer, inner):
+        raise ValueError(f"`h0` must have shape {(outer, inner)}, "
+                         f"got {(h0.shape[0], h0.shape[1])}")
+    method, size, block_width, splits, lead, num_threads = _checked_plan(
+        plan, outer, n, inner)
     if outer == 0 or n == 0 or inner == 0:
         return
-    A = <scalar_t *> &a[0, 0, 0]
-    B = <scalar_t *> &b[0, 0, 0]
+    if &b[0, 0, 0] == &out[0, 0, 0] and not plan.in_place:
+        raise ValueError("`out` is `b`, and this plan does not scan in place")
+    A = &a[0, 0, 0]
+    B = &b[0, 0, 0]
     O = &out[0, 0, 0]
-    H = &h0[0, 0]
+    if h0 is None:
+        zeros = <scalar_t *> calloc(outer * inner, sizeof(scalar_t))
+        if zeros == NULL:
+            raise MemoryError("could not allocate the initial states")
+        H = zeros
+    else:
+        H = &h0[0, 0]
     size = imin(size, n)
     block_width = imin(block_width, inner)
     with nogil:
@@ -1280,13 +1307,13 @@ cdef run(int method, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
         elif method == RUN_CHUNKED:
             if inner > 1:
                 status = cols_chunked(A, B, O, H, outer, n, inner, reverse,
-                                      size, block_width, num_threads)
+                                      block_width, splits, lead, num_threads)
             elif scalar_t is float or scalar_t is double:
                 status = vrows_chunked(A, B, O, H, outer, n, reverse, size,
-                                       num_threads)
+                                       splits, lead, num_threads)
             else:
                 status = rows_chunked(A, B, O, H, outer, n, reverse, size,
-                                      num_threads)
+                                      splits, num_threads)
         else:
             if inner > 1:
                 status = cols_associative(A, B, O, H, outer, n, inner,
@@ -1298,30 +1325,6 @@ cdef run(int method, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
             else:
                 status = rows_associative(A, B, O, H, outer, n, reverse, size,
                                           num_threads)
+    free(zeros)
     if status != 0:
         raise MemoryError("could not allocate the scan's scratch memory")
-
-
-def sequential(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
-               const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
-               bint reverse):
-    """One pass per channel; single-threaded."""
-    run(RUN_SEQUENTIAL, a, b, h0, out, reverse, 1, 1, 1)
-
-
-def chunked(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
-            const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
-            bint reverse, Py_ssize_t chunk_size, Py_ssize_t block_width,
-            int num_threads):
-    """Chunked scan; `block_width` is the channel block of the columns layout."""
-    run(RUN_CHUNKED, a, b, h0, out, reverse, chunk_size, block_width,
-        num_threads)
-
-
-def associative(const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
-                const scalar_t[:, ::1] h0, scalar_t[:, :, ::1] out,
-                bint reverse, Py_ssize_t leaf_size, Py_ssize_t block_width,
-                int num_threads):
-    """Tree scan over leaf blocks of `leaf_size` steps."""
-    run(RUN_ASSOCIATIVE, a, b, h0, out, reverse, leaf_size, block_width,
-        num_threads)

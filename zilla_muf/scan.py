@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from . import _buffers, _scan
+from ._scan_plan import make_plan
 from ._validation import (
     as_array,
     broadcast_shapes,
@@ -35,30 +36,6 @@ __all__ = ["associative_scan", "chunked_scan", "linear_scan", "sequential_scan"]
 _METHODS = ("auto", "sequential", "chunked", "associative")
 _KERNEL_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64,
                                                  np.complex64, np.complex128))
-
-# Rows layout (scan axis contiguous): complex chains advance 4 at a time in
-# lockstep (real ones take the vector row kernels, whole rows per thread).
-_LANES = 4
-# Chunk length (steps) of a long row split between threads: the unit in
-# which the corrections of later spans are shared out.
-_ROW_CHUNK = 1024
-# Smallest chunk (steps) worth a carry and a correction.
-_MIN_CHUNK = 256
-# Elements of work below which another thread costs more than it saves.
-_MIN_PER_THREAD = 1 << 15
-# Steps per thread below which the columns layout never splits time.
-_MIN_STEPS_PER_THREAD = 64
-# Bytes per step of the smallest channel block the columns layout gives a
-# thread; with fewer channels it splits time instead.
-_MIN_BLOCK_BYTES = 512
-
-
-def _threads(p, workers):
-    """Threads for problem `p`: `workers` resolved, capped so that every
-    thread gets at least _MIN_PER_THREAD elements."""
-    n = resolve_workers(workers)
-    return max(1, min(n, (p.outer * p.n * p.inner) // _MIN_PER_THREAD))
-
 
 class _Problem:
     """A scan's arguments, checked and laid out as (outer, n, inner)."""
@@ -80,7 +57,7 @@ class _Problem:
             self.n = shape[-1]
             self.outer = math.prod(shape[:-1])
             self.inner = 1
-            self.h0 = np.zeros((self.outer, 1), dtype=self.dtype)
+            self.h0 = None
             self.a = a.reshape(self.outer, self.n, 1)
             self.b = b.reshape(self.outer, self.n, 1)
             self.given = (a, b, None)
@@ -106,7 +83,7 @@ class _Problem:
         self.inner = math.prod(shape[ax + 1:])
         state_shape = shape[:ax] + shape[ax + 1:]
         if h0 is None:
-            self.h0 = np.zeros((self.outer, self.inner), dtype=self.dtype)
+            self.h0 = None
         else:
             try:
                 h0 = np.broadcast_to(h0, state_shape)
@@ -129,6 +106,12 @@ class _Problem:
             self.outer, self.n, self.inner
         )
 
+    def plan(self, method, workers=None, chunk_size=None):
+        """The plan (see _scan_plan) of `method` on this problem."""
+        return make_plan(method, self.outer, self.n, self.inner, self.dtype,
+                         workers_threads=1 if workers is None else resolve_workers(workers),
+                         chunk_size=chunk_size)
+
     def _target(self, out, in_place):
         """The (outer, n, inner) array the kernel writes, for `out`.
 
@@ -150,13 +133,12 @@ class _Problem:
             return _buffers.empty(shape, self.dtype, self.a, self.b), False
         return np.empty(shape, dtype=self.dtype), False
 
-    def run(self, kernel, reverse, return_final, *args, out=None, in_place=False):
-        """`kernel` on the problem; `in_place`: whether the kernel may
-        write its result over its `b` (see _target)."""
+    def run(self, plan, reverse, return_final, out=None):
+        """The kernels on the problem, as `plan` says."""
         if out is not None:
             _check_out(out, self.shape, self.dtype, self.given)
-        res, direct = self._target(out, in_place)
-        kernel(self.a, self.b, self.h0, res, bool(reverse), *args)
+        res, direct = self._target(out, plan.in_place)
+        _scan.scan(plan, self.a, self.b, res, self.h0, bool(reverse))
         if out is None:
             h = res.reshape(self.shape)
         else:
@@ -167,7 +149,8 @@ class _Problem:
             return h
         state_shape = self.shape[: self.axis] + self.shape[self.axis + 1:]
         if self.n == 0:
-            final = self.h0.reshape(state_shape).copy()
+            final = (np.zeros(state_shape, dtype=self.dtype) if self.h0 is None
+                     else self.h0.reshape(state_shape).copy())
         else:
             last = 0 if reverse else self.n - 1
             final = res[:, last, :].reshape(state_shape).copy()
@@ -207,75 +190,6 @@ def _overlaps(x, y):
         return bool(np.shares_memory(x, y, max_work=1 << 12))
     except np.exceptions.TooHardError:
         return True
-
-
-def _odd16(x):
-    """x rounded up to 16 times an odd number.
-
-    Lanes that many elements apart never sit a multiple of 4 KiB apart, which
-    would make their loads wait on each other's stores (4K aliasing).
-    """
-    k = max(1, -(-int(x) // 16))
-    return 16 * (k + 1 - k % 2)
-
-
-def _time_split(p, nthreads):
-    """Whether the columns layout splits the time axis between threads.
-
-    It splits the channels of every step when that gives every thread a
-    block of at least _MIN_BLOCK_BYTES per step (each block then streams on
-    its own, and the threads share out the faulting-in of the output's
-    pages); with fewer channels, and enough steps, it splits time."""
-    if p.inner <= 1 or p.outer >= nthreads or p.n < _MIN_STEPS_PER_THREAD * nthreads:
-        return False
-    blocks = -(-nthreads // max(p.outer, 1))
-    return p.inner * p.dtype.itemsize < _MIN_BLOCK_BYTES * blocks
-
-
-def _block_width(p, nthreads):
-    """Channel block of one task in the columns layout: as wide as possible
-    (long contiguous runs per step stream well), split only to give every
-    thread work when the time axis is too short to split."""
-    if p.inner <= 1 or p.outer >= nthreads or _time_split(p, nthreads):
-        return max(p.inner, 1)
-    blocks = -(-nthreads // max(p.outer, 1))
-    w = -(-p.inner // blocks)
-    return min(p.inner, max(16, -(-w // 16) * 16))
-
-
-def _lanes(p, nthreads):
-    """Independent (row or channel block) tasks of the layout."""
-    if p.inner == 1:
-        return p.outer
-    return p.outer * (-(-p.inner // _block_width(p, nthreads)))
-
-
-def _auto_chunk(p, nthreads):
-    """Default chunk length: the whole axis when the channels alone give the
-    threads independent work, else chunks of the time axis."""
-    if _time_split(p, nthreads):
-        # the time split of the columns layout uses spans, not chunks
-        return max(p.n, 1)
-    if p.n <= 4 * _MIN_CHUNK:
-        return max(p.n, 1)
-    if p.inner == 1:
-        if p.dtype.kind == "c" or p.outer >= _LANES * nthreads:
-            # complex rows are scanned whole: a few in lockstep per thread
-            # (the chunked form of a complex row, local scans and their
-            # corrections, costs more than its one pass)
-            return p.n
-        return _odd16(min(_ROW_CHUNK, max(_MIN_CHUNK, p.n // (_LANES * nthreads))))
-    if _lanes(p, nthreads) >= nthreads:
-        return p.n
-    return max(_MIN_CHUNK, -(-p.n // (4 * nthreads)))
-
-
-def _auto_leaf(p, nthreads):
-    """Leaf length of the associative scan: enough leaves for every thread
-    (8 per thread in the rows layout)."""
-    if p.inner == 1:
-        return _odd16(min(4096, max(64, p.n // (_LANES * nthreads))))
-    return max(16, -(-p.n // max(8, 4 * nthreads)))
 
 
 def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False,
@@ -368,7 +282,7 @@ def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False
            [1.75, 1.75]])
     """
     p = _Problem(a, b, h0, axis)
-    return p.run(_scan.sequential, reverse, return_final, out=out, in_place=True)
+    return p.run(p.plan("sequential"), reverse, return_final, out=out)
 
 
 def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
@@ -404,7 +318,10 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     workers : int, optional
         Threads to use at most: None is 1, -1 all cores, negative values
         count back from all cores as in :mod:`scipy.fft`. A problem too
-        small to share (under 32768 elements per thread) uses fewer.
+        small to share (under 32768 elements per thread) uses fewer. The
+        work is cut up for this many threads; when other processes keep
+        cores busy it runs on the free cores only (a descheduled thread
+        would hold up the others), with the same result.
     out : ndarray, optional
         Where to write the result: a writable array of exactly the result's
         shape and dtype, any strides. It may be `b` itself (the scan then
@@ -492,11 +409,8 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     chunk_size = positive_int(chunk_size, "chunk_size", allow_none=True)
     resolve_workers(workers)
     p = _Problem(a, b, h0, axis)
-    nthreads = _threads(p, workers)
-    cs = _auto_chunk(p, nthreads) if chunk_size is None else chunk_size
-    return p.run(_scan.chunked, reverse, return_final, cs,
-                 _block_width(p, nthreads), nthreads, out=out,
-                 in_place=p.inner > 1)
+    return p.run(p.plan("chunked", workers, chunk_size), reverse, return_final,
+                 out=out)
 
 
 def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
@@ -527,7 +441,10 @@ def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
     workers : int, optional
         Threads to use at most: None is 1, -1 all cores, negative values
         count back from all cores as in :mod:`scipy.fft`. A problem too
-        small to share (under 32768 elements per thread) uses fewer.
+        small to share (under 32768 elements per thread) uses fewer. The
+        work is cut up for this many threads; when other processes keep
+        cores busy it runs on the free cores only (a descheduled thread
+        would hold up the others), with the same result.
     out : ndarray, optional
         Where to write the result: a writable array of exactly the result's
         shape and dtype, any strides. It may be `b` itself (the scan then
@@ -586,10 +503,7 @@ def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
     """
     resolve_workers(workers)
     p = _Problem(a, b, h0, axis)
-    nthreads = _threads(p, workers)
-    return p.run(_scan.associative, reverse, return_final,
-                 _auto_leaf(p, nthreads), _block_width(p, nthreads), nthreads,
-                 out=out, in_place=p.inner > 1)
+    return p.run(p.plan("associative", workers), reverse, return_final, out=out)
 
 
 def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,

@@ -1,0 +1,134 @@
+"""Tests of the scan's plan (zilla_muf._scan_plan) and of the kernel boundary.
+
+The plan fixes the work decomposition from the problem and `workers`; the
+threads that run it may be fewer (cores kept busy by other processes). The
+oracle of a result run on fewer threads is the same decomposition run on
+all of them: equal bit for bit. Values are also checked against a float64
+loop over time.
+"""
+
+import numpy as np
+import pytest
+
+from zilla_muf import _scan, _scan_plan, chunked_scan, linear_scan
+
+from conftest import assert_close
+
+# (shape, axis): whole rows, a row split into spans, channel blocks, the
+# time split of a few channels; long enough that workers=2 uses 2 threads
+CASES = [((64, 2048), -1), ((2, 40000), -1), ((300, 512), 0), ((20000, 4), 0)]
+
+
+def loop(a, b, axis):
+    a = np.moveaxis(a.astype(np.complex128 if a.dtype.kind == "c" else np.float64), axis, 0)
+    b = np.moveaxis(b.astype(a.dtype), axis, 0)
+    out = np.empty_like(a)
+    state = np.zeros(a.shape[1:], dtype=a.dtype)
+    for t in range(a.shape[0]):
+        state = a[t] * state + b[t]
+        out[t] = state
+    return np.moveaxis(out, 0, axis)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_fewer_free_cores_same_result(shape, axis, dtype, monkeypatch):
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0.8, 1.0, size=shape).astype(dtype)
+    b = rng.standard_normal(shape).astype(dtype)
+    monkeypatch.setattr(_scan_plan, "free_cores", lambda: 2)
+    both = chunked_scan(a, b, axis=axis, workers=2)
+    assoc_both = linear_scan(a, b, axis=axis, workers=2, method="associative")
+    monkeypatch.setattr(_scan_plan, "free_cores", lambda: 1)
+    one = chunked_scan(a, b, axis=axis, workers=2)
+    assoc_one = linear_scan(a, b, axis=axis, workers=2, method="associative")
+    np.testing.assert_array_equal(one, both)
+    np.testing.assert_array_equal(assoc_one, assoc_both)
+    assert_close(one, loop(a, b, axis), dtype, scale=4)
+
+
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_plan_runs_on_free_cores_only(shape, axis, monkeypatch):
+    outer, n, inner = ((shape[0], shape[1], 1) if axis == -1 else (1, shape[0], shape[1]))
+    dt = np.dtype(np.float64)
+    monkeypatch.setattr(_scan_plan, "free_cores", lambda: 2)
+    full = _scan_plan.make_plan("chunked", outer, n, inner, dt, workers_threads=2)
+    monkeypatch.setattr(_scan_plan, "free_cores", lambda: 1)
+    busy = _scan_plan.make_plan("chunked", outer, n, inner, dt, workers_threads=2)
+    assert full.threads == 2 and busy.threads == 1
+    assert busy.decomposition_threads == full.decomposition_threads == 2
+    # the decomposition does not change
+    for field in ("layout", "chunk", "block_width", "splits", "lead", "in_place"):
+        assert getattr(busy, field) == getattr(full, field)
+    # no load cap: the threads asked for
+    free = _scan_plan.make_plan("chunked", outer, n, inner, dt, workers_threads=2,
+                                cap_by_load=False)
+    assert free.threads == 2
+
+
+def test_plan_decisions():
+    f8 = np.dtype(np.float64)
+    # one long real row on 2 threads: cut into 2 spans after the first
+    p = _scan_plan.make_plan("chunked", 1, 1 << 20, 1, f8, workers_threads=2,
+                             cap_by_load=False)
+    assert p.layout == "rows" and p.splits == 2 and p.lead == 0.7
+    # many rows: whole rows per thread
+    p = _scan_plan.make_plan("chunked", 64, 4096, 1, f8, workers_threads=2)
+    assert p.splits == 1 and p.chunk == 4096
+    # columns: no chunks; a wide step is split into channel blocks ...
+    p = _scan_plan.make_plan("chunked", 1, 4096, 1024, f8, workers_threads=2)
+    assert p.layout == "cols" and p.chunk == 4096 and p.splits == 1
+    assert p.block_width == 512
+    # ... a narrow one in time
+    p = _scan_plan.make_plan("chunked", 1, 1 << 16, 4, f8, workers_threads=2)
+    assert p.splits == 2 and p.block_width == 4
+    # too small to share: one thread
+    p = _scan_plan.make_plan("chunked", 1, 1000, 1, f8, workers_threads=2)
+    assert p.threads == p.decomposition_threads == 1 and p.splits == 1
+    # only the rows layout's chunked and tree scans cannot run in place
+    assert _scan_plan.make_plan("sequential", 4, 10, 1, f8, workers_threads=1).in_place
+    assert _scan_plan.make_plan("chunked", 1, 10, 4, f8, workers_threads=1).in_place
+    assert not _scan_plan.make_plan("chunked", 4, 10, 1, f8, workers_threads=1).in_place
+    with pytest.raises(ValueError, match="method"):
+        _scan_plan.make_plan("tree", 1, 10, 1, f8, workers_threads=1)
+
+
+def test_free_cores_is_a_count_of_cores():
+    k = _scan_plan.free_cores()
+    assert isinstance(k, int) and k >= 1
+
+
+def _plan(**kw):
+    base = dict(method="chunked", layout="rows", chunk=4, block_width=1, splits=1,
+                lead=1.0, threads=1, decomposition_threads=1, in_place=False)
+    base.update(kw)
+    return _scan_plan.ScanPlan(**base)
+
+
+def test_kernel_boundary_checks():
+    a = np.full((2, 10, 1), 0.5)
+    b = np.ones((2, 10, 1))
+    out = np.empty((2, 10, 1))
+    _scan.scan(_plan(), a, b, out)
+    assert_close(out[:, :, 0], loop(a[:, :, 0], b[:, :, 0], -1), np.float64)
+    with pytest.raises(ValueError, match="`a`"):
+        _scan.scan(_plan(), a[:, :9].copy(), b, out)
+    with pytest.raises(ValueError, match="`b`"):
+        _scan.scan(_plan(), a, b[:1], out)
+    with pytest.raises(ValueError, match="`h0`"):
+        _scan.scan(_plan(), a, b, out, np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="layout"):
+        _scan.scan(_plan(layout="cols"), a, b, out)
+    with pytest.raises(ValueError, match="splits"):
+        _scan.scan(_plan(splits=4), a, b, out)          # 3 chunks of 4 steps
+    with pytest.raises(ValueError, match="splits"):
+        _scan.scan(_plan(method="associative", splits=2), a, b, out)
+    with pytest.raises(ValueError, match=">= 1"):
+        _scan.scan(_plan(threads=0), a, b, out)
+    with pytest.raises(ValueError, match="lead"):
+        _scan.scan(_plan(lead=0.0), a, b, out)
+    with pytest.raises(ValueError, match="in place"):
+        _scan.scan(_plan(), a, b, b)
+    bb = b.copy()
+    _scan.scan(_plan(method="sequential", chunk=10, in_place=True), a, bb, bb)
+    np.testing.assert_array_equal(bb, out)
