@@ -56,7 +56,7 @@ def run_kernel(method, a, b, h0, out, reverse, size, block_width, threads):
     """The kernel of `method` on (outer, n, inner) arrays, planned for
     `threads` threads (not capped by size or load) with the given chunk
     (or leaf) length and block width."""
-    from zilla_muf import _scan, _scan_plan
+    from zilla_muf import _scan_plan
 
     outer, n, inner = out.shape
     plan = _scan_plan.make_plan(
@@ -64,7 +64,7 @@ def run_kernel(method, a, b, h0, out, reverse, size, block_width, threads):
         chunk_size=size if method == "chunked" else None,
         leaf_size=size if method == "associative" else None,
         block_width=block_width, cap_by_size=False, cap_by_load=False)
-    _scan.scan(plan, a, b, out, h0, reverse)
+    _scan_plan.kernel(plan)(plan, a, b, out, h0, reverse)
 
 
 def dense_oracle(a, b, h0):

@@ -10,7 +10,7 @@ loop over time.
 import numpy as np
 import pytest
 
-from zilla_muf import _scan, _scan_plan, chunked_scan, linear_scan
+from zilla_muf import _scan_plan, _scan_rows, chunked_scan, linear_scan
 
 from conftest import assert_close
 
@@ -109,26 +109,27 @@ def test_kernel_boundary_checks():
     a = np.full((2, 10, 1), 0.5)
     b = np.ones((2, 10, 1))
     out = np.empty((2, 10, 1))
-    _scan.scan(_plan(), a, b, out)
+    _scan_rows.scan(_plan(), a, b, out)
     assert_close(out[:, :, 0], loop(a[:, :, 0], b[:, :, 0], -1), np.float64)
     with pytest.raises(ValueError, match="`a`"):
-        _scan.scan(_plan(), a[:, :9].copy(), b, out)
+        _scan_rows.scan(_plan(), a[:, :9].copy(), b, out)
     with pytest.raises(ValueError, match="`b`"):
-        _scan.scan(_plan(), a, b[:1], out)
+        _scan_rows.scan(_plan(), a, b[:1], out)
     with pytest.raises(ValueError, match="`h0`"):
-        _scan.scan(_plan(), a, b, out, np.zeros((2, 2)))
+        _scan_rows.scan(_plan(), a, b, out, np.zeros((2, 2)))
     with pytest.raises(ValueError, match="layout"):
-        _scan.scan(_plan(layout="cols"), a, b, out)
+        _scan_rows.scan(_plan(layout="cols"), a, b, out)
+    assert _scan_plan.kernel(_plan()) is _scan_rows.scan
     with pytest.raises(ValueError, match="splits"):
-        _scan.scan(_plan(splits=4), a, b, out)          # 3 chunks of 4 steps
+        _scan_rows.scan(_plan(splits=4), a, b, out)          # 3 chunks of 4 steps
     with pytest.raises(ValueError, match="splits"):
-        _scan.scan(_plan(method="associative", splits=2), a, b, out)
+        _scan_rows.scan(_plan(method="associative", splits=2), a, b, out)
     with pytest.raises(ValueError, match=">= 1"):
-        _scan.scan(_plan(threads=0), a, b, out)
+        _scan_rows.scan(_plan(threads=0), a, b, out)
     with pytest.raises(ValueError, match="lead"):
-        _scan.scan(_plan(lead=0.0), a, b, out)
+        _scan_rows.scan(_plan(lead=0.0), a, b, out)
     with pytest.raises(ValueError, match="in place"):
-        _scan.scan(_plan(), a, b, b)
+        _scan_rows.scan(_plan(), a, b, b)
     bb = b.copy()
-    _scan.scan(_plan(method="sequential", chunk=10, in_place=True), a, bb, bb)
+    _scan_rows.scan(_plan(method="sequential", chunk=10, in_place=True), a, bb, bb)
     np.testing.assert_array_equal(bb, out)

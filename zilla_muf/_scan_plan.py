@@ -232,3 +232,37 @@ def make_plan(method, outer, n, inner, dtype, *, workers_threads, chunk_size=Non
     return ScanPlan(method=method, layout=layout, chunk=chunk, block_width=bw,
                     splits=splits, lead=lead, threads=run,
                     decomposition_threads=nt, in_place=in_place)
+
+
+def check_plan(plan, outer, n, inner):
+    """(method, chunk, block width, splits, lead, threads) of `plan`,
+    checked against a problem laid out as (outer, n, inner); the kernels'
+    entry points call it before they run."""
+    if plan.method not in METHODS:
+        raise ValueError(f"plan.method must be one of {METHODS}, got {plan.method!r}")
+    if plan.layout != ("rows" if inner == 1 else "cols"):
+        raise ValueError(f"plan.layout {plan.layout!r} does not fit inner={inner}")
+    chunk, width = int(plan.chunk), int(plan.block_width)
+    splits, threads = int(plan.splits), int(plan.threads)
+    lead = float(plan.lead)
+    if chunk < 1 or width < 1 or splits < 1 or threads < 1:
+        raise ValueError("plan.chunk, block_width, splits and threads must be >= 1, "
+                         f"got {chunk}, {width}, {splits}, {threads}")
+    if not 0.0 < lead <= 1.0:
+        raise ValueError(f"plan.lead must be in (0, 1], got {lead}")
+    if splits > 1:
+        if plan.method != "chunked":
+            raise ValueError(f"plan.splits must be 1 for {plan.method!r}, got {splits}")
+        limit = n if inner > 1 else _cdiv(n, chunk)
+        if splits > limit:
+            raise ValueError(f"plan.splits must be at most {limit} here, got {splits}")
+    return plan.method, chunk, width, splits, lead, threads
+
+
+def kernel(plan):
+    """The kernel entry point of the plan's layout."""
+    if plan.layout == "rows":
+        from . import _scan_rows
+        return _scan_rows.scan
+    from . import _scan_cols
+    return _scan_cols.scan

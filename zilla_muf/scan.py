@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from . import _buffers, _scan
-from ._scan_plan import make_plan
+from . import _buffers
+from ._scan_plan import kernel, make_plan
 from ._validation import (
     as_array,
     broadcast_shapes,
@@ -138,7 +138,7 @@ class _Problem:
         if out is not None:
             _check_out(out, self.shape, self.dtype, self.given)
         res, direct = self._target(out, plan.in_place)
-        _scan.scan(plan, self.a, self.b, res, self.h0, bool(reverse))
+        kernel(plan)(plan, self.a, self.b, res, self.h0, bool(reverse))
         if out is None:
             h = res.reshape(self.shape)
         else:

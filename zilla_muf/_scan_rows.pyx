@@ -1,44 +1,41 @@
 # cython: language_level=3
-"""Kernels of the linear recurrence h_t = a_t * h_{t-1} + b_t.
+"""Kernels of the linear recurrence h_t = a_t * h_{t-1} + b_t, rows layout.
 
 Design
 ------
 Every array reaches the kernels as a C-contiguous 3-D view
-``(outer, n, inner)``: the scan runs along the middle axis, ``outer`` collects
-the dimensions before it and ``inner`` those after it. Two layouts follow:
+``(outer, n, 1)``: the scan runs along the contiguous middle axis, one row
+per element of ``outer``. Real dtypes run one contiguous row at a time
+through the vector kernels of ``_scanrow.h`` (the prefix of a block of
+steps formed in registers). Complex dtypes use *lanes*: each (row, time
+range) is a dependent chain, and up to ``LANES`` lanes advance in lockstep
+so that their multiply-adds overlap. A scan in reverse walks the same
+memory with a negative step.
 
-* rows (``inner == 1``, the scan axis contiguous): real dtypes run one
-  contiguous row at a time through the vector kernels of ``_scanrow.h``
-  (the prefix of a block of steps formed in registers). Complex dtypes use
-  *lanes*: each (row, time range) is a dependent chain, and up to ``LANES``
-  lanes advance in lockstep so that their multiply-adds overlap.
-* columns (``inner > 1``, time-major): a *segment* is a block of contiguous
-  channels over a time range; each step is an elementwise vector operation
-  over the block, with all loads of a step before its stores (vectorisable).
+Algorithms:
 
-A scan in reverse walks the same memory with a negative step.
+* sequential: one pass per row.
+* chunked: a row shared by T threads (T from the plan) is cut into spans;
+  spans are scanned or reduced to their affine maps in parallel, a carry
+  pass gives each span its entering state, and the later spans are scanned
+  (real) or corrected (complex) from it.
+* associative: leaves reduced to their maps (A, B) = (prod a, scan from 0),
+  a work-efficient Blelloch tree over each row's leaf maps (the exclusive
+  prefix: the state entering every leaf), every leaf scanned from it. The
+  monoid is (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2).
 
-Algorithms, each over lanes or segments:
-
-* sequential: one pass per chain.
-* chunked: (1) every chunk is scanned from zero in parallel, also forming the
-  product of its decays; (2) a carry pass runs over chunk boundaries, giving
-  the state entering each chunk; (3) every chunk but the first adds the
-  carried state times the running product of its decays (parallel).
-* associative: (1) every leaf block is reduced to its affine map
-  (A, B) = (prod a, scan from 0) in parallel; (2) a work-efficient Blelloch
-  tree (up-sweep, down-sweep) over the leaf maps of each sequence gives the
-  exclusive prefix, i.e. the state entering every leaf; (3) every leaf is
-  scanned from that state in parallel. The monoid is
-  (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2).
-
-All indices are Py_ssize_t. Scratch memory is O(number of chunks or leaves).
+The plan (zilla_muf._scan_plan) decides every size and count; the kernels
+execute it. All indices are Py_ssize_t; scratch is O(chunks or leaves).
 """
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange
 from libc.stdlib cimport calloc, malloc, free
 
 from zilla_muf._types cimport real_t, scalar_t
 from zilla_muf._vmath cimport vflush
+from zilla_muf._scan_common cimport (FLUSH_STEPS, LANES, SKEW, imin, next_pow2,
+                                     pos, tree_exclusive)
+
+from zilla_muf._scan_plan import check_plan
 
 cdef extern from "_scanrow.h" nogil:
     float zm_seqrow_f(const float *a, const float *b, float *h,
@@ -54,12 +51,6 @@ cdef extern from "_scanrow.h" nogil:
     double zm_reducerow_d(const double *a, const double *b, Py_ssize_t m,
                           double x, int rev, double *prod)
 
-
-cdef enum:
-    FLUSH_STEPS = 64
-    LANES = 4
-    # steps by which lockstep lanes are staggered when their spacing aliases
-    SKEW = 16
 
 
 # ---------------------------------------------------------------------------
@@ -199,102 +190,6 @@ cdef inline void lanes_correct(const scalar_t **pa, scalar_t **po, scalar_t *c,
     for k in range(K):
         c[k] = x[k]
 
-
-# ---------------------------------------------------------------------------
-# Columns layout: w contiguous channels, m steps `step` elements apart.
-# ---------------------------------------------------------------------------
-
-cdef inline void cols_scan(const scalar_t *a, const scalar_t *b, scalar_t *o,
-                           const scalar_t *init, Py_ssize_t w, Py_ssize_t m,
-                           Py_ssize_t step) noexcept nogil:
-    """o[i] = a[i] * o[i-1] + b[i] with o[-1] = init, elementwise over w."""
-    cdef Py_ssize_t i, c
-    cdef const scalar_t *ai
-    cdef const scalar_t *bi
-    cdef const scalar_t *prev = init
-    cdef scalar_t *oi
-    for i in range(m):
-        ai = a + i * step
-        bi = b + i * step
-        oi = o + i * step
-        for c in range(w):
-            oi[c] = ai[c] * prev[c] + bi[c]
-        prev = oi
-
-
-cdef inline void cols_scan_shared(const scalar_t *a, const scalar_t *b,
-                                  scalar_t *o, const scalar_t *init,
-                                  Py_ssize_t w, Py_ssize_t m, Py_ssize_t step,
-                                  Py_ssize_t blk, Py_ssize_t nblk) noexcept nogil:
-    """cols_scan of channel block `blk` of `nblk` that share every step's
-    memory with the others, each on its own thread. A 2 MiB page of the
-    output then holds the steps of every block, and the thread that first
-    writes it zeroes it while the others wait; instead, each thread faults
-    in (by writing its own first channel of a step ahead) every nblk-th
-    2 MiB region of the output, two regions ahead of the scan, so that the
-    zeroing of fresh pages is shared out and done before it is needed."""
-    cdef Py_ssize_t i, c, t, ahead
-    cdef Py_ssize_t rowb = (step if step > 0 else -step) * sizeof(scalar_t)
-    cdef Py_ssize_t per = (2 << 20) // rowb if rowb < (2 << 20) else 1
-    cdef const scalar_t *ai
-    cdef const scalar_t *bi
-    cdef const scalar_t *prev = init
-    cdef scalar_t *oi
-    cdef volatile scalar_t *touch
-    if per < 1:
-        per = 1
-    ahead = 2 * per
-    for t in range(imin(ahead, m)):
-        touch = o + t * step
-        if ((<size_t> touch) >> 21) % nblk == blk:
-            touch[0] = 0
-    for i in range(m):
-        if i % per == 0:
-            t = i + ahead
-            if t < m:
-                touch = o + t * step
-                if ((<size_t> touch) >> 21) % nblk == blk:
-                    touch[0] = 0
-        ai = a + i * step
-        bi = b + i * step
-        oi = o + i * step
-        for c in range(w):
-            oi[c] = ai[c] * prev[c] + bi[c]
-        prev = oi
-
-
-cdef inline void cols_reduce(const scalar_t *a, const scalar_t *b,
-                             scalar_t *s, scalar_t *p, Py_ssize_t w,
-                             Py_ssize_t m, Py_ssize_t step) noexcept nogil:
-    """s[c] <- scan of channel c from s[c]; p[c] *= product of decays.
-
-    Real products below the smallest normal number are set to zero every
-    FLUSH_STEPS steps (see zm_flush_* in _vmath.h: they would otherwise
-    rest on the smallest subnormal, every later step on the slow path)."""
-    cdef Py_ssize_t i, c
-    cdef scalar_t av
-    for i in range(m):
-        for c in range(w):
-            av = a[i * step + c]
-            s[c] = av * s[c] + b[i * step + c]
-            p[c] = p[c] * av
-        if scalar_t is float or scalar_t is double:
-            if i % FLUSH_STEPS == FLUSH_STEPS - 1:
-                for c in range(w):
-                    p[c] = vflush(p[c])
-
-
-# ---------------------------------------------------------------------------
-# Addressing helpers
-# ---------------------------------------------------------------------------
-
-cdef inline Py_ssize_t pos(Py_ssize_t t, Py_ssize_t n, bint reverse) noexcept nogil:
-    """Memory index along the scan axis of the t-th step in scan order."""
-    return n - 1 - t if reverse else t
-
-
-cdef inline Py_ssize_t imin(Py_ssize_t x, Py_ssize_t y) noexcept nogil:
-    return x if x < y else y
 
 
 # ---------------------------------------------------------------------------
@@ -552,6 +447,7 @@ cdef void span_carry(scalar_t *P, const scalar_t *E, Py_ssize_t outer,
             c = run + E[r * T + k]
 
 
+
 # ---------------------------------------------------------------------------
 # Rows layout, real dtypes: one contiguous row at a time with the vector
 # kernels of _scanrow.h (the lockstep lanes above serve complex dtypes).
@@ -756,9 +652,6 @@ cdef int vrows_associative(const real_t *A, const real_t *B, real_t *O, const re
     return 0
 
 
-# ---------------------------------------------------------------------------
-# Sequential
-# ---------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------
 # Chunked
@@ -887,210 +780,6 @@ cdef int rows_chunked(const scalar_t *A, const scalar_t *B, scalar_t *O,
     return 0
 
 
-cdef int cols_chunked(const scalar_t *A, const scalar_t *B, scalar_t *O,
-                      const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
-                      Py_ssize_t inner, bint reverse, Py_ssize_t cw,
-                      Py_ssize_t T, double lead, int nthreads) noexcept nogil:
-    """Columns layout. A lane is (row, channel block of cw).
-
-    With T == 1 (from the plan: at least as many lanes as threads), every
-    lane is one task, scanned in one pass. Otherwise each lane's time axis
-    is cut into T + 1 spans, T = threads per lane (T <= n), so that every thread reads and writes its own
-    range of memory (reduce, then scan):
-
-    (1) thread 0 of a lane scans span 0 from h0 while threads 1 .. T-1
-        reduce spans 1 .. T-1 to their affine maps h -> P h + S (reading
-        a and b, writing nothing);
-    (2) a carry pass per lane gives the state entering spans 1 .. T;
-    (3) thread k scans span k + 1 from its entering state.
-
-    Span 0 is `lead` (two thirds) the length of the others, so that its
-    scan (two streams read, one written) takes as long as a reduction (two
-    read) of a longer span. Every element is written once and a and b of spans
-    1 .. T-1 are read twice: 25% more memory traffic than one pass for two
-    threads, against 50% for scanning the later spans from zero and
-    correcting them.
-    """
-    cdef Py_ssize_t nblk = (inner + cw - 1) // cw
-    cdef Py_ssize_t nlane = outer * nblk
-    cdef Py_ssize_t task, lane, r, blk, k, c0, w, t0, t1, j, jp
-    cdef Py_ssize_t step = -inner if reverse else inner
-    cdef scalar_t *agg
-    cdef scalar_t *Pk
-    cdef scalar_t *Sk
-    cdef scalar_t *carry
-    cdef const scalar_t *endv
-
-    if T <= 1:
-        for lane in prange(nlane, num_threads=nthreads, schedule='static'):
-            r = lane // nblk
-            blk = lane - r * nblk
-            c0 = blk * cw
-            j = (r * n + pos(0, n, reverse)) * inner + c0
-            if outer < nthreads and nblk > 1 and O != B:
-                # (in place, O == B, the pages are mapped and hold b)
-                cols_scan_shared(A + j, B + j, O + j, H0 + r * inner + c0,
-                                 imin(cw, inner - c0), n, step, blk, nblk)
-            else:
-                cols_scan(A + j, B + j, O + j, H0 + r * inner + c0,
-                          imin(cw, inner - c0), n, step)
-        return 0
-    # per (lane, span k): P (decay product), S (state from zero), carry
-    agg = <scalar_t *> malloc(nlane * (T + 1) * 3 * cw * sizeof(scalar_t))
-    if agg == NULL:
-        return -1
-
-    # (1) span 0 scanned, spans 1 .. T-1 reduced
-    for task in prange(nlane * T, num_threads=nthreads, schedule='static'):
-        lane = task // T
-        k = task - lane * T
-        r = lane // nblk
-        blk = lane - r * nblk
-        c0 = blk * cw
-        w = imin(cw, inner - c0)
-        t0 = span_start(k, n, T, lead)
-        t1 = span_start(k + 1, n, T, lead)
-        j = (r * n + pos(t0, n, reverse)) * inner + c0
-        if k == 0:
-            cols_scan(A + j, B + j, O + j, H0 + r * inner + c0, w, t1 - t0,
-                      step)
-        else:
-            Pk = agg + ((lane * (T + 1) + k) * 3) * cw
-            Sk = Pk + cw
-            for jp in range(w):
-                Pk[jp] = 1
-                Sk[jp] = 0
-            cols_reduce(A + j, B + j, Sk, Pk, w, t1 - t0, step)
-
-    # (2) the state entering spans 1 .. T of every lane
-    for lane in range(nlane):
-        r = lane // nblk
-        blk = lane - r * nblk
-        c0 = blk * cw
-        w = imin(cw, inner - c0)
-        carry = agg + ((lane * (T + 1) + 1) * 3 + 2) * cw
-        t1 = span_start(1, n, T, lead)
-        if t1 > 0:
-            endv = O + (r * n + pos(t1 - 1, n, reverse)) * inner + c0
-        else:
-            endv = H0 + r * inner + c0
-        for jp in range(w):
-            carry[jp] = endv[jp]
-        for k in range(1, T):
-            Pk = agg + ((lane * (T + 1) + k) * 3) * cw
-            Sk = Pk + cw
-            endv = Pk + 2 * cw
-            carry = agg + ((lane * (T + 1) + k + 1) * 3 + 2) * cw
-            for jp in range(w):
-                carry[jp] = Pk[jp] * endv[jp] + Sk[jp]
-
-    # (3) spans 1 .. T scanned from their entering states
-    for task in prange(nlane * T, num_threads=nthreads, schedule='static'):
-        lane = task // T
-        k = task - lane * T + 1
-        r = lane // nblk
-        blk = lane - r * nblk
-        c0 = blk * cw
-        w = imin(cw, inner - c0)
-        t0 = span_start(k, n, T, lead)
-        t1 = span_start(k + 1, n, T, lead)
-        j = (r * n + pos(t0, n, reverse)) * inner + c0
-        cols_scan(A + j, B + j, O + j,
-                  agg + ((lane * (T + 1) + k) * 3 + 2) * cw, w, t1 - t0,
-                  step)
-    free(agg)
-    return 0
-
-
-cdef inline Py_ssize_t span_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t T,
-                                  double lead) noexcept nogil:
-    """First step of span k of T + 1: span 0 is `lead` times as long as
-    each of the others."""
-    if k <= 0:
-        return 0
-    if k > T:
-        return n
-    return <Py_ssize_t> (n * ((lead + (k - 1)) / (lead + T)))
-
-
-# ---------------------------------------------------------------------------
-# Associative (Blelloch tree over leaf blocks)
-# ---------------------------------------------------------------------------
-
-cdef inline void tree_up(scalar_t *TA, scalar_t *TB, Py_ssize_t i,
-                         Py_ssize_t d, Py_ssize_t w) noexcept nogil:
-    """Up-sweep node: X[i] <- X[i - d] o X[i], for the w maps of node i."""
-    cdef Py_ssize_t j, l = i - d
-    cdef scalar_t ra
-    for j in range(w):
-        # (la, lb) o (ra, rb) = (la ra, ra lb + rb)
-        ra = TA[i * w + j]
-        TB[i * w + j] = ra * TB[l * w + j] + TB[i * w + j]
-        TA[i * w + j] = TA[l * w + j] * ra
-
-
-cdef inline void tree_down(scalar_t *TA, scalar_t *TB, Py_ssize_t i,
-                           Py_ssize_t d, Py_ssize_t w) noexcept nogil:
-    """Down-sweep node: X[i - d] <- X[i]; X[i] <- X[i] o old X[i - d]."""
-    cdef Py_ssize_t j, l = i - d
-    cdef scalar_t la, lb, ra, rb
-    for j in range(w):
-        la = TA[l * w + j]
-        lb = TB[l * w + j]
-        ra = TA[i * w + j]
-        rb = TB[i * w + j]
-        TA[l * w + j] = ra
-        TB[l * w + j] = rb
-        TA[i * w + j] = ra * la
-        TB[i * w + j] = la * rb + lb
-
-
-cdef void tree_exclusive(scalar_t *TA, scalar_t *TB, Py_ssize_t p2,
-                         Py_ssize_t w, int nthreads) noexcept nogil:
-    """Exclusive prefix of the affine maps (TA[i], TB[i]), i < p2, in place.
-
-    Each node holds `w` independent maps (channels), stored contiguously at
-    [i * w, (i + 1) * w). p2 is a power of two; unused leaves hold (1, 0).
-    Up-sweep then down-sweep (Blelloch): O(p2) combines in 2 log2(p2)
-    levels. With nthreads > 1 the nodes of a level with enough work are
-    combined in parallel; with 1 no parallel region is entered (the tree of
-    one row inside an already parallel loop).
-    """
-    cdef Py_ssize_t d, nnode, idx, j
-    cdef int nt
-    d = 1
-    while d < p2:
-        nnode = p2 // (2 * d)
-        nt = nthreads if nnode * w >= 8192 else 1
-        if nt > 1:
-            for idx in prange(nnode, num_threads=nt, schedule='static'):
-                tree_up(TA, TB, (2 * idx + 2) * d - 1, d, w)
-        else:
-            for idx in range(nnode):
-                tree_up(TA, TB, (2 * idx + 2) * d - 1, d, w)
-        d = 2 * d
-    for j in range(w):
-        TA[(p2 - 1) * w + j] = 1
-        TB[(p2 - 1) * w + j] = 0
-    d = p2 // 2
-    while d >= 1:
-        nnode = p2 // (2 * d)
-        nt = nthreads if nnode * w >= 8192 else 1
-        if nt > 1:
-            for idx in prange(nnode, num_threads=nt, schedule='static'):
-                tree_down(TA, TB, (2 * idx + 2) * d - 1, d, w)
-        else:
-            for idx in range(nnode):
-                tree_down(TA, TB, (2 * idx + 2) * d - 1, d, w)
-        d = d // 2
-
-
-cdef inline Py_ssize_t next_pow2(Py_ssize_t x) noexcept nogil:
-    cdef Py_ssize_t p = 1
-    while p < x:
-        p = 2 * p
-    return p
-
 
 cdef int rows_associative(const scalar_t *A, const scalar_t *B, scalar_t *O,
                           const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
@@ -1130,89 +819,8 @@ cdef int rows_associative(const scalar_t *A, const scalar_t *B, scalar_t *O,
     return 0
 
 
-cdef int cols_associative(const scalar_t *A, const scalar_t *B, scalar_t *O,
-                          const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
-                          Py_ssize_t inner, bint reverse, Py_ssize_t leaf,
-                          Py_ssize_t cw, int nthreads) noexcept nogil:
-    cdef Py_ssize_t nleaf = (n + leaf - 1) // leaf
-    cdef Py_ssize_t p2 = next_pow2(nleaf)
-    cdef Py_ssize_t nblk = (inner + cw - 1) // cw
-    cdef Py_ssize_t nlane = outer * nblk
-    cdef Py_ssize_t ntask = nlane * (nleaf - 1)
-    cdef Py_ssize_t task, lane, r, blk, c, c0, w, t0, m, i, j, tb
-    cdef Py_ssize_t step = -inner if reverse else inner
-    cdef scalar_t *TA
-    cdef scalar_t *TB
-    cdef const scalar_t *end
-
-    TA = <scalar_t *> malloc(nlane * p2 * cw * sizeof(scalar_t))
-    TB = <scalar_t *> malloc(nlane * p2 * cw * sizeof(scalar_t))
-    if TA == NULL or TB == NULL:
-        free(TA)
-        free(TB)
-        return -1
-
-    # (1) leaf maps; node (lane, c) at TA[(lane * p2 + c) * cw]. The first
-    # leaf is scanned from h0 here instead, its map's B the state it ends
-    # in (its A enters no state); the last is left the identity, since its
-    # map enters no other leaf's state. The inputs of the leaves between
-    # are read twice, those of the first and the last once.
-    for task in prange(nlane * p2, num_threads=nthreads,
-                       schedule='static'):
-        lane = task // p2
-        c = task - lane * p2
-        r = lane // nblk
-        blk = lane - r * nblk
-        c0 = blk * cw
-        w = imin(cw, inner - c0)
-        tb = task * cw
-        for j in range(cw):
-            TA[tb + j] = 1
-            TB[tb + j] = 0
-        t0 = c * leaf
-        m = imin(leaf, n - t0)
-        i = (r * n + pos(t0, n, reverse)) * inner + c0
-        if c == 0:
-            cols_scan(A + i, B + i, O + i, H0 + r * inner + c0, w, m, step)
-            end = O + (r * n + pos(m - 1, n, reverse)) * inner + c0
-            for j in range(w):
-                TB[tb + j] = end[j]
-        elif c < nleaf - 1:
-            cols_reduce(A + i, B + i, TB + tb, TA + tb, w, m, step)
-
-    # (2) tree per lane, vectorised over the block's channels
-    if nlane >= nthreads:
-        for lane in prange(nlane, num_threads=nthreads,
-                           schedule='static'):
-            tree_exclusive(TA + lane * p2 * cw, TB + lane * p2 * cw, p2, cw, 1)
-    else:
-        for lane in range(nlane):
-            tree_exclusive(TA + lane * p2 * cw, TB + lane * p2 * cw, p2, cw,
-                           nthreads)
-
-    # (3) every later leaf from its entering state
-    for task in prange(ntask, num_threads=nthreads,
-                       schedule='static'):
-        lane = task // (nleaf - 1)
-        c = task - lane * (nleaf - 1) + 1
-        r = lane // nblk
-        blk = lane - r * nblk
-        c0 = blk * cw
-        w = imin(cw, inner - c0)
-        t0 = c * leaf
-        m = imin(leaf, n - t0)
-        i = (r * n + pos(t0, n, reverse)) * inner + c0
-        cols_scan(A + i, B + i, O + i, TB + (lane * p2 + c) * cw, w, m, step)
-    free(TA)
-    free(TB)
-    return 0
-
-
 # ---------------------------------------------------------------------------
-# Entry points: out (outer, n, inner) <- the scan of a, b from h0 (outer,
-# inner) along axis 1. The rows layout (inner == 1) of real dtypes takes the
-# vector row kernels; complex rows the lockstep lanes; inner > 1 the
-# columns layout.
+# Entry point
 # ---------------------------------------------------------------------------
 
 cdef enum:
@@ -1221,41 +829,14 @@ cdef enum:
     RUN_ASSOCIATIVE
 
 
-def _checked_plan(plan, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner):
-    """(method code, chunk, block width, splits, lead, threads) of `plan`,
-    checked against the problem."""
-    methods = {"sequential": RUN_SEQUENTIAL, "chunked": RUN_CHUNKED,
-               "associative": RUN_ASSOCIATIVE}
-    if plan.method not in methods:
-        raise ValueError(f"plan.method must be one of {tuple(methods)}, got {plan.method!r}")
-    if plan.layout != ("rows" if inner == 1 else "cols"):
-        raise ValueError(f"plan.layout {plan.layout!r} does not fit inner={inner}")
-    chunk, width = int(plan.chunk), int(plan.block_width)
-    splits, threads = int(plan.splits), int(plan.threads)
-    lead = float(plan.lead)
-    if chunk < 1 or width < 1 or splits < 1 or threads < 1:
-        raise ValueError("plan.chunk, block_width, splits and threads must be >= 1, "
-                         f"got {chunk}, {width}, {splits}, {threads}")
-    if not 0.0 < lead <= 1.0:
-        raise ValueError(f"plan.lead must be in (0, 1], got {lead}")
-    nch = (n + chunk - 1) // chunk
-    if splits > 1:
-        if plan.method != "chunked":
-            raise ValueError(f"plan.splits must be 1 for {plan.method!r}, got {splits}")
-        limit = n if inner > 1 else nch
-        if splits > limit:
-            raise ValueError(f"plan.splits must be at most {limit} here, got {splits}")
-    return methods[plan.method], chunk, width, splits, lead, threads
-
-
 def scan(plan, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
          scalar_t[:, :, ::1] out, const scalar_t[:, ::1] h0=None,
          bint reverse=False):
-    """out (outer, n, inner) <- the scan of a, b along axis 1 from h0
+    """out (outer, n, inner, inner == 1) <- the scan of a, b along axis 1 from h0
     (outer, inner; None: zeros), as `plan` (a _scan_plan.ScanPlan) says.
     `out` may be `b` itself when ``plan.in_place``."""
     cdef Py_ssize_t outer = out.shape[0], n = out.shape[1], inner = out.shape[2]
-    cdef Py_ssize_t o, j, step, size, block_width, splits
+    cdef Py_ssize_t size, block_width, splits
     cdef double lead
     cdef int status = 0, method, num_threads
     cdef const scalar_t *A
@@ -1272,8 +853,10 @@ def scan(plan, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
     if h0 is not None and (h0.shape[0], h0.shape[1]) != (outer, inner):
         raise ValueError(f"`h0` must have shape {(outer, inner)}, "
                          f"got {(h0.shape[0], h0.shape[1])}")
-    method, size, block_width, splits, lead, num_threads = _checked_plan(
+    name, size, block_width, splits, lead, num_threads = check_plan(
         plan, outer, n, inner)
+    method = (RUN_SEQUENTIAL if name == "sequential" else
+              RUN_CHUNKED if name == "chunked" else RUN_ASSOCIATIVE)
     if outer == 0 or n == 0 or inner == 0:
         return
     if &b[0, 0, 0] == &out[0, 0, 0] and not plan.in_place:
@@ -1292,34 +875,20 @@ def scan(plan, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
     block_width = imin(block_width, inner)
     with nogil:
         if method == RUN_SEQUENTIAL:
-            if inner == 1:
-                if scalar_t is float or scalar_t is double:
-                    vrows_sequential(A, B, O, H, outer, n, reverse)
-                else:
-                    rows_pass(MODE_SCAN, A, B, O, H, NULL, NULL, outer, n, 1,
-                              n, 1, reverse, 1)
+            if scalar_t is float or scalar_t is double:
+                vrows_sequential(A, B, O, H, outer, n, reverse)
             else:
-                step = -inner if reverse else inner
-                for o in range(outer):
-                    j = (o * n + pos(0, n, reverse)) * inner
-                    cols_scan(A + j, B + j, O + j, H + o * inner, inner, n,
-                              step)
+                rows_pass(MODE_SCAN, A, B, O, H, NULL, NULL, outer, n, 1,
+                          n, 1, reverse, 1)
         elif method == RUN_CHUNKED:
-            if inner > 1:
-                status = cols_chunked(A, B, O, H, outer, n, inner, reverse,
-                                      block_width, splits, lead, num_threads)
-            elif scalar_t is float or scalar_t is double:
+            if scalar_t is float or scalar_t is double:
                 status = vrows_chunked(A, B, O, H, outer, n, reverse, size,
                                        splits, lead, num_threads)
             else:
                 status = rows_chunked(A, B, O, H, outer, n, reverse, size,
                                       splits, num_threads)
         else:
-            if inner > 1:
-                status = cols_associative(A, B, O, H, outer, n, inner,
-                                          reverse, size, block_width,
-                                          num_threads)
-            elif scalar_t is float or scalar_t is double:
+            if scalar_t is float or scalar_t is double:
                 status = vrows_associative(A, B, O, H, outer, n, reverse,
                                            size, num_threads)
             else:
