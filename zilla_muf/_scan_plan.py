@@ -6,13 +6,15 @@ how many spans each sequence is cut into and how long the first is, and
 how many threads run. The kernels take a :class:`ScanPlan` and re-decide
 none of it; the public functions of :mod:`zilla_muf.scan` only build one.
 
-The work decomposition (``chunk``, ``block_width``, ``splits``, ``lead``)
-depends on the problem and on `workers` alone, so a result depends on
-nothing else. The threads that execute it (``threads``) may be fewer: when
-other processes keep cores busy, a thread that the system deschedules holds
-up every other at the end of each parallel phase, so a plan runs on the
-cores that are free when it is made (see :func:`free_cores`). The result
-is the same either way: every thread count runs the same decomposition.
+The work decomposition (``chunk``, ``splits``, ``lead``) depends on the
+problem and on `workers` alone, so a result depends on nothing else. The
+threads that execute it (``threads``) may be fewer: when other processes
+keep cores busy, a thread that the system deschedules holds up every other
+at the end of each parallel phase, so a plan runs on the cores that are
+free when it is made (see :func:`free_cores`). The result is the same
+either way: every thread count runs the same decomposition. (The channel
+block width of the columns layout follows the threads that run: channels
+are independent, so it never changes a result.)
 """
 
 import os
@@ -226,6 +228,10 @@ def make_plan(method, outer, n, inner, dtype, *, workers_threads, chunk_size=Non
     run = nt
     if cap_by_load and nt > 1:
         run = min(nt, free_cores())
+        if run < nt and layout == "cols" and splits == 1 and block_width is None:
+            # the channels of a step are independent: blocks as wide as the
+            # threads that run need (narrower ones stream worse), same result
+            bw = max(1, min(_block_width(p, run), max(inner, 1)))
     # in place: every kernel but the rows layout's chunked and tree scans,
     # which read the inputs of earlier steps again after writing them
     in_place = method == "sequential" or layout == "cols"
