@@ -11,11 +11,12 @@ Writes bench/results/scan.json and prints a table of times and ratios. The
 functions of one case (the roofline included) are timed in interleaved
 rounds, each keeping its lowest round median (``_harness.interleaved_times``).
 
-Every scan returns a new array. Its memory comes from the cache of large
-output buffers (``zilla_muf.buffer_cache``), so from the second call on it
-is already mapped, as the roofline's output is. Rows marked "cache off" turn
-the cache off for their calls: every output is then fresh memory, whose
-pages the system zeroes on first touch, as on a first call.
+The scans write into an existing array (``out=``), as the roofline does;
+rows marked "new output" return a new array, whose pages are fresh memory
+that the system zeroes on first touch, and rows marked "cache on" return a
+new array with the output buffer cache (``zilla_muf.buffer_cache``, off by
+default) turned on, so that from the second call on it reuses memory an
+earlier output freed.
 """
 
 import argparse
@@ -47,13 +48,14 @@ def numpy_loop(a, b, out):
     return out
 
 
-def cache_off(fn):
-    """`fn` with the output buffer cache off: its outputs are fresh memory."""
+def cache_on(fn):
+    """`fn` with the output buffer cache on (256 MiB): its outputs reuse
+    the memory of earlier ones."""
     def run():
         limit = zilla_muf.buffer_cache()["max_bytes"]
-        zilla_muf.buffer_cache(0)
+        zilla_muf.buffer_cache(256 << 20)
         try:
-            fn()  # the output is freed here, with nothing to keep it
+            fn()  # the output is freed here, into the cache
         finally:
             zilla_muf.buffer_cache(limit)
     return run
@@ -84,20 +86,23 @@ def batched(report, rng, repeat, channels, steps, quick, rounds):
             axis = -1 if layout == "rows" else 0
             a, b = make(rng, shape, dtype)
             h = np.empty_like(a)
+            o = np.empty_like(a)
             case = f"batched {channels}x{steps} {name} {layout}"
             fns = {"roofline np.add": lambda: np.add(a, b, out=h),
                    "np.add, new output": lambda: np.add(a, b)}
             for w in (1, 2):
-                fns[f"linear_scan w={w}"] = (
-                    lambda w=w: linear_scan(a, b, axis=axis, workers=w))
-            fns["linear_scan w=2, cache off"] = cache_off(
+                fns[f"linear_scan w={w}, out="] = (
+                    lambda w=w: linear_scan(a, b, axis=axis, workers=w, out=o))
+            fns["linear_scan w=2, new output"] = (
                 lambda: linear_scan(a, b, axis=axis, workers=2))
-            fns["sequential_scan"] = lambda: sequential_scan(a, b, axis=axis)
+            fns["linear_scan w=2, cache on"] = cache_on(
+                lambda: linear_scan(a, b, axis=axis, workers=2))
+            fns["sequential_scan, out="] = lambda: sequential_scan(a, b, axis=axis, out=o)
             for w in (1, 2):
-                fns[f"chunked_scan w={w}"] = (
-                    lambda w=w: chunked_scan(a, b, axis=axis, workers=w))
-                fns[f"associative_scan w={w}"] = (
-                    lambda w=w: associative_scan(a, b, axis=axis, workers=w))
+                fns[f"chunked_scan w={w}, out="] = (
+                    lambda w=w: chunked_scan(a, b, axis=axis, workers=w, out=o))
+                fns[f"associative_scan w={w}, out="] = (
+                    lambda w=w: associative_scan(a, b, axis=axis, workers=w, out=o))
             times = add_all(report, case, fns, "roofline np.add", rounds, repeat)
             roof = times["roofline np.add"]
             if layout == "time-major" and not quick:
@@ -109,42 +114,47 @@ def batched(report, rng, repeat, channels, steps, quick, rounds):
                 report.add(case, "scipy lfilter (constant a)",
                            median_time(lambda: scipy.signal.lfilter(
                                [1.0], [1.0, -decay], b, axis=axis), 3), roof)
-                report.add(case, "linear_scan w=2 (constant a)",
-                           median_time(lambda: linear_scan(decay, b, axis=axis, workers=2),
-                                       repeat), roof)
+                report.add(case, "linear_scan w=2 (constant a), out=",
+                           median_time(lambda: linear_scan(decay, b, axis=axis, workers=2,
+                                                           out=o), repeat), roof)
 
 
 def cache_resident(report, rng, repeat, rounds):
     n = 1 << 18
     a, b = make(rng, n, np.float32)
     h = np.empty_like(a)
+    o = np.empty_like(a)
     case = "one sequence 2^18 float32 (in cache)"
-    fns = {"sequential_scan": lambda: sequential_scan(a, b),
+    fns = {"sequential_scan, out=": lambda: sequential_scan(a, b, out=o),
            "roofline np.add": lambda: np.add(a, b, out=h)}
     for w in (1, 2):
-        fns[f"chunked_scan w={w}"] = lambda w=w: chunked_scan(a, b, workers=w)
-        fns[f"associative_scan w={w}"] = lambda w=w: associative_scan(a, b, workers=w)
+        fns[f"chunked_scan w={w}, out="] = lambda w=w: chunked_scan(a, b, workers=w, out=o)
+        fns[f"associative_scan w={w}, out="] = (
+            lambda w=w: associative_scan(a, b, workers=w, out=o))
     # a case of tenths of a millisecond whose data must stay in a cache that
     # other processes share: twice the rounds (one round takes under a
     # second) to find undisturbed ones for every function
-    add_all(report, case, fns, "sequential_scan", 2 * rounds, repeat, min_time=0.02)
+    add_all(report, case, fns, "sequential_scan, out=", 2 * rounds, repeat, min_time=0.02)
 
 
 def long_sequence(report, rng, repeat, rounds):
     n = 1 << 24
     a, b = make(rng, n, np.float32)
     h = np.empty_like(a)
+    o = np.empty_like(a)
     case = "one sequence 2^24 float32"
     # a new array's pages are zeroed by the system on first touch: np.add
-    # into a new array, and the scans with the buffer cache off, show that
+    # into a new array, and the scans returning a new array, show that
     fns = {"roofline np.add": lambda: np.add(a, b, out=h),
            "np.add, new output": lambda: np.add(a, b),
-           "sequential_scan": lambda: sequential_scan(a, b),
-           "sequential_scan, cache off": cache_off(lambda: sequential_scan(a, b))}
+           "sequential_scan, out=": lambda: sequential_scan(a, b, out=o),
+           "sequential_scan, new output": lambda: sequential_scan(a, b),
+           "sequential_scan, cache on": cache_on(lambda: sequential_scan(a, b))}
     for w in (1, 2):
-        fns[f"chunked_scan w={w}"] = lambda w=w: chunked_scan(a, b, workers=w)
-        fns[f"associative_scan w={w}"] = lambda w=w: associative_scan(a, b, workers=w)
-        fns[f"linear_scan w={w}"] = lambda w=w: linear_scan(a, b, workers=w)
+        fns[f"chunked_scan w={w}, out="] = lambda w=w: chunked_scan(a, b, workers=w, out=o)
+        fns[f"associative_scan w={w}, out="] = (
+            lambda w=w: associative_scan(a, b, workers=w, out=o))
+        fns[f"linear_scan w={w}, out="] = lambda w=w: linear_scan(a, b, workers=w, out=o)
     add_all(report, case, fns, "roofline np.add", rounds, repeat)
 
 
