@@ -235,3 +235,23 @@ def test_cache_works_in_a_forked_child():
 def test_bad_limit(bad, exc, match):
     with pytest.raises(exc, match=match):
         zilla_muf.buffer_cache(bad)
+
+
+def test_huge_pages_follow_numpy_switch():
+    core = np._core if hasattr(np, "_core") else np.core
+    setter = getattr(core.multiarray, "_set_madvise_hugepage", None)
+    if setter is None:
+        pytest.skip("this NumPy has no huge page switch")
+    rng = np.random.default_rng(7)
+    n = 8 * MIB // 8
+    was = setter(False)
+    try:
+        h, want = scan_ones(n, rng)
+        check(h, want)
+        assert _buffers.hugepage_advice() is False
+        setter(True)
+        h, want = scan_ones(n, rng)
+        check(h, want)
+        assert _buffers.hugepage_advice() is True
+    finally:
+        setter(was)

@@ -117,12 +117,18 @@ static long zm_pick(const size_t *near, int k)
     return -1;
 }
 
+/* Whether to ask for huge pages: NumPy's switch
+   (np._core.multiarray._set_madvise_hugepage), read by the caller that
+   sets zm_want, before each allocation. */
+static int zm_hugepage = 1;
+
 /* Ask for transparent huge pages on a large block, as NumPy's own
-   allocator does: a 2 MiB page faults in once instead of 512 times. */
+   allocator does (when its switch is on): a 2 MiB page faults in once
+   instead of 512 times. */
 static void zm_advise(void *base, size_t total)
 {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (total >= ZM_HUGE) {
+    if (zm_hugepage && total >= ZM_HUGE) {
         uintptr_t lo = ((uintptr_t)base + 4095) & ~(uintptr_t)4095;
         uintptr_t hi = ((uintptr_t)base + total) & ~(uintptr_t)4095;
         if (hi > lo)

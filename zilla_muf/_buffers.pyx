@@ -20,6 +20,7 @@ cdef extern from "_bufcache.h":
         pass
     PyDataMem_Handler zm_handler
     long zm_want
+    int zm_hugepage
     long zm_pick(const size_t *near, int k)
     size_t zm_limit
     size_t zm_min
@@ -38,6 +39,11 @@ if zm_reset_lock() != 0:
     raise MemoryError("could not allocate the buffer cache's lock")
 
 cdef object _handler = PyCapsule_New(&zm_handler, "mem_handler", NULL)
+
+# NumPy's switch for huge pages (on by default, off on old Linux kernels);
+# the handler follows it
+_core = np._core if hasattr(np, "_core") else np.core
+_get_hugepage = getattr(_core.multiarray, "_get_madvise_hugepage", None)
 
 #: Blocks smaller than this (bytes) are never cached.
 MIN_BYTES = zm_min
@@ -68,8 +74,9 @@ def empty(shape, dtype, cnp.ndarray a=None, cnp.ndarray b=None):
     if b is not None:
         near[k] = <size_t> cnp.PyArray_DATA(b)
         k += 1
+    global zm_want, zm_hugepage
+    zm_hugepage = 1 if _get_hugepage is None else int(bool(_get_hugepage()))
     old = PyDataMem_SetHandler(_handler)
-    global zm_want
     zm_want = zm_pick(near, k) if k else -1
     try:
         return np.empty(shape, dtype=dtype)
@@ -95,3 +102,8 @@ def stats():
         "hits": zm_hits,
         "misses": zm_misses,
     }
+
+
+def hugepage_advice():
+    """Whether the last allocation asked for huge pages (NumPy's switch)."""
+    return bool(zm_hugepage)
