@@ -49,15 +49,23 @@ def numpy_loop(a, b, out):
 
 
 def cache_on(fn):
-    """`fn` with the output buffer cache on (256 MiB): its outputs reuse
-    the memory of earlier ones."""
+    """`fn` with the output buffer cache on (256 MiB): from its second call
+    on, its output reuses the memory of the one before. (The cache stays
+    on after the call; `fresh` turns it off.)"""
     def run():
-        limit = zilla_muf.buffer_cache()["max_bytes"]
-        zilla_muf.buffer_cache(256 << 20)
-        try:
-            fn()  # the output is freed here, into the cache
-        finally:
-            zilla_muf.buffer_cache(limit)
+        if zilla_muf.buffer_cache()["max_bytes"] == 0:
+            zilla_muf.buffer_cache(256 << 20)
+        fn()  # the output is freed here, into the cache
+    return run
+
+
+def fresh(fn):
+    """`fn` with the output buffer cache off (the default): its outputs
+    are fresh memory."""
+    def run():
+        if zilla_muf.buffer_cache()["max_bytes"] != 0:
+            zilla_muf.buffer_cache(0)
+        fn()
     return run
 
 
@@ -93,7 +101,7 @@ def batched(report, rng, repeat, channels, steps, quick, rounds):
             for w in (1, 2):
                 fns[f"linear_scan w={w}, out="] = (
                     lambda w=w: linear_scan(a, b, axis=axis, workers=w, out=o))
-            fns["linear_scan w=2, new output"] = (
+            fns["linear_scan w=2, new output"] = fresh(
                 lambda: linear_scan(a, b, axis=axis, workers=2))
             fns["linear_scan w=2, cache on"] = cache_on(
                 lambda: linear_scan(a, b, axis=axis, workers=2))
@@ -104,6 +112,7 @@ def batched(report, rng, repeat, channels, steps, quick, rounds):
                 fns[f"associative_scan w={w}, out="] = (
                     lambda w=w: associative_scan(a, b, axis=axis, workers=w, out=o))
             times = add_all(report, case, fns, "roofline np.add", rounds, repeat)
+            zilla_muf.buffer_cache(0)
             roof = times["roofline np.add"]
             if layout == "time-major" and not quick:
                 out = np.empty_like(a)
@@ -148,7 +157,7 @@ def long_sequence(report, rng, repeat, rounds):
     fns = {"roofline np.add": lambda: np.add(a, b, out=h),
            "np.add, new output": lambda: np.add(a, b),
            "sequential_scan, out=": lambda: sequential_scan(a, b, out=o),
-           "sequential_scan, new output": lambda: sequential_scan(a, b),
+           "sequential_scan, new output": fresh(lambda: sequential_scan(a, b)),
            "sequential_scan, cache on": cache_on(lambda: sequential_scan(a, b))}
     for w in (1, 2):
         fns[f"chunked_scan w={w}, out="] = lambda w=w: chunked_scan(a, b, workers=w, out=o)
@@ -156,6 +165,7 @@ def long_sequence(report, rng, repeat, rounds):
             lambda w=w: associative_scan(a, b, workers=w, out=o))
         fns[f"linear_scan w={w}, out="] = lambda w=w: linear_scan(a, b, workers=w, out=o)
     add_all(report, case, fns, "roofline np.add", rounds, repeat)
+    zilla_muf.buffer_cache(0)
 
 
 def sweep(report, rng, repeat):
