@@ -386,9 +386,10 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
     smallest normal number are flushed to zero, which changes a state by
     less than that number times the state it scales.
 
-    The result does not depend on the number of threads when every
-    sequence stays on one thread; where one is split, the split points, and
-    so the rounding, depend on the thread count.
+    The result does not depend on `workers` when every sequence stays on
+    one thread; where one is split, the split points, and so the rounding,
+    depend on `workers` (the threads that `workers` asks for, capped by
+    size), never on how many cores are free to run them.
 
     Rounding differs from :func:`sequential_scan` only in the order of the
     operations; for :math:`|a_t| \le 1` the error is of the same size.
