@@ -6,6 +6,9 @@
  *     h[n] = exp(dt[t] A[n]) h[n] + (dt[t] u[t]) B[t, n]
  *     y[t] = (sum_n C[t, n] h[n] + D u[t]) * g[t]      (g: silu(z), or 1)
  *
+ * With sequence ids `seq` (L,), h is set to zero (not multiplied by a zero
+ * decay) where the id changes, so packed sequences share no arithmetic.
+ *
  * The decays exp(dt A) of a block of ZM_SEL_TB steps are formed first, in
  * one vectorised pass, so that the recurrence itself is multiply-adds only.
  * The dot product over n runs in vector lanes, summed in a fixed order
@@ -31,7 +34,8 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
                                  const T *A, const T *Bp, ptrdiff_t bst,    \
                                  const T *Cp, ptrdiff_t cst, T Dd,          \
                                  const T *h0, T *y, T *hlast, T *work,      \
-                                 ptrdiff_t N, ptrdiff_t L)                  \
+                                 ptrdiff_t N, ptrdiff_t L,                  \
+                                 const long long *seq)                      \
 {                                                                           \
     const V zero = {0};                                                     \
     T *restrict h = work;                                                   \
@@ -53,6 +57,9 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
             const T ut = u[t0 + t], du = dts[t0 + t] * ut;                  \
             V acc = zero;                                                   \
             T tail = 0, s;                                                  \
+            if (seq != NULL && t0 + t > 0 && seq[t0 + t] != seq[t0 + t - 1])\
+                for (n = 0; n < N; n++) /* a new sequence: state reset */  \
+                    h[n] = 0;                                               \
             for (n = 0; n + VW <= N; n += VW) {                             \
                 V hv = zm_vld_##sfx(e + n) * zm_vld_##sfx(h + n)            \
                        + du * zm_vld_##sfx(Bt + n);                         \
