@@ -883,7 +883,8 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
             init = np.ascontiguousarray(init[live])
         # D and the gate are applied in the kernel, chunk by chunk
         _ssd.combined(p.x, dt_out, dA, p.B, p.C, y, last, cs, nthreads,
-                      seq=p.seq, init=init, init_per_seq=p.cu is not None,
+                      seq=p.seq, init=init,
+                      init_per_seq=p.cu is not None and init is not None,
                       ends=ends, D=D2, z=p.z)
     return _packed_results(p, y, last, live, ends, return_final_states,
                            return_varlen_states)
