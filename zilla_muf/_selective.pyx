@@ -569,34 +569,6 @@ def causal_conv1d_time_major(const real_t[:, :, :] x, const real_t[:, ::1] wt,
                       O + b * L * dim, t0, t1, dim, W, silu)
 
 
-def causal_conv1d_update(const real_t[:, ::1] x, real_t[:, :, ::1] state,
-                         const real_t[:, ::1] weight, const real_t[::1] bias,
-                         real_t[:, ::1] out, bint silu):
-    """One token: out = bias + w[:W-1] . state + w[W-1] x; state rolls left."""
-    cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1]
-    cdef Py_ssize_t W = weight.shape[1], b, d, k
-    cdef real_t acc, xv
-    if weight.shape[0] != dim or bias.shape[0] != dim or W < 1:
-        raise ValueError("weight must be (dim, width >= 1), bias (dim,)")
-    if not same3(state, batch, dim, W - 1) or out.shape[0] != batch \
-            or out.shape[1] != dim:
-        raise ValueError("state must be (batch, dim, width - 1), out like x")
-    with nogil:
-        for b in range(batch):
-            for d in range(dim):
-                xv = x[b, d]
-                acc = bias[d] + weight[d, W - 1] * xv
-                for k in range(W - 1):
-                    acc = acc + weight[d, k] * state[b, d, k]
-                for k in range(W - 2):
-                    state[b, d, k] = state[b, d, k + 1]
-                if W > 1:
-                    state[b, d, W - 2] = xv
-                if silu:
-                    acc = silu_t(acc)
-                out[b, d] = acc
-
-
 cdef void conv_channel_seq(const real_t *x, const long long *seq,
                            const real_t *w, real_t bias, const real_t *init,
                            real_t *out, Py_ssize_t W, Py_ssize_t L,
