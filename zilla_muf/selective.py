@@ -692,7 +692,8 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
     >>> y, state
     (array([[1.75]]), array([[[1.75]]]))
     """
-    state = _state_buffer(state, "state")
+    state = _state_buffer(state, "state", tuple(np.dtype(d) for d in (
+        np.float32, np.float64, np.complex64, np.complex128)))
     x = as_array(x, "x")
     dt = as_array(dt, "dt")
     B = as_array(B, "B")

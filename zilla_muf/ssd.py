@@ -1122,7 +1122,7 @@ def ssd_quadratic(x, dt, A, B, C, *, D=None, z=None, dt_bias=None,
     return p.finish(y)
 
 
-def _state_buffer(state, name):
+def _state_buffer(state, name, dtypes=None):
     """The caller's memory of an in-place state, as an ndarray (never a copy).
 
     An ndarray is checked as it is; another library's CPU array (a torch
@@ -1145,7 +1145,9 @@ def _state_buffer(state, name):
                 f"DLPack view is read-only"
             )
         state = view
-    return inplace_array(state, name)
+    if dtypes is None:
+        return inplace_array(state, name)
+    return inplace_array(state, name, dtypes)
 
 
 def _batch_indices(indices, nb, pool, name):
