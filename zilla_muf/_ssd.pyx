@@ -664,7 +664,7 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef Py_ssize_t nb = x.shape[0], T = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t pool = state.shape[0], PN = P * N
-    cdef Py_ssize_t task, b, h, g, t, k, r
+    cdef Py_ssize_t task, b, h, g, t, k, r, p0, m
     cdef real_t a, d
     cdef real_t *S
     cdef real_t *I
@@ -701,18 +701,23 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         h = task % H
         g = h // (H // G)
         r = rw[b] if rw != NULL else b
-        S = &state[r, h, 0, 0]
-        for t in range(T):
-            d = dt[b, h, t]
-            if real_t is float:
-                a = expf(d * A[h])
-                zm_seq_step_f(S, &x[b, t, h, 0], &B[b, t, g, 0],
-                              &C[b, t, g, 0], a, d, P, N, &y[b, t, h, 0])
-            else:
-                a = exp(d * A[h])
-                zm_seq_step_d(S, &x[b, t, h, 0], &B[b, t, g, 0],
-                              &C[b, t, g, 0], a, d, P, N, &y[b, t, h, 0])
-            if inter0 != NULL:
-                I = inter0 + ((b * T + t) * H + h) * PN
-                for k in range(PN):
-                    I[k] = S[k]
+        # rows outer, tokens inner: a block of 4 rows of the state (4 *
+        # dstate values) stays in L1 through all T tokens; each row's
+        # arithmetic is that of a one-token call
+        for p0 in range(0, P, 4):
+            m = P - p0 if P - p0 < 4 else 4
+            S = &state[r, h, p0, 0]
+            for t in range(T):
+                d = dt[b, h, t]
+                if real_t is float:
+                    a = expf(d * A[h])
+                    zm_seq_step_f(S, &x[b, t, h, p0], &B[b, t, g, 0],
+                                  &C[b, t, g, 0], a, d, m, N, &y[b, t, h, p0])
+                else:
+                    a = exp(d * A[h])
+                    zm_seq_step_d(S, &x[b, t, h, p0], &B[b, t, g, 0],
+                                  &C[b, t, g, 0], a, d, m, N, &y[b, t, h, p0])
+                if inter0 != NULL:
+                    I = inter0 + (((b * T + t) * H + h) * P + p0) * N
+                    for k in range(m * N):
+                        I[k] = S[k]
