@@ -308,3 +308,48 @@ def test_state_refusals(rng):
         selective_state_update([[0.0]], x, dt, A, B, C, **kw)
     with pytest.raises(ValueError, match="`state`"):
         selective_state_update(np.zeros((3, 4, 5, 6)), x, dt, A, B, C, **kw)
+
+
+@pytest.mark.parametrize("chunk", [16, 64, 100])
+def test_long_rows_walked_in_blocks(rng, chunk):
+    # rows longer than the kernel's block of positions: sequences (and the
+    # varlen states) cross block boundaries
+    lengths = [700, 1, 1023, 1, 900, 300, 5]
+    args, kw, init, cu = problem(rng, lengths, H=2, P=3, G=1, N=4)
+    y, last, varlen = ssd_chunk_scan_combined(
+        *args, chunk, **kw, initial_states=init, cu_seqlens=cu,
+        return_final_states=True, return_varlen_states=True, workers=2)
+    y_s, last_s, varlen_s = ssd_sequential(
+        *args, **kw, initial_states=init, cu_seqlens=cu,
+        return_final_states=True, return_varlen_states=True)
+    assert_close(y, y_s, np.float64, 50)
+    assert_close(varlen, varlen_s, np.float64, 50)
+    assert_close(last, last_s, np.float64, 50)
+    # one sequence, no ids
+    y1, h1 = ssd_chunk_scan_combined(*args, chunk, **kw, initial_states=init[:1],
+                                     return_final_states=True)
+    y1s, h1s = ssd_sequential(*args, **kw, initial_states=init[:1],
+                              return_final_states=True)
+    assert_close(y1, y1s, np.float64, 50)
+    assert_close(h1, h1s, np.float64, 50)
+
+
+@pytest.mark.parametrize("where", ["x", "B", "C"])
+def test_stages_keep_nonfinite_in_its_sequence(rng, where):
+    from zilla_muf import (ssd_chunk_cumsum, ssd_chunk_scan, ssd_chunk_state,
+                           ssd_state_passing)
+
+    lengths = [5, 3, 8, 1, 6, 9]
+    args, kw, init, cu = problem(rng, lengths)
+    x, dt, A, B, C = (a.copy() for a in args)
+    {"x": x, "B": B, "C": C}[where][0, cu[2] + 2] = np.nan
+    seq = np.repeat(np.arange(6), lengths)[None]
+    dt_out, dA = ssd_chunk_cumsum(dt, A, chunk_size=8)
+    states = ssd_chunk_state(x, B, dt_out, dA, seq_idx=seq)
+    entering, final = ssd_state_passing(states, dA, seq_idx=seq)
+    y = ssd_chunk_scan(x, dt_out, dA, B, C, entering, seq_idx=seq)
+    for k in (0, 1, 3, 4, 5):
+        a, _ = piece((x, dt, A, B, C), {}, cu[k], cu[k + 1])
+        y_k, h_k = ssd_sequential(*a, return_final_states=True)
+        assert_close(y[:, cu[k]:cu[k + 1]], y_k, np.float64, 10)
+    assert_close(final, h_k, np.float64, 10)

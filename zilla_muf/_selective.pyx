@@ -20,9 +20,10 @@ contiguous memory. B and C arrive flattened, time-major with n last: the row
 of (b, d) at step t starts at  b * sb + (d // gs) * sg + t * st,  which covers
 the three public layouts (constant (dim, N): sb = 0, gs = 1, sg = N, st = 0;
 (batch, N, L) and (batch, G, N, L) transposed to (batch, [G,] L, N)).
-Channels are independent: a static `prange` over batch * dim gives each
-thread a contiguous block of channels, so a group's B and C rows stay in
-cache. The real channel and its steps are the C loops of _selscan.h
+Channels are independent: a dynamically scheduled `prange` over
+batch * dim hands threads blocks of 8 consecutive channels (a group's B and
+C rows stay in cache) as they become free, so a thread descheduled by
+another process on a loaded machine does not hold the others up. The real channel and its steps are the C loops of _selscan.h
 (compiled for x86-64-v3 too): the decays exp(dt A) of a block of steps
 are formed in one vectorised pass, then the recurrence is multiply-adds in
 vector lanes. The exponential and softplus are `zm_expf` / `zm_exp` and
@@ -252,7 +253,7 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
         else:
             dts = h + zm_sel_scratch(N)
             g = dts + L
-            for ch in prange(batch * dim, schedule='static'):
+            for ch in prange(batch * dim, schedule='dynamic', chunksize=8):
                 b = ch // dim
                 d = ch - b * dim
                 delta_row(DL + ch * L, bias[d], softplus, dts, L)
@@ -292,7 +293,7 @@ cdef int scan_complex(const real_t *U, const real_t *DL, const real_t *Z,
         else:
             dts = s + 4 * (N + 1)
             g = dts + L
-            for ch in prange(batch * dim, schedule='static'):
+            for ch in prange(batch * dim, schedule='dynamic', chunksize=8):
                 b = ch // dim
                 d = ch - b * dim
                 ob = row_offset(b, d, bl[0], bl[1], bl[2])

@@ -19,17 +19,21 @@ def process_dt(
     num_threads: int, *, bias: _F | None = ..., dt_softplus: bool = ...,
     A: _F | None = ..., dA: _F | None = ..., seq: _I | None = ...,
 ) -> None: ...
-def chunk_stage(
-    x: _F, dt: _F, dA: _F, B: _F, C: _F, states: _F, seq: _I, has_seq: bool,
-    y: _F, scan: bool, chunk_size: int, num_threads: int,
+def chunk_state(
+    x: _F, dt: _F, dA: _F, B: _F, states: _F, chunk_size: int,
+    num_threads: int, *, seq: _I | None = ...,
+) -> int: ...
+def chunk_scan(
+    x: _F, dt: _F, dA: _F, B: _F, C: _F, states: _F, y: _F, chunk_size: int,
+    num_threads: int, *, seq: _I | None = ...,
 ) -> int: ...
 def state_passing(
-    states: _F, dA: _F, seq: _I, has_seq: bool, L: int, init: _F, out: _F,
-    final: _F, chunk_size: int, num_threads: int,
+    states: _F, dA: _F, L: int, init: _F, out: _F, final: _F,
+    chunk_size: int, num_threads: int, *, seq: _I | None = ...,
 ) -> None: ...
 def sequential(
-    x: _F, dt: _F, A: _F, B: _F, C: _F, seq: _I, has_seq: bool, state: _F,
-    y: _F, num_threads: int,
+    x: _F, dt: _F, A: _F, B: _F, C: _F, state: _F, y: _F, num_threads: int,
+    *, seq: _I | None = ...,
 ) -> None: ...
 def decode(
     x: _F, dt: _F, A: _F, B: _F, C: _F, state: _F, y: _F, num_threads: int,

@@ -12,7 +12,7 @@ Layouts (all C-contiguous, element type real_t):
 * dt, dA  (batch, nheads, padded_len)        -- the processed step dt' and,
   for the chunked kernels, the cumulative sum of dt'*A restarted at every
   chunk (padded_len = nchunks * chunk_size, padding has dt' = 0);
-* seq     (batch, seqlen) int64              -- sequence ids (has_seq);
+* seq     (batch, seqlen) int64              -- sequence ids (or None);
 * states  (batch, nchunks, nheads, headdim, dstate) and a running state
   (batch, nheads, headdim, dstate): row-major (headdim, dstate) per head.
 
@@ -87,6 +87,7 @@ cdef extern from "_ssdchunk.h" nogil:
         const float *Dv
         const float *z
         Py_ssize_t ldx, ldb, L, P, N, csz
+        Py_ssize_t c0, c1, k
     ctypedef struct zm_ssd_walk_args_d:
         const double *x
         double *y
@@ -107,8 +108,9 @@ cdef extern from "_ssdchunk.h" nogil:
         const double *Dv
         const double *z
         Py_ssize_t ldx, ldb, L, P, N, csz
-    void zm_ssd_walk_f(const zm_ssd_walk_args_f *a, float *work)
-    void zm_ssd_walk_d(const zm_ssd_walk_args_d *a, double *work)
+        Py_ssize_t c0, c1, k
+    void zm_ssd_walk_f(zm_ssd_walk_args_f *a, float *work)
+    void zm_ssd_walk_d(zm_ssd_walk_args_d *a, double *work)
     void zm_seq_step_f(float *S, const float *x, const float *Bt,
                        const float *Ct, float a, float d, Py_ssize_t P,
                        Py_ssize_t N, float *y)
@@ -117,12 +119,14 @@ cdef extern from "_ssdchunk.h" nogil:
                        Py_ssize_t N, double *y)
     void zm_ssd_stage_f(const float *x, float *y, const float *B,
                         const float *C, const float *dt, const float *cs,
-                        const long long *seq, float *state, Py_ssize_t ldx,
+                        const long long *seq, const float *state_in,
+                        float *state_out, Py_ssize_t ldx,
                         Py_ssize_t ldb, Py_ssize_t m, Py_ssize_t cm,
                         Py_ssize_t P, Py_ssize_t N, float *work)
     void zm_ssd_stage_d(const double *x, double *y, const double *B,
                         const double *C, const double *dt, const double *cs,
-                        const long long *seq, double *state, Py_ssize_t ldx,
+                        const long long *seq, const double *state_in,
+                        double *state_out, Py_ssize_t ldx,
                         Py_ssize_t ldb, Py_ssize_t m, Py_ssize_t cm,
                         Py_ssize_t P, Py_ssize_t N, double *work)
     void zm_ssd_cb_f(float *CB, Py_ssize_t ldcb, const float *Cc,
@@ -202,6 +206,10 @@ cdef inline Py_ssize_t vector_width(real_t *dummy) noexcept nogil:
         return ZM_VWD
 
 
+# Positions of a block of the fused walk (see combined).
+cdef Py_ssize_t _BLOCK_TOKENS = 1024
+
+
 def _require(bint ok, str what):
     """Raise the boundary check's ValueError unless `ok`."""
     if not ok:
@@ -242,7 +250,7 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t task, b, h, g, c, t0, nch, cm, vw, mp, cbsz
     cdef Py_ssize_t PN = P * N
-    cdef Py_ssize_t n_init = 0, n_ends = 0
+    cdef Py_ssize_t n_init = 0, n_ends = 0, bc, c0
     cdef zm_ssd_walk_args_f *taf = NULL
     cdef zm_ssd_walk_args_d *tad = NULL
     cdef Scratch scr, cbs
@@ -362,6 +370,7 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
             taf[task].P = P
             taf[task].N = N
             taf[task].csz = chunk_size
+            taf[task].k = 0
         else:
             tad[task].x = &x[b, 0, h, 0]
             tad[task].y = &y[b, 0, h, 0]
@@ -388,14 +397,27 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
             tad[task].P = P
             tad[task].N = N
             tad[task].csz = chunk_size
-    with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
-        scr.mark(tid)       # every thread of the team reports, tasks or not
-        for task in prange(nb * H, schedule='dynamic'):
+            tad[task].k = 0
+    # the rows are walked in blocks of about _BLOCK_TOKENS positions, every
+    # (batch, head) task through one block before the next: the heads of a
+    # group then read the block's B, C and C B^T from cache, not memory
+    bc = max(1, _BLOCK_TOKENS // chunk_size)
+    for c0 in range(0, nch, bc):
+        for task in range(nb * H):
             if real_t is float:
-                zm_ssd_walk_f(&taf[task], buf + tid * scr.per_thread)
+                taf[task].c0 = c0
+                taf[task].c1 = c0 + bc
             else:
-                zm_ssd_walk_d(&tad[task], buf + tid * scr.per_thread)
+                tad[task].c0 = c0
+                tad[task].c1 = c0 + bc
+        with nogil, parallel(num_threads=num_threads):
+            tid = threadid()
+            scr.mark(tid)   # every thread of the team reports, tasks or not
+            for task in prange(nb * H, schedule='dynamic'):
+                if real_t is float:
+                    zm_ssd_walk_f(&taf[task], buf + tid * scr.per_thread)
+                else:
+                    zm_ssd_walk_d(&tad[task], buf + tid * scr.per_thread)
     if real_t is float:
         free(taf)
     else:
@@ -493,64 +515,147 @@ def process_dt(const real_t[:, :, ::1] dt, double lo, double hi,
 # the state passing (tasks (batch, head)).
 # ---------------------------------------------------------------------------
 
-def chunk_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
-                const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
-                const real_t[:, :, :, ::1] C,
-                const real_t[:, :, :, :, ::1] states,
-                const long long[:, ::1] seq, bint has_seq, real_t[:, :, :, ::1] y,
-                bint scan, Py_ssize_t chunk_size, int num_threads):
-    """One task per (batch, chunk, head). scan = False (chunk state):
-    states[b, c, h] <- the end state of chunk c from a zero start (`states`
-    must be writable; `C` and `y` are not used). scan = True (chunk scan):
-    y <- intra-chunk term + inter-chunk term from the entering states
-    `states` (only read)."""
+cdef int run_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+                   const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
+                   const real_t[:, :, :, ::1] C,
+                   const real_t[:, :, :, :, ::1] sin,
+                   real_t[:, :, :, :, ::1] sout, const long long[:, ::1] seq,
+                   real_t[:, :, :, ::1] y, Py_ssize_t nch,
+                   Py_ssize_t chunk_size, int num_threads) except -1:
+    """The (batch, chunk, head) tasks of the two chunk stages: chunk scan
+    when y is given (states_in, the entering states, only read), chunk
+    state otherwise (into states_out). Shapes checked by the callers."""
     cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
-    cdef Py_ssize_t nch = states.shape[1]
     cdef Py_ssize_t task, b, c, h, g, t0, m, cm = imin(chunk_size, L)
+    cdef Py_ssize_t PN = P * N
     cdef int tid
+    cdef const long long *sq0 = NULL
     cdef const long long *sq
+    cdef real_t *y0 = NULL
     cdef real_t *yp
     cdef const real_t *cp
+    cdef const real_t *sti
+    cdef real_t *sto
     cdef Scratch scr = Scratch(num_threads,
                                zm_ssd_scratch(cm, P, N,
                                               vector_width(<real_t *> NULL),
                                               sizeof(real_t)),
                                sizeof(real_t))
     cdef real_t *buf = <real_t *> scr.buf
-    if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
-        return 0
-    for task in prange(nb * nch * H, num_threads=num_threads,
-                       schedule='static', nogil=True):
+    cdef const real_t *states_in = NULL
+    cdef real_t *states_out = NULL
+    if seq is not None:
+        sq0 = &seq[0, 0]
+    if y is not None:
+        y0 = &y[0, 0, 0, 0]
+        states_in = &sin[0, 0, 0, 0, 0]
+    else:
+        states_out = &sout[0, 0, 0, 0, 0]
+    with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         scr.mark(tid)
-        b = task // (nch * H)
-        c = (task // H) % nch
-        h = task % H
-        g = h // (H // G)
-        t0 = c * chunk_size
-        m = imin(chunk_size, L - t0)
-        sq = &seq[b, t0] if has_seq else NULL
-        yp = &y[b, t0, h, 0] if scan else NULL
-        cp = &C[b, t0, g, 0] if scan else NULL
-        if real_t is float:
-            zm_ssd_stage_f(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
-                           &dt[b, h, t0], &dA[b, h, t0], sq,
-                           <real_t *> &states[b, c, h, 0, 0], H * P, G * N,
-                           m, cm, P, N, buf + tid * scr.per_thread)
-        else:
-            zm_ssd_stage_d(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
-                           &dt[b, h, t0], &dA[b, h, t0], sq,
-                           <real_t *> &states[b, c, h, 0, 0], H * P, G * N,
-                           m, cm, P, N, buf + tid * scr.per_thread)
+        for task in prange(nb * nch * H, schedule='dynamic'):
+            b = task // (nch * H)
+            c = (task // H) % nch
+            h = task % H
+            g = h // (H // G)
+            t0 = c * chunk_size
+            m = imin(chunk_size, L - t0)
+            sq = (sq0 + b * L + t0) if sq0 != NULL else NULL
+            if y0 != NULL:
+                yp = y0 + ((b * L + t0) * H + h) * P
+                cp = &C[b, t0, g, 0]
+                sti = states_in + ((b * nch + c) * H + h) * PN
+                sto = NULL
+            else:
+                yp = NULL
+                cp = NULL
+                sti = NULL
+                sto = states_out + ((b * nch + c) * H + h) * PN
+            if real_t is float:
+                zm_ssd_stage_f(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
+                               &dt[b, h, t0], &dA[b, h, t0], sq, sti, sto, H * P,
+                               G * N, m, cm, P, N, buf + tid * scr.per_thread)
+            else:
+                zm_ssd_stage_d(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
+                               &dt[b, h, t0], &dA[b, h, t0], sq, sti, sto, H * P,
+                               G * N, m, cm, P, N, buf + tid * scr.per_thread)
     return scr.count()
 
 
+cdef object check_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+                        const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
+                        const long long[:, ::1] seq, Py_ssize_t nch,
+                        Py_ssize_t chunk_size, int num_threads):
+    cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
+    _require(chunk_size >= 1 and num_threads >= 1,
+             "chunk_size and num_threads must be >= 1")
+    _require(nch == (L + chunk_size - 1) // chunk_size,
+             "states must have nchunks = ceil(seqlen / chunk_size)")
+    _require(B.shape[0] == nb and B.shape[1] == L and B.shape[2] >= 1
+             and H % B.shape[2] == 0,
+             "B must be (batch, seqlen, ngroups | nheads, dstate)")
+    _require(dt.shape[0] == nb and dt.shape[1] == H
+             and dt.shape[2] == nch * chunk_size
+             and dA.shape[0] == nb and dA.shape[1] == H
+             and dA.shape[2] == nch * chunk_size,
+             "dt and dA must be (batch, nheads, nchunks * chunk_size)")
+    _require(seq is None or (seq.shape[0] == nb and seq.shape[1] == L),
+             "seq must be (batch, seqlen)")
+
+
+def chunk_state(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+                const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
+                real_t[:, :, :, :, ::1] states, Py_ssize_t chunk_size,
+                int num_threads, *, const long long[:, ::1] seq=None):
+    """states[b, c, h] <- the end state of the last sequence of chunk c,
+    from a zero start. One task per (batch, chunk, head). Returns the number
+    of threads that ran."""
+    cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
+    cdef Py_ssize_t P = x.shape[3], N = B.shape[3], nch = states.shape[1]
+    check_stage(x, dt, dA, B, seq, nch, chunk_size, num_threads)
+    _require(states.shape[0] == nb and states.shape[2] == H
+             and states.shape[3] == P and states.shape[4] == N,
+             "states must be (batch, nchunks, nheads, headdim, dstate)")
+    if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
+        return 0
+    cdef const real_t[:, :, :, :, ::1] no_in = None
+    cdef real_t[:, :, :, ::1] no_y = None
+    return run_stage(x, dt, dA, B, B, no_in, states, seq, no_y, nch,
+                     chunk_size, num_threads)
+
+
+def chunk_scan(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+               const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
+               const real_t[:, :, :, ::1] C,
+               const real_t[:, :, :, :, ::1] states, real_t[:, :, :, ::1] y,
+               Py_ssize_t chunk_size, int num_threads, *,
+               const long long[:, ::1] seq=None):
+    """y <- intra-chunk term + inter-chunk term from the entering states
+    `states` (only read). One task per (batch, chunk, head). Returns the
+    number of threads that ran."""
+    cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
+    cdef Py_ssize_t P = x.shape[3], N = B.shape[3], nch = states.shape[1]
+    check_stage(x, dt, dA, B, seq, nch, chunk_size, num_threads)
+    _require(shape4(C, nb, L, B.shape[2], N), "C must have the shape of B")
+    _require(states.shape[0] == nb and states.shape[2] == H
+             and states.shape[3] == P and states.shape[4] == N,
+             "states must be (batch, nchunks, nheads, headdim, dstate)")
+    _require(shape4(y, nb, L, H, P), "y must have the shape of x")
+    if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
+        return 0
+    cdef real_t[:, :, :, :, ::1] no_out = None
+    return run_stage(x, dt, dA, B, C, states, no_out, seq, y, nch,
+                     chunk_size, num_threads)
+
+
 def state_passing(const real_t[:, :, :, :, ::1] states,
-                  const real_t[:, :, ::1] dA, const long long[:, ::1] seq,
-                  bint has_seq, Py_ssize_t L, const real_t[:, :, :, ::1] init,
+                  const real_t[:, :, ::1] dA, Py_ssize_t L,
+                  const real_t[:, :, :, ::1] init,
                   real_t[:, :, :, :, ::1] out, real_t[:, :, :, ::1] final,
-                  Py_ssize_t chunk_size, int num_threads):
+                  Py_ssize_t chunk_size, int num_threads, *,
+                  const long long[:, ::1] seq=None):
     """out[b, c] = state entering chunk c (reset when a sequence starts at
     its first position); final = state after the last real position."""
     cdef Py_ssize_t nb = states.shape[0], nch = states.shape[1]
@@ -563,9 +668,28 @@ def state_passing(const real_t[:, :, :, :, ::1] states,
     cdef real_t *dst
     cdef real_t *fin
     cdef const long long *sq
+    cdef const long long *sq0 = NULL
+    _require(chunk_size >= 1 and num_threads >= 1,
+             "chunk_size and num_threads must be >= 1")
+    _require(nch == (L + chunk_size - 1) // chunk_size,
+             "states must have nchunks = ceil(seqlen / chunk_size)")
+    _require(dA.shape[0] == nb and dA.shape[1] == H
+             and Lp == nch * chunk_size,
+             "dA must be (batch, nheads, nchunks * chunk_size)")
+    _require(init.shape[0] == nb and init.shape[1] == H
+             and init.shape[2] * init.shape[3] == PN
+             and out.shape[0] == nb and out.shape[1] == nch
+             and out.shape[2] == H and out.shape[3] * out.shape[4] == PN
+             and final.shape[0] == nb and final.shape[1] == H
+             and final.shape[2] * final.shape[3] == PN,
+             "init, out and final must match states")
+    _require(seq is None or (seq.shape[0] == nb and seq.shape[1] == L),
+             "seq must be (batch, seqlen)")
     if nb == 0 or H == 0 or PN == 0:
         return
-    for task in prange(nb * H, num_threads=num_threads, schedule='static',
+    if seq is not None and L > 0:
+        sq0 = &seq[0, 0]
+    for task in prange(nb * H, num_threads=num_threads, schedule='dynamic',
                        nogil=True):
         b = task // H
         h = task % H
@@ -577,17 +701,23 @@ def state_passing(const real_t[:, :, :, :, ::1] states,
             t0 = c * chunk_size
             m = imin(chunk_size, L - t0)
             cs = &dA[b, h, t0]
-            sq = &seq[b, t0] if has_seq else NULL
+            sq = (sq0 + b * L + t0) if sq0 != NULL else NULL
             if sq != NULL and t0 > 0 and sq[0] != sq[-1]:
                 for k in range(PN):
                     fin[k] = 0
             dst = &out[b, c, h, 0, 0]
             for k in range(PN):
                 dst[k] = fin[k]
-            carry = chunk_carry(cs, sq, m) if m > 0 else 1
             src = &states[b, c, h, 0, 0]
-            for k in range(PN):
-                fin[k] = carry * fin[k] + src[k]
+            if m > 0 and sq != NULL and sq[0] != sq[m - 1]:
+                # a sequence starts inside the chunk: its end state is the
+                # chunk's own (replaced, not multiplied by a zero carry)
+                for k in range(PN):
+                    fin[k] = src[k]
+            else:
+                carry = chunk_carry(cs, sq, m) if m > 0 else 1
+                for k in range(PN):
+                    fin[k] = carry * fin[k] + src[k]
 
 
 # ---------------------------------------------------------------------------
@@ -628,17 +758,30 @@ cdef void sequential_task(const real_t *x, const real_t *dt, const real_t *A,
 
 def sequential(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
                const real_t[::1] A, const real_t[:, :, :, ::1] B,
-               const real_t[:, :, :, ::1] C, const long long[:, ::1] seq,
-               bint has_seq, real_t[:, :, :, ::1] state,
-               real_t[:, :, :, ::1] y, int num_threads):
+               const real_t[:, :, :, ::1] C, real_t[:, :, :, ::1] state,
+               real_t[:, :, :, ::1] y, int num_threads, *,
+               const long long[:, ::1] seq=None):
     """The recurrence step by step; `state` is advanced in place."""
     cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t Lp = dt.shape[2], task
-    cdef const long long *sq = &seq[0, 0] if has_seq else NULL
-    if nb == 0 or H == 0 or L == 0 or P == 0:
+    cdef const long long *sq = NULL
+    _require(num_threads >= 1, "num_threads must be >= 1")
+    _require(G >= 1 and H % G == 0 and B.shape[0] == nb and B.shape[1] == L,
+             "B must be (batch, seqlen, ngroups | nheads, dstate)")
+    _require(shape4(C, nb, L, G, N), "C must have the shape of B")
+    _require(shape4(y, nb, L, H, P), "y must have the shape of x")
+    _require(shape4(state, nb, H, P, N),
+             "state must be (batch, nheads, headdim, dstate)")
+    _require(A.shape[0] == H and dt.shape[0] == nb and dt.shape[1] == H
+             and Lp >= L, "A must be (nheads,), dt (batch, nheads, >= seqlen)")
+    _require(seq is None or (seq.shape[0] == nb and seq.shape[1] == L),
+             "seq must be (batch, seqlen)")
+    if nb == 0 or H == 0 or L == 0 or P == 0 or N == 0:
         return
-    for task in prange(nb * H, num_threads=num_threads, schedule='static',
+    if seq is not None:
+        sq = &seq[0, 0]
+    for task in prange(nb * H, num_threads=num_threads, schedule='dynamic',
                        nogil=True):
         sequential_task(&x[0, 0, 0, 0], &dt[0, 0, 0], &A[0], &B[0, 0, 0, 0],
                         &C[0, 0, 0, 0], sq, &state[0, 0, 0, 0],

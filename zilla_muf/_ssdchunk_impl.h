@@ -519,10 +519,12 @@ typedef struct {
     const T *Dv;           /* (P,) skip weights, or NULL */
     const T *z;            /* (L, P) gates, row stride ldx, or NULL */
     ptrdiff_t ldx, ldb, L, P, N, csz;
-} S(zm_ssd_walk_args);
+    ptrdiff_t c0, c1;      /* the chunks of this call, c0 <= c < c1: a row */
+    ptrdiff_t k;           /* is walked in blocks of chunks, the state kept */
+} S(zm_ssd_walk_args);     /* in `last` and the sequence count in k between */
 
 ZM_CLONES
-static void S(zm_ssd_walk)(const S(zm_ssd_walk_args) *a, T *work)
+static void S(zm_ssd_walk)(S(zm_ssd_walk_args) *a, T *work)
 {
     const ptrdiff_t L = a->L, P = a->P, N = a->N, csz = a->csz;
     const ptrdiff_t ldx = a->ldx, ldb = a->ldb;
@@ -530,12 +532,18 @@ static void S(zm_ssd_walk)(const S(zm_ssd_walk_args) *a, T *work)
     const S(zm_ssd_ws) ws = S(zm_ssd_workspace)(work, zm_ssd_min(csz, L),
                                                 P, N);
     const long long *seq = a->seq;
-    ptrdiff_t c, k = 0;
-    int has_state = a->n_init > 0;
+    ptrdiff_t c, k = a->c0 > 0 ? a->k : 0;
+    int has_state;
 
-    if (has_state)
-        S(zm_ssd_state_in)(&ws, a->init, P, N);
-    for (c = 0; c < nch; c++) {
+    if (a->c0 > 0) {             /* a later block: resume the row */
+        has_state = 1;
+        S(zm_ssd_state_in)(&ws, a->last, P, N);
+    } else {
+        has_state = a->n_init > 0;
+        if (has_state)
+            S(zm_ssd_state_in)(&ws, a->init, P, N);
+    }
+    for (c = a->c0; c < a->c1 && c < nch; c++) {
         const ptrdiff_t t0 = c * csz, m = zm_ssd_min(csz, L - t0);
         const int more = c + 1 < nch;
         S(zm_pf) pf = {more ? a->x + (t0 + csz) * ldx : a->x, ldx, 0,
@@ -573,30 +581,47 @@ static void S(zm_ssd_walk)(const S(zm_ssd_walk_args) *a, T *work)
         }
     }
     S(zm_ssd_state_out)(&ws, a->last, P, N);
-    if (a->ends != NULL && k < a->n_ends)
+    a->k = k;
+    if (a->c1 >= nch && a->ends != NULL && k < a->n_ends)
         S(zm_ssd_state_out)(&ws, a->ends + k * a->ends_stride, P, N);
 }
 
-/* One chunk of the staged algorithm. With y != NULL: the chunk's output
- * from the state entering it, `state` (P, N) (chunk scan); otherwise the
- * chunk's end state from zero into `state` (chunk state). */
+/* One chunk of the staged algorithm, cut at sequence boundaries (sq: the
+ * chunk's ids, or NULL) so that sequences share no arithmetic. With
+ * y != NULL: the chunk's output, the first sequence's from the state
+ * entering the chunk, `state_in` (P, N), the others' from zero (chunk
+ * scan); otherwise the end state of the chunk's last sequence from zero
+ * into `state_out` (chunk state). */
 ZM_CLONES
 static void S(zm_ssd_stage)(const T *x, T *y, const T *B, const T *C,
                             const T *dt, const T *cs, const long long *sq,
-                            T *state, ptrdiff_t ldx, ptrdiff_t ldb,
+                            const T *state_in, T *state_out,
+                            ptrdiff_t ldx, ptrdiff_t ldb,
                             ptrdiff_t m, ptrdiff_t cm, ptrdiff_t P,
                             ptrdiff_t N, T *work)
 {
     const S(zm_ssd_ws) ws = S(zm_ssd_workspace)(work, cm, P, N);
-    if (y != NULL) {
-        S(zm_ssd_state_in)(&ws, state, P, N);
-        S(zm_ssd_chunk)(&ws, x, y, ldx, B, C, ldb, dt, cs, sq, NULL, 1, 0,
-                        m, P, N, NULL);
-    } else {
-        S(zm_ssd_chunk)(&ws, x, NULL, ldx, B, C, ldb, dt, cs, sq, NULL, 0, 1,
-                        m, P, N, NULL);
-        S(zm_ssd_state_out)(&ws, state, P, N);
+    ptrdiff_t s0 = 0, s1;
+    if (y != NULL)
+        S(zm_ssd_state_in)(&ws, state_in, P, N);
+    while (s0 < m) {
+        s1 = m;
+        if (sq != NULL)
+            for (s1 = s0 + 1; s1 < m && sq[s1] == sq[s0]; s1++)
+                ;
+        if (y != NULL)
+            S(zm_ssd_chunk)(&ws, x + s0 * ldx, y + s0 * ldx, ldx,
+                            B + s0 * ldb, C + s0 * ldb, ldb, dt + s0,
+                            cs + s0, NULL, NULL, s0 == 0, 0, s1 - s0, P, N,
+                            NULL);
+        else if (s1 == m)
+            S(zm_ssd_chunk)(&ws, x + s0 * ldx, NULL, ldx, B + s0 * ldb,
+                            NULL, ldb, dt + s0, cs + s0, NULL, NULL, 0, 1,
+                            s1 - s0, P, N, NULL);
+        s0 = s1;
     }
+    if (y == NULL)
+        S(zm_ssd_state_out)(&ws, state_out, P, N);
 }
 
 /* C B^T of one chunk into CB (m rows, row stride ldcb), for a first pass

@@ -151,9 +151,6 @@ class _Problem:
             return np.zeros((self.nb, self.H, self.P, self.N), dtype=self.dtype)
         return self.init.copy()
 
-    def seq_args(self):
-        return _seq_kernel_args(self.seq)
-
     @property
     def nseq(self):
         return 0 if self.cu is None else len(self.cu) - 1
@@ -351,6 +348,13 @@ def ssd_chunk_cumsum(dt, A, *, chunk_size, dt_bias=None, dt_softplus=False,
     stages differences of nearby values, accurate in float32 whatever the
     sequence length.
 
+    The sums know nothing of packed sequences: the later stages, given
+    `seq_idx`, compute each sequence of a chunk on its own (a NaN or
+    infinity in `x`, `B`, `C` stays in its sequence), but a non-finite step
+    makes the sums of the rest of its chunk non-finite.
+    :func:`ssd_chunk_scan_combined` restarts them at every sequence start
+    and keeps every input isolated.
+
     .. versionadded:: 0.1.0
 
     Examples
@@ -407,13 +411,6 @@ def _stage_arrays(x, B, dt_out, dA_cumsum, extra):
     return (dtype, cast, cast(x), cast(B),
             cast(dt_out).reshape(nb, H, nch * cs),
             cast(dA_cumsum).reshape(nb, H, nch * cs), nch, cs)
-
-
-def _seq_kernel_args(seq):
-    """(ids, has_seq) for a kernel: a 1x1 placeholder when there are none."""
-    if seq is None:
-        return np.zeros((1, 1), dtype=np.int64), False
-    return seq, True
 
 
 def ssd_chunk_state(x, B, dt_out, dA_cumsum, *, seq_idx=None, workers=None):
@@ -483,13 +480,11 @@ def ssd_chunk_state(x, B, dt_out, dA_cumsum, *, seq_idx=None, workers=None):
         x, B, dt_out, dA_cumsum, {})
     nb, L, H, P = x.shape
     N = B.shape[3]
-    seq, has_seq = _seq_kernel_args(_seq_idx(seq_idx, nb, L))
+    seq = _seq_idx(seq_idx, nb, L)
     states = np.zeros((nb, nch, H, P, N), dtype=dtype)
     if min(nb, L, H, P, N) == 0:
         return states
-    unused = np.empty((0, 0, 0, 0), dtype=dtype)
-    _ssd.chunk_stage(x, dt_out, dA, B, B, states, seq, has_seq, unused, False,
-                     cs, nthreads)
+    _ssd.chunk_state(x, dt_out, dA, B, states, cs, nthreads, seq=seq)
     return states
 
 
@@ -590,7 +585,6 @@ def ssd_state_passing(states, dA_cumsum, *, initial_states=None, seq_idx=None,
         init = np.zeros((nb, H, P, N), dtype=dtype)
     else:
         check_shape(init, (nb, H, P, N), "initial_states")
-    seq, has_seq = _seq_kernel_args(seq)
     out = np.empty((nb, nch, H, P, N), dtype=dtype)
     final = np.empty((nb, H, P, N), dtype=dtype)
     if out.size == 0:
@@ -599,8 +593,8 @@ def ssd_state_passing(states, dA_cumsum, *, initial_states=None, seq_idx=None,
     _ssd.state_passing(
         np.ascontiguousarray(states, dtype=dtype),
         np.ascontiguousarray(dA_cumsum, dtype=dtype).reshape(nb, H, nch * cs),
-        seq, has_seq, L, np.ascontiguousarray(init, dtype=dtype), out, final,
-        cs, nthreads)
+        L, np.ascontiguousarray(init, dtype=dtype), out, final, cs, nthreads,
+        seq=seq)
     return out, final
 
 
@@ -696,11 +690,11 @@ def ssd_chunk_scan(x, dt_out, dA_cumsum, B, C, chunk_states, *, D=None, z=None,
         raise ValueError(f"`D` must have shape ({H},) or ({H}, {P}), got {D.shape}")
     if z is not None:
         check_shape(z, x.shape, "z")
-    seq, has_seq = _seq_kernel_args(_seq_idx(seq_idx, nb, L))
+    seq = _seq_idx(seq_idx, nb, L)
     y = np.zeros(x.shape, dtype=dtype)
     if min(nb, L, H, P, N) > 0:
-        _ssd.chunk_stage(x, dt_out, dA, B, cast(C), cast(chunk_states), seq,
-                         has_seq, y, True, cs, nthreads)
+        _ssd.chunk_scan(x, dt_out, dA, B, cast(C), cast(chunk_states), y, cs,
+                        nthreads, seq=seq)
     return _finish(y, x, None if D is None else cast(D),
                    None if z is None else cast(z))
 
@@ -1011,16 +1005,14 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     if p.cu is None:
         last = p.state()
         if not p.degenerate:
-            seq, has_seq = p.seq_args()
-            _ssd.sequential(p.x, p.processed_dt(), p.A,
-                            p.B, p.C, seq, has_seq, last, y, nthreads)
+            _ssd.sequential(p.x, p.processed_dt(), p.A, p.B, p.C, last, y,
+                            nthreads, seq=p.seq)
     else:
         # the reference: every sequence on its own, from its own state
         last = np.zeros((1, p.H, p.P, p.N), dtype=p.dtype)
         if p.init is not None and p.L == 0:
             last[0] = p.init[-1]
         dtp = p.processed_dt() if not p.degenerate else None
-        none = np.zeros((1, 1), dtype=np.int64)
         for i, k in enumerate(live):
             lo, hi = p.cu[k], p.cu[k + 1]
             st = (np.zeros((1, p.H, p.P, p.N), dtype=p.dtype)
@@ -1031,8 +1023,7 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
                     np.ascontiguousarray(p.x[:, lo:hi]),
                     np.ascontiguousarray(dtp[:, :, lo:hi]), p.A,
                     np.ascontiguousarray(p.B[:, lo:hi]),
-                    np.ascontiguousarray(p.C[:, lo:hi]), none, False, st, yk,
-                    nthreads)
+                    np.ascontiguousarray(p.C[:, lo:hi]), st, yk, nthreads)
                 y[:, lo:hi] = yk
             ends[i] = st[0]
             last[...] = st
