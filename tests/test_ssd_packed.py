@@ -310,15 +310,16 @@ def test_state_refusals(rng):
         selective_state_update(np.zeros((3, 4, 5, 6)), x, dt, A, B, C, **kw)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("chunk", [16, 64, 100])
-def test_long_rows_walked_in_blocks(rng, chunk):
+def test_long_rows_walked_in_blocks(rng, chunk, workers):
     # rows longer than the kernel's block of positions: sequences (and the
     # varlen states) cross block boundaries
     lengths = [700, 1, 1023, 1, 900, 300, 5]
     args, kw, init, cu = problem(rng, lengths, H=2, P=3, G=1, N=4)
     y, last, varlen = ssd_chunk_scan_combined(
         *args, chunk, **kw, initial_states=init, cu_seqlens=cu,
-        return_final_states=True, return_varlen_states=True, workers=2)
+        return_final_states=True, return_varlen_states=True, workers=workers)
     y_s, last_s, varlen_s = ssd_sequential(
         *args, **kw, initial_states=init, cu_seqlens=cu,
         return_final_states=True, return_varlen_states=True)
@@ -327,7 +328,7 @@ def test_long_rows_walked_in_blocks(rng, chunk):
     assert_close(last, last_s, np.float64, 50)
     # one sequence, no ids
     y1, h1 = ssd_chunk_scan_combined(*args, chunk, **kw, initial_states=init[:1],
-                                     return_final_states=True)
+                                     return_final_states=True, workers=workers)
     y1s, h1s = ssd_sequential(*args, **kw, initial_states=init[:1],
                               return_final_states=True)
     assert_close(y1, y1s, np.float64, 50)
