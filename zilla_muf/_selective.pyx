@@ -256,14 +256,16 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
             for ch in prange(batch * dim, schedule='dynamic', chunksize=8):
                 b = ch // dim
                 d = ch - b * dim
-                delta_row(DL + ch * L, bias[d], softplus, dts, L)
+                delta_row(DL + ch * L, bias[d] if bias != NULL else 0,
+                          softplus, dts, L)
                 if Z != NULL:
                     gate_row(Z + ch * L, g, L)
                 channel_real(U + ch * L, dts, NULL if Z == NULL else g,
                              A + d * N,
                              B + row_offset(b, d, bl[0], bl[1], bl[2]), bl[3],
                              C + row_offset(b, d, cl[0], cl[1], cl[2]), cl[3],
-                             Dv[d], H0 + ch * N, Y + ch * L, HL + ch * N, h,
+                             Dv[d] if Dv != NULL else 0, H0 + ch * N,
+                             Y + ch * L, HL + ch * N, h,
                              N, L, NULL if SEQ == NULL else SEQ + b * L)
             free(h)
     return status
@@ -298,13 +300,15 @@ cdef int scan_complex(const real_t *U, const real_t *DL, const real_t *Z,
                 d = ch - b * dim
                 ob = row_offset(b, d, bl[0], bl[1], bl[2])
                 oc = row_offset(b, d, cl[0], cl[1], cl[2])
-                delta_row(DL + ch * L, bias[d], softplus, dts, L)
+                delta_row(DL + ch * L, bias[d] if bias != NULL else 0,
+                          softplus, dts, L)
                 if Z != NULL:
                     gate_row(Z + ch * L, g, L)
                 channel_complex(U + ch * L, dts, NULL if Z == NULL else g,
                                 Ar + d * N, Ai + d * N,
                                 Br + ob, Bi + ob, bl[3],
-                                Cr + oc, Ci + oc, cl[3], Dv[d],
+                                Cr + oc, Ci + oc, cl[3],
+                                Dv[d] if Dv != NULL else 0,
                                 H0r + ch * N, H0i + ch * N,
                                 Y + ch * L, HLr + ch * N, HLi + ch * N,
                                 s, s + (N + 1), s + 2 * (N + 1),
@@ -340,20 +344,24 @@ def selective_scan_real(const real_t[:, :, ::1] u,
                         const real_t[:, ::1] A,
                         const real_t[::1] B, Py_ssize_t[::1] b_layout,
                         const real_t[::1] C, Py_ssize_t[::1] c_layout,
-                        const real_t[::1] D, const real_t[::1] delta_bias,
-                        bint delta_softplus, z,
                         const real_t[:, :, ::1] h0,
                         real_t[:, :, ::1] y, real_t[:, :, ::1] last_state,
-                        int num_threads, const long long[:, ::1] seq=None):
-    """Selective scan with real A; `z` is an array like `u` or None.
+                        int num_threads, *, const real_t[::1] D=None,
+                        const real_t[::1] delta_bias=None,
+                        bint delta_softplus=False,
+                        const real_t[:, :, ::1] z=None,
+                        const long long[:, ::1] seq=None):
+    """Selective scan with real A; D, delta_bias (dim,), z (like u) and
+    seq (batch, seqlen) optional.
 
     `b_layout` / `c_layout` are (sb, gs, sg, st): the row of B for channel
     (b, d) at step t starts at b * sb + (d // gs) * sg + t * st.
     """
     cdef Py_ssize_t batch = u.shape[0], dim = u.shape[1], L = u.shape[2]
     cdef Py_ssize_t N = A.shape[1]
-    cdef const real_t[:, :, ::1] zv
     cdef const real_t *Z = NULL
+    cdef const real_t *Dp = NULL
+    cdef const real_t *biasp = NULL
     cdef const long long *SEQ = NULL
     cdef int status
     if num_threads < 1:
@@ -366,25 +374,28 @@ def selective_scan_real(const real_t[:, :, ::1] u,
         raise ValueError("u, delta and y must have the same shape")
     if not (same3(h0, batch, dim, N) and same3(last_state, batch, dim, N)):
         raise ValueError("h0 and last_state must be (batch, dim, dstate)")
-    if A.shape[0] != dim or D.shape[0] != dim or delta_bias.shape[0] != dim:
+    if A.shape[0] != dim or (D is not None and D.shape[0] != dim) or (
+            delta_bias is not None and delta_bias.shape[0] != dim):
         raise ValueError("A, D and delta_bias must have dim rows")
     check_layout(b_layout, B.shape[0], batch, dim, N, L, "B")
     check_layout(c_layout, C.shape[0], batch, dim, N, L, "C")
-    if z is not None:
-        zv = z
-        if not same3(zv, batch, dim, L):
-            raise ValueError("z must have the shape of u")
+    if z is not None and not same3(z, batch, dim, L):
+        raise ValueError("z must have the shape of u")
     if batch == 0 or dim == 0:
         return
     if z is not None and L > 0:
-        Z = &zv[0, 0, 0]
+        Z = &z[0, 0, 0]
+    if D is not None:
+        Dp = &D[0]
+    if delta_bias is not None:
+        biasp = &delta_bias[0]
     with nogil:
         status = scan_real(
             &u[0, 0, 0] if L > 0 else NULL, &delta[0, 0, 0] if L > 0 else NULL,
             Z, &A[0, 0] if N > 0 else NULL,
             &B[0] if B.shape[0] > 0 else NULL, &b_layout[0],
             &C[0] if C.shape[0] > 0 else NULL, &c_layout[0],
-            &D[0], &delta_bias[0], delta_softplus,
+            Dp, biasp, delta_softplus,
             &h0[0, 0, 0] if N > 0 else NULL,
             &y[0, 0, 0] if L > 0 else NULL,
             &last_state[0, 0, 0] if N > 0 else NULL, SEQ,
@@ -400,18 +411,21 @@ def selective_scan_complex(const real_t[:, :, ::1] u,
                            Py_ssize_t[::1] b_layout,
                            const real_t[::1] C_re, const real_t[::1] C_im,
                            Py_ssize_t[::1] c_layout,
-                           const real_t[::1] D, const real_t[::1] delta_bias,
-                           bint delta_softplus, z,
                            const real_t[:, :, ::1] h0_re,
                            const real_t[:, :, ::1] h0_im,
                            real_t[:, :, ::1] y,
                            real_t[:, :, ::1] last_re, real_t[:, :, ::1] last_im,
-                           int num_threads, const long long[:, ::1] seq=None):
+                           int num_threads, *, const real_t[::1] D=None,
+                           const real_t[::1] delta_bias=None,
+                           bint delta_softplus=False,
+                           const real_t[:, :, ::1] z=None,
+                           const long long[:, ::1] seq=None):
     """Selective scan with complex A, parts in separate real arrays."""
     cdef Py_ssize_t batch = u.shape[0], dim = u.shape[1], L = u.shape[2]
     cdef Py_ssize_t N = A_re.shape[1]
-    cdef const real_t[:, :, ::1] zv
     cdef const real_t *Z = NULL
+    cdef const real_t *Dp = NULL
+    cdef const real_t *biasp = NULL
     cdef const long long *SEQ = NULL
     cdef int status
     if num_threads < 1:
@@ -426,20 +440,23 @@ def selective_scan_complex(const real_t[:, :, ::1] u,
             and same3(last_re, batch, dim, N) and same3(last_im, batch, dim, N)):
         raise ValueError("states must be (batch, dim, dstate)")
     if A_im.shape[0] != dim or A_im.shape[1] != N or A_re.shape[0] != dim \
-            or D.shape[0] != dim or delta_bias.shape[0] != dim:
+            or (D is not None and D.shape[0] != dim) or (
+                delta_bias is not None and delta_bias.shape[0] != dim):
         raise ValueError("A, D and delta_bias must have dim rows")
     if B_re.shape[0] != B_im.shape[0] or C_re.shape[0] != C_im.shape[0]:
         raise ValueError("real and imaginary parts must have equal sizes")
     check_layout(b_layout, B_re.shape[0], batch, dim, N, L, "B")
     check_layout(c_layout, C_re.shape[0], batch, dim, N, L, "C")
-    if z is not None:
-        zv = z
-        if not same3(zv, batch, dim, L):
-            raise ValueError("z must have the shape of u")
+    if z is not None and not same3(z, batch, dim, L):
+        raise ValueError("z must have the shape of u")
     if batch == 0 or dim == 0:
         return
     if z is not None and L > 0:
-        Z = &zv[0, 0, 0]
+        Z = &z[0, 0, 0]
+    if D is not None:
+        Dp = &D[0]
+    if delta_bias is not None:
+        biasp = &delta_bias[0]
     with nogil:
         status = scan_complex(
             &u[0, 0, 0] if L > 0 else NULL, &delta[0, 0, 0] if L > 0 else NULL,
@@ -448,7 +465,7 @@ def selective_scan_complex(const real_t[:, :, ::1] u,
             &B_im[0] if B_im.shape[0] > 0 else NULL, &b_layout[0],
             &C_re[0] if C_re.shape[0] > 0 else NULL,
             &C_im[0] if C_im.shape[0] > 0 else NULL, &c_layout[0],
-            &D[0], &delta_bias[0], delta_softplus,
+            Dp, biasp, delta_softplus,
             &h0_re[0, 0, 0] if N > 0 else NULL,
             &h0_im[0, 0, 0] if N > 0 else NULL,
             &y[0, 0, 0] if L > 0 else NULL,

@@ -28,6 +28,17 @@ static ptrdiff_t zm_sel_scratch(ptrdiff_t N)
     return N * (ZM_SEL_TB + 1);
 }
 
+/* The first position t >= from (t >= 1) where the sequence id changes, or L. */
+static ptrdiff_t zm_sel_next_start(const long long *seq, ptrdiff_t from,
+                                   ptrdiff_t L)
+{
+    ptrdiff_t t;
+    for (t = from < 1 ? 1 : from; t < L; t++)
+        if (seq[t] != seq[t - 1])
+            return t;
+    return L;
+}
+
 #define ZM_DEFINE_SEL_CHANNEL(sfx, T, V, VW, EXP)                           \
 ZM_CLONES                                                                   \
 static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
@@ -41,6 +52,7 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
     T *restrict h = work;                                                   \
     T *restrict dA = work + N;                                              \
     ptrdiff_t t0, t, n;                                                     \
+    ptrdiff_t next = seq != NULL ? zm_sel_next_start(seq, 1, L) : L;       \
     for (n = 0; n < N; n++)                                                 \
         h[n] = h0[n];                                                       \
     for (t0 = 0; t0 < L; t0 += ZM_SEL_TB) {                                 \
@@ -57,9 +69,11 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
             const T ut = u[t0 + t], du = dts[t0 + t] * ut;                  \
             V acc = zero;                                                   \
             T tail = 0, s;                                                  \
-            if (seq != NULL && t0 + t > 0 && seq[t0 + t] != seq[t0 + t - 1])\
-                for (n = 0; n < N; n++) /* a new sequence: state reset */  \
+            if (t0 + t == next) {     /* a new sequence: state reset */   \
+                for (n = 0; n < N; n++)                                     \
                     h[n] = 0;                                               \
+                next = zm_sel_next_start(seq, next + 1, L);                 \
+            }                                                               \
             for (n = 0; n + VW <= N; n += VW) {                             \
                 V hv = zm_vld_##sfx(e + n) * zm_vld_##sfx(h + n)            \
                        + du * zm_vld_##sfx(Bt + n);                         \

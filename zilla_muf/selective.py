@@ -246,9 +246,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
     u_ = real(u)
     delta_ = real(delta)
-    D_ = np.zeros(dim, rdt) if D is None else real(D)
-    bias_ = np.zeros(dim, rdt) if delta_bias is None else real(delta_bias)
-    z_ = None if z is None else real(z)
+    opt = dict(D=None if D is None else real(D),
+               delta_bias=None if delta_bias is None else real(delta_bias),
+               delta_softplus=bool(delta_softplus),
+               z=None if z is None else real(z), seq=seq)
     b_layout = np.asarray(b_layout, dtype=np.intp)
     c_layout = np.asarray(c_layout, dtype=np.intp)
     nthreads = max(1, min(nthreads, batch * dim))
@@ -259,8 +260,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         last = np.empty((batch, dim, N), dtype=rdt)
         _selective.selective_scan_real(
             u_, delta_, real(A), real(B).ravel(), b_layout,
-            real(C).ravel(), c_layout, D_, bias_, bool(delta_softplus), z_,
-            h0_, y, last, nthreads, seq=seq)
+            real(C).ravel(), c_layout, h0_, y, last, nthreads, **opt)
     else:
         cdt = dtype
 
@@ -281,9 +281,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         last_im = np.empty((batch, dim, N), dtype=rdt)
         _selective.selective_scan_complex(
             u_, delta_, A_re, A_im, B_re.ravel(), B_im.ravel(), b_layout,
-            C_re.ravel(), C_im.ravel(), c_layout, D_, bias_,
-            bool(delta_softplus), z_, h0_re, h0_im, y, last_re, last_im,
-            nthreads, seq=seq)
+            C_re.ravel(), C_im.ravel(), c_layout, h0_re, h0_im, y, last_re,
+            last_im, nthreads, **opt)
         last = np.empty((batch, dim, N), dtype=cdt)
         last.real = last_re
         last.imag = last_im
