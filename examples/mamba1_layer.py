@@ -14,7 +14,8 @@ State Spaces" (2023), as mamba_ssm's ``Mamba`` and transformers'
 
 :func:`forward` runs a whole sequence (and returns the states that continue
 it); :func:`step` decodes one token, advancing the convolution state (with
-:func:`zilla_muf.causal_conv1d_update`) and the SSM state (with a one-step
+:func:`zilla_muf.causal_conv1d_update`) and the SSM state (with
+:func:`zilla_muf.selective_scan_update`, the last step of
 :func:`zilla_muf.selective_scan` from that state) in place;
 :func:`prefill_then_decode` chains them. Decoding token by token gives the
 outputs of the whole-sequence forward pass.
@@ -27,7 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zilla_muf import causal_conv1d, causal_conv1d_update, selective_scan
+from zilla_muf import (
+    causal_conv1d,
+    causal_conv1d_update,
+    selective_scan,
+    selective_scan_update,
+)
 
 
 @dataclass
@@ -165,12 +171,10 @@ def step(w, hidden_t, conv_state, ssm_state, *, workers=None):
                              activation="silu")
     dt, B, C = _ssm_inputs(w, x[:, :, None])
     A = -np.exp(w.A_log)
-    y, new_state = selective_scan(x[:, :, None], dt, A, B, C, D=w.D,
-                                  z=z[:, :, None], delta_bias=w.dt_proj_bias,
-                                  delta_softplus=True, return_last_state=True,
-                                  initial_state=ssm_state, workers=workers)
-    ssm_state[...] = new_state
-    return _linear(y[:, :, 0], w.out_proj_weight, w.out_proj_bias)
+    y = selective_scan_update(ssm_state, x, dt[:, :, 0], A, B[:, :, 0],
+                              C[:, :, 0], D=w.D, z=z, dt_bias=w.dt_proj_bias,
+                              dt_softplus=True)
+    return _linear(y, w.out_proj_weight, w.out_proj_bias)
 
 
 def empty_states(w, batch, dtype=None):

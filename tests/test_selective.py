@@ -542,4 +542,4 @@ def test_conv_bad_input(rng):
     with pytest.raises(ValueError, match="`conv_state`.*C-contiguous"):
         causal_conv1d_update(xt, np.zeros((2, 3, 6))[..., ::2], w)
     with pytest.raises(ValueError, match="`x`"):
-        causal_conv1d_update(x[..., :2], np.zeros((2, 3, 3)), w)
+        causal_conv1d_update(x[..., None], np.zeros((2, 3, 3)), w)

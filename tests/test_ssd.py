@@ -521,16 +521,11 @@ def test_kernels_run_on_the_requested_threads(rng):
     dt_out, dA = ssd_chunk_cumsum(dt, A, chunk_size=8)
     dt_out = dt_out.reshape(2, 4, 16)
     dA = dA.reshape(2, 4, 16)
-    state = np.zeros((2, 4, 3, 5))
+    last = np.zeros((2, 4, 3, 5))
     y = np.empty_like(x)
-    seq = np.zeros((1, 1), dtype=np.int64)
-    D = np.zeros((1, 1))
-    z = np.zeros((1, 1, 1, 1))
-    used = _ssd.combined(x, dt_out, dA, B, C, seq, False, state, False, D,
-                         False, z, False, y, 8, 2)
+    used = _ssd.combined(x, dt_out, dA, B, C, y, last, 8, 2)
     assert used == (2 if zilla_muf.have_openmp() else 1)
-    assert _ssd.combined(x, dt_out, dA, B, C, seq, False, state, False, D,
-                         False, z, False, y, 8, 1) == 1
+    assert _ssd.combined(x, dt_out, dA, B, C, y, last, 8, 1) == 1
 
 
 def test_concurrent_calls_match_serial(rng):

@@ -97,7 +97,12 @@ from ._openmp_helpers import have_openmp
 from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
 from .discretize import bilinear_discretize, zoh_discretize
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
-from .selective import causal_conv1d, causal_conv1d_update, selective_scan
+from .selective import (
+    causal_conv1d,
+    causal_conv1d_update,
+    selective_scan,
+    selective_scan_update,
+)
 from .ssd import (
     selective_state_update,
     ssd_chunk_cumsum,

@@ -20,9 +20,10 @@ contiguous memory. B and C arrive flattened, time-major with n last: the row
 of (b, d) at step t starts at  b * sb + (d // gs) * sg + t * st,  which covers
 the three public layouts (constant (dim, N): sb = 0, gs = 1, sg = N, st = 0;
 (batch, N, L) and (batch, G, N, L) transposed to (batch, [G,] L, N)).
-Channels are independent: a static `prange` over batch * dim gives each
-thread a contiguous block of channels, so a group's B and C rows stay in
-cache. The real channel and its steps are the C loops of _selscan.h
+Channels are independent: a dynamically scheduled `prange` over
+batch * dim hands threads blocks of 8 consecutive channels (a group's B and
+C rows stay in cache) as they become free, so a thread descheduled by
+another process on a loaded machine does not hold the others up. The real channel and its steps are the C loops of _selscan.h
 (compiled for x86-64-v3 too): the decays exp(dt A) of a block of steps
 are formed in one vectorised pass, then the recurrence is multiply-adds in
 vector lanes. The exponential and softplus are `zm_expf` / `zm_exp` and
@@ -119,12 +120,14 @@ cdef extern from "_selscan.h" nogil:
                           const float *A, const float *Bp, Py_ssize_t bst,
                           const float *Cp, Py_ssize_t cst, float Dd,
                           const float *h0, float *y, float *hlast,
-                          float *work, Py_ssize_t N, Py_ssize_t L)
+                          float *work, Py_ssize_t N, Py_ssize_t L,
+                          const long long *seq)
     void zm_sel_channel_d(const double *u, const double *dts, const double *g,
                           const double *A, const double *Bp, Py_ssize_t bst,
                           const double *Cp, Py_ssize_t cst, double Dd,
                           const double *h0, double *y, double *hlast,
-                          double *work, Py_ssize_t N, Py_ssize_t L)
+                          double *work, Py_ssize_t N, Py_ssize_t L,
+                          const long long *seq)
 
 
 cdef inline void delta_row(const real_t *dl, real_t bias, bint softplus,
@@ -141,16 +144,17 @@ cdef inline void channel_real(const real_t *u, const real_t *dts,
                               const real_t *Bp, Py_ssize_t bst,
                               const real_t *Cp, Py_ssize_t cst, real_t Dd,
                               const real_t *h0, real_t *y, real_t *hlast,
-                              real_t *work, Py_ssize_t N,
-                              Py_ssize_t L) noexcept nogil:
+                              real_t *work, Py_ssize_t N, Py_ssize_t L,
+                              const long long *seq) noexcept nogil:
     """One channel of the real selective scan (_selscan.h), from its steps
-    dts and gates g (silu(z), or NULL); work: zm_sel_scratch(N) values."""
+    dts and gates g (silu(z), or NULL); work: zm_sel_scratch(N) values;
+    seq: the row's sequence ids or NULL."""
     if real_t is float:
         zm_sel_channel_f(u, dts, g, A, Bp, bst, Cp, cst, Dd, h0, y, hlast,
-                         work, N, L)
+                         work, N, L, seq)
     else:
         zm_sel_channel_d(u, dts, g, A, Bp, bst, Cp, cst, Dd, h0, y, hlast,
-                         work, N, L)
+                         work, N, L, seq)
 
 
 cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
@@ -160,7 +164,8 @@ cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
                           real_t Dd, const real_t *h0r, const real_t *h0i,
                           real_t *y, real_t *hlr, real_t *hli,
                           real_t *hr, real_t *hi, real_t *ar, real_t *ai,
-                          Py_ssize_t N, Py_ssize_t L) noexcept nogil:
+                          Py_ssize_t N, Py_ssize_t L,
+                          const long long *seq) noexcept nogil:
     """One channel with complex A (and B, C): y = 2 Re(sum_n C h)."""
     cdef Py_ssize_t t, n
     cdef real_t dt, du, ut, acc, mag, xr, xi, sn, cs
@@ -175,6 +180,10 @@ cdef void channel_complex(const real_t *u, const real_t *dts, const real_t *g,
         if fabs(Ai[n]) > amax:
             amax = fabs(Ai[n])
     for t in range(L):
+        if seq != NULL and t > 0 and seq[t] != seq[t - 1]:
+            for n in range(N):      # a new sequence: the state is reset
+                hr[n] = 0
+                hi[n] = 0
         ut = u[t]
         dt = dts[t]
         du = dt * ut
@@ -223,7 +232,8 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
                    const real_t *A, const real_t *B, Py_ssize_t *bl,
                    const real_t *C, Py_ssize_t *cl, const real_t *Dv,
                    const real_t *bias, bint softplus, const real_t *H0,
-                   real_t *Y, real_t *HL, Py_ssize_t batch, Py_ssize_t dim,
+                   real_t *Y, real_t *HL, const long long *SEQ,
+                   Py_ssize_t batch, Py_ssize_t dim,
                    Py_ssize_t N, Py_ssize_t L, int nthreads) noexcept nogil:
     """All channels, `nthreads` threads; -1 when scratch cannot be had.
 
@@ -243,18 +253,20 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
         else:
             dts = h + zm_sel_scratch(N)
             g = dts + L
-            for ch in prange(batch * dim, schedule='static'):
+            for ch in prange(batch * dim, schedule='dynamic', chunksize=8):
                 b = ch // dim
                 d = ch - b * dim
-                delta_row(DL + ch * L, bias[d], softplus, dts, L)
+                delta_row(DL + ch * L, bias[d] if bias != NULL else 0,
+                          softplus, dts, L)
                 if Z != NULL:
                     gate_row(Z + ch * L, g, L)
                 channel_real(U + ch * L, dts, NULL if Z == NULL else g,
                              A + d * N,
                              B + row_offset(b, d, bl[0], bl[1], bl[2]), bl[3],
                              C + row_offset(b, d, cl[0], cl[1], cl[2]), cl[3],
-                             Dv[d], H0 + ch * N, Y + ch * L, HL + ch * N, h,
-                             N, L)
+                             Dv[d] if Dv != NULL else 0, H0 + ch * N,
+                             Y + ch * L, HL + ch * N, h,
+                             N, L, NULL if SEQ == NULL else SEQ + b * L)
             free(h)
     return status
 
@@ -265,7 +277,8 @@ cdef int scan_complex(const real_t *U, const real_t *DL, const real_t *Z,
                       const real_t *Cr, const real_t *Ci, Py_ssize_t *cl,
                       const real_t *Dv, const real_t *bias, bint softplus,
                       const real_t *H0r, const real_t *H0i, real_t *Y,
-                      real_t *HLr, real_t *HLi, Py_ssize_t batch,
+                      real_t *HLr, real_t *HLi, const long long *SEQ,
+                      Py_ssize_t batch,
                       Py_ssize_t dim, Py_ssize_t N, Py_ssize_t L,
                       int nthreads) noexcept nogil:
     """As scan_real; scratch holds the four real rows of the complex state."""
@@ -282,22 +295,25 @@ cdef int scan_complex(const real_t *U, const real_t *DL, const real_t *Z,
         else:
             dts = s + 4 * (N + 1)
             g = dts + L
-            for ch in prange(batch * dim, schedule='static'):
+            for ch in prange(batch * dim, schedule='dynamic', chunksize=8):
                 b = ch // dim
                 d = ch - b * dim
                 ob = row_offset(b, d, bl[0], bl[1], bl[2])
                 oc = row_offset(b, d, cl[0], cl[1], cl[2])
-                delta_row(DL + ch * L, bias[d], softplus, dts, L)
+                delta_row(DL + ch * L, bias[d] if bias != NULL else 0,
+                          softplus, dts, L)
                 if Z != NULL:
                     gate_row(Z + ch * L, g, L)
                 channel_complex(U + ch * L, dts, NULL if Z == NULL else g,
                                 Ar + d * N, Ai + d * N,
                                 Br + ob, Bi + ob, bl[3],
-                                Cr + oc, Ci + oc, cl[3], Dv[d],
+                                Cr + oc, Ci + oc, cl[3],
+                                Dv[d] if Dv != NULL else 0,
                                 H0r + ch * N, H0i + ch * N,
                                 Y + ch * L, HLr + ch * N, HLi + ch * N,
                                 s, s + (N + 1), s + 2 * (N + 1),
-                                s + 3 * (N + 1), N, L)
+                                s + 3 * (N + 1), N, L,
+                                NULL if SEQ == NULL else SEQ + b * L)
             free(s)
     return status
 
@@ -328,49 +344,61 @@ def selective_scan_real(const real_t[:, :, ::1] u,
                         const real_t[:, ::1] A,
                         const real_t[::1] B, Py_ssize_t[::1] b_layout,
                         const real_t[::1] C, Py_ssize_t[::1] c_layout,
-                        const real_t[::1] D, const real_t[::1] delta_bias,
-                        bint delta_softplus, z,
                         const real_t[:, :, ::1] h0,
                         real_t[:, :, ::1] y, real_t[:, :, ::1] last_state,
-                        int num_threads):
-    """Selective scan with real A; `z` is an array like `u` or None.
+                        int num_threads, *, const real_t[::1] D=None,
+                        const real_t[::1] delta_bias=None,
+                        bint delta_softplus=False,
+                        const real_t[:, :, ::1] z=None,
+                        const long long[:, ::1] seq=None):
+    """Selective scan with real A; D, delta_bias (dim,), z (like u) and
+    seq (batch, seqlen) optional.
 
     `b_layout` / `c_layout` are (sb, gs, sg, st): the row of B for channel
     (b, d) at step t starts at b * sb + (d // gs) * sg + t * st.
     """
     cdef Py_ssize_t batch = u.shape[0], dim = u.shape[1], L = u.shape[2]
     cdef Py_ssize_t N = A.shape[1]
-    cdef const real_t[:, :, ::1] zv
     cdef const real_t *Z = NULL
+    cdef const real_t *Dp = NULL
+    cdef const real_t *biasp = NULL
+    cdef const long long *SEQ = NULL
     cdef int status
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
+    if seq is not None and (seq.shape[0] != batch or seq.shape[1] != L):
+        raise ValueError("seq must be (batch, seqlen)")
+    if seq is not None and batch > 0 and L > 0:
+        SEQ = &seq[0, 0]
     if not (same3(delta, batch, dim, L) and same3(y, batch, dim, L)):
         raise ValueError("u, delta and y must have the same shape")
     if not (same3(h0, batch, dim, N) and same3(last_state, batch, dim, N)):
         raise ValueError("h0 and last_state must be (batch, dim, dstate)")
-    if A.shape[0] != dim or D.shape[0] != dim or delta_bias.shape[0] != dim:
+    if A.shape[0] != dim or (D is not None and D.shape[0] != dim) or (
+            delta_bias is not None and delta_bias.shape[0] != dim):
         raise ValueError("A, D and delta_bias must have dim rows")
     check_layout(b_layout, B.shape[0], batch, dim, N, L, "B")
     check_layout(c_layout, C.shape[0], batch, dim, N, L, "C")
-    if z is not None:
-        zv = z
-        if not same3(zv, batch, dim, L):
-            raise ValueError("z must have the shape of u")
+    if z is not None and not same3(z, batch, dim, L):
+        raise ValueError("z must have the shape of u")
     if batch == 0 or dim == 0:
         return
     if z is not None and L > 0:
-        Z = &zv[0, 0, 0]
+        Z = &z[0, 0, 0]
+    if D is not None:
+        Dp = &D[0]
+    if delta_bias is not None:
+        biasp = &delta_bias[0]
     with nogil:
         status = scan_real(
             &u[0, 0, 0] if L > 0 else NULL, &delta[0, 0, 0] if L > 0 else NULL,
             Z, &A[0, 0] if N > 0 else NULL,
             &B[0] if B.shape[0] > 0 else NULL, &b_layout[0],
             &C[0] if C.shape[0] > 0 else NULL, &c_layout[0],
-            &D[0], &delta_bias[0], delta_softplus,
+            Dp, biasp, delta_softplus,
             &h0[0, 0, 0] if N > 0 else NULL,
             &y[0, 0, 0] if L > 0 else NULL,
-            &last_state[0, 0, 0] if N > 0 else NULL,
+            &last_state[0, 0, 0] if N > 0 else NULL, SEQ,
             batch, dim, N, L, num_threads)
     if status != 0:
         raise MemoryError("could not allocate the scan's scratch memory")
@@ -383,41 +411,52 @@ def selective_scan_complex(const real_t[:, :, ::1] u,
                            Py_ssize_t[::1] b_layout,
                            const real_t[::1] C_re, const real_t[::1] C_im,
                            Py_ssize_t[::1] c_layout,
-                           const real_t[::1] D, const real_t[::1] delta_bias,
-                           bint delta_softplus, z,
                            const real_t[:, :, ::1] h0_re,
                            const real_t[:, :, ::1] h0_im,
                            real_t[:, :, ::1] y,
                            real_t[:, :, ::1] last_re, real_t[:, :, ::1] last_im,
-                           int num_threads):
+                           int num_threads, *, const real_t[::1] D=None,
+                           const real_t[::1] delta_bias=None,
+                           bint delta_softplus=False,
+                           const real_t[:, :, ::1] z=None,
+                           const long long[:, ::1] seq=None):
     """Selective scan with complex A, parts in separate real arrays."""
     cdef Py_ssize_t batch = u.shape[0], dim = u.shape[1], L = u.shape[2]
     cdef Py_ssize_t N = A_re.shape[1]
-    cdef const real_t[:, :, ::1] zv
     cdef const real_t *Z = NULL
+    cdef const real_t *Dp = NULL
+    cdef const real_t *biasp = NULL
+    cdef const long long *SEQ = NULL
     cdef int status
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
+    if seq is not None and (seq.shape[0] != batch or seq.shape[1] != L):
+        raise ValueError("seq must be (batch, seqlen)")
+    if seq is not None and batch > 0 and L > 0:
+        SEQ = &seq[0, 0]
     if not (same3(delta, batch, dim, L) and same3(y, batch, dim, L)):
         raise ValueError("u, delta and y must have the same shape")
     if not (same3(h0_re, batch, dim, N) and same3(h0_im, batch, dim, N)
             and same3(last_re, batch, dim, N) and same3(last_im, batch, dim, N)):
         raise ValueError("states must be (batch, dim, dstate)")
     if A_im.shape[0] != dim or A_im.shape[1] != N or A_re.shape[0] != dim \
-            or D.shape[0] != dim or delta_bias.shape[0] != dim:
+            or (D is not None and D.shape[0] != dim) or (
+                delta_bias is not None and delta_bias.shape[0] != dim):
         raise ValueError("A, D and delta_bias must have dim rows")
     if B_re.shape[0] != B_im.shape[0] or C_re.shape[0] != C_im.shape[0]:
         raise ValueError("real and imaginary parts must have equal sizes")
     check_layout(b_layout, B_re.shape[0], batch, dim, N, L, "B")
     check_layout(c_layout, C_re.shape[0], batch, dim, N, L, "C")
-    if z is not None:
-        zv = z
-        if not same3(zv, batch, dim, L):
-            raise ValueError("z must have the shape of u")
+    if z is not None and not same3(z, batch, dim, L):
+        raise ValueError("z must have the shape of u")
     if batch == 0 or dim == 0:
         return
     if z is not None and L > 0:
-        Z = &zv[0, 0, 0]
+        Z = &z[0, 0, 0]
+    if D is not None:
+        Dp = &D[0]
+    if delta_bias is not None:
+        biasp = &delta_bias[0]
     with nogil:
         status = scan_complex(
             &u[0, 0, 0] if L > 0 else NULL, &delta[0, 0, 0] if L > 0 else NULL,
@@ -426,12 +465,12 @@ def selective_scan_complex(const real_t[:, :, ::1] u,
             &B_im[0] if B_im.shape[0] > 0 else NULL, &b_layout[0],
             &C_re[0] if C_re.shape[0] > 0 else NULL,
             &C_im[0] if C_im.shape[0] > 0 else NULL, &c_layout[0],
-            &D[0], &delta_bias[0], delta_softplus,
+            Dp, biasp, delta_softplus,
             &h0_re[0, 0, 0] if N > 0 else NULL,
             &h0_im[0, 0, 0] if N > 0 else NULL,
             &y[0, 0, 0] if L > 0 else NULL,
             &last_re[0, 0, 0] if N > 0 else NULL,
-            &last_im[0, 0, 0] if N > 0 else NULL,
+            &last_im[0, 0, 0] if N > 0 else NULL, SEQ,
             batch, dim, N, L, num_threads)
     if status != 0:
         raise MemoryError("could not allocate the scan's scratch memory")
@@ -548,29 +587,110 @@ def causal_conv1d_time_major(const real_t[:, :, :] x, const real_t[:, ::1] wt,
                       O + b * L * dim, t0, t1, dim, W, silu)
 
 
-def causal_conv1d_update(const real_t[:, ::1] x, real_t[:, :, ::1] state,
-                         const real_t[:, ::1] weight, const real_t[::1] bias,
-                         real_t[:, ::1] out, bint silu):
-    """One token: out = bias + w[:W-1] . state + w[W-1] x; state rolls left."""
-    cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1]
-    cdef Py_ssize_t W = weight.shape[1], b, d, k
-    cdef real_t acc, xv
+cdef void conv_channel_seq(const real_t *x, const long long *seq,
+                           const real_t *w, real_t bias, const real_t *init,
+                           real_t *out, Py_ssize_t W, Py_ssize_t L,
+                           bint silu) noexcept nogil:
+    """conv_channel for packed sequences: tap k of output t reads x[t - s]
+    only when it is in t's sequence, the initial states only for the first
+    sequence; other taps are skipped (never multiplied by zero)."""
+    cdef Py_ssize_t t, k, s
+    cdef real_t acc
+    for t in range(L):
+        acc = bias
+        for k in range(W):
+            s = t - (W - 1 - k)
+            if s >= 0:
+                if seq[s] == seq[t]:
+                    acc = acc + w[k] * x[s]
+            elif init != NULL and seq[t] == seq[0]:
+                acc = acc + w[k] * init[t + k]
+        out[t] = acc
+    if silu:
+        gate_row(out, out, L)
+
+
+def causal_conv1d_seq(const real_t[:, :, ::1] x, const long long[:, ::1] seq,
+                      const real_t[:, ::1] weight, const real_t[::1] bias,
+                      const real_t[:, :, ::1] init, real_t[:, :, ::1] out,
+                      bint silu, int num_threads):
+    """Depthwise causal convolution of packed sequences, (batch, dim, seqlen)
+    with sequence ids seq (batch, seqlen)."""
+    cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1], L = x.shape[2]
+    cdef Py_ssize_t W = weight.shape[1], ch, d, b
     if weight.shape[0] != dim or bias.shape[0] != dim or W < 1:
         raise ValueError("weight must be (dim, width >= 1), bias (dim,)")
-    if not same3(state, batch, dim, W - 1) or out.shape[0] != batch \
-            or out.shape[1] != dim:
-        raise ValueError("state must be (batch, dim, width - 1), out like x")
+    if not (same3(init, batch, dim, W - 1) and same3(out, batch, dim, L)):
+        raise ValueError("init must be (batch, dim, width - 1), out like x")
+    if seq.shape[0] != batch or seq.shape[1] != L:
+        raise ValueError("seq must be (batch, seqlen)")
+    if num_threads < 1:
+        raise ValueError("num_threads must be >= 1")
+    if batch == 0 or dim == 0 or L == 0:
+        return
+    cdef const real_t *X = &x[0, 0, 0]
+    cdef const long long *S = &seq[0, 0]
+    cdef const real_t *I = &init[0, 0, 0] if W > 1 else NULL
+    cdef real_t *O = &out[0, 0, 0]
+    with nogil:
+        for ch in prange(batch * dim, num_threads=num_threads,
+                         schedule='static'):
+            b = ch // dim
+            d = ch - b * dim
+            conv_channel_seq(X + ch * L, S + b * L, &weight[d, 0], bias[d],
+                             NULL if I == NULL else I + ch * (W - 1),
+                             O + ch * L, W, L, silu)
+
+
+def conv_update(const real_t[:, :, ::1] x, real_t[:, :, ::1] state,
+                const real_t[:, ::1] weight, const real_t[::1] bias,
+                real_t[:, :, ::1] out, bint silu, *,
+                const Py_ssize_t[::1] rows=None):
+    """T tokens of the convolution per (batch, channel): x, out
+    (batch, dim, T); state (pool, dim, Wc) with Wc >= width - 1, its last
+    width - 1 columns the window, shifted left by T in place (the T new
+    inputs enter at the right); batch row b uses state[rows[b]] (state[b]
+    without rows; the rows distinct and in range)."""
+    cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1], T = x.shape[2]
+    cdef Py_ssize_t W = weight.shape[1], Wc = state.shape[2]
+    cdef Py_ssize_t pool = state.shape[0], b, d, k, t, r
+    cdef real_t acc
+    cdef real_t *ext
+    cdef real_t *row
+    if weight.shape[0] != dim or bias.shape[0] != dim or W < 1:
+        raise ValueError("weight must be (dim, width >= 1), bias (dim,)")
+    if state.shape[1] != dim or Wc < W - 1 or not same3(out, batch, dim, T):
+        raise ValueError("state must be (pool, dim, >= width - 1), out like x")
+    if (rows is None and pool != batch) or (rows is not None
+                                            and rows.shape[0] != batch):
+        raise ValueError("rows must be (batch,), or state (batch, ...) without rows")
+    if rows is not None:
+        for b in range(batch):
+            if not 0 <= rows[b] < pool:
+                raise ValueError("rows out of range")
+    if batch == 0 or dim == 0 or T == 0:
+        return
+    ext = <real_t *> malloc((Wc + T) * sizeof(real_t))
+    if ext == NULL:
+        raise MemoryError("could not allocate the convolution's scratch")
     with nogil:
         for b in range(batch):
+            r = rows[b] if rows is not None else b
             for d in range(dim):
-                xv = x[b, d]
-                acc = bias[d] + weight[d, W - 1] * xv
-                for k in range(W - 1):
-                    acc = acc + weight[d, k] * state[b, d, k]
-                for k in range(W - 2):
-                    state[b, d, k] = state[b, d, k + 1]
-                if W > 1:
-                    state[b, d, W - 2] = xv
-                if silu:
-                    acc = silu_t(acc)
-                out[b, d] = acc
+                row = &state[r, d, 0]
+                # ext = (state row, new inputs): input j of the extended
+                # row is ext[j]; token t sits at Wc + t
+                for k in range(Wc):
+                    ext[k] = row[k]
+                for t in range(T):
+                    ext[Wc + t] = x[b, d, t]
+                for t in range(T):
+                    acc = bias[d]
+                    for k in range(W):
+                        acc = acc + weight[d, k] * ext[Wc + t - (W - 1) + k]
+                    if silu:
+                        acc = silu_t(acc)
+                    out[b, d, t] = acc
+                for k in range(Wc):
+                    row[k] = ext[T + k]
+    free(ext)

@@ -6,6 +6,9 @@
  *     h[n] = exp(dt[t] A[n]) h[n] + (dt[t] u[t]) B[t, n]
  *     y[t] = (sum_n C[t, n] h[n] + D u[t]) * g[t]      (g: silu(z), or 1)
  *
+ * With sequence ids `seq` (L,), h is set to zero (not multiplied by a zero
+ * decay) where the id changes, so packed sequences share no arithmetic.
+ *
  * The decays exp(dt A) of a block of ZM_SEL_TB steps are formed first, in
  * one vectorised pass, so that the recurrence itself is multiply-adds only.
  * The dot product over n runs in vector lanes, summed in a fixed order
@@ -25,18 +28,31 @@ static ptrdiff_t zm_sel_scratch(ptrdiff_t N)
     return N * (ZM_SEL_TB + 1);
 }
 
+/* The first position t >= from (t >= 1) where the sequence id changes, or L. */
+static ptrdiff_t zm_sel_next_start(const long long *seq, ptrdiff_t from,
+                                   ptrdiff_t L)
+{
+    ptrdiff_t t;
+    for (t = from < 1 ? 1 : from; t < L; t++)
+        if (seq[t] != seq[t - 1])
+            return t;
+    return L;
+}
+
 #define ZM_DEFINE_SEL_CHANNEL(sfx, T, V, VW, EXP)                           \
 ZM_CLONES                                                                   \
 static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
                                  const T *A, const T *Bp, ptrdiff_t bst,    \
                                  const T *Cp, ptrdiff_t cst, T Dd,          \
                                  const T *h0, T *y, T *hlast, T *work,      \
-                                 ptrdiff_t N, ptrdiff_t L)                  \
+                                 ptrdiff_t N, ptrdiff_t L,                  \
+                                 const long long *seq)                      \
 {                                                                           \
     const V zero = {0};                                                     \
     T *restrict h = work;                                                   \
     T *restrict dA = work + N;                                              \
     ptrdiff_t t0, t, n;                                                     \
+    ptrdiff_t next = seq != NULL ? zm_sel_next_start(seq, 1, L) : L;       \
     for (n = 0; n < N; n++)                                                 \
         h[n] = h0[n];                                                       \
     for (t0 = 0; t0 < L; t0 += ZM_SEL_TB) {                                 \
@@ -53,6 +69,11 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
             const T ut = u[t0 + t], du = dts[t0 + t] * ut;                  \
             V acc = zero;                                                   \
             T tail = 0, s;                                                  \
+            if (t0 + t == next) {     /* a new sequence: state reset */   \
+                for (n = 0; n < N; n++)                                     \
+                    h[n] = 0;                                               \
+                next = zm_sel_next_start(seq, next + 1, L);                 \
+            }                                                               \
             for (n = 0; n + VW <= N; n += VW) {                             \
                 V hv = zm_vld_##sfx(e + n) * zm_vld_##sfx(h + n)            \
                        + du * zm_vld_##sfx(Bt + n);                         \

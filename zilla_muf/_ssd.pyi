@@ -9,23 +9,33 @@ class Scratch:
     def count(self) -> int: ...
 
 def combined(
-    x: _F, dt: _F, dA: _F, B: _F, C: _F, seq: _I, has_seq: bool,
-    state: _F, has_init: bool, D: _F, has_D: bool, z: _F, has_z: bool,
-    y: _F, chunk_size: int, num_threads: int, share_cb: bool = ...,
+    x: _F, dt: _F, dA: _F, B: _F, C: _F, y: _F, last: _F, chunk_size: int,
+    num_threads: int, *, seq: _I | None = ..., init: _F | None = ...,
+    init_per_seq: bool = ..., ends: _F | None = ..., D: _F | None = ...,
+    z: _F | None = ..., share_cb: bool = ...,
 ) -> int: ...
 def process_dt(
-    dt: _F, bias: _F, has_bias: bool, dt_softplus: bool, lo: float, hi: float,
-    A: _F, has_A: bool, chunk_size: int, dt_out: _F, dA: _F, num_threads: int,
+    dt: _F, lo: float, hi: float, chunk_size: int, dt_out: _F,
+    num_threads: int, *, bias: _F | None = ..., dt_softplus: bool = ...,
+    A: _F | None = ..., dA: _F | None = ..., seq: _I | None = ...,
 ) -> None: ...
-def chunk_stage(
-    x: _F, dt: _F, dA: _F, B: _F, C: _F, states: _F, seq: _I, has_seq: bool,
-    y: _F, scan: bool, chunk_size: int, num_threads: int,
+def chunk_state(
+    x: _F, dt: _F, dA: _F, B: _F, states: _F, chunk_size: int,
+    num_threads: int, *, seq: _I | None = ...,
+) -> int: ...
+def chunk_scan(
+    x: _F, dt: _F, dA: _F, B: _F, C: _F, states: _F, y: _F, chunk_size: int,
+    num_threads: int, *, seq: _I | None = ...,
 ) -> int: ...
 def state_passing(
-    states: _F, dA: _F, seq: _I, has_seq: bool, L: int, init: _F, out: _F,
-    final: _F, chunk_size: int, num_threads: int,
+    states: _F, dA: _F, L: int, init: _F, out: _F, final: _F,
+    chunk_size: int, num_threads: int, *, seq: _I | None = ...,
 ) -> None: ...
 def sequential(
-    x: _F, dt: _F, A: _F, B: _F, C: _F, seq: _I, has_seq: bool, state: _F,
-    y: _F, num_threads: int,
+    x: _F, dt: _F, A: _F, B: _F, C: _F, state: _F, y: _F, num_threads: int,
+    *, seq: _I | None = ...,
+) -> None: ...
+def decode(
+    x: _F, dt: _F, A: _F, B: _F, C: _F, state: _F, y: _F, num_threads: int,
+    *, rows: npt.NDArray[np.intp] | None = ..., inter: _F | None = ...,
 ) -> None: ...

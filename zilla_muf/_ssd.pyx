@@ -12,7 +12,7 @@ Layouts (all C-contiguous, element type real_t):
 * dt, dA  (batch, nheads, padded_len)        -- the processed step dt' and,
   for the chunked kernels, the cumulative sum of dt'*A restarted at every
   chunk (padded_len = nchunks * chunk_size, padding has dt' = 0);
-* seq     (batch, seqlen) int64              -- sequence ids (has_seq);
+* seq     (batch, seqlen) int64              -- sequence ids (or None);
 * states  (batch, nchunks, nheads, headdim, dstate) and a running state
   (batch, nheads, headdim, dstate): row-major (headdim, dstate) per head.
 
@@ -49,7 +49,7 @@ scratch is O(chunk_size^2 + (chunk_size + dstate) * headdim); no
 per-position state and no (L, L) matrix per head
 and chunk is ever stored beyond the one a thread works on.
 """
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport exp, expf, fabs, log1p
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
@@ -67,22 +67,50 @@ cdef extern from "_ssdchunk.h" nogil:
     int ZM_VWD
     Py_ssize_t zm_ssd_scratch(Py_ssize_t cm, Py_ssize_t P, Py_ssize_t N,
                               Py_ssize_t vw, Py_ssize_t itemsize)
-    void zm_ssd_walk_f(const float *x, float *y, const float *B,
-                       const float *C, const float *dt, const float *cs,
-                       const long long *seq, const float *CB,
-                       Py_ssize_t cbstride, float *state, int has_init,
-                       const float *Dv, const float *z,
-                       Py_ssize_t ldx, Py_ssize_t ldb, Py_ssize_t L,
-                       Py_ssize_t P, Py_ssize_t N, Py_ssize_t csz,
-                       float *work)
-    void zm_ssd_walk_d(const double *x, double *y, const double *B,
-                       const double *C, const double *dt, const double *cs,
-                       const long long *seq, const double *CB,
-                       Py_ssize_t cbstride, double *state, int has_init,
-                       const double *Dv, const double *z,
-                       Py_ssize_t ldx, Py_ssize_t ldb, Py_ssize_t L,
-                       Py_ssize_t P, Py_ssize_t N, Py_ssize_t csz,
-                       double *work)
+    ctypedef struct zm_ssd_walk_args_f:
+        const float *x
+        float *y
+        const float *B
+        const float *C
+        const float *dt
+        const float *cs
+        const long long *seq
+        const float *CB
+        Py_ssize_t cbstride
+        const float *init
+        Py_ssize_t init_stride
+        Py_ssize_t n_init
+        float *last
+        float *ends
+        Py_ssize_t ends_stride
+        Py_ssize_t n_ends
+        const float *Dv
+        const float *z
+        Py_ssize_t ldx, ldb, L, P, N, csz
+        Py_ssize_t c0, c1, k
+    ctypedef struct zm_ssd_walk_args_d:
+        const double *x
+        double *y
+        const double *B
+        const double *C
+        const double *dt
+        const double *cs
+        const long long *seq
+        const double *CB
+        Py_ssize_t cbstride
+        const double *init
+        Py_ssize_t init_stride
+        Py_ssize_t n_init
+        double *last
+        double *ends
+        Py_ssize_t ends_stride
+        Py_ssize_t n_ends
+        const double *Dv
+        const double *z
+        Py_ssize_t ldx, ldb, L, P, N, csz
+        Py_ssize_t c0, c1, k
+    void zm_ssd_walk_f(zm_ssd_walk_args_f *a, float *work)
+    void zm_ssd_walk_d(zm_ssd_walk_args_d *a, double *work)
     void zm_seq_step_f(float *S, const float *x, const float *Bt,
                        const float *Ct, float a, float d, Py_ssize_t P,
                        Py_ssize_t N, float *y)
@@ -91,12 +119,14 @@ cdef extern from "_ssdchunk.h" nogil:
                        Py_ssize_t N, double *y)
     void zm_ssd_stage_f(const float *x, float *y, const float *B,
                         const float *C, const float *dt, const float *cs,
-                        const long long *seq, float *state, Py_ssize_t ldx,
+                        const long long *seq, const float *state_in,
+                        float *state_out, Py_ssize_t ldx,
                         Py_ssize_t ldb, Py_ssize_t m, Py_ssize_t cm,
                         Py_ssize_t P, Py_ssize_t N, float *work)
     void zm_ssd_stage_d(const double *x, double *y, const double *B,
                         const double *C, const double *dt, const double *cs,
-                        const long long *seq, double *state, Py_ssize_t ldx,
+                        const long long *seq, const double *state_in,
+                        double *state_out, Py_ssize_t ldx,
                         Py_ssize_t ldb, Py_ssize_t m, Py_ssize_t cm,
                         Py_ssize_t P, Py_ssize_t N, double *work)
     void zm_ssd_cb_f(float *CB, Py_ssize_t ldcb, const float *Cc,
@@ -176,17 +206,39 @@ cdef inline Py_ssize_t vector_width(real_t *dummy) noexcept nogil:
         return ZM_VWD
 
 
+# Positions of a block of the fused walk (see combined).
+cdef Py_ssize_t _BLOCK_TOKENS = 1024
+
+
+def _require(bint ok, str what):
+    """Raise the boundary check's ValueError unless `ok`."""
+    if not ok:
+        raise ValueError(f"SSD kernel: {what}")
+
+
+cdef inline bint shape4(const real_t[:, :, :, ::1] a, Py_ssize_t n0,
+                        Py_ssize_t n1, Py_ssize_t n2, Py_ssize_t n3) noexcept:
+    return (a.shape[0] == n0 and a.shape[1] == n1 and a.shape[2] == n2
+            and a.shape[3] == n3)
+
+
 def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
              const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
-             const real_t[:, :, :, ::1] C, const long long[:, ::1] seq,
-             bint has_seq, real_t[:, :, :, ::1] state, bint has_init,
-             const real_t[:, ::1] D, bint has_D, const real_t[:, :, :, ::1] z,
-             bint has_z, real_t[:, :, :, ::1] y, Py_ssize_t chunk_size,
-             int num_threads, bint share_cb=True):
-    """Chunked SSD scan; `state` holds the initial state and gets the final
-    one. With has_D / has_z, y gets D (nheads, headdim) x added and is then
-    gated by silu(z) (z shaped like x), chunk by chunk. Returns the number
-    of threads that ran.
+             const real_t[:, :, :, ::1] C, real_t[:, :, :, ::1] y,
+             real_t[:, :, :, ::1] last, Py_ssize_t chunk_size,
+             int num_threads, *, const long long[:, ::1] seq=None,
+             const real_t[:, :, :, ::1] init=None, bint init_per_seq=False,
+             real_t[:, :, :, ::1] ends=None, const real_t[:, ::1] D=None,
+             const real_t[:, :, :, ::1] z=None, bint share_cb=True):
+    """Chunked SSD scan into `y`, the final state of every row into `last`.
+    Returns the number of threads that ran.
+
+    `dA` holds the cumulative decays restarted at every chunk and at every
+    sequence start of `seq` (process_dt with the same `seq`). Sequence k
+    of a row (counted along the row) starts from `init[b]` (k = 0 only) or,
+    with init_per_seq (batch 1), from `init[k]`; otherwise from zero. With
+    `ends` (batch 1), sequence k's end state goes to `ends[k]`, k <
+    len(ends). D (nheads, headdim) adds D x; z (like x) gates by silu(z).
 
     Each (batch, head) task walks its chunks in order (_ssdchunk.h). With
     share_cb and several heads per group, C B^T of every (batch, group,
@@ -196,22 +248,56 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     """
     cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
-    cdef Py_ssize_t task, b, h, g, c, t0
-    cdef Py_ssize_t nch = (L + chunk_size - 1) // chunk_size
-    cdef Py_ssize_t cm = imin(chunk_size, L)
-    cdef Py_ssize_t vw = vector_width(<real_t *> NULL)
-    cdef Scratch scr = Scratch(num_threads,
-                               zm_ssd_scratch(cm, P, N, vw, sizeof(real_t)),
-                               sizeof(real_t))
-    cdef real_t *buf = <real_t *> scr.buf
+    cdef Py_ssize_t task, b, h, g, c, t0, nch, cm, vw, mp, cbsz
+    cdef Py_ssize_t PN = P * N
+    cdef Py_ssize_t n_init = 0, n_ends = 0, bc, c0
+    cdef zm_ssd_walk_args_f *taf = NULL
+    cdef zm_ssd_walk_args_d *tad = NULL
+    cdef Scratch scr, cbs
+    cdef real_t *buf
     cdef real_t *cb = NULL
-    cdef const long long *sq = NULL
+    cdef const long long *sq0 = NULL
+    cdef const real_t *ini0 = NULL
+    cdef real_t *end0 = NULL
+    cdef const real_t *D0 = NULL
+    cdef const real_t *z0 = NULL
     cdef int tid
-    cdef Py_ssize_t mp = (cm + vw - 1) // vw * vw
-    cdef Py_ssize_t cbsz = cm * mp, ldx = H * P, ldb = G * N
-    cdef Scratch cbs
+    _require(chunk_size >= 1 and num_threads >= 1,
+             "chunk_size and num_threads must be >= 1")
+    _require(G >= 1 and H % G == 0 and B.shape[0] == nb and B.shape[1] == L,
+             "B must be (batch, seqlen, ngroups | nheads, dstate)")
+    _require(shape4(C, nb, L, G, N), "C must have the shape of B")
+    _require(shape4(y, nb, L, H, P), "y must have the shape of x")
+    _require(shape4(last, nb, H, P, N), "last must be (batch, nheads, headdim, dstate)")
+    nch = (L + chunk_size - 1) // chunk_size
+    _require(dt.shape[0] == nb and dt.shape[1] == H
+             and dt.shape[2] == nch * chunk_size,
+             "dt must be (batch, nheads, nchunks * chunk_size)")
+    _require(dA.shape[0] == nb and dA.shape[1] == H
+             and dA.shape[2] == dt.shape[2], "dA must have the shape of dt")
+    _require(seq is None or (seq.shape[0] == nb and seq.shape[1] == L),
+             "seq must be (batch, seqlen)")
+    _require(init is None or (init.shape[1] == H and init.shape[2] == P
+                              and init.shape[3] == N and init.shape[0] >= 1
+                              and (init_per_seq or init.shape[0] == nb)),
+             "init must be (batch or nseq, nheads, headdim, dstate)")
+    _require(not init_per_seq or (init is not None and nb == 1),
+             "per-sequence initial states need batch 1")
+    _require(ends is None or (nb == 1 and ends.shape[1] == H
+                              and ends.shape[2] == P and ends.shape[3] == N),
+             "ends must be (nseq, nheads, headdim, dstate), batch 1")
+    _require(D is None or (D.shape[0] == H and D.shape[1] == P),
+             "D must be (nheads, headdim)")
+    _require(z is None or shape4(z, nb, L, H, P), "z must have the shape of x")
     if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
         return 0
+    cm = imin(chunk_size, L)
+    vw = vector_width(<real_t *> NULL)
+    mp = (cm + vw - 1) // vw * vw
+    cbsz = cm * mp
+    scr = Scratch(num_threads, zm_ssd_scratch(cm, P, N, vw, sizeof(real_t)),
+                  sizeof(real_t))
+    buf = <real_t *> scr.buf
     if share_cb and H // G > 1:
         cbs = Scratch(1, nb * G * nch * cbsz, sizeof(real_t))
         cb = <real_t *> cbs.buf
@@ -224,36 +310,122 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
             t0 = c * chunk_size
             if real_t is float:
                 zm_ssd_cb_f(cb + task * cbsz, mp, &C[b, t0, g, 0],
-                            &B[b, t0, g, 0], ldb, imin(chunk_size, L - t0), N,
-                            buf + tid * scr.per_thread)
+                            &B[b, t0, g, 0], G * N, imin(chunk_size, L - t0),
+                            N, buf + tid * scr.per_thread)
             else:
                 zm_ssd_cb_d(cb + task * cbsz, mp, &C[b, t0, g, 0],
-                            &B[b, t0, g, 0], ldb, imin(chunk_size, L - t0), N,
-                            buf + tid * scr.per_thread)
-    for task in prange(nb * H, num_threads=num_threads, schedule='static',
-                       nogil=True):
-        tid = threadid()
-        scr.mark(tid)
+                            &B[b, t0, g, 0], G * N, imin(chunk_size, L - t0),
+                            N, buf + tid * scr.per_thread)
+    # optional operands as base pointers (NULL when absent), taken with the GIL
+    if seq is not None:
+        sq0 = &seq[0, 0]
+    if init is not None:
+        ini0 = &init[0, 0, 0, 0]
+        n_init = init.shape[0] if init_per_seq else 1
+    if ends is not None and ends.shape[0] > 0:
+        end0 = &ends[0, 0, 0, 0]
+        n_ends = ends.shape[0]
+    if D is not None:
+        D0 = &D[0, 0]
+    if z is not None:
+        z0 = &z[0, 0, 0, 0]
+    # one (batch, head) task walks a whole row of one head: its arguments
+    # are filled in first, one struct per task, then the tasks run
+    # (dynamic scheduling keeps both threads busy when one is descheduled)
+    if real_t is float:
+        taf = <zm_ssd_walk_args_f *> malloc(nb * H * sizeof(zm_ssd_walk_args_f))
+        if taf == NULL:
+            raise MemoryError("could not allocate the SSD task list")
+    else:
+        tad = <zm_ssd_walk_args_d *> malloc(nb * H * sizeof(zm_ssd_walk_args_d))
+        if tad == NULL:
+            raise MemoryError("could not allocate the SSD task list")
+    for task in range(nb * H):
         b = task // H
         h = task % H
         g = h // (H // G)
-        sq = &seq[b, 0] if has_seq else NULL
         if real_t is float:
-            zm_ssd_walk_f(&x[b, 0, h, 0], &y[b, 0, h, 0], &B[b, 0, g, 0],
-                          &C[b, 0, g, 0], &dt[b, h, 0], &dA[b, h, 0], sq,
-                          (cb + (b * G + g) * nch * cbsz) if cb != NULL else NULL,
-                          cbsz, &state[b, h, 0, 0], has_init,
-                          &D[h, 0] if has_D else NULL,
-                          &z[b, 0, h, 0] if has_z else NULL, ldx, ldb, L, P,
-                          N, chunk_size, buf + tid * scr.per_thread)
+            taf[task].x = &x[b, 0, h, 0]
+            taf[task].y = &y[b, 0, h, 0]
+            taf[task].B = &B[b, 0, g, 0]
+            taf[task].C = &C[b, 0, g, 0]
+            taf[task].dt = &dt[b, h, 0]
+            taf[task].cs = &dA[b, h, 0]
+            taf[task].seq = (sq0 + b * L) if sq0 != NULL else NULL
+            taf[task].CB = (cb + (b * G + g) * nch * cbsz) if cb != NULL else NULL
+            taf[task].cbstride = cbsz
+            taf[task].init = ((ini0 + (h if init_per_seq else b * H + h) * PN)
+                              if ini0 != NULL else NULL)
+            taf[task].init_stride = H * PN
+            taf[task].n_init = n_init
+            taf[task].last = &last[b, h, 0, 0]
+            taf[task].ends = (end0 + h * PN) if end0 != NULL else NULL
+            taf[task].ends_stride = H * PN
+            taf[task].n_ends = n_ends
+            taf[task].Dv = (D0 + h * P) if D0 != NULL else NULL
+            taf[task].z = (z0 + (b * L * H + h) * P) if z0 != NULL else NULL
+            taf[task].ldx = H * P
+            taf[task].ldb = G * N
+            taf[task].L = L
+            taf[task].P = P
+            taf[task].N = N
+            taf[task].csz = chunk_size
+            taf[task].k = 0
         else:
-            zm_ssd_walk_d(&x[b, 0, h, 0], &y[b, 0, h, 0], &B[b, 0, g, 0],
-                          &C[b, 0, g, 0], &dt[b, h, 0], &dA[b, h, 0], sq,
-                          (cb + (b * G + g) * nch * cbsz) if cb != NULL else NULL,
-                          cbsz, &state[b, h, 0, 0], has_init,
-                          &D[h, 0] if has_D else NULL,
-                          &z[b, 0, h, 0] if has_z else NULL, ldx, ldb, L, P,
-                          N, chunk_size, buf + tid * scr.per_thread)
+            tad[task].x = &x[b, 0, h, 0]
+            tad[task].y = &y[b, 0, h, 0]
+            tad[task].B = &B[b, 0, g, 0]
+            tad[task].C = &C[b, 0, g, 0]
+            tad[task].dt = &dt[b, h, 0]
+            tad[task].cs = &dA[b, h, 0]
+            tad[task].seq = (sq0 + b * L) if sq0 != NULL else NULL
+            tad[task].CB = (cb + (b * G + g) * nch * cbsz) if cb != NULL else NULL
+            tad[task].cbstride = cbsz
+            tad[task].init = ((ini0 + (h if init_per_seq else b * H + h) * PN)
+                              if ini0 != NULL else NULL)
+            tad[task].init_stride = H * PN
+            tad[task].n_init = n_init
+            tad[task].last = &last[b, h, 0, 0]
+            tad[task].ends = (end0 + h * PN) if end0 != NULL else NULL
+            tad[task].ends_stride = H * PN
+            tad[task].n_ends = n_ends
+            tad[task].Dv = (D0 + h * P) if D0 != NULL else NULL
+            tad[task].z = (z0 + (b * L * H + h) * P) if z0 != NULL else NULL
+            tad[task].ldx = H * P
+            tad[task].ldb = G * N
+            tad[task].L = L
+            tad[task].P = P
+            tad[task].N = N
+            tad[task].csz = chunk_size
+            tad[task].k = 0
+    # on one thread the rows are walked in blocks of about _BLOCK_TOKENS
+    # positions, every (batch, head) task through one block before the next:
+    # the heads of a group then read the block's B, C and C B^T from cache,
+    # not memory. On several threads each task walks its whole row in one
+    # go: a barrier per block would make every thread wait for one that
+    # another process has descheduled (measured 1.5-3x slower than one
+    # thread on a loaded machine, against 1.3-1.5x without the barriers).
+    bc = max(1, _BLOCK_TOKENS // chunk_size) if num_threads == 1 else nch
+    for c0 in range(0, nch, bc):
+        for task in range(nb * H):
+            if real_t is float:
+                taf[task].c0 = c0
+                taf[task].c1 = c0 + bc
+            else:
+                tad[task].c0 = c0
+                tad[task].c1 = c0 + bc
+        with nogil, parallel(num_threads=num_threads):
+            tid = threadid()
+            scr.mark(tid)   # every thread of the team reports, tasks or not
+            for task in prange(nb * H, schedule='dynamic'):
+                if real_t is float:
+                    zm_ssd_walk_f(&taf[task], buf + tid * scr.per_thread)
+                else:
+                    zm_ssd_walk_d(&tad[task], buf + tid * scr.per_thread)
+    if real_t is float:
+        free(taf)
+    else:
+        free(tad)
     return scr.count()
 
 
@@ -270,27 +442,53 @@ cdef inline real_t softplus(real_t v) noexcept nogil:
         return (v if v > 0 else 0) + log1p(exp(-fabs(v)))
 
 
-def process_dt(const real_t[:, :, ::1] dt, const real_t[::1] bias,
-               bint has_bias, bint dt_softplus, double lo, double hi,
-               const real_t[::1] A, bint has_A, Py_ssize_t chunk_size,
-               real_t[:, :, ::1] dt_out, real_t[:, :, ::1] dA,
-               int num_threads):
+def process_dt(const real_t[:, :, ::1] dt, double lo, double hi,
+               Py_ssize_t chunk_size, real_t[:, :, ::1] dt_out,
+               int num_threads, *, const real_t[::1] bias=None,
+               bint dt_softplus=False, const real_t[::1] A=None,
+               real_t[:, :, ::1] dA=None, const long long[:, ::1] seq=None):
     """dt_out[b, h, t] = clamp(softplus(dt[b, t, h] + bias[h]), lo, hi)
-    (softplus and bias optional) for t < seqlen, 0 in the padding; with
-    has_A, dA[b, h, t] = the inclusive sum of dt_out * A[h] from the start of
-    t's chunk (constant over the padding)."""
+    (softplus and bias optional) for t < seqlen, 0 in the padding; with A,
+    dA[b, h, t] = the inclusive sum of dt_out * A[h] from the start of t's
+    chunk, or from the start of t's sequence when `seq` (batch, seqlen)
+    changes id later in the chunk (constant over the padding)."""
     cdef Py_ssize_t nb = dt.shape[0], L = dt.shape[1], H = dt.shape[2]
     cdef Py_ssize_t Lp = dt_out.shape[2], task, b, h, t
     cdef real_t v, acc, a, bh, rlo = <real_t> lo, rhi = <real_t> hi
     cdef real_t *out
     cdef real_t *cs
+    cdef const real_t *bias0 = NULL
+    cdef const real_t *A0 = NULL
+    cdef real_t *dA0 = NULL
+    cdef const long long *sq0 = NULL
+    cdef const long long *sq
+    _require(chunk_size >= 1 and num_threads >= 1,
+             "chunk_size and num_threads must be >= 1")
+    _require(dt_out.shape[0] == nb and dt_out.shape[1] == H and Lp >= L
+             and Lp % chunk_size == 0,
+             "dt_out must be (batch, nheads, a multiple of chunk_size >= seqlen)")
+    _require(bias is None or bias.shape[0] == H, "bias must be (nheads,)")
+    _require((A is None) == (dA is None), "A and dA go together")
+    _require(A is None or (A.shape[0] == H and dA.shape[0] == nb
+                           and dA.shape[1] == H and dA.shape[2] == Lp),
+             "A must be (nheads,), dA like dt_out")
+    _require(seq is None or (seq.shape[0] == nb and seq.shape[1] == L),
+             "seq must be (batch, seqlen)")
+    if nb == 0 or H == 0:
+        return
+    if bias is not None:
+        bias0 = &bias[0]
+    if A is not None:
+        A0 = &A[0]
+        dA0 = &dA[0, 0, 0] if Lp > 0 else NULL
+    if seq is not None and L > 0:
+        sq0 = &seq[0, 0]
     for task in prange(nb * H, num_threads=num_threads, schedule='static',
                        nogil=True):
         b = task // H
         h = task % H
-        bh = bias[h] if has_bias else 0
-        a = A[h] if has_A else 0
-        out = &dt_out[b, h, 0]
+        bh = bias0[h] if bias0 != NULL else 0
+        out = &dt_out[b, h, 0] if Lp > 0 else NULL
         for t in range(L):
             v = dt[b, t, h] + bh
             if dt_softplus:
@@ -302,11 +500,15 @@ def process_dt(const real_t[:, :, ::1] dt, const real_t[::1] bias,
             out[t] = v
         for t in range(L, Lp):
             out[t] = 0
-        if has_A:
-            cs = &dA[b, h, 0]
+        if A0 != NULL:
+            a = A0[h]
+            cs = dA0 + (b * H + h) * Lp
+            sq = (sq0 + b * L) if sq0 != NULL else NULL
             acc = 0
             for t in range(Lp):
                 if t % chunk_size == 0:
+                    acc = 0
+                elif sq != NULL and t < L and sq[t] != sq[t - 1]:
                     acc = 0
                 acc = acc + out[t] * a
                 cs[t] = acc
@@ -317,64 +519,147 @@ def process_dt(const real_t[:, :, ::1] dt, const real_t[::1] bias,
 # the state passing (tasks (batch, head)).
 # ---------------------------------------------------------------------------
 
-def chunk_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
-                const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
-                const real_t[:, :, :, ::1] C,
-                const real_t[:, :, :, :, ::1] states,
-                const long long[:, ::1] seq, bint has_seq, real_t[:, :, :, ::1] y,
-                bint scan, Py_ssize_t chunk_size, int num_threads):
-    """One task per (batch, chunk, head). scan = False (chunk state):
-    states[b, c, h] <- the end state of chunk c from a zero start (`states`
-    must be writable; `C` and `y` are not used). scan = True (chunk scan):
-    y <- intra-chunk term + inter-chunk term from the entering states
-    `states` (only read)."""
+cdef int run_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+                   const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
+                   const real_t[:, :, :, ::1] C,
+                   const real_t[:, :, :, :, ::1] sin,
+                   real_t[:, :, :, :, ::1] sout, const long long[:, ::1] seq,
+                   real_t[:, :, :, ::1] y, Py_ssize_t nch,
+                   Py_ssize_t chunk_size, int num_threads) except -1:
+    """The (batch, chunk, head) tasks of the two chunk stages: chunk scan
+    when y is given (states_in, the entering states, only read), chunk
+    state otherwise (into states_out). Shapes checked by the callers."""
     cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
-    cdef Py_ssize_t nch = states.shape[1]
     cdef Py_ssize_t task, b, c, h, g, t0, m, cm = imin(chunk_size, L)
+    cdef Py_ssize_t PN = P * N
     cdef int tid
+    cdef const long long *sq0 = NULL
     cdef const long long *sq
+    cdef real_t *y0 = NULL
     cdef real_t *yp
     cdef const real_t *cp
+    cdef const real_t *sti
+    cdef real_t *sto
     cdef Scratch scr = Scratch(num_threads,
                                zm_ssd_scratch(cm, P, N,
                                               vector_width(<real_t *> NULL),
                                               sizeof(real_t)),
                                sizeof(real_t))
     cdef real_t *buf = <real_t *> scr.buf
-    if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
-        return 0
-    for task in prange(nb * nch * H, num_threads=num_threads,
-                       schedule='static', nogil=True):
+    cdef const real_t *states_in = NULL
+    cdef real_t *states_out = NULL
+    if seq is not None:
+        sq0 = &seq[0, 0]
+    if y is not None:
+        y0 = &y[0, 0, 0, 0]
+        states_in = &sin[0, 0, 0, 0, 0]
+    else:
+        states_out = &sout[0, 0, 0, 0, 0]
+    with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         scr.mark(tid)
-        b = task // (nch * H)
-        c = (task // H) % nch
-        h = task % H
-        g = h // (H // G)
-        t0 = c * chunk_size
-        m = imin(chunk_size, L - t0)
-        sq = &seq[b, t0] if has_seq else NULL
-        yp = &y[b, t0, h, 0] if scan else NULL
-        cp = &C[b, t0, g, 0] if scan else NULL
-        if real_t is float:
-            zm_ssd_stage_f(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
-                           &dt[b, h, t0], &dA[b, h, t0], sq,
-                           <real_t *> &states[b, c, h, 0, 0], H * P, G * N,
-                           m, cm, P, N, buf + tid * scr.per_thread)
-        else:
-            zm_ssd_stage_d(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
-                           &dt[b, h, t0], &dA[b, h, t0], sq,
-                           <real_t *> &states[b, c, h, 0, 0], H * P, G * N,
-                           m, cm, P, N, buf + tid * scr.per_thread)
+        for task in prange(nb * nch * H, schedule='dynamic'):
+            b = task // (nch * H)
+            c = (task // H) % nch
+            h = task % H
+            g = h // (H // G)
+            t0 = c * chunk_size
+            m = imin(chunk_size, L - t0)
+            sq = (sq0 + b * L + t0) if sq0 != NULL else NULL
+            if y0 != NULL:
+                yp = y0 + ((b * L + t0) * H + h) * P
+                cp = &C[b, t0, g, 0]
+                sti = states_in + ((b * nch + c) * H + h) * PN
+                sto = NULL
+            else:
+                yp = NULL
+                cp = NULL
+                sti = NULL
+                sto = states_out + ((b * nch + c) * H + h) * PN
+            if real_t is float:
+                zm_ssd_stage_f(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
+                               &dt[b, h, t0], &dA[b, h, t0], sq, sti, sto, H * P,
+                               G * N, m, cm, P, N, buf + tid * scr.per_thread)
+            else:
+                zm_ssd_stage_d(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
+                               &dt[b, h, t0], &dA[b, h, t0], sq, sti, sto, H * P,
+                               G * N, m, cm, P, N, buf + tid * scr.per_thread)
     return scr.count()
 
 
+cdef object check_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+                        const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
+                        const long long[:, ::1] seq, Py_ssize_t nch,
+                        Py_ssize_t chunk_size, int num_threads):
+    cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
+    _require(chunk_size >= 1 and num_threads >= 1,
+             "chunk_size and num_threads must be >= 1")
+    _require(nch == (L + chunk_size - 1) // chunk_size,
+             "states must have nchunks = ceil(seqlen / chunk_size)")
+    _require(B.shape[0] == nb and B.shape[1] == L and B.shape[2] >= 1
+             and H % B.shape[2] == 0,
+             "B must be (batch, seqlen, ngroups | nheads, dstate)")
+    _require(dt.shape[0] == nb and dt.shape[1] == H
+             and dt.shape[2] == nch * chunk_size
+             and dA.shape[0] == nb and dA.shape[1] == H
+             and dA.shape[2] == nch * chunk_size,
+             "dt and dA must be (batch, nheads, nchunks * chunk_size)")
+    _require(seq is None or (seq.shape[0] == nb and seq.shape[1] == L),
+             "seq must be (batch, seqlen)")
+
+
+def chunk_state(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+                const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
+                real_t[:, :, :, :, ::1] states, Py_ssize_t chunk_size,
+                int num_threads, *, const long long[:, ::1] seq=None):
+    """states[b, c, h] <- the end state of the last sequence of chunk c,
+    from a zero start. One task per (batch, chunk, head). Returns the number
+    of threads that ran."""
+    cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
+    cdef Py_ssize_t P = x.shape[3], N = B.shape[3], nch = states.shape[1]
+    check_stage(x, dt, dA, B, seq, nch, chunk_size, num_threads)
+    _require(states.shape[0] == nb and states.shape[2] == H
+             and states.shape[3] == P and states.shape[4] == N,
+             "states must be (batch, nchunks, nheads, headdim, dstate)")
+    if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
+        return 0
+    cdef const real_t[:, :, :, :, ::1] no_in = None
+    cdef real_t[:, :, :, ::1] no_y = None
+    return run_stage(x, dt, dA, B, B, no_in, states, seq, no_y, nch,
+                     chunk_size, num_threads)
+
+
+def chunk_scan(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+               const real_t[:, :, ::1] dA, const real_t[:, :, :, ::1] B,
+               const real_t[:, :, :, ::1] C,
+               const real_t[:, :, :, :, ::1] states, real_t[:, :, :, ::1] y,
+               Py_ssize_t chunk_size, int num_threads, *,
+               const long long[:, ::1] seq=None):
+    """y <- intra-chunk term + inter-chunk term from the entering states
+    `states` (only read). One task per (batch, chunk, head). Returns the
+    number of threads that ran."""
+    cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
+    cdef Py_ssize_t P = x.shape[3], N = B.shape[3], nch = states.shape[1]
+    check_stage(x, dt, dA, B, seq, nch, chunk_size, num_threads)
+    _require(shape4(C, nb, L, B.shape[2], N), "C must have the shape of B")
+    _require(states.shape[0] == nb and states.shape[2] == H
+             and states.shape[3] == P and states.shape[4] == N,
+             "states must be (batch, nchunks, nheads, headdim, dstate)")
+    _require(shape4(y, nb, L, H, P), "y must have the shape of x")
+    if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
+        return 0
+    cdef real_t[:, :, :, :, ::1] no_out = None
+    return run_stage(x, dt, dA, B, C, states, no_out, seq, y, nch,
+                     chunk_size, num_threads)
+
+
 def state_passing(const real_t[:, :, :, :, ::1] states,
-                  const real_t[:, :, ::1] dA, const long long[:, ::1] seq,
-                  bint has_seq, Py_ssize_t L, const real_t[:, :, :, ::1] init,
+                  const real_t[:, :, ::1] dA, Py_ssize_t L,
+                  const real_t[:, :, :, ::1] init,
                   real_t[:, :, :, :, ::1] out, real_t[:, :, :, ::1] final,
-                  Py_ssize_t chunk_size, int num_threads):
+                  Py_ssize_t chunk_size, int num_threads, *,
+                  const long long[:, ::1] seq=None):
     """out[b, c] = state entering chunk c (reset when a sequence starts at
     its first position); final = state after the last real position."""
     cdef Py_ssize_t nb = states.shape[0], nch = states.shape[1]
@@ -387,9 +672,28 @@ def state_passing(const real_t[:, :, :, :, ::1] states,
     cdef real_t *dst
     cdef real_t *fin
     cdef const long long *sq
+    cdef const long long *sq0 = NULL
+    _require(chunk_size >= 1 and num_threads >= 1,
+             "chunk_size and num_threads must be >= 1")
+    _require(nch == (L + chunk_size - 1) // chunk_size,
+             "states must have nchunks = ceil(seqlen / chunk_size)")
+    _require(dA.shape[0] == nb and dA.shape[1] == H
+             and Lp == nch * chunk_size,
+             "dA must be (batch, nheads, nchunks * chunk_size)")
+    _require(init.shape[0] == nb and init.shape[1] == H
+             and init.shape[2] * init.shape[3] == PN
+             and out.shape[0] == nb and out.shape[1] == nch
+             and out.shape[2] == H and out.shape[3] * out.shape[4] == PN
+             and final.shape[0] == nb and final.shape[1] == H
+             and final.shape[2] * final.shape[3] == PN,
+             "init, out and final must match states")
+    _require(seq is None or (seq.shape[0] == nb and seq.shape[1] == L),
+             "seq must be (batch, seqlen)")
     if nb == 0 or H == 0 or PN == 0:
         return
-    for task in prange(nb * H, num_threads=num_threads, schedule='static',
+    if seq is not None and L > 0:
+        sq0 = &seq[0, 0]
+    for task in prange(nb * H, num_threads=num_threads, schedule='dynamic',
                        nogil=True):
         b = task // H
         h = task % H
@@ -401,17 +705,23 @@ def state_passing(const real_t[:, :, :, :, ::1] states,
             t0 = c * chunk_size
             m = imin(chunk_size, L - t0)
             cs = &dA[b, h, t0]
-            sq = &seq[b, t0] if has_seq else NULL
+            sq = (sq0 + b * L + t0) if sq0 != NULL else NULL
             if sq != NULL and t0 > 0 and sq[0] != sq[-1]:
                 for k in range(PN):
                     fin[k] = 0
             dst = &out[b, c, h, 0, 0]
             for k in range(PN):
                 dst[k] = fin[k]
-            carry = chunk_carry(cs, sq, m) if m > 0 else 1
             src = &states[b, c, h, 0, 0]
-            for k in range(PN):
-                fin[k] = carry * fin[k] + src[k]
+            if m > 0 and sq != NULL and sq[0] != sq[m - 1]:
+                # a sequence starts inside the chunk: its end state is the
+                # chunk's own (replaced, not multiplied by a zero carry)
+                for k in range(PN):
+                    fin[k] = src[k]
+            else:
+                carry = chunk_carry(cs, sq, m) if m > 0 else 1
+                for k in range(PN):
+                    fin[k] = carry * fin[k] + src[k]
 
 
 # ---------------------------------------------------------------------------
@@ -452,18 +762,109 @@ cdef void sequential_task(const real_t *x, const real_t *dt, const real_t *A,
 
 def sequential(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
                const real_t[::1] A, const real_t[:, :, :, ::1] B,
-               const real_t[:, :, :, ::1] C, const long long[:, ::1] seq,
-               bint has_seq, real_t[:, :, :, ::1] state,
-               real_t[:, :, :, ::1] y, int num_threads):
+               const real_t[:, :, :, ::1] C, real_t[:, :, :, ::1] state,
+               real_t[:, :, :, ::1] y, int num_threads, *,
+               const long long[:, ::1] seq=None):
     """The recurrence step by step; `state` is advanced in place."""
     cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t Lp = dt.shape[2], task
-    cdef const long long *sq = &seq[0, 0] if has_seq else NULL
-    if nb == 0 or H == 0 or L == 0 or P == 0:
+    cdef const long long *sq = NULL
+    _require(num_threads >= 1, "num_threads must be >= 1")
+    _require(G >= 1 and H % G == 0 and B.shape[0] == nb and B.shape[1] == L,
+             "B must be (batch, seqlen, ngroups | nheads, dstate)")
+    _require(shape4(C, nb, L, G, N), "C must have the shape of B")
+    _require(shape4(y, nb, L, H, P), "y must have the shape of x")
+    _require(shape4(state, nb, H, P, N),
+             "state must be (batch, nheads, headdim, dstate)")
+    _require(A.shape[0] == H and dt.shape[0] == nb and dt.shape[1] == H
+             and Lp >= L, "A must be (nheads,), dt (batch, nheads, >= seqlen)")
+    _require(seq is None or (seq.shape[0] == nb and seq.shape[1] == L),
+             "seq must be (batch, seqlen)")
+    if nb == 0 or H == 0 or L == 0 or P == 0 or N == 0:
         return
-    for task in prange(nb * H, num_threads=num_threads, schedule='static',
+    if seq is not None:
+        sq = &seq[0, 0]
+    for task in prange(nb * H, num_threads=num_threads, schedule='dynamic',
                        nogil=True):
         sequential_task(&x[0, 0, 0, 0], &dt[0, 0, 0], &A[0], &B[0, 0, 0, 0],
                         &C[0, 0, 0, 0], sq, &state[0, 0, 0, 0],
                         &y[0, 0, 0, 0], task // H, task % H, L, Lp, H, G, P, N)
+
+
+# ---------------------------------------------------------------------------
+# Decoding: T tokens of every (batch, head) in one call, on a state pool.
+# ---------------------------------------------------------------------------
+
+def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
+           const real_t[::1] A, const real_t[:, :, :, ::1] B,
+           const real_t[:, :, :, ::1] C, real_t[:, :, :, ::1] state,
+           real_t[:, :, :, ::1] y, int num_threads, *,
+           const Py_ssize_t[::1] rows=None,
+           real_t[:, :, :, :, ::1] inter=None):
+    """Advance states by T tokens in place: x, y (batch, T, nheads, headdim),
+    dt (batch, nheads, T) processed steps, B, C (batch, T, ngroups, dstate),
+    state (pool, nheads, headdim, dstate): batch row b advances
+    state[rows[b]] (state[b] without `rows`; the rows must be distinct and
+    in range, checked by the caller). With `inter` (batch, T, nheads,
+    headdim, dstate), the state after every token is copied there."""
+    cdef Py_ssize_t nb = x.shape[0], T = x.shape[1], H = x.shape[2]
+    cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
+    cdef Py_ssize_t pool = state.shape[0], PN = P * N
+    cdef Py_ssize_t task, b, h, g, t, k, r, p0, m
+    cdef real_t a, d
+    cdef real_t *S
+    cdef real_t *I
+    cdef const Py_ssize_t *rw = NULL
+    cdef real_t *inter0 = NULL
+    _require(num_threads >= 1, "num_threads must be >= 1")
+    _require(G >= 1 and H % G == 0 and B.shape[0] == nb and B.shape[1] == T,
+             "B must be (batch, T, ngroups | nheads, dstate)")
+    _require(shape4(C, nb, T, G, N), "C must have the shape of B")
+    _require(shape4(y, nb, T, H, P), "y must have the shape of x")
+    _require(A.shape[0] == H and dt.shape[0] == nb and dt.shape[1] == H
+             and dt.shape[2] == T, "A must be (nheads,), dt (batch, nheads, T)")
+    _require(state.shape[1] == H and state.shape[2] == P and state.shape[3] == N,
+             "state must be (pool, nheads, headdim, dstate)")
+    _require((rows is None and pool == nb) or
+             (rows is not None and rows.shape[0] == nb),
+             "rows must be (batch,), or state (batch, ...) without rows")
+    _require(inter is None or (inter.shape[0] == nb and inter.shape[1] == T
+                               and inter.shape[2] == H and inter.shape[3] == P
+                               and inter.shape[4] == N),
+             "inter must be (batch, T, nheads, headdim, dstate)")
+    if rows is not None:
+        for b in range(nb):
+            _require(0 <= rows[b] < pool, "rows out of range")
+        if nb > 0:
+            rw = &rows[0]
+    if nb == 0 or T == 0 or H == 0 or P == 0 or N == 0:
+        return
+    if inter is not None:
+        inter0 = &inter[0, 0, 0, 0, 0]
+    for task in prange(nb * H, num_threads=num_threads, schedule='dynamic',
+                       nogil=True):
+        b = task // H
+        h = task % H
+        g = h // (H // G)
+        r = rw[b] if rw != NULL else b
+        # rows outer, tokens inner: a block of 4 rows of the state (4 *
+        # dstate values) stays in L1 through all T tokens; each row's
+        # arithmetic is that of a one-token call
+        for p0 in range(0, P, 4):
+            m = P - p0 if P - p0 < 4 else 4
+            S = &state[r, h, p0, 0]
+            for t in range(T):
+                d = dt[b, h, t]
+                if real_t is float:
+                    a = expf(d * A[h])
+                    zm_seq_step_f(S, &x[b, t, h, p0], &B[b, t, g, 0],
+                                  &C[b, t, g, 0], a, d, m, N, &y[b, t, h, p0])
+                else:
+                    a = exp(d * A[h])
+                    zm_seq_step_d(S, &x[b, t, h, p0], &B[b, t, g, 0],
+                                  &C[b, t, g, 0], a, d, m, N, &y[b, t, h, p0])
+                if inter0 != NULL:
+                    I = inter0 + (((b * T + t) * H + h) * P + p0) * N
+                    for k in range(m * N):
+                        I[k] = S[k]

@@ -493,70 +493,135 @@ ZM_INLINE void S(zm_ssd_finish)(T *Y, const T *X, const T *Z, ptrdiff_t ld,
  * each one's output from the running state, then the state advanced
  * through the chunk.
  *
- * x, y: (L, P) of this head, row stride ldx; B, C: (L, N) of its group,
- * row stride ldb; dt, cs: (L,) step sizes and per-chunk cumulative decays;
- * seq: (L,) sequence ids or NULL; CB: chunk c's C B^T at CB + c * cbstride
- * (zm_ssd_cb), or NULL to form it per chunk; state: (P, N), the initial
- * state (has_init) on entry, the final one on return; Dv: (P,) skip weights
- * and z: (L, P) gates of row stride ldx, each NULL when absent. */
+ * Packed sequences never share arithmetic: a chunk that holds a sequence
+ * boundary is cut there into segments, each computed on its own as a
+ * shorter chunk (the running state is not read by a segment that starts a
+ * sequence, it is replaced), so a NaN or inf in one sequence cannot reach
+ * another through a zero weight. The cumulative decays `cs` must restart
+ * at every chunk and at every sequence start (see process_dt).
+ *
+ * Scratch `work`: zm_ssd_scratch(min(csz, L), P, N, VW, sizeof(T)). */
+typedef struct {
+    const T *x;            /* (L, P) of this head, row stride ldx */
+    T *y;                  /* (L, P), row stride ldx */
+    const T *B, *C;        /* (L, N) of the head's group, row stride ldb */
+    const T *dt, *cs;      /* (L,) steps and restarted cumulative decays */
+    const long long *seq;  /* (L,) sequence ids, or NULL: one sequence */
+    const T *CB;           /* chunk c's C B^T at CB + c * cbstride, or NULL */
+    ptrdiff_t cbstride;
+    const T *init;         /* sequence k starts from the (P, N) state at */
+    ptrdiff_t init_stride; /* init + k * init_stride when k < n_init, */
+    ptrdiff_t n_init;      /* from zero otherwise */
+    T *last;               /* (P, N): the state after position L - 1 */
+    T *ends;               /* sequence k's end state at ends + k * */
+    ptrdiff_t ends_stride; /* ends_stride when k < n_ends (ends != NULL) */
+    ptrdiff_t n_ends;
+    const T *Dv;           /* (P,) skip weights, or NULL */
+    const T *z;            /* (L, P) gates, row stride ldx, or NULL */
+    ptrdiff_t ldx, ldb, L, P, N, csz;
+    ptrdiff_t c0, c1;      /* the chunks of this call, c0 <= c < c1: a row */
+    ptrdiff_t k;           /* is walked in blocks of chunks, the state kept */
+} S(zm_ssd_walk_args);     /* in `last` and the sequence count in k between */
+
 ZM_CLONES
-static void S(zm_ssd_walk)(const T *x, T *y, const T *B, const T *C,
-                           const T *dt, const T *cs, const long long *seq,
-                           const T *CBall, ptrdiff_t cbstride, T *state,
-                           int has_init, const T *Dv, const T *z,
-                           ptrdiff_t ldx, ptrdiff_t ldb, ptrdiff_t L,
-                           ptrdiff_t P, ptrdiff_t N, ptrdiff_t csz, T *work)
+static void S(zm_ssd_walk)(S(zm_ssd_walk_args) *a, T *work)
 {
+    const ptrdiff_t L = a->L, P = a->P, N = a->N, csz = a->csz;
+    const ptrdiff_t ldx = a->ldx, ldb = a->ldb;
     const ptrdiff_t nch = (L + csz - 1) / csz;
     const S(zm_ssd_ws) ws = S(zm_ssd_workspace)(work, zm_ssd_min(csz, L),
                                                 P, N);
-    int has_state = has_init;
-    ptrdiff_t c;
+    const long long *seq = a->seq;
+    ptrdiff_t c, k = a->c0 > 0 ? a->k : 0;
+    int has_state;
 
-    if (has_state)
-        S(zm_ssd_state_in)(&ws, state, P, N);
-    for (c = 0; c < nch; c++) {
-        const ptrdiff_t t0 = c * csz;
-        const long long *sq = seq != NULL ? seq + t0 : NULL;
-        /* a sequence starting at the chunk's first position */
-        if (sq != NULL && t0 > 0 && sq[0] != sq[-1])
-            has_state = 0;
-        const int more = c + 1 < nch;
-        S(zm_pf) pf = {more ? x + (t0 + csz) * ldx : x, ldx, 0,
-                       more ? zm_ssd_min(csz, L - t0 - csz) : 0, 0, P};
-        S(zm_ssd_chunk)(&ws, x + t0 * ldx, y + t0 * ldx, ldx, B + t0 * ldb,
-                        C + t0 * ldb, ldb, dt + t0, cs + t0, sq,
-                        CBall != NULL ? CBall + c * cbstride : NULL,
-                        has_state, 1, zm_ssd_min(csz, L - t0), P, N, &pf);
-        if (Dv != NULL || z != NULL)
-            S(zm_ssd_finish)(y + t0 * ldx, x + t0 * ldx,
-                             z != NULL ? z + t0 * ldx : NULL, ldx, Dv,
-                             zm_ssd_min(csz, L - t0), P);
+    if (a->c0 > 0) {             /* a later block: resume the row */
         has_state = 1;
+        S(zm_ssd_state_in)(&ws, a->last, P, N);
+    } else {
+        has_state = a->n_init > 0;
+        if (has_state)
+            S(zm_ssd_state_in)(&ws, a->init, P, N);
     }
-    S(zm_ssd_state_out)(&ws, state, P, N);
+    for (c = a->c0; c < a->c1 && c < nch; c++) {
+        const ptrdiff_t t0 = c * csz, m = zm_ssd_min(csz, L - t0);
+        const int more = c + 1 < nch;
+        S(zm_pf) pf = {more ? a->x + (t0 + csz) * ldx : a->x, ldx, 0,
+                       more ? zm_ssd_min(csz, L - t0 - csz) : 0, 0, P};
+        ptrdiff_t s0 = 0, s1;
+        while (s0 < m) {
+            const ptrdiff_t t = t0 + s0;
+            s1 = m;
+            if (seq != NULL)
+                for (s1 = s0 + 1; s1 < m && seq[t0 + s1] == seq[t]; s1++)
+                    ;
+            if (seq != NULL && t > 0 && seq[t] != seq[t - 1]) {
+                /* sequence k ends at t - 1, sequence k + 1 starts at t */
+                if (a->ends != NULL && k < a->n_ends)
+                    S(zm_ssd_state_out)(&ws, a->ends + k * a->ends_stride,
+                                        P, N);
+                k++;
+                has_state = k < a->n_init;
+                if (has_state)
+                    S(zm_ssd_state_in)(&ws, a->init + k * a->init_stride,
+                                       P, N);
+            }
+            S(zm_ssd_chunk)(&ws, a->x + t * ldx, a->y + t * ldx, ldx,
+                            a->B + t * ldb, a->C + t * ldb, ldb, a->dt + t,
+                            a->cs + t, NULL,
+                            a->CB != NULL && s0 == 0 && s1 == m
+                                ? a->CB + c * a->cbstride : NULL,
+                            has_state, 1, s1 - s0, P, N, &pf);
+            if (a->Dv != NULL || a->z != NULL)
+                S(zm_ssd_finish)(a->y + t * ldx, a->x + t * ldx,
+                                 a->z != NULL ? a->z + t * ldx : NULL, ldx,
+                                 a->Dv, s1 - s0, P);
+            has_state = 1;
+            s0 = s1;
+        }
+    }
+    S(zm_ssd_state_out)(&ws, a->last, P, N);
+    a->k = k;
+    if (a->c1 >= nch && a->ends != NULL && k < a->n_ends)
+        S(zm_ssd_state_out)(&ws, a->ends + k * a->ends_stride, P, N);
 }
 
-/* One chunk of the staged algorithm. With y != NULL: the chunk's output
- * from the state entering it, `state` (P, N) (chunk scan); otherwise the
- * chunk's end state from zero into `state` (chunk state). */
+/* One chunk of the staged algorithm, cut at sequence boundaries (sq: the
+ * chunk's ids, or NULL) so that sequences share no arithmetic. With
+ * y != NULL: the chunk's output, the first sequence's from the state
+ * entering the chunk, `state_in` (P, N), the others' from zero (chunk
+ * scan); otherwise the end state of the chunk's last sequence from zero
+ * into `state_out` (chunk state). */
 ZM_CLONES
 static void S(zm_ssd_stage)(const T *x, T *y, const T *B, const T *C,
                             const T *dt, const T *cs, const long long *sq,
-                            T *state, ptrdiff_t ldx, ptrdiff_t ldb,
+                            const T *state_in, T *state_out,
+                            ptrdiff_t ldx, ptrdiff_t ldb,
                             ptrdiff_t m, ptrdiff_t cm, ptrdiff_t P,
                             ptrdiff_t N, T *work)
 {
     const S(zm_ssd_ws) ws = S(zm_ssd_workspace)(work, cm, P, N);
-    if (y != NULL) {
-        S(zm_ssd_state_in)(&ws, state, P, N);
-        S(zm_ssd_chunk)(&ws, x, y, ldx, B, C, ldb, dt, cs, sq, NULL, 1, 0,
-                        m, P, N, NULL);
-    } else {
-        S(zm_ssd_chunk)(&ws, x, NULL, ldx, B, C, ldb, dt, cs, sq, NULL, 0, 1,
-                        m, P, N, NULL);
-        S(zm_ssd_state_out)(&ws, state, P, N);
+    ptrdiff_t s0 = 0, s1;
+    if (y != NULL)
+        S(zm_ssd_state_in)(&ws, state_in, P, N);
+    while (s0 < m) {
+        s1 = m;
+        if (sq != NULL)
+            for (s1 = s0 + 1; s1 < m && sq[s1] == sq[s0]; s1++)
+                ;
+        if (y != NULL)
+            S(zm_ssd_chunk)(&ws, x + s0 * ldx, y + s0 * ldx, ldx,
+                            B + s0 * ldb, C + s0 * ldb, ldb, dt + s0,
+                            cs + s0, NULL, NULL, s0 == 0, 0, s1 - s0, P, N,
+                            NULL);
+        else if (s1 == m)
+            S(zm_ssd_chunk)(&ws, x + s0 * ldx, NULL, ldx, B + s0 * ldb,
+                            NULL, ldb, dt + s0, cs + s0, NULL, NULL, 0, 1,
+                            s1 - s0, P, N, NULL);
+        s0 = s1;
     }
+    if (y == NULL)
+        S(zm_ssd_state_out)(&ws, state_out, P, N);
 }
 
 /* C B^T of one chunk into CB (m rows, row stride ldcb), for a first pass

@@ -18,6 +18,7 @@ Layouts follow mamba_ssm: sequences are (batch, dim, seqlen).
 import numpy as np
 
 from . import _selective
+from .ssd import _batch_indices, _seq_idx, _state_buffer
 from ._validation import (
     as_array,
     check_shape,
@@ -26,7 +27,8 @@ from ._validation import (
     result_dtype,
 )
 
-__all__ = ["causal_conv1d", "causal_conv1d_update", "selective_scan"]
+__all__ = ["causal_conv1d", "causal_conv1d_update", "selective_scan",
+           "selective_scan_update"]
 
 _ACTIVATIONS = (None, "silu")
 
@@ -68,7 +70,7 @@ def _bc_layout(X, name, batch, dim, N, L):
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                    delta_softplus=False, return_last_state=False,
-                   initial_state=None, workers=None):
+                   initial_state=None, workers=None, seq_idx=None):
     r"""Mamba-1's selective scan: an SSM whose step and projections vary per token.
 
     Parameters
@@ -102,6 +104,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         only when `A` is. Default 0.
     workers : int, optional
         Threads; None is 1, -1 all cores (see :func:`scipy.fft.fft`).
+    seq_idx : array_like of int, optional
+        Sequence ids, shape (batch, seqlen), non-decreasing along each row:
+        several sequences packed in one row. The state is set to zero where
+        the id changes (`initial_state` is the state before position 0);
+        each sequence equals its lone call.
 
     Returns
     -------
@@ -120,11 +127,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         real.
     ValueError
         If a shape does not match the others (the message names the
-        argument), ngroups does not divide dim, or `workers` is 0.
+        argument), ngroups does not divide dim, `workers` is 0 or `seq_idx`
+        decreases.
 
     See Also
     --------
     causal_conv1d : the convolution that precedes the scan in a Mamba layer.
+    selective_scan_update : one decoding step.
     sequential_scan : the scalar recurrence this generalises.
 
     Notes
@@ -155,6 +164,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     flushes results below about 1.7e-38 to zero.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       `seq_idx`.
 
     Examples
     --------
@@ -228,15 +239,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         check_shape(delta_bias, (dim,), "delta_bias")
     if h0 is not None:
         check_shape(h0, (batch, dim, N), "initial_state")
+    seq = _seq_idx(seq_idx, batch, L)
 
     def real(x):
         return np.ascontiguousarray(x, dtype=rdt)
 
     u_ = real(u)
     delta_ = real(delta)
-    D_ = np.zeros(dim, rdt) if D is None else real(D)
-    bias_ = np.zeros(dim, rdt) if delta_bias is None else real(delta_bias)
-    z_ = None if z is None else real(z)
+    opt = dict(D=None if D is None else real(D),
+               delta_bias=None if delta_bias is None else real(delta_bias),
+               delta_softplus=bool(delta_softplus),
+               z=None if z is None else real(z), seq=seq)
     b_layout = np.asarray(b_layout, dtype=np.intp)
     c_layout = np.asarray(c_layout, dtype=np.intp)
     nthreads = max(1, min(nthreads, batch * dim))
@@ -247,8 +260,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         last = np.empty((batch, dim, N), dtype=rdt)
         _selective.selective_scan_real(
             u_, delta_, real(A), real(B).ravel(), b_layout,
-            real(C).ravel(), c_layout, D_, bias_, bool(delta_softplus), z_,
-            h0_, y, last, nthreads)
+            real(C).ravel(), c_layout, h0_, y, last, nthreads, **opt)
     else:
         cdt = dtype
 
@@ -269,9 +281,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         last_im = np.empty((batch, dim, N), dtype=rdt)
         _selective.selective_scan_complex(
             u_, delta_, A_re, A_im, B_re.ravel(), B_im.ravel(), b_layout,
-            C_re.ravel(), C_im.ravel(), c_layout, D_, bias_,
-            bool(delta_softplus), z_, h0_re, h0_im, y, last_re, last_im,
-            nthreads)
+            C_re.ravel(), C_im.ravel(), c_layout, h0_re, h0_im, y, last_re,
+            last_im, nthreads, **opt)
         last = np.empty((batch, dim, N), dtype=cdt)
         last.real = last_re
         last.imag = last_im
@@ -298,7 +309,8 @@ def _conv_weight(weight, dim):
 
 
 def causal_conv1d(x, weight, bias=None, *, activation=None,
-                  initial_states=None, return_final_states=False, workers=None):
+                  initial_states=None, return_final_states=False, workers=None,
+                  seq_idx=None):
     r"""Depthwise causal 1-D convolution, as in a Mamba layer.
 
     Parameters
@@ -322,6 +334,12 @@ def causal_conv1d(x, weight, bias=None, *, activation=None,
         seqlen < width-1): the `initial_states` that continue the sequence.
     workers : int, optional
         Threads to use: None is 1, -1 all cores.
+    seq_idx : array_like of int, optional
+        Sequence ids, shape (batch, seqlen), non-decreasing along each row:
+        several sequences packed in one row. A tap never reads across a
+        sequence boundary (it reads zeros, as at the start of a lone
+        sequence); `initial_states` precede the first sequence only, and
+        the final states are those of the last sequence.
 
     Returns
     -------
@@ -340,8 +358,8 @@ def causal_conv1d(x, weight, bias=None, *, activation=None,
     TypeError
         If an input is not real numeric.
     ValueError
-        If the shapes do not match (the message names the argument) or
-        `activation` is not None or "silu".
+        If the shapes do not match (the message names the argument),
+        `activation` is not None or "silu", or `seq_idx` decreases.
 
     See Also
     --------
@@ -364,6 +382,8 @@ def causal_conv1d(x, weight, bias=None, *, activation=None,
     as the whole. Computed in the input dtype, one channel at a time.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       `seq_idx`.
 
     Examples
     --------
@@ -401,7 +421,17 @@ def causal_conv1d(x, weight, bias=None, *, activation=None,
     init_ = np.zeros((batch, dim, W - 1), dtype) if init is None \
         else np.ascontiguousarray(init, dtype=dtype)
     bias_ = np.zeros(dim, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+    seq = _seq_idx(seq_idx, batch, L)
     xt = np.swapaxes(x, 1, 2)
+    if seq is not None:
+        x_ = np.ascontiguousarray(x, dtype=dtype)
+        out = np.empty((batch, dim, L), dtype=dtype)
+        _selective.causal_conv1d_seq(
+            x_, seq, np.ascontiguousarray(weight, dtype=dtype), bias_, init_,
+            out, silu, nthreads)
+        if not return_final_states:
+            return out
+        return out, _last_sequence_window(x_, seq, init_, W)
     if x.dtype == dtype and dim > 1 and xt.strides[2] == x.itemsize:
         # time-major data (channels contiguous, e.g. a transposed view of a
         # (batch, seqlen, dim) layer activation): convolve in that layout,
@@ -428,57 +458,91 @@ def causal_conv1d(x, weight, bias=None, *, activation=None,
     return out, final
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None):
-    r"""One decoding step of :func:`causal_conv1d`; advances `conv_state` in place.
+def _last_sequence_window(x, seq, init, W):
+    """The last W - 1 inputs of each row's last sequence (zeros before its
+    start, the initial states when it is the row's first sequence)."""
+    batch, dim, L = x.shape
+    final = np.zeros((batch, dim, W - 1), dtype=x.dtype)
+    if W == 1:
+        return final
+    for b in range(batch):
+        start = int(np.searchsorted(seq[b], seq[b, -1])) if L else 0
+        ext = np.concatenate([init[b], x[b]], axis=-1) if start == 0 else \
+            np.concatenate([np.zeros((dim, W - 1), x.dtype), x[b, :, start:]], axis=-1)
+        final[b] = ext[:, ext.shape[1] - (W - 1):]
+    return final
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None,
+                         conv_state_indices=None):
+    r"""Decoding steps of :func:`causal_conv1d`; advances `conv_state` in place.
 
     Parameters
     ----------
     x : array_like
-        The new token, shape (batch, dim), or (batch, dim, 1).
-    conv_state : ndarray
-        The last width-1 inputs, shape (batch, dim, width-1), oldest first
-        (the ``final_states`` of :func:`causal_conv1d`). Updated in place: it
-        must be a writeable C-contiguous ndarray of the result dtype.
+        The new token, shape (batch, dim), or T new tokens, shape
+        (batch, dim, T).
+    conv_state : ndarray or DLPack array
+        The last inputs, oldest first, shape (batch, dim, state_len) with
+        ``state_len >= width - 1`` (the ``final_states`` of
+        :func:`causal_conv1d` when ``state_len == width - 1``; a wider cache,
+        as transformers keeps, holds older inputs in front), or
+        (pool, dim, state_len) with `conv_state_indices`. Its last width-1
+        columns are the window; every call shifts the whole cache left by
+        the number of tokens. Updated in place: a writeable C-contiguous
+        ndarray of the result dtype, or a CPU array of another library (a
+        torch tensor) updated in its own memory through ``__dlpack__``.
     weight : array_like
         Shape (dim, width), as for :func:`causal_conv1d`.
     bias : array_like, optional
         Shape (dim,).
     activation : {None, "silu"}, optional
         Applied to the output.
+    conv_state_indices : array_like of int, optional
+        Shape (batch,): batch row b uses ``conv_state[conv_state_indices[b]]``
+        of a larger pool (continuous batching); other rows are untouched.
+        Distinct, in ``[0, pool)``.
 
     Returns
     -------
     out : ndarray
-        The output for this token, of the shape of `x`.
+        The outputs for the new tokens, of the shape of `x`.
 
     Raises
     ------
     TypeError
-        If an input is not real numeric, `conv_state` is not an ndarray, or
-        its dtype is not the result dtype of `x`, `conv_state`, `weight` and
-        `bias`.
+        If an input is not real numeric, `conv_state` is neither an ndarray
+        nor a zero-copy DLPack array, its dtype is not the result dtype of
+        `x`, `conv_state`, `weight` and `bias`, or `conv_state_indices` is
+        not integer.
     ValueError
         If the shapes do not match (the message names the argument),
-        `conv_state` is read-only or not C-contiguous, or `activation` is
-        not None or "silu".
+        `conv_state` is read-only or not C-contiguous, `activation` is not
+        None or "silu", or `conv_state_indices` is out of range or repeats
+        a row.
 
     See Also
     --------
     causal_conv1d : the whole sequence at once.
+    selective_scan_update : the scan's decoding step.
 
     Notes
     -----
-    With :math:`s` the state (:math:`W-1` inputs, oldest first),
+    With :math:`s` the window (the last :math:`W-1` cached inputs, oldest
+    first), per token
 
     .. math::
 
         \mathrm{out} = b + \sum_{k=0}^{W-2} w_k s_k + w_{W-1} x,
 
-    then :math:`s \leftarrow (s_1, \dots, s_{W-2}, x)`. Running it token by
-    token from the state :func:`causal_conv1d` returns gives the outputs of
-    :func:`causal_conv1d` on the longer sequence.
+    then the cache shifts left by one and :math:`x` enters at its end.
+    Running it from the state :func:`causal_conv1d` returns gives the
+    outputs of :func:`causal_conv1d` on the longer sequence. The T tokens of
+    a call run in one kernel call.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       Wider caches, the token axis, `conv_state_indices`; DLPack states.
 
     Examples
     --------
@@ -489,8 +553,15 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None):
     array([[33.]])
     >>> state
     array([[[2., 3.]]])
+
+    Two tokens at once:
+
+    >>> causal_conv1d_update([[[4.0, 5.0]]], state, [[1.0, 1.0, 10.0]])
+    array([[[45., 57.]]])
+    >>> state
+    array([[[4., 5.]]])
     """
-    conv_state = inplace_array(conv_state, "conv_state")
+    conv_state = _state_buffer(conv_state, "conv_state")
     x = as_array(x, "x")
     weight = as_array(weight, "weight")
     bias = None if bias is None else as_array(bias, "bias")
@@ -503,23 +574,173 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None):
         )
     silu = _activation(activation)
     shape = x.shape
-    if x.ndim == 3 and x.shape[2] == 1:
-        x = x[:, :, 0]
-    if x.ndim != 2:
+    if x.ndim == 2:
+        x = x[:, :, None]
+    if x.ndim != 3:
         raise ValueError(
-            f"`x` must have shape (batch, dim) or (batch, dim, 1), got {shape}"
+            f"`x` must have shape (batch, dim) or (batch, dim, T), got {shape}"
         )
-    batch, dim = x.shape
+    batch, dim, T = x.shape
     W = _conv_weight(weight, dim)
-    check_shape(conv_state, (batch, dim, W - 1), "conv_state")
+    rows = _batch_indices(conv_state_indices, batch,
+                          conv_state.shape[0] if conv_state.ndim else 0,
+                          "conv_state_indices")
+    check_shape(conv_state, (batch if rows is None else None, dim, None),
+                "conv_state")
+    if conv_state.shape[2] < W - 1:
+        raise ValueError(
+            f"`conv_state` must keep at least width - 1 = {W - 1} inputs "
+            f"(its last axis), got {conv_state.shape[2]}"
+        )
     if bias is not None:
         check_shape(bias, (dim,), "bias")
     x_ = np.ascontiguousarray(x, dtype=dtype)
     if np.may_share_memory(x_, conv_state):
         x_ = x_.copy()
-    out = np.empty((batch, dim), dtype=dtype)
-    _selective.causal_conv1d_update(
+    out = np.empty((batch, dim, T), dtype=dtype)
+    _selective.conv_update(
         x_, conv_state, np.ascontiguousarray(weight, dtype=dtype),
         np.zeros(dim, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype),
-        out, silu)
+        out, silu, rows=rows)
     return out.reshape(shape)
+
+
+def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
+                          dt_bias=None, dt_softplus=False,
+                          state_batch_indices=None):
+    r"""Advance a Mamba-1 state by one token, in place; return the output.
+
+    Parameters
+    ----------
+    state : ndarray or DLPack array
+        Shape (batch, dim, dstate), or (pool, dim, dstate) with
+        `state_batch_indices`; updated in place. A writeable C-contiguous
+        ndarray of the computation's dtype (float32/float64 for real `A`,
+        complex64/complex128 for complex `A`), or a CPU array of another
+        library (a torch tensor) updated in its own memory through
+        ``__dlpack__``.
+    x : array_like
+        The token's inputs, shape (batch, dim).
+    dt : array_like
+        Step sizes, shape (batch, dim).
+    A : array_like
+        State matrix diagonals, shape (dim, dstate), real or complex.
+    B, C : array_like
+        Projections, shape (batch, dstate) or (batch, ngroups, dstate)
+        (channel d uses group ``d // (dim // ngroups)``); complex only when
+        `A` is.
+    D : array_like, optional
+        Skip connection, shape (dim,).
+    z : array_like, optional
+        Gate, shape (batch, dim).
+    dt_bias : array_like, optional
+        Added to `dt`, shape (dim,).
+    dt_softplus : bool, optional
+        Use ``softplus(dt + dt_bias)`` as the step.
+    state_batch_indices : array_like of int, optional
+        Shape (batch,): batch row b advances ``state[state_batch_indices[b]]``
+        of a larger pool; other rows are untouched. Distinct, in
+        ``[0, pool)``.
+
+    Returns
+    -------
+    y : ndarray
+        Shape (batch, dim), real.
+
+    Raises
+    ------
+    TypeError
+        If `state` is neither an ndarray nor a zero-copy DLPack array, its
+        dtype is not the computation's, an input is not numeric or is
+        complex where it may not be, or `state_batch_indices` is not
+        integer.
+    ValueError
+        If `state` is read-only or not C-contiguous, a shape does not match
+        (the message names the argument), or `state_batch_indices` is out
+        of range or repeats a row.
+
+    See Also
+    --------
+    selective_scan : the whole sequence; this is its last step.
+    selective_state_update : the Mamba-2 step.
+    causal_conv1d_update : the convolution's step.
+
+    Notes
+    -----
+    One step of :func:`selective_scan` from the state it is given:
+
+    .. math::
+
+        h \leftarrow \exp(\Delta A) \odot h + \Delta B u, \qquad
+        y = \Big(	extstyle\sum_n C_n h_n + D u\Big) \operatorname{silu}(z),
+
+    with :math:`2\,\mathrm{Re}` of the sum for complex :math:`A`. Equal to
+    the last output of ``selective_scan(..., initial_state=state)`` on the
+    sequence ending with this token.
+
+    .. versionadded:: 0.2.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zilla_muf import selective_scan_update
+    >>> state = np.zeros((1, 1, 1))
+    >>> for _ in range(3):
+    ...     y = selective_scan_update(state, [[1.0]], [[1.0]], [[-np.log(2.0)]],
+    ...                               [[1.0]], [[1.0]])
+    >>> y, state
+    (array([[1.75]]), array([[[1.75]]]))
+    """
+    state = _state_buffer(state, "state", tuple(np.dtype(d) for d in (
+        np.float32, np.float64, np.complex64, np.complex128)))
+    x = as_array(x, "x")
+    dt = as_array(dt, "dt")
+    B = as_array(B, "B")
+    C = as_array(C, "C")
+    check_shape(x, (None, None), "x")
+    batch, dim = x.shape
+    check_shape(dt, (batch, dim), "dt")
+    if B.ndim not in (2, 3):
+        raise ValueError(
+            f"`B` must have shape (batch, dstate) or (batch, ngroups, dstate), "
+            f"got {B.shape}"
+        )
+    if C.ndim not in (2, 3):
+        raise ValueError(
+            f"`C` must have shape (batch, dstate) or (batch, ngroups, dstate), "
+            f"got {C.shape}"
+        )
+    if z is not None:
+        z = as_array(z, "z")
+        check_shape(z, (batch, dim), "z")
+    A_ = as_array(A, "A")
+    complex_state = A_.dtype.kind == "c"
+    rows = _batch_indices(state_batch_indices, batch,
+                          state.shape[0] if state.ndim else 0,
+                          "state_batch_indices")
+    if complex_state:
+        ok = (np.complex64, np.complex128)
+    else:
+        ok = (np.float32, np.float64)
+    if state.dtype not in ok:
+        raise TypeError(
+            f"`state` must have dtype {' or '.join(np.dtype(d).name for d in ok)} "
+            f"for {'complex' if complex_state else 'real'} `A`, got {state.dtype}"
+        )
+    check_shape(state, (batch if rows is None else None, dim, None), "state")
+    h0 = state if rows is None else state[rows]
+    y, last = selective_scan(
+        x[:, :, None], dt[:, :, None], A_, B[..., None], C[..., None], D=D,
+        z=None if z is None else z[:, :, None], delta_bias=dt_bias,
+        delta_softplus=dt_softplus, return_last_state=True, initial_state=h0)
+    if last.dtype != state.dtype:
+        raise TypeError(
+            f"`state` has dtype {state.dtype} but the inputs compute in "
+            f"{last.dtype}; pass inputs of dtype {state.dtype} or a "
+            f"{last.dtype} state"
+        )
+    if rows is None:
+        state[...] = last
+    else:
+        state[rows] = last
+    return y[:, :, 0]

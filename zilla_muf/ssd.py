@@ -80,7 +80,7 @@ class _Problem:
 
     def __init__(self, x, dt, A, B, C, *, D=None, z=None, dt_bias=None,
                  initial_states=None, seq_idx=None, dt_softplus=False,
-                 dt_limit=(0.0, math.inf), extra=None):
+                 dt_limit=(0.0, math.inf), extra=None, cu_seqlens=None):
         x = as_array(x, "x")
         dt = as_array(dt, "dt")
         A = as_array(A, "A")
@@ -113,9 +113,13 @@ class _Problem:
             check_shape(opt["z"], x.shape, "z")
         if opt["dt_bias"] is not None:
             check_shape(opt["dt_bias"], (H,), "dt_bias")
-        if opt["initial_states"] is not None:
-            check_shape(opt["initial_states"], (nb, H, P, N), "initial_states")
         self.seq = _seq_idx(seq_idx, nb, L)
+        self.cu = None
+        if cu_seqlens is not None:
+            self.cu, self.seq = _cu_seqlens(cu_seqlens, nb, L, self.seq)
+        if opt["initial_states"] is not None:
+            rows = nb if self.cu is None else len(self.cu) - 1
+            check_shape(opt["initial_states"], (rows, H, P, N), "initial_states")
         self.dt_softplus = bool(dt_softplus)
         self.dt_limit = _dt_limit(dt_limit)
         cast = self.cast
@@ -134,11 +138,12 @@ class _Problem:
     def degenerate(self):
         return min(self.nb, self.L, self.H, self.P, self.N) == 0
 
-    def processed_dt(self, chunk_size=None, nthreads=1):
+    def processed_dt(self, chunk_size=None, nthreads=1, seq=None):
         """dt' as (batch, nheads, seqlen); with a chunk size, (dt_out,
-        dA_cumsum) as (batch, nheads, nchunks * chunk_size), padded."""
+        dA_cumsum) as (batch, nheads, nchunks * chunk_size), padded (the
+        sums also restarted where `seq` changes)."""
         return _step_sizes(self.dt, self.A, self.dt_bias, self.dt_softplus,
-                           self.dt_limit, chunk_size, nthreads)
+                           self.dt_limit, chunk_size, nthreads, seq)
 
     def state(self):
         """A fresh (batch, nheads, headdim, dstate) state: the initial one or 0."""
@@ -146,8 +151,9 @@ class _Problem:
             return np.zeros((self.nb, self.H, self.P, self.N), dtype=self.dtype)
         return self.init.copy()
 
-    def seq_args(self):
-        return _seq_kernel_args(self.seq)
+    @property
+    def nseq(self):
+        return 0 if self.cu is None else len(self.cu) - 1
 
     def finish(self, y):
         return _finish(y, self.x, self.D, self.z)
@@ -175,6 +181,42 @@ def _seq_idx(seq_idx, nb, L):
             "packed sequences in order)"
         )
     return s
+
+
+def _cu_seqlens(cu_seqlens, nb, L, seq):
+    """Check `cu_seqlens` (nseq + 1,) against a (1, L) batch; return it as
+    int64 and the sequence ids it implies, (1, L)."""
+    cu = np.asarray(cu_seqlens)
+    if cu.dtype.kind not in "iu":
+        raise ValueError(
+            f"`cu_seqlens` must be an array of integers, got dtype {cu.dtype}"
+        )
+    if cu.ndim != 1 or cu.shape[0] < 2:
+        raise ValueError(
+            f"`cu_seqlens` must have shape (nseq + 1,) with nseq >= 1, got "
+            f"shape {cu.shape}"
+        )
+    if nb != 1:
+        raise ValueError(
+            f"`cu_seqlens` packs sequences along one row: batch must be 1, got "
+            f"batch {nb}"
+        )
+    cu = cu.astype(np.int64)
+    if cu[0] != 0 or cu[-1] != L:
+        raise ValueError(
+            f"`cu_seqlens` must start at 0 and end at seqlen = {L}, got "
+            f"{int(cu[0])} ... {int(cu[-1])}"
+        )
+    lengths = np.diff(cu)
+    if np.any(lengths < 0):
+        raise ValueError("`cu_seqlens` must be non-decreasing")
+    ids = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[None]
+    if seq is not None and L > 1 and not np.array_equal(
+            np.diff(seq[0]) != 0, np.diff(ids[0]) != 0):
+        raise ValueError(
+            "`seq_idx` and `cu_seqlens` describe different sequence boundaries"
+        )
+    return cu, np.ascontiguousarray(ids)
 
 
 def _process_dt(dt, dt_bias, dt_softplus, dt_limit):
@@ -208,21 +250,25 @@ def _chunk_size(chunk_size, L):
     return max(1, min(cs, L))
 
 
-def _step_sizes(dt, A, dt_bias, dt_softplus, dt_limit, chunk_size, nthreads):
+def _step_sizes(dt, A, dt_bias, dt_softplus, dt_limit, chunk_size, nthreads,
+                seq=None):
     """The processed steps of C-contiguous (batch, seqlen, nheads) `dt`, as
     (batch, nheads, seqlen); with `chunk_size`, (dt_out, dA_cumsum) as
     (batch, nheads, nchunks * chunk_size), zero-padded and with the decay
-    sums restarted at every chunk."""
+    sums restarted at every chunk (and at every sequence start of `seq`)."""
     nb, L, H = dt.shape
     cs = L if chunk_size is None else chunk_size
     Lp = -(-L // cs) * cs if L else 0
     dt_out = np.empty((nb, H, Lp), dtype=dt.dtype)
-    dA = dt_out if chunk_size is None else np.empty_like(dt_out)
-    bias = dt_bias if dt_bias is not None else np.zeros(1, dtype=dt.dtype)
     lo, hi = dt_limit
-    _ssd.process_dt(dt, bias, dt_bias is not None, dt_softplus, lo, hi, A,
-                    chunk_size is not None, max(cs, 1), dt_out, dA, nthreads)
-    return dt_out if chunk_size is None else (dt_out, dA)
+    if chunk_size is None:
+        _ssd.process_dt(dt, lo, hi, max(cs, 1), dt_out, nthreads,
+                        bias=dt_bias, dt_softplus=dt_softplus)
+        return dt_out
+    dA = np.empty_like(dt_out)
+    _ssd.process_dt(dt, lo, hi, cs, dt_out, nthreads, bias=dt_bias,
+                    dt_softplus=dt_softplus, A=A, dA=dA, seq=seq)
+    return dt_out, dA
 
 
 def _chunk_layout(dt_out, dA_cumsum, nb, H, L):
@@ -302,6 +348,13 @@ def ssd_chunk_cumsum(dt, A, *, chunk_size, dt_bias=None, dt_softplus=False,
     stages differences of nearby values, accurate in float32 whatever the
     sequence length.
 
+    The sums know nothing of packed sequences: the later stages, given
+    `seq_idx`, compute each sequence of a chunk on its own (a NaN or
+    infinity in `x`, `B`, `C` stays in its sequence), but a non-finite step
+    makes the sums of the rest of its chunk non-finite.
+    :func:`ssd_chunk_scan_combined` restarts them at every sequence start
+    and keeps every input isolated.
+
     .. versionadded:: 0.1.0
 
     Examples
@@ -358,13 +411,6 @@ def _stage_arrays(x, B, dt_out, dA_cumsum, extra):
     return (dtype, cast, cast(x), cast(B),
             cast(dt_out).reshape(nb, H, nch * cs),
             cast(dA_cumsum).reshape(nb, H, nch * cs), nch, cs)
-
-
-def _seq_kernel_args(seq):
-    """(ids, has_seq) for a kernel: a 1x1 placeholder when there are none."""
-    if seq is None:
-        return np.zeros((1, 1), dtype=np.int64), False
-    return seq, True
 
 
 def ssd_chunk_state(x, B, dt_out, dA_cumsum, *, seq_idx=None, workers=None):
@@ -434,13 +480,11 @@ def ssd_chunk_state(x, B, dt_out, dA_cumsum, *, seq_idx=None, workers=None):
         x, B, dt_out, dA_cumsum, {})
     nb, L, H, P = x.shape
     N = B.shape[3]
-    seq, has_seq = _seq_kernel_args(_seq_idx(seq_idx, nb, L))
+    seq = _seq_idx(seq_idx, nb, L)
     states = np.zeros((nb, nch, H, P, N), dtype=dtype)
     if min(nb, L, H, P, N) == 0:
         return states
-    unused = np.empty((0, 0, 0, 0), dtype=dtype)
-    _ssd.chunk_stage(x, dt_out, dA, B, B, states, seq, has_seq, unused, False,
-                     cs, nthreads)
+    _ssd.chunk_state(x, dt_out, dA, B, states, cs, nthreads, seq=seq)
     return states
 
 
@@ -541,7 +585,6 @@ def ssd_state_passing(states, dA_cumsum, *, initial_states=None, seq_idx=None,
         init = np.zeros((nb, H, P, N), dtype=dtype)
     else:
         check_shape(init, (nb, H, P, N), "initial_states")
-    seq, has_seq = _seq_kernel_args(seq)
     out = np.empty((nb, nch, H, P, N), dtype=dtype)
     final = np.empty((nb, H, P, N), dtype=dtype)
     if out.size == 0:
@@ -550,8 +593,8 @@ def ssd_state_passing(states, dA_cumsum, *, initial_states=None, seq_idx=None,
     _ssd.state_passing(
         np.ascontiguousarray(states, dtype=dtype),
         np.ascontiguousarray(dA_cumsum, dtype=dtype).reshape(nb, H, nch * cs),
-        seq, has_seq, L, np.ascontiguousarray(init, dtype=dtype), out, final,
-        cs, nthreads)
+        L, np.ascontiguousarray(init, dtype=dtype), out, final, cs, nthreads,
+        seq=seq)
     return out, final
 
 
@@ -647,11 +690,11 @@ def ssd_chunk_scan(x, dt_out, dA_cumsum, B, C, chunk_states, *, D=None, z=None,
         raise ValueError(f"`D` must have shape ({H},) or ({H}, {P}), got {D.shape}")
     if z is not None:
         check_shape(z, x.shape, "z")
-    seq, has_seq = _seq_kernel_args(_seq_idx(seq_idx, nb, L))
+    seq = _seq_idx(seq_idx, nb, L)
     y = np.zeros(x.shape, dtype=dtype)
     if min(nb, L, H, P, N) > 0:
-        _ssd.chunk_stage(x, dt_out, dA, B, cast(C), cast(chunk_states), seq,
-                         has_seq, y, True, cs, nthreads)
+        _ssd.chunk_scan(x, dt_out, dA, B, cast(C), cast(chunk_states), y, cs,
+                        nthreads, seq=seq)
     return _finish(y, x, None if D is None else cast(D),
                    None if z is None else cast(z))
 
@@ -659,7 +702,8 @@ def ssd_chunk_scan(x, dt_out, dA_cumsum, B, C, chunk_states, *, D=None, z=None,
 def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
                             dt_bias=None, initial_states=None, seq_idx=None,
                             dt_softplus=False, dt_limit=(0.0, math.inf),
-                            return_final_states=False, workers=None):
+                            return_final_states=False, workers=None,
+                            cu_seqlens=None, return_varlen_states=False):
     r"""A Mamba-2 SSD layer by the chunked algorithm.
 
     Parameters
@@ -700,14 +744,28 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     workers : int, optional
         Threads: None is 1, -1 all cores (as in :mod:`scipy.fft`). The work is
         split over (batch, head) pairs.
+    cu_seqlens : array_like of int, optional
+        Shape (nseq + 1,): the cumulative boundaries of nseq sequences packed
+        in the one row of a batch of 1, starting at 0 and ending at seqlen
+        (non-decreasing; a repeated value is an empty sequence). The state
+        restarts at every boundary, from ``initial_states[k]`` for sequence k
+        when `initial_states` is given (it then has nseq rows), else from 0.
+        Equivalent to the `seq_idx` it implies (both may be given when they
+        agree).
+    return_varlen_states : bool, optional
+        With `cu_seqlens`: also return every sequence's final state.
 
     Returns
     -------
     y : ndarray
         Shape (batch, seqlen, nheads, headdim), dtype of the inputs.
     final_states : ndarray
-        Only with ``return_final_states=True``: shape
-        (batch, nheads, headdim, dstate).
+        Only with ``return_final_states=True``: the state after the last
+        position, shape (batch, nheads, headdim, dstate).
+    varlen_states : ndarray
+        Only with ``return_varlen_states=True``: shape
+        (nseq, nheads, headdim, dstate), the state after the last position
+        of each sequence (its initial state, or 0, for an empty one).
 
     Raises
     ------
@@ -716,7 +774,9 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     ValueError
         If the shapes disagree (each message names the argument), ngroups
         does not divide nheads, `chunk_size` is not a positive integer,
-        `seq_idx` decreases or `workers` is 0.
+        `seq_idx` decreases, `workers` is 0, `cu_seqlens` is not integer,
+        does not run from 0 to seqlen, decreases or comes with batch != 1,
+        or `return_varlen_states` comes without `cu_seqlens`.
 
     See Also
     --------
@@ -761,9 +821,16 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     A NaN or infinity in a chunk's input can reach the outputs of that chunk's
     earlier positions through the (zero) masked entries of the products, as in
     every matrix-product formulation of SSD; :func:`ssd_sequential` keeps
-    them causal.
+    them causal. Packed sequences (`seq_idx`, `cu_seqlens`) never share
+    arithmetic: a chunk holding a sequence boundary is computed as separate
+    pieces, one per sequence, so a NaN or infinity in one sequence (or in
+    its initial state) never reaches another, and every sequence equals its
+    lone call to rounding.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       `cu_seqlens` and `return_varlen_states`; isolation of packed
+       sequences.
 
     Examples
     --------
@@ -788,30 +855,73 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     nthreads = resolve_workers(workers)
     p = _Problem(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                  initial_states=initial_states, seq_idx=seq_idx,
-                 dt_softplus=dt_softplus, dt_limit=dt_limit)
+                 dt_softplus=dt_softplus, dt_limit=dt_limit,
+                 cu_seqlens=cu_seqlens)
+    _check_varlen_request(p, return_varlen_states)
     cs = _chunk_size(chunk_size, p.L)
-    state = p.state()
+    last = np.zeros((p.nb, p.H, p.P, p.N), dtype=p.dtype)
+    live, ends = _varlen_rows(p)
     if p.degenerate:
         y = p.finish(np.zeros(p.x.shape, dtype=p.dtype))
+        if p.init is not None and p.cu is None:
+            last[...] = p.init
+        elif p.init is not None and p.L == 0:
+            last[...] = p.init[-1]
     else:
-        dt_out, dA = p.processed_dt(cs, nthreads)
-        seq, has_seq = p.seq_args()
+        dt_out, dA = p.processed_dt(cs, nthreads, p.seq)
         y = np.empty(p.x.shape, dtype=p.dtype)
+        D2 = (None if p.D is None else np.ascontiguousarray(np.broadcast_to(
+            p.D[:, None] if p.D.ndim == 1 else p.D, (p.H, p.P))))
+        init = p.init
+        if init is not None and p.cu is not None:
+            init = np.ascontiguousarray(init[live])
         # D and the gate are applied in the kernel, chunk by chunk
-        D2 = (np.zeros((1, 1), dtype=p.dtype) if p.D is None else
-              np.ascontiguousarray(np.broadcast_to(
-                  p.D[:, None] if p.D.ndim == 1 else p.D, (p.H, p.P))))
-        z = np.zeros((1, 1, 1, 1), dtype=p.dtype) if p.z is None else p.z
-        _ssd.combined(p.x, dt_out, dA, p.B, p.C, seq, has_seq, state,
-                      p.init is not None, D2, p.D is not None, z,
-                      p.z is not None, y, cs, nthreads)
-    return (y, state) if return_final_states else y
+        _ssd.combined(p.x, dt_out, dA, p.B, p.C, y, last, cs, nthreads,
+                      seq=p.seq, init=init,
+                      init_per_seq=p.cu is not None and init is not None,
+                      ends=ends, D=D2, z=p.z)
+    return _packed_results(p, y, last, live, ends, return_final_states,
+                           return_varlen_states)
+
+
+def _check_varlen_request(p, return_varlen_states):
+    if return_varlen_states and p.cu is None:
+        raise ValueError(
+            "`return_varlen_states=True` needs `cu_seqlens` (the sequences "
+            "whose final states to return)"
+        )
+
+
+def _varlen_rows(p):
+    """With `cu_seqlens`: the indices of the non-empty sequences and a
+    buffer for their end states (the kernels count sequences that have
+    positions). Otherwise (None, None)."""
+    if p.cu is None:
+        return None, None
+    live = np.flatnonzero(np.diff(p.cu) > 0)
+    return live, np.zeros((len(live), p.H, p.P, p.N), dtype=p.dtype)
+
+
+def _packed_results(p, y, last, live, ends, return_final_states,
+                    return_varlen_states):
+    """y, then the final states, then every sequence's end state, as asked;
+    an empty sequence ends in its initial state (zero without one)."""
+    out = [y]
+    if return_final_states:
+        out.append(last)
+    if return_varlen_states:
+        varlen = (np.zeros((p.nseq, p.H, p.P, p.N), dtype=p.dtype)
+                  if p.init is None else p.init.copy())
+        varlen[live] = ends
+        out.append(varlen)
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
                    dt_bias=None, initial_states=None, seq_idx=None,
                    dt_softplus=False, dt_limit=(0.0, math.inf),
-                   return_final_states=False, workers=None):
+                   return_final_states=False, workers=None, cu_seqlens=None,
+                   return_varlen_states=False):
     r"""A Mamba-2 SSD layer by the plain recurrence, one position at a time.
 
     The reference for the chunked algorithm, and the fastest method for
@@ -819,7 +929,7 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
 
     Parameters
     ----------
-    x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_limit, return_final_states
+    x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_limit, return_final_states, cu_seqlens, return_varlen_states
         As in :func:`ssd_chunk_scan_combined`.
     chunk_size : int, optional
         Accepted (and checked) for a signature identical to
@@ -835,6 +945,9 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     final_states : ndarray
         Only with ``return_final_states=True``: shape
         (batch, nheads, headdim, dstate).
+    varlen_states : ndarray
+        Only with ``return_varlen_states=True``: shape
+        (nseq, nheads, headdim, dstate).
 
     Raises
     ------
@@ -883,16 +996,40 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     nthreads = resolve_workers(workers)
     p = _Problem(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                  initial_states=initial_states, seq_idx=seq_idx,
-                 dt_softplus=dt_softplus, dt_limit=dt_limit)
+                 dt_softplus=dt_softplus, dt_limit=dt_limit,
+                 cu_seqlens=cu_seqlens)
+    _check_varlen_request(p, return_varlen_states)
     _chunk_size(chunk_size, p.L)
-    state = p.state()
     y = np.zeros(p.x.shape, dtype=p.dtype)
-    if not p.degenerate:
-        seq, has_seq = p.seq_args()
-        _ssd.sequential(p.x, p.processed_dt(), p.A,
-                        p.B, p.C, seq, has_seq, state, y, nthreads)
+    live, ends = _varlen_rows(p)
+    if p.cu is None:
+        last = p.state()
+        if not p.degenerate:
+            _ssd.sequential(p.x, p.processed_dt(), p.A, p.B, p.C, last, y,
+                            nthreads, seq=p.seq)
+    else:
+        # the reference: every sequence on its own, from its own state
+        last = np.zeros((1, p.H, p.P, p.N), dtype=p.dtype)
+        if p.init is not None and p.L == 0:
+            last[0] = p.init[-1]
+        dtp = p.processed_dt() if not p.degenerate else None
+        for i, k in enumerate(live):
+            lo, hi = p.cu[k], p.cu[k + 1]
+            st = (np.zeros((1, p.H, p.P, p.N), dtype=p.dtype)
+                  if p.init is None else p.init[k:k + 1].copy())
+            if not p.degenerate:
+                yk = np.zeros((1, hi - lo, p.H, p.P), dtype=p.dtype)
+                _ssd.sequential(
+                    np.ascontiguousarray(p.x[:, lo:hi]),
+                    np.ascontiguousarray(dtp[:, :, lo:hi]), p.A,
+                    np.ascontiguousarray(p.B[:, lo:hi]),
+                    np.ascontiguousarray(p.C[:, lo:hi]), st, yk, nthreads)
+                y[:, lo:hi] = yk
+            ends[i] = st[0]
+            last[...] = st
     y = p.finish(y)
-    return (y, state) if return_final_states else y
+    return _packed_results(p, y, last, live, ends, return_final_states,
+                           return_varlen_states)
 
 
 def _segsum(a):
@@ -976,26 +1113,79 @@ def ssd_quadratic(x, dt, A, B, C, *, D=None, z=None, dt_bias=None,
     return p.finish(y)
 
 
+def _state_buffer(state, name, dtypes=None):
+    """The caller's memory of an in-place state, as an ndarray (never a copy).
+
+    An ndarray is checked as it is; another library's CPU array (a torch
+    tensor, ...) is viewed zero-copy through DLPack, so that the update
+    lands in its memory. Read-only, non-contiguous or non-float memory is
+    refused by name (an update written to a copy would be lost).
+    """
+    if not isinstance(state, np.ndarray) and hasattr(state, "__dlpack__"):
+        try:
+            view = np.from_dlpack(state, copy=False)
+        except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+            raise TypeError(
+                f"`{name}` is updated in place and must expose its memory "
+                f"zero-copy (a CPU array through DLPack); it could not be "
+                f"viewed: {exc}"
+            ) from None
+        if not view.flags.writeable:
+            raise ValueError(
+                f"`{name}` must be writeable (it is updated in place); its "
+                f"DLPack view is read-only"
+            )
+        state = view
+    if dtypes is None:
+        return inplace_array(state, name)
+    return inplace_array(state, name, dtypes)
+
+
+def _batch_indices(indices, nb, pool, name):
+    """Rows of a state pool for the batch: (batch,) distinct ints in range."""
+    if indices is None:
+        return None
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"`{name}` must have an integer dtype, got dtype {idx.dtype}")
+    check_shape(idx, (nb,), name)
+    idx = np.ascontiguousarray(idx, dtype=np.intp)
+    if nb and (idx.min() < 0 or idx.max() >= pool):
+        raise ValueError(
+            f"`{name}` must index the {pool} rows of the state, got values in "
+            f"[{int(idx.min())}, {int(idx.max())}]"
+        )
+    if len(np.unique(idx)) != nb:
+        raise ValueError(f"`{name}` must not name a state row twice")
+    return idx
+
+
 def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
                            dt_bias=None, dt_softplus=False,
-                           dt_limit=(0.0, math.inf)):
-    r"""Advance a Mamba-2 state by one token, in place; return the output.
+                           dt_limit=(0.0, math.inf), state_batch_indices=None,
+                           return_intermediate_states=False):
+    r"""Advance a Mamba-2 state by one token or T tokens, in place.
 
     Parameters
     ----------
-    state : ndarray
-        Shape (batch, nheads, headdim, dstate), float32 or float64, writeable
-        and C-contiguous; updated in place (the one documented exception to
+    state : ndarray or DLPack array
+        Shape (batch, nheads, headdim, dstate), or (pool, nheads, headdim,
+        dstate) with `state_batch_indices`; float32 or float64, writeable
+        and C-contiguous; updated in place (the documented exception to
         "inputs are never modified"). Its dtype must be the result dtype of
-        the other inputs (a float32 state takes float32 inputs).
+        the other inputs (a float32 state takes float32 inputs). A CPU
+        array of another library (a torch tensor) is updated in its own
+        memory through ``__dlpack__``.
     x : array_like
-        The token's inputs, shape (batch, nheads, headdim).
+        The token's inputs, shape (batch, nheads, headdim), or
+        (batch, T, nheads, headdim) for T tokens.
     dt : array_like
-        Step sizes, shape (batch, nheads).
+        Step sizes, shape (batch, nheads), or (batch, T, nheads).
     A : array_like
         Decay rates, shape (nheads,).
     B, C : array_like
-        Projections, shape (batch, ngroups, dstate), ngroups dividing nheads.
+        Projections, shape (batch, ngroups, dstate), or (batch, T, ngroups,
+        dstate); ngroups divides nheads.
     D : array_like, optional
         Skip connection, shape (nheads,) or (nheads, headdim).
     z : array_like, optional
@@ -1008,31 +1198,50 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
         Clamp the processed step, as in :func:`ssd_chunk_scan_combined`
         (whose default, ``(0, inf)``, it shares, so that token-by-token
         updates reproduce it).
+    state_batch_indices : array_like of int, optional
+        Shape (batch,): batch row b advances ``state[state_batch_indices[b]]``
+        of a larger state pool (continuous batching); the other rows are
+        untouched. Distinct, in ``[0, pool)``.
+    return_intermediate_states : bool, optional
+        Also return the state after every token (speculative decoding: the
+        state to roll back to when a draft token is rejected).
 
     Returns
     -------
     y : ndarray
-        Shape (batch, nheads, headdim).
+        Shape of `x`.
+    intermediate_states : ndarray
+        Only with ``return_intermediate_states=True``: shape
+        (batch, T, nheads, headdim, dstate) (T = 1 without a token axis);
+        ``intermediate_states[:, -1]`` equals the updated state rows.
 
     Raises
     ------
     TypeError
-        If `state` is not an ndarray of float32/float64 or its dtype is not
-        the inputs' result dtype, or an input is not real and numeric.
+        If `state` is neither an ndarray nor a zero-copy DLPack array of
+        float32/float64, its dtype is not the inputs' result dtype, an input
+        is not real and numeric, or `state_batch_indices` is not integer.
     ValueError
-        If `state` is read-only or not C-contiguous, or the shapes disagree.
+        If `state` is read-only or not C-contiguous, the shapes disagree, or
+        `state_batch_indices` is out of range or repeats a row.
 
     See Also
     --------
     ssd_chunk_scan_combined : the same over a whole sequence.
+    selective_scan_update : the Mamba-1 step.
 
     Notes
     -----
-    One step of the recurrence of :func:`ssd_sequential`,
+    Per token, the step of the recurrence of :func:`ssd_sequential`,
     :math:`h \leftarrow e^{\Delta' A} h + \Delta'\, x B^\top`,
     :math:`y = h C \;(+ D x)`, then :math:`y \cdot \operatorname{silu}(z)`.
+    The T tokens of a call run in one kernel call (no Python loop over
+    tokens), parallel over (batch, head).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The token axis, `state_batch_indices` and
+       `return_intermediate_states`; DLPack states.
 
     Examples
     --------
@@ -1044,32 +1253,57 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
     ...                                [-1.0], np.ones((1, 1, 1)), np.ones((1, 1, 1)))
     >>> float(np.round(state[0, 0, 0, 0] / np.log(2.0), 6))
     1.75
+
+    Three tokens at once, keeping the state after each:
+
+    >>> state = np.zeros((1, 1, 1, 1))
+    >>> y, steps = selective_state_update(
+    ...     state, np.ones((1, 3, 1, 1)), np.full((1, 3, 1), np.log(2.0)), [-1.0],
+    ...     np.ones((1, 3, 1, 1)), np.ones((1, 3, 1, 1)),
+    ...     return_intermediate_states=True)
+    >>> np.round(steps[0, :, 0, 0, 0] / np.log(2.0), 6)
+    array([1.  , 1.5 , 1.75])
     """
-    state = inplace_array(state, "state")
+    state = _state_buffer(state, "state")
     x = as_array(x, "x")
     dt = as_array(dt, "dt")
     B = as_array(B, "B")
     C = as_array(C, "C")
-    check_shape(x, (None,) * 3, "x")
-    check_shape(dt, (None, None), "dt")
-    check_shape(B, (None,) * 3, "B")
-    check_shape(C, (None,) * 3, "C")
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            f"`x` must have shape (batch, nheads, headdim) or (batch, T, "
+            f"nheads, headdim), got {x.shape}"
+        )
+    tokens = x.ndim == 4
+    check_shape(dt, (None,) * (3 if tokens else 2), "dt")
+    check_shape(B, (None,) * (4 if tokens else 3), "B")
+    check_shape(C, (None,) * (4 if tokens else 3), "C")
     if z is not None:
         z = as_array(z, "z")
         check_shape(z, x.shape, "z")
-    p = _Problem(x[:, None], dt[:, None], A, B[:, None], C[:, None], D=D,
-                 z=None if z is None else z[:, None],
-                 dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+    if not tokens:
+        x, dt, B, C = x[:, None], dt[:, None], B[:, None], C[:, None]
+        z = None if z is None else z[:, None]
+    p = _Problem(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+                 dt_softplus=dt_softplus, dt_limit=dt_limit,
                  extra={"state": state})
-    check_shape(state, (p.nb, p.H, p.P, p.N), "state")
+    rows = _batch_indices(state_batch_indices, p.nb, state.shape[0] if
+                          state.ndim else 0, "state_batch_indices")
+    check_shape(state, (p.nb if rows is None else None, p.H, p.P, p.N), "state")
     if p.dtype != state.dtype:
         raise TypeError(
             f"`state` has dtype {state.dtype} but the inputs compute in "
             f"{p.dtype}; pass inputs of dtype {state.dtype} or a {p.dtype} state"
         )
     y = np.zeros(p.x.shape, dtype=p.dtype)
-    if not p.degenerate:
-        _ssd.sequential(p.x, p.processed_dt(), p.A,
-                        p.B, p.C, np.zeros((1, 1), dtype=np.int64), False,
-                        state, y, 1)
-    return p.finish(y)[:, 0]
+    inter = (np.zeros((p.nb, p.L, p.H, p.P, p.N), dtype=p.dtype)
+             if return_intermediate_states else None)
+    if np.may_share_memory(state, p.x) or np.may_share_memory(state, p.B) \
+            or np.may_share_memory(state, p.C):
+        raise ValueError("`state` must not share memory with the other inputs")
+    _ssd.decode(p.x, p.processed_dt(), p.A, p.B, p.C, state, y, 1,
+                rows=rows, inter=inter)
+    y = p.finish(y)
+    if not tokens:
+        y = y[:, 0]
+    return (y, inter) if return_intermediate_states else y
