@@ -19,8 +19,11 @@ from . import _complex_ops
 from ._validation import (
     as_array,
     broadcast_shapes,
+    complex_dtype,
     dtype_operand,
     normalize_axis,
+    real_dtype,
+    require_real,
     resolve_workers,
     result_dtype,
 )
@@ -28,20 +31,14 @@ from ._validation import (
 __all__ = ["complex_exp", "conjugate_pair_output", "diag_complex_matrix_exp"]
 
 
-def _complex_dtype(dtype):
-    """The complex dtype of the same precision."""
-    return np.result_type(dtype, np.complex64)
-
-
 def _exp(z, delta, name, workers):
     nthreads = resolve_workers(workers)
     z_raw, z = z, as_array(z, name)
     d = None if delta is None else as_array(delta, "delta")
-    if d is not None and d.dtype.kind == "c":
-        raise TypeError(f"`delta` must be real, got dtype {d.dtype}")
-    cdt = _complex_dtype(result_dtype(**{name: dtype_operand(z_raw, z),
-                                         "delta": dtype_operand(delta, d)}))
-    rdt = np.dtype(cdt.char.lower())
+    require_real(delta=d)
+    cdt = complex_dtype(result_dtype(**{name: dtype_operand(z_raw, z),
+                                        "delta": dtype_operand(delta, d)}))
+    rdt = real_dtype(cdt)
     shape = z.shape if d is None else broadcast_shapes(**{name: z.shape, "delta": d.shape})
     size = math.prod(shape)
     zc = np.ascontiguousarray(np.broadcast_to(z, shape), dtype=cdt).reshape(size)
@@ -212,10 +209,12 @@ def conjugate_pair_output(C, h, axis=-1, *, workers=None):
     np.float64(4.0)
     """
     nthreads = resolve_workers(workers)
+    C_in, h_in = C, h
     C = as_array(C, "C")
     h = as_array(h, "h")
-    cdt = _complex_dtype(result_dtype(C=C, h=h))
-    rdt = np.dtype(cdt.char.lower())
+    cdt = complex_dtype(result_dtype(C=dtype_operand(C_in, C),
+                                     h=dtype_operand(h_in, h)))
+    rdt = real_dtype(cdt)
     shape = broadcast_shapes(C=C.shape, h=h.shape)
     if len(shape) == 0:
         raise ValueError("`C` and `h` must have at least one dimension (the "

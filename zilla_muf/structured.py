@@ -25,8 +25,11 @@ import numpy as np
 from . import _structured
 from ._validation import (
     as_array,
+    at_least_1d,
     broadcast_shapes,
+    complex_dtype,
     positive_int,
+    real_dtype,
     resolve_workers,
     result_dtype,
 )
@@ -66,22 +69,6 @@ _VDM_BLOCK = 256
 _VDM_RSPLIT = 8192
 
 
-def _real_of(dtype):
-    """float32 for single precision (float32, complex64), else float64."""
-    single = np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.complex64))
-    return np.dtype(np.float32) if single else np.dtype(np.float64)
-
-
-def _complex_of(dtype):
-    """complex64 for single precision, else complex128."""
-    return np.result_type(_real_of(dtype), np.complex64)
-
-
-def _at_least_1d(arr, name, what="(..., n)"):
-    if arr.ndim == 0:
-        raise ValueError(f"`{name}` must have shape {what}, got shape ()")
-
-
 def _row_map(arg_lead, lead):
     """Index of the row of an argument used by each output row.
 
@@ -102,7 +89,7 @@ def _rows(arr, dtype):
 
 def _interleaved(arr2d):
     """A complex (rows, m) array as its real (rows, 2m) view."""
-    return arr2d.view(_real_of(arr2d.dtype))
+    return arr2d.view(real_dtype(arr2d.dtype))
 
 
 # ---------------------------------------------------------------------------
@@ -115,7 +102,7 @@ def _semiseparable_operands(a, B, C, x=None):
     C = as_array(C, "C")
     x = None if x is None else as_array(x, "x")
     dtype = result_dtype(a=a, B=B, C=C, x=x)
-    _at_least_1d(a, "a")
+    at_least_1d(a, "a")
     if B.ndim < 2:
         raise ValueError(f"`B` must have shape (..., n, r), got shape {B.shape}")
     if C.ndim < 2:
@@ -133,7 +120,7 @@ def _semiseparable_operands(a, B, C, x=None):
         )
     shapes = dict(a=a.shape[:-1], B=B.shape[:-2], C=C.shape[:-2])
     if x is not None:
-        _at_least_1d(x, "x")
+        at_least_1d(x, "x")
         if x.shape[-1] != n:
             raise ValueError(
                 f"`x` must have shape (..., n) with n = {n} (the length of `a`), "
@@ -477,12 +464,12 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
 def _pole_operands(poles, weights, other=None, other_name=None):
     """Shapes of poles and weights (..., N), broadcast against each other
     (`pw`), and the leading shape they broadcast to with `other` (..., L)."""
-    _at_least_1d(poles, "poles", "(..., N)")
-    _at_least_1d(weights, "weights", "(..., N)")
+    at_least_1d(poles, "poles", "(..., N)")
+    at_least_1d(weights, "weights", "(..., N)")
     pw = broadcast_shapes(poles=poles.shape, weights=weights.shape)
     if other is None:
         return pw, pw[:-1]
-    _at_least_1d(other, other_name, "(..., L)")
+    at_least_1d(other, other_name, "(..., L)")
     lead = broadcast_shapes(**{"poles": pw[:-1], other_name: other.shape[:-1]})
     return pw, lead
 
@@ -555,7 +542,7 @@ def cauchy_matvec(nodes, poles, weights, *, conj_pairs=False, workers=None):
     nodes = as_array(nodes, "nodes")
     poles = as_array(poles, "poles")
     weights = as_array(weights, "weights")
-    cdtype = _complex_of(result_dtype(nodes=nodes, poles=poles, weights=weights))
+    cdtype = complex_dtype(result_dtype(nodes=nodes, poles=poles, weights=weights))
     pw, lead = _pole_operands(poles, weights, nodes, "nodes")
     N, L = pw[-1], nodes.shape[-1]
     rows = int(np.prod(lead, dtype=np.int64))
@@ -660,8 +647,8 @@ def vandermonde_matvec(poles, weights, length, *, conj_pairs=False, workers=None
     nthreads = resolve_workers(workers)
     poles = as_array(poles, "poles")
     weights = as_array(weights, "weights")
-    cdtype = _complex_of(result_dtype(poles=poles, weights=weights))
-    rdtype = _real_of(cdtype)
+    cdtype = complex_dtype(result_dtype(poles=poles, weights=weights))
+    rdtype = real_dtype(cdtype)
     pw, lead = _pole_operands(poles, weights)
     N = pw[-1]
     rows = int(np.prod(lead, dtype=np.int64))
@@ -739,9 +726,9 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
     nthreads = resolve_workers(workers)
     poles = as_array(poles, "poles")
     v = as_array(v, "v")
-    cdtype = _complex_of(result_dtype(poles=poles, v=v))
-    _at_least_1d(poles, "poles", "(..., N)")
-    _at_least_1d(v, "v", "(..., L)")
+    cdtype = complex_dtype(result_dtype(poles=poles, v=v))
+    at_least_1d(poles, "poles", "(..., N)")
+    at_least_1d(v, "v", "(..., L)")
     lead = broadcast_shapes(poles=poles.shape[:-1], v=v.shape[:-1])
     N, L = poles.shape[-1], v.shape[-1]
     rows = int(np.prod(lead, dtype=np.int64))
@@ -753,7 +740,7 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
     nsplit = -(-L // _VDM_RSPLIT)
     partial = np.empty((rows, nsplit, N), dtype=cdtype)
     _structured.vandermonde_transpose(_interleaved(P), _interleaved(V), vmap,
-                                      partial.view(_real_of(cdtype)),
+                                      partial.view(real_dtype(cdtype)),
                                       _VDM_RSPLIT, nthreads)
     out = partial[:, 0, :] if nsplit == 1 else partial.sum(axis=1)
     return out.reshape(lead + (N,))
