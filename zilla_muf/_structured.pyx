@@ -41,6 +41,15 @@ from libc.math cimport atan2, cos, exp, hypot, log, log1p, sin
 from libc.stdlib cimport free, malloc
 
 from zilla_muf._types cimport real_t
+from zilla_muf._vmath cimport vinv_scale
+
+
+cdef inline real_t r_fabs(real_t x) noexcept nogil:
+    return x if x >= 0 else -x
+
+
+cdef inline real_t r_fmax(real_t x, real_t y) noexcept nogil:
+    return x if x > y else y
 
 cdef enum:
     NODE_BLOCK = 256   # nodes per cauchy task block
@@ -166,7 +175,7 @@ cdef void cauchy_block(const real_t *z, const real_t *lam, const real_t *w,
     cdef real_t ar[NODE_BLOCK]
     cdef real_t ai[NODE_BLOCK]
     cdef Py_ssize_t i, k
-    cdef real_t lr, li, wr, wi, dr, di, s
+    cdef real_t lr, li, wr, wi, dr, di, s, t
     for k in range(m):
         zr[k] = z[2 * k]
         zi[k] = z[2 * k + 1]
@@ -177,11 +186,16 @@ cdef void cauchy_block(const real_t *z, const real_t *lam, const real_t *w,
         li = lam[2 * i + 1]
         wr = w[2 * i]
         wi = w[2 * i + 1]
-        # w / d = w conj(d) / |d|^2
+        # w / d = w conj(d') t / |d'|^2 with d' = d t, t a power of two that
+        # brings max(|Re d|, |Im d|) to [1, 2): |d'|^2 neither overflows nor
+        # underflows however large or small |d| is (as np.divide scales)
         for k in range(m):
             dr = zr[k] - lr
             di = zi[k] - li
-            s = 1 / (dr * dr + di * di)
+            t = vinv_scale(r_fmax(r_fabs(dr), r_fabs(di)))
+            dr = dr * t
+            di = di * t
+            s = t / (dr * dr + di * di)
             ar[k] = ar[k] + (wr * dr + wi * di) * s
             ai[k] = ai[k] + (wi * dr - wr * di) * s
         if conj_pairs:
@@ -189,7 +203,10 @@ cdef void cauchy_block(const real_t *z, const real_t *lam, const real_t *w,
             for k in range(m):
                 dr = zr[k] - lr
                 di = zi[k] + li
-                s = 1 / (dr * dr + di * di)
+                t = vinv_scale(r_fmax(r_fabs(dr), r_fabs(di)))
+                dr = dr * t
+                di = di * t
+                s = t / (dr * dr + di * di)
                 ar[k] = ar[k] + (wr * dr - wi * di) * s
                 ai[k] = ai[k] - (wi * dr + wr * di) * s
     for k in range(m):

@@ -70,6 +70,35 @@ ZM_INLINE T zm_flush_##sfx(T p)                                             \
 ZM_DEFINE_FLUSH(f, float, FLT_MIN)
 ZM_DEFINE_FLUSH(d, double, DBL_MIN)
 
+/* A power of two t with |x| t in [1, 2) (for x normal and not huge): the
+ * exponent of x mirrored, from the bits, so that scaling by t is exact and
+ * costs no division (Smith-like scaled complex division). The exponent is
+ * clamped so that t stays a normal number (x zero, subnormal, inf or NaN
+ * gives 2^126 or 2^-126 and the arithmetic that follows propagates). */
+ZM_INLINE float zm_inv_scalef(float x)
+{
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    int32_t e = (int32_t) ((bits >> 23) & 0xffu);
+    e = e < 1 ? 1 : e;
+    e = e > 253 ? 253 : e;
+    bits = ((uint32_t) (254 - e)) << 23;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+ZM_INLINE double zm_inv_scale(double x)
+{
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    int64_t e = (int64_t) ((bits >> 52) & 0x7ffu);
+    e = e < 1 ? 1 : e;
+    e = e > 2045 ? 2045 : e;
+    bits = ((uint64_t) (2046 - e)) << 52;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
 ZM_INLINE float zm_expf(float x)
 {
     const float magic = 12582912.0f;            /* 1.5 * 2^23 */

@@ -166,6 +166,12 @@ def fft_conv(signal, kernel, *, axis=-1, workers=None):
     Rounding errors are relative to the size of the whole output (FFT
     rounding is spread over all samples), not to each sample.
 
+    Every sample reaches every output through the transforms: a single inf
+    or NaN in `signal` or `kernel` (even in the last sample, on which no
+    other output depends) makes every output NaN. For data that may hold
+    non-finite values use :func:`zilla_muf.toeplitz_matvec`, whose
+    ``method="auto"`` takes the exact direct sum then.
+
     .. versionadded:: 0.1.0
 
     Examples

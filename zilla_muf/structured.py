@@ -321,16 +321,28 @@ def semiseparable_matrix(a, B, C):
     later = np.triu(np.ones((n, n), dtype=bool), k=1)
     decay_t = sequential_scan(np.where(later, a[..., None, :], 0),
                               np.eye(n, dtype=dtype), axis=-1)
-    M = np.matmul(np.asarray(C, dtype=dtype), np.swapaxes(np.asarray(B, dtype=dtype), -1, -2))
-    M = M * np.swapaxes(decay_t, -1, -2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # inf and NaN propagate as IEEE arithmetic says, without a warning
+        M = np.matmul(np.asarray(C, dtype=dtype),
+                      np.swapaxes(np.asarray(B, dtype=dtype), -1, -2))
+        M = M * np.swapaxes(decay_t, -1, -2)
     if M.shape != lead + (n, n):
         M = np.broadcast_to(M, lead + (n, n)).copy()
-    return M.astype(dtype, copy=False)
+    M = M.astype(dtype, copy=False)
+    # above the diagonal M is 0 by definition, not (C_i . B_j) * 0, which is
+    # NaN when B or C holds an infinity
+    M[..., later] = 0
+    return M
 
 
 # ---------------------------------------------------------------------------
 # Toeplitz
 # ---------------------------------------------------------------------------
+
+def _all_finite(arr):
+    """True when every element of `arr` is finite (real and imaginary parts)."""
+    return bool(np.isfinite(arr).all())
+
 
 def _toeplitz_direct(k, x, lead, dtype, nthreads):
     """Direct causal convolution; complex data through the real views of
@@ -423,6 +435,12 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     (3.5 for real data, 1.1 for complex): at n = 8192 on one thread, real
     kernels of up to 45 taps and complex ones of up to 14 go direct.
 
+    The FFT method mixes every sample into every output: a single inf or
+    NaN anywhere in `x` or `kernel` makes every output NaN, where the
+    direct method (the exact sum) spoils only the outputs that depend on
+    it. "auto" therefore takes the direct method whenever an input is not
+    all finite; ``method="fft"`` keeps the FFT (and its NaNs).
+
     .. versionadded:: 0.1.0
 
     Examples
@@ -448,8 +466,13 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     n, K = x.shape[-1], k.shape[-1]
     if method == "auto":
         channels = int(np.prod(lead, dtype=np.int64))
-        method = "direct" if _toeplitz_auto_direct(n, K, dtype, nthreads,
-                                                   channels) else "fft"
+        if not (_all_finite(k[..., :n]) and _all_finite(x)):
+            # one inf or NaN would spread over every FFT output
+            method = "direct"
+        elif _toeplitz_auto_direct(n, K, dtype, nthreads, channels):
+            method = "direct"
+        else:
+            method = "fft"
     if method == "fft":
         y = _fft_causal(k, x, lead, dtype, nthreads)
     else:
