@@ -70,19 +70,20 @@ ZM_INLINE T zm_flush_##sfx(T p)                                             \
 ZM_DEFINE_FLUSH(f, float, FLT_MIN)
 ZM_DEFINE_FLUSH(d, double, DBL_MIN)
 
-/* A power of two t with |x| t in [1, 2) (for x normal and not huge): the
- * exponent of x mirrored, from the bits, so that scaling by t is exact and
- * costs no division (Smith-like scaled complex division). The exponent is
- * clamped so that t stays a normal number (x zero, subnormal, inf or NaN
- * gives 2^126 or 2^-126 and the arithmetic that follows propagates). */
+/* A power of two t with x t in [1, 2) for x >= 0 (a magnitude): x's
+ * exponent mirrored, from the bits, so that scaling by t is exact and costs
+ * no division (the scaled complex division). x is first clamped to the
+ * normal range below 2^125 (2^1021), so that t is a normal number; NaN goes
+ * to the lower bound and propagates through the arithmetic that follows.
+ * Written as float selects and integer and/subtract only, so that loops over
+ * it vectorise even with SSE2. */
 ZM_INLINE float zm_inv_scalef(float x)
 {
     uint32_t bits;
+    x = x > FLT_MIN ? x : FLT_MIN;
+    x = x < 0x1p125f ? x : 0x1p125f;
     memcpy(&bits, &x, sizeof bits);
-    int32_t e = (int32_t) ((bits >> 23) & 0xffu);
-    e = e < 1 ? 1 : e;
-    e = e > 253 ? 253 : e;
-    bits = ((uint32_t) (254 - e)) << 23;
+    bits = 0x7F000000u - (bits & 0x7F800000u);
     memcpy(&x, &bits, sizeof x);
     return x;
 }
@@ -90,11 +91,10 @@ ZM_INLINE float zm_inv_scalef(float x)
 ZM_INLINE double zm_inv_scale(double x)
 {
     uint64_t bits;
+    x = x > DBL_MIN ? x : DBL_MIN;
+    x = x < 0x1p1021 ? x : 0x1p1021;
     memcpy(&bits, &x, sizeof bits);
-    int64_t e = (int64_t) ((bits >> 52) & 0x7ffu);
-    e = e < 1 ? 1 : e;
-    e = e > 2045 ? 2045 : e;
-    bits = ((uint64_t) (2046 - e)) << 52;
+    bits = 0x7FE0000000000000ull - (bits & 0x7FF0000000000000ull);
     memcpy(&x, &bits, sizeof x);
     return x;
 }

@@ -48,7 +48,8 @@ cdef inline real_t vsincos_max(real_t x) noexcept nogil:
 
 
 cdef inline real_t vinv_scale(real_t x) noexcept nogil:
-    """A power of two t with |x| t in [1, 2) (exact scaling, no division)."""
+    """A power of two t with x t in [1, 2) for a magnitude x >= 0 (exact
+    scaling, no division)."""
     if real_t is float:
         return zm_inv_scalef(x)
     else:
