@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from . import _complex_ops
+from ._docs import fill_doc
 from ._validation import (
     as_array,
     broadcast_shapes,
@@ -52,6 +53,7 @@ def _exp(z, delta, name, workers):
     return out[()] if out.ndim == 0 else out
 
 
+@fill_doc
 def complex_exp(z, *, workers=None):
     r"""Complex exponential :math:`e^{z}`, elementwise.
 
@@ -60,8 +62,7 @@ def complex_exp(z, *, workers=None):
     z : array_like
         Complex64 or complex128 (real input is promoted: float32 to
         complex64, float64 and integers to complex128).
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -101,6 +102,7 @@ def complex_exp(z, *, workers=None):
     return _exp(z, None, "z", workers)
 
 
+@fill_doc
 def diag_complex_matrix_exp(eigs, delta=None, *, workers=None):
     r"""Exponential of a diagonal matrix: :math:`e^{\Delta \lambda}` elementwise.
 
@@ -110,8 +112,7 @@ def diag_complex_matrix_exp(eigs, delta=None, *, workers=None):
         The eigenvalues :math:`\lambda`, complex (real input is promoted).
     delta : array_like, optional
         Real step, broadcast against `eigs`. Default 1.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -154,6 +155,7 @@ def diag_complex_matrix_exp(eigs, delta=None, *, workers=None):
     return _exp(eigs, delta, "eigs", workers)
 
 
+@fill_doc
 def conjugate_pair_output(C, h, axis=-1, *, workers=None):
     r"""Real output :math:`2 \operatorname{Re} \sum_i C_i h_i` of a half spectrum.
 
@@ -169,8 +171,7 @@ def conjugate_pair_output(C, h, axis=-1, *, workers=None):
         States, complex, broadcast against `C`.
     axis : int, optional
         The state axis summed over (of the broadcast shape). Default -1.
-    workers : int, optional
-        Threads to use (split over the other axes): None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.linalg
 
 from . import _discretize
+from ._docs import fill_doc
 from ._validation import (
     as_array,
     broadcast_shapes,
@@ -123,6 +124,7 @@ def _alpha(alpha):
     return a
 
 
+@fill_doc
 def zoh_discretize(A, B, delta, *, dense=False, workers=None):
     r"""Zero-order-hold discretisation of :math:`x' = A x + B u`.
 
@@ -139,8 +141,7 @@ def zoh_discretize(A, B, delta, *, dense=False, workers=None):
         A (..., N) is delta (..., 1).
     dense : bool, optional
         Treat `A` as a dense matrix. Default False.
-    workers : int, optional
-        Threads for the diagonal kernel: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -220,6 +221,7 @@ def zoh_discretize(A, B, delta, *, dense=False, workers=None):
     return _diagonal("zoh", A, B, delta, dtype, 0.0, workers)
 
 
+@fill_doc
 def bilinear_discretize(A, B, delta, alpha=0.5, *, dense=False, workers=None):
     r"""Generalised bilinear discretisation of :math:`x' = A x + B u`.
 
@@ -237,8 +239,7 @@ def bilinear_discretize(A, B, delta, alpha=0.5, *, dense=False, workers=None):
         In [0, 1]: 0 forward Euler, 0.5 Tustin (default), 1 backward Euler.
     dense : bool, optional
         Treat `A` as a dense matrix. Default False.
-    workers : int, optional
-        Threads for the diagonal kernel: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------

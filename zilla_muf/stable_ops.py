@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from . import _stable_ops
+from ._docs import fill_doc
 from ._validation import (
     as_array,
     at_least_1d,
@@ -133,19 +134,16 @@ def _elementwise(op, x, workers, out, beta=1.0, threshold=20.0):
     return out
 
 
+@fill_doc
 def softmax(x, axis=-1, *, workers=None, out=None):
     r"""Softmax along `axis`, shifted by the maximum so nothing overflows.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64 (integers and bools are promoted to
-        float64, float16 to float32).
-    axis : int, optional
-        The axis to normalise over. Default -1.
-    workers : int, optional
-        Threads to use (split over the other axes): None is 1, -1 all cores,
-        negative values count back from all cores as in :mod:`scipy.fft`.
+    %(x_real)s
+    %(axis_row)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -157,7 +155,9 @@ def softmax(x, axis=-1, *, workers=None, out=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+        If `x` is 0-d, `axis` is out of range or `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -181,6 +181,8 @@ def softmax(x, axis=-1, *, workers=None, out=None):
     undefined), as :func:`scipy.special.softmax` does.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -197,17 +199,16 @@ def softmax(x, axis=-1, *, workers=None, out=None):
     return _row_op(_OP_SOFTMAX, x, axis, workers, out)
 
 
+@fill_doc
 def log_softmax(x, axis=-1, *, workers=None, out=None):
     r"""Logarithm of the softmax along `axis`, without forming the softmax.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
-    axis : int, optional
-        The axis to normalise over. Default -1.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(x_real)s
+    %(axis_row)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -219,7 +220,9 @@ def log_softmax(x, axis=-1, *, workers=None, out=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+        If `x` is 0-d, `axis` is out of range or `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -239,6 +242,8 @@ def log_softmax(x, axis=-1, *, workers=None, out=None):
     :math:`+\infty` or NaN give NaN.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -249,19 +254,18 @@ def log_softmax(x, axis=-1, *, workers=None, out=None):
     return _row_op(_OP_LOG_SOFTMAX, x, axis, workers, out)
 
 
+@fill_doc
 def log_sum_exp(x, axis=-1, keepdims=False, *, workers=None):
     r"""Logarithm of the sum of exponentials along `axis`, without overflow.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
+    %(x_real)s
     axis : int, optional
         The axis to reduce. Default -1.
     keepdims : bool, optional
         Keep the reduced axis with length 1. Default False.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -314,17 +318,16 @@ def log_sum_exp(x, axis=-1, keepdims=False, *, workers=None):
     return out[()] if out.ndim == 0 else out
 
 
+@fill_doc
 def logcumsumexp(x, axis=-1, *, workers=None, out=None):
     r"""Running log-sum-exp along `axis`.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
-    axis : int, optional
-        The axis to accumulate along. Default -1.
-    workers : int, optional
-        Threads to use (split over the other axes): None is 1, -1 all cores.
+    %(x_real)s
+    %(axis_row)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -336,7 +339,9 @@ def logcumsumexp(x, axis=-1, *, workers=None, out=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+        If `x` is 0-d, `axis` is out of range or `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -356,6 +361,8 @@ def logcumsumexp(x, axis=-1, *, workers=None, out=None):
     equal infinities stay that infinity.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -367,6 +374,7 @@ def logcumsumexp(x, axis=-1, *, workers=None, out=None):
     return _row_op(_OP_LOGCUMSUMEXP, x, axis, workers, out)
 
 
+@fill_doc
 def segsum(x, axis=-1, *, workers=None):
     r"""Segment sums :math:`\sum_{t=j+1}^{i} x_t` for all pairs (i, j).
 
@@ -379,8 +387,7 @@ def segsum(x, axis=-1, *, workers=None):
         Real input, float32 or float64, of length n along `axis`.
     axis : int, optional
         The sequence axis. Default -1.
-    workers : int, optional
-        Threads to use (split over the other axes): None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -430,15 +437,15 @@ def segsum(x, axis=-1, *, workers=None):
     return out.reshape(shape + (n,))
 
 
+@fill_doc
 def sigmoid(x, *, workers=None, out=None):
     r"""Logistic sigmoid :math:`1 / (1 + e^{-x})`, elementwise.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(x_real)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -450,7 +457,9 @@ def sigmoid(x, *, workers=None, out=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `workers` is 0.
+        If `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -470,6 +479,8 @@ def sigmoid(x, *, workers=None, out=None):
     precision.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -480,15 +491,15 @@ def sigmoid(x, *, workers=None, out=None):
     return _elementwise(_OP_SIGMOID, x, workers, out)
 
 
+@fill_doc
 def silu(x, *, workers=None, out=None):
     r"""SiLU (swish) :math:`x \, \sigma(x)`, elementwise.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(x_real)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -500,7 +511,9 @@ def silu(x, *, workers=None, out=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `workers` is 0.
+        If `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -510,9 +523,15 @@ def silu(x, *, workers=None, out=None):
     -----
     :math:`\operatorname{silu}(x) = x \, \sigma(x)` with the overflow-free
     :func:`sigmoid`; at :math:`x = -\infty` it returns the limit
-    :math:`-0` rather than :math:`-\infty \cdot 0`.
+    :math:`-0` rather than :math:`-\infty \cdot 0` (NaN, which
+    ``torch.nn.functional.silu`` and the NumPy formulas ``x * expit(x)`` and
+    ``x / (1 + exp(-x))`` give). Every function of the package that applies
+    SiLU (the gates of :func:`rms_norm`, the selective scan and the SSD, the
+    activation of ``causal_conv1d``) follows the same rule.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -523,20 +542,20 @@ def silu(x, *, workers=None, out=None):
     return _elementwise(_OP_SILU, x, workers, out)
 
 
+@fill_doc
 def softplus(x, beta=1.0, threshold=20.0, *, workers=None, out=None):
     r"""Softplus :math:`\log(1 + e^{\beta x}) / \beta`, elementwise.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
+    %(x_real)s
     beta : float, optional
         Sharpness, finite and nonzero. Default 1.
     threshold : float, optional
         Where :math:`\beta x` exceeds it, `x` itself is returned (as in
         PyTorch). Default 20. Must not be NaN.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -549,7 +568,9 @@ def softplus(x, beta=1.0, threshold=20.0, *, workers=None, out=None):
         If `x` is complex or not numeric, or `beta` or `threshold` is not a
         real number.
     ValueError
-        If `beta` is 0 or not finite, `threshold` is NaN, or `workers` is 0.
+        If `beta` is 0 or not finite, `threshold` is NaN, or `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -570,6 +591,8 @@ def softplus(x, beta=1.0, threshold=20.0, *, workers=None, out=None):
     overflows, whatever the threshold.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -588,6 +611,7 @@ def softplus(x, beta=1.0, threshold=20.0, *, workers=None, out=None):
     return _elementwise(_OP_SOFTPLUS, x, workers, out, beta, threshold)
 
 
+@fill_doc
 def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
              norm_before_gate=True, workers=None):
     r"""RMS normalisation over the last axis, optionally gated and grouped.
@@ -608,8 +632,7 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
     norm_before_gate : bool, optional
         With `z`: True gives ``norm(x) * silu(z)``, False gives
         ``norm(x * silu(z))``. Default True.
-    workers : int, optional
-        Threads to use (split over rows): None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------

@@ -23,6 +23,7 @@ import operator
 import numpy as np
 
 from . import _structured
+from ._docs import fill_doc
 from ._validation import (
     as_array,
     at_least_1d,
@@ -139,6 +140,7 @@ def _semiseparable_chunk(rows, n, nthreads):
     return max(_MIN_SS_CHUNK, -(-n // pieces))
 
 
+@fill_doc
 def semiseparable_matvec(a, B, C, x, *, chunk_size=None, workers=None):
     r"""Product with a semiseparable matrix, by its recurrence.
 
@@ -161,9 +163,7 @@ def semiseparable_matvec(a, B, C, x, *, chunk_size=None, workers=None):
         Steps per chunk along `n` (see Notes). Default: whole rows when the
         leading dimensions give every thread work, otherwise a few chunks
         per thread.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
@@ -370,6 +370,7 @@ def _toeplitz_auto_direct(n, K, dtype, nthreads=1, channels=1):
     return macs < c * m * np.log2(max(m, 2))
 
 
+@fill_doc
 def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     r"""Product with a causal (lower-triangular) Toeplitz matrix.
 
@@ -389,9 +390,7 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
         "direct" sums the taps in a compiled loop, :math:`O(n K)` per
         channel; "fft" uses :func:`fft_conv`, :math:`O(n \log n)`; "auto"
         (default) picks the cheaper by a cost model (see Notes).
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
@@ -497,6 +496,7 @@ def _pole_operands(poles, weights, other=None, other_name=None):
     return pw, lead
 
 
+@fill_doc
 def cauchy_matvec(nodes, poles, weights, *, conj_pairs=False, workers=None):
     r"""Product with a Cauchy matrix: :math:`\sum_i w_i / (z_k - \lambda_i)`.
 
@@ -513,9 +513,7 @@ def cauchy_matvec(nodes, poles, weights, *, conj_pairs=False, workers=None):
         Also add the conjugate terms
         :math:`\overline{w_i} / (z_k - \overline{\lambda_i})`, for poles
         stored as one member of each conjugate pair (S4). Default False.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
@@ -593,6 +591,7 @@ def _length(length):
     return n
 
 
+@fill_doc
 def vandermonde_matvec(poles, weights, length, *, conj_pairs=False, workers=None):
     r"""Product with a Vandermonde matrix: :math:`\sum_i w_i \lambda_i^l`.
 
@@ -609,9 +608,7 @@ def vandermonde_matvec(poles, weights, length, *, conj_pairs=False, workers=None
         Add the conjugate terms as well and return the real
         :math:`2 \operatorname{Re} K` (S4D's half-spectrum storage).
         Default False.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
@@ -691,6 +688,7 @@ def vandermonde_matvec(poles, weights, length, *, conj_pairs=False, workers=None
     return out.reshape(lead + (L,))
 
 
+@fill_doc
 def vandermonde_rmatvec(poles, v, *, workers=None):
     r"""Transpose Vandermonde product: :math:`\sum_l \lambda_i^l v_l`.
 
@@ -701,9 +699,7 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
     v : array_like
         The vector :math:`v`, shape (..., L). The leading dimensions of
         `poles` and `v` broadcast.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
