@@ -9,14 +9,17 @@ type serves complex64 and complex128 and no C complex type is needed.
 
 * exp_scaled: out = exp(d * z) elementwise, d real (or 1 when no scale is
   given), computed from the parts as exp(d x) (cos(d y) + i sin(d y)); the
-  imaginary part of a real argument stays an exact 0 (no inf * 0).
+  imaginary part of a real argument stays an exact 0 (no inf * 0); infinite
+  and NaN parts give the C99 Annex G values NumPy's ``np.exp`` gives, and
+  exp(x) beyond the double range is applied in two halves so that a finite
+  exp(x) cos(y) is not lost to overflow.
   Flat, split in blocks of ``BLOCK`` by a static ``prange``.
 * conj_pair_rows: rows (rows, N) of C and h, contiguous; out[r] =
   2 Re(sum_k C_k h_k) = 2 sum_k (Re C Re h - Im C Im h), accumulated in
   double in ``LANES`` independent partial sums; rows split by ``prange``.
 """
 from cython.parallel cimport prange
-from libc.math cimport exp, sin, cos
+from libc.math cimport exp, sin, cos, copysign, isfinite, INFINITY, NAN
 
 from zilla_muf._types cimport real_t
 
@@ -26,13 +29,33 @@ cdef enum:
 
 
 cdef inline void cexp_parts(double x, double y, double *re, double *im) noexcept nogil:
-    cdef double ex = exp(x)
+    """exp(x + iy) with the special values of C99 Annex G (as np.exp)."""
+    cdef double h
     if y == 0:
-        re[0] = ex
+        # a real argument: exp(x) and the exact (signed) zero
+        re[0] = exp(x)
         im[0] = y
+    elif isfinite(y):
+        if x > 709.0 and x < INFINITY:
+            # exp(x) overflows but exp(x) cos(y) may not: two halves
+            h = exp(0.5 * x)
+            re[0] = (h * cos(y)) * h
+            im[0] = (h * sin(y)) * h
+        else:
+            h = exp(x)
+            re[0] = h * cos(y)
+            im[0] = h * sin(y)
+    elif x == -INFINITY:
+        # |exp| = 0 whatever the (undefined) angle
+        re[0] = 0.0
+        im[0] = copysign(0.0, y)
+    elif x == INFINITY:
+        # |exp| = inf, angle undefined
+        re[0] = INFINITY
+        im[0] = NAN
     else:
-        re[0] = ex * cos(y)
-        im[0] = ex * sin(y)
+        re[0] = NAN
+        im[0] = NAN
 
 
 cdef inline double conj_pair_row(const real_t *c, const real_t *h,

@@ -37,7 +37,7 @@ xpad = (initial states, x), evaluated tap by tap with t innermost
 (vectorised), the first width-1 outputs reading the initial states.
 """
 from cython.parallel cimport prange, parallel
-from libc.math cimport cos, cosf, fabs, sin, sinf
+from libc.math cimport cos, cosf, fabs, sin, sinf, INFINITY
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._types cimport real_t
@@ -54,8 +54,9 @@ cdef enum:
 # ---------------------------------------------------------------------------
 
 cdef inline real_t silu_t(real_t x) noexcept nogil:
-    """x sigmoid(x); exp(-x) may overflow to inf, giving -0."""
-    return x / (1 + vexp(-x))
+    """x sigmoid(x); exp(-x) may overflow to inf, giving -0 (and the limit
+    -0 at x = -inf, as every SiLU of the package, not inf/inf)."""
+    return x / (1 + vexp(-x)) if x != -INFINITY else -0.0
 
 
 cdef inline real_t cos_t(real_t x) noexcept nogil:

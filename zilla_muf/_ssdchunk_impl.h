@@ -483,7 +483,8 @@ ZM_INLINE void S(zm_ssd_finish)(T *Y, const T *X, const T *Z, ptrdiff_t ld,
                 T v = zr[p];
                 T e = ZM_EXP(v < 0 ? v : -v);
                 T r = (T) 1 / ((T) 1 + e);
-                yr[p] *= v * (v >= 0 ? r : e * r);
+                T sg = v >= 0 ? r : e * r;   /* silu(-inf) = -0, the limit */
+                yr[p] *= sg != 0 ? v * sg : (T) -0.0;
             }
         }
     }

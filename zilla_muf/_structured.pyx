@@ -22,7 +22,9 @@ kernel, node vector or signal is never copied per output row.
 * cauchy: ``out[k] = sum_i w_i / (z_k - lambda_i)``. A task is (row, block of
   ``NODE_BLOCK`` nodes); the block's nodes and accumulators live in split
   re/im stack arrays, the loop over poles is outside and the loop over nodes
-  inside (no N x L temporary).
+  inside (no N x L temporary). The division is w conj(d) / |d|^2; a block
+  where some |d|^2 under- or overflows is redone with d scaled by a power
+  of two first (as np.divide scales).
 * vandermonde: powers ``lambda^l`` for ``l = l0 + j``, ``j < POW_BLOCK`` are
   ``lambda^l0 * lambda^j``. The table ``lambda^j`` (per row, per group of
   ``POLE_GROUP`` poles) is built in double precision by doubling,
@@ -37,10 +39,22 @@ kernel, node vector or signal is never copied per output row.
 All indices are Py_ssize_t; scratch is per task (stack or malloc).
 """
 from cython.parallel cimport prange
-from libc.math cimport atan2, cos, exp, hypot, log, log1p, sin
+from libc.math cimport atan2, cos, exp, fabs, fabsf, hypot, log, log1p, sin
 from libc.stdlib cimport free, malloc
 
 from zilla_muf._types cimport real_t
+from zilla_muf._vmath cimport vinv_scale
+
+
+cdef inline real_t r_fabs(real_t x) noexcept nogil:
+    if real_t is float:
+        return fabsf(x)
+    else:
+        return fabs(x)
+
+
+cdef inline real_t r_fmax(real_t x, real_t y) noexcept nogil:
+    return x if x > y else y
 
 cdef enum:
     NODE_BLOCK = 256   # nodes per cauchy task block
@@ -154,19 +168,31 @@ def toeplitz_direct(const real_t[:, ::1] kernel, const Py_ssize_t[::1] kmap,
 # Cauchy
 # ---------------------------------------------------------------------------
 
-cdef void cauchy_block(const real_t *z, const real_t *lam, const real_t *w,
-                       real_t *o, Py_ssize_t m, Py_ssize_t N,
-                       bint conj_pairs) noexcept nogil:
+cdef int cauchy_block(const real_t *z, const real_t *lam, const real_t *w,
+                      real_t *o, Py_ssize_t m, Py_ssize_t N, bint conj_pairs,
+                      bint scaled) noexcept nogil:
     """o[k] = sum_i w_i / (z_k - lam_i) (+ conjugates), m <= NODE_BLOCK nodes.
 
-    All of z, lam, w and o are interleaved complex.
+    All of z, lam, w and o are interleaved complex. Unscaled, each term is
+    w conj(d) / |d|^2 with d = z - lam, and the return value is nonzero when
+    some |d|^2 left the range where that is accurate (|d|^2 underflows or
+    overflows); the caller then runs the block again scaled: d' = d t with
+    t a power of two that brings max(|Re d|, |Im d|) to [1, 2), and the term
+    w conj(d') t / |d'|^2 (exact scaling, as np.divide scales), slower.
     """
     cdef real_t zr[NODE_BLOCK]
     cdef real_t zi[NODE_BLOCK]
     cdef real_t ar[NODE_BLOCK]
     cdef real_t ai[NODE_BLOCK]
     cdef Py_ssize_t i, k
-    cdef real_t lr, li, wr, wi, dr, di, s
+    cdef real_t lr, li, wr, wi, dr, di, q, s, t, qlo, qhi
+    cdef int bad = 0
+    if real_t is float:
+        qlo = 1.1754943508222875e-38 * 16777216.0   # FLT_MIN 2^24
+        qhi = 1.329227995784916e+36                 # 2^120
+    else:
+        qlo = 2.2250738585072014e-308 * 9007199254740992.0   # DBL_MIN 2^53
+        qhi = 1.0715086071862673e+301               # 2^1000
     for k in range(m):
         zr[k] = z[2 * k]
         zi[k] = z[2 * k + 1]
@@ -177,24 +203,50 @@ cdef void cauchy_block(const real_t *z, const real_t *lam, const real_t *w,
         li = lam[2 * i + 1]
         wr = w[2 * i]
         wi = w[2 * i + 1]
-        # w / d = w conj(d) / |d|^2
-        for k in range(m):
-            dr = zr[k] - lr
-            di = zi[k] - li
-            s = 1 / (dr * dr + di * di)
-            ar[k] = ar[k] + (wr * dr + wi * di) * s
-            ai[k] = ai[k] + (wi * dr - wr * di) * s
-        if conj_pairs:
-            # conj(w) / (z - conj(lam))
+        if not scaled:
+            # w / d = w conj(d) / |d|^2
             for k in range(m):
                 dr = zr[k] - lr
-                di = zi[k] + li
-                s = 1 / (dr * dr + di * di)
-                ar[k] = ar[k] + (wr * dr - wi * di) * s
-                ai[k] = ai[k] - (wi * dr + wr * di) * s
+                di = zi[k] - li
+                q = dr * dr + di * di
+                bad = bad | (q < qlo) | (q > qhi)
+                s = 1 / q
+                ar[k] = ar[k] + (wr * dr + wi * di) * s
+                ai[k] = ai[k] + (wi * dr - wr * di) * s
+            if conj_pairs:
+                # conj(w) / (z - conj(lam))
+                for k in range(m):
+                    dr = zr[k] - lr
+                    di = zi[k] + li
+                    q = dr * dr + di * di
+                    bad = bad | (q < qlo) | (q > qhi)
+                    s = 1 / q
+                    ar[k] = ar[k] + (wr * dr - wi * di) * s
+                    ai[k] = ai[k] - (wi * dr + wr * di) * s
+        else:
+            for k in range(m):
+                dr = zr[k] - lr
+                di = zi[k] - li
+                t = vinv_scale(r_fmax(r_fabs(dr), r_fabs(di)))
+                dr = dr * t
+                di = di * t
+                s = t / (dr * dr + di * di)
+                ar[k] = ar[k] + (wr * dr + wi * di) * s
+                ai[k] = ai[k] + (wi * dr - wr * di) * s
+            if conj_pairs:
+                for k in range(m):
+                    dr = zr[k] - lr
+                    di = zi[k] + li
+                    t = vinv_scale(r_fmax(r_fabs(dr), r_fabs(di)))
+                    dr = dr * t
+                    di = di * t
+                    s = t / (dr * dr + di * di)
+                    ar[k] = ar[k] + (wr * dr - wi * di) * s
+                    ai[k] = ai[k] - (wi * dr + wr * di) * s
     for k in range(m):
         o[2 * k] = ar[k]
         o[2 * k + 1] = ai[k]
+    return bad
 
 
 def cauchy(const real_t[:, ::1] nodes, const Py_ssize_t[::1] nmap,
@@ -234,9 +286,14 @@ def cauchy(const real_t[:, ::1] nodes, const Py_ssize_t[::1] nmap,
             r = task // nblk
             b = task - r * nblk
             k0 = b * NODE_BLOCK
-            cauchy_block(ZP + nmap[r] * 2 * L + 2 * k0, LP + r * 2 * N,
-                         WP + r * 2 * N, OP + r * 2 * L + 2 * k0,
-                         imin(NODE_BLOCK, L - k0), N, conj_pairs)
+            if cauchy_block(ZP + nmap[r] * 2 * L + 2 * k0, LP + r * 2 * N,
+                            WP + r * 2 * N, OP + r * 2 * L + 2 * k0,
+                            imin(NODE_BLOCK, L - k0), N, conj_pairs, False):
+                # a node within ~1e-16 (float) of a pole or ~1e18 from it:
+                # the block again, with the scaled division
+                cauchy_block(ZP + nmap[r] * 2 * L + 2 * k0, LP + r * 2 * N,
+                             WP + r * 2 * N, OP + r * 2 * L + 2 * k0,
+                             imin(NODE_BLOCK, L - k0), N, conj_pairs, True)
 
 
 # ---------------------------------------------------------------------------

@@ -11,7 +11,12 @@ axes, counts threads and checks shapes the same way and with the same words:
 - :func:`positive_int` -- integer options such as ``chunk_size``;
 - :func:`broadcast_shapes` -- broadcasting with the offending names;
 - :func:`check_shape` -- an exact expected shape;
-- :func:`inplace_array` -- an output argument a function writes into.
+- :func:`inplace_array` -- an output argument a function writes into;
+- :func:`output_array` -- an ``out=`` argument;
+- :func:`real_dtype`, :func:`complex_dtype` -- the counterpart of a dtype;
+- :func:`require_real` -- arrays that must not be complex;
+- :func:`real_scalar` -- a real scalar option such as ``eps``;
+- :func:`at_least_1d` -- an array that needs an axis.
 """
 
 import operator
@@ -21,15 +26,26 @@ import numpy as np
 
 __all__ = [
     "as_array",
+    "at_least_1d",
     "broadcast_shapes",
     "check_shape",
+    "complex_dtype",
     "dtype_operand",
     "inplace_array",
+    "max_workers",
     "normalize_axis",
+    "output_array",
     "positive_int",
+    "real_dtype",
+    "real_scalar",
+    "require_real",
     "resolve_workers",
     "result_dtype",
 ]
+
+# Integer options are passed to kernels as C ``Py_ssize_t``/``int``: a value
+# at or beyond this bound cannot be meant and would overflow there.
+_INT_LIMIT = 2 ** 63
 
 _REAL = (np.dtype(np.float32), np.dtype(np.float64))
 _COMPLEX = (np.dtype(np.complex64), np.dtype(np.complex128))
@@ -146,13 +162,25 @@ def normalize_axis(axis, ndim, name="axis"):
     return ax % ndim
 
 
+def max_workers():
+    """The most threads any kernel starts: the number of CPUs.
+
+    More threads than cores only adds start-up cost and contention (and
+    tens of thousands of them exhaust the OpenMP runtime), so larger
+    requests are capped here, for every function.
+    """
+    return os.cpu_count() or 1
+
+
 def resolve_workers(workers, name="workers"):
     """Return the number of threads a kernel should use.
 
-    ``None`` means 1; a positive integer is taken as is; ``-1`` means all
-    cores and other negatives count back from there as in ``scipy.fft``
-    (``-2`` is all cores but one). ``0`` and values below ``-cpu_count``
-    raise ``ValueError``.
+    ``None`` means 1; a positive integer is taken as is, up to
+    :func:`max_workers` (a larger request behaves as ``-1``); ``-1`` means
+    all cores and other negatives count back from there as in ``scipy.fft``
+    (``-2`` is all cores but one). ``0``, values below ``-cpu_count`` and
+    values of magnitude ``2**63`` or more raise ``ValueError``. Callers that
+    know the amount of work cap the result further.
     """
     if workers is None:
         return 1
@@ -162,9 +190,13 @@ def resolve_workers(workers, name="workers"):
         w = operator.index(workers)
     except TypeError:
         raise TypeError(f"`{name}` must be an integer or None, got {workers!r}") from None
+    if not -_INT_LIMIT < w < _INT_LIMIT:
+        raise ValueError(
+            f"`{name}` must be an integer of magnitude below 2**63, got {w}"
+        )
+    ncpu = max_workers()
     if w > 0:
-        return w
-    ncpu = os.cpu_count() or 1
+        return min(w, ncpu)
     if w == 0:
         raise ValueError(f"`{name}` must not be 0, got 0")
     n = ncpu + 1 + w
@@ -188,7 +220,58 @@ def positive_int(value, name, allow_none=False):
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}") from None
     if v < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {v}")
+    if v >= _INT_LIMIT:
+        raise ValueError(
+            f"`{name}` must be a positive integer below 2**63, got {v}"
+        )
     return v
+
+
+def real_dtype(dtype):
+    """The real dtype of the same precision: float32 for float32 and
+    complex64, float64 for float64 and complex128."""
+    dt = np.dtype(dtype)
+    single = dt in (np.dtype(np.float32), np.dtype(np.complex64))
+    return np.dtype(np.float32) if single else np.dtype(np.float64)
+
+
+def complex_dtype(dtype):
+    """The complex dtype of the same precision: complex64 for float32 and
+    complex64, complex128 for float64 and complex128."""
+    single = real_dtype(dtype) == np.dtype(np.float32)
+    return np.dtype(np.complex64) if single else np.dtype(np.complex128)
+
+
+def require_real(**arrays):
+    """Raise ``TypeError`` naming the first complex array (None is skipped)."""
+    for name, arr in arrays.items():
+        if arr is not None and np.iscomplexobj(arr):
+            what = f"dtype {arr.dtype}" if hasattr(arr, "dtype") else repr(arr)
+            raise TypeError(
+                f"`{name}` must be real (float32 or float64), got {what}"
+            )
+
+
+def real_scalar(value, name):
+    """A real scalar option (``eps``, ``beta``, ...) as a Python float.
+
+    Bools, complex numbers, arrays of any other shape than ``()`` and
+    non-numbers raise ``TypeError`` naming the argument.
+    """
+    if isinstance(value, (bool, np.bool_)) or not np.isrealobj(value) \
+            or np.ndim(value) != 0:
+        raise TypeError(f"`{name}` must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a real number, got {value!r}") from None
+
+
+def at_least_1d(arr, name, what="(..., n)"):
+    """Raise ``ValueError`` naming `arr` when it is 0-d."""
+    if arr.ndim == 0:
+        raise ValueError(f"`{name}` must have shape {what}, got shape ()")
+    return arr
 
 
 def broadcast_shapes(**shapes):
@@ -244,3 +327,68 @@ def inplace_array(arr, name, dtypes=_REAL):
             f"use np.ascontiguousarray and keep the copy"
         )
     return arr
+
+
+def output_array(out, shape, dtype, inputs=(), in_place=None, name="out"):
+    """Check an ``out=`` argument and return it.
+
+    `out` must be an ndarray (``TypeError``) of exactly `shape` and `dtype`,
+    writeable, and must not share memory with any of `inputs` (a mapping of
+    argument names to arrays); ``ValueError`` naming `out` otherwise. Any
+    strides are accepted. `in_place`, when given, is the one input `out`
+    may be (the same array, same memory and strides): the computation is
+    then done in place.
+
+    Returns
+    -------
+    out : ndarray
+        `out` itself.
+    """
+    if not isinstance(out, np.ndarray):
+        raise TypeError(
+            f"`{name}` must be a NumPy array or None, got {type(out).__name__}"
+        )
+    if out.shape != tuple(shape):
+        raise ValueError(
+            f"`{name}` must have shape {tuple(shape)} (the result's), got {out.shape}"
+        )
+    if out.dtype != np.dtype(dtype):
+        raise ValueError(
+            f"`{name}` must have dtype {np.dtype(dtype)} (the result's), got "
+            f"dtype {out.dtype}"
+        )
+    if not out.flags.writeable:
+        raise ValueError(f"`{name}` must be writeable, got a read-only array")
+    for arg, arr in inputs.items():
+        if arr is None or not isinstance(arr, np.ndarray):
+            continue
+        if arg == in_place and arr is out:
+            continue
+        if arg == in_place and _same_view(arr, out):
+            continue
+        if _overlap(out, arr):
+            if arg == in_place:
+                raise ValueError(
+                    f"`{name}` overlaps `{arg}` without being the same view of "
+                    f"it; pass `{name}={arg}` (the same array) to compute in "
+                    f"place, or a separate array"
+                )
+            raise ValueError(f"`{name}` must not overlap the input `{arg}`")
+    return out
+
+
+def _overlap(a, b):
+    """True when `a` and `b` may share an element (exact for simple
+    layouts, conservative when the exact question is too hard)."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=100_000))
+    except np.exceptions.TooHardError:
+        return True
+
+
+def _same_view(a, b):
+    """True when `a` and `b` view the same memory the same way."""
+    return (a.shape == b.shape and a.dtype == b.dtype and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])

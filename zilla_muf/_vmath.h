@@ -70,6 +70,35 @@ ZM_INLINE T zm_flush_##sfx(T p)                                             \
 ZM_DEFINE_FLUSH(f, float, FLT_MIN)
 ZM_DEFINE_FLUSH(d, double, DBL_MIN)
 
+/* A power of two t with x t in [1, 2) for x >= 0 (a magnitude): x's
+ * exponent mirrored, from the bits, so that scaling by t is exact and costs
+ * no division (the scaled complex division). x is first clamped to the
+ * normal range below 2^125 (2^1021), so that t is a normal number; NaN goes
+ * to the lower bound and propagates through the arithmetic that follows.
+ * Written as float selects and integer and/subtract only, so that loops over
+ * it vectorise even with SSE2. */
+ZM_INLINE float zm_inv_scalef(float x)
+{
+    uint32_t bits;
+    x = x > FLT_MIN ? x : FLT_MIN;
+    x = x < 0x1p125f ? x : 0x1p125f;
+    memcpy(&bits, &x, sizeof bits);
+    bits = 0x7F000000u - (bits & 0x7F800000u);
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+ZM_INLINE double zm_inv_scale(double x)
+{
+    uint64_t bits;
+    x = x > DBL_MIN ? x : DBL_MIN;
+    x = x < 0x1p1021 ? x : 0x1p1021;
+    memcpy(&bits, &x, sizeof bits);
+    bits = 0x7FE0000000000000ull - (bits & 0x7FF0000000000000ull);
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
 ZM_INLINE float zm_expf(float x)
 {
     const float magic = 12582912.0f;            /* 1.5 * 2^23 */

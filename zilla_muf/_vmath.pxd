@@ -5,6 +5,8 @@ cdef extern from "_vmath.h" nogil:
     float zm_expf(float x)
     double zm_exp(double x)
     float zm_softplusf(float x)
+    float zm_inv_scalef(float x)
+    double zm_inv_scale(double x)
     float zm_flush_f(float p)
     double zm_flush_d(double p)
     void zm_sincosf(float x, float *s, float *c)
@@ -43,3 +45,12 @@ cdef inline real_t vsincos_max(real_t x) noexcept nogil:
         return ZM_SINCOS_MAXF
     else:
         return ZM_SINCOS_MAX
+
+
+cdef inline real_t vinv_scale(real_t x) noexcept nogil:
+    """A power of two t with x t in [1, 2) for a magnitude x >= 0 (exact
+    scaling, no division)."""
+    if real_t is float:
+        return zm_inv_scalef(x)
+    else:
+        return zm_inv_scale(x)

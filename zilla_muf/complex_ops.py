@@ -16,11 +16,15 @@ import math
 import numpy as np
 
 from . import _complex_ops
+from ._docs import fill_doc
 from ._validation import (
     as_array,
     broadcast_shapes,
+    complex_dtype,
     dtype_operand,
     normalize_axis,
+    real_dtype,
+    require_real,
     resolve_workers,
     result_dtype,
 )
@@ -28,20 +32,14 @@ from ._validation import (
 __all__ = ["complex_exp", "conjugate_pair_output", "diag_complex_matrix_exp"]
 
 
-def _complex_dtype(dtype):
-    """The complex dtype of the same precision."""
-    return np.result_type(dtype, np.complex64)
-
-
 def _exp(z, delta, name, workers):
     nthreads = resolve_workers(workers)
     z_raw, z = z, as_array(z, name)
     d = None if delta is None else as_array(delta, "delta")
-    if d is not None and d.dtype.kind == "c":
-        raise TypeError(f"`delta` must be real, got dtype {d.dtype}")
-    cdt = _complex_dtype(result_dtype(**{name: dtype_operand(z_raw, z),
-                                         "delta": dtype_operand(delta, d)}))
-    rdt = np.dtype(cdt.char.lower())
+    require_real(delta=d)
+    cdt = complex_dtype(result_dtype(**{name: dtype_operand(z_raw, z),
+                                        "delta": dtype_operand(delta, d)}))
+    rdt = real_dtype(cdt)
     shape = z.shape if d is None else broadcast_shapes(**{name: z.shape, "delta": d.shape})
     size = math.prod(shape)
     zc = np.ascontiguousarray(np.broadcast_to(z, shape), dtype=cdt).reshape(size)
@@ -55,6 +53,7 @@ def _exp(z, delta, name, workers):
     return out[()] if out.ndim == 0 else out
 
 
+@fill_doc
 def complex_exp(z, *, workers=None):
     r"""Complex exponential :math:`e^{z}`, elementwise.
 
@@ -63,8 +62,7 @@ def complex_exp(z, *, workers=None):
     z : array_like
         Complex64 or complex128 (real input is promoted: float32 to
         complex64, float64 and integers to complex128).
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -104,6 +102,7 @@ def complex_exp(z, *, workers=None):
     return _exp(z, None, "z", workers)
 
 
+@fill_doc
 def diag_complex_matrix_exp(eigs, delta=None, *, workers=None):
     r"""Exponential of a diagonal matrix: :math:`e^{\Delta \lambda}` elementwise.
 
@@ -113,8 +112,7 @@ def diag_complex_matrix_exp(eigs, delta=None, *, workers=None):
         The eigenvalues :math:`\lambda`, complex (real input is promoted).
     delta : array_like, optional
         Real step, broadcast against `eigs`. Default 1.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -157,6 +155,7 @@ def diag_complex_matrix_exp(eigs, delta=None, *, workers=None):
     return _exp(eigs, delta, "eigs", workers)
 
 
+@fill_doc
 def conjugate_pair_output(C, h, axis=-1, *, workers=None):
     r"""Real output :math:`2 \operatorname{Re} \sum_i C_i h_i` of a half spectrum.
 
@@ -172,8 +171,7 @@ def conjugate_pair_output(C, h, axis=-1, *, workers=None):
         States, complex, broadcast against `C`.
     axis : int, optional
         The state axis summed over (of the broadcast shape). Default -1.
-    workers : int, optional
-        Threads to use (split over the other axes): None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -212,10 +210,12 @@ def conjugate_pair_output(C, h, axis=-1, *, workers=None):
     np.float64(4.0)
     """
     nthreads = resolve_workers(workers)
+    C_in, h_in = C, h
     C = as_array(C, "C")
     h = as_array(h, "h")
-    cdt = _complex_dtype(result_dtype(C=C, h=h))
-    rdt = np.dtype(cdt.char.lower())
+    cdt = complex_dtype(result_dtype(C=dtype_operand(C_in, C),
+                                     h=dtype_operand(h_in, h)))
+    rdt = real_dtype(cdt)
     shape = broadcast_shapes(C=C.shape, h=h.shape)
     if len(shape) == 0:
         raise ValueError("`C` and `h` must have at least one dimension (the "

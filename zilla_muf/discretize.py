@@ -19,31 +19,26 @@ import numpy as np
 import scipy.linalg
 
 from . import _discretize
+from ._docs import fill_doc
 from ._validation import (
     as_array,
     broadcast_shapes,
     dtype_operand,
+    real_dtype,
+    real_scalar,
+    require_real,
     resolve_workers,
     result_dtype,
 )
 
 __all__ = ["bilinear_discretize", "zoh_discretize"]
 
-_REAL_OF = {np.dtype(np.complex64): np.dtype(np.float32),
-            np.dtype(np.complex128): np.dtype(np.float64)}
-
-
-def _real_dtype(dtype):
-    return _REAL_OF.get(np.dtype(dtype), np.dtype(dtype))
-
-
 def _prepare(A, B, delta):
     """Validated arrays and the computation dtype."""
     a = as_array(A, "A")
     b = as_array(B, "B")
     d = as_array(delta, "delta")
-    if d.dtype.kind == "c":
-        raise TypeError(f"`delta` must be real, got dtype {d.dtype}")
+    require_real(delta=d)
     dtype = result_dtype(A=dtype_operand(A, a), B=dtype_operand(B, b),
                          delta=dtype_operand(delta, d))
     return a, b, d, dtype
@@ -54,7 +49,7 @@ def _diagonal(kind, A, B, delta, dtype, alpha, workers):
     nthreads = resolve_workers(workers)
     shape = broadcast_shapes(A=A.shape, B=B.shape, delta=delta.shape)
     size = math.prod(shape)
-    rdt = _real_dtype(dtype)
+    rdt = real_dtype(dtype)
     a_complex = A.dtype.kind == "c"
     a_dtype = dtype if a_complex else rdt
     a = np.ascontiguousarray(np.broadcast_to(A, shape), dtype=a_dtype).reshape(size)
@@ -100,7 +95,7 @@ def _dense_zoh(A, B, delta, dtype):
     batch, n, m = _dense_shapes(A, B, delta)
     A = np.broadcast_to(A, batch + (n, n)).astype(dtype)
     B = np.broadcast_to(B, batch + (n, m)).astype(dtype)
-    d = np.broadcast_to(delta, batch).astype(_real_dtype(dtype))[..., None, None]
+    d = np.broadcast_to(delta, batch).astype(real_dtype(dtype))[..., None, None]
     # exp([[A, B], [0, 0]] * delta) = [[A_bar, B_bar], [0, I]]
     M = np.zeros(batch + (n + m, n + m), dtype=dtype)
     M[..., :n, :n] = A * d
@@ -114,7 +109,7 @@ def _dense_bilinear(A, B, delta, alpha, dtype):
     batch, n, m = _dense_shapes(A, B, delta)
     A = np.broadcast_to(A, batch + (n, n)).astype(dtype)
     B = np.broadcast_to(B, batch + (n, m)).astype(dtype)
-    d = np.broadcast_to(delta, batch).astype(_real_dtype(dtype))[..., None, None]
+    d = np.broadcast_to(delta, batch).astype(real_dtype(dtype))[..., None, None]
     eye = np.eye(n, dtype=dtype)
     lhs = eye - alpha * d * A
     abar = np.linalg.solve(lhs, eye + (1.0 - alpha) * d * A)
@@ -123,18 +118,13 @@ def _dense_bilinear(A, B, delta, alpha, dtype):
 
 
 def _alpha(alpha):
-    if isinstance(alpha, (bool, np.bool_)) or not np.isrealobj(alpha) \
-            or np.ndim(alpha) != 0:
-        raise TypeError(f"`alpha` must be a real number, got {alpha!r}")
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise TypeError(f"`alpha` must be a real number, got {alpha!r}") from None
+    a = real_scalar(alpha, "alpha")
     if not 0.0 <= a <= 1.0:
         raise ValueError(f"`alpha` must be in [0, 1], got {alpha!r}")
     return a
 
 
+@fill_doc
 def zoh_discretize(A, B, delta, *, dense=False, workers=None):
     r"""Zero-order-hold discretisation of :math:`x' = A x + B u`.
 
@@ -151,8 +141,7 @@ def zoh_discretize(A, B, delta, *, dense=False, workers=None):
         A (..., N) is delta (..., 1).
     dense : bool, optional
         Treat `A` as a dense matrix. Default False.
-    workers : int, optional
-        Threads for the diagonal kernel: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -232,6 +221,7 @@ def zoh_discretize(A, B, delta, *, dense=False, workers=None):
     return _diagonal("zoh", A, B, delta, dtype, 0.0, workers)
 
 
+@fill_doc
 def bilinear_discretize(A, B, delta, alpha=0.5, *, dense=False, workers=None):
     r"""Generalised bilinear discretisation of :math:`x' = A x + B u`.
 
@@ -249,8 +239,7 @@ def bilinear_discretize(A, B, delta, alpha=0.5, *, dense=False, workers=None):
         In [0, 1]: 0 forward Euler, 0.5 Tustin (default), 1 backward Euler.
     dense : bool, optional
         Treat `A` as a dense matrix. Default False.
-    workers : int, optional
-        Threads for the diagonal kernel: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------

@@ -28,6 +28,7 @@ import types
 import numpy as np
 import scipy.fft
 
+from ._docs import fill_doc
 from ._validation import (
     as_array,
     broadcast_shapes,
@@ -107,6 +108,7 @@ def _fft_causal(k, x, lead, dtype, workers):
     return y.astype(dtype, copy=False)
 
 
+@fill_doc
 def fft_conv(signal, kernel, *, axis=-1, workers=None):
     r"""Causal convolution of `signal` with `kernel`, truncated, by FFT.
 
@@ -123,11 +125,7 @@ def fft_conv(signal, kernel, *, axis=-1, workers=None):
         ignored; a shorter kernel is zero-extended.
     axis : int, optional
         The time axis of `signal`. Default -1.
-    workers : int, optional
-        Threads for :mod:`scipy.fft`: None is 1, -1 all cores, negative
-        values count back from all cores. At most one thread per 131072
-        elements of the (broadcast) signal is used: on less, another thread
-        costs more than it saves.
+    %(workers)s
 
     Returns
     -------
@@ -165,6 +163,15 @@ def fft_conv(signal, kernel, *, axis=-1, workers=None):
     The cost is :math:`O(n \log n)` per channel whatever the kernel length.
     Rounding errors are relative to the size of the whole output (FFT
     rounding is spread over all samples), not to each sample.
+
+    The transforms use at most one thread per 131072 elements of the
+    (broadcast) signal: on less, another thread costs more than it saves.
+
+    Every sample reaches every output through the transforms: a single inf
+    or NaN in `signal` or `kernel` (even in the last sample, on which no
+    other output depends) makes every output NaN. For data that may hold
+    non-finite values use :func:`zilla_muf.toeplitz_matvec`, whose
+    ``method="auto"`` takes the exact direct sum then.
 
     .. versionadded:: 0.1.0
 

@@ -23,6 +23,7 @@ from ._validation import (
     as_array,
     check_shape,
     inplace_array,
+    require_real,
     resolve_workers,
     result_dtype,
 )
@@ -31,14 +32,6 @@ __all__ = ["causal_conv1d", "causal_conv1d_update", "selective_scan",
            "selective_scan_update"]
 
 _ACTIVATIONS = (None, "silu")
-
-
-def _check_real(**arrays):
-    for name, arr in arrays.items():
-        if arr is not None and arr.dtype.kind == "c":
-            raise TypeError(
-                f"`{name}` must be real (float32 or float64), got dtype {arr.dtype}"
-            )
 
 
 def _bc_layout(X, name, batch, dim, N, L):
@@ -208,7 +201,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     h0 = None if initial_state is None else as_array(initial_state, "initial_state")
     dtype = result_dtype(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z,
                          delta_bias=delta_bias, initial_state=h0)
-    _check_real(u=u, delta=delta, D=D, z=z, delta_bias=delta_bias)
+    require_real(u=u, delta=delta, D=D, z=z, delta_bias=delta_bias)
     is_complex = A.dtype.kind == "c"
     if not is_complex:
         for name, arr in (("B", B), ("C", C), ("initial_state", h0)):

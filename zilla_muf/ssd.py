@@ -30,9 +30,9 @@ dstate), where head h reads group ``h // (nheads // ngroups)``.
 import math
 
 import numpy as np
-from scipy.special import expit
 
 from . import _ssd
+from .stable_ops import silu
 from ._validation import (
     as_array,
     check_shape,
@@ -237,7 +237,7 @@ def _finish(y, x, D, z):
     if D is not None:
         y += x * (D[:, None] if D.ndim == 1 else D)
     if z is not None:
-        y *= z * expit(z)
+        y *= silu(z)        # the package's SiLU: silu(-inf) = -0
     return y
 
 

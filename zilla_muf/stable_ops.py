@@ -19,16 +19,21 @@ These are real functions: complex input raises ``TypeError``.
 """
 
 import math
-import operator
 
 import numpy as np
 
 from . import _stable_ops
+from ._docs import fill_doc
 from ._validation import (
     as_array,
+    at_least_1d,
     broadcast_shapes,
     check_shape,
+    dtype_operand,
     normalize_axis,
+    output_array,
+    positive_int,
+    real_scalar,
     resolve_workers,
     result_dtype,
 )
@@ -49,54 +54,96 @@ _OP_SOFTMAX, _OP_LOG_SOFTMAX, _OP_LOGCUMSUMEXP = 0, 1, 2
 _OP_SIGMOID, _OP_SILU, _OP_SOFTPLUS = 0, 1, 2
 
 
+# Elements per thread below which another thread costs more than it saves.
+_MIN_PER_THREAD = 1024
+# Elements per task of the elementwise kernel (its BLOCK).
+_ELEMENT_BLOCK = 4096
+
+
+def _threads(workers, size, tasks):
+    """`workers` resolved, capped by the work: at most one thread per
+    task (row or block) and per `_MIN_PER_THREAD` elements."""
+    n = resolve_workers(workers)
+    return max(1, min(n, tasks, size // _MIN_PER_THREAD))
+
+
 def _real_rows(x, axis):
     """`x` as a C-contiguous (rows, n) array of its real kernel dtype.
 
-    Returns the 2-D array and the shape of `x` with `axis` moved last.
+    Returns the 2-D array, the shape of `x` with `axis` moved last, the
+    normalised axis and `x` as an ndarray.
     """
     x = as_array(x, "x")
     dtype = result_dtype(allow_complex=False, x=x)
-    if x.ndim == 0:
-        raise ValueError("`x` must have at least one dimension, got a 0-d array")
+    at_least_1d(x, "x", "(..., n) with at least one dimension")
     ax = normalize_axis(axis, x.ndim)
     moved = np.moveaxis(x, ax, -1)
     shape = moved.shape
     rows = math.prod(shape[:-1])
     x2 = np.ascontiguousarray(moved, dtype=dtype).reshape(rows, shape[-1])
-    return x2, shape, ax
+    return x2, shape, ax, x
 
 
-def _row_op(op, x, axis, workers):
-    nthreads = resolve_workers(workers)
-    x2, shape, ax = _real_rows(x, axis)
-    out = np.empty_like(x2)
-    _stable_ops.rows(op, x2, out, nthreads)
-    return np.moveaxis(out.reshape(shape), -1, ax)
+def _direct_target(out, moved_shape, ax):
+    """A C-contiguous 2-D view of `out` (axis moved last) the kernel can
+    write into directly, or None when `out`'s layout needs a copy."""
+    view = np.moveaxis(out, ax, -1)
+    if not view.flags.c_contiguous:
+        return None
+    return view.reshape(math.prod(moved_shape[:-1]), moved_shape[-1])
 
 
-def _elementwise(op, x, workers, beta=1.0, threshold=20.0):
-    nthreads = resolve_workers(workers)
+def _row_op(op, x, axis, workers, out):
+    x2, shape, ax, x = _real_rows(x, axis)
+    nthreads = _threads(workers, x2.size, x2.shape[0])
+    if out is None:
+        res = np.empty_like(x2)
+        _stable_ops.rows(op, x2, res, nthreads)
+        return np.moveaxis(res.reshape(shape), -1, ax)
+    output_array(out, x.shape, x2.dtype, {"x": x}, in_place="x")
+    target = _direct_target(out, shape, ax)
+    if target is None:
+        res = np.empty_like(x2)
+        _stable_ops.rows(op, x2, res, nthreads)
+        np.copyto(out, np.moveaxis(res.reshape(shape), -1, ax))
+    else:
+        # out=x (contiguous) makes x2 and target the same memory: every
+        # row kernel reads an element before it writes that element
+        _stable_ops.rows(op, x2, target, nthreads)
+    return out
+
+
+def _elementwise(op, x, workers, out, beta=1.0, threshold=20.0):
     x = as_array(x, "x")
     dtype = result_dtype(allow_complex=False, x=x)
     flat = np.ascontiguousarray(x, dtype=dtype).reshape(-1)
-    out = np.empty_like(flat)
-    _stable_ops.elementwise(op, flat, out, beta, threshold, nthreads)
-    return out.reshape(x.shape)
+    nthreads = _threads(workers, flat.size, -(-flat.size // _ELEMENT_BLOCK))
+    if out is None:
+        res = np.empty_like(flat)
+        _stable_ops.elementwise(op, flat, res, beta, threshold, nthreads)
+        return res.reshape(x.shape)
+    output_array(out, x.shape, dtype, {"x": x}, in_place="x")
+    if out.flags.c_contiguous:
+        # elementwise: in place (out=x) is exact, element i is read first
+        _stable_ops.elementwise(op, flat, out.reshape(-1), beta, threshold,
+                                nthreads)
+    else:
+        res = np.empty_like(flat)
+        _stable_ops.elementwise(op, flat, res, beta, threshold, nthreads)
+        np.copyto(out, res.reshape(x.shape))
+    return out
 
 
-def softmax(x, axis=-1, *, workers=None):
+@fill_doc
+def softmax(x, axis=-1, *, workers=None, out=None):
     r"""Softmax along `axis`, shifted by the maximum so nothing overflows.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64 (integers and bools are promoted to
-        float64, float16 to float32).
-    axis : int, optional
-        The axis to normalise over. Default -1.
-    workers : int, optional
-        Threads to use (split over the other axes): None is 1, -1 all cores,
-        negative values count back from all cores as in :mod:`scipy.fft`.
+    %(x_real)s
+    %(axis_row)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -108,7 +155,9 @@ def softmax(x, axis=-1, *, workers=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+        If `x` is 0-d, `axis` is out of range or `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -132,6 +181,8 @@ def softmax(x, axis=-1, *, workers=None):
     undefined), as :func:`scipy.special.softmax` does.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -145,20 +196,19 @@ def softmax(x, axis=-1, *, workers=None):
     >>> softmax(np.array([1e30, 1e30, -1e30], dtype=np.float32))
     array([0.5, 0.5, 0. ], dtype=float32)
     """
-    return _row_op(_OP_SOFTMAX, x, axis, workers)
+    return _row_op(_OP_SOFTMAX, x, axis, workers, out)
 
 
-def log_softmax(x, axis=-1, *, workers=None):
+@fill_doc
+def log_softmax(x, axis=-1, *, workers=None, out=None):
     r"""Logarithm of the softmax along `axis`, without forming the softmax.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
-    axis : int, optional
-        The axis to normalise over. Default -1.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(x_real)s
+    %(axis_row)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -170,7 +220,9 @@ def log_softmax(x, axis=-1, *, workers=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+        If `x` is 0-d, `axis` is out of range or `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -190,6 +242,8 @@ def log_softmax(x, axis=-1, *, workers=None):
     :math:`+\infty` or NaN give NaN.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -197,22 +251,21 @@ def log_softmax(x, axis=-1, *, workers=None):
     >>> log_softmax([0.0, 0.0, -100.0])
     array([  -0.69314718,   -0.69314718, -100.69314718])
     """
-    return _row_op(_OP_LOG_SOFTMAX, x, axis, workers)
+    return _row_op(_OP_LOG_SOFTMAX, x, axis, workers, out)
 
 
+@fill_doc
 def log_sum_exp(x, axis=-1, keepdims=False, *, workers=None):
     r"""Logarithm of the sum of exponentials along `axis`, without overflow.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
+    %(x_real)s
     axis : int, optional
         The axis to reduce. Default -1.
     keepdims : bool, optional
         Keep the reduced axis with length 1. Default False.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -255,8 +308,8 @@ def log_sum_exp(x, axis=-1, keepdims=False, *, workers=None):
     array([[0.69314718],
            [      -inf]])
     """
-    nthreads = resolve_workers(workers)
-    x2, shape, ax = _real_rows(x, axis)
+    x2, shape, ax, _ = _real_rows(x, axis)
+    nthreads = _threads(workers, x2.size, x2.shape[0])
     out = np.empty(x2.shape[0], dtype=x2.dtype)
     _stable_ops.log_sum_exp(x2, out, nthreads)
     out = out.reshape(shape[:-1])
@@ -265,17 +318,16 @@ def log_sum_exp(x, axis=-1, keepdims=False, *, workers=None):
     return out[()] if out.ndim == 0 else out
 
 
-def logcumsumexp(x, axis=-1, *, workers=None):
+@fill_doc
+def logcumsumexp(x, axis=-1, *, workers=None, out=None):
     r"""Running log-sum-exp along `axis`.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
-    axis : int, optional
-        The axis to accumulate along. Default -1.
-    workers : int, optional
-        Threads to use (split over the other axes): None is 1, -1 all cores.
+    %(x_real)s
+    %(axis_row)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -287,7 +339,9 @@ def logcumsumexp(x, axis=-1, *, workers=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `x` is 0-d, `axis` is out of range or `workers` is 0.
+        If `x` is 0-d, `axis` is out of range or `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -307,6 +361,8 @@ def logcumsumexp(x, axis=-1, *, workers=None):
     equal infinities stay that infinity.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -315,9 +371,10 @@ def logcumsumexp(x, axis=-1, *, workers=None):
     >>> logcumsumexp(np.log([1.0, 2.0, 3.0]))
     array([0.        , 1.09861229, 1.79175947])
     """
-    return _row_op(_OP_LOGCUMSUMEXP, x, axis, workers)
+    return _row_op(_OP_LOGCUMSUMEXP, x, axis, workers, out)
 
 
+@fill_doc
 def segsum(x, axis=-1, *, workers=None):
     r"""Segment sums :math:`\sum_{t=j+1}^{i} x_t` for all pairs (i, j).
 
@@ -330,8 +387,7 @@ def segsum(x, axis=-1, *, workers=None):
         Real input, float32 or float64, of length n along `axis`.
     axis : int, optional
         The sequence axis. Default -1.
-    workers : int, optional
-        Threads to use (split over the other axes): None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -373,23 +429,23 @@ def segsum(x, axis=-1, *, workers=None):
            [ 2.,  0., -inf],
            [ 5.,  3.,  0.]])
     """
-    nthreads = resolve_workers(workers)
-    x2, shape, _ = _real_rows(x, axis)
+    x2, shape, _, _ = _real_rows(x, axis)
     n = shape[-1]
+    nthreads = _threads(workers, x2.shape[0] * n * n, x2.shape[0])
     out = np.empty((x2.shape[0], n, n), dtype=x2.dtype)
     _stable_ops.segsum(x2, out, nthreads)
     return out.reshape(shape + (n,))
 
 
-def sigmoid(x, *, workers=None):
+@fill_doc
+def sigmoid(x, *, workers=None, out=None):
     r"""Logistic sigmoid :math:`1 / (1 + e^{-x})`, elementwise.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(x_real)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -401,7 +457,9 @@ def sigmoid(x, *, workers=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `workers` is 0.
+        If `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -421,6 +479,8 @@ def sigmoid(x, *, workers=None):
     precision.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -428,18 +488,18 @@ def sigmoid(x, *, workers=None):
     >>> sigmoid([-1000.0, 0.0, 1000.0])
     array([0. , 0.5, 1. ])
     """
-    return _elementwise(_OP_SIGMOID, x, workers)
+    return _elementwise(_OP_SIGMOID, x, workers, out)
 
 
-def silu(x, *, workers=None):
+@fill_doc
+def silu(x, *, workers=None, out=None):
     r"""SiLU (swish) :math:`x \, \sigma(x)`, elementwise.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(x_real)s
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -451,7 +511,9 @@ def silu(x, *, workers=None):
     TypeError
         If `x` is complex or not numeric.
     ValueError
-        If `workers` is 0.
+        If `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -461,9 +523,15 @@ def silu(x, *, workers=None):
     -----
     :math:`\operatorname{silu}(x) = x \, \sigma(x)` with the overflow-free
     :func:`sigmoid`; at :math:`x = -\infty` it returns the limit
-    :math:`-0` rather than :math:`-\infty \cdot 0`.
+    :math:`-0` rather than :math:`-\infty \cdot 0` (NaN, which
+    ``torch.nn.functional.silu`` and the NumPy formulas ``x * expit(x)`` and
+    ``x / (1 + exp(-x))`` give). Every function of the package that applies
+    SiLU (the gates of :func:`rms_norm`, the selective scan and the SSD, the
+    activation of ``causal_conv1d``) follows the same rule.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -471,23 +539,23 @@ def silu(x, *, workers=None):
     >>> silu([-1000.0, 0.0, 2.0])
     array([-0.       ,  0.       ,  1.76159416])
     """
-    return _elementwise(_OP_SILU, x, workers)
+    return _elementwise(_OP_SILU, x, workers, out)
 
 
-def softplus(x, beta=1.0, threshold=20.0, *, workers=None):
+@fill_doc
+def softplus(x, beta=1.0, threshold=20.0, *, workers=None, out=None):
     r"""Softplus :math:`\log(1 + e^{\beta x}) / \beta`, elementwise.
 
     Parameters
     ----------
-    x : array_like
-        Real input, float32 or float64.
+    %(x_real)s
     beta : float, optional
         Sharpness, finite and nonzero. Default 1.
     threshold : float, optional
         Where :math:`\beta x` exceeds it, `x` itself is returned (as in
         PyTorch). Default 20. Must not be NaN.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores.
+    %(workers)s
+    %(out_x)s
 
     Returns
     -------
@@ -500,7 +568,9 @@ def softplus(x, beta=1.0, threshold=20.0, *, workers=None):
         If `x` is complex or not numeric, or `beta` or `threshold` is not a
         real number.
     ValueError
-        If `beta` is 0 or not finite, `threshold` is NaN, or `workers` is 0.
+        If `beta` is 0 or not finite, `threshold` is NaN, or `workers` is 0;
+        or if `out` has the wrong shape or dtype, is read-only or overlaps
+        `x` other than being `x` itself.
 
     See Also
     --------
@@ -521,6 +591,8 @@ def softplus(x, beta=1.0, threshold=20.0, *, workers=None):
     overflows, whatever the threshold.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The `out` argument.
 
     Examples
     --------
@@ -530,26 +602,16 @@ def softplus(x, beta=1.0, threshold=20.0, *, workers=None):
     >>> softplus([1.0], beta=2.0)
     array([1.06346401])
     """
-    beta = _real_scalar(beta, "beta")
-    threshold = _real_scalar(threshold, "threshold")
+    beta = real_scalar(beta, "beta")
+    threshold = real_scalar(threshold, "threshold")
     if beta == 0 or not math.isfinite(beta):
         raise ValueError(f"`beta` must be finite and nonzero, got {beta}")
     if math.isnan(threshold):
         raise ValueError("`threshold` must be a number, got nan")
-    return _elementwise(_OP_SOFTPLUS, x, workers, beta, threshold)
+    return _elementwise(_OP_SOFTPLUS, x, workers, out, beta, threshold)
 
 
-def _real_scalar(value, name):
-    """A real Python float from a scalar argument, or TypeError naming it."""
-    if isinstance(value, (bool, np.bool_)) or not np.isrealobj(value) \
-            or np.ndim(value) != 0:
-        raise TypeError(f"`{name}` must be a real number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a real number, got {value!r}") from None
-
-
+@fill_doc
 def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
              norm_before_gate=True, workers=None):
     r"""RMS normalisation over the last axis, optionally gated and grouped.
@@ -570,8 +632,7 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
     norm_before_gate : bool, optional
         With `z`: True gives ``norm(x) * silu(z)``, False gives
         ``norm(x * silu(z))``. Default True.
-    workers : int, optional
-        Threads to use (split over rows): None is 1, -1 all cores.
+    %(workers)s
 
     Returns
     -------
@@ -619,8 +680,9 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
     x = as_array(x, "x")
     w = None if weight is None else as_array(weight, "weight")
     zz = None if z is None else as_array(z, "z")
-    dtype = result_dtype(allow_complex=False, x=x, weight=w, z=zz)
-    eps = _real_scalar(eps, "eps")
+    dtype = result_dtype(allow_complex=False, x=x,
+                         weight=dtype_operand(weight, w), z=dtype_operand(z, zz))
+    eps = real_scalar(eps, "eps")
     if not eps >= 0:
         raise ValueError(f"`eps` must be >= 0, got {eps}")
     if x.ndim == 0:
@@ -640,17 +702,13 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
     if group_size is None:
         group = c
     else:
-        try:
-            group = operator.index(group_size)
-        except TypeError:
-            raise ValueError(
-                f"`group_size` must be a positive integer, got {group_size!r}"
-            ) from None
-        if isinstance(group_size, (bool, np.bool_)) or group < 1 or c % group:
+        group = positive_int(group_size, "group_size")
+        if c % group:
             raise ValueError(
                 f"`group_size` must be a positive integer dividing the "
                 f"{c} channels, got {group_size!r}")
     rows = math.prod(shape[:-1])
+    nthreads = max(1, min(nthreads, rows, rows * c // _MIN_PER_THREAD))
     x2 = np.ascontiguousarray(np.broadcast_to(x, shape), dtype=dtype).reshape(rows, c)
     w1 = np.ascontiguousarray(w, dtype=dtype)
     if zz is None:

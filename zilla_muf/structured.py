@@ -23,10 +23,14 @@ import operator
 import numpy as np
 
 from . import _structured
+from ._docs import fill_doc
 from ._validation import (
     as_array,
+    at_least_1d,
     broadcast_shapes,
+    complex_dtype,
     positive_int,
+    real_dtype,
     resolve_workers,
     result_dtype,
 )
@@ -66,22 +70,6 @@ _VDM_BLOCK = 256
 _VDM_RSPLIT = 8192
 
 
-def _real_of(dtype):
-    """float32 for single precision (float32, complex64), else float64."""
-    single = np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.complex64))
-    return np.dtype(np.float32) if single else np.dtype(np.float64)
-
-
-def _complex_of(dtype):
-    """complex64 for single precision, else complex128."""
-    return np.result_type(_real_of(dtype), np.complex64)
-
-
-def _at_least_1d(arr, name, what="(..., n)"):
-    if arr.ndim == 0:
-        raise ValueError(f"`{name}` must have shape {what}, got shape ()")
-
-
 def _row_map(arg_lead, lead):
     """Index of the row of an argument used by each output row.
 
@@ -102,7 +90,7 @@ def _rows(arr, dtype):
 
 def _interleaved(arr2d):
     """A complex (rows, m) array as its real (rows, 2m) view."""
-    return arr2d.view(_real_of(arr2d.dtype))
+    return arr2d.view(real_dtype(arr2d.dtype))
 
 
 # ---------------------------------------------------------------------------
@@ -115,7 +103,7 @@ def _semiseparable_operands(a, B, C, x=None):
     C = as_array(C, "C")
     x = None if x is None else as_array(x, "x")
     dtype = result_dtype(a=a, B=B, C=C, x=x)
-    _at_least_1d(a, "a")
+    at_least_1d(a, "a")
     if B.ndim < 2:
         raise ValueError(f"`B` must have shape (..., n, r), got shape {B.shape}")
     if C.ndim < 2:
@@ -133,7 +121,7 @@ def _semiseparable_operands(a, B, C, x=None):
         )
     shapes = dict(a=a.shape[:-1], B=B.shape[:-2], C=C.shape[:-2])
     if x is not None:
-        _at_least_1d(x, "x")
+        at_least_1d(x, "x")
         if x.shape[-1] != n:
             raise ValueError(
                 f"`x` must have shape (..., n) with n = {n} (the length of `a`), "
@@ -152,6 +140,7 @@ def _semiseparable_chunk(rows, n, nthreads):
     return max(_MIN_SS_CHUNK, -(-n // pieces))
 
 
+@fill_doc
 def semiseparable_matvec(a, B, C, x, *, chunk_size=None, workers=None):
     r"""Product with a semiseparable matrix, by its recurrence.
 
@@ -174,9 +163,7 @@ def semiseparable_matvec(a, B, C, x, *, chunk_size=None, workers=None):
         Steps per chunk along `n` (see Notes). Default: whole rows when the
         leading dimensions give every thread work, otherwise a few chunks
         per thread.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
@@ -334,16 +321,28 @@ def semiseparable_matrix(a, B, C):
     later = np.triu(np.ones((n, n), dtype=bool), k=1)
     decay_t = sequential_scan(np.where(later, a[..., None, :], 0),
                               np.eye(n, dtype=dtype), axis=-1)
-    M = np.matmul(np.asarray(C, dtype=dtype), np.swapaxes(np.asarray(B, dtype=dtype), -1, -2))
-    M = M * np.swapaxes(decay_t, -1, -2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # inf and NaN propagate as IEEE arithmetic says, without a warning
+        M = np.matmul(np.asarray(C, dtype=dtype),
+                      np.swapaxes(np.asarray(B, dtype=dtype), -1, -2))
+        M = M * np.swapaxes(decay_t, -1, -2)
     if M.shape != lead + (n, n):
         M = np.broadcast_to(M, lead + (n, n)).copy()
-    return M.astype(dtype, copy=False)
+    M = M.astype(dtype, copy=False)
+    # above the diagonal M is 0 by definition, not (C_i . B_j) * 0, which is
+    # NaN when B or C holds an infinity
+    M[..., later] = 0
+    return M
 
 
 # ---------------------------------------------------------------------------
 # Toeplitz
 # ---------------------------------------------------------------------------
+
+def _all_finite(arr):
+    """True when every element of `arr` is finite (real and imaginary parts)."""
+    return bool(np.isfinite(arr).all())
+
 
 def _toeplitz_direct(k, x, lead, dtype, nthreads):
     """Direct causal convolution; complex data through the real views of
@@ -371,6 +370,7 @@ def _toeplitz_auto_direct(n, K, dtype, nthreads=1, channels=1):
     return macs < c * m * np.log2(max(m, 2))
 
 
+@fill_doc
 def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     r"""Product with a causal (lower-triangular) Toeplitz matrix.
 
@@ -390,9 +390,7 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
         "direct" sums the taps in a compiled loop, :math:`O(n K)` per
         channel; "fft" uses :func:`fft_conv`, :math:`O(n \log n)`; "auto"
         (default) picks the cheaper by a cost model (see Notes).
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
@@ -436,6 +434,12 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     (3.5 for real data, 1.1 for complex): at n = 8192 on one thread, real
     kernels of up to 45 taps and complex ones of up to 14 go direct.
 
+    The FFT method mixes every sample into every output: a single inf or
+    NaN anywhere in `x` or `kernel` makes every output NaN, where the
+    direct method (the exact sum) spoils only the outputs that depend on
+    it. "auto" therefore takes the direct method whenever an input is not
+    all finite; ``method="fft"`` keeps the FFT (and its NaNs).
+
     .. versionadded:: 0.1.0
 
     Examples
@@ -461,8 +465,13 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
     n, K = x.shape[-1], k.shape[-1]
     if method == "auto":
         channels = int(np.prod(lead, dtype=np.int64))
-        method = "direct" if _toeplitz_auto_direct(n, K, dtype, nthreads,
-                                                   channels) else "fft"
+        if not (_all_finite(k[..., :n]) and _all_finite(x)):
+            # one inf or NaN would spread over every FFT output
+            method = "direct"
+        elif _toeplitz_auto_direct(n, K, dtype, nthreads, channels):
+            method = "direct"
+        else:
+            method = "fft"
     if method == "fft":
         y = _fft_causal(k, x, lead, dtype, nthreads)
     else:
@@ -477,16 +486,17 @@ def toeplitz_matvec(kernel, x, *, axis=-1, method="auto", workers=None):
 def _pole_operands(poles, weights, other=None, other_name=None):
     """Shapes of poles and weights (..., N), broadcast against each other
     (`pw`), and the leading shape they broadcast to with `other` (..., L)."""
-    _at_least_1d(poles, "poles", "(..., N)")
-    _at_least_1d(weights, "weights", "(..., N)")
+    at_least_1d(poles, "poles", "(..., N)")
+    at_least_1d(weights, "weights", "(..., N)")
     pw = broadcast_shapes(poles=poles.shape, weights=weights.shape)
     if other is None:
         return pw, pw[:-1]
-    _at_least_1d(other, other_name, "(..., L)")
+    at_least_1d(other, other_name, "(..., L)")
     lead = broadcast_shapes(**{"poles": pw[:-1], other_name: other.shape[:-1]})
     return pw, lead
 
 
+@fill_doc
 def cauchy_matvec(nodes, poles, weights, *, conj_pairs=False, workers=None):
     r"""Product with a Cauchy matrix: :math:`\sum_i w_i / (z_k - \lambda_i)`.
 
@@ -503,9 +513,7 @@ def cauchy_matvec(nodes, poles, weights, *, conj_pairs=False, workers=None):
         Also add the conjugate terms
         :math:`\overline{w_i} / (z_k - \overline{\lambda_i})`, for poles
         stored as one member of each conjugate pair (S4). Default False.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
@@ -555,7 +563,7 @@ def cauchy_matvec(nodes, poles, weights, *, conj_pairs=False, workers=None):
     nodes = as_array(nodes, "nodes")
     poles = as_array(poles, "poles")
     weights = as_array(weights, "weights")
-    cdtype = _complex_of(result_dtype(nodes=nodes, poles=poles, weights=weights))
+    cdtype = complex_dtype(result_dtype(nodes=nodes, poles=poles, weights=weights))
     pw, lead = _pole_operands(poles, weights, nodes, "nodes")
     N, L = pw[-1], nodes.shape[-1]
     rows = int(np.prod(lead, dtype=np.int64))
@@ -583,6 +591,7 @@ def _length(length):
     return n
 
 
+@fill_doc
 def vandermonde_matvec(poles, weights, length, *, conj_pairs=False, workers=None):
     r"""Product with a Vandermonde matrix: :math:`\sum_i w_i \lambda_i^l`.
 
@@ -599,9 +608,7 @@ def vandermonde_matvec(poles, weights, length, *, conj_pairs=False, workers=None
         Add the conjugate terms as well and return the real
         :math:`2 \operatorname{Re} K` (S4D's half-spectrum storage).
         Default False.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
@@ -660,8 +667,8 @@ def vandermonde_matvec(poles, weights, length, *, conj_pairs=False, workers=None
     nthreads = resolve_workers(workers)
     poles = as_array(poles, "poles")
     weights = as_array(weights, "weights")
-    cdtype = _complex_of(result_dtype(poles=poles, weights=weights))
-    rdtype = _real_of(cdtype)
+    cdtype = complex_dtype(result_dtype(poles=poles, weights=weights))
+    rdtype = real_dtype(cdtype)
     pw, lead = _pole_operands(poles, weights)
     N = pw[-1]
     rows = int(np.prod(lead, dtype=np.int64))
@@ -681,6 +688,7 @@ def vandermonde_matvec(poles, weights, length, *, conj_pairs=False, workers=None
     return out.reshape(lead + (L,))
 
 
+@fill_doc
 def vandermonde_rmatvec(poles, v, *, workers=None):
     r"""Transpose Vandermonde product: :math:`\sum_l \lambda_i^l v_l`.
 
@@ -691,9 +699,7 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
     v : array_like
         The vector :math:`v`, shape (..., L). The leading dimensions of
         `poles` and `v` broadcast.
-    workers : int, optional
-        Threads to use: None is 1, -1 all cores, negative values count back
-        from all cores as in :mod:`scipy.fft`.
+    %(workers)s
 
     Returns
     -------
@@ -739,9 +745,9 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
     nthreads = resolve_workers(workers)
     poles = as_array(poles, "poles")
     v = as_array(v, "v")
-    cdtype = _complex_of(result_dtype(poles=poles, v=v))
-    _at_least_1d(poles, "poles", "(..., N)")
-    _at_least_1d(v, "v", "(..., L)")
+    cdtype = complex_dtype(result_dtype(poles=poles, v=v))
+    at_least_1d(poles, "poles", "(..., N)")
+    at_least_1d(v, "v", "(..., L)")
     lead = broadcast_shapes(poles=poles.shape[:-1], v=v.shape[:-1])
     N, L = poles.shape[-1], v.shape[-1]
     rows = int(np.prod(lead, dtype=np.int64))
@@ -753,7 +759,7 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
     nsplit = -(-L // _VDM_RSPLIT)
     partial = np.empty((rows, nsplit, N), dtype=cdtype)
     _structured.vandermonde_transpose(_interleaved(P), _interleaved(V), vmap,
-                                      partial.view(_real_of(cdtype)),
+                                      partial.view(real_dtype(cdtype)),
                                       _VDM_RSPLIT, nthreads)
     out = partial[:, 0, :] if nsplit == 1 else partial.sum(axis=1)
     return out.reshape(lead + (N,))
