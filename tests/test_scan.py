@@ -497,14 +497,15 @@ def test_openmp_build_and_thread_count():
 
 def test_gil_released_during_kernel(rng):
     """A thread that ticks about every millisecond keeps ticking while scans
-    run: a fixed number of calls, each of several milliseconds.
+    run: a fixed number of calls, each of ten milliseconds or more.
 
     Were the GIL held inside the kernels, the ticker could only run between
-    calls: at most about one tick per call. Nothing is timed; the count of
-    ticks against the count of calls decides."""
-    a = rng.uniform(0.9, 1.0, size=(2, 2_000_000)).astype(np.float32)
-    b = rng.standard_normal((2, 2_000_000)).astype(np.float32)
-    calls = 8
+    calls: at most one tick per call, and one before the first. Nothing is
+    timed; the count of ticks against the count of calls decides, with a
+    margin for a ticker that a loaded machine wakes late."""
+    a = rng.uniform(0.9, 1.0, size=(2, 4_000_000))
+    b = rng.standard_normal((2, 4_000_000))
+    calls = 6
     ticks = []
     done = threading.Event()
 
