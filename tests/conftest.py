@@ -1,7 +1,77 @@
-"""Shared test configuration: tolerances by dtype, random generators."""
+"""Shared test configuration: tolerances by dtype, random generators, the
+markers each test file gets, and the strict skips of CI.
+
+Markers are given by file name, so that no list of test files is kept by
+hand anywhere:
+
+- ``docs``: builds the Sphinx site (``test_docs*.py``);
+- ``browser``: also needs Chromium (``test_docs_browser*.py``);
+- ``torch``: needs torch, and transformers for the layer oracles
+  (``test_layers*.py``, ``test_torch*.py``);
+- ``dask``: needs dask (``test_dask*.py``);
+- ``kernels``: every other test file. These need only the package, pytest and
+  hypothesis; ``.ci/run`` runs them (``-m kernels``) against each build.
+
+Locally, ``python -m pytest -m "not docs"`` leaves out the documentation
+builds.
+
+With the environment variable ``ZILLA_MUF_CI=1`` (``.ci/run`` sets it) a test
+that skips fails instead, unless it skips for a reason CI accepts (too little
+free memory, a platform without ``os.fork``, a build configured without
+OpenMP, which ``tests/test_config.py`` checks on its own): in CI a missing
+dependency is an error, never a pass.
+"""
+
+import fnmatch
+import os
+import re
 
 import numpy as np
 import pytest
+
+_FILE_MARKERS = [
+    ("test_docs*.py", ("docs",)),
+    ("test_docs_browser*.py", ("browser",)),
+    ("test_layers*.py", ("torch",)),
+    ("test_torch*.py", ("torch",)),
+    ("test_dask*.py", ("dask",)),
+]
+
+_CI = os.environ.get("ZILLA_MUF_CI", "").lower() in ("1", "true", "yes")
+_CI_ACCEPTED_SKIPS = re.compile(r"free memory|os\.fork|built without OpenMP")
+
+
+def markers_of(filename):
+    """The markers of the tests in the test file `filename`."""
+    marks = []
+    for pattern, names in _FILE_MARKERS:
+        if fnmatch.fnmatchcase(filename, pattern):
+            marks += [n for n in names if n not in marks]
+    return marks or ["kernels"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # tryfirst: before pytest's own hook deselects by `-m`
+    for item in items:
+        for name in markers_of(item.path.name):
+            item.add_marker(name)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if _CI and report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        if not _CI_ACCEPTED_SKIPS.search(reason):
+            report.outcome = "failed"
+            report.longrepr = (
+                f"skipped in CI (ZILLA_MUF_CI is set): {reason}\n"
+                "Install what the test needs; a skip CI accepts must match "
+                "_CI_ACCEPTED_SKIPS in tests/conftest.py."
+            )
+    return report
 
 REAL_DTYPES = [np.float32, np.float64]
 COMPLEX_DTYPES = [np.complex64, np.complex128]

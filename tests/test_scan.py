@@ -505,14 +505,16 @@ def test_openmp_build_and_thread_count():
 
 
 def test_gil_released_during_kernel(rng):
-    """A thread that ticks every millisecond keeps ticking while scans run.
+    """A thread that ticks about every millisecond keeps ticking while scans
+    run: a fixed number of calls, each of ten milliseconds or more.
 
     Were the GIL held inside the kernels, the ticker could only run between
-    calls: at most about one tick per call."""
-    import time
-
-    a = rng.uniform(0.9, 1.0, size=(2, 2_000_000)).astype(np.float32)
-    b = rng.standard_normal((2, 2_000_000)).astype(np.float32)
+    calls: at most one tick per call, and one before the first. Nothing is
+    timed; the count of ticks against the count of calls decides, with a
+    margin for a ticker that a loaded machine wakes late."""
+    a = rng.uniform(0.9, 1.0, size=(2, 4_000_000))
+    b = rng.standard_normal((2, 4_000_000))
+    calls = 6
     ticks = []
     done = threading.Event()
 
@@ -523,12 +525,9 @@ def test_gil_released_during_kernel(rng):
 
     t = threading.Thread(target=ticker)
     t.start()
-    calls = 0
     try:
-        t0 = time.perf_counter()
-        while calls < 3 or time.perf_counter() - t0 < 0.3:
+        for _ in range(calls):
             sequential_scan(a, b)
-            calls += 1
     finally:
         done.set()
         t.join()
