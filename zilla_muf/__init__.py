@@ -80,13 +80,15 @@ except ImportError:
     from . import _openmp_helpers
 
 
-# `fft_conv` is both a module and its function: the module is callable (see
-# zilla_muf/fft_conv.py), so zilla_muf.fft_conv(...) and
-# zilla_muf.fft_conv.fft_conv(...) are the same call.
+# `fft_conv` and `linear_attention` are both a module and its function: the
+# module is callable (see zilla_muf/fft_conv.py, zilla_muf/linear_attention.py),
+# so zilla_muf.fft_conv(...) and zilla_muf.fft_conv.fft_conv(...) are the same
+# call.
 from . import (
     complex_ops,
     discretize,
     fft_conv,
+    linear_attention,
     scan,
     selective,
     ssd,
@@ -96,6 +98,7 @@ from . import (
 from ._openmp_helpers import have_openmp
 from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
 from .discretize import bilinear_discretize, zoh_discretize
+from .linear_attention import gated_delta_rule
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
 from .selective import causal_conv1d, causal_conv1d_update, selective_scan
 from .ssd import (
@@ -131,8 +134,8 @@ from .structured import (
 __version__ = "0.1.0"
 
 # The public modules, and every public function of theirs.
-_MODULES = ["complex_ops", "discretize", "fft_conv", "scan", "selective", "ssd",
-            "stable_ops", "structured"]
+_MODULES = ["complex_ops", "discretize", "fft_conv", "linear_attention", "scan",
+            "selective", "ssd", "stable_ops", "structured"]
 __all__ = sorted(
     set(_MODULES)
     | {"buffer_cache", "have_openmp", "openmp_info"}
