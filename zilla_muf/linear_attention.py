@@ -570,6 +570,142 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
     return (o, final) if output_final_state else o
 
 
+
+# Gradients
+# ---------------------------------------------------------------------------
+# Reverse mode by the recurrence, one time step at a time in reverse order
+# (vectorised over the rows batch*H). The forward keeps the inputs and the
+# state entering every chunk, (batch*H, T/C, K, V); the backward recomputes
+# the C states inside one chunk from it, then walks that chunk backwards.
+# Memory: O(batch*H*(T/C + C)*K*V), never a state per step. With dS the
+# gradient of the state S_t (its output's part added first):
+#   linear attention  dq_t = scale S_t do_t, dk_t = dS v_t, dv_t = dS^T k_t,
+#                     dg_t = exp(g_t) sum(S_{t-1} * dS) (over V, or K and V),
+#                     dS <- exp(g_t) dS;
+#   delta rule        P = exp(g_t) S_{t-1}, r = v_t - P^T k_t:
+#                     dbeta_t = k^T dS r, dr = beta dS^T k, dv_t = dr,
+#                     dk_t = beta dS r - P dr, dP = dS - k dr^T,
+#                     dg_t = sum(S_{t-1} * dP) exp(g_t), dS <- exp(g_t) dP;
+# and through the l2 normalisation dx = (dy - y (y.dy)) / |x|.
+
+def _backward_rows(sv, do, dS, scale, C, delta, gate):
+    """The reverse pass of one segment, on rows; returns the gradients."""
+    q, k, v, g, beta = sv["qn"], sv["kn"], sv["v"], sv["g"], sv["beta"]
+    states = sv["states"]
+    Z, T, K = q.shape
+    dq = np.empty_like(q)
+    dk = np.empty_like(k)
+    dv = np.empty_like(v)
+    dg = None if g is None else np.empty_like(g)
+    db = None if beta is None else np.empty_like(beta)
+    a = None if g is None else np.exp(g)
+    dS = dS.copy()
+    sc = q.dtype.type(scale)
+    N = states.shape[1]
+    for n in range(N - 1, -1, -1):
+        t0, t1 = n * C, min(T, (n + 1) * C)
+        # the states S_{t0-1} ... S_{t1-1} of this chunk, recomputed
+        Sall = np.empty((t1 - t0 + 1,) + states.shape[:1] + states.shape[2:],
+                        dtype=q.dtype)
+        Sall[0] = states[:, n]
+        for i, t in enumerate(range(t0, t1)):
+            S = Sall[i]
+            if a is not None:
+                S = S * (a[:, t, :, None] if gate == "channel" else a[:, t, None, None])
+            if delta:
+                r = v[:, t] - np.einsum("zk,zkv->zv", k[:, t], S)
+                S = S + beta[:, t, None, None] * k[:, t, :, None] * r[:, None, :]
+            else:
+                S = S + k[:, t, :, None] * v[:, t, None, :]
+            Sall[i + 1] = S
+        for i in range(t1 - t0 - 1, -1, -1):
+            t = t0 + i
+            S, Sprev = Sall[i + 1], Sall[i]
+            dS += sc * q[:, t, :, None] * do[:, t, None, :]
+            dq[:, t] = sc * np.einsum("zkv,zv->zk", S, do[:, t])
+            if delta:
+                at = 1.0 if a is None else a[:, t, None, None]
+                P = Sprev * at
+                r = v[:, t] - np.einsum("zk,zkv->zv", k[:, t], P)
+                dSr = np.einsum("zkv,zv->zk", dS, r)
+                db[:, t] = np.einsum("zk,zk->z", k[:, t], dSr)
+                dr = beta[:, t, None] * np.einsum("zkv,zk->zv", dS, k[:, t])
+                dv[:, t] = dr
+                dk[:, t] = beta[:, t, None] * dSr - np.einsum("zkv,zv->zk", P, dr)
+                dS -= k[:, t, :, None] * dr[:, None, :]          # now dP
+                if a is not None:
+                    dg[:, t] = a[:, t] * np.einsum("zkv,zkv->z", Sprev, dS)
+                    dS *= at
+            else:
+                dk[:, t] = np.einsum("zkv,zv->zk", dS, v[:, t])
+                dv[:, t] = np.einsum("zkv,zk->zv", dS, k[:, t])
+                if gate == "channel":
+                    dg[:, t] = a[:, t] * np.einsum("zkv,zkv->zk", Sprev, dS)
+                    dS *= a[:, t, :, None]
+                elif gate == "scalar":
+                    dg[:, t] = a[:, t] * np.einsum("zkv,zkv->z", Sprev, dS)
+                    dS *= a[:, t, None, None]
+    if sv["rq"] is not None:
+        dq = _l2norm_backward(sv["q"], sv["rq"], dq)
+        dk = _l2norm_backward(sv["k"], sv["rk"], dk)
+    return dq, dk, dv, dg, db, dS
+
+
+def _make_rule(delta):
+    def rule(args):
+        beta = args["beta"] if delta else None
+        arrays, plan = _prepare(args["q"], args["k"], args["v"], args["g"], beta,
+                                args["scale"], args["initial_state"],
+                                args["cu_seqlens"], args["chunk_size"],
+                                args["workers"], delta=delta)
+        if delta:
+            plan["l2norm"] = bool(args["use_qk_l2norm"])
+        o, final, saved = _forward(arrays, plan, delta=delta)
+        want_final = bool(args["output_final_state"])
+        out = (o, final) if want_final else o
+
+        def backward(ct):
+            do, dfinal = ct if want_final else (ct, None)
+            B, T, H, K, V = plan["shape"]
+            dt = plan["dtype"]
+            do = np.asarray(do, dtype=dt)
+            grads = {n: np.zeros(arrays[x].shape, dtype=dt)
+                     for n, x in (("q", "q"), ("k", "k"), ("v", "v"), ("g", "g"),
+                                  ("beta", "beta"), ("initial_state", "h0"))
+                     if arrays[x] is not None}
+            for (bs, ts, ss), sv in zip(_segments(plan), saved):
+                nb = bs.stop - bs.start
+                dS = (np.zeros((nb * H, K, V), dtype=dt) if dfinal is None
+                      else np.asarray(dfinal, dtype=dt)[ss].reshape(nb * H, K, V))
+                if sv is None:              # an empty sequence
+                    if "initial_state" in grads:
+                        grads["initial_state"][ss] = dS.reshape(nb, H, K, V)
+                    continue
+                dq, dk, dv, dg, db, dS = _backward_rows(
+                    sv, _rows(do[bs, ts]), dS, plan["scale"], plan["chunk"],
+                    delta, plan["gate"])
+                grads["q"][bs, ts] = _unrows(dq, nb, H)
+                grads["k"][bs, ts] = _unrows(dk, nb, H)
+                grads["v"][bs, ts] = _unrows(dv, nb, H)
+                if dg is not None:
+                    grads["g"][bs, ts] = _unrows(dg, nb, H)
+                if db is not None:
+                    grads["beta"][bs, ts] = _unrows(db, nb, H)
+                if "initial_state" in grads:
+                    grads["initial_state"][ss] = dS.reshape(nb, H, K, V)
+            return grads
+
+        return out, backward
+
+    return rule
+
+
+_linear_attention_vjp = defvjp(linear_attention, "q", "k", "v", "g",
+                               "initial_state")(_make_rule(delta=False))
+_gated_delta_rule_vjp = defvjp(gated_delta_rule, "q", "k", "v", "g", "beta",
+                               "initial_state")(_make_rule(delta=True))
+
+
 class _CallableModule(types.ModuleType):
     """This module's type: calling the module calls :func:`linear_attention`
     (``zilla_muf.linear_attention`` is both the module and the function)."""
@@ -584,3 +720,6 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+# calling the module is calling the function, for `vjp` too
+defvjp(sys.modules[__name__], "q", "k", "v", "g", "initial_state")(
+    _linear_attention_vjp)
