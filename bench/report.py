@@ -25,6 +25,7 @@ TITLES = {
     "structured": "Structured matvecs and FFT convolution",
     "ssd": "Mamba-2 SSD (zilla_muf.ssd)",
     "selective": "Mamba-1 selective scan and layers (zilla_muf.selective)",
+    "linear_attention": "GLA and the gated delta rule (zilla_muf.linear_attention)",
 }
 
 

@@ -23,6 +23,7 @@ The gradients are recurrent, in reverse order, from the states kept at the
 chunk boundaries by the forward (see ``# Gradients`` below).
 """
 
+import contextlib
 import math
 import sys
 import types
@@ -279,9 +280,24 @@ def _split_rows(Z, workers):
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
+def _blas_one_thread():
+    """A context in which BLAS runs on the calling thread only.
+
+    The chunk products are small (C x K by K x V); a threaded BLAS then
+    spends more time synchronising its threads than computing, and the
+    thread pool of ``workers`` would oversubscribe the cores. threadpoolctl
+    (optional) sets the limit; without it BLAS keeps its own setting.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def _run_rows(kernel, workers, rows, extra):
     """Run `kernel` over row groups of the (Z, ...) arrays in `rows` in a
-    thread pool; concatenate its outputs along the rows."""
+    thread pool, BLAS single-threaded; concatenate its outputs along the rows."""
     Z = next(x for x in rows if x is not None).shape[0]
     groups = _split_rows(Z, workers)
 
@@ -289,10 +305,11 @@ def _run_rows(kernel, workers, rows, extra):
         a, b = ab
         return kernel(*[None if x is None else x[a:b] for x in rows], *extra)
 
-    if len(groups) == 1:
-        return one(groups[0])
-    with ThreadPoolExecutor(len(groups)) as pool:
-        parts = list(pool.map(one, groups))
+    with _blas_one_thread():
+        if len(groups) == 1:
+            return one(groups[0])
+        with ThreadPoolExecutor(len(groups)) as pool:
+            parts = list(pool.map(one, groups))
     return tuple(np.concatenate(p, axis=0) for p in zip(*parts))
 
 
