@@ -5,10 +5,10 @@ keys ``(batch, T, H, K)``, values ``(batch, T, H, V)``, log-space gates, a
 state ``S`` of shape ``(batch, H, K, V)`` per head, and ``scale`` defaulting
 to ``K**-0.5``.
 
-- :func:`linear_attention` -- ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``,
+- :func:`~zilla_muf.linear_attention.linear_attention` -- ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``,
   ``o_t = scale q_t^T S_t``, with no gate, a scalar gate per head and step
   (simple GLA, RetNet, Mamba-2) or a gate per key channel (GLA).
-- :func:`gated_delta_rule` -- Gated DeltaNet: the state decays, then is
+- :func:`~zilla_muf.linear_attention.gated_delta_rule` -- Gated DeltaNet: the state decays, then is
   corrected towards ``v_t`` along ``k_t`` with the step size ``beta_t``.
 
 Design: the chunked algorithms run on ``(batch*H, T, ...)`` arrays (one row
@@ -419,7 +419,7 @@ def linear_attention(q, k, v, g=None, *, scale=None, initial_state=None,
     See Also
     --------
     gated_delta_rule : The delta-rule update of the same state.
-    zilla_muf.ssd.ssd_chunk_scan_combined : The same computation with the
+    zilla_muf.ssd_chunk_scan_combined : The same computation with the
         Mamba-2 parametrisation (see Notes).
 
     Notes
