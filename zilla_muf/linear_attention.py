@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from . import _linear_attention as _kernels
 from ._validation import as_array, positive_int, resolve_workers, result_dtype
 from ._vjp import defvjp
 
@@ -211,11 +212,10 @@ def _la_rows(q, k, v, g, h0, scale, gate, C):
         last = np.exp(gc[..., -1])[..., None, None]            # (Z, N, 1, 1)
     else:
         gc = np.cumsum(_pad_chunks(g, T, C), axis=2)           # (Z, N, C, K)
-        A = np.zeros((Z, N, C, C), dtype=dt)
-        for i in range(C):
-            # row i: sum_k q_ik k_jk exp(gc_ik - gc_jk), j <= i (exponent <= 0)
-            w = kc[:, :, :i + 1] * np.exp(gc[:, :, i:i + 1] - gc[:, :, :i + 1])
-            A[:, :, i, :i + 1] = np.einsum("znk,znjk->znj", qc[:, :, i], w)
+        # A_ij = sum_k q_ik k_jk exp(gc_ik - gc_jk), j <= i (exponent <= 0)
+        A = np.empty((Z, N, C, C), dtype=dt)
+        _kernels.channel_gate_scores(qc.reshape(Z * N, C, K), kc.reshape(Z * N, C, K),
+                                     gc.reshape(Z * N, C, K), A.reshape(Z * N, C, C), 1)
         qd = qc * np.exp(gc)
         kd = kc * np.exp(gc[:, :, -1:] - gc)
         last = np.exp(gc[:, :, -1])[..., None]                  # (Z, N, K, 1)
