@@ -21,6 +21,16 @@ from chunk to chunk in one short loop. ``workers`` splits the rows into
 contiguous groups computed by a thread pool (the products release the GIL).
 The gradients are recurrent, in reverse order, from the states kept at the
 chunk boundaries by the forward (see ``# Gradients`` below).
+
+The module is callable: ``zilla_muf.linear_attention(q, k, v, g)`` calls
+the function :func:`~zilla_muf.linear_attention.linear_attention`.
+
+>>> import numpy as np
+>>> import zilla_muf
+>>> q = k = np.ones((1, 2, 1, 1))
+>>> v = np.array([1.0, 2.0]).reshape(1, 2, 1, 1)
+>>> zilla_muf.linear_attention(q, k, v, np.log(np.full((1, 2, 1), 0.5)))[0, :, 0, 0]
+array([1. , 2.5])
 """
 
 import contextlib
