@@ -10,6 +10,8 @@ import concurrent.futures
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import zilla_muf
 from zilla_muf import gated_delta_rule, linear_attention
@@ -302,3 +304,30 @@ def test_bad_input(rng):
     with pytest.raises(ValueError, match="`initial_state`"):
         linear_attention(q, k, v, initial_state=np.zeros((1, 2, 4, 3)),
                          cu_seqlens=[0, 4, 10])
+
+
+# --- property: chunked == the loop, for random shapes, chunks and workers ------
+
+
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, 2), T=st.integers(1, 40), H=st.integers(1, 3),
+       K=st.integers(1, 6), V=st.integers(1, 5), chunk=st.integers(1, 20),
+       workers=st.integers(1, 3), gate=st.sampled_from(["none", "scalar", "channel"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_property_chunked_equals_loop(B, T, H, K, V, chunk, workers, gate, seed):
+    rng = np.random.default_rng(seed)
+    q, k, v, g = make(rng, B, T, H, K, V, np.float64, gate)
+    h0 = rng.standard_normal((B, H, K, V))
+    o, S = linear_attention(q, k, v, g, initial_state=h0, output_final_state=True,
+                            chunk_size=chunk, workers=workers)
+    o_ref, S_ref = la_loop(q, k, v, g, h0=h0)
+    assert_close(o, o_ref, scale=100)
+    assert_close(S, S_ref, scale=100)
+    if gate != "channel":
+        k = k / np.sqrt((k * k).sum(-1, keepdims=True) + 1.0)
+        beta = rng.uniform(0.0, 1.0, (B, T, H))
+        o, S = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                chunk_size=chunk, workers=workers)
+        o_ref, S_ref = gdr_loop(q, k, v, g, beta, h0=h0)
+        assert_close(o, o_ref, scale=100)
+        assert_close(S, S_ref, scale=100)
