@@ -331,3 +331,19 @@ def test_property_chunked_equals_loop(B, T, H, K, V, chunk, workers, gate, seed)
         o_ref, S_ref = gdr_loop(q, k, v, g, beta, h0=h0)
         assert_close(o, o_ref, scale=100)
         assert_close(S, S_ref, scale=100)
+
+
+def test_memmapped_inputs(rng, tmp_path):
+    q, k, v, g = make(rng, 1, 30, 2, 4, 3, np.float32, "channel")
+    beta = rng.uniform(0.1, 0.9, (1, 30, 2)).astype(np.float32)
+    maps = []
+    for i, x in enumerate((q, k, v, g, beta)):
+        m = np.memmap(tmp_path / f"a{i}.bin", dtype=x.dtype, mode="w+", shape=x.shape)
+        m[...] = x
+        m.flush()
+        maps.append(np.memmap(tmp_path / f"a{i}.bin", dtype=x.dtype, mode="r", shape=x.shape))
+    mq, mk, mv, mg, mb = maps
+    np.testing.assert_array_equal(linear_attention(mq, mk, mv, mg), linear_attention(q, k, v, g))
+    np.testing.assert_array_equal(gated_delta_rule(mq, mk, mv, mg[..., 0], mb),
+                                  gated_delta_rule(q, k, v, g[..., 0], beta))
+    del maps, mq, mk, mv, mg, mb
