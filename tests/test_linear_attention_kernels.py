@@ -57,3 +57,23 @@ def test_channel_gate_scores_bad_shapes():
         kernels.channel_gate_scores(a, a, a, np.zeros((2, 3, 4)), 1)
     with pytest.raises(ValueError, match="num_threads"):
         kernels.channel_gate_scores(a, a, a, np.zeros((2, 3, 3)), 0)
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_unit_lower_solve(rng, dtype):
+    from scipy.linalg import solve_triangular
+
+    Bn, C, W = 6, 11, 7
+    M = (0.3 * rng.standard_normal((Bn, C, C))).astype(dtype)
+    X = rng.standard_normal((Bn, C, W)).astype(dtype)
+    L = np.tril(M.astype(np.float64), -1) + np.eye(C)
+    ref = np.stack([solve_triangular(L[i], X[i].astype(np.float64), lower=True)
+                    for i in range(Bn)])
+    got = X.copy()
+    kernels.unit_lower_solve(M, got, 1)   # the diagonal and upper part of M unread
+    assert_close(got, ref, dtype, scale=10)
+    two = X.copy()
+    kernels.unit_lower_solve(M, two, 2)
+    np.testing.assert_array_equal(two, got)
+    with pytest.raises(ValueError, match="M"):
+        kernels.unit_lower_solve(np.ascontiguousarray(M[:, :3]), X.copy(), 1)

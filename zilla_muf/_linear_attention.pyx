@@ -66,3 +66,37 @@ def channel_gate_scores(const real_t[:, :, ::1] q, const real_t[:, :, ::1] k,
             _scores_rows(q, k, gc, out, m)
             ran[threadid()] = 1
     return int(np.count_nonzero(ran))
+
+
+# The UT transform of the gated delta rule: in place, X <- (I + M)^{-1} X for
+# every row m, M strictly lower triangular (its diagonal and upper triangle
+# are not read). Forward substitution, one row of X at a time: the inner
+# loop runs along the contiguous columns of X and vectorises.
+
+cdef void _unit_lower_solve_row(const real_t[:, :, ::1] M, real_t[:, :, ::1] X,
+                                Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t C = X.shape[1], W = X.shape[2], i, j, c
+    cdef real_t a
+    cdef real_t *xi
+    cdef const real_t *xj
+    for i in range(1, C):
+        xi = &X[m, i, 0]
+        for j in range(i):
+            a = M[m, i, j]
+            if a == 0:
+                continue
+            xj = &X[m, j, 0]
+            for c in range(W):
+                xi[c] = xi[c] - a * xj[c]
+
+
+def unit_lower_solve(const real_t[:, :, ::1] M, real_t[:, :, ::1] X, int num_threads):
+    """Overwrite X (batch, C, W) with (I + tril(M, -1))^{-1} X, M (batch, C, C)."""
+    cdef Py_ssize_t B = X.shape[0], C = X.shape[1], m
+    if M.shape[0] != B or M.shape[1] != C or M.shape[2] != C:
+        raise ValueError("M must have shape (batch, C, C) matching X (batch, C, W)")
+    if num_threads < 1:
+        raise ValueError("num_threads must be >= 1")
+    with nogil:
+        for m in prange(B, num_threads=num_threads, schedule='static'):
+            _unit_lower_solve_row(M, X, m)

@@ -16,8 +16,10 @@ per head), padded to a whole number of chunks. Within a chunk every decay is
 ``exp`` of a *difference* of cumulative log-gates that is never positive
 (the upper triangle is masked to ``-inf`` before ``exp``), so the forms are
 exact at ``g = 0`` and do not overflow or divide at very negative ``g``. The
-chunk products are batched matrix products (NumPy's BLAS); the state passes
-from chunk to chunk in one short loop. ``workers`` splits the rows into
+chunk products are batched matrix products (NumPy's BLAS, one thread each);
+the per-channel-gated scores and the delta rule's unit triangular solves are
+compiled kernels (``_linear_attention.pyx``); the state passes from chunk to
+chunk in one short loop. ``workers`` splits the rows into
 contiguous groups computed by a thread pool (the products release the GIL).
 The gradients are recurrent, in reverse order, from the states kept at the
 chunk boundaries by the forward (see ``# Gradients`` below).
@@ -40,7 +42,6 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from . import _linear_attention as _kernels
 from ._validation import as_array, positive_int, resolve_workers, result_dtype
@@ -263,10 +264,9 @@ def _gdr_rows(q, k, v, g, beta, h0, scale, C):
     # beta_i k_i.k_j exp(gc_i - gc_j), j < i (the UT transform of the chunk)
     M = (kb @ kT) * L
     rhs = np.concatenate([vc * bc, kb * np.exp(gc)[..., None]], axis=-1)
-    UW = solve_triangular(M, rhs, lower=True, unit_diagonal=True,
-                          check_finite=False).astype(dt, copy=False)
-    U = np.ascontiguousarray(UW[..., :V])
-    W = np.ascontiguousarray(UW[..., V:])
+    _kernels.unit_lower_solve(M.reshape(Z * N, C, C), rhs.reshape(Z * N, C, V + K), 1)
+    U = rhs[..., :V]
+    W = rhs[..., V:]
     Aqk = (qc @ kT) * L
     qd = qc * np.exp(gc)[..., None]
     kdT = (kc * np.exp(gc[..., -1:] - gc)[..., None]).swapaxes(-1, -2)
