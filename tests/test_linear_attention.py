@@ -347,3 +347,15 @@ def test_memmapped_inputs(rng, tmp_path):
     np.testing.assert_array_equal(gated_delta_rule(mq, mk, mv, mg[..., 0], mb),
                                   gated_delta_rule(q, k, v, g[..., 0], beta))
     del maps, mq, mk, mv, mg, mb
+
+
+def test_blas_thread_limit_restored_after_concurrent_calls(rng):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+              if i["user_api"] == "blas"]
+    q, k, v, g = make(rng, 2, 64, 4, 8, 8, np.float32)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda w: linear_attention(q, k, v, g, workers=w), [1, 2] * 4))
+    after = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+             if i["user_api"] == "blas"]
+    assert after == before

@@ -38,6 +38,7 @@ array([1. , 2.5])
 import contextlib
 import math
 import sys
+import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
 
@@ -290,19 +291,39 @@ def _split_rows(Z, workers):
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE = {"depth": 0, "limiter": None}
+
+
+@contextlib.contextmanager
 def _blas_one_thread():
     """A context in which BLAS runs on the calling thread only.
 
     The chunk products are small (C x K by K x V); a threaded BLAS then
     spends more time synchronising its threads than computing, and the
     thread pool of ``workers`` would oversubscribe the cores. threadpoolctl
-    (optional) sets the limit; without it BLAS keeps its own setting.
+    (optional) sets the limit; without it BLAS keeps its own setting. The
+    limit is process-wide: concurrent calls share one, set by the first to
+    enter and restored by the last to leave, so that the original setting
+    always comes back.
     """
+    with _BLAS_LOCK:
+        if _BLAS_STATE["depth"] == 0:
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:
+                _BLAS_STATE["limiter"] = None
+            else:
+                _BLAS_STATE["limiter"] = threadpool_limits(1, user_api="blas")
+        _BLAS_STATE["depth"] += 1
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["depth"] -= 1
+            if _BLAS_STATE["depth"] == 0 and _BLAS_STATE["limiter"] is not None:
+                _BLAS_STATE["limiter"].restore_original_limits()
+                _BLAS_STATE["limiter"] = None
 
 
 def _run_rows(kernel, workers, rows, extra):
