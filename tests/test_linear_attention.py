@@ -359,3 +359,15 @@ def test_blas_thread_limit_restored_after_concurrent_calls(rng):
     after = [i["num_threads"] for i in threadpoolctl.threadpool_info()
              if i["user_api"] == "blas"]
     assert after == before
+
+
+def test_empty_batch_and_sequence(rng):
+    q, k, v, g = make(rng, 0, 5, 2, 3, 4, np.float64)
+    o, S = linear_attention(q, k, v, g, output_final_state=True)
+    assert o.shape == (0, 5, 2, 4) and S.shape == (0, 2, 3, 4)
+    q, k, v, g = make(rng, 2, 0, 2, 3, 4, np.float64)
+    h0 = rng.standard_normal((2, 2, 3, 4))
+    o, S = gated_delta_rule(q, k, v, g, np.zeros((2, 0, 2)), initial_state=h0,
+                            output_final_state=True)
+    assert o.shape == (2, 0, 2, 4)
+    np.testing.assert_array_equal(S, h0)

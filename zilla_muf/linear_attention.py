@@ -363,7 +363,7 @@ def _forward(arrays, plan, delta):
     final = np.zeros((nstate, H, K, V), dtype=dt)
     saved = []
     for bs, ts, ss in _segments(plan):
-        if ts.stop == ts.start:
+        if ts.stop == ts.start or bs.stop == bs.start:
             if arrays["h0"] is not None:
                 final[ss] = arrays["h0"][ss]
             saved.append(None)
