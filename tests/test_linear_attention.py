@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import zilla_muf
-from zilla_muf import gated_delta_rule, linear_attention
+from zilla_muf.linear_attention import gated_delta_rule, linear_attention
 from zilla_muf.ssd import ssd_chunk_scan_combined
 
 from conftest import REAL_DTYPES, assert_close
@@ -371,3 +371,11 @@ def test_empty_batch_and_sequence(rng):
                             output_final_state=True)
     assert o.shape == (2, 0, 2, 4)
     np.testing.assert_array_equal(S, h0)
+
+
+def test_function_and_module_names():
+    import types
+
+    assert isinstance(zilla_muf.linear_attention, types.ModuleType)
+    assert isinstance(linear_attention, types.FunctionType)
+    assert zilla_muf.gated_delta_rule is gated_delta_rule

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from zilla_muf import gated_delta_rule, linear_attention
+from zilla_muf.linear_attention import gated_delta_rule, linear_attention
 
 from conftest import assert_close
 
