@@ -26,6 +26,7 @@ TITLES = {
     "ssd": "Mamba-2 SSD (zilla_muf.ssd)",
     "selective": "Mamba-1 selective scan and layers (zilla_muf.selective)",
     "load": "workers=2 against workers=1 on a loaded machine",
+    "linear_attention": "GLA and the gated delta rule (zilla_muf.linear_attention)",
 }
 
 

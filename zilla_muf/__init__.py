@@ -47,13 +47,15 @@ except ImportError as exc:
         "it: run Python from outside the checkout."
     ) from exc
 
-# `fft_conv` is both a module and its function: the module is callable (see
-# zilla_muf/fft_conv.py), so zilla_muf.fft_conv(...) and
-# zilla_muf.fft_conv.fft_conv(...) are the same call.
+# `fft_conv` and `linear_attention` are both a module and its function: the
+# module is callable (see zilla_muf/fft_conv.py, zilla_muf/linear_attention.py),
+# so zilla_muf.fft_conv(...) and zilla_muf.fft_conv.fft_conv(...) are the same
+# call.
 from . import (
     complex_ops,
     discretize,
     fft_conv,
+    linear_attention,
     scan,
     selective,
     ssd,
@@ -64,6 +66,7 @@ from ._build_config import version as __version__
 from ._config import buffer_cache, have_openmp, openmp_info
 from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
 from .discretize import bilinear_discretize, zoh_discretize
+from .linear_attention import gated_delta_rule
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
 from .selective import (
     causal_conv1d,
@@ -102,8 +105,8 @@ from .structured import (
 )
 
 # The public modules, and every public function of theirs.
-_MODULES = ["complex_ops", "discretize", "fft_conv", "scan", "selective", "ssd",
-            "stable_ops", "structured"]
+_MODULES = ["complex_ops", "discretize", "fft_conv", "linear_attention", "scan",
+            "selective", "ssd", "stable_ops", "structured"]
 __all__ = sorted(
     set(_MODULES)
     | {"buffer_cache", "have_openmp", "openmp_info"}
