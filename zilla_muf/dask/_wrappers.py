@@ -452,6 +452,11 @@ def _lcse_total(x, axis, dtype=None, keepdims=True, workers=None):
     return _stable.log_sum_exp(x, axis=axis, keepdims=keepdims, workers=workers)
 
 
+def _named(fn, name):
+    fn.__name__ = name
+    return fn
+
+
 def logcumsumexp(x, axis=-1, *, workers=None):
     r"""Running log-sum-exp along `axis` of a Dask array, with a carry.
 
@@ -508,13 +513,15 @@ def logcumsumexp(x, axis=-1, *, workers=None):
     if dtype != x.dtype:
         x = x.astype(dtype)
     block = functools.partial(_lcse_block, workers=workers)
+    _named(block, "logcumsumexp")  # dask names the graph layer after it
     if len(x.chunks[ax]) == 1:
         return x.map_blocks(functools.partial(block, axis=ax), dtype=dtype,
                             meta=np.empty((0,) * x.ndim, dtype))
     tree = len(x.chunks[ax]) >= _carry.TREE_MIN_BLOCKS
     return cumreduction(block, np.logaddexp, -np.inf, x, axis=ax, dtype=dtype,
                         method="blelloch" if tree else "sequential",
-                        preop=functools.partial(_lcse_total, workers=workers))
+                        preop=_named(functools.partial(_lcse_total, workers=workers),
+                                     "log_sum_exp"))
 
 
 def _rms_block(x, weight, z, *, eps, group_size, norm_before_gate, workers):
