@@ -15,6 +15,7 @@ from dask import delayed
 import dask.array as da
 from dask.array.core import unify_chunks
 from dask.array.reductions import cumreduction
+from dask.graph_manipulation import clone
 
 from .. import scan as _scan
 from .. import selective as _selective
@@ -112,6 +113,15 @@ def _scan_graph(fn, a, b, h0, axis, reverse, return_final, kw):
     grids = {k: block_grid(v) if isinstance(v, da.Array) else None
              for k, v in ops.items()}
     nt = len(ref.chunks[-1])
+    # The first pass (summaries) reads a clone of the inputs' graph, so that
+    # no input block is held in memory from the first pass to the second.
+    first_pass = grids
+    if nt > 2:
+        names = [k for k, v in ops.items() if isinstance(v, da.Array)]
+        copies = clone(*(ops[k] for k in names), assume_layers=False)
+        copies = copies if isinstance(copies, tuple) else (copies,)
+        first_pass = dict(grids)
+        first_pass.update({k: block_grid(c) for k, c in zip(names, copies)})
     order = list(range(nt))[::-1] if reverse else list(range(nt))
     run = delayed(functools.partial(_scan_run, fn, kw), pure=True, nout=2)
     run1 = delayed(functools.partial(_scan_run, fn, kw), pure=True)
@@ -121,7 +131,7 @@ def _scan_graph(fn, a, b, h0, axis, reverse, return_final, kw):
     outs = np.empty(lead_grid + (nt,), dtype=object)
     finals = np.empty(lead_grid, dtype=object)
     for J in np.ndindex(lead_grid):
-        def blk(name, k):
+        def blk(name, k, grids=grids):
             g = grids[name]
             return ops[name] if g is None else g[J + (k,)]
         if isinstance(h0, da.Array):
@@ -136,7 +146,8 @@ def _scan_graph(fn, a, b, h0, axis, reverse, return_final, kw):
             continue
         res = run(blk("a", first), blk("b", first), start, reverse, True)
         outs[J + (first,)] = res[0]
-        summaries = [summ(blk("a", k), blk("b", k), reverse) for k in order[1:-1]]
+        summaries = [summ(blk("a", k, first_pass), blk("b", k, first_pass), reverse)
+                     for k in order[1:-1]]
         states = affine_carry(summaries, res[1], dtype, _carry.TREE_MIN_BLOCKS)
         for k, s in zip(order[1:-1], states):
             outs[J + (k,)] = run1(blk("a", k), blk("b", k), s, reverse, False)
@@ -194,7 +205,11 @@ _SCAN_DOC = """{summary}
     :math:`s_{{k+1}} = P_k s_k + E_k` (a chain, or a prefix tree from 64
     blocks on), and each block is recomputed from its incoming state as
     ``h0``. The output is exact to rounding for every chunking; a block's
-    output is never held while the carry runs.
+    output is never held while the carry runs. With more than two blocks
+    the first pass reads a clone of the inputs' graph (a second read of a
+    Zarr store, or a recomputation of whatever produced `a` and `b`), so
+    that no input block stays in memory between the passes: persist an
+    expensive upstream graph first if it fits in memory.
 
     .. versionadded:: 0.2.0
 
