@@ -21,19 +21,22 @@ Three patterns, one helper each:
 - :func:`state_chain` -- the SSD, the selective scan: block ``k`` runs with
   ``initial_states`` = the final states of block ``k - 1``.
 - the causal convolution's halo and the block-Toeplitz products are built in
-  the wrappers from :func:`block_grid` and :func:`assemble`.
+  the wrappers on a :class:`Graph`.
 """
 
 import functools
+import operator
+import uuid
 
 import numpy as np
-from dask import delayed
 import dask.array as da
+from dask._task_spec import DataNode, convert_legacy_graph
+from dask.highlevelgraph import HighLevelGraph
 
 from .._validation import as_array
 
-__all__ = ["TREE_MIN_BLOCKS", "affine_carry", "assemble", "block_grid",
-           "lazy", "state_chain"]
+__all__ = ["TREE_MIN_BLOCKS", "Graph", "affine_carry", "block_key", "lazy",
+           "state_chain"]
 
 #: From this many blocks along the sequence on, the scan carry is combined
 #: by a prefix tree (depth log2(n)) instead of a chain (depth n).
@@ -81,9 +84,9 @@ def single_block(x, axes, name, what):
         )
 
 
-def block_grid(x):
-    """The blocks of dask array `x` as an object ndarray of Delayed."""
-    return x.to_delayed(optimize_graph=False)
+def block_key(x, index):
+    """The graph key of block `index` of dask array `x`."""
+    return (x.name,) + tuple(index)
 
 
 def block_shape(chunks, index):
@@ -91,21 +94,106 @@ def block_shape(chunks, index):
     return tuple(c[i] for c, i in zip(chunks, index))
 
 
-def assemble(tasks, chunks, dtype):
-    """One dask array from an object ndarray of Delayed blocks.
+def independent_copies(*arrays):
+    """Copies of dask `arrays` whose graphs share no key with the originals.
 
-    ``tasks[index]`` computes the block at `index` of an array with `chunks`.
+    A task that reads a copy's block recomputes it (reads the Zarr chunk,
+    re-runs the upstream tasks) instead of waiting on the original's block,
+    so a block read by two passes is never held in memory between them.
+    Persisted blocks (already in memory) stay shared.
     """
-    dtype = np.dtype(dtype)
-    ndim = len(chunks)
-    meta = np.empty((0,) * ndim, dtype=dtype)
-    if ndim == 0:
-        return da.from_delayed(tasks[()], (), dtype=dtype, meta=meta)
-    parts = np.empty(tasks.shape, dtype=object)
-    for index in np.ndindex(tasks.shape):
-        parts[index] = da.from_delayed(tasks[index], block_shape(chunks, index),
-                                       dtype=dtype, meta=meta)
-    return da.block(parts.tolist())
+    token = uuid.uuid4().hex[:8]
+
+    def rename(key):
+        if isinstance(key, tuple):
+            return (f"{key[0]}-copy{token}",) + key[1:]
+        return f"{key}-copy{token}"
+
+    merged = {}
+    for x in arrays:
+        merged.update(x.__dask_graph__())
+    dsk = convert_legacy_graph(merged)
+    subs = {}
+    for key, node in dsk.items():
+        # a block that is already data (persisted, or a constant) is shared
+        if not isinstance(node, DataNode):
+            subs[key] = rename(key)
+    layer = {}
+    for key, node in dsk.items():
+        new_key = subs.get(key)
+        if new_key is not None:
+            layer[new_key] = node.substitute(subs, key=new_key)
+    copies = []
+    for x in arrays:
+        name = rename(x.name)
+        if x.name not in {k[0] if isinstance(k, tuple) else k for k in subs}:
+            copies.append(x)  # all of x is data already: nothing to recompute
+            continue
+        # keys the copy still shares (data) come from the original graph
+        graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
+        copies.append(da.Array(graph, name, x.chunks, meta=x._meta))
+    return copies
+
+
+class _Inline:
+    __slots__ = ("task",)
+
+    def __init__(self, task):
+        self.task = task
+
+
+class Graph:
+    """A low-level task graph over the blocks of some dask arrays.
+
+    Tasks are ``(function, *arguments)`` tuples whose arguments may be keys
+    of other tasks or of input blocks; :meth:`array` turns a grid of task
+    keys into a dask array. One graph layer per wrapper call: every task a
+    block needs runs beside its inputs, without alias or concatenation
+    tasks in between.
+    """
+
+    def __init__(self, prefix, *inputs):
+        self.prefix = f"{prefix}-{uuid.uuid4().hex[:16]}"
+        self.inputs = [x for x in inputs if isinstance(x, da.Array)]
+        self.dsk = {}
+        self.count = 0
+        self.layers = []
+
+    def inline(self, func, *args):
+        """A task to place directly at an output block of :meth:`array`."""
+        return _Inline((func,) + args)
+
+    def task(self, func, *args):
+        """Add the task ``func(*args)``; return its key."""
+        key = (self.prefix, self.count)
+        self.count += 1
+        self.dsk[key] = (func,) + args
+        return key
+
+    def array(self, name, grid, chunks, dtype, item=None):
+        """A dask array whose block ``index`` is the task ``grid[index]``.
+
+        With `item`, the block is element `item` of that task's tuple result.
+        """
+        dtype = np.dtype(dtype)
+        out = f"{name}-{self.prefix.rsplit('-', 1)[1]}"
+        layer = {}
+        for index in np.ndindex(grid.shape):
+            key = grid[index]
+            if isinstance(key, _Inline):
+                layer[(out,) + index] = key.task
+            else:
+                layer[(out,) + index] = (key if item is None
+                                         else (operator.getitem, key, item))
+        if not self.layers:
+            layer.update(self.dsk)
+            deps = self.inputs
+        else:
+            deps = self.layers[:1]
+        graph = HighLevelGraph.from_collections(out, layer, dependencies=deps)
+        arr = da.Array(graph, out, chunks, meta=np.empty((0,) * len(chunks), dtype))
+        self.layers.append(arr)
+        return arr
 
 
 # --------------------------------------------------------------------------
@@ -132,41 +220,44 @@ def _compose(first, second, dtype):
     return _cast(P2 * P1, dtype), _cast(P2 * E1 + E2, dtype)
 
 
-def affine_carry(summaries, start, dtype, tree_min=None):
-    """The states entering blocks 1..n-1 in scan order.
+def affine_carry(graph, summaries, start, dtype, tree_min=None):
+    """Add the tasks of the states entering blocks 1..n-1 in scan order.
 
     Parameters
     ----------
-    summaries : list of Delayed
+    graph : Graph
+        Where the tasks go.
+    summaries : list of keys
         ``summaries[i]`` is the pair (P, E) of block ``i + 1``; the last
-        block's summary is not needed and may be omitted.
-    start : Delayed
+        block's summary is not needed and is omitted.
+    start : key
         The state leaving block 0 (it enters block 1).
     dtype : numpy.dtype
         The result dtype; every carried state is cast to it.
 
     Returns
     -------
-    list of Delayed
+    list of keys
         ``states[i]`` enters block ``i + 1``.
     """
     tree_min = TREE_MIN_BLOCKS if tree_min is None else tree_min
-    apply = delayed(functools.partial(_apply, dtype=dtype), pure=True)
+    apply = functools.partial(_apply, dtype=dtype)
     states = [start]
     if len(summaries) + 2 < tree_min:
         for pair in summaries:
-            states.append(apply(pair, states[-1]))
+            states.append(graph.task(apply, pair, states[-1]))
         return states
     # Hillis-Steele inclusive prefix of the summaries: after the pass with
     # stride d, prefix[i] composes summaries i-2d+1 .. i.
-    compose = delayed(functools.partial(_compose, dtype=dtype), pure=True)
+    compose = functools.partial(_compose, dtype=dtype)
     prefix = list(summaries)
     stride = 1
     while stride < len(prefix):
-        prefix = [prefix[i] if i < stride else compose(prefix[i - stride], prefix[i])
+        prefix = [prefix[i] if i < stride
+                  else graph.task(compose, prefix[i - stride], prefix[i])
                   for i in range(len(prefix))]
         stride *= 2
-    states.extend(apply(p, start) for p in prefix)
+    states.extend(graph.task(apply, p, start) for p in prefix)
     return states
 
 
@@ -176,15 +267,17 @@ def affine_carry(summaries, start, dtype, tree_min=None):
 
 
 def state_chain(run, nblocks, start):
-    """Run ``run(k, state) -> (out, final)`` over blocks 0..n-1 in order.
+    """Run ``run(k, state) -> key`` over blocks 0..n-1 in order.
 
-    `run` returns a pair of Delayed; the final state of block ``k`` enters
-    block ``k + 1``. Returns the list of Delayed outputs and the last final
-    state.
+    The task ``run`` adds returns a pair (output, final state); the final
+    state of block ``k`` (element 1 of its result) enters block ``k + 1``.
+    Returns the list of result keys; the chain's final state is element 1
+    of the last.
     """
-    outs = []
+    keys = []
     state = start
     for k in range(nblocks):
-        out, state = run(k, state)
-        outs.append(out)
-    return outs, state
+        key = run(k, state)
+        keys.append(key)
+        state = (operator.getitem, key, 1)
+    return keys

@@ -8,14 +8,13 @@ function for the mathematics and say only what the chunking changes.
 
 import functools
 import math
+import operator
 from itertools import product
 
 import numpy as np
-from dask import delayed
 import dask.array as da
 from dask.array.core import unify_chunks
 from dask.array.reductions import cumreduction
-from dask.graph_manipulation import clone
 
 from .. import scan as _scan
 from .. import selective as _selective
@@ -32,10 +31,10 @@ from .._validation import (
 )
 from . import _carry
 from ._carry import (
+    Graph,
     affine_carry,
-    assemble,
-    block_grid,
-    block_shape,
+    block_key,
+    independent_copies,
     lazy,
     meta_of,
     single_block,
@@ -87,7 +86,9 @@ def _scan_graph(fn, a, b, h0, axis, reverse, return_final, kw):
     ops = {}
     for name, x in (("a", a), ("b", b)):
         if isinstance(x, da.Array):
-            ops[name] = da.moveaxis(da.broadcast_to(x, shape), ax, -1)
+            if x.shape != shape:
+                x = da.broadcast_to(x, shape)
+            ops[name] = x if ax == ndim - 1 else da.moveaxis(x, ax, -1)
         else:
             ops[name] = x
     arrays = [v for v in ops.values() if isinstance(v, da.Array)]
@@ -95,7 +96,7 @@ def _scan_graph(fn, a, b, h0, axis, reverse, return_final, kw):
         ops["b"] = da.broadcast_to(da.asarray(np.asarray(b)), shape)
         arrays = [ops["b"]]
     ind = _LETTERS[:ndim]
-    if len(arrays) == 2:
+    if len(arrays) == 2 and ops["a"].chunks != ops["b"].chunks:
         _, (ops["a"], ops["b"]) = unify_chunks(ops["a"], ind, ops["b"], ind)
     ref = ops["a"] if isinstance(ops["a"], da.Array) else ops["b"]
     lead_shape = ref.shape[:-1]
@@ -109,56 +110,57 @@ def _scan_graph(fn, a, b, h0, axis, reverse, return_final, kw):
                 f"{lead_shape}, got shape {h0.shape}"
             ) from None
         h0 = h0.rechunk(lead_chunks)
-        h0_blocks = block_grid(h0)
-    grids = {k: block_grid(v) if isinstance(v, da.Array) else None
-             for k, v in ops.items()}
     nt = len(ref.chunks[-1])
     # The first pass (summaries) reads a clone of the inputs' graph, so that
     # no input block is held in memory from the first pass to the second.
-    first_pass = grids
+    first = dict(ops)
     if nt > 2:
         names = [k for k, v in ops.items() if isinstance(v, da.Array)]
-        copies = clone(*(ops[k] for k in names), assume_layers=False)
-        copies = copies if isinstance(copies, tuple) else (copies,)
-        first_pass = dict(grids)
-        first_pass.update({k: block_grid(c) for k, c in zip(names, copies)})
+        first.update(zip(names, independent_copies(*(ops[k] for k in names))))
+    graph = Graph("scan", *ops.values(), *first.values(), h0)
     order = list(range(nt))[::-1] if reverse else list(range(nt))
-    run = delayed(functools.partial(_scan_run, fn, kw), pure=True, nout=2)
-    run1 = delayed(functools.partial(_scan_run, fn, kw), pure=True)
-    summ = delayed(functools.partial(_scan_summary, fn, kw, dtype=dtype),
-                   pure=True, nout=2)
+    run = functools.partial(_scan_run, fn, kw)
+    summ = functools.partial(_scan_summary, fn, kw, dtype=dtype)
     lead_grid = tuple(len(c) for c in lead_chunks)
     outs = np.empty(lead_grid + (nt,), dtype=object)
     finals = np.empty(lead_grid, dtype=object)
     for J in np.ndindex(lead_grid):
-        def blk(name, k, grids=grids):
-            g = grids[name]
-            return ops[name] if g is None else g[J + (k,)]
-        if isinstance(h0, da.Array):
-            start = h0_blocks[J]
-        else:
-            start = h0
-        first = order[0]
-        if nt == 1:
-            res = run(blk("a", first), blk("b", first), start, reverse, True)
-            outs[J + (first,)] = res[0]
-            finals[J] = res[1]
+        def blk(name, k, src=ops):
+            x = src[name]
+            return block_key(x, J + (k,)) if isinstance(x, da.Array) else x
+        start = block_key(h0, J) if isinstance(h0, da.Array) else h0
+        if nt == 1 and not return_final:
+            outs[J + (0,)] = graph.inline(run, blk("a", 0), blk("b", 0), start,
+                                          reverse, False)
             continue
-        res = run(blk("a", first), blk("b", first), start, reverse, True)
-        outs[J + (first,)] = res[0]
-        summaries = [summ(blk("a", k, first_pass), blk("b", k, first_pass), reverse)
+        k0 = order[0]
+        res = graph.task(run, blk("a", k0), blk("b", k0), start, reverse, True)
+        outs[J + (k0,)] = graph.task(operator.getitem, res, 0)
+        if nt == 1:
+            finals[J] = graph.task(operator.getitem, res, 1)
+            continue
+        summaries = [graph.task(summ, blk("a", k, first), blk("b", k, first), reverse)
                      for k in order[1:-1]]
-        states = affine_carry(summaries, res[1], dtype, _carry.TREE_MIN_BLOCKS)
-        for k, s in zip(order[1:-1], states):
-            outs[J + (k,)] = run1(blk("a", k), blk("b", k), s, reverse, False)
+        states = affine_carry(graph, summaries, graph.task(operator.getitem, res, 1),
+                              dtype, _carry.TREE_MIN_BLOCKS)
+        for k, state in zip(order[1:-1], states):
+            outs[J + (k,)] = graph.inline(run, blk("a", k), blk("b", k), state,
+                                          reverse, False)
         last = order[-1]
-        res = run(blk("a", last), blk("b", last), states[-1], reverse, True)
-        outs[J + (last,)] = res[0]
-        finals[J] = res[1]
-    h = da.moveaxis(assemble(outs, ref.chunks, dtype), -1, ax)
+        if return_final:
+            res = graph.task(run, blk("a", last), blk("b", last), states[-1],
+                             reverse, True)
+            outs[J + (last,)] = graph.task(operator.getitem, res, 0)
+            finals[J] = graph.task(operator.getitem, res, 1)
+        else:
+            outs[J + (last,)] = graph.inline(run, blk("a", last), blk("b", last),
+                                             states[-1], reverse, False)
+    h = graph.array(fn.__name__, outs, ref.chunks, dtype)
+    if ax != ndim - 1:
+        h = da.moveaxis(h, -1, ax)
     if not return_final:
         return h
-    return h, assemble(finals, lead_chunks, dtype)
+    return h, graph.array(fn.__name__ + "-final", finals, lead_chunks, dtype)
 
 
 _SCAN_DOC = """{summary}
@@ -224,7 +226,7 @@ _SCAN_DOC = """{summary}
     >>> h.chunks
     ((2, 2, 2),)
     >>> np.round(h.compute(), 6)
-    array([1.      , 1.5     , 1.75    , 1.875   , 1.9375  , 1.96875 ])
+    array([1.     , 1.5    , 1.75   , 1.875  , 1.9375 , 1.96875])
     """
 
 
@@ -313,22 +315,44 @@ def _x_and_axis(x, axis):
     return x, normalize_axis(axis, x.ndim)
 
 
-def _shifted(x, lse, dtype, exp):
-    d = np.asarray(x, dtype=dtype) - lse
-    return np.exp(d) if exp else d
+def _block_max(x, dtype):
+    return np.max(np.asarray(x, dtype=dtype), axis=-1, keepdims=True)
+
+
+def _block_expsum(x, m, dtype):
+    """Per-row sum of exp(x - m) over a block (m: the row's maximum)."""
+    with np.errstate(invalid="ignore"):
+        return np.sum(np.exp(np.asarray(x, dtype=dtype) - m), axis=-1, keepdims=True)
+
+
+def _normalise_block(x, m, s, dtype, exp):
+    """softmax (exp=True) or log_softmax of a block, given the row's maximum
+    `m` and ``s = sum exp(x - m)``. A row whose maximum is not finite is nan
+    throughout, as in the in-memory functions."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.asarray(x, dtype=dtype) - m
+        out = np.exp(d) / s if exp else d - np.log(s)
+    return np.where(np.isfinite(m), out, np.nan).astype(dtype, copy=False)
 
 
 def _normalised(fn, exp, x, axis, workers):
     x, ax = _x_and_axis(x, axis)
     _check_workers(workers)
     dtype = _probe_dtype(fn, x)
+    meta = np.empty((0,) * x.ndim, dtype)
     if len(x.chunks[ax]) == 1:
         return x.map_blocks(functools.partial(fn, axis=ax, workers=workers),
-                            dtype=dtype, meta=np.empty((0,) * x.ndim, dtype))
-    lse = _lse_graph(x, ax, True, dtype, workers)
-    return da.map_blocks(functools.partial(_shifted, dtype=dtype, exp=exp),
-                         x, lse, dtype=dtype,
-                         meta=np.empty((0,) * x.ndim, dtype))
+                            dtype=dtype, meta=meta)
+    # two passes over the rows: their maximum m and s = sum exp(x - m)
+    # (tree reductions), then each block is normalised by (m, s)
+    xl = x if ax == x.ndim - 1 else da.moveaxis(x, ax, -1)
+    m = da.max(xl.astype(dtype), axis=-1, keepdims=True)
+    s = da.map_blocks(functools.partial(_block_expsum, dtype=dtype), xl, m,
+                      dtype=dtype, chunks=xl.chunks[:-1] + ((1,) * len(xl.chunks[-1]),),
+                      meta=meta).sum(axis=-1, keepdims=True)
+    out = da.map_blocks(functools.partial(_normalise_block, dtype=dtype, exp=exp),
+                        xl, m, s, dtype=dtype, meta=meta)
+    return out if ax == x.ndim - 1 else da.moveaxis(out, -1, ax)
 
 
 _NORM_DOC = """{summary}
@@ -365,11 +389,12 @@ _NORM_DOC = """{summary}
     Notes
     -----
     When `axis` is one block, each block runs :func:`zilla_muf.{name}`.
-    Otherwise two passes: a tree reduction of the per-block
-    :func:`zilla_muf.log_sum_exp` (the log-sum-exp of log-sum-exps is the
-    log-sum-exp of the whole axis) gives :math:`m = \\log \\sum_t e^{{x_t}}`;
-    then each block returns {formula}. Equal to the in-memory result to
-    rounding.
+    Otherwise two passes, as the in-memory function shifts by the maximum:
+    tree reductions give each row's maximum :math:`m` and
+    :math:`s = \\sum_t e^{{x_t - m}}` (block sums added), then each block
+    returns {formula}. Equal to the in-memory result to rounding, with no
+    cancellation for large :math:`|x|`; a row holding ``inf`` or ``nan``, or
+    only ``-inf``, is ``nan``, as in memory.
 
     .. versionadded:: 0.2.0
 
@@ -394,11 +419,11 @@ def log_softmax(x, axis=-1, *, workers=None):
 
 softmax.__doc__ = _NORM_DOC.format(
     summary="Softmax along `axis` of a Dask array.", name="softmax",
-    formula=":math:`e^{x_t - m}`",
+    formula=":math:`e^{x_t - m} / s`",
     example="np.round(softmax(x).compute(), 6)")
 log_softmax.__doc__ = _NORM_DOC.format(
     summary="Log-softmax along `axis` of a Dask array.", name="log_softmax",
-    formula=":math:`x_t - m`",
+    formula=":math:`x_t - m - \\log s`",
     example="np.round(np.exp(log_softmax(x).compute()), 6)")
 
 
@@ -467,6 +492,11 @@ def _lcse_total(x, axis, dtype=None, keepdims=True, workers=None):
     return _stable.log_sum_exp(x, axis=axis, keepdims=keepdims, workers=workers)
 
 
+def _logaddexp(carry, block):
+    with np.errstate(invalid="ignore"):
+        return np.logaddexp(carry, block)
+
+
 def _named(fn, name):
     fn.__name__ = name
     return fn
@@ -533,7 +563,7 @@ def logcumsumexp(x, axis=-1, *, workers=None):
         return x.map_blocks(functools.partial(block, axis=ax), dtype=dtype,
                             meta=np.empty((0,) * x.ndim, dtype))
     tree = len(x.chunks[ax]) >= _carry.TREE_MIN_BLOCKS
-    return cumreduction(block, np.logaddexp, -np.inf, x, axis=ax, dtype=dtype,
+    return cumreduction(block, _logaddexp, -np.inf, x, axis=ax, dtype=dtype,
                         method="blelloch" if tree else "sequential",
                         preop=_named(functools.partial(_lcse_total, workers=workers),
                                      "log_sum_exp"))
@@ -668,17 +698,20 @@ class _Operands:
                 self.values[name] = arr
         else:
             self.chunks = {}
-        self.grids = {name: block_grid(v) for name, v in self.values.items()
-                      if isinstance(v, da.Array)}
 
     def nblocks(self, letter):
         return len(self.chunks[letter])
 
     def block(self, name, where):
-        """The Delayed block of `name` at block indices `where` (letter -> i)."""
-        if name not in self.grids:
-            return self.values[name]
-        return self.grids[name][tuple(where.get(c, 0) for c in self.index[name])]
+        """The key of `name`'s block at block indices `where` (letter -> i),
+        or the value itself when it is not a dask array."""
+        x = self.values[name]
+        if not isinstance(x, da.Array):
+            return x
+        return block_key(x, tuple(where.get(c, 0) for c in self.index[name]))
+
+    def arrays(self):
+        return [v for v in self.values.values() if isinstance(v, da.Array)]
 
 
 def _probe(x, shape):
@@ -728,7 +761,8 @@ def _block_toeplitz(conv, kernel, x, axis, kname, xname):
     dtype = result_dtype(**{kname: meta_of(kernel), xname: meta_of(x)})
     ax = normalize_axis(axis, x.ndim)
     out_axis = ax - x.ndim
-    x = da.moveaxis(x, ax, -1)
+    if out_axis != -1:
+        x = da.moveaxis(x, ax, -1)
     if kernel.ndim > 1:
         if kernel.ndim < -out_axis:
             raise ValueError(
@@ -739,36 +773,41 @@ def _block_toeplitz(conv, kernel, x, axis, kname, xname):
     n = x.shape[-1]
     lead = broadcast_shapes(**{kname: kernel.shape[:-1], xname: x.shape[:-1]})
     kernel = kernel[..., :n]
-    x = da.broadcast_to(x, lead + (n,))
+    if x.shape != lead + (n,):
+        x = da.broadcast_to(x, lead + (n,))
     K = kernel.shape[-1]
     if kernel.ndim > 1:
-        kernel = da.broadcast_to(kernel, lead + (K,))
+        if kernel.shape != lead + (K,):
+            kernel = da.broadcast_to(kernel, lead + (K,))
         kernel = kernel.rechunk(x.chunks[:-1] + ((K,) if K else (0,),))
     else:
         kernel = kernel.rechunk(-1)
-    kgrid = block_grid(kernel)
-    xgrid = block_grid(x)
     tchunks = x.chunks[-1]
     starts = np.concatenate([[0], np.cumsum(tchunks)]).astype(int)
-    diag = delayed(functools.partial(_conv_diag, conv), pure=True)
-    pair = delayed(functools.partial(_conv_pair, conv), pure=True)
-    add = delayed(_add, pure=True)
+    graph = Graph("block-toeplitz", x, kernel)
+    diag = functools.partial(_conv_diag, conv)
+    pair = functools.partial(_conv_pair, conv)
     lead_grid = tuple(len(c) for c in x.chunks[:-1])
     outs = np.empty(lead_grid + (len(tchunks),), dtype=object)
     for J in np.ndindex(lead_grid):
-        kb = kgrid[J + (0,)] if kernel.ndim > 1 else kgrid[(0,)]
+        kb = block_key(kernel, J + (0,) if kernel.ndim > 1 else (0,))
         for k in range(len(tchunks)):
-            parts = [diag(kb, xgrid[J + (k,)])]
+            parts = []
             for j in range(k - 1, -1, -1):
                 off = int(starts[k] - starts[j + 1] + 1)
                 if off >= K:
                     break
                 if tchunks[j] == 0:
                     continue
-                parts.append(pair(kb, xgrid[J + (j,)], off, int(tchunks[k])))
-            outs[J + (k,)] = parts[0] if len(parts) == 1 else add(*parts)
-    y = assemble(outs, x.chunks, dtype)
-    return da.moveaxis(y, -1, out_axis)
+                parts.append(graph.task(pair, kb, block_key(x, J + (j,)), off,
+                                        int(tchunks[k])))
+            if parts:
+                d = graph.task(diag, kb, block_key(x, J + (k,)))
+                outs[J + (k,)] = graph.inline(_add, d, *parts)
+            else:
+                outs[J + (k,)] = graph.inline(diag, kb, block_key(x, J + (k,)))
+    y = graph.array(conv.func.__name__.strip("_"), outs, x.chunks, dtype)
+    return y if out_axis == -1 else da.moveaxis(y, -1, out_axis)
 
 
 def _toeplitz_conv(method, workers, kernel, x):
@@ -1206,7 +1245,8 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
         "initial_states": (vals["initial_states"], "bhpn"),
         "seq_idx": (vals["seq_idx"], "bl"),
     }, whole)
-    run = delayed(functools.partial(_ssd_block, kw=kw), pure=True, nout=2)
+    graph = Graph("ssd", *ops.arrays())
+    run = functools.partial(_ssd_block, kw=kw)
     nbb, nlb = ops.nblocks("b"), ops.nblocks("l")
     outs = np.empty((nbb, nlb, 1, 1), dtype=object)
     finals = np.empty((nbb, 1, 1, 1), dtype=object)
@@ -1217,19 +1257,18 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
                     if k > 0 and vals["seq_idx"] is not None else None)
             args = [ops.block(n, w) for n in
                     ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
-            res = run(*args, state, ops.block("seq_idx", w), prev)
-            return res[0], res[1]
-        ys, fin = state_chain(step_k, nlb,
-                              ops.block("initial_states", {"b": bi}))
-        for k, yk in enumerate(ys):
-            outs[bi, k, 0, 0] = yk
-        finals[bi, 0, 0, 0] = fin
-    y = assemble(outs, ops.values["x"].chunks, dtype)
+            return graph.task(run, *args, state, ops.block("seq_idx", w), prev)
+        keys = state_chain(step_k, nlb, ops.block("initial_states", {"b": bi}))
+        for k, key in enumerate(keys):
+            outs[bi, k, 0, 0] = key
+        finals[bi, 0, 0, 0] = keys[-1]
+    y = graph.array("ssd_chunk_scan_combined", outs, ops.values["x"].chunks,
+                    dtype, item=0)
     if not return_final_states:
         return y
     N = vals["B"].shape[-1]
     fchunks = (ops.chunks["b"], (H,), (P,), (N,))
-    return y, assemble(finals, fchunks, dtype)
+    return y, graph.array("ssd_final_states", finals, fchunks, dtype, item=1)
 
 
 def _sel_block(u, delta, A, B, C, D, z, delta_bias, state, *, kw):
@@ -1356,25 +1395,27 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if grouped:
         whole["d"] = "the dim axis (B or C are grouped)"
     ops = _Operands({name: (vals[name], layout[name]) for name in names}, whole)
-    run = delayed(functools.partial(_sel_block, kw=kw), pure=True, nout=2)
+    graph = Graph("selective", *ops.arrays())
+    run = functools.partial(_sel_block, kw=kw)
     nbb, ndb, nlb = ops.nblocks("b"), ops.nblocks("d"), ops.nblocks("l")
     outs = np.empty((nbb, ndb, nlb), dtype=object)
     finals = np.empty((nbb, ndb, 1), dtype=object)
     for bi, di in product(range(nbb), range(ndb)):
         def step_k(k, state, bi=bi, di=di):
             w = {"b": bi, "d": di, "l": k}
-            res = run(*[ops.block(n, w) for n in names[:-1]], state)
-            return res[0], res[1]
-        ys, fin = state_chain(step_k, nlb,
-                              ops.block("initial_state", {"b": bi, "d": di}))
-        for k, yk in enumerate(ys):
-            outs[bi, di, k] = yk
-        finals[bi, di, 0] = fin
-    y = assemble(outs, (ops.chunks["b"], ops.chunks["d"], ops.chunks["l"]), dtype)
+            return graph.task(run, *[ops.block(n, w) for n in names[:-1]], state)
+        keys = state_chain(step_k, nlb,
+                           ops.block("initial_state", {"b": bi, "d": di}))
+        for k, key in enumerate(keys):
+            outs[bi, di, k] = key
+        finals[bi, di, 0] = keys[-1]
+    y = graph.array("selective_scan", outs,
+                    (ops.chunks["b"], ops.chunks["d"], ops.chunks["l"]), dtype, item=0)
     if not return_last_state:
         return y
     N = vals["A"].shape[-1]
-    return y, assemble(finals, (ops.chunks["b"], ops.chunks["d"], (N,)), sdtype)
+    return y, graph.array("selective_last_state", finals,
+                          (ops.chunks["b"], ops.chunks["d"], (N,)), sdtype, item=1)
 
 
 # --------------------------------------------------------------------------
@@ -1485,10 +1526,9 @@ def causal_conv1d(x, weight, bias=None, *, activation=None, initial_states=None,
                      "initial_states": (vals["initial_states"], "bdh")},
                     {"w": "the width axis", "h": "the width-1 axis"})
     lens = ops.chunks["l"]
-    run = delayed(functools.partial(_conv1d_block, halo=halo, final=False, kw=kw),
-                  pure=True)
-    run_last = delayed(functools.partial(_conv1d_block, halo=halo, final=True,
-                                         kw=kw), pure=True, nout=2)
+    graph = Graph("causal-conv1d", *ops.arrays())
+    run = functools.partial(_conv1d_block, halo=halo, final=False, kw=kw)
+    run_last = functools.partial(_conv1d_block, halo=halo, final=True, kw=kw)
     nbb, ndb, nlb = ops.nblocks("b"), ops.nblocks("d"), len(lens)
     outs = np.empty((nbb, ndb, nlb), dtype=object)
     finals = np.empty((nbb, ndb, 1), dtype=object)
@@ -1503,11 +1543,14 @@ def causal_conv1d(x, weight, bias=None, *, activation=None, initial_states=None,
         args = (ops.block("x", w), ops.block("weight", w), ops.block("bias", w),
                 init, *prev)
         if k == nlb - 1 and return_final_states:
-            res = run_last(*args)
-            outs[bi, di, k], finals[bi, di, 0] = res[0], res[1]
+            res = graph.task(run_last, *args)
+            outs[bi, di, k] = graph.task(operator.getitem, res, 0)
+            finals[bi, di, 0] = graph.task(operator.getitem, res, 1)
         else:
-            outs[bi, di, k] = run(*args)
-    y = assemble(outs, (ops.chunks["b"], ops.chunks["d"], lens), dtype)
+            outs[bi, di, k] = graph.inline(run, *args)
+    y = graph.array("causal_conv1d", outs, (ops.chunks["b"], ops.chunks["d"], lens),
+                    dtype)
     if not return_final_states:
         return y
-    return y, assemble(finals, (ops.chunks["b"], ops.chunks["d"], (halo,)), dtype)
+    return y, graph.array("causal_conv1d_final_states", finals,
+                          (ops.chunks["b"], ops.chunks["d"], (halo,)), dtype)
