@@ -98,13 +98,18 @@ def part_batch(report, repeat):
     rows, n = 64, 2 ** 20
     cluster, client = _cluster()
     try:
+        from distributed import wait
+
         rng = da.random.default_rng(20261202)
         a = rng.uniform(0.9, 1.0, (rows, n), chunks=(4, n)).astype(np.float32)
         b = rng.standard_normal((rows, n), chunks=(4, n)).astype(np.float32)
-        a, b = client.persist([a, b])
-        at = a.rechunk((rows, n // 16)).persist()
-        bt = b.rechunk((rows, n // 16)).persist()
-        from distributed import wait
+        # a block of `a` and the block of `b` it meets live on the same
+        # worker (one stacked block each), as in-memory data is all local
+        ab = da.stack([a, b]).rechunk((2, 4, n)).persist()
+        abt = ab.rechunk((2, rows, n // 16)).persist()
+        wait([ab, abt])
+        a, b = client.persist([ab[0], ab[1]])
+        at, bt = client.persist([abt[0], abt[1]])
         wait([a, b, at, bt])
         A, B = client.compute([a, b], sync=True)
         H = np.empty_like(A)

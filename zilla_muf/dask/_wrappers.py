@@ -384,7 +384,7 @@ _NORM_DOC = """{summary}
     See Also
     --------
     zilla_muf.{name} : the in-memory function.
-    log_sum_exp : the reduction the chunked path uses.
+    zilla_muf.dask.log_sum_exp : the same rows reduced.
 
     Notes
     -----
@@ -463,7 +463,7 @@ def log_sum_exp(x, axis=-1, keepdims=False, *, workers=None):
     -----
     Each block reduces to its own log-sum-exp (kept as a length-1 axis);
     those are concatenated and reduced again by the same function, in a
-    tree (:func:`dask.array.reduction`), since
+    tree (``dask.array.reduction``), since
     :math:`\log\sum_k e^{\log\sum_{t\in k} e^{x_t}} = \log\sum_t e^{x_t}`.
     All ``-inf`` along the axis gives ``-inf``.
 
@@ -882,7 +882,7 @@ toeplitz_matvec.__doc__ = r"""Causal Toeplitz product of a Dask array, by blocks
     See Also
     --------
     zilla_muf.toeplitz_matvec : the in-memory function each task runs.
-    fft_conv : the same product by FFT.
+    zilla_muf.dask.fft_conv : the same product by FFT.
 """ + _CONV_NOTES + r"""
     Examples
     --------
@@ -924,7 +924,7 @@ fft_conv.__doc__ = r"""Causal convolution of a Dask array by FFT, by blocks.
     See Also
     --------
     zilla_muf.fft_conv : the in-memory function each task runs.
-    toeplitz_matvec : the same product, direct or FFT.
+    zilla_muf.dask.toeplitz_matvec : the same product, direct or FFT.
 """ + _CONV_NOTES + r"""
     Examples
     --------
@@ -1155,7 +1155,7 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     See Also
     --------
     zilla_muf.ssd_chunk_scan_combined : the in-memory function each block runs.
-    selective_scan : the Mamba-1 scan, chained the same way.
+    zilla_muf.dask.selective_scan : the Mamba-1 scan, chained the same way.
 
     Notes
     -----
@@ -1317,7 +1317,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     See Also
     --------
     zilla_muf.selective_scan : the in-memory function each block runs.
-    ssd_chunk_scan_combined : the Mamba-2 layer, chained the same way.
+    zilla_muf.dask.ssd_chunk_scan_combined : the Mamba-2 layer, chained the same way.
 
     Notes
     -----
