@@ -31,6 +31,8 @@ SUITES = {
     "ssd": ("bench_ssd.py", ["--quick"], []),
     "selective": ("bench_selective.py", ["--quick"], []),
     "sweeps": ("bench_sweeps.py", ["--repeat", "3"], ["--repeat", "5"]),
+    "dask": ("bench_dask.py", ["--repeat", "3", "--log2n", "24", "--block-log2", "20"],
+             ["--repeat", "5", "--log2n", "28", "--block-log2", "24"]),
 }
 
 
