@@ -30,12 +30,12 @@ import uuid
 
 import numpy as np
 import dask.array as da
-from dask._task_spec import DataNode, convert_legacy_graph
+from dask._task_spec import DataNode, Task, convert_legacy_graph
 from dask.highlevelgraph import HighLevelGraph
 
 from .._validation import as_array
 
-__all__ = ["TREE_MIN_BLOCKS", "Graph", "affine_carry", "block_key", "lazy",
+__all__ = ["TREE_MIN_BLOCKS", "Blocks", "Graph", "affine_carry", "block_key", "lazy",
            "state_chain"]
 
 #: From this many blocks along the sequence on, the scan carry is combined
@@ -87,6 +87,28 @@ def single_block(x, axes, name, what):
 def block_key(x, index):
     """The graph key of block `index` of dask array `x`."""
     return (x.name,) + tuple(index)
+
+
+class Blocks:
+    """The blocks of a dask array, as arguments of the tasks that use them.
+
+    A block whose task only reads data (a Zarr or HDF5 chunk, a slice of an
+    in-memory array, a random or constant block) is inlined: it runs inside
+    the task that uses it, so the scheduler never moves it between workers.
+    Any other block is referred to by its key.
+    """
+
+    def __init__(self, x):
+        self.x = x
+        self.dsk = convert_legacy_graph(dict(x.__dask_graph__()))
+
+    def __getitem__(self, index):
+        key = (self.x.name,) + tuple(index)
+        node = self.dsk.get(key)
+        if isinstance(node, Task) and all(
+                isinstance(self.dsk.get(dep), DataNode) for dep in node.dependencies):
+            return node
+        return key
 
 
 def block_shape(chunks, index):

@@ -31,6 +31,7 @@ from .._validation import (
 )
 from . import _carry
 from ._carry import (
+    Blocks,
     Graph,
     affine_carry,
     block_key,
@@ -124,10 +125,12 @@ def _scan_graph(fn, a, b, h0, axis, reverse, return_final, kw):
     lead_grid = tuple(len(c) for c in lead_chunks)
     outs = np.empty(lead_grid + (nt,), dtype=object)
     finals = np.empty(lead_grid, dtype=object)
+    sources = {id(x): Blocks(x) for x in (*ops.values(), *first.values())
+               if isinstance(x, da.Array)}
     for J in np.ndindex(lead_grid):
         def blk(name, k, src=ops):
             x = src[name]
-            return block_key(x, J + (k,)) if isinstance(x, da.Array) else x
+            return sources[id(x)][J + (k,)] if isinstance(x, da.Array) else x
         start = block_key(h0, J) if isinstance(h0, da.Array) else h0
         if nt == 1 and not return_final:
             outs[J + (0,)] = graph.inline(run, blk("a", 0), blk("b", 0), start,
@@ -698,6 +701,7 @@ class _Operands:
                 self.values[name] = arr
         else:
             self.chunks = {}
+        self.blocks = {}
 
     def nblocks(self, letter):
         return len(self.chunks[letter])
@@ -708,7 +712,9 @@ class _Operands:
         x = self.values[name]
         if not isinstance(x, da.Array):
             return x
-        return block_key(x, tuple(where.get(c, 0) for c in self.index[name]))
+        if name not in self.blocks:
+            self.blocks[name] = Blocks(x)
+        return self.blocks[name][tuple(where.get(c, 0) for c in self.index[name])]
 
     def arrays(self):
         return [v for v in self.values.values() if isinstance(v, da.Array)]
