@@ -1,7 +1,7 @@
 """zilla_muf on Dask arrays: the same functions, built as lazy graphs.
 
 Each function has the name, arguments and results of its in-memory
-counterpart in :mod:`zilla_muf`, takes ``dask.array`` arrays (array_like
+counterpart in ``zilla_muf``, takes ``dask.array`` arrays (array_like
 inputs are wrapped) and returns lazy dask arrays (tuples where the in-memory
 function returns a tuple). Every task runs the in-memory function on one
 block; states cross block boundaries exactly, so the sequence axis may be
