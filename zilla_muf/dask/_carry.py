@@ -30,8 +30,12 @@ import uuid
 
 import numpy as np
 import dask.array as da
-from dask._task_spec import DataNode, Task, convert_legacy_graph
 from dask.highlevelgraph import HighLevelGraph
+
+try:  # the task objects of dask >= 2024.12 (a private module)
+    from dask._task_spec import DataNode, Task, convert_legacy_graph
+except ImportError:  # pragma: no cover - older dask: keys only, no copies
+    DataNode = Task = convert_legacy_graph = None
 
 from .._validation import as_array
 
@@ -100,20 +104,16 @@ class Blocks:
 
     def __init__(self, x):
         self.x = x
-        self.dsk = convert_legacy_graph(dict(x.__dask_graph__()))
+        self.dsk = ({} if convert_legacy_graph is None
+                    else convert_legacy_graph(dict(x.__dask_graph__())))
 
     def __getitem__(self, index):
         key = (self.x.name,) + tuple(index)
         node = self.dsk.get(key)
-        if isinstance(node, Task) and all(
+        if Task is not None and isinstance(node, Task) and all(
                 isinstance(self.dsk.get(dep), DataNode) for dep in node.dependencies):
             return node
         return key
-
-
-def block_shape(chunks, index):
-    """The shape of block `index` of an array with `chunks`."""
-    return tuple(c[i] for c, i in zip(chunks, index))
 
 
 def independent_copies(*arrays):
@@ -124,6 +124,8 @@ def independent_copies(*arrays):
     so a block read by two passes is never held in memory between them.
     Persisted blocks (already in memory) stay shared.
     """
+    if convert_legacy_graph is None:  # pragma: no cover - older dask
+        return list(arrays)
     token = uuid.uuid4().hex[:8]
 
     def rename(key):
