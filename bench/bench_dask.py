@@ -306,6 +306,10 @@ def main(argv=None):
     parser.add_argument("--block-log2", type=int, default=24)
     parser.add_argument("--store", default=None,
                         help="directory for the Zarr stores (default: a temporary one)")
+    parser.add_argument("--aux", default=None,
+                        help="save the rows as the auxiliary record "
+                             "bench/results/<AUX>.json (not a suite table) and "
+                             "leave the plot alone: for a one-off run such as 2^31 steps")
     args = parser.parse_args(argv)
     report = Report("dask")
     batch = stream = None
@@ -314,6 +318,16 @@ def main(argv=None):
     if args.part in ("stream", "all"):
         stream = part_stream(report, args.log2n, args.block_log2, args.store)
     print(report.table())
+    if args.aux:
+        import json
+
+        from _harness import RESULTS, machine
+
+        path = RESULTS / f"{args.aux}.json"
+        path.write_text(json.dumps({"record_of": "dask", "machine": machine(),
+                                    "rows": report.rows}, indent=1))
+        progress(f"written: {path}")
+        return
     report.save()
     plot(batch, stream)
 
