@@ -147,6 +147,31 @@ def test_scan_workers_pass_through(rng):
         zd.linear_scan(a, b, method="fast")
 
 
+def test_workers_reach_every_block(rng, monkeypatch):
+    import zilla_muf.scan
+    import zilla_muf.selective
+
+    seen = []
+    for module, name in ((zilla_muf.scan, "chunked_scan"),
+                         (zilla_muf.selective, "causal_conv1d")):
+        original = getattr(module, name)
+
+        def recording(*args, _original=original, **kwargs):
+            seen.append(kwargs.get("workers"))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, recording)
+    a = rng.uniform(0.5, 1.0, (2, 50))
+    zd.chunked_scan(_lazy(a, (1, 20)), a, workers=2).compute(scheduler="sync")
+    x = rng.standard_normal((1, 2, 30))
+    zd.causal_conv1d(_lazy(x, (1, 1, 7)), np.ones((2, 3)), workers=2).compute(
+        scheduler="sync")
+    # 2 rows x (1 first + 1 summary + 2 recomputed) scans; 2 x 5 conv blocks
+    # and the one-step probe that checks the conv's arguments at call time
+    assert len(seen) == 8 + 10 + 1
+    assert set(seen) == {2}
+
+
 def test_scan_bad_input():
     with pytest.raises(ValueError, match="axis"):
         zd.sequential_scan(da.ones((2, 3)), da.ones((2, 3)), axis=2)
