@@ -46,7 +46,7 @@ def _cluster(nworkers=2):
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=nworkers, threads_per_worker=1,
-                           processes=True, dashboard_address=None,
+                           processes=True, dashboard_address=":0",
                            memory_limit="6GiB", silence_logs=40)
     client = Client(cluster)
     _warm(client)

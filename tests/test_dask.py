@@ -495,7 +495,7 @@ def test_local_cluster(rng):
     b = rng.standard_normal((4, 200))
     want, wf = zilla_muf.linear_scan(a, b, return_final=True)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         h, f = zd.linear_scan(_lazy(a, (2, 30)), _lazy(b, (2, 30)), return_final=True)
         got, gf = client.compute([h, f], sync=True)
