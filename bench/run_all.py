@@ -34,6 +34,8 @@ SUITES = {
     "sweeps": ("bench_sweeps.py", ["--repeat", "3"], ["--repeat", "5"]),
     "load": ("bench_load.py", ["--repeat", "5", "--rounds", "3"],
              ["--repeat", "7", "--rounds", "5"]),
+    "dask": ("bench_dask.py", ["--repeat", "3", "--log2n", "24", "--block-log2", "20"],
+             ["--repeat", "5", "--log2n", "28", "--block-log2", "24"]),
 }
 
 

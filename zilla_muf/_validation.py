@@ -55,8 +55,16 @@ def as_array(x, name):
     """Return `x` as an ndarray, rejecting kinds no kernel computes with.
 
     Integers and bools are accepted (they promote to float64 later); object,
-    string, bytes, datetime, timedelta and void arrays raise ``TypeError``.
+    string, bytes, datetime, timedelta and void arrays raise ``TypeError``,
+    and so does a lazy Dask collection, which ``np.asarray`` would compute
+    silently (the check reads attributes only and never imports dask).
     """
+    if hasattr(x, "__dask_graph__") or type(x).__module__.startswith("dask."):
+        raise TypeError(
+            f"`{name}` is a Dask collection ({type(x).__name__}); the in-memory "
+            f"functions would compute it whole. Use the same function from "
+            f"`zilla_muf.dask`, or pass `{name}.compute()`"
+        )
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as exc:

@@ -170,7 +170,7 @@ def _check_groups(H, G):
 def _seq_idx(seq_idx, nb, L):
     if seq_idx is None:
         return None
-    s = np.asarray(seq_idx)
+    s = as_array(seq_idx, "seq_idx")
     if s.dtype.kind not in "iu":
         raise TypeError(f"`seq_idx` must have an integer dtype, got dtype {s.dtype}")
     check_shape(s, (nb, L), "seq_idx")
@@ -572,7 +572,7 @@ def ssd_state_passing(states, dA_cumsum, *, initial_states=None, seq_idx=None,
         L = nch * cs
         seq = None
     else:
-        s = np.asarray(seq_idx)
+        s = as_array(seq_idx, "seq_idx")
         check_shape(s, (nb, None), "seq_idx")
         L = s.shape[1]
         if nch != -(-L // cs):
