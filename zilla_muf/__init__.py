@@ -94,6 +94,7 @@ from . import (
     structured,
 )
 from ._openmp_helpers import have_openmp
+from ._vjp import vjp
 from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
 from .discretize import bilinear_discretize, zoh_discretize
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
@@ -135,7 +136,7 @@ _MODULES = ["complex_ops", "discretize", "fft_conv", "scan", "selective", "ssd",
             "stable_ops", "structured"]
 __all__ = sorted(
     set(_MODULES)
-    | {"buffer_cache", "have_openmp", "openmp_info"}
+    | {"buffer_cache", "have_openmp", "openmp_info", "vjp"}
     | {name for mod in _MODULES for name in globals()[mod].__all__}
 )
 
