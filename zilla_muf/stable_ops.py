@@ -661,3 +661,175 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
     _stable_ops.rms_norm(x2, z2, w1, out, max(group, 1), eps, zz is not None,
                          bool(norm_before_gate), nthreads)
     return out.reshape(shape)
+
+
+# Gradients
+#
+# Closed forms, written so that nothing takes exp of a positive difference
+# or subtracts -inf from -inf: a row of -inf (whose softmax is undefined)
+# and the -inf entries of a row get zero gradient, never NaN. Each rule's
+# comment says what its pullback keeps. rms_norm's rule lives with the layer
+# gradients.
+
+from ._vjp import defvjp  # noqa: E402
+
+
+def _axis_of(y, axis):
+    return normalize_axis(axis, np.ndim(y))
+
+
+def _dead_rows(x, ax):
+    """Rows (keepdims) of `x` along `ax` that are all -inf."""
+    return np.max(np.asarray(x), axis=ax, keepdims=True) == -np.inf
+
+
+@defvjp(softmax, "x")
+def _softmax_vjp(args):
+    # keeps y (the output), and x only to find rows of -inf
+    y = softmax(**args)
+    ax = _axis_of(y, args["axis"])
+
+    def backward(c):
+        # dx = y * (c - sum(c * y))
+        y_ = y
+        if y.size and np.isnan(y).any():
+            y_ = np.where(_dead_rows(args["x"], ax), 0, y)
+        return {"x": y_ * (c - np.sum(c * y_, axis=ax, keepdims=True))}
+
+    return y, backward
+
+
+@defvjp(log_softmax, "x")
+def _log_softmax_vjp(args):
+    # keeps y (the output), and x only to find rows of -inf
+    y = log_softmax(**args)
+    ax = _axis_of(y, args["axis"])
+
+    def backward(c):
+        # dx = c - softmax(x) * sum(c), softmax(x) = exp(y) <= 1
+        p = np.exp(y)
+        if y.size and np.isnan(y).any():
+            dead = _dead_rows(args["x"], ax)
+            p = np.where(dead, 0, p)
+            c = np.where(dead, 0, c)
+        return {"x": c - p * np.sum(c, axis=ax, keepdims=True)}
+
+    return y, backward
+
+
+@defvjp(log_sum_exp, "x")
+def _log_sum_exp_vjp(args):
+    # keeps x and the output
+    out = log_sum_exp(**args)
+    x = np.asarray(args["x"])
+    ax = _axis_of(x, args["axis"])
+    lse = out if args["keepdims"] else np.expand_dims(out, ax)
+
+    def backward(c):
+        # dx = c * exp(x - lse) (x - lse <= 0); a row of -inf gets 0
+        if not args["keepdims"]:
+            c = np.expand_dims(c, ax)
+        with np.errstate(invalid="ignore"):
+            p = np.exp(x - lse)
+        p = np.where(lse == -np.inf, 0, p)
+        return {"x": c * p}
+
+    return out, backward
+
+
+@defvjp(logcumsumexp, "x")
+def _logcumsumexp_vjp(args):
+    # keeps x and y (the output). dx_s = sum_{t>=s} c_t exp(x_s - y_t)
+    # = exp(x_s - y_s) q_s with the reverse scan q_s = c_s + exp(y_s - y_{s+1})
+    # q_{s+1}: y never decreases, so every exponent is <= 0.
+    y = logcumsumexp(**args)
+    x = np.asarray(args["x"])
+    ax = _axis_of(y, args["axis"])
+    n = y.shape[ax] if y.ndim else 0
+
+    def backward(c):
+        if n == 0:
+            return {"x": np.zeros(y.shape, y.dtype)}
+        head = np.take(y, np.arange(n - 1), axis=ax)
+        tail = np.take(y, np.arange(1, n), axis=ax)
+        with np.errstate(invalid="ignore"):
+            d = np.where(tail == -np.inf, 0, np.exp(head - tail))
+            p = np.where(y == -np.inf, 0, np.exp(x - y))
+        zero = np.zeros_like(np.take(y, [0], axis=ax))
+        d = np.concatenate([d, zero], axis=ax)
+        q = _scan_reverse(d, c, ax, args["workers"])
+        return {"x": p * q}
+
+    return y, backward
+
+
+def _scan_reverse(d, c, ax, workers):
+    from .scan import linear_scan
+
+    return linear_scan(d, np.asarray(c, dtype=d.dtype), axis=ax, reverse=True,
+                       workers=workers)
+
+
+@defvjp(segsum, "x")
+def _segsum_vjp(args):
+    # keeps nothing but the shapes: the map is linear.
+    # s[i, j] = sum_{j < t <= i} x_t, so dx_t = sum_{i >= t} sum_{j < t} c[i, j]
+    s = segsum(**args)
+    x = np.asarray(args["x"])
+    ax = normalize_axis(args["axis"], x.ndim)
+
+    def backward(c):
+        n = c.shape[-1]
+        if n == 0:
+            return {"x": np.zeros(x.shape, s.dtype)}
+        low = np.tril(c, -1)
+        # P[..., i, t] = sum_{j < t} c[i, j]
+        P = np.cumsum(low, axis=-1)
+        P = np.concatenate([np.zeros_like(P[..., :1]), P[..., :-1]], axis=-1)
+        g = np.sum(np.tril(P), axis=-2)   # i >= t
+        return {"x": np.moveaxis(g.astype(s.dtype, copy=False), -1, ax)}
+
+    return s, backward
+
+
+@defvjp(sigmoid, "x")
+def _sigmoid_vjp(args):
+    # keeps y (the output): dx = c y (1 - y)
+    y = sigmoid(**args)
+
+    def backward(c):
+        return {"x": c * (y * (1 - y))}
+
+    return y, backward
+
+
+@defvjp(silu, "x")
+def _silu_vjp(args):
+    # keeps x; recomputes sigmoid(x). dx = c s (1 + x (1 - s)), s = sigmoid(x)
+    y = silu(**args)
+    x = np.asarray(args["x"])
+
+    def backward(c):
+        s = sigmoid(x, workers=args["workers"])
+        with np.errstate(invalid="ignore"):
+            d = s * (1 + x * (1 - s))
+        d = np.where(np.isinf(x), x > 0, d)
+        return {"x": c * d}
+
+    return y, backward
+
+
+@defvjp(softplus, "x")
+def _softplus_vjp(args):
+    # keeps x; dx = c sigmoid(beta x), or c where beta x > threshold (identity)
+    y = softplus(**args)
+    x = np.asarray(args["x"])
+    beta = args["beta"]
+    threshold = args["threshold"]
+
+    def backward(c):
+        bx = (beta * x).astype(y.dtype, copy=False)
+        d = np.where(bx > threshold, 1, sigmoid(bx, workers=args["workers"]))
+        return {"x": c * d}
+
+    return y, backward
