@@ -29,7 +29,7 @@ import inspect
 
 import numpy as np
 
-__all__ = ["defvjp", "sum_to_shape", "vjp"]
+__all__ = ["causal_conv_pullback", "defvjp", "sum_to_shape", "vjp"]
 
 # public function -> (rule, names of its differentiable parameters, signature)
 _RULES = {}
@@ -237,3 +237,47 @@ def vjp(fun, *args, **kwargs):
         return result
 
     return out, pullback
+
+
+def _conj(x):
+    return x.conj() if x.dtype.kind == "c" else x
+
+
+def causal_conv_pullback(conv, kernel, x, c, axis, dtype):
+    """Gradients of ``y = conv(kernel, x)``, the truncated causal convolution.
+
+    ``y_i = sum_{j<=i} k_{i-j} x_j`` along `axis` (of `x`, and of `kernel`
+    counted from the end; a 1-D kernel serves every channel). Its adjoint is
+    the same convolution run backwards in time:
+    ``gx = flip(conv(conj(k), flip(c)))`` and
+    ``gk_m = sum_i c_i conj(x_{i-m}) = flip(conv(conj(x), flip(c)))_m``,
+    zero for taps at or beyond n. `conv(kernel, x, axis)` is the forward.
+    Returns (gk, gx); gk has x's broadcast dimensions, the mechanism sums
+    them back.
+    """
+    kernel = np.asarray(kernel)
+    x = np.asarray(x)
+    c = np.asarray(c, dtype=dtype)
+    neg = (axis % x.ndim) - x.ndim          # the time axis, from the end
+    n = c.shape[neg]
+    cf = np.flip(c, neg)
+    kc = _conj(np.asarray(kernel, dtype=dtype))
+    gx = np.flip(conv(kc, cf, neg), neg)
+    xc = _conj(np.asarray(x, dtype=dtype))
+    if kernel.ndim == 1:
+        K = kernel.shape[0]
+        gk_full = np.flip(conv(np.moveaxis(xc, neg, -1), np.moveaxis(cf, neg, -1),
+                               -1), -1)
+        gk_full = gk_full.reshape(-1, n).sum(axis=0)
+        kax = 0
+    else:
+        kax = neg
+        K = kernel.shape[kax]
+        gk_full = np.flip(conv(xc, cf, neg), neg)
+    m = min(K, n)
+    gk = np.take(gk_full, np.arange(m), axis=kax)
+    if K > m:
+        pad = list(gk.shape)
+        pad[kax] = K - m
+        gk = np.concatenate([gk, np.zeros(pad, dtype=gk.dtype)], axis=kax)
+    return gk, gx

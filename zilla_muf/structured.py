@@ -757,3 +757,201 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
                                       _VDM_RSPLIT, nthreads)
     out = partial[:, 0, :] if nsplit == 1 else partial.sum(axis=1)
     return out.reshape(lead + (N,))
+
+
+# Gradients
+#
+# Each pullback is a composition of the forward kernels (the transpose of a
+# structured product is a structured product of the same kind), except the
+# squared Cauchy terms sum_k c_k / (z_k - p_i)^2 of the pole and node
+# gradients, which are summed in blocks. See the user guide, "Gradients".
+
+from ._vjp import causal_conv_pullback, defvjp  # noqa: E402
+from ._vjp import vjp as _vjp  # noqa: E402
+
+
+def _cj(x):
+    x = np.asarray(x)
+    return x.conj() if x.dtype.kind == "c" else x
+
+
+@defvjp(semiseparable_matvec, "a", "B", "C", "x")
+def _semiseparable_matvec_vjp(args):
+    # keeps the inputs; the backward recomputes the states h (n r per row),
+    # runs their adjoint (a reverse scan) and contracts.
+    y = semiseparable_matvec(**args)
+    dtype = y.dtype
+
+    def backward(c):
+        a = np.asarray(args["a"], dtype=dtype)[..., None]
+        B = np.asarray(args["B"], dtype=dtype)
+        C = np.asarray(args["C"], dtype=dtype)
+        x = np.asarray(args["x"], dtype=dtype)
+        b = B * x[..., None]
+        h, pullback = _vjp(chunked_scan, a, b, axis=-2, workers=args["workers"])
+        # y_i = C_i . h_i (no conjugate): dL/dh_i = conj(C_i) c_i
+        g = pullback(_cj(C) * c[..., None])
+        gb = g["b"]
+        return {"a": g["a"][..., 0], "B": gb * _cj(x)[..., None],
+                "C": c[..., None] * _cj(h), "x": np.sum(gb * _cj(B), axis=-1)}
+
+    return y, backward
+
+
+@defvjp(semiseparable_matrix, "a", "B", "C")
+def _semiseparable_matrix_vjp(args):
+    # keeps the inputs and L = prod a (n^2 per row), as the forward does.
+    # M = (C B^T) * L with L the scan of a over the identity's columns.
+    M = semiseparable_matrix(**args)
+    dtype = M.dtype
+    a = np.asarray(args["a"], dtype=dtype)
+    n = a.shape[-1]
+    L, pullback = _vjp(sequential_scan, a[..., None], np.eye(n, dtype=dtype), axis=-2)
+
+    def backward(G):
+        B = np.asarray(args["B"], dtype=dtype)
+        C = np.asarray(args["C"], dtype=dtype)
+        GL = G * _cj(L)
+        CB = np.einsum("...ir,...jr->...ij", C, B)
+        ga = pullback(G * _cj(CB))["a"][..., 0]
+        return {"a": ga,
+                "B": np.einsum("...ij,...ir->...jr", GL, _cj(C)),
+                "C": np.einsum("...ij,...jr->...ir", GL, _cj(B))}
+
+    return M, backward
+
+
+@defvjp(toeplitz_matvec, "kernel", "x")
+def _toeplitz_matvec_vjp(args):
+    # keeps the inputs: both gradients are causal convolutions run backwards
+    y = toeplitz_matvec(**args)
+
+    def conv(k, v, axis):
+        return toeplitz_matvec(k, v, axis=axis, method=args["method"],
+                               workers=args["workers"])
+
+    def backward(c):
+        gk, gx = causal_conv_pullback(conv, args["kernel"], args["x"], c,
+                                      args["axis"], y.dtype)
+        return {"kernel": gk, "x": gx}
+
+    return y, backward
+
+
+# Rows of the (rows, L, N) blocks of the Cauchy backward: about 2^20 terms.
+_CAUCHY_BLOCK = 1 << 20
+
+
+@defvjp(cauchy_matvec, "nodes", "poles", "weights")
+def _cauchy_matvec_vjp(args):
+    # keeps the inputs. With D = 1/(z_k - p_i):
+    #   gw_i = sum_k conj(D_ki) c_k
+    #   gp_i = conj(w_i) sum_k conj(D_ki)^2 c_k
+    #   gz_k = -c_k sum_i conj(w_i D_ki^2)
+    # and for conj_pairs the terms of conj(w)/(z - conj(p)), antiholomorphic
+    # in w and p, enter through conj(c). Blocks bound the memory.
+    out = cauchy_matvec(**args)
+    dtype = out.dtype
+
+    def backward(c):
+        z = np.asarray(args["nodes"], dtype=dtype)
+        p = np.asarray(args["poles"], dtype=dtype)
+        w = np.asarray(args["weights"], dtype=dtype)
+        p, w = np.broadcast_arrays(p, w)
+        lead = np.broadcast_shapes(z.shape[:-1], p.shape[:-1])
+        L, N = z.shape[-1], p.shape[-1]
+        z = np.broadcast_to(z, lead + (L,)).reshape(-1, L)
+        c = np.broadcast_to(c, lead + (L,)).reshape(-1, L)
+        p = np.broadcast_to(p, lead + (N,)).reshape(-1, N)
+        w = np.broadcast_to(w, lead + (N,)).reshape(-1, N)
+        R = z.shape[0]
+        gz = np.zeros((R, L), dtype)
+        gp = np.zeros((R, N), dtype)
+        gw = np.zeros((R, N), dtype)
+        pairs = [(p, False)]
+        if args["conj_pairs"]:
+            pairs.append((p.conj(), True))
+        wc = w.conj()
+        lb = max(1, _CAUCHY_BLOCK // max(N, 1))
+        for r in range(R):
+            for l0 in range(0, L, lb):
+                sl = slice(l0, min(L, l0 + lb))
+                cr = c[r, sl]
+                for pp, pair in pairs:
+                    D = 1.0 / (z[r, sl, None] - pp[r, None, :])
+                    D2 = D * D
+                    if not pair:
+                        # w D: holomorphic in w, p, z
+                        gw[r] += cr @ D.conj()
+                        gp[r] += wc[r] * (cr @ D2.conj())
+                        gz[r, sl] -= cr * (D2 @ w[r]).conj()
+                    else:
+                        # conj(w) D with D = 1/(z - conj(p)): antiholomorphic
+                        # in w and p, so they see conj(c)
+                        gw[r] += cr.conj() @ D
+                        gp[r] += wc[r] * (cr.conj() @ D2)
+                        gz[r, sl] -= cr * (D2 @ wc[r]).conj()
+        shape = lead
+        return {"nodes": gz.reshape(shape + (L,)),
+                "poles": gp.reshape(shape + (N,)),
+                "weights": gw.reshape(shape + (N,))}
+
+    return out, backward
+
+
+def _power_derivative_vector(v):
+    """u_m = (m + 1) v_{m+1}: sum_l l p^(l-1) v_l = sum_m p^m u_m."""
+    L = v.shape[-1]
+    return v[..., 1:] * np.arange(1, L, dtype=v.real.dtype)
+
+
+@defvjp(vandermonde_matvec, "poles", "weights")
+def _vandermonde_matvec_vjp(args):
+    # keeps the inputs. K_l = sum_i w_i p_i^l:
+    #   gw_i = conj(sum_l p_i^l conj(c_l))          (vandermonde_rmatvec)
+    #   gp_i = conj(w_i sum_l l p_i^(l-1) conj(c_l)) (vandermonde_rmatvec of
+    #          u_m = (m+1) conj(c_{m+1}): the powers formed as stably)
+    # conj_pairs returns K + conj(K) for a real cotangent: both doubled.
+    out = vandermonde_matvec(**args)
+    cdtype = _complex_of(out.dtype)
+    workers = args["workers"]
+
+    def backward(c):
+        p = np.asarray(args["poles"])
+        w = np.asarray(args["weights"], dtype=cdtype)
+        cc = np.asarray(c, dtype=cdtype).conj()
+        scale = 2 if args["conj_pairs"] else 1
+        gw = vandermonde_rmatvec(p, cc, workers=workers).conj()
+        if cc.shape[-1] > 1:
+            s = vandermonde_rmatvec(p, _power_derivative_vector(cc), workers=workers)
+            gp = (w * s).conj()
+        else:
+            gp = np.zeros(np.broadcast_shapes(p.shape, w.shape), cdtype)
+        return {"poles": scale * gp, "weights": scale * gw}
+
+    return out, backward
+
+
+@defvjp(vandermonde_rmatvec, "poles", "v")
+def _vandermonde_rmatvec_vjp(args):
+    # keeps the inputs. out_i = sum_l p_i^l v_l:
+    #   gv_l = conj(sum_i p_i^l conj(c_i))     (vandermonde_matvec)
+    #   gp_i = c_i conj(sum_l l p_i^(l-1) v_l) (vandermonde_rmatvec of u)
+    out = vandermonde_rmatvec(**args)
+    cdtype = out.dtype
+    workers = args["workers"]
+
+    def backward(c):
+        p = np.asarray(args["poles"])
+        v = np.asarray(args["v"], dtype=cdtype)
+        L = v.shape[-1]
+        gv = vandermonde_matvec(p, np.asarray(c, dtype=cdtype).conj(), L,
+                                workers=workers).conj()
+        if L > 1:
+            s = vandermonde_rmatvec(p, _power_derivative_vector(v), workers=workers)
+            gp = c * s.conj()
+        else:
+            gp = np.zeros(out.shape, cdtype)
+        return {"poles": gp, "v": gv}
+
+    return out, backward
