@@ -122,10 +122,14 @@ from .stable_ops import (
 )
 from .structured import (
     cauchy_matvec,
+    cauchy_operator,
     semiseparable_matrix,
     semiseparable_matvec,
+    semiseparable_operator,
     toeplitz_matvec,
+    toeplitz_operator,
     vandermonde_matvec,
+    vandermonde_operator,
     vandermonde_rmatvec,
 )
 

@@ -759,7 +759,7 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
     return out.reshape(lead + (N,))
 
 
-# Gradients
+# The SciPy operator views (defined in _operators.py), and gradients
 #
 # Each pullback is a composition of the forward kernels (the transpose of a
 # structured product is a structured product of the same kind), except the
@@ -768,6 +768,15 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
 
 from ._vjp import causal_conv_pullback, defvjp  # noqa: E402
 from ._vjp import vjp as _vjp  # noqa: E402
+from ._operators import (  # noqa: E402
+    cauchy_operator,
+    semiseparable_operator,
+    toeplitz_operator,
+    vandermonde_operator,
+)
+
+__all__ += ["cauchy_operator", "semiseparable_operator", "toeplitz_operator",
+            "vandermonde_operator"]
 
 
 def _cj(x):
