@@ -26,6 +26,7 @@ so the registry fills as ``zilla_muf`` is imported.
 """
 
 import inspect
+import types
 
 import numpy as np
 
@@ -209,6 +210,9 @@ def vjp(fun, *args, **kwargs):
     array([0.25, 0.5 , 1.  ])
     """
     entry = _RULES.get(fun)
+    if entry is None and isinstance(fun, types.ModuleType):
+        # a callable module (zilla_muf.fft_conv) stands for its function
+        entry = _RULES.get(getattr(fun, fun.__name__.rpartition(".")[2], None))
     if entry is None:
         name = getattr(fun, "__qualname__", None) or type(fun).__name__
         raise TypeError(
