@@ -189,12 +189,32 @@ def vjp(fun, *args, **kwargs):
     ValueError
         From `pullback`, if `cotangent` does not match `out`.
 
+    See Also
+    --------
+    zilla_muf.semiseparable_operator : the transpose products of
+        the structured matrices as SciPy operators.
+
     Notes
     -----
     For a complex argument z the gradient is ``dL/dRe(z) + 1j*dL/dIm(z)``
     (PyTorch's convention), and a complex cotangent c of an output y means
-    ``c = dL/dRe(y) + 1j*dL/dIm(y)``. The pullback may be called any number
+    ``c = dL/dRe(y) + 1j*dL/dIm(y)``; for a holomorphic map y = f(z) the
+    gradient is ``conj(f'(z)) * c``. The pullback may be called any number
     of times. The user guide's page on gradients writes out each backward.
+
+    Differentiable: the scans (:func:`~zilla_muf.sequential_scan`,
+    :func:`~zilla_muf.chunked_scan`, :func:`~zilla_muf.associative_scan`,
+    :func:`~zilla_muf.linear_scan`; `a`, `b`, `h0`), every function of
+    :mod:`zilla_muf.stable_ops`, the products of
+    :mod:`zilla_muf.structured` (poles and nodes included),
+    :func:`~zilla_muf.fft_conv.fft_conv`, :mod:`zilla_muf.discretize`
+    (diagonal and dense; `A`, `B`, `delta`) and :mod:`zilla_muf.complex_ops`.
+    Integer and flag arguments, `axis`, `method` and `workers` are never
+    differentiated; each backward runs with the forward's `workers`. Each
+    backward is a closed form or a composition of the forward kernels
+    (the adjoint of a scan is a reverse scan), never finite differences.
+
+    .. versionadded:: 0.2.0
 
     Examples
     --------
