@@ -712,7 +712,8 @@ def _log_softmax_vjp(args):
             dead = _dead_rows(args["x"], ax)
             p = np.where(dead, 0, p)
             c = np.where(dead, 0, c)
-        return {"x": c - p * np.sum(c, axis=ax, keepdims=True)}
+        p *= np.sum(c, axis=ax, keepdims=True)
+        return {"x": np.subtract(c, p, out=p)}
 
     return y, backward
 
@@ -730,9 +731,13 @@ def _log_sum_exp_vjp(args):
         if not args["keepdims"]:
             c = np.expand_dims(c, ax)
         with np.errstate(invalid="ignore"):
-            p = np.exp(x - lse)
-        p = np.where(lse == -np.inf, 0, p)
-        return {"x": c * p}
+            p = np.subtract(x, lse, dtype=out.dtype)
+            np.exp(p, out=p)
+        dead = lse == -np.inf
+        if dead.any():
+            p = np.where(dead, 0, p)
+        p *= c
+        return {"x": p}
 
     return out, backward
 
@@ -782,12 +787,13 @@ def _segsum_vjp(args):
         n = c.shape[-1]
         if n == 0:
             return {"x": np.zeros(x.shape, s.dtype)}
-        low = np.tril(c, -1)
-        # P[..., i, t] = sum_{j < t} c[i, j]
-        P = np.cumsum(low, axis=-1)
-        P = np.concatenate([np.zeros_like(P[..., :1]), P[..., :-1]], axis=-1)
-        g = np.sum(np.tril(P), axis=-2)   # i >= t
-        return {"x": np.moveaxis(g.astype(s.dtype, copy=False), -1, ax)}
+        # S[t, j] = sum_{i >= t} c[i, j]; dx_t = sum_{j < t} S[t, j]: only
+        # entries with j < t <= i, below the diagonal, take part
+        S = np.flip(np.cumsum(np.flip(c, -2), axis=-2), -2)
+        np.cumsum(S, axis=-1, out=S)
+        g = np.zeros(c.shape[:-1], dtype=s.dtype)
+        g[..., 1:] = np.diagonal(S, offset=-1, axis1=-2, axis2=-1)
+        return {"x": np.moveaxis(g, -1, ax)}
 
     return s, backward
 
@@ -811,10 +817,16 @@ def _silu_vjp(args):
 
     def backward(c):
         s = sigmoid(x, workers=args["workers"])
-        with np.errstate(invalid="ignore"):
-            d = s * (1 + x * (1 - s))
-        d = np.where(np.isinf(x), x > 0, d)
-        return {"x": c * d}
+        d = np.subtract(1, s, dtype=s.dtype)
+        with np.errstate(invalid="ignore"):   # x = +-inf: fixed below
+            d *= x
+            d += 1
+            d *= s
+        inf = np.isinf(x)
+        if inf.any():
+            d[inf] = x[inf] > 0
+        d *= c
+        return {"x": d}
 
     return y, backward
 
@@ -828,8 +840,10 @@ def _softplus_vjp(args):
     threshold = args["threshold"]
 
     def backward(c):
-        bx = (beta * x).astype(y.dtype, copy=False)
-        d = np.where(bx > threshold, 1, sigmoid(bx, workers=args["workers"]))
-        return {"x": c * d}
+        bx = np.multiply(beta, x, dtype=y.dtype)
+        d = sigmoid(bx, workers=args["workers"])
+        d[bx > threshold] = 1
+        d *= c
+        return {"x": d}
 
     return y, backward

@@ -851,6 +851,16 @@ def _toeplitz_matvec_vjp(args):
 _CAUCHY_BLOCK = 1 << 20
 
 
+# The small products of the backward go through einsum's own loops, not BLAS:
+# a threaded BLAS call per block oversubscribes the cores the kernels use.
+def _dot(v, M):
+    return np.einsum("l,ln->n", v, M)
+
+
+def _rdot(M, v):
+    return np.einsum("ln,n->l", M, v)
+
+
 @defvjp(cauchy_matvec, "nodes", "poles", "weights")
 def _cauchy_matvec_vjp(args):
     # keeps the inputs. With D = 1/(z_k - p_i):
@@ -891,15 +901,15 @@ def _cauchy_matvec_vjp(args):
                     D2 = D * D
                     if not pair:
                         # w D: holomorphic in w, p, z
-                        gw[r] += cr @ D.conj()
-                        gp[r] += wc[r] * (cr @ D2.conj())
-                        gz[r, sl] -= cr * (D2 @ w[r]).conj()
+                        gw[r] += _dot(cr, D.conj())
+                        gp[r] += wc[r] * _dot(cr, D2.conj())
+                        gz[r, sl] -= cr * _rdot(D2, w[r]).conj()
                     else:
                         # conj(w) D with D = 1/(z - conj(p)): antiholomorphic
                         # in w and p, so they see conj(c)
-                        gw[r] += cr.conj() @ D
-                        gp[r] += wc[r] * (cr.conj() @ D2)
-                        gz[r, sl] -= cr * (D2 @ wc[r]).conj()
+                        gw[r] += _dot(cr.conj(), D)
+                        gp[r] += wc[r] * _dot(cr.conj(), D2)
+                        gz[r, sl] -= cr * _rdot(D2, wc[r]).conj()
         shape = lead
         return {"nodes": gz.reshape(shape + (L,)),
                 "poles": gp.reshape(shape + (N,)),
