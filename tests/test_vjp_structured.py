@@ -141,3 +141,27 @@ def test_structured_property(data, complex_, which):
         kw = dict(poles=0.9 * _c(rng, lead + (3,), complex_), v=_c(rng, n, complex_))
         names = ["poles", "v"]
     check_directional(fun, kw, names, rng, rtol=1e-6)
+
+
+def test_cauchy_backward_kernel_workers_dtypes_and_empty(rng):
+    z = _c(rng, (6, 40)) + 3
+    p, w = _c(rng, (6, 9)), _c(rng, (6, 9))
+    c = _c(rng, (6, 40))
+    g1 = zilla_muf.vjp(zilla_muf.cauchy_matvec, z, p, w, conj_pairs=True,
+                       workers=1)[1](c)
+    g2 = zilla_muf.vjp(zilla_muf.cauchy_matvec, z, p, w, conj_pairs=True,
+                       workers=2)[1](c)
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k])
+    # single precision in, single precision out, close to the double result
+    g32 = zilla_muf.vjp(zilla_muf.cauchy_matvec, z.astype(np.complex64),
+                        p.astype(np.complex64), w.astype(np.complex64),
+                        conj_pairs=True)[1](c.astype(np.complex64))
+    for k in g1:
+        assert g32[k].dtype == np.complex64
+        np.testing.assert_allclose(g32[k], g1[k], rtol=1e-4,
+                                   atol=1e-4 * np.abs(g1[k]).max())
+    out, pullback = zilla_muf.vjp(zilla_muf.cauchy_matvec, np.zeros(0), p[0], w[0])
+    g = pullback(np.zeros(0, complex))
+    np.testing.assert_array_equal(g["poles"], 0)
+    assert g["nodes"].shape == (0,)

@@ -768,11 +768,15 @@ def _logcumsumexp_vjp(args):
     return y, backward
 
 
-def _scan_reverse(d, c, ax, workers):
+def _linear_scan(a, b, **kwargs):
     from .scan import linear_scan
 
-    return linear_scan(d, np.asarray(c, dtype=d.dtype), axis=ax, reverse=True,
-                       workers=workers)
+    return linear_scan(a, b, **kwargs)
+
+
+def _scan_reverse(d, c, ax, workers):
+    return _linear_scan(d, np.asarray(c, dtype=d.dtype), axis=ax, reverse=True,
+                        workers=workers)
 
 
 @defvjp(segsum, "x")
@@ -789,8 +793,10 @@ def _segsum_vjp(args):
             return {"x": np.zeros(x.shape, s.dtype)}
         # S[t, j] = sum_{i >= t} c[i, j]; dx_t = sum_{j < t} S[t, j]: only
         # entries with j < t <= i, below the diagonal, take part
-        S = np.flip(np.cumsum(np.flip(c, -2), axis=-2), -2)
-        np.cumsum(S, axis=-1, out=S)
+        # (both cumulative sums are scans with decay 1: the compiled kernels)
+        one = np.ones((1, 1), dtype=s.dtype)
+        S = _linear_scan(one, c, axis=-2, reverse=True, workers=args["workers"])
+        S = _linear_scan(one, S, axis=-1, workers=args["workers"])
         g = np.zeros(c.shape[:-1], dtype=s.dtype)
         g[..., 1:] = np.diagonal(S, offset=-1, axis1=-2, axis2=-1)
         return {"x": np.moveaxis(g, -1, ax)}

@@ -766,6 +766,7 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
 # squared Cauchy terms sum_k c_k / (z_k - p_i)^2 of the pole and node
 # gradients, which are summed in blocks. See the user guide, "Gradients".
 
+from . import _vjp_kernels  # noqa: E402
 from ._vjp import causal_conv_pullback, defvjp  # noqa: E402
 from ._vjp import vjp as _vjp  # noqa: E402
 from ._operators import (  # noqa: E402
@@ -847,20 +848,6 @@ def _toeplitz_matvec_vjp(args):
     return y, backward
 
 
-# Rows of the (rows, L, N) blocks of the Cauchy backward: about 2^20 terms.
-_CAUCHY_BLOCK = 1 << 20
-
-
-# The small products of the backward go through einsum's own loops, not BLAS:
-# a threaded BLAS call per block oversubscribes the cores the kernels use.
-def _dot(v, M):
-    return np.einsum("l,ln->n", v, M)
-
-
-def _rdot(M, v):
-    return np.einsum("ln,n->l", M, v)
-
-
 @defvjp(cauchy_matvec, "nodes", "poles", "weights")
 def _cauchy_matvec_vjp(args):
     # keeps the inputs. With D = 1/(z_k - p_i):
@@ -868,7 +855,8 @@ def _cauchy_matvec_vjp(args):
     #   gp_i = conj(w_i) sum_k conj(D_ki)^2 c_k
     #   gz_k = -c_k sum_i conj(w_i D_ki^2)
     # and for conj_pairs the terms of conj(w)/(z - conj(p)), antiholomorphic
-    # in w and p, enter through conj(c). Blocks bound the memory.
+    # in w and p, enter through conj(c). One compiled pass over the L x N
+    # terms (_vjp_kernels.cauchy_backward), in double.
     out = cauchy_matvec(**args)
     dtype = out.dtype
 
@@ -879,37 +867,28 @@ def _cauchy_matvec_vjp(args):
         p, w = np.broadcast_arrays(p, w)
         lead = np.broadcast_shapes(z.shape[:-1], p.shape[:-1])
         L, N = z.shape[-1], p.shape[-1]
+        if 0 in lead + (L, N):
+            return {"nodes": np.zeros(lead + (L,), dtype),
+                    "poles": np.zeros(lead + (N,), dtype),
+                    "weights": np.zeros(lead + (N,), dtype)}
         z = np.broadcast_to(z, lead + (L,)).reshape(-1, L)
         c = np.broadcast_to(c, lead + (L,)).reshape(-1, L)
         p = np.broadcast_to(p, lead + (N,)).reshape(-1, N)
         w = np.broadcast_to(w, lead + (N,)).reshape(-1, N)
         R = z.shape[0]
-        gz = np.zeros((R, L), dtype)
-        gp = np.zeros((R, N), dtype)
-        gw = np.zeros((R, N), dtype)
-        pairs = [(p, False)]
-        if args["conj_pairs"]:
-            pairs.append((p.conj(), True))
-        wc = w.conj()
-        lb = max(1, _CAUCHY_BLOCK // max(N, 1))
-        for r in range(R):
-            for l0 in range(0, L, lb):
-                sl = slice(l0, min(L, l0 + lb))
-                cr = c[r, sl]
-                for pp, pair in pairs:
-                    D = 1.0 / (z[r, sl, None] - pp[r, None, :])
-                    D2 = D * D
-                    if not pair:
-                        # w D: holomorphic in w, p, z
-                        gw[r] += _dot(cr, D.conj())
-                        gp[r] += wc[r] * _dot(cr, D2.conj())
-                        gz[r, sl] -= cr * _rdot(D2, w[r]).conj()
-                    else:
-                        # conj(w) D with D = 1/(z - conj(p)): antiholomorphic
-                        # in w and p, so they see conj(c)
-                        gw[r] += _dot(cr.conj(), D)
-                        gp[r] += wc[r] * _dot(cr.conj(), D2)
-                        gz[r, sl] -= cr * _rdot(D2, wc[r]).conj()
+        work = np.complex128   # the kernel sums in double
+        gz = np.empty((R, L), work)
+        gw = np.empty((R, N), work)
+        sp = np.empty((R, N), work)
+
+        def view(x):
+            return np.ascontiguousarray(x, dtype=work).view(np.float64)
+
+        _vjp_kernels.cauchy_backward(view(z), view(p), view(w), view(c),
+                                     bool(args["conj_pairs"]), gz.view(np.float64),
+                                     gw.view(np.float64), sp.view(np.float64),
+                                     resolve_workers(args["workers"]))
+        gp = sp * w.conj()
         shape = lead
         return {"nodes": gz.reshape(shape + (L,)),
                 "poles": gp.reshape(shape + (N,)),

@@ -1,0 +1,9 @@
+import numpy as np
+import numpy.typing as npt
+
+def cauchy_backward(
+    z: npt.NDArray[np.float64], p: npt.NDArray[np.float64],
+    w: npt.NDArray[np.float64], c: npt.NDArray[np.float64], pairs: bool,
+    gz: npt.NDArray[np.float64], gw: npt.NDArray[np.float64],
+    sp: npt.NDArray[np.float64], num_threads: int,
+) -> None: ...
