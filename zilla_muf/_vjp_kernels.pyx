@@ -10,73 +10,113 @@ Design
   D = 1/(z_k - p_i), each row accumulates
       gw_i = sum_k conj(D) c_k,  sp_i = sum_k conj(D)^2 c_k,
       gz_k = -c_k conj(sum_i w_i D^2)
-  and the pair terms with conj(p), conj(w) and conj(c) in place of p, w, c
-  for gw and sp (they are antiholomorphic in w and p). The caller forms
-  gp_i = conj(w_i) sp_i. One pass over the L x N terms, each reciprocal
-  as conj(d)/|d|^2, in double; rows split over threads by a static
-  ``prange`` (each row's outputs are its own).
+  and the pair terms with conj(p), conj(w) in place of p, w and their
+  gw and sp conjugated (D' conj(c) = conj(conj(D') c)) (they are antiholomorphic in w and p). The caller
+  forms gp_i = conj(w_i) sp_i. Per row, the poles and weights go in
+  blocks of PB into planar local arrays, so that the loop over a block's
+  poles (one reciprocal conj(d)/|d|^2 per term, in double) has no scalar
+  reduction and no possible aliasing, and vectorises; the sum over poles
+  for gz is taken after it in LANES partial sums. Rows split over threads
+  by a static ``prange`` (each row's outputs and scratch are its own).
 """
 from cython.parallel cimport prange
 
+cdef enum:
+    LANES = 4
+    PB = 64
+
+
+
+cdef inline double lane_sum(const double *q, Py_ssize_t n) noexcept nogil:
+    """sum(q[:n]) in LANES independent partial sums."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t i = 0
+    cdef int j
+    cdef double total = 0.0
+    for j in range(LANES):
+        acc[j] = 0.0
+    while i + LANES <= n:
+        for j in range(LANES):
+            acc[j] += q[i + j]
+        i += LANES
+    while i < n:
+        acc[0] += q[i]
+        i += 1
+    for j in range(LANES):
+        total += acc[j]
+    return total
 
 
 cdef void cauchy_row(const double *z, const double *p, const double *w,
                      const double *c, Py_ssize_t L, Py_ssize_t N, int pairs,
                      double *gz, double *gw, double *sp) noexcept nogil:
-    cdef Py_ssize_t k, i
-    cdef double zr, zi, cr, ci, dr, di, m, Dr, Di, D2r, D2i, wr, wi
-    cdef double tzr, tzi, sgn
+    """One row, poles in blocks of PB held in local arrays (no aliasing, so
+    the loop over a block's poles vectorises)."""
+    cdef double pr[PB]
+    cdef double pim[PB]
+    cdef double wr[PB]
+    cdef double wim[PB]
+    cdef double gwr[PB]
+    cdef double gwi[PB]
+    cdef double spr[PB]
+    cdef double spi[PB]
+    cdef double qr[PB]
+    cdef double qi[PB]
+    cdef Py_ssize_t k, i, i0, nb
+    cdef int half, npass = 2 if pairs else 1
+    cdef double zr, zi, cr, ci, tzr, tzi, sgn
+    cdef double dr, di, m, Dr, Di, D2r, D2i
+    for k in range(2 * L):
+        gz[k] = 0.0
     for i in range(2 * N):
         gw[i] = 0.0
         sp[i] = 0.0
-    for k in range(L):
-        zr = z[2 * k]
-        zi = z[2 * k + 1]
-        cr = c[2 * k]
-        ci = c[2 * k + 1]
-        tzr = 0.0
-        tzi = 0.0
-        for i in range(N):
-            # D = 1/(z - p)
-            dr = zr - p[2 * i]
-            di = zi - p[2 * i + 1]
-            m = 1.0 / (dr * dr + di * di)
-            Dr = dr * m
-            Di = -di * m
-            D2r = Dr * Dr - Di * Di
-            D2i = 2.0 * Dr * Di
-            wr = w[2 * i]
-            wi = w[2 * i + 1]
-            # gw += conj(D) c ; sp += conj(D2) c
-            gw[2 * i] += Dr * cr + Di * ci
-            gw[2 * i + 1] += Dr * ci - Di * cr
-            sp[2 * i] += D2r * cr + D2i * ci
-            sp[2 * i + 1] += D2r * ci - D2i * cr
-            # t += w D2
-            tzr += wr * D2r - wi * D2i
-            tzi += wr * D2i + wi * D2r
-        if pairs:
-            for i in range(N):
-                # D' = 1/(z - conj(p))
-                dr = zr - p[2 * i]
-                di = zi + p[2 * i + 1]
-                m = 1.0 / (dr * dr + di * di)
-                Dr = dr * m
-                Di = -di * m
-                D2r = Dr * Dr - Di * Di
-                D2i = 2.0 * Dr * Di
-                wr = w[2 * i]
-                wi = -w[2 * i + 1]
-                # gw += D' conj(c) ; sp += D'^2 conj(c), i.e. conj(conj(D') c)
-                gw[2 * i] += Dr * cr + Di * ci
-                gw[2 * i + 1] += Di * cr - Dr * ci
-                sp[2 * i] += D2r * cr + D2i * ci
-                sp[2 * i + 1] += D2i * cr - D2r * ci
-                tzr += wr * D2r - wi * D2i
-                tzi += wr * D2i + wi * D2r
-        # gz = -c conj(t)
-        gz[2 * k] = -(cr * tzr + ci * tzi)
-        gz[2 * k + 1] = -(ci * tzr - cr * tzi)
+    for half in range(npass):
+        # the pair's pass: conj(p) and conj(w), then conj(gw), conj(sp):
+        # conj(conj(D') c) = D' conj(c)
+        sgn = -1.0 if half else 1.0
+        i0 = 0
+        while i0 < N:
+            nb = N - i0 if N - i0 < PB else PB
+            for i in range(nb):
+                pr[i] = p[2 * (i0 + i)]
+                pim[i] = sgn * p[2 * (i0 + i) + 1]
+                wr[i] = w[2 * (i0 + i)]
+                wim[i] = sgn * w[2 * (i0 + i) + 1]
+                gwr[i] = 0.0
+                gwi[i] = 0.0
+                spr[i] = 0.0
+                spi[i] = 0.0
+            for k in range(L):
+                zr = z[2 * k]
+                zi = z[2 * k + 1]
+                cr = c[2 * k]
+                ci = c[2 * k + 1]
+                for i in range(nb):
+                    dr = zr - pr[i]
+                    di = zi - pim[i]
+                    m = 1.0 / (dr * dr + di * di)
+                    Dr = dr * m
+                    Di = -di * m
+                    D2r = Dr * Dr - Di * Di
+                    D2i = 2.0 * Dr * Di
+                    gwr[i] += Dr * cr + Di * ci
+                    gwi[i] += Dr * ci - Di * cr
+                    spr[i] += D2r * cr + D2i * ci
+                    spi[i] += D2r * ci - D2i * cr
+                    qr[i] = wr[i] * D2r - wim[i] * D2i
+                    qi[i] = wr[i] * D2i + wim[i] * D2r
+                tzr = lane_sum(qr, nb)
+                tzi = lane_sum(qi, nb)
+                # gz = -c conj(t)
+                gz[2 * k] -= cr * tzr + ci * tzi
+                gz[2 * k + 1] -= ci * tzr - cr * tzi
+            for i in range(nb):
+                gw[2 * (i0 + i)] += gwr[i]
+                gw[2 * (i0 + i) + 1] += sgn * gwi[i]
+                sp[2 * (i0 + i)] += spr[i]
+                sp[2 * (i0 + i) + 1] += sgn * spi[i]
+            i0 += nb
 
 
 def cauchy_backward(const double[:, ::1] z, const double[:, ::1] p,
