@@ -10,21 +10,21 @@ Design
   D = 1/(z_k - p_i), each row accumulates
       gw_i = sum_k conj(D) c_k,  sp_i = sum_k conj(D)^2 c_k,
       gz_k = -c_k conj(sum_i w_i D^2)
-  and the pair terms with conj(p), conj(w) in place of p, w and their
-  gw and sp conjugated (D' conj(c) = conj(conj(D') c)) (they are antiholomorphic in w and p). The caller
-  forms gp_i = conj(w_i) sp_i. Per row, the poles and weights go in
-  blocks of PB into planar local arrays, so that the loop over a block's
-  poles (one reciprocal conj(d)/|d|^2 per term, in double) has no scalar
-  reduction and no possible aliasing, and vectorises; the sum over poles
-  for gz is taken after it in LANES partial sums. Rows split over threads
-  by a static ``prange`` (each row's outputs and scratch are its own).
+  and the pair terms (antiholomorphic in w and p) with conj(p), conj(w) in
+  place of p, w and their gw and sp conjugated, since D' conj(c) =
+  conj(conj(D') c) for D' = 1/(z - conj(p)). The caller forms
+  gp_i = conj(w_i) sp_i. Per row, the poles and weights go in blocks of
+  PB into planar local arrays, so that the loop over a block's poles (one
+  reciprocal conj(d)/|d|^2 per term, in double) has no scalar reduction
+  and no possible aliasing, and vectorises; the sum over poles for gz is
+  taken after it in LANES partial sums. Rows split over threads by a
+  static ``prange`` (each row's outputs and scratch are its own).
 """
 from cython.parallel cimport prange
 
 cdef enum:
     LANES = 4
     PB = 64
-
 
 
 cdef inline double lane_sum(const double *q, Py_ssize_t n) noexcept nogil:
