@@ -123,3 +123,18 @@ def test_property(data, which):
         kw = dict(C=_c(rng, (n,)), h=_c(rng, lead + (n,)))
         names = ["C", "h"]
     check_directional(fun, kw, names, rng, rtol=1e-6)
+
+
+def test_dense_zoh_against_expm_frechet(rng):
+    # the gradient of <G, expm(X)> is the Frechet derivative at X^H in G
+    import scipy.linalg
+    n = 4
+    A = _c(rng, (n, n)) - np.eye(n)
+    B = np.zeros((n, 0))
+    delta = 0.7
+    G = _c(rng, (n, n))
+    _, pullback = zilla_muf.vjp(zilla_muf.zoh_discretize, A, B, delta, dense=True)
+    g = pullback((G, None))
+    X = delta * A
+    want = delta * scipy.linalg.expm_frechet(X.conj().T, G, compute_expm=False)
+    np.testing.assert_allclose(g["A"], want, rtol=1e-10, atol=1e-12)

@@ -165,3 +165,13 @@ def test_cauchy_backward_kernel_workers_dtypes_and_empty(rng):
     g = pullback(np.zeros(0, complex))
     np.testing.assert_array_equal(g["poles"], 0)
     assert g["nodes"].shape == (0,)
+
+
+def test_convolutions_empty_time_axis():
+    for fun, kw in ((zilla_muf.toeplitz_matvec, dict(kernel=np.ones(3), x=np.ones((2, 0)))),
+                    (zilla_muf.fft_conv.fft_conv, dict(signal=np.ones((2, 0)),
+                                                       kernel=np.ones(3)))):
+        out, pullback = zilla_muf.vjp(fun, **kw)
+        g = pullback(np.ones(out.shape))
+        np.testing.assert_array_equal(g["kernel"], np.zeros(3))
+        assert out.shape == (2, 0)

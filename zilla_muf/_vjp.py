@@ -267,7 +267,28 @@ def _conj(x):
     return x.conj() if x.dtype.kind == "c" else x
 
 
-def causal_conv_pullback(conv, kernel, x, c, axis, dtype):
+def _summed_correlation(x, c, workers=None):
+    """sum over the leading axes of r_m = sum_j conj(x_j) c_{j+m}, m < n."""
+    import scipy.fft
+
+    n = c.shape[-1]
+    if n == 0 or c.size == 0:
+        return np.zeros(n, dtype=c.dtype)
+    x = np.broadcast_to(x, c.shape).reshape(-1, n)
+    c = c.reshape(-1, n)
+    size = scipy.fft.next_fast_len(max(2 * n - 1, 1), real=c.dtype.kind != "c")
+    if c.dtype.kind == "c":
+        S = np.sum(np.conj(scipy.fft.fft(x, size, workers=workers))
+                   * scipy.fft.fft(c, size, workers=workers), axis=0)
+        r = scipy.fft.ifft(S, size, workers=workers)
+    else:
+        S = np.sum(np.conj(scipy.fft.rfft(x, size, workers=workers))
+                   * scipy.fft.rfft(c, size, workers=workers), axis=0)
+        r = scipy.fft.irfft(S, size, workers=workers)
+    return r[:n].astype(c.dtype, copy=False)
+
+
+def causal_conv_pullback(conv, kernel, x, c, axis, dtype, workers=None):
     """Gradients of ``y = conv(kernel, x)``, the truncated causal convolution.
 
     ``y_i = sum_{j<=i} k_{i-j} x_j`` along `axis` (of `x`, and of `kernel`
@@ -275,7 +296,8 @@ def causal_conv_pullback(conv, kernel, x, c, axis, dtype):
     the same convolution run backwards in time:
     ``gx = flip(conv(conj(k), flip(c)))`` and
     ``gk_m = sum_i c_i conj(x_{i-m}) = flip(conv(conj(x), flip(c)))_m``,
-    zero for taps at or beyond n. `conv(kernel, x, axis)` is the forward.
+    zero for taps at or beyond n. `conv(kernel, x, axis)` is the forward;
+    `workers` goes to scipy.fft.
     Returns (gk, gx); gk has x's broadcast dimensions, the mechanism sums
     them back.
     """
@@ -289,10 +311,12 @@ def causal_conv_pullback(conv, kernel, x, c, axis, dtype):
     gx = np.flip(conv(kc, cf, neg), neg)
     xc = _conj(np.asarray(x, dtype=dtype))
     if kernel.ndim == 1:
+        # one kernel for every channel: the channels' cross-correlations
+        # sum_j conj(x_j) c_{j+m} are added in the frequency domain (zero
+        # padding to >= 2n - 1, so nothing wraps) and inverted once
         K = kernel.shape[0]
-        gk_full = np.flip(conv(np.moveaxis(xc, neg, -1), np.moveaxis(cf, neg, -1),
-                               -1), -1)
-        gk_full = gk_full.reshape(-1, n).sum(axis=0)
+        gk_full = _summed_correlation(np.moveaxis(np.asarray(x, dtype=dtype), neg, -1),
+                                      np.moveaxis(c, neg, -1), workers)
         kax = 0
     else:
         kax = neg

@@ -319,7 +319,8 @@ def bilinear_discretize(A, B, delta, alpha=0.5, *, dense=False, workers=None):
 # and g = conj(d out / d in) c summed over both outputs.
 # Dense ZOH: the adjoint of the Frechet derivative of expm at X is the
 # Frechet derivative at X^H, so with X = delta [[A, B], [0, 0]] and
-# G = [[cA, cB], [0, 0]], gX = L_exp(X^H, G) (scipy.linalg.expm_frechet);
+# G = [[cA, cB], [0, 0]], gX = L_exp(X^H, G), the top-right block of
+# expm([[X^H, G], [0, X^H]]) (the block form of the Frechet derivative);
 # gA, gB are delta times its blocks and gdelta = Re <[[A, B], [0, 0]], gX>.
 # Dense bilinear: with P = I - alpha delta A, S_A = P^-H cA, S_B = P^-H cB,
 # G_W = (1 - alpha) S_A + alpha (S_A Abar^H + S_B Bbar^H) is the gradient of
@@ -387,21 +388,23 @@ def _dense_zoh_grads(args, dtype):
     def backward(ct):
         cA, cB = ct
         A, B, d, batch, n, m = _dense_operands(args, dtype)
-        gA = np.zeros(batch + (n, n), dtype)
-        gB = np.zeros(batch + (n, m), dtype)
-        gd = np.zeros(batch)
-        M0 = np.zeros((n + m, n + m), dtype)
-        G = np.zeros((n + m, n + m), dtype)
-        for i in np.ndindex(*batch):
-            M0[:n, :n] = A[i]
-            M0[:n, n:] = B[i]
-            G[:n, :n] = cA[i]
-            G[:n, n:] = cB[i]
-            X = d[i] * M0
-            gX = scipy.linalg.expm_frechet(X.conj().T, G, compute_expm=False)
-            gA[i] = d[i] * gX[:n, :n]
-            gB[i] = d[i] * gX[:n, n:]
-            gd[i] = np.real(np.vdot(M0[:n], gX[:n]))
+        k = n + m
+        M0 = np.zeros(batch + (k, k), dtype)
+        M0[..., :n, :n] = A
+        M0[..., :n, n:] = B
+        XH = np.conj(np.swapaxes(M0, -1, -2)) * d[..., None, None]
+        # L(X^H, G) is the top-right block of exp([[X^H, G], [0, X^H]]),
+        # for the whole batch in one call of scipy.linalg.expm
+        big = np.zeros(batch + (2 * k, 2 * k), dtype)
+        big[..., :k, :k] = XH
+        big[..., k:, k:] = XH
+        big[..., :n, k:k + n] = cA
+        big[..., :n, k + n:] = cB
+        gX = scipy.linalg.expm(big)[..., :k, k:] if big.size else big[..., :k, k:]
+        dd = d[..., None, None]
+        gA = dd * gX[..., :n, :n]
+        gB = dd * gX[..., :n, n:]
+        gd = np.real(np.sum(np.conj(M0[..., :n, :]) * gX[..., :n, :], axis=(-2, -1)))
         return {"A": gA, "B": gB, "delta": gd}
 
     return backward

@@ -217,7 +217,8 @@ def _fft_conv_vjp(args):
 
     def backward(c):
         gk, gx = causal_conv_pullback(conv, args["kernel"], args["signal"], c,
-                                      args["axis"], y.dtype)
+                                      args["axis"], y.dtype,
+                                      resolve_workers(args["workers"]))
         return {"kernel": gk, "signal": gx}
 
     return y, backward

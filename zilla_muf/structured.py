@@ -842,7 +842,8 @@ def _toeplitz_matvec_vjp(args):
 
     def backward(c):
         gk, gx = causal_conv_pullback(conv, args["kernel"], args["x"], c,
-                                      args["axis"], y.dtype)
+                                      args["axis"], y.dtype,
+                                      resolve_workers(args["workers"]))
         return {"kernel": gk, "x": gx}
 
     return y, backward
