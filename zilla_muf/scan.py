@@ -623,8 +623,10 @@ def _scan_rule(fun):
         state_shape = shape[:ax] + shape[ax + 1:]
         h0 = (None if h0 is None
               else np.broadcast_to(np.asarray(h0, dtype=dtype), state_shape))
+        # the adjoint scan takes the forward's method, chunk and workers,
+        # never its output buffer (`out`, where a scan has one)
         options = {k: v for k, v in args.items()
-                   if k not in ("a", "b", "h0", "reverse", "return_final")}
+                   if k not in ("a", "b", "h0", "reverse", "return_final", "out")}
 
         def at(i):
             return (slice(None),) * ax + (i,)
