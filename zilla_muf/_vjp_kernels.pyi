@@ -7,3 +7,8 @@ def cauchy_backward(
     gz: npt.NDArray[np.float64], gw: npt.NDArray[np.float64],
     sp: npt.NDArray[np.float64], num_threads: int,
 ) -> None: ...
+
+def segsum_backward(
+    c: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    g: npt.NDArray[np.float32] | npt.NDArray[np.float64], num_threads: int,
+) -> None: ...

@@ -19,8 +19,17 @@ Design
   and no possible aliasing, and vectorises; the sum over poles for gz is
   taken after it in LANES partial sums. Rows split over threads by a
   static ``prange`` (each row's outputs and scratch are its own).
+* segsum_backward: the gradient of s_ij = sum_{j < t <= i} x_t for
+  cotangents c (rows, n, n), C-contiguous: gx_t = sum_{i >= t} sum_{j < t}
+  c_ij, the sum of a rectangle below the diagonal. Stepping t to t + 1
+  adds column t below the diagonal and drops row t left of it, so one
+  streaming pass over the strictly lower triangle gathers
+  d_t = sum_{i > t} c_it - sum_{j < t} c_tj into the output, and an
+  exclusive prefix sum turns d into gx (rows over threads, static).
 """
 from cython.parallel cimport prange
+
+from zilla_muf._types cimport real_t
 
 cdef enum:
     LANES = 4
@@ -143,3 +152,38 @@ def cauchy_backward(const double[:, ::1] z, const double[:, ::1] p,
         for r in prange(rows, num_threads=num_threads, schedule="static"):
             cauchy_row(&z[r, 0], &p[r, 0], &w[r, 0], &c[r, 0], L, N, ip,
                        &gz[r, 0], &gw[r, 0], &sp[r, 0])
+
+
+cdef void segsum_back_row(const real_t *c, Py_ssize_t n,
+                          real_t *g) noexcept nogil:
+    """g = the segsum gradient of one (n, n) cotangent (see Design)."""
+    cdef Py_ssize_t i, j
+    cdef real_t s, run, d
+    for j in range(n):
+        g[j] = 0
+    for i in range(1, n):
+        s = 0
+        for j in range(i):
+            s = s + c[i * n + j]
+        for j in range(i):
+            g[j] += c[i * n + j]
+        g[i] -= s
+    run = 0
+    for j in range(n):
+        d = g[j]
+        g[j] = run
+        run = run + d
+
+
+def segsum_backward(const real_t[:, :, ::1] c, real_t[:, ::1] g, int num_threads):
+    """Fill g (rows, n) with the segsum gradient of c (rows, n, n)."""
+    cdef Py_ssize_t rows = c.shape[0]
+    cdef Py_ssize_t n = c.shape[1]
+    cdef Py_ssize_t r
+    if c.shape[2] != n or g.shape[0] != rows or g.shape[1] != n:
+        raise ValueError("segsum_backward: inconsistent shapes")
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        for r in prange(rows, num_threads=num_threads, schedule="static"):
+            segsum_back_row(&c[r, 0, 0], n, &g[r, 0])

@@ -671,6 +671,7 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
 # comment says what its pullback keeps. rms_norm's rule lives with the layer
 # gradients.
 
+from . import _vjp_kernels  # noqa: E402
 from ._vjp import defvjp  # noqa: E402
 
 
@@ -788,18 +789,14 @@ def _segsum_vjp(args):
     ax = normalize_axis(args["axis"], x.ndim)
 
     def backward(c):
+        # dx_t = sum_{i >= t} sum_{j < t} c[i, j]: one compiled pass over
+        # the strictly lower triangle and a prefix sum
         n = c.shape[-1]
-        if n == 0:
-            return {"x": np.zeros(x.shape, s.dtype)}
-        # S[t, j] = sum_{i >= t} c[i, j]; dx_t = sum_{j < t} S[t, j]: only
-        # entries with j < t <= i, below the diagonal, take part
-        # (both cumulative sums are scans with decay 1: the compiled kernels)
-        one = np.ones((1, 1), dtype=s.dtype)
-        S = _linear_scan(one, c, axis=-2, reverse=True, workers=args["workers"])
-        S = _linear_scan(one, S, axis=-1, workers=args["workers"])
-        g = np.zeros(c.shape[:-1], dtype=s.dtype)
-        g[..., 1:] = np.diagonal(S, offset=-1, axis1=-2, axis2=-1)
-        return {"x": np.moveaxis(g, -1, ax)}
+        lead = c.shape[:-2]
+        c3 = np.ascontiguousarray(c, dtype=s.dtype).reshape(-1, n, n)
+        g = np.empty((c3.shape[0], n), dtype=s.dtype)
+        _vjp_kernels.segsum_backward(c3, g, resolve_workers(args["workers"]))
+        return {"x": np.moveaxis(g.reshape(lead + (n,)), -1, ax)}
 
     return s, backward
 
