@@ -296,15 +296,67 @@ def causal_conv_pullback(conv, kernel, x, c, axis, dtype, workers=None):
     the same convolution run backwards in time:
     ``gx = flip(conv(conj(k), flip(c)))`` and
     ``gk_m = sum_i c_i conj(x_{i-m}) = flip(conv(conj(x), flip(c)))_m``,
-    zero for taps at or beyond n. `conv(kernel, x, axis)` is the forward;
-    `workers` goes to scipy.fft.
+    zero for taps at or beyond n. Both are computed in one frequency domain
+    of size >= n + min(K, n) - 1 (nothing wraps): with C, X, Kf the FFTs of
+    c, x and the kernel's first min(K, n) taps, gx = ifft(conj(Kf) C) and
+    gk = ifft(conj(X) C) (summed over the channels for a 1-D kernel), three
+    transforms of the signal's size, as the forward's two. `conv(kernel, x,
+    axis)` is the forward, used only for empty operands; `workers` goes to
+    scipy.fft.
     Returns (gk, gx); gk has x's broadcast dimensions, the mechanism sums
     them back.
     """
+    import scipy.fft
+
     kernel = np.asarray(kernel)
     x = np.asarray(x)
     c = np.asarray(c, dtype=dtype)
     neg = (axis % x.ndim) - x.ndim          # the time axis, from the end
+    n = c.shape[neg]
+    K = kernel.shape[0] if kernel.ndim == 1 else kernel.shape[neg]
+    if c.size == 0 or K == 0:
+        return _causal_conv_pullback_composed(conv, kernel, x, c, neg, dtype,
+                                              workers)
+    m = min(K, n)
+    cm = np.moveaxis(c, neg, -1)
+    xm = np.moveaxis(x, neg, -1).astype(dtype, copy=False)
+    km = (kernel if kernel.ndim == 1 else np.moveaxis(kernel, neg, -1))[..., :m]
+    km = km.astype(dtype, copy=False)
+    real = dtype.kind != "c"
+    size = scipy.fft.next_fast_len(n + m - 1, real=real)
+    fft, ifft = ((scipy.fft.rfft, scipy.fft.irfft) if real
+                 else (scipy.fft.fft, scipy.fft.ifft))
+    Cf = fft(cm, size, workers=workers)
+    Kf = fft(km, size, workers=workers)
+    np.conjugate(Kf, out=Kf)
+    gx = ifft(Cf * Kf, size, workers=workers)[..., :n]
+    Xf = fft(xm, size, workers=workers)
+    np.conjugate(Xf, out=Xf)
+    if kernel.ndim == 1:
+        # one kernel for every channel: the channels' correlations are
+        # added in the frequency domain and inverted once
+        if Xf.shape == np.broadcast_shapes(Xf.shape, Cf.shape):
+            Xf *= Cf
+        else:
+            Xf = Xf * Cf
+        S = Xf.reshape(-1, Xf.shape[-1]).sum(axis=0)
+        gk = ifft(S, size, workers=workers)[:m]
+        kax = 0
+    else:
+        Xf = Xf * Cf
+        gk = np.moveaxis(ifft(Xf, size, workers=workers, overwrite_x=True)[..., :m],
+                         -1, neg)
+        kax = neg
+    if K > m:
+        pad = list(gk.shape)
+        pad[kax] = K - m
+        gk = np.concatenate([gk, np.zeros(pad, dtype=gk.dtype)], axis=kax)
+    gx = np.moveaxis(gx.astype(dtype, copy=False), -1, neg)
+    return gk.astype(dtype, copy=False), gx
+
+
+def _causal_conv_pullback_composed(conv, kernel, x, c, neg, dtype, workers):
+    """causal_conv_pullback by the forward convolution run backwards."""
     n = c.shape[neg]
     cf = np.flip(c, neg)
     kc = _conj(np.asarray(kernel, dtype=dtype))
