@@ -53,3 +53,73 @@ def test_segsum_pullback_ignores_upper_triangle_and_axis():
     np.testing.assert_allclose(g, _segsum_grad_loop(c).T, rtol=1e-12, atol=1e-12)
     c2 = c + np.triu(np.full((6, 6), 1e3))      # the diagonal and above
     np.testing.assert_allclose(pullback(c2)["x"], g, rtol=1e-12, atol=1e-9)
+
+
+def _semiseparable_grads_dense(a, B, C, x, c):
+    """Gradients of y = M x, M_ij = C_i . B_j prod_{j<t<=i} a_t, from the
+    dense matrix and its derivatives, one row, float64."""
+    n = a.shape[0]
+    L = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1):
+            L[i, j] = np.prod(a[j + 1:i + 1])
+    M = (C @ B.T) * L
+    gx = M.T @ c
+    G = np.outer(c, x) * L                    # dL/d(C_i . B_j)
+    gC = G @ B
+    gB = G.T @ C
+    W = np.outer(c, x) * (C @ B.T)            # dL/dL_ij
+    ga = np.zeros(n)
+    for t in range(n):
+        for i in range(t, n):
+            for j in range(t):
+                ga[t] += W[i, j] * L[i, j] / a[t]
+    return ga, gB, gC, gx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_semiseparable_backward_kernel(dtype):
+    rng = np.random.default_rng(3)
+    rows, n, r = 3, 7, 2
+    a = rng.uniform(0.4, 0.95, (rows, n))
+    B, C = rng.standard_normal((2, rows, n, r))
+    x, c = rng.standard_normal((2, rows, n))
+    outs = {}
+    for threads in (1, 2):
+        ga, gx = np.empty((2, rows, n), dtype)
+        gB, gC = np.empty((2, rows, n * r), dtype)
+        args = [np.ascontiguousarray(v, dtype=dtype).reshape(rows, -1)
+                for v in (a, B, C, x, c)]
+        _vjp_kernels.semiseparable_backward(*args, ga, gB, gC, gx,
+                                            np.empty((rows, r), dtype), threads)
+        outs[threads] = (ga, gB, gC, gx)
+    for u, v in zip(outs[1], outs[2]):
+        np.testing.assert_array_equal(u, v)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for row in range(rows):
+        want = _semiseparable_grads_dense(a[row], B[row], C[row], x[row], c[row])
+        got = [g[row] for g in outs[1]]
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g.reshape(w.shape), w, rtol=tol, atol=tol)
+
+
+def test_semiseparable_backward_kernel_shapes_checked():
+    z = np.zeros
+    with pytest.raises(ValueError, match="inconsistent"):
+        _vjp_kernels.semiseparable_backward(z((2, 3)), z((2, 6)), z((2, 6)), z((2, 3)),
+                                            z((2, 3)), z((2, 3)), z((2, 6)), z((2, 5)),
+                                            z((2, 3)), z((2, 2)), 1)
+
+
+def test_semiseparable_pullback_float32_matches_float64():
+    rng = np.random.default_rng(4)
+    kw = dict(a=rng.uniform(0.5, 1, (2, 50)), B=rng.standard_normal((2, 50, 4)),
+              C=rng.standard_normal((50, 4)), x=rng.standard_normal((3, 1, 50)))
+    c = rng.standard_normal((3, 2, 50))
+    g64 = zilla_muf.vjp(zilla_muf.semiseparable_matvec, **kw)[1](c)
+    kw32 = {k: v.astype(np.float32) for k, v in kw.items()}
+    g32 = zilla_muf.vjp(zilla_muf.semiseparable_matvec, **kw32)[1](c.astype(np.float32))
+    for k in g64:
+        assert g32[k].dtype == np.float32 and g32[k].shape == np.shape(kw[k])
+        np.testing.assert_allclose(g32[k], g64[k], rtol=1e-4,
+                                   atol=1e-4 * np.abs(g64[k]).max())

@@ -12,3 +12,12 @@ def segsum_backward(
     c: npt.NDArray[np.float32] | npt.NDArray[np.float64],
     g: npt.NDArray[np.float32] | npt.NDArray[np.float64], num_threads: int,
 ) -> None: ...
+
+def semiseparable_backward(
+    a: npt.NDArray[np.floating], B: npt.NDArray[np.floating],
+    C: npt.NDArray[np.floating], x: npt.NDArray[np.floating],
+    c: npt.NDArray[np.floating], ga: npt.NDArray[np.floating],
+    gB: npt.NDArray[np.floating], gC: npt.NDArray[np.floating],
+    gx: npt.NDArray[np.floating], work: npt.NDArray[np.floating],
+    num_threads: int,
+) -> None: ...

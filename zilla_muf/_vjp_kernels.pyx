@@ -26,6 +26,16 @@ Design
   streaming pass over the strictly lower triangle gathers
   d_t = sum_{i > t} c_it - sum_{j < t} c_tj into the output, and an
   exclusive prefix sum turns d into gx (rows over threads, static).
+* semiseparable_backward: the gradients of the real y_i = C_i . h_i,
+  h_i = a_i h_{i-1} + B_i x_i (h_{-1} = 0, states of width r), for rows
+  of a, x, c (rows, n) and B, C (rows, n, r), C-contiguous. The adjoint
+  states g_i = c_i C_i + a_{i+1} g_{i+1} come first, in a reverse pass
+  that writes them into gB; a forward pass then rebuilds h_i in an r-wide
+  scratch row and reads g_i once for all four gradients:
+      gx_i = B_i . g_i,  ga_i = h_{i-1} . g_i,  gB_i = x_i g_i,
+      gC_i = c_i h_i.
+  Five streams of n r values against the forward's two (B and C); rows
+  over threads (static), each row's outputs and scratch its own.
 """
 from cython.parallel cimport prange
 
@@ -187,3 +197,74 @@ def segsum_backward(const real_t[:, :, ::1] c, real_t[:, ::1] g, int num_threads
     with nogil:
         for r in prange(rows, num_threads=num_threads, schedule="static"):
             segsum_back_row(&c[r, 0, 0], n, &g[r, 0])
+
+
+cdef void semiseparable_back_row(
+        const real_t *a, const real_t *B, const real_t *C, const real_t *x,
+        const real_t *c, Py_ssize_t n, Py_ssize_t r, real_t *ga, real_t *gB,
+        real_t *gC, real_t *gx, real_t *h) noexcept nogil:
+    """One row of semiseparable_backward (see Design); h: r scratch values."""
+    cdef Py_ssize_t i, k
+    cdef real_t ci, an, xi, dx, da
+    cdef real_t *g
+    cdef real_t *gn
+    # adjoint states, last step first
+    for i in range(n - 1, -1, -1):
+        ci = c[i]
+        g = gB + i * r
+        if i == n - 1:
+            for k in range(r):
+                g[k] = ci * C[i * r + k]
+        else:
+            an = a[i + 1]
+            gn = gB + (i + 1) * r
+            for k in range(r):
+                g[k] = ci * C[i * r + k] + an * gn[k]
+    # forward states, and every gradient from g_i and h_{i-1}
+    for k in range(r):
+        h[k] = 0
+    for i in range(n):
+        g = gB + i * r
+        xi = x[i]
+        dx = 0
+        da = 0
+        for k in range(r):
+            dx = dx + B[i * r + k] * g[k]
+            da = da + h[k] * g[k]
+        gx[i] = dx
+        ga[i] = da
+        ci = c[i]
+        an = a[i]
+        for k in range(r):
+            h[k] = an * h[k] + B[i * r + k] * xi
+            gC[i * r + k] = ci * h[k]
+            g[k] = xi * g[k]
+
+
+def semiseparable_backward(const real_t[:, ::1] a, const real_t[:, ::1] B,
+                           const real_t[:, ::1] C, const real_t[:, ::1] x,
+                           const real_t[:, ::1] c, real_t[:, ::1] ga,
+                           real_t[:, ::1] gB, real_t[:, ::1] gC, real_t[:, ::1] gx,
+                           real_t[:, ::1] work, int num_threads):
+    """Fill ga, gx (rows, n), gB, gC (rows, n*r); work is (rows, r) scratch."""
+    cdef Py_ssize_t rows = a.shape[0]
+    cdef Py_ssize_t n = a.shape[1]
+    cdef Py_ssize_t r = work.shape[1]
+    cdef Py_ssize_t row
+    cdef Py_ssize_t nr = n * r
+    if (x.shape[0] != rows or c.shape[0] != rows or B.shape[0] != rows
+            or C.shape[0] != rows or ga.shape[0] != rows or gB.shape[0] != rows
+            or gC.shape[0] != rows or gx.shape[0] != rows or work.shape[0] != rows
+            or x.shape[1] != n or c.shape[1] != n or ga.shape[1] != n
+            or gx.shape[1] != n or B.shape[1] != nr or C.shape[1] != nr
+            or gB.shape[1] != nr or gC.shape[1] != nr):
+        raise ValueError("semiseparable_backward: inconsistent shapes")
+    if rows == 0 or n == 0 or r == 0:
+        ga[:, :] = 0
+        gx[:, :] = 0
+        return
+    with nogil:
+        for row in prange(rows, num_threads=num_threads, schedule="static"):
+            semiseparable_back_row(&a[row, 0], &B[row, 0], &C[row, 0], &x[row, 0],
+                                   &c[row, 0], n, r, &ga[row, 0], &gB[row, 0],
+                                   &gC[row, 0], &gx[row, 0], &work[row, 0])

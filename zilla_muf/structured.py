@@ -793,6 +793,8 @@ def _semiseparable_matvec_vjp(args):
     dtype = y.dtype
 
     def backward(c):
+        if dtype.kind == "f":
+            return _semiseparable_backward_real(args, c, y.shape, dtype)
         a = np.asarray(args["a"], dtype=dtype)[..., None]
         B = np.asarray(args["B"], dtype=dtype)
         C = np.asarray(args["C"], dtype=dtype)
@@ -806,6 +808,34 @@ def _semiseparable_matvec_vjp(args):
                 "C": c[..., None] * _cj(h), "x": np.sum(gb * _cj(B), axis=-1)}
 
     return y, backward
+
+
+def _semiseparable_backward_real(args, c, shape, dtype):
+    """The real pullback in one compiled pass pair per row
+    (_vjp_kernels.semiseparable_backward); gradients of the broadcast shape."""
+    lead, n = shape[:-1], shape[-1]
+    B = np.asarray(args["B"])
+    r = B.shape[-1]
+    if 0 in lead or n == 0 or r == 0:
+        return {"a": np.zeros(shape, dtype), "x": np.zeros(shape, dtype),
+                "B": np.zeros(shape + (r,), dtype), "C": np.zeros(shape + (r,), dtype)}
+    rows = int(np.prod(lead, dtype=np.int64))
+
+    def flat(v, tail):
+        v = np.broadcast_to(np.asarray(v, dtype=dtype), lead + tail)
+        return np.ascontiguousarray(v).reshape(rows, -1)
+
+    a, x, cc = flat(args["a"], (n,)), flat(args["x"], (n,)), flat(c, (n,))
+    Bf, Cf = flat(B, (n, r)), flat(args["C"], (n, r))
+    ga = np.empty((rows, n), dtype)
+    gx = np.empty((rows, n), dtype)
+    gB = np.empty((rows, n * r), dtype)
+    gC = np.empty((rows, n * r), dtype)
+    work = np.empty((rows, r), dtype)
+    _vjp_kernels.semiseparable_backward(a, Bf, Cf, x, cc, ga, gB, gC, gx, work,
+                                        resolve_workers(args["workers"]))
+    return {"a": ga.reshape(shape), "x": gx.reshape(shape),
+            "B": gB.reshape(shape + (r,)), "C": gC.reshape(shape + (r,))}
 
 
 @defvjp(semiseparable_matrix, "a", "B", "C")
