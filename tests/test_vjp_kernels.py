@@ -123,3 +123,80 @@ def test_semiseparable_pullback_float32_matches_float64():
         assert g32[k].dtype == np.float32 and g32[k].shape == np.shape(kw[k])
         np.testing.assert_allclose(g32[k], g64[k], rtol=1e-4,
                                    atol=1e-4 * np.abs(g64[k]).max())
+
+
+def _fd_zoh_grads(lam, B, d, cA, cB, h=1e-6):
+    """Gradients of Re<c, (Abar, Bbar)> by central differences of a float64
+    NumPy ZOH (exp and (e^z - 1)/lambda), each complex entry perturbed in
+    its real and imaginary parts."""
+    def loss(lam, B, d):
+        z = lam * d
+        Abar = np.exp(z)
+        Bbar = (np.exp(z) - 1) / lam * B
+        return np.sum((np.conj(cA) * Abar + np.conj(cB) * Bbar).real, axis=())
+    g = {}
+    for name, v in (("A", lam), ("B", B)):
+        gr = np.zeros_like(v)
+        for i in range(v.size):
+            for unit in (1, 1j):
+                e = np.zeros_like(v)
+                e.flat[i] = unit * h
+                args = dict(lam=lam, B=B, d=d)
+                key = "lam" if name == "A" else "B"
+                up = loss(**{**args, key: v + e})
+                dn = loss(**{**args, key: v - e})
+                gr.flat[i] += unit * (up - dn).flat[i] / (2 * h)
+        g[name] = gr
+    gd = np.zeros_like(d)
+    for i in range(d.size):
+        e = np.zeros_like(d)
+        e.flat[i] = h
+        gd.flat[i] = (loss(lam, B, d + e) - loss(lam, B, d - e)).flat[i] / (2 * h)
+    g["delta"] = gd
+    return g
+
+
+def test_diag_discretize_backward_across_series_boundary():
+    # |z| just below and above 1, where psi and phi1 switch from the series
+    # to the closed forms, and small |z| (the removable point)
+    rng = np.random.default_rng(8)
+    r = np.array([0.999, 1.001, 0.5, 2.0, 1e-3, 0.98, 1.02])
+    ang = rng.uniform(0, 2 * np.pi, r.size)
+    d = rng.uniform(0.2, 1.0, r.size)
+    lam = r * np.exp(1j * ang) / d
+    B = rng.standard_normal(r.size) + 1j * rng.standard_normal(r.size)
+    cA = rng.standard_normal(r.size) + 1j * rng.standard_normal(r.size)
+    cB = rng.standard_normal(r.size) + 1j * rng.standard_normal(r.size)
+    want = _fd_zoh_grads(lam, B, d, cA, cB)
+    _, pullback = zilla_muf.vjp(zilla_muf.zoh_discretize, lam, B, d)
+    got = pullback((cA, cB))
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-7, atol=1e-8)
+    _, pullback2 = zilla_muf.vjp(zilla_muf.zoh_discretize, lam, B, d, workers=2)
+    got2 = pullback2((cA, cB))
+    for k in got:
+        np.testing.assert_array_equal(got[k], got2[k])
+
+
+@pytest.mark.parametrize("fun", [zilla_muf.zoh_discretize, zilla_muf.bilinear_discretize])
+def test_diag_discretize_backward_complex64(fun):
+    rng = np.random.default_rng(9)
+    lam = -rng.uniform(0.1, 1, 40) + 1j * rng.uniform(-3, 3, 40)
+    B = rng.standard_normal(40) + 1j * rng.standard_normal(40)
+    d = rng.uniform(0.01, 0.9, 40)
+    ct = tuple(rng.standard_normal(40) + 1j * rng.standard_normal(40) for _ in range(2))
+    g64 = zilla_muf.vjp(fun, lam, B, d)[1](ct)
+    g32 = zilla_muf.vjp(fun, lam.astype(np.complex64), B.astype(np.complex64),
+                        d.astype(np.float32))[1](tuple(c.astype(np.complex64) for c in ct))
+    for k in g64:
+        assert g32[k].dtype == (np.float32 if k == "delta" else np.complex64)
+        np.testing.assert_allclose(g32[k], g64[k], rtol=1e-4,
+                                   atol=1e-5 * np.abs(g64[k]).max())
+
+
+def test_diag_discretize_backward_shapes_checked():
+    z = np.zeros
+    with pytest.raises(ValueError, match="inconsistent"):
+        _vjp_kernels.diag_discretize_backward(1, 0.0, z(3, complex), z(3, complex),
+                                              z(2), z(3, complex), z(3, complex),
+                                              z(3, complex), z(3, complex), z(3), 1)

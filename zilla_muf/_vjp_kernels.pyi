@@ -21,3 +21,11 @@ def semiseparable_backward(
     gx: npt.NDArray[np.floating], work: npt.NDArray[np.floating],
     num_threads: int,
 ) -> None: ...
+
+def diag_discretize_backward(
+    zoh: int, alpha: float, lam: npt.NDArray[np.complex128],
+    B: npt.NDArray[np.complex128], d: npt.NDArray[np.float64],
+    cA: npt.NDArray[np.complex128], cB: npt.NDArray[np.complex128],
+    gA: npt.NDArray[np.complex128], gB: npt.NDArray[np.complex128],
+    gd: npt.NDArray[np.float64], num_threads: int,
+) -> None: ...

@@ -36,8 +36,23 @@ Design
       gC_i = c_i h_i.
   Five streams of n r values against the forward's two (B and C); rows
   over threads (static), each row's outputs and scratch its own.
+* diag_discretize_backward: the gradients of the diagonal ZOH and bilinear
+  discretisations, elementwise on flat complex128 arrays broadcast by the
+  caller (delta real). With z = delta lambda,
+    ZOH:  e = exp(z), phi1 = expm1(z)/z, psi = (z e - e + 1)/z^2,
+          gA = conj(delta e) cA + conj(delta^2 B psi) cB,
+          gB = conj(delta phi1) cB,  gd = Re(conj(lambda e) cA + conj(e B) cB)
+    bilinear (alpha):  w = 1/(1 - alpha z),
+          gA = delta conj(w^2) (cA + alpha delta conj(B) cB),
+          gB = delta conj(w) cB,  gd = Re(conj(w^2) (conj(lambda) cA + conj(B) cB)).
+  phi1 and psi are taken by their Taylor series for |z| < 1 (psi = sum_k
+  (k - 1) z^(k-2)/k!, no cancellation) and in closed form beyond; expm1
+  of a complex z as expm1(x) cos(y) - 2 sin^2(y/2) + i e^x sin(y).
+  Elements in blocks over threads (static).
 """
 from cython.parallel cimport prange
+
+from libc.math cimport cos, exp, expm1, sin
 
 from zilla_muf._types cimport real_t
 
@@ -268,3 +283,99 @@ def semiseparable_backward(const real_t[:, ::1] a, const real_t[:, ::1] B,
             semiseparable_back_row(&a[row, 0], &B[row, 0], &C[row, 0], &x[row, 0],
                                    &c[row, 0], n, r, &ga[row, 0], &gB[row, 0],
                                    &gC[row, 0], &gx[row, 0], &work[row, 0])
+
+
+cdef enum:
+    DBLOCK = 4096
+    NSERIES = 20
+
+
+cdef double _INV_FACT[NSERIES + 3]
+
+
+cdef void _init_factorials():
+    cdef int k
+    _INV_FACT[0] = 1.0
+    for k in range(1, NSERIES + 3):
+        _INV_FACT[k] = _INV_FACT[k - 1] / k
+
+
+_init_factorials()
+
+
+cdef inline double complex cexp_(double complex z) noexcept nogil:
+    cdef double ex = exp(z.real)
+    return ex * cos(z.imag) + 1j * (ex * sin(z.imag))
+
+
+cdef inline void phi_psi(double complex z, double complex e,
+                         double complex *phi1, double complex *psi) noexcept nogil:
+    """phi1 = expm1(z)/z and psi = (z e^z - e^z + 1)/z^2, e = e^z."""
+    cdef double complex p1, p2
+    cdef double h
+    cdef int k
+    if z.real * z.real + z.imag * z.imag < 1.0:
+        # phi1 = sum_k z^k/(k+1)!, psi = sum_k (k+1) z^k/(k+2)!, by Horner
+        p1 = 0
+        p2 = 0
+        for k in range(NSERIES, -1, -1):
+            # coefficients 1/(k+1)! and (k+1)/(k+2)!, from the top down
+            p1 = p1 * z + _INV_FACT[k + 1]
+            p2 = p2 * z + (k + 1) * _INV_FACT[k + 2]
+        phi1[0] = p1
+        psi[0] = p2
+    else:
+        h = sin(0.5 * z.imag)
+        p1 = (expm1(z.real) * cos(z.imag) - 2.0 * h * h
+              + 1j * (exp(z.real) * sin(z.imag))) / z
+        phi1[0] = p1
+        psi[0] = (e - p1) / z
+
+
+cdef inline double complex cj(double complex v) noexcept nogil:
+    return v.real - 1j * v.imag
+
+
+def diag_discretize_backward(int zoh, double alpha,
+                             const double complex[::1] lam,
+                             const double complex[::1] B,
+                             const double[::1] d,
+                             const double complex[::1] cA,
+                             const double complex[::1] cB,
+                             double complex[::1] gA, double complex[::1] gB,
+                             double[::1] gd, int num_threads):
+    """Fill gA, gB, gd (all length n); zoh=1 for ZOH, 0 for bilinear(alpha)."""
+    cdef Py_ssize_t n = lam.shape[0], nblk, blk, i, i1
+    cdef double di
+    cdef double complex z, e, l, b, ca, cb, w, w2, phi1, psi
+    if (B.shape[0] != n or d.shape[0] != n or cA.shape[0] != n
+            or cB.shape[0] != n or gA.shape[0] != n or gB.shape[0] != n
+            or gd.shape[0] != n):
+        raise ValueError("diag_discretize_backward: inconsistent shapes")
+    if n == 0:
+        return
+    nblk = (n + DBLOCK - 1) // DBLOCK
+    with nogil:
+        for blk in prange(nblk, num_threads=num_threads, schedule="static"):
+            i1 = (blk + 1) * DBLOCK if (blk + 1) * DBLOCK < n else n
+            for i in range(blk * DBLOCK, i1):
+                di = d[i]
+                l = lam[i]
+                b = B[i]
+                ca = cA[i]
+                cb = cB[i]
+                z = di * l
+                if zoh:
+                    e = cexp_(z)
+                    phi1 = 0
+                    psi = 0
+                    phi_psi(z, e, &phi1, &psi)
+                    gA[i] = di * cj(e) * ca + di * di * cj(b * psi) * cb
+                    gB[i] = di * cj(phi1) * cb
+                    gd[i] = (cj(l * e) * ca + cj(e * b) * cb).real
+                else:
+                    w = 1.0 / (1.0 - alpha * z)
+                    w2 = cj(w * w)
+                    gA[i] = di * w2 * (ca + alpha * di * cj(b) * cb)
+                    gB[i] = di * cj(w) * cb
+                    gd[i] = (w2 * (cj(l) * ca + cj(b) * cb)).real

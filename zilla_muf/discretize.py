@@ -327,6 +327,7 @@ def bilinear_discretize(A, B, delta, alpha=0.5, *, dense=False, workers=None):
 # W = delta A; gA = delta G_W, gB = delta S_B,
 # gdelta = Re(<A, G_W> + <B, S_B>).
 
+from . import _vjp_kernels  # noqa: E402
 from ._vjp import defvjp  # noqa: E402
 
 
@@ -353,6 +354,8 @@ def _diag_grads(kind, args, Abar, Bbar, alpha):
 
     def backward(ct):
         cA, cB = ct
+        if cd.kind == "c":
+            return _diag_grads_compiled(kind, args, lam, B, d, cA, cB, alpha)
         if kind == "zoh":
             e = Abar
             z = lam * d
@@ -370,6 +373,27 @@ def _diag_grads(kind, args, Abar, Bbar, alpha):
         return {"A": gA, "B": np.conj(dB_B) * cB, "delta": gd}
 
     return backward
+
+
+def _diag_grads_compiled(kind, args, lam, B, d, cA, cB, alpha):
+    """The complex diagonal pullbacks in one compiled elementwise pass
+    (_vjp_kernels.diag_discretize_backward), in complex128."""
+    shape = np.broadcast_shapes(lam.shape, B.shape, d.shape, np.shape(cA),
+                                np.shape(cB))
+
+    def flat(v, dtype):
+        v = np.broadcast_to(np.asarray(v, dtype=dtype), shape)
+        return np.ascontiguousarray(v).reshape(-1)
+
+    c128 = np.complex128
+    gA = np.empty(shape, c128)
+    gB = np.empty(shape, c128)
+    gd = np.empty(shape, np.float64)
+    _vjp_kernels.diag_discretize_backward(
+        kind == "zoh", alpha, flat(lam, c128), flat(B, c128), flat(d, np.float64),
+        flat(cA, c128), flat(cB, c128), gA.reshape(-1), gB.reshape(-1),
+        gd.reshape(-1), resolve_workers(args["workers"]))
+    return {"A": gA, "B": gB, "delta": gd}
 
 
 def _dense_operands(args, dtype):
