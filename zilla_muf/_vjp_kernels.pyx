@@ -45,8 +45,9 @@ Design
     bilinear (alpha):  w = 1/(1 - alpha z),
           gA = delta conj(w^2) (cA + alpha delta conj(B) cB),
           gB = delta conj(w) cB,  gd = Re(conj(w^2) (conj(lambda) cA + conj(B) cB)).
-  phi1 and psi are taken by their Taylor series for |z| < 1 (psi = sum_k
-  (k - 1) z^(k-2)/k!, no cancellation) and in closed form beyond; expm1
+  Inside |z| < 1, phi2 = (e^z - 1 - z)/z^2 is summed as its Taylor series
+  (as many terms as |z| needs for 1e-17), phi1 = 1 + z phi2 and
+  psi = phi1 - phi2 (no cancellation); beyond, the closed forms; expm1
   of a complex z as expm1(x) cos(y) - 2 sin^2(y/2) + i e^x sin(y).
   Elements in blocks over threads (static).
 """
@@ -314,16 +315,19 @@ cdef inline void phi_psi(double complex z, double complex e,
     cdef double complex p1, p2
     cdef double h
     cdef int k
-    if z.real * z.real + z.imag * z.imag < 1.0:
-        # phi1 = sum_k z^k/(k+1)!, psi = sum_k (k+1) z^k/(k+2)!, by Horner
-        p1 = 0
+    cdef double r2 = z.real * z.real + z.imag * z.imag
+    if r2 < 1.0:
+        # phi2 = (e^z - 1 - z)/z^2 = sum_k z^k/(k+2)! by Horner, to a length
+        # that leaves terms below 1e-17; then phi1 = 1 + z phi2 and
+        # psi = phi1 - phi2 (about 1/2: no cancellation)
+        k = 11 if r2 < 0.0625 else (14 if r2 < 0.25 else NSERIES)
         p2 = 0
-        for k in range(NSERIES, -1, -1):
-            # coefficients 1/(k+1)! and (k+1)/(k+2)!, from the top down
-            p1 = p1 * z + _INV_FACT[k + 1]
-            p2 = p2 * z + (k + 1) * _INV_FACT[k + 2]
+        while k >= 0:
+            p2 = p2 * z + _INV_FACT[k + 2]
+            k -= 1
+        p1 = 1.0 + z * p2
         phi1[0] = p1
-        psi[0] = p2
+        psi[0] = p1 - p2
     else:
         h = sin(0.5 * z.imag)
         p1 = (expm1(z.real) * cos(z.imag) - 2.0 * h * h
