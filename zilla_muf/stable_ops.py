@@ -684,6 +684,17 @@ def _dead_rows(x, ax):
     return np.max(np.asarray(x), axis=ax, keepdims=True) == -np.inf
 
 
+def _row_dot(c, y, ax):
+    """sum(c * y) along `ax` (keepdims), without the product's temporary."""
+    c = np.asarray(c)
+    cm = np.moveaxis(c, ax, -1)
+    ym = np.moveaxis(y, ax, -1)
+    dtype = np.result_type(c, y)
+    if cm.dtype != dtype:
+        cm = cm.astype(dtype)
+    return np.expand_dims(np.einsum("...i,...i->...", cm, ym), ax)
+
+
 @defvjp(softmax, "x")
 def _softmax_vjp(args):
     # keeps y (the output), and x only to find rows of -inf
@@ -691,11 +702,17 @@ def _softmax_vjp(args):
     ax = _axis_of(y, args["axis"])
 
     def backward(c):
-        # dx = y * (c - sum(c * y))
+        # dx = y * (c - sum(c * y)): the row sums without a temporary, then
+        # two in-place passes. A row of NaN in y (a row of -inf, or a NaN
+        # input) makes its sum NaN, so only then are the rows examined.
         y_ = y
-        if y.size and np.isnan(y).any():
+        dot = _row_dot(c, y_, ax)
+        if np.isnan(dot).any():
             y_ = np.where(_dead_rows(args["x"], ax), 0, y)
-        return {"x": y_ * (c - np.sum(c * y_, axis=ax, keepdims=True))}
+            dot = _row_dot(c, y_, ax)
+        g = np.subtract(c, dot, dtype=y.dtype)
+        g *= y_
+        return {"x": g}
 
     return y, backward
 
@@ -707,9 +724,10 @@ def _log_softmax_vjp(args):
     ax = _axis_of(y, args["axis"])
 
     def backward(c):
-        # dx = c - softmax(x) * sum(c), softmax(x) = exp(y) <= 1
+        # dx = c - softmax(x) * sum(c), softmax(x) = exp(y) <= 1. A row of
+        # -inf (or with a NaN) is NaN throughout, so its first entry tells.
         p = np.exp(y)
-        if y.size and np.isnan(y).any():
+        if y.size and np.isnan(np.take(y, 0, axis=ax)).any():
             dead = _dead_rows(args["x"], ax)
             p = np.where(dead, 0, p)
             c = np.where(dead, 0, c)
