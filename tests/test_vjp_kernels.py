@@ -200,3 +200,28 @@ def test_diag_discretize_backward_shapes_checked():
         _vjp_kernels.diag_discretize_backward(1, 0.0, z(3, complex), z(3, complex),
                                               z(2), z(3, complex), z(3, complex),
                                               z(3, complex), z(3, complex), z(3), 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_silu_backward_kernel(dtype):
+    rng = np.random.default_rng(10)
+    x = np.concatenate([rng.standard_normal(3000) * 6,
+                        [0.0, -0.0, np.inf, -np.inf, 40.0, -40.0, 800.0, -800.0]])
+    c = rng.standard_normal(x.size)
+    xl = x.astype(np.longdouble)
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = 1 / (1 + np.exp(-xl))
+        want = c * (s * (1 + xl * (1 - s)))
+    want[np.isposinf(x)] = c[np.isposinf(x)]
+    want[np.isneginf(x)] = 0
+    want = want.astype(np.float64)
+    outs = []
+    for threads in (1, 2):
+        g = np.full(x.size, np.nan, dtype)
+        _vjp_kernels.silu_backward(x.astype(dtype), c.astype(dtype), g, threads)
+        outs.append(g)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(outs[0], want, rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _vjp_kernels.silu_backward(np.zeros(3), np.zeros(2), np.zeros(3), 1)

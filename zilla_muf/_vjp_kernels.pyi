@@ -29,3 +29,8 @@ def diag_discretize_backward(
     gA: npt.NDArray[np.complex128], gB: npt.NDArray[np.complex128],
     gd: npt.NDArray[np.float64], num_threads: int,
 ) -> None: ...
+
+def silu_backward(
+    x: npt.NDArray[np.floating], c: npt.NDArray[np.floating],
+    g: npt.NDArray[np.floating], num_threads: int,
+) -> None: ...

@@ -50,6 +50,11 @@ Design
   psi = phi1 - phi2 (no cancellation); beyond, the closed forms; expm1
   of a complex z as expm1(x) cos(y) - 2 sin^2(y/2) + i e^x sin(y).
   Elements in blocks over threads (static).
+* silu_backward: g = c (s + x s (1 - s)), s = sigmoid(x), elementwise:
+  blocks of SBLOCK through the vectorised sigmoid of _vexp.h into a local
+  row, then arithmetic only. Where s (1 - s) is 0 (|x| large or infinite)
+  the term x s (1 - s) is taken as 0, its limit, so x = +-inf gives c or
+  0, not NaN. Blocks over threads (static).
 """
 from cython.parallel cimport prange
 
@@ -383,3 +388,44 @@ def diag_discretize_backward(int zoh, double alpha,
                     gA[i] = di * w2 * (ca + alpha * di * cj(b) * cb)
                     gB[i] = di * cj(w) * cb
                     gd[i] = (w2 * (cj(l) * ca + cj(b) * cb)).real
+
+
+cdef extern from "_vexp.h" nogil:
+    void zm_sigmoid_f(const float *x, float *out, Py_ssize_t n)
+    void zm_sigmoid_d(const double *x, double *out, Py_ssize_t n)
+
+cdef enum:
+    SBLOCK = 512
+
+
+cdef void silu_back_block(const real_t *x, const real_t *c, real_t *g,
+                          Py_ssize_t n) noexcept nogil:
+    """g = c silu'(x) for n <= SBLOCK elements: the vectorised sigmoid into
+    a local row, then arithmetic only."""
+    cdef real_t sg[SBLOCK]
+    cdef Py_ssize_t i
+    cdef real_t s, q
+    if real_t is float:
+        zm_sigmoid_f(x, sg, n)
+    else:
+        zm_sigmoid_d(x, sg, n)
+    for i in range(n):
+        s = sg[i]
+        q = s * (1 - s)
+        g[i] = c[i] * (s + (x[i] * q if q != 0 else 0))
+
+
+def silu_backward(const real_t[::1] x, const real_t[::1] c, real_t[::1] g,
+                  int num_threads):
+    """Fill g with c * silu'(x) (flat arrays of one length)."""
+    cdef Py_ssize_t n = x.shape[0], nblk, blk, i0
+    if c.shape[0] != n or g.shape[0] != n:
+        raise ValueError("silu_backward: inconsistent shapes")
+    if n == 0:
+        return
+    nblk = (n + SBLOCK - 1) // SBLOCK
+    with nogil:
+        for blk in prange(nblk, num_threads=num_threads, schedule="static"):
+            i0 = blk * SBLOCK
+            silu_back_block(&x[i0], &c[i0], &g[i0],
+                            SBLOCK if n - i0 > SBLOCK else n - i0)

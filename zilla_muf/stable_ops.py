@@ -832,22 +832,18 @@ def _sigmoid_vjp(args):
 
 @defvjp(silu, "x")
 def _silu_vjp(args):
-    # keeps x; recomputes sigmoid(x). dx = c s (1 + x (1 - s)), s = sigmoid(x)
+    # keeps x. dx = c s (1 + x (1 - s)), s = sigmoid(x), in one compiled
+    # pass (_vjp_kernels.silu_backward); x = +-inf gives c or 0
     y = silu(**args)
     x = np.asarray(args["x"])
 
     def backward(c):
-        s = sigmoid(x, workers=args["workers"])
-        d = np.subtract(1, s, dtype=s.dtype)
-        with np.errstate(invalid="ignore"):   # x = +-inf: fixed below
-            d *= x
-            d += 1
-            d *= s
-        inf = np.isinf(x)
-        if inf.any():
-            d[inf] = x[inf] > 0
-        d *= c
-        return {"x": d}
+        xf = np.ascontiguousarray(x, dtype=y.dtype).reshape(-1)
+        cf = np.ascontiguousarray(np.broadcast_to(c, y.shape), dtype=y.dtype).reshape(-1)
+        g = np.empty(y.shape, y.dtype)
+        _vjp_kernels.silu_backward(xf, cf, g.reshape(-1),
+                                   resolve_workers(args["workers"]))
+        return {"x": g}
 
     return y, backward
 
