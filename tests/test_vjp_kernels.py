@@ -225,3 +225,61 @@ def test_silu_backward_kernel(dtype):
     np.testing.assert_allclose(outs[0], want, rtol=tol, atol=tol)
     with pytest.raises(ValueError, match="inconsistent"):
         _vjp_kernels.silu_backward(np.zeros(3), np.zeros(2), np.zeros(3), 1)
+
+
+def _scan_grads_loop(a, h, c, cf, h0):
+    """Pullback of h_t = a_t h_{t-1} + b_t along axis 1 of (P, n, Q) by a
+    plain Python loop, float64."""
+    P, n, Q = a.shape
+    ga, gb = np.zeros((2, P, n, Q))
+    gh0 = np.zeros((P, Q))
+    for p in range(P):
+        for q in range(Q):
+            g = 0.0 if cf is None else float(cf[p, q])
+            for t in range(n - 1, -1, -1):
+                g = float(c[p, t, q]) + (g if t == n - 1 else float(a[p, t + 1, q]) * g)
+                gb[p, t, q] = g
+                prev = (0.0 if h0 is None else float(h0[p, q])) if t == 0 else h[p, t - 1, q]
+                ga[p, t, q] = g * prev
+            if n:
+                gh0[p, q] = a[p, 0, q] * gb[p, 0, q]
+    return ga, gb, gh0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 5, 3), (3, 1, 4), (1, 6, 1), (0, 3, 2), (2, 0, 2)])
+@pytest.mark.parametrize("with_extras", [False, True])
+def test_scan_backward_kernel(dtype, shape, with_extras):
+    rng = np.random.default_rng(11)
+    P, n, Q = shape
+    a = rng.uniform(0.3, 1.0, shape)
+    h, c = rng.standard_normal((2,) + shape)
+    cf = rng.standard_normal((P, Q)) if with_extras else None
+    h0 = rng.standard_normal((P, Q)) if with_extras else None
+    ga_w, gb_w, gh0_w = _scan_grads_loop(a, h, c, cf, h0)
+    outs = []
+    empty = np.empty((0, 0), dtype)
+    for threads in (1, 2):
+        ga, gb = np.full((2,) + shape, np.nan, dtype)
+        gh0 = np.full((P, Q), np.nan, dtype)
+        _vjp_kernels.scan_backward(
+            a.astype(dtype), h.astype(dtype), c.astype(dtype),
+            empty if cf is None else cf.astype(dtype),
+            empty if h0 is None else h0.astype(dtype),
+            cf is not None, h0 is not None, ga, gb, gh0, threads)
+        outs.append((ga, gb, gh0))
+    for u, v in zip(*outs):
+        np.testing.assert_array_equal(u, v)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    if n == 0:
+        gh0_w = cf if cf is not None else np.zeros((P, Q))
+    for got, want in zip(outs[0], (ga_w, gb_w, gh0_w)):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_scan_backward_kernel_shapes_checked():
+    z = np.zeros
+    with pytest.raises(ValueError, match="inconsistent"):
+        _vjp_kernels.scan_backward(z((2, 3, 4)), z((2, 3, 4)), z((2, 3, 4)), z((2, 5)),
+                                   z((0, 0)), True, False, z((2, 3, 4)), z((2, 3, 4)),
+                                   z((2, 4)), 1)

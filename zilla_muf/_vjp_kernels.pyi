@@ -34,3 +34,11 @@ def silu_backward(
     x: npt.NDArray[np.floating], c: npt.NDArray[np.floating],
     g: npt.NDArray[np.floating], num_threads: int,
 ) -> None: ...
+
+def scan_backward(
+    a: npt.NDArray[np.floating], h: npt.NDArray[np.floating],
+    c: npt.NDArray[np.floating], cf: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating], has_cf: bool, has_h0: bool,
+    ga: npt.NDArray[np.floating], gb: npt.NDArray[np.floating],
+    gh0: npt.NDArray[np.floating], num_threads: int,
+) -> None: ...

@@ -55,6 +55,14 @@ Design
   row, then arithmetic only. Where s (1 - s) is 0 (|x| large or infinite)
   the term x s (1 - s) is taken as 0, its limit, so x = +-inf gives c or
   0, not NaN. Blocks over threads (static).
+* scan_backward: the pullback of the real forward scan
+  h_t = a_t h_{t-1} + b_t on arrays (P, n, Q), time in the middle (Q = 1:
+  time last), all C-contiguous: in one reverse pass per p,
+      g_t = c_t + a_{t+1} g_{t+1}  (g_{n-1} = c_{n-1} + c_final),
+      gb_t = g_t,  ga_t = g_t h_{t-1}  (h_{-1} = h0, or ga_0 = 0),
+      gh0 = a_0 g_0.
+  The inner loop runs over q (contiguous, vectorises), so the caller uses
+  it when time is not the last axis (Q > 1); p over threads (static).
 """
 from cython.parallel cimport prange
 
@@ -429,3 +437,60 @@ def silu_backward(const real_t[::1] x, const real_t[::1] c, real_t[::1] g,
             i0 = blk * SBLOCK
             silu_back_block(&x[i0], &c[i0], &g[i0],
                             SBLOCK if n - i0 > SBLOCK else n - i0)
+
+
+cdef void scan_back_cols(const real_t *a, const real_t *h, const real_t *c,
+                         const real_t *cf, const real_t *h0, Py_ssize_t n,
+                         Py_ssize_t Q, real_t *ga, real_t *gb,
+                         real_t *gh0) noexcept nogil:
+    """One p of scan_backward: rows of Q values, time t at offset t Q."""
+    cdef Py_ssize_t t, q, o
+    cdef real_t g
+    o = (n - 1) * Q
+    for q in range(Q):
+        gb[o + q] = c[o + q] + (cf[q] if cf != NULL else 0)
+    for t in range(n - 1, -1, -1):
+        o = t * Q
+        if t < n - 1:
+            for q in range(Q):
+                gb[o + q] = c[o + q] + a[o + Q + q] * gb[o + Q + q]
+        if t > 0:
+            for q in range(Q):
+                ga[o + q] = gb[o + q] * h[o - Q + q]
+    for q in range(Q):
+        ga[q] = gb[q] * h0[q] if h0 != NULL else 0
+        gh0[q] = a[q] * gb[q]
+
+
+def scan_backward(const real_t[:, :, ::1] a, const real_t[:, :, ::1] h,
+                  const real_t[:, :, ::1] c, const real_t[:, ::1] cf,
+                  const real_t[:, ::1] h0, bint has_cf, bint has_h0,
+                  real_t[:, :, ::1] ga, real_t[:, :, ::1] gb,
+                  real_t[:, ::1] gh0, int num_threads):
+    """Fill ga, gb (P, n, Q) and gh0 (P, Q); cf, h0 (P, Q) are read only
+    when has_cf, has_h0 (see the module's Design)."""
+    cdef Py_ssize_t P = a.shape[0], n = a.shape[1], Q = a.shape[2]
+    cdef Py_ssize_t p
+    if (h.shape[0] != P or h.shape[1] != n or h.shape[2] != Q
+            or c.shape[0] != P or c.shape[1] != n or c.shape[2] != Q
+            or ga.shape[0] != P or ga.shape[1] != n or ga.shape[2] != Q
+            or gb.shape[0] != P or gb.shape[1] != n or gb.shape[2] != Q
+            or gh0.shape[0] != P or gh0.shape[1] != Q
+            or (has_cf and (cf.shape[0] != P or cf.shape[1] != Q))
+            or (has_h0 and (h0.shape[0] != P or h0.shape[1] != Q))):
+        raise ValueError("scan_backward: inconsistent shapes")
+    if P == 0 or Q == 0:
+        return
+    if n == 0:
+        # no steps: the final state is h0, its cotangent passes through
+        if has_cf:
+            gh0[:, :] = cf
+        else:
+            gh0[:, :] = 0
+        return
+    with nogil:
+        for p in prange(P, num_threads=num_threads, schedule="static"):
+            scan_back_cols(&a[p, 0, 0], &h[p, 0, 0], &c[p, 0, 0],
+                           &cf[p, 0] if has_cf else NULL,
+                           &h0[p, 0] if has_h0 else NULL, n, Q,
+                           &ga[p, 0, 0], &gb[p, 0, 0], &gh0[p, 0])

@@ -603,11 +603,40 @@ def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
 # dh0 = conj(a_0) g_0. A reverse scan's adjoint is the forward scan, mirrored.
 # The pullback keeps a, h0 and the states h (the output).
 
+from . import _vjp_kernels  # noqa: E402
 from ._vjp import defvjp  # noqa: E402
 
 
 def _conj(x):
     return x.conj() if x.dtype.kind == "c" else x
+
+
+def _real_scan_backward(a, h, c, cf, h0, ax, workers):
+    """The real forward scan's pullback in one compiled reverse pass
+    (_vjp_kernels.scan_backward) on the (P, n, Q) view, time in the middle."""
+    shape, dtype = h.shape, h.dtype
+    n = shape[ax]
+    P = int(np.prod(shape[:ax], dtype=np.int64))
+    Q = int(np.prod(shape[ax + 1:], dtype=np.int64))
+
+    def view3(x):
+        return np.ascontiguousarray(x, dtype=dtype).reshape(P, n, Q)
+
+    def view2(x):
+        if x is None:
+            return np.empty((0, 0), dtype)
+        x = np.broadcast_to(np.asarray(x, dtype=dtype), shape[:ax] + shape[ax + 1:])
+        return np.ascontiguousarray(x).reshape(P, Q)
+
+    ga = np.empty(shape, dtype)
+    gb = np.empty(shape, dtype)
+    gh0 = np.empty(shape[:ax] + shape[ax + 1:], dtype)
+    _vjp_kernels.scan_backward(view3(a), h.reshape(P, n, Q),
+                               view3(np.broadcast_to(c, shape)),
+                               view2(cf), view2(h0), cf is not None, h0 is not None,
+                               ga.reshape(P, n, Q), gb.reshape(P, n, Q),
+                               gh0.reshape(P, Q), resolve_workers(workers))
+    return {"a": ga, "b": gb, "h0": gh0}
 
 
 def _scan_rule(fun):
@@ -637,6 +666,12 @@ def _scan_rule(fun):
                 zeros = np.zeros(shape, dtype=dtype)
                 return {"a": zeros, "b": zeros,
                         "h0": np.zeros(state_shape, dtype) if cf is None else cf}
+            # time not last (rows of Q > 1 values per step): one compiled
+            # pass, vectorised across the row; time last: the reverse scan's
+            # own kernel (faster on long rows) and two elementwise passes
+            if (dtype.kind == "f" and not reverse and ax < h.ndim - 1
+                    and h.flags.c_contiguous):
+                return _real_scan_backward(a, h, c, cf, h0, ax, args.get("workers"))
             # decays of the adjoint: conj(a) shifted one step towards the start
             # (forward) or the end (reverse), 1 where the final cotangent enters
             ad = np.empty(shape, dtype=dtype)
