@@ -279,8 +279,17 @@ def _conjugate_pair_output_vjp(args):
         ndim = max(C.ndim, h.ndim)
         ax = normalize_axis(args["axis"], ndim)
         shape = np.broadcast_shapes(C.shape, h.shape)
-        c2 = 2 * np.expand_dims(np.asarray(c), ax)
-        return {"C": np.broadcast_to(np.conj(h) * c2, shape),
-                "h": np.broadcast_to(np.conj(C) * c2, shape)}
+        c = np.asarray(c)
+        c2 = 2 * np.expand_dims(c, ax)
+        gh = np.broadcast_to(np.conj(C) * c2, shape)
+        if C.shape == shape[-1:] and h.shape == shape and ax == ndim - 1:
+            # one C for every row: gC = 2 conj(sum_rows c h), a product with
+            # the (rows, N) states, no (rows, N) temporary (einsum's own
+            # loop: no threaded BLAS behind the caller's `workers`)
+            N = shape[-1]
+            hc = h.reshape(-1, N)
+            gC = 2 * np.conj(np.einsum("r,rn->n", c.reshape(-1).astype(hc.dtype), hc))
+            return {"C": gC.reshape(C.shape), "h": gh}
+        return {"C": np.broadcast_to(np.conj(h) * c2, shape), "h": gh}
 
     return y, backward
