@@ -64,6 +64,7 @@ from . import (
 )
 from ._build_config import version as __version__
 from ._config import buffer_cache, have_openmp, openmp_info
+from ._vjp import vjp
 from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
 from .discretize import bilinear_discretize, zoh_discretize
 from .linear_attention import gated_delta_rule
@@ -97,10 +98,14 @@ from .stable_ops import (
 )
 from .structured import (
     cauchy_matvec,
+    cauchy_operator,
     semiseparable_matrix,
     semiseparable_matvec,
+    semiseparable_operator,
     toeplitz_matvec,
+    toeplitz_operator,
     vandermonde_matvec,
+    vandermonde_operator,
     vandermonde_rmatvec,
 )
 
@@ -109,6 +114,6 @@ _MODULES = ["complex_ops", "discretize", "fft_conv", "linear_attention", "scan",
             "selective", "ssd", "stable_ops", "structured"]
 __all__ = sorted(
     set(_MODULES)
-    | {"buffer_cache", "have_openmp", "openmp_info"}
+    | {"buffer_cache", "have_openmp", "openmp_info", "vjp"}
     | {name for mod in _MODULES for name in globals()[mod].__all__}
 )

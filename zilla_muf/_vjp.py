@@ -26,10 +26,11 @@ so the registry fills as ``zilla_muf`` is imported.
 """
 
 import inspect
+import types
 
 import numpy as np
 
-__all__ = ["defvjp", "sum_to_shape", "vjp"]
+__all__ = ["causal_conv_pullback", "defvjp", "sum_to_shape", "vjp"]
 
 # public function -> (rule, names of its differentiable parameters, signature)
 _RULES = {}
@@ -188,12 +189,32 @@ def vjp(fun, *args, **kwargs):
     ValueError
         From `pullback`, if `cotangent` does not match `out`.
 
+    See Also
+    --------
+    zilla_muf.semiseparable_operator : the transpose products of
+        the structured matrices as SciPy operators.
+
     Notes
     -----
     For a complex argument z the gradient is ``dL/dRe(z) + 1j*dL/dIm(z)``
     (PyTorch's convention), and a complex cotangent c of an output y means
-    ``c = dL/dRe(y) + 1j*dL/dIm(y)``. The pullback may be called any number
+    ``c = dL/dRe(y) + 1j*dL/dIm(y)``; for a holomorphic map y = f(z) the
+    gradient is ``conj(f'(z)) * c``. The pullback may be called any number
     of times. The user guide's page on gradients writes out each backward.
+
+    Differentiable: the scans (:func:`~zilla_muf.sequential_scan`,
+    :func:`~zilla_muf.chunked_scan`, :func:`~zilla_muf.associative_scan`,
+    :func:`~zilla_muf.linear_scan`; `a`, `b`, `h0`), every function of
+    :mod:`zilla_muf.stable_ops`, the products of
+    :mod:`zilla_muf.structured` (poles and nodes included),
+    :func:`~zilla_muf.fft_conv.fft_conv`, :mod:`zilla_muf.discretize`
+    (diagonal and dense; `A`, `B`, `delta`) and :mod:`zilla_muf.complex_ops`.
+    Integer and flag arguments, `axis`, `method` and `workers` are never
+    differentiated; each backward runs with the forward's `workers`. Each
+    backward is a closed form or a composition of the forward kernels
+    (the adjoint of a scan is a reverse scan), never finite differences.
+
+    .. versionadded:: 0.2.0
 
     Examples
     --------
@@ -209,6 +230,9 @@ def vjp(fun, *args, **kwargs):
     array([0.25, 0.5 , 1.  ])
     """
     entry = _RULES.get(fun)
+    if entry is None and isinstance(fun, types.ModuleType):
+        # a callable module (zilla_muf.fft_conv) stands for its function
+        entry = _RULES.get(getattr(fun, fun.__name__.rpartition(".")[2], None))
     if entry is None:
         name = getattr(fun, "__qualname__", None) or type(fun).__name__
         raise TypeError(
@@ -237,3 +261,123 @@ def vjp(fun, *args, **kwargs):
         return result
 
     return out, pullback
+
+
+def _conj(x):
+    return x.conj() if x.dtype.kind == "c" else x
+
+
+def _summed_correlation(x, c, workers=None):
+    """sum over the leading axes of r_m = sum_j conj(x_j) c_{j+m}, m < n."""
+    import scipy.fft
+
+    n = c.shape[-1]
+    if n == 0 or c.size == 0:
+        return np.zeros(n, dtype=c.dtype)
+    x = np.broadcast_to(x, c.shape).reshape(-1, n)
+    c = c.reshape(-1, n)
+    size = scipy.fft.next_fast_len(max(2 * n - 1, 1), real=c.dtype.kind != "c")
+    if c.dtype.kind == "c":
+        S = np.sum(np.conj(scipy.fft.fft(x, size, workers=workers))
+                   * scipy.fft.fft(c, size, workers=workers), axis=0)
+        r = scipy.fft.ifft(S, size, workers=workers)
+    else:
+        S = np.sum(np.conj(scipy.fft.rfft(x, size, workers=workers))
+                   * scipy.fft.rfft(c, size, workers=workers), axis=0)
+        r = scipy.fft.irfft(S, size, workers=workers)
+    return r[:n].astype(c.dtype, copy=False)
+
+
+def causal_conv_pullback(conv, kernel, x, c, axis, dtype, workers=None):
+    """Gradients of ``y = conv(kernel, x)``, the truncated causal convolution.
+
+    ``y_i = sum_{j<=i} k_{i-j} x_j`` along `axis` (of `x`, and of `kernel`
+    counted from the end; a 1-D kernel serves every channel). Its adjoint is
+    the same convolution run backwards in time:
+    ``gx = flip(conv(conj(k), flip(c)))`` and
+    ``gk_m = sum_i c_i conj(x_{i-m}) = flip(conv(conj(x), flip(c)))_m``,
+    zero for taps at or beyond n. Both are computed in one frequency domain
+    of size >= n + min(K, n) - 1 (nothing wraps): with C, X, Kf the FFTs of
+    c, x and the kernel's first min(K, n) taps, gx = ifft(conj(Kf) C) and
+    gk = ifft(conj(X) C) (summed over the channels for a 1-D kernel), three
+    transforms of the signal's size, as the forward's two. `conv(kernel, x,
+    axis)` is the forward, used only for empty operands; `workers` goes to
+    scipy.fft.
+    Returns (gk, gx); gk has x's broadcast dimensions, the mechanism sums
+    them back.
+    """
+    import scipy.fft
+
+    kernel = np.asarray(kernel)
+    x = np.asarray(x)
+    c = np.asarray(c, dtype=dtype)
+    neg = (axis % x.ndim) - x.ndim          # the time axis, from the end
+    n = c.shape[neg]
+    K = kernel.shape[0] if kernel.ndim == 1 else kernel.shape[neg]
+    if c.size == 0 or K == 0:
+        return _causal_conv_pullback_composed(conv, kernel, x, c, neg, dtype,
+                                              workers)
+    m = min(K, n)
+    cm = np.moveaxis(c, neg, -1)
+    xm = np.moveaxis(x, neg, -1).astype(dtype, copy=False)
+    km = (kernel if kernel.ndim == 1 else np.moveaxis(kernel, neg, -1))[..., :m]
+    km = km.astype(dtype, copy=False)
+    real = dtype.kind != "c"
+    size = scipy.fft.next_fast_len(n + m - 1, real=real)
+    fft, ifft = ((scipy.fft.rfft, scipy.fft.irfft) if real
+                 else (scipy.fft.fft, scipy.fft.ifft))
+    Cf = fft(cm, size, workers=workers)
+    Kf = fft(km, size, workers=workers)
+    np.conjugate(Kf, out=Kf)
+    gx = ifft(Cf * Kf, size, workers=workers)[..., :n]
+    Xf = fft(xm, size, workers=workers)
+    np.conjugate(Xf, out=Xf)
+    if kernel.ndim == 1:
+        # one kernel for every channel: the channels' correlations are
+        # added in the frequency domain and inverted once
+        if Xf.shape == np.broadcast_shapes(Xf.shape, Cf.shape):
+            Xf *= Cf
+        else:
+            Xf = Xf * Cf
+        S = Xf.reshape(-1, Xf.shape[-1]).sum(axis=0)
+        gk = ifft(S, size, workers=workers)[:m]
+        kax = 0
+    else:
+        Xf = Xf * Cf
+        gk = np.moveaxis(ifft(Xf, size, workers=workers, overwrite_x=True)[..., :m],
+                         -1, neg)
+        kax = neg
+    if K > m:
+        pad = list(gk.shape)
+        pad[kax] = K - m
+        gk = np.concatenate([gk, np.zeros(pad, dtype=gk.dtype)], axis=kax)
+    gx = np.moveaxis(gx.astype(dtype, copy=False), -1, neg)
+    return gk.astype(dtype, copy=False), gx
+
+
+def _causal_conv_pullback_composed(conv, kernel, x, c, neg, dtype, workers):
+    """causal_conv_pullback by the forward convolution run backwards."""
+    n = c.shape[neg]
+    cf = np.flip(c, neg)
+    kc = _conj(np.asarray(kernel, dtype=dtype))
+    gx = np.flip(conv(kc, cf, neg), neg)
+    xc = _conj(np.asarray(x, dtype=dtype))
+    if kernel.ndim == 1:
+        # one kernel for every channel: the channels' cross-correlations
+        # sum_j conj(x_j) c_{j+m} are added in the frequency domain (zero
+        # padding to >= 2n - 1, so nothing wraps) and inverted once
+        K = kernel.shape[0]
+        gk_full = _summed_correlation(np.moveaxis(np.asarray(x, dtype=dtype), neg, -1),
+                                      np.moveaxis(c, neg, -1), workers)
+        kax = 0
+    else:
+        kax = neg
+        K = kernel.shape[kax]
+        gk_full = np.flip(conv(xc, cf, neg), neg)
+    m = min(K, n)
+    gk = np.take(gk_full, np.arange(m), axis=kax)
+    if K > m:
+        pad = list(gk.shape)
+        pad[kax] = K - m
+        gk = np.concatenate([gk, np.zeros(pad, dtype=gk.dtype)], axis=kax)
+    return gk, gx

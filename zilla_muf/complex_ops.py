@@ -233,3 +233,63 @@ def conjugate_pair_output(C, h, axis=-1, *, workers=None):
     _complex_ops.conj_pair_rows(layout(C), layout(h), out, nthreads)
     out = out.reshape(moved[:-1])
     return out[()] if out.ndim == 0 else out
+
+
+# Gradients (holomorphic maps: gz = conj(f'(z)) c; delta is real)
+
+from ._vjp import defvjp  # noqa: E402
+
+
+@defvjp(complex_exp, "z")
+def _complex_exp_vjp(args):
+    # keeps the output y = exp(z): gz = conj(y) c
+    y = complex_exp(**args)
+
+    def backward(c):
+        return {"z": np.conj(y) * c}
+
+    return y, backward
+
+
+@defvjp(diag_complex_matrix_exp, "eigs", "delta")
+def _diag_complex_matrix_exp_vjp(args):
+    # keeps eigs, delta and y = exp(delta eigs):
+    # g_eigs = conj(delta y) c, g_delta = Re(conj(eigs y) c)
+    y = diag_complex_matrix_exp(**args)
+
+    def backward(c):
+        yc = np.conj(y) * c
+        lam = np.asarray(args["eigs"])
+        d = args["delta"]
+        d = 1.0 if d is None else np.asarray(d)
+        return {"eigs": d * yc, "delta": np.real(np.conj(lam) * yc)}
+
+    return y, backward
+
+
+@defvjp(conjugate_pair_output, "C", "h")
+def _conjugate_pair_output_vjp(args):
+    # keeps C and h. y = sum C h + conj(C h), real: gC = 2 conj(h) c,
+    # gh = 2 conj(C) c, the cotangent spread along the summed axis
+    y = conjugate_pair_output(**args)
+
+    def backward(c):
+        C = np.asarray(args["C"])
+        h = np.asarray(args["h"])
+        ndim = max(C.ndim, h.ndim)
+        ax = normalize_axis(args["axis"], ndim)
+        shape = np.broadcast_shapes(C.shape, h.shape)
+        c = np.asarray(c)
+        c2 = 2 * np.expand_dims(c, ax)
+        gh = np.broadcast_to(np.conj(C) * c2, shape)
+        if C.shape == shape[-1:] and h.shape == shape and ax == ndim - 1:
+            # one C for every row: gC = 2 conj(sum_rows c h), a product with
+            # the (rows, N) states, no (rows, N) temporary (einsum's own
+            # loop: no threaded BLAS behind the caller's `workers`)
+            N = shape[-1]
+            hc = h.reshape(-1, N)
+            gC = 2 * np.conj(np.einsum("r,rn->n", c.reshape(-1).astype(hc.dtype), hc))
+            return {"C": gC.reshape(C.shape), "h": gh}
+        return {"C": np.broadcast_to(np.conj(h) * c2, shape), "h": gh}
+
+    return y, backward

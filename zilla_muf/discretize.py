@@ -294,3 +294,169 @@ def bilinear_discretize(A, B, delta, alpha=0.5, *, dense=False, workers=None):
     if dense:
         return _dense_bilinear(A, B, delta, alpha, dtype)
     return _diagonal("bilinear", A, B, delta, dtype, alpha, workers)
+
+
+# Gradients
+#
+# Diagonal (z = lambda delta, elementwise; delta is real):
+#   ZOH       dAbar/dlambda = delta e^z            dAbar/ddelta = lambda e^z
+#             dBbar/dlambda = delta^2 B psi(z)     dBbar/ddelta = e^z B
+#             dBbar/dB = (e^z - 1)/lambda,  psi(z) = (z e^z - e^z + 1)/z^2
+#   bilinear  with w = 1/(1 - alpha z): dAbar/dlambda = delta w^2,
+#             dAbar/ddelta = lambda w^2, dBbar/dlambda = alpha delta^2 B w^2,
+#             dBbar/ddelta = B w^2, dBbar/dB = delta w
+# and g = conj(d out / d in) c summed over both outputs.
+# Dense ZOH: the adjoint of the Frechet derivative of expm at X is the
+# Frechet derivative at X^H, so with X = delta [[A, B], [0, 0]] and
+# G = [[cA, cB], [0, 0]], gX = L_exp(X^H, G), the top-right block of
+# expm([[X^H, G], [0, X^H]]) (the block form of the Frechet derivative);
+# gA, gB are delta times its blocks and gdelta = Re <[[A, B], [0, 0]], gX>.
+# Dense bilinear: with P = I - alpha delta A, S_A = P^-H cA, S_B = P^-H cB,
+# G_W = (1 - alpha) S_A + alpha (S_A Abar^H + S_B Bbar^H) is the gradient of
+# W = delta A; gA = delta G_W, gB = delta S_B,
+# gdelta = Re(<A, G_W> + <B, S_B>).
+
+from . import _vjp_kernels  # noqa: E402
+from ._vjp import defvjp  # noqa: E402
+
+
+def _psi(z):
+    """(z e^z - e^z + 1) / z^2 without cancellation (1/2 at z = 0)."""
+    z = np.asarray(z)
+    small = np.abs(z) < 1
+    zs = np.where(small, z, 0)
+    # sum_{k>=2} (k - 1) z^(k-2) / k!, to z^18 (error < 1e-18 for |z| < 1)
+    series = np.zeros_like(zs)
+    for k in range(20, 1, -1):
+        series = series * zs + (k - 1) / math.factorial(k)
+    zb = np.where(small, 1, z)
+    with np.errstate(over="ignore", invalid="ignore"):
+        big = (zb * np.exp(zb) - np.expm1(zb)) / (zb * zb)
+    return np.where(small, series, big)
+
+
+def _diag_grads(kind, args, Abar, Bbar, alpha):
+    cd = np.result_type(Abar, Bbar)
+    lam = np.asarray(args["A"], dtype=np.result_type(args["A"], Abar.dtype))
+    B = np.asarray(args["B"], dtype=Bbar.dtype)
+    d = np.asarray(args["delta"], dtype=np.real(np.zeros(0, cd)).dtype)
+
+    def backward(ct):
+        cA, cB = ct
+        if cd.kind == "c":
+            return _diag_grads_compiled(kind, args, lam, B, d, cA, cB, alpha)
+        if kind == "zoh":
+            e = Abar
+            z = lam * d
+            F = zoh_discretize(lam, np.ones((), Bbar.dtype), d,
+                               workers=args["workers"])[1]
+            dA_l, dA_d = d * e, lam * e
+            dB_l, dB_d, dB_B = d * d * B * _psi(z), e * B, F
+        else:
+            w = 1.0 / (1.0 - alpha * lam * d)
+            w2 = w * w
+            dA_l, dA_d = d * w2, lam * w2
+            dB_l, dB_d, dB_B = alpha * d * d * B * w2, B * w2, d * w
+        gA = np.conj(dA_l) * cA + np.conj(dB_l) * cB
+        gd = np.real(np.conj(dA_d) * cA) + np.real(np.conj(dB_d) * cB)
+        return {"A": gA, "B": np.conj(dB_B) * cB, "delta": gd}
+
+    return backward
+
+
+def _diag_grads_compiled(kind, args, lam, B, d, cA, cB, alpha):
+    """The complex diagonal pullbacks in one compiled elementwise pass
+    (_vjp_kernels.diag_discretize_backward), in complex128."""
+    shape = np.broadcast_shapes(lam.shape, B.shape, d.shape, np.shape(cA),
+                                np.shape(cB))
+
+    def flat(v, dtype):
+        v = np.broadcast_to(np.asarray(v, dtype=dtype), shape)
+        return np.ascontiguousarray(v).reshape(-1)
+
+    c128 = np.complex128
+    gA = np.empty(shape, c128)
+    gB = np.empty(shape, c128)
+    gd = np.empty(shape, np.float64)
+    _vjp_kernels.diag_discretize_backward(
+        kind == "zoh", alpha, flat(lam, c128), flat(B, c128), flat(d, np.float64),
+        flat(cA, c128), flat(cB, c128), gA.reshape(-1), gB.reshape(-1),
+        gd.reshape(-1), resolve_workers(args["workers"]))
+    return {"A": gA, "B": gB, "delta": gd}
+
+
+def _dense_operands(args, dtype):
+    A = np.asarray(args["A"])
+    B = np.asarray(args["B"])
+    d = np.asarray(args["delta"])
+    batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2], d.shape)
+    n, m = A.shape[-1], B.shape[-1]
+    A = np.broadcast_to(A, batch + (n, n)).astype(dtype)
+    B = np.broadcast_to(B, batch + (n, m)).astype(dtype)
+    d = np.broadcast_to(d, batch).astype(np.float64)
+    return A, B, d, batch, n, m
+
+
+def _dense_zoh_grads(args, dtype):
+    def backward(ct):
+        cA, cB = ct
+        A, B, d, batch, n, m = _dense_operands(args, dtype)
+        k = n + m
+        M0 = np.zeros(batch + (k, k), dtype)
+        M0[..., :n, :n] = A
+        M0[..., :n, n:] = B
+        XH = np.conj(np.swapaxes(M0, -1, -2)) * d[..., None, None]
+        # L(X^H, G) is the top-right block of exp([[X^H, G], [0, X^H]]),
+        # for the whole batch in one call of scipy.linalg.expm
+        big = np.zeros(batch + (2 * k, 2 * k), dtype)
+        big[..., :k, :k] = XH
+        big[..., k:, k:] = XH
+        big[..., :n, k:k + n] = cA
+        big[..., :n, k + n:] = cB
+        gX = scipy.linalg.expm(big)[..., :k, k:] if big.size else big[..., :k, k:]
+        dd = d[..., None, None]
+        gA = dd * gX[..., :n, :n]
+        gB = dd * gX[..., :n, n:]
+        gd = np.real(np.sum(np.conj(M0[..., :n, :]) * gX[..., :n, :], axis=(-2, -1)))
+        return {"A": gA, "B": gB, "delta": gd}
+
+    return backward
+
+
+def _dense_bilinear_grads(args, dtype, Abar, Bbar, alpha):
+    def backward(ct):
+        cA, cB = ct
+        A, B, d, batch, n, m = _dense_operands(args, dtype)
+        dd = d[..., None, None]
+        P = np.eye(n, dtype=dtype) - alpha * dd * A
+        PH = np.conj(np.swapaxes(P, -1, -2))
+        S = np.linalg.solve(PH, np.concatenate([cA, cB], axis=-1))
+        SA, SB = S[..., :n], S[..., n:]
+        H = lambda x: np.conj(np.swapaxes(x, -1, -2))  # noqa: E731
+        GW = (1 - alpha) * SA + alpha * (SA @ H(Abar) + SB @ H(Bbar))
+        gd = np.real(np.sum(np.conj(A) * GW, axis=(-2, -1))
+                     + np.sum(np.conj(B) * SB, axis=(-2, -1)))
+        return {"A": dd * GW, "B": dd * SB, "delta": gd}
+
+    return backward
+
+
+@defvjp(zoh_discretize, "A", "B", "delta")
+def _zoh_discretize_vjp(args):
+    # keeps the inputs and the outputs
+    out = zoh_discretize(**args)
+    Abar, Bbar = out
+    if args["dense"]:
+        return out, _dense_zoh_grads(args, Bbar.dtype)
+    return out, _diag_grads("zoh", args, Abar, Bbar, 0.0)
+
+
+@defvjp(bilinear_discretize, "A", "B", "delta")
+def _bilinear_discretize_vjp(args):
+    # keeps the inputs and the outputs
+    out = bilinear_discretize(**args)
+    Abar, Bbar = out
+    alpha = _alpha(args["alpha"])
+    if args["dense"]:
+        return out, _dense_bilinear_grads(args, Bbar.dtype, Abar, Bbar, alpha)
+    return out, _diag_grads("bilinear", args, Abar, Bbar, alpha)

@@ -205,3 +205,27 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+
+
+# Gradients
+#
+# The adjoint of the truncated causal convolution is the same convolution
+# run backwards in time (see _vjp.causal_conv_pullback). Keeps the inputs.
+
+from ._vjp import causal_conv_pullback, defvjp  # noqa: E402
+
+
+@defvjp(fft_conv, "signal", "kernel")
+def _fft_conv_vjp(args):
+    y = fft_conv(**args)
+
+    def conv(k, v, axis):
+        return fft_conv(v, k, axis=axis, workers=args["workers"])
+
+    def backward(c):
+        gk, gx = causal_conv_pullback(conv, args["kernel"], args["signal"], c,
+                                      args["axis"], y.dtype,
+                                      resolve_workers(args["workers"]))
+        return {"kernel": gk, "signal": gx}
+
+    return y, backward

@@ -603,3 +603,112 @@ def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
     if method == "associative":
         return associative_scan(a, b, h0, workers=workers, **kwargs)
     return chunked_scan(a, b, h0, chunk_size=chunk_size, workers=workers, **kwargs)
+
+
+# Gradients
+#
+# The adjoint of h_t = a_t h_{t-1} + b_t (h_{-1} = h0) is the reverse scan
+# g_t = c_t + conj(a_{t+1}) g_{t+1}, g_{n-1} = c_{n-1} + c_final: the same
+# recurrence run the other way over the cotangent, with the decays shifted
+# by one step and conjugated. Then db = g, da_t = g_t conj(h_{t-1}) and
+# dh0 = conj(a_0) g_0. A reverse scan's adjoint is the forward scan, mirrored.
+# The pullback keeps a, h0 and the states h (the output).
+
+from . import _vjp_kernels  # noqa: E402
+from ._vjp import defvjp  # noqa: E402
+
+
+def _conj(x):
+    return x.conj() if x.dtype.kind == "c" else x
+
+
+def _real_scan_backward(a, h, c, cf, h0, ax, workers):
+    """The real forward scan's pullback in one compiled reverse pass
+    (_vjp_kernels.scan_backward) on the (P, n, Q) view, time in the middle."""
+    shape, dtype = h.shape, h.dtype
+    n = shape[ax]
+    P = int(np.prod(shape[:ax], dtype=np.int64))
+    Q = int(np.prod(shape[ax + 1:], dtype=np.int64))
+
+    def view3(x):
+        return np.ascontiguousarray(x, dtype=dtype).reshape(P, n, Q)
+
+    def view2(x):
+        if x is None:
+            return np.empty((0, 0), dtype)
+        x = np.broadcast_to(np.asarray(x, dtype=dtype), shape[:ax] + shape[ax + 1:])
+        return np.ascontiguousarray(x).reshape(P, Q)
+
+    ga = np.empty(shape, dtype)
+    gb = np.empty(shape, dtype)
+    gh0 = np.empty(shape[:ax] + shape[ax + 1:], dtype)
+    _vjp_kernels.scan_backward(view3(a), h.reshape(P, n, Q),
+                               view3(np.broadcast_to(c, shape)),
+                               view2(cf), view2(h0), cf is not None, h0 is not None,
+                               ga.reshape(P, n, Q), gb.reshape(P, n, Q),
+                               gh0.reshape(P, Q), resolve_workers(workers))
+    return {"a": ga, "b": gb, "h0": gh0}
+
+
+def _scan_rule(fun):
+    def rule(args):
+        out = fun(**args)
+        h = out[0] if args["return_final"] else out
+        shape, dtype = h.shape, h.dtype
+        ax = normalize_axis(args["axis"], h.ndim)
+        n = shape[ax]
+        reverse = bool(args["reverse"])
+        a = np.broadcast_to(np.asarray(args["a"]), shape)
+        h0 = args["h0"]
+        state_shape = shape[:ax] + shape[ax + 1:]
+        h0 = (None if h0 is None
+              else np.broadcast_to(np.asarray(h0, dtype=dtype), state_shape))
+        # the adjoint scan takes the forward's method, chunk and workers,
+        # never its output buffer (`out`, where a scan has one)
+        options = {k: v for k, v in args.items()
+                   if k not in ("a", "b", "h0", "reverse", "return_final", "out")}
+
+        def at(i):
+            return (slice(None),) * ax + (i,)
+
+        def backward(ct):
+            c, cf = ct if args["return_final"] else (ct, None)
+            if n == 0:
+                zeros = np.zeros(shape, dtype=dtype)
+                return {"a": zeros, "b": zeros,
+                        "h0": np.zeros(state_shape, dtype) if cf is None else cf}
+            # time not last (rows of Q > 1 values per step): one compiled
+            # pass, vectorised across the row; time last: the reverse scan's
+            # own kernel (faster on long rows) and two elementwise passes
+            if (dtype.kind == "f" and not reverse and ax < h.ndim - 1
+                    and h.flags.c_contiguous):
+                return _real_scan_backward(a, h, c, cf, h0, ax, args.get("workers"))
+            # decays of the adjoint: conj(a) shifted one step towards the start
+            # (forward) or the end (reverse), 1 where the final cotangent enters
+            ad = np.empty(shape, dtype=dtype)
+            first, rest = (n - 1, slice(0, n - 1)) if not reverse else (0, slice(1, n))
+            src = slice(1, n) if not reverse else slice(0, n - 1)
+            ad[at(rest)] = _conj(a[at(src)])
+            ad[at(first)] = 1
+            g = fun(ad, c, cf, reverse=not reverse, **options)
+            # the state before each step: h shifted the other way, h0 at the start
+            ga = np.empty(shape, dtype=dtype)
+            np.multiply(g[at(src)], _conj(h[at(rest)]), out=ga[at(src)])
+            start = 0 if not reverse else n - 1
+            one = at(slice(start, start + 1))
+            if h0 is None:
+                ga[one] = 0
+            else:
+                np.multiply(g[one], _conj(np.expand_dims(h0, ax)), out=ga[one])
+            gh0 = (_conj(a[one]) * g[one]).astype(dtype, copy=False)
+            gh0 = gh0.reshape(state_shape)
+            return {"a": ga, "b": g, "h0": gh0}
+
+        return out, backward
+
+    return rule
+
+
+for _fun in (sequential_scan, chunked_scan, associative_scan, linear_scan):
+    defvjp(_fun, "a", "b", "h0")(_scan_rule(_fun))
+del _fun

@@ -719,3 +719,206 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
     _stable_ops.rms_norm(x2, z2, w1, out, max(group, 1), eps, zz is not None,
                          bool(norm_before_gate), nthreads)
     return out.reshape(shape)
+
+
+# Gradients
+#
+# Closed forms, written so that nothing takes exp of a positive difference
+# or subtracts -inf from -inf: a row of -inf (whose softmax is undefined)
+# and the -inf entries of a row get zero gradient, never NaN. Each rule's
+# comment says what its pullback keeps. rms_norm's rule lives with the layer
+# gradients.
+
+from . import _vjp_kernels  # noqa: E402
+from ._vjp import defvjp  # noqa: E402
+
+
+def _axis_of(y, axis):
+    return normalize_axis(axis, np.ndim(y))
+
+
+def _dead_rows(x, ax):
+    """Rows (keepdims) of `x` along `ax` that are all -inf."""
+    return np.max(np.asarray(x), axis=ax, keepdims=True) == -np.inf
+
+
+def _row_dot(c, y, ax):
+    """sum(c * y) along `ax` (keepdims), without the product's temporary."""
+    c = np.asarray(c)
+    cm = np.moveaxis(c, ax, -1)
+    ym = np.moveaxis(y, ax, -1)
+    dtype = np.result_type(c, y)
+    if cm.dtype != dtype:
+        cm = cm.astype(dtype)
+    return np.expand_dims(np.einsum("...i,...i->...", cm, ym), ax)
+
+
+@defvjp(softmax, "x")
+def _softmax_vjp(args):
+    # keeps y (the output), and x only to find rows of -inf
+    y = softmax(**args)
+    ax = _axis_of(y, args["axis"])
+
+    def backward(c):
+        # dx = y * (c - sum(c * y)): the row sums without a temporary, then
+        # two in-place passes. A row of NaN in y (a row of -inf, or a NaN
+        # input) makes its sum NaN, so only then are the rows examined.
+        y_ = y
+        dot = _row_dot(c, y_, ax)
+        if np.isnan(dot).any():
+            y_ = np.where(_dead_rows(args["x"], ax), 0, y)
+            dot = _row_dot(c, y_, ax)
+        g = np.subtract(c, dot, dtype=y.dtype)
+        g *= y_
+        return {"x": g}
+
+    return y, backward
+
+
+@defvjp(log_softmax, "x")
+def _log_softmax_vjp(args):
+    # keeps y (the output), and x only to find rows of -inf
+    y = log_softmax(**args)
+    ax = _axis_of(y, args["axis"])
+
+    def backward(c):
+        # dx = c - softmax(x) * sum(c), softmax(x) = exp(y) <= 1. A row of
+        # -inf (or with a NaN) is NaN throughout, so its first entry tells.
+        p = np.exp(y)
+        if y.size and np.isnan(np.take(y, 0, axis=ax)).any():
+            dead = _dead_rows(args["x"], ax)
+            p = np.where(dead, 0, p)
+            c = np.where(dead, 0, c)
+        p *= np.sum(c, axis=ax, keepdims=True)
+        return {"x": np.subtract(c, p, out=p)}
+
+    return y, backward
+
+
+@defvjp(log_sum_exp, "x")
+def _log_sum_exp_vjp(args):
+    # keeps x and the output
+    out = log_sum_exp(**args)
+    x = np.asarray(args["x"])
+    ax = _axis_of(x, args["axis"])
+    lse = out if args["keepdims"] else np.expand_dims(out, ax)
+
+    def backward(c):
+        # dx = c * exp(x - lse) (x - lse <= 0); a row of -inf gets 0
+        if not args["keepdims"]:
+            c = np.expand_dims(c, ax)
+        with np.errstate(invalid="ignore"):
+            p = np.subtract(x, lse, dtype=out.dtype)
+            np.exp(p, out=p)
+        dead = lse == -np.inf
+        if dead.any():
+            p = np.where(dead, 0, p)
+        p *= c
+        return {"x": p}
+
+    return out, backward
+
+
+@defvjp(logcumsumexp, "x")
+def _logcumsumexp_vjp(args):
+    # keeps x and y (the output). dx_s = sum_{t>=s} c_t exp(x_s - y_t)
+    # = exp(x_s - y_s) q_s with the reverse scan q_s = c_s + exp(y_s - y_{s+1})
+    # q_{s+1}: y never decreases, so every exponent is <= 0.
+    y = logcumsumexp(**args)
+    x = np.asarray(args["x"])
+    ax = _axis_of(y, args["axis"])
+    n = y.shape[ax] if y.ndim else 0
+
+    def backward(c):
+        if n == 0:
+            return {"x": np.zeros(y.shape, y.dtype)}
+        head = np.take(y, np.arange(n - 1), axis=ax)
+        tail = np.take(y, np.arange(1, n), axis=ax)
+        with np.errstate(invalid="ignore"):
+            d = np.where(tail == -np.inf, 0, np.exp(head - tail))
+            p = np.where(y == -np.inf, 0, np.exp(x - y))
+        zero = np.zeros_like(np.take(y, [0], axis=ax))
+        d = np.concatenate([d, zero], axis=ax)
+        q = _scan_reverse(d, c, ax, args["workers"])
+        return {"x": p * q}
+
+    return y, backward
+
+
+def _linear_scan(a, b, **kwargs):
+    from .scan import linear_scan
+
+    return linear_scan(a, b, **kwargs)
+
+
+def _scan_reverse(d, c, ax, workers):
+    return _linear_scan(d, np.asarray(c, dtype=d.dtype), axis=ax, reverse=True,
+                        workers=workers)
+
+
+@defvjp(segsum, "x")
+def _segsum_vjp(args):
+    # keeps nothing but the shapes: the map is linear.
+    # s[i, j] = sum_{j < t <= i} x_t, so dx_t = sum_{i >= t} sum_{j < t} c[i, j]
+    s = segsum(**args)
+    x = np.asarray(args["x"])
+    ax = normalize_axis(args["axis"], x.ndim)
+
+    def backward(c):
+        # dx_t = sum_{i >= t} sum_{j < t} c[i, j]: one compiled pass over
+        # the strictly lower triangle and a prefix sum
+        n = c.shape[-1]
+        lead = c.shape[:-2]
+        c3 = np.ascontiguousarray(c, dtype=s.dtype).reshape(-1, n, n)
+        g = np.empty((c3.shape[0], n), dtype=s.dtype)
+        _vjp_kernels.segsum_backward(c3, g, resolve_workers(args["workers"]))
+        return {"x": np.moveaxis(g.reshape(lead + (n,)), -1, ax)}
+
+    return s, backward
+
+
+@defvjp(sigmoid, "x")
+def _sigmoid_vjp(args):
+    # keeps y (the output): dx = c y (1 - y)
+    y = sigmoid(**args)
+
+    def backward(c):
+        return {"x": c * (y * (1 - y))}
+
+    return y, backward
+
+
+@defvjp(silu, "x")
+def _silu_vjp(args):
+    # keeps x. dx = c s (1 + x (1 - s)), s = sigmoid(x), in one compiled
+    # pass (_vjp_kernels.silu_backward); x = +-inf gives c or 0
+    y = silu(**args)
+    x = np.asarray(args["x"])
+
+    def backward(c):
+        xf = np.ascontiguousarray(x, dtype=y.dtype).reshape(-1)
+        cf = np.ascontiguousarray(np.broadcast_to(c, y.shape), dtype=y.dtype).reshape(-1)
+        g = np.empty(y.shape, y.dtype)
+        _vjp_kernels.silu_backward(xf, cf, g.reshape(-1),
+                                   resolve_workers(args["workers"]))
+        return {"x": g}
+
+    return y, backward
+
+
+@defvjp(softplus, "x")
+def _softplus_vjp(args):
+    # keeps x; dx = c sigmoid(beta x), or c where beta x > threshold (identity)
+    y = softplus(**args)
+    x = np.asarray(args["x"])
+    beta = args["beta"]
+    threshold = args["threshold"]
+
+    def backward(c):
+        bx = np.multiply(beta, x, dtype=y.dtype)
+        d = sigmoid(bx, workers=args["workers"])
+        d[bx > threshold] = 1
+        d *= c
+        return {"x": d}
+
+    return y, backward

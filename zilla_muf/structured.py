@@ -763,3 +763,230 @@ def vandermonde_rmatvec(poles, v, *, workers=None):
                                       _VDM_RSPLIT, nthreads)
     out = partial[:, 0, :] if nsplit == 1 else partial.sum(axis=1)
     return out.reshape(lead + (N,))
+
+
+# The SciPy operator views (defined in _operators.py), and gradients
+#
+# Each pullback is a composition of the forward kernels (the transpose of a
+# structured product is a structured product of the same kind), except the
+# squared Cauchy terms sum_k c_k / (z_k - p_i)^2 of the pole and node
+# gradients, which are summed in blocks. See the user guide, "Gradients".
+
+from . import _vjp_kernels  # noqa: E402
+from ._vjp import causal_conv_pullback, defvjp  # noqa: E402
+from ._vjp import vjp as _vjp  # noqa: E402
+from ._operators import (  # noqa: E402
+    cauchy_operator,
+    semiseparable_operator,
+    toeplitz_operator,
+    vandermonde_operator,
+)
+
+__all__ += ["cauchy_operator", "semiseparable_operator", "toeplitz_operator",
+            "vandermonde_operator"]
+
+
+def _cj(x):
+    x = np.asarray(x)
+    return x.conj() if x.dtype.kind == "c" else x
+
+
+@defvjp(semiseparable_matvec, "a", "B", "C", "x")
+def _semiseparable_matvec_vjp(args):
+    # keeps the inputs; the backward recomputes the states h (n r per row),
+    # runs their adjoint (a reverse scan) and contracts.
+    y = semiseparable_matvec(**args)
+    dtype = y.dtype
+
+    def backward(c):
+        if dtype.kind == "f":
+            return _semiseparable_backward_real(args, c, y.shape, dtype)
+        a = np.asarray(args["a"], dtype=dtype)[..., None]
+        B = np.asarray(args["B"], dtype=dtype)
+        C = np.asarray(args["C"], dtype=dtype)
+        x = np.asarray(args["x"], dtype=dtype)
+        b = B * x[..., None]
+        h, pullback = _vjp(chunked_scan, a, b, axis=-2, workers=args["workers"])
+        # y_i = C_i . h_i (no conjugate): dL/dh_i = conj(C_i) c_i
+        g = pullback(_cj(C) * c[..., None])
+        gb = g["b"]
+        return {"a": g["a"][..., 0], "B": gb * _cj(x)[..., None],
+                "C": c[..., None] * _cj(h), "x": np.sum(gb * _cj(B), axis=-1)}
+
+    return y, backward
+
+
+def _semiseparable_backward_real(args, c, shape, dtype):
+    """The real pullback in one compiled pass pair per row
+    (_vjp_kernels.semiseparable_backward); gradients of the broadcast shape."""
+    lead, n = shape[:-1], shape[-1]
+    B = np.asarray(args["B"])
+    r = B.shape[-1]
+    if 0 in lead or n == 0 or r == 0:
+        return {"a": np.zeros(shape, dtype), "x": np.zeros(shape, dtype),
+                "B": np.zeros(shape + (r,), dtype), "C": np.zeros(shape + (r,), dtype)}
+    rows = int(np.prod(lead, dtype=np.int64))
+
+    def flat(v, tail):
+        v = np.broadcast_to(np.asarray(v, dtype=dtype), lead + tail)
+        return np.ascontiguousarray(v).reshape(rows, -1)
+
+    a, x, cc = flat(args["a"], (n,)), flat(args["x"], (n,)), flat(c, (n,))
+    Bf, Cf = flat(B, (n, r)), flat(args["C"], (n, r))
+    ga = np.empty((rows, n), dtype)
+    gx = np.empty((rows, n), dtype)
+    gB = np.empty((rows, n * r), dtype)
+    gC = np.empty((rows, n * r), dtype)
+    work = np.empty((rows, r), dtype)
+    _vjp_kernels.semiseparable_backward(a, Bf, Cf, x, cc, ga, gB, gC, gx, work,
+                                        resolve_workers(args["workers"]))
+    return {"a": ga.reshape(shape), "x": gx.reshape(shape),
+            "B": gB.reshape(shape + (r,)), "C": gC.reshape(shape + (r,))}
+
+
+@defvjp(semiseparable_matrix, "a", "B", "C")
+def _semiseparable_matrix_vjp(args):
+    # keeps the inputs and L = prod a (n^2 per row), as the forward does.
+    # M = (C B^T) * L with L the scan of a over the identity's columns.
+    M = semiseparable_matrix(**args)
+    dtype = M.dtype
+    a = np.asarray(args["a"], dtype=dtype)
+    n = a.shape[-1]
+    L, pullback = _vjp(sequential_scan, a[..., None], np.eye(n, dtype=dtype), axis=-2)
+
+    def backward(G):
+        B = np.asarray(args["B"], dtype=dtype)
+        C = np.asarray(args["C"], dtype=dtype)
+        GL = G * _cj(L)
+        CB = np.einsum("...ir,...jr->...ij", C, B)
+        ga = pullback(G * _cj(CB))["a"][..., 0]
+        return {"a": ga,
+                "B": np.einsum("...ij,...ir->...jr", GL, _cj(C)),
+                "C": np.einsum("...ij,...jr->...ir", GL, _cj(B))}
+
+    return M, backward
+
+
+@defvjp(toeplitz_matvec, "kernel", "x")
+def _toeplitz_matvec_vjp(args):
+    # keeps the inputs: both gradients are causal convolutions run backwards
+    y = toeplitz_matvec(**args)
+
+    def conv(k, v, axis):
+        return toeplitz_matvec(k, v, axis=axis, method=args["method"],
+                               workers=args["workers"])
+
+    def backward(c):
+        gk, gx = causal_conv_pullback(conv, args["kernel"], args["x"], c,
+                                      args["axis"], y.dtype,
+                                      resolve_workers(args["workers"]))
+        return {"kernel": gk, "x": gx}
+
+    return y, backward
+
+
+@defvjp(cauchy_matvec, "nodes", "poles", "weights")
+def _cauchy_matvec_vjp(args):
+    # keeps the inputs. With D = 1/(z_k - p_i):
+    #   gw_i = sum_k conj(D_ki) c_k
+    #   gp_i = conj(w_i) sum_k conj(D_ki)^2 c_k
+    #   gz_k = -c_k sum_i conj(w_i D_ki^2)
+    # and for conj_pairs the terms of conj(w)/(z - conj(p)), antiholomorphic
+    # in w and p, enter through conj(c). One compiled pass over the L x N
+    # terms (_vjp_kernels.cauchy_backward), in double.
+    out = cauchy_matvec(**args)
+    dtype = out.dtype
+
+    def backward(c):
+        z = np.asarray(args["nodes"], dtype=dtype)
+        p = np.asarray(args["poles"], dtype=dtype)
+        w = np.asarray(args["weights"], dtype=dtype)
+        p, w = np.broadcast_arrays(p, w)
+        lead = np.broadcast_shapes(z.shape[:-1], p.shape[:-1])
+        L, N = z.shape[-1], p.shape[-1]
+        if 0 in lead + (L, N):
+            return {"nodes": np.zeros(lead + (L,), dtype),
+                    "poles": np.zeros(lead + (N,), dtype),
+                    "weights": np.zeros(lead + (N,), dtype)}
+        z = np.broadcast_to(z, lead + (L,)).reshape(-1, L)
+        c = np.broadcast_to(c, lead + (L,)).reshape(-1, L)
+        p = np.broadcast_to(p, lead + (N,)).reshape(-1, N)
+        w = np.broadcast_to(w, lead + (N,)).reshape(-1, N)
+        R = z.shape[0]
+        work = np.complex128   # the kernel sums in double
+        gz = np.empty((R, L), work)
+        gw = np.empty((R, N), work)
+        sp = np.empty((R, N), work)
+
+        def view(x):
+            return np.ascontiguousarray(x, dtype=work).view(np.float64)
+
+        _vjp_kernels.cauchy_backward(view(z), view(p), view(w), view(c),
+                                     bool(args["conj_pairs"]), gz.view(np.float64),
+                                     gw.view(np.float64), sp.view(np.float64),
+                                     resolve_workers(args["workers"]))
+        gp = sp * w.conj()
+        shape = lead
+        return {"nodes": gz.reshape(shape + (L,)),
+                "poles": gp.reshape(shape + (N,)),
+                "weights": gw.reshape(shape + (N,))}
+
+    return out, backward
+
+
+def _power_derivative_vector(v):
+    """u_m = (m + 1) v_{m+1}: sum_l l p^(l-1) v_l = sum_m p^m u_m."""
+    L = v.shape[-1]
+    return v[..., 1:] * np.arange(1, L, dtype=v.real.dtype)
+
+
+@defvjp(vandermonde_matvec, "poles", "weights")
+def _vandermonde_matvec_vjp(args):
+    # keeps the inputs. K_l = sum_i w_i p_i^l:
+    #   gw_i = conj(sum_l p_i^l conj(c_l))          (vandermonde_rmatvec)
+    #   gp_i = conj(w_i sum_l l p_i^(l-1) conj(c_l)) (vandermonde_rmatvec of
+    #          u_m = (m+1) conj(c_{m+1}): the powers formed as stably)
+    # conj_pairs returns K + conj(K) for a real cotangent: both doubled.
+    out = vandermonde_matvec(**args)
+    cdtype = _complex_of(out.dtype)
+    workers = args["workers"]
+
+    def backward(c):
+        p = np.asarray(args["poles"])
+        w = np.asarray(args["weights"], dtype=cdtype)
+        cc = np.asarray(c, dtype=cdtype).conj()
+        scale = 2 if args["conj_pairs"] else 1
+        gw = vandermonde_rmatvec(p, cc, workers=workers).conj()
+        if cc.shape[-1] > 1:
+            s = vandermonde_rmatvec(p, _power_derivative_vector(cc), workers=workers)
+            gp = (w * s).conj()
+        else:
+            gp = np.zeros(np.broadcast_shapes(p.shape, w.shape), cdtype)
+        return {"poles": scale * gp, "weights": scale * gw}
+
+    return out, backward
+
+
+@defvjp(vandermonde_rmatvec, "poles", "v")
+def _vandermonde_rmatvec_vjp(args):
+    # keeps the inputs. out_i = sum_l p_i^l v_l:
+    #   gv_l = conj(sum_i p_i^l conj(c_i))     (vandermonde_matvec)
+    #   gp_i = c_i conj(sum_l l p_i^(l-1) v_l) (vandermonde_rmatvec of u)
+    out = vandermonde_rmatvec(**args)
+    cdtype = out.dtype
+    workers = args["workers"]
+
+    def backward(c):
+        p = np.asarray(args["poles"])
+        v = np.asarray(args["v"], dtype=cdtype)
+        L = v.shape[-1]
+        gv = vandermonde_matvec(p, np.asarray(c, dtype=cdtype).conj(), L,
+                                workers=workers).conj()
+        if L > 1:
+            s = vandermonde_rmatvec(p, _power_derivative_vector(v), workers=workers)
+            gp = c * s.conj()
+        else:
+            gp = np.zeros(out.shape, cdtype)
+        return {"poles": gp, "v": gv}
+
+    return out, backward

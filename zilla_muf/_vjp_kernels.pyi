@@ -1,0 +1,44 @@
+import numpy as np
+import numpy.typing as npt
+
+def cauchy_backward(
+    z: npt.NDArray[np.float64], p: npt.NDArray[np.float64],
+    w: npt.NDArray[np.float64], c: npt.NDArray[np.float64], pairs: bool,
+    gz: npt.NDArray[np.float64], gw: npt.NDArray[np.float64],
+    sp: npt.NDArray[np.float64], num_threads: int,
+) -> None: ...
+
+def segsum_backward(
+    c: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    g: npt.NDArray[np.float32] | npt.NDArray[np.float64], num_threads: int,
+) -> None: ...
+
+def semiseparable_backward(
+    a: npt.NDArray[np.floating], B: npt.NDArray[np.floating],
+    C: npt.NDArray[np.floating], x: npt.NDArray[np.floating],
+    c: npt.NDArray[np.floating], ga: npt.NDArray[np.floating],
+    gB: npt.NDArray[np.floating], gC: npt.NDArray[np.floating],
+    gx: npt.NDArray[np.floating], work: npt.NDArray[np.floating],
+    num_threads: int,
+) -> None: ...
+
+def diag_discretize_backward(
+    zoh: int, alpha: float, lam: npt.NDArray[np.complex128],
+    B: npt.NDArray[np.complex128], d: npt.NDArray[np.float64],
+    cA: npt.NDArray[np.complex128], cB: npt.NDArray[np.complex128],
+    gA: npt.NDArray[np.complex128], gB: npt.NDArray[np.complex128],
+    gd: npt.NDArray[np.float64], num_threads: int,
+) -> None: ...
+
+def silu_backward(
+    x: npt.NDArray[np.floating], c: npt.NDArray[np.floating],
+    g: npt.NDArray[np.floating], num_threads: int,
+) -> None: ...
+
+def scan_backward(
+    a: npt.NDArray[np.floating], h: npt.NDArray[np.floating],
+    c: npt.NDArray[np.floating], cf: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating], has_cf: bool, has_h0: bool,
+    ga: npt.NDArray[np.floating], gb: npt.NDArray[np.floating],
+    gh0: npt.NDArray[np.floating], num_threads: int,
+) -> None: ...

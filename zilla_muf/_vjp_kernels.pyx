@@ -1,0 +1,496 @@
+# cython: language_level=3
+"""Backward kernels that no composition of forward kernels gives.
+
+Design
+------
+* cauchy_backward: the gradients of out_k = sum_i w_i / (z_k - p_i)
+  (+ conj(w_i) / (z_k - conj(p_i)) with ``pairs``) for rows (rows, L) of
+  nodes and cotangents and (rows, N) of poles and weights, all complex128
+  C-contiguous, passed as their interleaved real views (re, im, ...). With
+  D = 1/(z_k - p_i), each row accumulates
+      gw_i = sum_k conj(D) c_k,  sp_i = sum_k conj(D)^2 c_k,
+      gz_k = -c_k conj(sum_i w_i D^2)
+  and the pair terms (antiholomorphic in w and p) with conj(p), conj(w) in
+  place of p, w and their gw and sp conjugated, since D' conj(c) =
+  conj(conj(D') c) for D' = 1/(z - conj(p)). The caller forms
+  gp_i = conj(w_i) sp_i. Per row, the poles and weights go in blocks of
+  PB into planar local arrays, so that the loop over a block's poles (one
+  reciprocal conj(d)/|d|^2 per term, in double) has no scalar reduction
+  and no possible aliasing, and vectorises; the sum over poles for gz is
+  taken after it in LANES partial sums. Rows split over threads by a
+  static ``prange`` (each row's outputs and scratch are its own).
+* segsum_backward: the gradient of s_ij = sum_{j < t <= i} x_t for
+  cotangents c (rows, n, n), C-contiguous: gx_t = sum_{i >= t} sum_{j < t}
+  c_ij, the sum of a rectangle below the diagonal. Stepping t to t + 1
+  adds column t below the diagonal and drops row t left of it, so one
+  streaming pass over the strictly lower triangle gathers
+  d_t = sum_{i > t} c_it - sum_{j < t} c_tj into the output, and an
+  exclusive prefix sum turns d into gx (rows over threads, static).
+* semiseparable_backward: the gradients of the real y_i = C_i . h_i,
+  h_i = a_i h_{i-1} + B_i x_i (h_{-1} = 0, states of width r), for rows
+  of a, x, c (rows, n) and B, C (rows, n, r), C-contiguous. The adjoint
+  states g_i = c_i C_i + a_{i+1} g_{i+1} come first, in a reverse pass
+  that writes them into gB; a forward pass then rebuilds h_i in an r-wide
+  scratch row and reads g_i once for all four gradients:
+      gx_i = B_i . g_i,  ga_i = h_{i-1} . g_i,  gB_i = x_i g_i,
+      gC_i = c_i h_i.
+  Five streams of n r values against the forward's two (B and C); rows
+  over threads (static), each row's outputs and scratch its own.
+* diag_discretize_backward: the gradients of the diagonal ZOH and bilinear
+  discretisations, elementwise on flat complex128 arrays broadcast by the
+  caller (delta real). With z = delta lambda,
+    ZOH:  e = exp(z), phi1 = expm1(z)/z, psi = (z e - e + 1)/z^2,
+          gA = conj(delta e) cA + conj(delta^2 B psi) cB,
+          gB = conj(delta phi1) cB,  gd = Re(conj(lambda e) cA + conj(e B) cB)
+    bilinear (alpha):  w = 1/(1 - alpha z),
+          gA = delta conj(w^2) (cA + alpha delta conj(B) cB),
+          gB = delta conj(w) cB,  gd = Re(conj(w^2) (conj(lambda) cA + conj(B) cB)).
+  Inside |z| < 1, phi2 = (e^z - 1 - z)/z^2 is summed as its Taylor series
+  (as many terms as |z| needs for 1e-17), phi1 = 1 + z phi2 and
+  psi = phi1 - phi2 (no cancellation); beyond, the closed forms; expm1
+  of a complex z as expm1(x) cos(y) - 2 sin^2(y/2) + i e^x sin(y).
+  Elements in blocks over threads (static).
+* silu_backward: g = c (s + x s (1 - s)), s = sigmoid(x), elementwise:
+  blocks of SBLOCK through the vectorised sigmoid of _vexp.h into a local
+  row, then arithmetic only. Where s (1 - s) is 0 (|x| large or infinite)
+  the term x s (1 - s) is taken as 0, its limit, so x = +-inf gives c or
+  0, not NaN. Blocks over threads (static).
+* scan_backward: the pullback of the real forward scan
+  h_t = a_t h_{t-1} + b_t on arrays (P, n, Q), time in the middle (Q = 1:
+  time last), all C-contiguous: in one reverse pass per p,
+      g_t = c_t + a_{t+1} g_{t+1}  (g_{n-1} = c_{n-1} + c_final),
+      gb_t = g_t,  ga_t = g_t h_{t-1}  (h_{-1} = h0, or ga_0 = 0),
+      gh0 = a_0 g_0.
+  The inner loop runs over q (contiguous, vectorises), so the caller uses
+  it when time is not the last axis (Q > 1); p over threads (static).
+"""
+from cython.parallel cimport prange
+
+from libc.math cimport cos, exp, expm1, sin
+
+from zilla_muf._types cimport real_t
+
+cdef enum:
+    LANES = 4
+    PB = 64
+
+
+cdef inline double lane_sum(const double *q, Py_ssize_t n) noexcept nogil:
+    """sum(q[:n]) in LANES independent partial sums."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t i = 0
+    cdef int j
+    cdef double total = 0.0
+    for j in range(LANES):
+        acc[j] = 0.0
+    while i + LANES <= n:
+        for j in range(LANES):
+            acc[j] += q[i + j]
+        i += LANES
+    while i < n:
+        acc[0] += q[i]
+        i += 1
+    for j in range(LANES):
+        total += acc[j]
+    return total
+
+
+cdef void cauchy_row(const double *z, const double *p, const double *w,
+                     const double *c, Py_ssize_t L, Py_ssize_t N, int pairs,
+                     double *gz, double *gw, double *sp) noexcept nogil:
+    """One row, poles in blocks of PB held in local arrays (no aliasing, so
+    the loop over a block's poles vectorises)."""
+    cdef double pr[PB]
+    cdef double pim[PB]
+    cdef double wr[PB]
+    cdef double wim[PB]
+    cdef double gwr[PB]
+    cdef double gwi[PB]
+    cdef double spr[PB]
+    cdef double spi[PB]
+    cdef double qr[PB]
+    cdef double qi[PB]
+    cdef Py_ssize_t k, i, i0, nb
+    cdef int half, npass = 2 if pairs else 1
+    cdef double zr, zi, cr, ci, tzr, tzi, sgn
+    cdef double dr, di, m, Dr, Di, D2r, D2i
+    for k in range(2 * L):
+        gz[k] = 0.0
+    for i in range(2 * N):
+        gw[i] = 0.0
+        sp[i] = 0.0
+    for half in range(npass):
+        # the pair's pass: conj(p) and conj(w), then conj(gw), conj(sp):
+        # conj(conj(D') c) = D' conj(c)
+        sgn = -1.0 if half else 1.0
+        i0 = 0
+        while i0 < N:
+            nb = N - i0 if N - i0 < PB else PB
+            for i in range(nb):
+                pr[i] = p[2 * (i0 + i)]
+                pim[i] = sgn * p[2 * (i0 + i) + 1]
+                wr[i] = w[2 * (i0 + i)]
+                wim[i] = sgn * w[2 * (i0 + i) + 1]
+                gwr[i] = 0.0
+                gwi[i] = 0.0
+                spr[i] = 0.0
+                spi[i] = 0.0
+            for k in range(L):
+                zr = z[2 * k]
+                zi = z[2 * k + 1]
+                cr = c[2 * k]
+                ci = c[2 * k + 1]
+                for i in range(nb):
+                    dr = zr - pr[i]
+                    di = zi - pim[i]
+                    m = 1.0 / (dr * dr + di * di)
+                    Dr = dr * m
+                    Di = -di * m
+                    D2r = Dr * Dr - Di * Di
+                    D2i = 2.0 * Dr * Di
+                    gwr[i] += Dr * cr + Di * ci
+                    gwi[i] += Dr * ci - Di * cr
+                    spr[i] += D2r * cr + D2i * ci
+                    spi[i] += D2r * ci - D2i * cr
+                    qr[i] = wr[i] * D2r - wim[i] * D2i
+                    qi[i] = wr[i] * D2i + wim[i] * D2r
+                tzr = lane_sum(qr, nb)
+                tzi = lane_sum(qi, nb)
+                # gz = -c conj(t)
+                gz[2 * k] -= cr * tzr + ci * tzi
+                gz[2 * k + 1] -= ci * tzr - cr * tzi
+            for i in range(nb):
+                gw[2 * (i0 + i)] += gwr[i]
+                gw[2 * (i0 + i) + 1] += sgn * gwi[i]
+                sp[2 * (i0 + i)] += spr[i]
+                sp[2 * (i0 + i) + 1] += sgn * spi[i]
+            i0 += nb
+
+
+def cauchy_backward(const double[:, ::1] z, const double[:, ::1] p,
+                    const double[:, ::1] w, const double[:, ::1] c, bint pairs,
+                    double[:, ::1] gz, double[:, ::1] gw, double[:, ::1] sp,
+                    int num_threads):
+    """Fill gz (rows, 2L), gw and sp (rows, 2N); see the module's Design."""
+    cdef Py_ssize_t rows = z.shape[0]
+    cdef Py_ssize_t L = z.shape[1] // 2
+    cdef Py_ssize_t N = p.shape[1] // 2
+    cdef Py_ssize_t r
+    cdef int ip = 1 if pairs else 0
+    if (p.shape[0] != rows or w.shape[0] != rows or c.shape[0] != rows
+            or gz.shape[0] != rows or gw.shape[0] != rows or sp.shape[0] != rows
+            or w.shape[1] != 2 * N or c.shape[1] != 2 * L or gz.shape[1] != 2 * L
+            or gw.shape[1] != 2 * N or sp.shape[1] != 2 * N):
+        raise ValueError("cauchy_backward: inconsistent shapes")
+    if rows == 0 or L == 0 or N == 0:
+        gz[:, :] = 0.0
+        gw[:, :] = 0.0
+        sp[:, :] = 0.0
+        return
+    with nogil:
+        for r in prange(rows, num_threads=num_threads, schedule="static"):
+            cauchy_row(&z[r, 0], &p[r, 0], &w[r, 0], &c[r, 0], L, N, ip,
+                       &gz[r, 0], &gw[r, 0], &sp[r, 0])
+
+
+cdef void segsum_back_row(const real_t *c, Py_ssize_t n,
+                          real_t *g) noexcept nogil:
+    """g = the segsum gradient of one (n, n) cotangent (see Design)."""
+    cdef Py_ssize_t i, j
+    cdef real_t s, run, d
+    for j in range(n):
+        g[j] = 0
+    for i in range(1, n):
+        s = 0
+        for j in range(i):
+            s = s + c[i * n + j]
+        for j in range(i):
+            g[j] += c[i * n + j]
+        g[i] -= s
+    run = 0
+    for j in range(n):
+        d = g[j]
+        g[j] = run
+        run = run + d
+
+
+def segsum_backward(const real_t[:, :, ::1] c, real_t[:, ::1] g, int num_threads):
+    """Fill g (rows, n) with the segsum gradient of c (rows, n, n)."""
+    cdef Py_ssize_t rows = c.shape[0]
+    cdef Py_ssize_t n = c.shape[1]
+    cdef Py_ssize_t r
+    if c.shape[2] != n or g.shape[0] != rows or g.shape[1] != n:
+        raise ValueError("segsum_backward: inconsistent shapes")
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        for r in prange(rows, num_threads=num_threads, schedule="static"):
+            segsum_back_row(&c[r, 0, 0], n, &g[r, 0])
+
+
+cdef void semiseparable_back_row(
+        const real_t *a, const real_t *B, const real_t *C, const real_t *x,
+        const real_t *c, Py_ssize_t n, Py_ssize_t r, real_t *ga, real_t *gB,
+        real_t *gC, real_t *gx, real_t *h) noexcept nogil:
+    """One row of semiseparable_backward (see Design); h: r scratch values."""
+    cdef Py_ssize_t i, k
+    cdef real_t ci, an, xi, dx, da
+    cdef real_t *g
+    cdef real_t *gn
+    # adjoint states, last step first
+    for i in range(n - 1, -1, -1):
+        ci = c[i]
+        g = gB + i * r
+        if i == n - 1:
+            for k in range(r):
+                g[k] = ci * C[i * r + k]
+        else:
+            an = a[i + 1]
+            gn = gB + (i + 1) * r
+            for k in range(r):
+                g[k] = ci * C[i * r + k] + an * gn[k]
+    # forward states, and every gradient from g_i and h_{i-1}
+    for k in range(r):
+        h[k] = 0
+    for i in range(n):
+        g = gB + i * r
+        xi = x[i]
+        dx = 0
+        da = 0
+        for k in range(r):
+            dx = dx + B[i * r + k] * g[k]
+            da = da + h[k] * g[k]
+        gx[i] = dx
+        ga[i] = da
+        ci = c[i]
+        an = a[i]
+        for k in range(r):
+            h[k] = an * h[k] + B[i * r + k] * xi
+            gC[i * r + k] = ci * h[k]
+            g[k] = xi * g[k]
+
+
+def semiseparable_backward(const real_t[:, ::1] a, const real_t[:, ::1] B,
+                           const real_t[:, ::1] C, const real_t[:, ::1] x,
+                           const real_t[:, ::1] c, real_t[:, ::1] ga,
+                           real_t[:, ::1] gB, real_t[:, ::1] gC, real_t[:, ::1] gx,
+                           real_t[:, ::1] work, int num_threads):
+    """Fill ga, gx (rows, n), gB, gC (rows, n*r); work is (rows, r) scratch."""
+    cdef Py_ssize_t rows = a.shape[0]
+    cdef Py_ssize_t n = a.shape[1]
+    cdef Py_ssize_t r = work.shape[1]
+    cdef Py_ssize_t row
+    cdef Py_ssize_t nr = n * r
+    if (x.shape[0] != rows or c.shape[0] != rows or B.shape[0] != rows
+            or C.shape[0] != rows or ga.shape[0] != rows or gB.shape[0] != rows
+            or gC.shape[0] != rows or gx.shape[0] != rows or work.shape[0] != rows
+            or x.shape[1] != n or c.shape[1] != n or ga.shape[1] != n
+            or gx.shape[1] != n or B.shape[1] != nr or C.shape[1] != nr
+            or gB.shape[1] != nr or gC.shape[1] != nr):
+        raise ValueError("semiseparable_backward: inconsistent shapes")
+    if rows == 0 or n == 0 or r == 0:
+        ga[:, :] = 0
+        gx[:, :] = 0
+        return
+    with nogil:
+        for row in prange(rows, num_threads=num_threads, schedule="static"):
+            semiseparable_back_row(&a[row, 0], &B[row, 0], &C[row, 0], &x[row, 0],
+                                   &c[row, 0], n, r, &ga[row, 0], &gB[row, 0],
+                                   &gC[row, 0], &gx[row, 0], &work[row, 0])
+
+
+cdef enum:
+    DBLOCK = 4096
+    NSERIES = 20
+
+
+cdef double _INV_FACT[NSERIES + 3]
+
+
+cdef void _init_factorials():
+    cdef int k
+    _INV_FACT[0] = 1.0
+    for k in range(1, NSERIES + 3):
+        _INV_FACT[k] = _INV_FACT[k - 1] / k
+
+
+_init_factorials()
+
+
+cdef inline double complex cexp_(double complex z) noexcept nogil:
+    cdef double ex = exp(z.real)
+    return ex * cos(z.imag) + 1j * (ex * sin(z.imag))
+
+
+cdef inline void phi_psi(double complex z, double complex e,
+                         double complex *phi1, double complex *psi) noexcept nogil:
+    """phi1 = expm1(z)/z and psi = (z e^z - e^z + 1)/z^2, e = e^z."""
+    cdef double complex p1, p2
+    cdef double h
+    cdef int k
+    cdef double r2 = z.real * z.real + z.imag * z.imag
+    if r2 < 1.0:
+        # phi2 = (e^z - 1 - z)/z^2 = sum_k z^k/(k+2)! by Horner, to a length
+        # that leaves terms below 1e-17; then phi1 = 1 + z phi2 and
+        # psi = phi1 - phi2 (about 1/2: no cancellation)
+        k = 11 if r2 < 0.0625 else (14 if r2 < 0.25 else NSERIES)
+        p2 = 0
+        while k >= 0:
+            p2 = p2 * z + _INV_FACT[k + 2]
+            k -= 1
+        p1 = 1.0 + z * p2
+        phi1[0] = p1
+        psi[0] = p1 - p2
+    else:
+        h = sin(0.5 * z.imag)
+        p1 = (expm1(z.real) * cos(z.imag) - 2.0 * h * h
+              + 1j * (exp(z.real) * sin(z.imag))) / z
+        phi1[0] = p1
+        psi[0] = (e - p1) / z
+
+
+cdef inline double complex cj(double complex v) noexcept nogil:
+    return v.real - 1j * v.imag
+
+
+def diag_discretize_backward(int zoh, double alpha,
+                             const double complex[::1] lam,
+                             const double complex[::1] B,
+                             const double[::1] d,
+                             const double complex[::1] cA,
+                             const double complex[::1] cB,
+                             double complex[::1] gA, double complex[::1] gB,
+                             double[::1] gd, int num_threads):
+    """Fill gA, gB, gd (all length n); zoh=1 for ZOH, 0 for bilinear(alpha)."""
+    cdef Py_ssize_t n = lam.shape[0], nblk, blk, i, i1
+    cdef double di
+    cdef double complex z, e, l, b, ca, cb, w, w2, phi1, psi
+    if (B.shape[0] != n or d.shape[0] != n or cA.shape[0] != n
+            or cB.shape[0] != n or gA.shape[0] != n or gB.shape[0] != n
+            or gd.shape[0] != n):
+        raise ValueError("diag_discretize_backward: inconsistent shapes")
+    if n == 0:
+        return
+    nblk = (n + DBLOCK - 1) // DBLOCK
+    with nogil:
+        for blk in prange(nblk, num_threads=num_threads, schedule="static"):
+            i1 = (blk + 1) * DBLOCK if (blk + 1) * DBLOCK < n else n
+            for i in range(blk * DBLOCK, i1):
+                di = d[i]
+                l = lam[i]
+                b = B[i]
+                ca = cA[i]
+                cb = cB[i]
+                z = di * l
+                if zoh:
+                    e = cexp_(z)
+                    phi1 = 0
+                    psi = 0
+                    phi_psi(z, e, &phi1, &psi)
+                    gA[i] = di * cj(e) * ca + di * di * cj(b * psi) * cb
+                    gB[i] = di * cj(phi1) * cb
+                    gd[i] = (cj(l * e) * ca + cj(e * b) * cb).real
+                else:
+                    w = 1.0 / (1.0 - alpha * z)
+                    w2 = cj(w * w)
+                    gA[i] = di * w2 * (ca + alpha * di * cj(b) * cb)
+                    gB[i] = di * cj(w) * cb
+                    gd[i] = (w2 * (cj(l) * ca + cj(b) * cb)).real
+
+
+cdef extern from "_vexp.h" nogil:
+    void zm_sigmoid_f(const float *x, float *out, Py_ssize_t n)
+    void zm_sigmoid_d(const double *x, double *out, Py_ssize_t n)
+
+cdef enum:
+    SBLOCK = 512
+
+
+cdef void silu_back_block(const real_t *x, const real_t *c, real_t *g,
+                          Py_ssize_t n) noexcept nogil:
+    """g = c silu'(x) for n <= SBLOCK elements: the vectorised sigmoid into
+    a local row, then arithmetic only."""
+    cdef real_t sg[SBLOCK]
+    cdef Py_ssize_t i
+    cdef real_t s, q
+    if real_t is float:
+        zm_sigmoid_f(x, sg, n)
+    else:
+        zm_sigmoid_d(x, sg, n)
+    for i in range(n):
+        s = sg[i]
+        q = s * (1 - s)
+        g[i] = c[i] * (s + (x[i] * q if q != 0 else 0))
+
+
+def silu_backward(const real_t[::1] x, const real_t[::1] c, real_t[::1] g,
+                  int num_threads):
+    """Fill g with c * silu'(x) (flat arrays of one length)."""
+    cdef Py_ssize_t n = x.shape[0], nblk, blk, i0
+    if c.shape[0] != n or g.shape[0] != n:
+        raise ValueError("silu_backward: inconsistent shapes")
+    if n == 0:
+        return
+    nblk = (n + SBLOCK - 1) // SBLOCK
+    with nogil:
+        for blk in prange(nblk, num_threads=num_threads, schedule="static"):
+            i0 = blk * SBLOCK
+            silu_back_block(&x[i0], &c[i0], &g[i0],
+                            SBLOCK if n - i0 > SBLOCK else n - i0)
+
+
+cdef void scan_back_cols(const real_t *a, const real_t *h, const real_t *c,
+                         const real_t *cf, const real_t *h0, Py_ssize_t n,
+                         Py_ssize_t Q, real_t *ga, real_t *gb,
+                         real_t *gh0) noexcept nogil:
+    """One p of scan_backward: rows of Q values, time t at offset t Q."""
+    cdef Py_ssize_t t, q, o
+    cdef real_t g
+    o = (n - 1) * Q
+    for q in range(Q):
+        gb[o + q] = c[o + q] + (cf[q] if cf != NULL else 0)
+    for t in range(n - 1, -1, -1):
+        o = t * Q
+        if t < n - 1:
+            for q in range(Q):
+                gb[o + q] = c[o + q] + a[o + Q + q] * gb[o + Q + q]
+        if t > 0:
+            for q in range(Q):
+                ga[o + q] = gb[o + q] * h[o - Q + q]
+    for q in range(Q):
+        ga[q] = gb[q] * h0[q] if h0 != NULL else 0
+        gh0[q] = a[q] * gb[q]
+
+
+def scan_backward(const real_t[:, :, ::1] a, const real_t[:, :, ::1] h,
+                  const real_t[:, :, ::1] c, const real_t[:, ::1] cf,
+                  const real_t[:, ::1] h0, bint has_cf, bint has_h0,
+                  real_t[:, :, ::1] ga, real_t[:, :, ::1] gb,
+                  real_t[:, ::1] gh0, int num_threads):
+    """Fill ga, gb (P, n, Q) and gh0 (P, Q); cf, h0 (P, Q) are read only
+    when has_cf, has_h0 (see the module's Design)."""
+    cdef Py_ssize_t P = a.shape[0], n = a.shape[1], Q = a.shape[2]
+    cdef Py_ssize_t p
+    if (h.shape[0] != P or h.shape[1] != n or h.shape[2] != Q
+            or c.shape[0] != P or c.shape[1] != n or c.shape[2] != Q
+            or ga.shape[0] != P or ga.shape[1] != n or ga.shape[2] != Q
+            or gb.shape[0] != P or gb.shape[1] != n or gb.shape[2] != Q
+            or gh0.shape[0] != P or gh0.shape[1] != Q
+            or (has_cf and (cf.shape[0] != P or cf.shape[1] != Q))
+            or (has_h0 and (h0.shape[0] != P or h0.shape[1] != Q))):
+        raise ValueError("scan_backward: inconsistent shapes")
+    if P == 0 or Q == 0:
+        return
+    if n == 0:
+        # no steps: the final state is h0, its cotangent passes through
+        if has_cf:
+            gh0[:, :] = cf
+        else:
+            gh0[:, :] = 0
+        return
+    with nogil:
+        for p in prange(P, num_threads=num_threads, schedule="static"):
+            scan_back_cols(&a[p, 0, 0], &h[p, 0, 0], &c[p, 0, 0],
+                           &cf[p, 0] if has_cf else NULL,
+                           &h0[p, 0] if has_h0 else NULL, n, Q,
+                           &ga[p, 0, 0], &gb[p, 0, 0], &gh0[p, 0])
