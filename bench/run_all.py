@@ -31,6 +31,7 @@ SUITES = {
     "ssd": ("bench_ssd.py", ["--quick"], []),
     "selective": ("bench_selective.py", ["--quick"], []),
     "sweeps": ("bench_sweeps.py", ["--repeat", "3"], ["--repeat", "5"]),
+    "torch": ("bench_torch.py", ["--quick"], []),
 }
 
 
