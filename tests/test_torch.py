@@ -420,3 +420,11 @@ def test_patched_models_match_transformers(build, apply, unpatched_transformers)
 def test_apply_checks_the_model(unpatched_transformers):
     with pytest.raises(TypeError, match="`model`"):
         zt.apply_to_mamba2(torch.nn.Linear(2, 2))
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(zt, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0

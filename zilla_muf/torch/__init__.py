@@ -53,6 +53,18 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None,
     the final states if `return_final_states`, then the states of every
     packed sequence if `return_varlen_states`. Differentiable in x, dt, A, B,
     C, D, z, dt_bias and initial_states.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import mamba_chunk_scan_combined
+    >>> x = torch.ones(1, 8, 2, 4)
+    >>> dt, A = torch.full((1, 8, 2), 0.1), torch.tensor([-1.0, -2.0])
+    >>> B = C = torch.ones(1, 8, 1, 3)
+    >>> y, state = mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=4,
+    ...                                      return_final_states=True)
+    >>> y.shape, state.shape
+    (torch.Size([1, 8, 2, 4]), torch.Size([1, 2, 4, 3]))
     """
     lo, hi = dt_limit
     outs = call("ssd_combined", x=x, dt=dt, A=A, B=B, C=C, chunk_size=int(chunk_size),
@@ -71,6 +83,18 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     Layouts and results as :func:`zilla_muf.selective_scan`. Returns ``out``,
     and the last state if `return_last_state`. Differentiable in u, delta, A,
     B, C, D, z and delta_bias.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import selective_scan_fn
+    >>> u = torch.ones(1, 2, 5, requires_grad=True)
+    >>> delta, A = torch.full((1, 2, 5), 0.5), -torch.ones(2, 3)
+    >>> B = C = torch.ones(1, 3, 5)
+    >>> out = selective_scan_fn(u, delta, A, B, C)
+    >>> out.sum().backward()
+    >>> u.grad.shape
+    torch.Size([1, 2, 5])
     """
     outs = call("selective_scan", u=u, delta=delta, A=A, B=B, C=C, D=D, z=z,
                 delta_bias=delta_bias, delta_softplus=bool(delta_softplus),
@@ -95,6 +119,14 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
     returns ``(out, final_states)``; `final_states_out`, if given, receives
     the final states in place. Differentiable in x, weight, bias and
     initial_states.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import causal_conv1d_fn
+    >>> x = torch.arange(5.0).reshape(1, 1, 5)
+    >>> causal_conv1d_fn(x, torch.tensor([[1.0, 1.0]]))      # x[t-1] + x[t]
+    tensor([[[0., 1., 3., 5., 7.]]])
     """
     want_final = bool(return_final_states) or final_states_out is not None
     outs = call("causal_conv1d", x=x, weight=weight, bias=bias, seq_idx=seq_idx,
@@ -115,6 +147,16 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None,
     As ``causal_conv1d``'s function: x (batch, dim) or (batch, dim, T);
     `conv_state` (batch, dim, state_len >= width - 1) is advanced in place
     (its memory, never a copy); `conv_state_indices` picks its rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import causal_conv1d_update
+    >>> state = torch.tensor([[[1.0, 2.0]]])                 # the last width-1 inputs
+    >>> causal_conv1d_update(torch.tensor([[3.0]]), state, torch.ones(1, 3))
+    tensor([[6.]])
+    >>> state
+    tensor([[[2., 3.]]])
     """
     if cache_seqlens is not None:
         raise NotImplementedError(
@@ -139,6 +181,19 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     headdim), A (nheads, headdim, dstate), B, C (batch, ngroups, dstate); and
     the Mamba-1 one, state (batch, dim, dstate), x and dt (batch, dim), A
     (dim, dstate). Returns the output, shaped as x.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import selective_state_update
+    >>> state = torch.zeros(1, 2, 3)                          # (batch, dim, dstate)
+    >>> x, dt = torch.ones(1, 2), torch.ones(1, 2)
+    >>> A, B, C = -torch.ones(2, 3), torch.ones(1, 3), torch.ones(1, 3)
+    >>> selective_state_update(state, x, dt, A, B, C)
+    tensor([[3., 3.]])
+    >>> state
+    tensor([[[1., 1., 1.],
+             [1., 1., 1.]]])
     """
     if state.dim() == 3:
         return INPLACE["selective_scan_update"](state, x, dt, A, B, C, D, z, dt_bias,
@@ -176,6 +231,14 @@ def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None,
     ``rms_norm(x) * weight (+ bias)``, gated by ``silu(z)`` before or after
     the norm (:func:`zilla_muf.rms_norm`). Differentiable in x, weight, z
     (and bias).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import rmsnorm_fn
+    >>> x = torch.tensor([[3.0, -3.0]])
+    >>> rmsnorm_fn(x, torch.ones(2), None, eps=0.0)
+    tensor([[ 1., -1.]])
     """
     (y,) = call("rms_norm", x=x, weight=weight, z=z, eps=float(eps),
                 group_size=None if group_size is None else int(group_size),
@@ -187,6 +250,13 @@ def linear_scan(a, b, h0=None, dim=-1, reverse=False):
     """The recurrence ``h_t = a_t h_(t-1) + b_t`` along `dim`, differentiable.
 
     As :func:`zilla_muf.linear_scan`; `a` and `b` broadcast.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import linear_scan
+    >>> linear_scan(torch.tensor([0.5, 0.5, 0.5]), torch.tensor([1.0, 2.0, 3.0]))
+    tensor([1.0000, 2.5000, 4.2500])
     """
     (h,) = call("linear_scan", a=a, b=b, h0=h0, axis=int(dim), reverse=bool(reverse))
     return h
