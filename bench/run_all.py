@@ -37,6 +37,7 @@ SUITES = {
     "dask": ("bench_dask.py", ["--repeat", "3", "--log2n", "24", "--block-log2", "20"],
              ["--repeat", "5", "--log2n", "28", "--block-log2", "24"]),
     "vjp": ("bench_vjp.py", ["--repeat", "3"], ["--repeat", "5", "--rounds", "3"]),
+    "torch": ("bench_torch.py", ["--quick"], []),
 }
 
 

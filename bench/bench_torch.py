@@ -1,0 +1,117 @@
+"""Benchmarks of zilla_muf.torch: transformers' Mamba-2 on zilla_muf vs its torch path.
+
+Cases (2 threads both sides: ``torch.set_num_threads(2)``, ``workers`` taken
+from it)
+-----
+* A training step (forward, backward) of a ``Mamba2ForCausalLM`` with
+  hidden size 256, 4 layers, 8 heads of 64, state 64, chunk 128, batch 2,
+  seqlen 1024, built from its config (random weights): patched with
+  :func:`zilla_muf.torch.apply_to_mamba2` against transformers' own torch
+  path, in the same process and run.
+* Greedy decoding of 64 tokens after a 512-token prompt, batch 1, with the
+  cache (prefill, then one decode step per token).
+
+Ratios are zilla_muf time / transformers time (below 1 is faster). Run
+``python bench/bench_torch.py [--quick]``; results go to
+``bench/results/torch.json``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import Report, interleaved_times, progress  # noqa: E402
+
+
+def _model(torch, transformers, layers):
+    cfg = transformers.Mamba2Config(
+        vocab_size=1024, hidden_size=256, num_hidden_layers=layers, num_heads=8,
+        head_dim=64, expand=2, state_size=64, n_groups=1, chunk_size=128,
+        conv_kernel=4)
+    torch.manual_seed(0)
+    return transformers.Mamba2ForCausalLM(cfg)
+
+
+class _Patch:
+    """Switch the process-wide patch on and off between timed calls."""
+
+    names = ("causal_conv1d_fn", "causal_conv1d_update", "mamba2_chunk_scan",
+             "mamba2_selective_state_update")
+
+    def __init__(self, mod, norm):
+        self.mod, self.norm = mod, norm
+        self.saved = {k: getattr(mod, k) for k in self.names}
+        self.saved_norm = norm.forward
+
+    def on(self):
+        import zilla_muf.torch as zt
+
+        zt.apply_to_mamba2()
+        self.patched = {k: getattr(self.mod, k) for k in self.names}
+        self.patched_norm = self.norm.forward
+
+    def use(self, patched):
+        src = self.patched if patched else self.saved
+        for k, v in src.items():
+            setattr(self.mod, k, v)
+        self.norm.forward = self.patched_norm if patched else self.saved_norm
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    import torch
+    import transformers
+    import transformers.models.mamba2.modeling_mamba2 as m2
+
+    torch.set_num_threads(2)
+    report = Report("torch")
+    patch = _Patch(m2, m2.MambaRMSNormGated)
+    patch.on()
+    layers = 4
+    seqlen = 256 if args.quick else 1024
+    model = _model(torch, transformers, layers)
+    ids = torch.randint(0, 1024, (2, seqlen), generator=torch.Generator().manual_seed(1))
+
+    def train_step(patched):
+        def run():
+            patch.use(patched)
+            model.zero_grad(set_to_none=True)
+            model(ids, labels=ids).loss.backward()
+        return run
+
+    rounds = 1 if args.quick else 3
+    times = interleaved_times({"transformers": train_step(False),
+                               "zilla_muf": train_step(True)},
+                              rounds=rounds, repeat=3)
+    case = f"Mamba2ForCausalLM train step b2 L{seqlen} ({layers} layers, h8x64, n64)"
+    ref = report.add(case, "transformers torch path", times["transformers"])["seconds"]
+    report.add(case, "zilla_muf.torch.apply_to_mamba2", times["zilla_muf"], ref)
+
+    model.eval()
+    prompt_len, new = (128, 16) if args.quick else (512, 64)
+    prompt = ids[:1, :prompt_len]
+
+    def generate(patched):
+        def run():
+            patch.use(patched)
+            with torch.no_grad():
+                model.generate(prompt, max_new_tokens=new, min_new_tokens=new,
+                               do_sample=False)
+        return run
+
+    times = interleaved_times({"transformers": generate(False),
+                               "zilla_muf": generate(True)}, rounds=rounds, repeat=3)
+    case = f"greedy generate {new} tokens after a {prompt_len}-token prompt, b1"
+    ref = report.add(case, "transformers torch path", times["transformers"])["seconds"]
+    report.add(case, "zilla_muf.torch.apply_to_mamba2", times["zilla_muf"], ref)
+    patch.use(False)
+    progress(report.table())
+    print(report.table())
+    report.save()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""zilla_muf.torch: the custom operators, their autograd, and the model patches.
+
+Oracles: float64 recurrences written here in torch (forward, and through
+torch.autograd for the gradients), torch.autograd.gradcheck (finite
+differences of the operators themselves), torch.library.opcheck, and
+transformers' own torch path for the patched models.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+zt = pytest.importorskip("zilla_muf.torch")
+
+F = torch.nn.functional
+f64 = torch.float64
+
+
+def test_import_zilla_muf_does_not_import_torch():
+    code = ("import sys, zilla_muf; "
+            "print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+# --- oracles: the recurrences, written out in torch
+
+def ssd_loop(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+             initial_states=None):
+    b, L, h, p = x.shape
+    g = B.shape[2]
+    if dt_bias is not None:
+        dt = dt + dt_bias
+    if dt_softplus:
+        dt = F.softplus(dt)
+    rep = h // g
+    Bh = B.repeat_interleave(rep, dim=2)
+    Ch = C.repeat_interleave(rep, dim=2)
+    state = (torch.zeros(b, h, p, B.shape[-1], dtype=x.dtype)
+             if initial_states is None else initial_states)
+    ys = []
+    for t in range(L):
+        decay = torch.exp(dt[:, t] * A)[:, :, None, None]
+        state = decay * state + (dt[:, t, :, None, None] * x[:, t, :, :, None]
+                                 * Bh[:, t, :, None, :])
+        ys.append((state * Ch[:, t, :, None, :]).sum(-1))
+    y = torch.stack(ys, dim=1)
+    if D is not None:
+        y = y + x * (D[:, None] if D.dim() == 1 else D)
+    if z is not None:
+        y = y * F.silu(z)
+    return y, state
+
+
+def selective_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                   delta_softplus=False):
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    b, d, L = u.shape
+    state = torch.zeros(b, d, A.shape[-1], dtype=u.dtype)
+    ys = []
+    for t in range(L):
+        state = (torch.exp(delta[:, :, t, None] * A) * state
+                 + delta[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None])
+        ys.append((state * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + u * D[:, None]
+    if z is not None:
+        y = y * F.silu(z)
+    return y, state
+
+
+def conv_ref(x, weight, bias=None, activation=None):
+    width = weight.shape[1]
+    y = F.conv1d(x, weight[:, None, :], bias, padding=width - 1,
+                 groups=x.shape[1])[..., :x.shape[-1]]
+    return F.silu(y) if activation == "silu" else y
+
+
+def rms_ref(x, weight, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
+    if z is not None and not norm_before_gate:
+        x = x * F.silu(z)
+    gs = group_size or x.shape[-1]
+    xg = x.reshape(*x.shape[:-1], x.shape[-1] // gs, gs)
+    xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
+    y = xg.reshape(x.shape) * weight
+    if z is not None and norm_before_gate:
+        y = y * F.silu(z)
+    return y
+
+
+def _ssd_inputs(gen, b=2, L=24, h=4, p=3, g=2, n=5, dtype=f64):
+    x = torch.randn(b, L, h, p, generator=gen, dtype=dtype)
+    dt = torch.rand(b, L, h, generator=gen, dtype=dtype) * 0.5 - 1.0
+    A = -torch.rand(h, generator=gen, dtype=dtype) * 2 - 0.5
+    B = torch.randn(b, L, g, n, generator=gen, dtype=dtype)
+    C = torch.randn(b, L, g, n, generator=gen, dtype=dtype)
+    return x, dt, A, B, C
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)
+
+
+# --- forward against the oracles
+
+def test_mamba_chunk_scan_combined_forward(gen):
+    x, dt, A, B, C = _ssd_inputs(gen)
+    D = torch.randn(4, generator=gen, dtype=f64)
+    z = torch.randn_like(x)
+    dt_bias = torch.randn(4, generator=gen, dtype=f64) * 0.1
+    h0 = torch.randn(2, 4, 3, 5, generator=gen, dtype=f64)
+    y, final = zt.mamba_chunk_scan_combined(x, dt, A, B, C, 8, D=D, z=z,
+                                            dt_bias=dt_bias, initial_states=h0,
+                                            dt_softplus=True,
+                                            return_final_states=True)
+    y_ref, final_ref = ssd_loop(x, dt, A, B, C, D, z, dt_bias, True, h0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final, final_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_selective_scan_fn_forward(gen):
+    b, d, n, L = 2, 6, 4, 17
+    u = torch.randn(b, d, L, generator=gen, dtype=f64)
+    delta = torch.randn(b, d, L, generator=gen, dtype=f64)
+    A = -torch.rand(d, n, generator=gen, dtype=f64) - 0.1
+    B = torch.randn(b, n, L, generator=gen, dtype=f64)
+    C = torch.randn(b, n, L, generator=gen, dtype=f64)
+    D = torch.randn(d, generator=gen, dtype=f64)
+    z = torch.randn(b, d, L, generator=gen, dtype=f64)
+    bias = torch.randn(d, generator=gen, dtype=f64)
+    y, last = zt.selective_scan_fn(u, delta, A, B, C, D, z, bias, True,
+                                   return_last_state=True)
+    y_ref, last_ref = selective_loop(u, delta, A, B, C, D, z, bias, True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_causal_conv1d_fn_and_rmsnorm_forward(gen):
+    x = torch.randn(2, 5, 11, generator=gen, dtype=f64)
+    w = torch.randn(5, 4, generator=gen, dtype=f64)
+    bias = torch.randn(5, generator=gen, dtype=f64)
+    torch.testing.assert_close(zt.causal_conv1d_fn(x, w, bias, activation="silu"),
+                               conv_ref(x, w, bias, "silu"))
+    xs = torch.randn(3, 8, generator=gen, dtype=f64)
+    wt = torch.randn(8, generator=gen, dtype=f64)
+    zz = torch.randn(3, 8, generator=gen, dtype=f64)
+    bb = torch.randn(8, generator=gen, dtype=f64)
+    for nbg in (True, False):
+        got = zt.rmsnorm_fn(xs, wt, bb, z=zz, eps=1e-5, group_size=4,
+                            norm_before_gate=nbg)
+        torch.testing.assert_close(got, rms_ref(xs, wt, zz, 1e-5, 4, nbg) + bb)
+
+
+def test_linear_scan_forward(gen):
+    a = torch.rand(3, 9, generator=gen, dtype=f64)
+    b = torch.randn(3, 9, generator=gen, dtype=f64)
+    h = zt.linear_scan(a, b)
+    ref = torch.zeros(3, dtype=f64)
+    for t in range(9):
+        ref = a[:, t] * ref + b[:, t]
+        torch.testing.assert_close(h[:, t], ref)
+
+
+def test_half_precision_is_computed_in_float32_and_returned_as_given(gen):
+    x = torch.randn(2, 4, 9, generator=gen).to(torch.bfloat16)
+    w = torch.randn(4, 3, generator=gen).to(torch.bfloat16)
+    y = zt.causal_conv1d_fn(x, w, activation="silu")
+    assert y.dtype == torch.bfloat16
+    ref = conv_ref(x.float(), w.float(), None, "silu")
+    torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_rejects_other_devices_and_non_tensors(gen):
+    x = torch.randn(2, 4, 9, generator=gen)
+    w = torch.randn(4, 3, generator=gen)
+    with pytest.raises(ValueError, match="`weight`"):
+        zt.causal_conv1d_fn(x, w.to("meta"))
+    with pytest.raises(TypeError, match="`x`"):
+        zt.causal_conv1d_fn(x.numpy(), w)
+
+
+# --- gradients: gradcheck (finite differences) and the torch oracles
+
+def _gradcheck(fn, inputs):
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_gradcheck_mamba_chunk_scan_combined(gen):
+    x, dt, A, B, C = _ssd_inputs(gen, b=1, L=10, h=2, p=2, g=1, n=3)
+    D = torch.randn(2, generator=gen, dtype=f64)
+    z = torch.randn_like(x)
+    dt_bias = torch.randn(2, generator=gen, dtype=f64) * 0.1
+    h0 = torch.randn(1, 2, 2, 3, generator=gen, dtype=f64)
+
+    def fn(x, dt, A, B, C, D, z, dt_bias, h0):
+        y, s = zt.mamba_chunk_scan_combined(x, dt, A, B, C, 4, D=D, z=z,
+                                            dt_bias=dt_bias, initial_states=h0,
+                                            dt_softplus=True,
+                                            return_final_states=True)
+        return y, s
+
+    _gradcheck(fn, [x, dt, A, B, C, D, z, dt_bias, h0])
+
+
+def test_ssd_gradients_equal_autograd_of_the_loop(gen):
+    x, dt, A, B, C = _ssd_inputs(gen)
+    leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
+    y = zt.mamba_chunk_scan_combined(*leaves, 8, dt_softplus=True)
+    w = torch.randn_like(y)
+    grads = torch.autograd.grad((y * w).sum(), leaves)
+    leaves2 = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
+    y2, _ = ssd_loop(*leaves2, dt_softplus=True)
+    grads2 = torch.autograd.grad((y2 * w).sum(), leaves2)
+    for g1, g2 in zip(grads, grads2):
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
+
+
+def test_gradcheck_selective_scan_fn(gen):
+    b, d, n, L = 1, 3, 2, 7
+    u = torch.randn(b, d, L, generator=gen, dtype=f64)
+    delta = torch.randn(b, d, L, generator=gen, dtype=f64)
+    A = -torch.rand(d, n, generator=gen, dtype=f64) - 0.1
+    B = torch.randn(b, n, L, generator=gen, dtype=f64)
+    C = torch.randn(b, n, L, generator=gen, dtype=f64)
+    D = torch.randn(d, generator=gen, dtype=f64)
+    z = torch.randn(b, d, L, generator=gen, dtype=f64)
+    bias = torch.randn(d, generator=gen, dtype=f64)
+
+    def fn(u, delta, A, B, C, D, z, bias):
+        return zt.selective_scan_fn(u, delta, A, B, C, D, z, bias, True)
+
+    _gradcheck(fn, [u, delta, A, B, C, D, z, bias])
+
+
+def test_gradcheck_conv_norm_and_scan(gen):
+    x = torch.randn(1, 3, 6, generator=gen, dtype=f64)
+    w = torch.randn(3, 4, generator=gen, dtype=f64)
+    bias = torch.randn(3, generator=gen, dtype=f64)
+    _gradcheck(lambda x, w, b: zt.causal_conv1d_fn(x, w, b, activation="silu"),
+               [x, w, bias])
+    xs = torch.randn(2, 6, generator=gen, dtype=f64)
+    wt = torch.randn(6, generator=gen, dtype=f64)
+    zz = torch.randn(2, 6, generator=gen, dtype=f64)
+    _gradcheck(lambda x, w, z: zt.rmsnorm_fn(x, w, None, z=z, group_size=3,
+                                             norm_before_gate=False),
+               [xs, wt, zz])
+    a = torch.rand(2, 5, generator=gen, dtype=f64)
+    b = torch.randn(2, 5, generator=gen, dtype=f64)
+    h0 = torch.randn(2, generator=gen, dtype=f64)
+    _gradcheck(lambda a, b, h0: zt.linear_scan(a, b, h0, reverse=True), [a, b, h0])
+
+
+def test_gradients_flow_to_leaves_that_require_them_only(gen):
+    a = torch.rand(2, 5, generator=gen, dtype=f64, requires_grad=True)
+    b = torch.randn(2, 5, generator=gen, dtype=f64)
+    zt.linear_scan(a, b).sum().backward()
+    assert a.grad is not None and b.grad is None
+    assert torch.isfinite(a.grad).all()
+
+
+# --- torch.library contracts
+
+def test_opcheck_every_operator(gen):
+    x, dt, A, B, C = _ssd_inputs(gen, b=1, L=8, h=2, p=2, g=1, n=3)
+    args = [t.requires_grad_(True) for t in (x, dt, A, B, C)]
+    torch.library.opcheck(zt._ops.OPS["ssd_combined"].forward,
+                          (*args, 4, None, None, None, None, None, None, True,
+                           0.0, float("inf"), True, False))
+    u = torch.randn(1, 3, 6, generator=gen, dtype=f64, requires_grad=True)
+    w = torch.randn(3, 4, generator=gen, dtype=f64, requires_grad=True)
+    torch.library.opcheck(zt._ops.OPS["causal_conv1d"].forward,
+                          (u, w, None, None, None, False, "silu"))
+    a = torch.rand(2, 5, generator=gen, dtype=f64, requires_grad=True)
+    torch.library.opcheck(zt._ops.OPS["linear_scan"].forward,
+                          (a, a.detach() * 2, None, -1, False))
+
+
+def test_torch_compile_traces_without_graph_breaks(gen):
+    x = torch.randn(1, 3, 6, generator=gen, dtype=f64, requires_grad=True)
+    w = torch.randn(3, 4, generator=gen, dtype=f64)
+
+    def f(x, w):
+        return zt.causal_conv1d_fn(x, w, activation="silu").sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    out = compiled(x, w)
+    out.backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    f(x2, w).backward()
+    torch.testing.assert_close(out, f(x2, w))
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+# --- in-place decode steps
+
+def test_selective_state_update_updates_the_tensor_in_place(gen):
+    b, h, p, n, g = 2, 4, 3, 5, 2
+    state = torch.randn(b, h, p, n, generator=gen)
+    before = state.clone()
+    ptr = state.data_ptr()
+    x = torch.randn(b, h, p, generator=gen)
+    dt = torch.rand(b, h, generator=gen)
+    A = -torch.rand(h, generator=gen)
+    B = torch.randn(b, g, n, generator=gen)
+    C = torch.randn(b, g, n, generator=gen)
+    # the Mamba-2 layout of mamba_ssm: per-head values broadcast over (p, n)
+    y = zt.selective_state_update(state, x, dt[..., None].expand(b, h, p),
+                                  A[:, None, None].expand(h, p, n), B, C)
+    assert state.data_ptr() == ptr
+    rep = h // g
+    decay = torch.exp(dt * A)[..., None, None]
+    new = decay * before + (dt[..., None, None] * x[..., None]
+                            * B.repeat_interleave(rep, 1)[:, :, None, :])
+    torch.testing.assert_close(state, new)
+    torch.testing.assert_close(y, (new * C.repeat_interleave(rep, 1)[:, :, None, :]).sum(-1))
+
+
+def test_causal_conv1d_update_in_place(gen):
+    b, d, w = 2, 3, 4
+    conv_state = torch.randn(b, d, w - 1, generator=gen)
+    weight = torch.randn(d, w, generator=gen)
+    x = torch.randn(b, d, generator=gen)
+    window = torch.cat([conv_state, x[..., None]], dim=-1)
+    y = zt.causal_conv1d_update(x, conv_state, weight, activation="silu")
+    torch.testing.assert_close(y, F.silu((window * weight).sum(-1)))
+    torch.testing.assert_close(conv_state, window[..., 1:])
+
+
+# --- transformers' models, patched and not
+
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny_mamba2(seed=0):
+    cfg = transformers.Mamba2Config(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_heads=4,
+        head_dim=16, expand=2, state_size=8, n_groups=1, chunk_size=8,
+        conv_kernel=4)
+    torch.manual_seed(seed)
+    return transformers.Mamba2ForCausalLM(cfg)
+
+
+def _tiny_mamba(seed=0):
+    cfg = transformers.MambaConfig(vocab_size=64, hidden_size=32,
+                                   num_hidden_layers=2, state_size=8, expand=2,
+                                   conv_kernel=4)
+    torch.manual_seed(seed)
+    return transformers.MambaForCausalLM(cfg)
+
+
+def _train_steps(model, ids, steps=3):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    return losses
+
+
+@pytest.fixture
+def unpatched_transformers():
+    """Undo the process-wide patch after a test, so tests stay independent."""
+    import transformers.models.mamba.modeling_mamba as m1
+    import transformers.models.mamba2.modeling_mamba2 as m2
+
+    saved = {(mod, k): v for mod in (m1, m2) for k, v in vars(mod).items()
+             if callable(v) and not isinstance(v, type)}
+    norm_forward = m2.MambaRMSNormGated.forward
+    yield
+    for (mod, k), v in saved.items():
+        setattr(mod, k, v)
+    m2.MambaRMSNormGated.forward = norm_forward
+
+
+def _run_model(model, ids):
+    """Logits, every gradient, a greedy generation, then three SGD steps."""
+    with torch.no_grad():
+        logits = model(ids).logits
+    model.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.eval()
+    generated = model.generate(ids[:1, :9], max_new_tokens=10, do_sample=False)
+    model.train()
+    losses = _train_steps(model, ids)
+    return logits, grads, generated, losses
+
+
+@pytest.mark.parametrize("build,apply", [(_tiny_mamba2, "apply_to_mamba2"),
+                                         (_tiny_mamba, "apply_to_mamba")])
+def test_patched_models_match_transformers(build, apply, unpatched_transformers):
+    ids = torch.randint(0, 64, (2, 21), generator=torch.Generator().manual_seed(5))
+    ref, ours = build(), build()
+    ours.load_state_dict(ref.state_dict())
+    # transformers' own torch path first: the patch is process-wide
+    logits_ref, grads_ref, gen_ref, losses_ref = _run_model(ref, ids)
+    getattr(zt, apply)(ours)
+    logits, grads, gen, losses = _run_model(ours, ids)
+    torch.testing.assert_close(logits, logits_ref, rtol=2e-4, atol=2e-4)
+    for name, g_ref in grads_ref.items():
+        torch.testing.assert_close(grads[name], g_ref, rtol=2e-3, atol=2e-5,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+    assert torch.equal(gen, gen_ref)
+    np.testing.assert_allclose(losses, losses_ref, rtol=1e-4)
+
+
+def test_apply_checks_the_model(unpatched_transformers):
+    with pytest.raises(TypeError, match="`model`"):
+        zt.apply_to_mamba2(torch.nn.Linear(2, 2))
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(zt, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0

@@ -1,0 +1,263 @@
+"""PyTorch front end: mamba_ssm's and causal-conv1d's functions on CPU tensors.
+
+The functions here have the names and signatures of ``mamba_ssm`` and
+``causal_conv1d``, take CPU tensors, and run zilla_muf's kernels. They are
+``torch.library`` custom operators with fake kernels and registered
+autograd (the backward runs :func:`zilla_muf.vjp`), so ``torch.autograd``,
+``torch.compile`` and ``torch.library.opcheck`` work with them.
+:func:`apply_to_mamba2` and :func:`apply_to_mamba` put transformers' Mamba-2
+and Mamba models on them.
+
+Requires PyTorch: ``pip install "zilla-muf[torch]"``.
+"""
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised without torch only
+    raise ImportError(
+        "zilla_muf.torch needs PyTorch: pip install \"zilla-muf[torch]\""
+    ) from exc
+
+import math
+
+from ._ops import INPLACE, call
+from ._transformers import apply_to_mamba, apply_to_mamba2
+
+__all__ = [
+    "apply_to_mamba",
+    "apply_to_mamba2",
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+    "linear_scan",
+    "mamba_chunk_scan_combined",
+    "rmsnorm_fn",
+    "selective_scan_fn",
+    "selective_state_update",
+]
+
+
+def _one_or_tuple(outs):
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None,
+                              dt_bias=None, initial_states=None, seq_idx=None,
+                              cu_seqlens=None, dt_softplus=False,
+                              dt_limit=(0.0, math.inf), return_final_states=False,
+                              return_varlen_states=False):
+    """Mamba-2's chunked SSD layer, as ``mamba_ssm``'s function of that name.
+
+    Layouts and results as :func:`zilla_muf.ssd_chunk_scan_combined`: x
+    (batch, seqlen, nheads, headdim), dt (batch, seqlen, nheads), A
+    (nheads,), B and C (batch, seqlen, ngroups, dstate). Returns ``y``, then
+    the final states if `return_final_states`, then the states of every
+    packed sequence if `return_varlen_states`. Differentiable in x, dt, A, B,
+    C, D, z, dt_bias and initial_states.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import mamba_chunk_scan_combined
+    >>> x = torch.ones(1, 8, 2, 4)
+    >>> dt, A = torch.full((1, 8, 2), 0.1), torch.tensor([-1.0, -2.0])
+    >>> B = C = torch.ones(1, 8, 1, 3)
+    >>> y, state = mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=4,
+    ...                                      return_final_states=True)
+    >>> y.shape, state.shape
+    (torch.Size([1, 8, 2, 4]), torch.Size([1, 2, 4, 3]))
+    """
+    lo, hi = dt_limit
+    outs = call("ssd_combined", x=x, dt=dt, A=A, B=B, C=C, chunk_size=int(chunk_size),
+                D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
+                seq_idx=seq_idx, cu_seqlens=cu_seqlens, dt_softplus=bool(dt_softplus),
+                dt_limit_lo=float(lo), dt_limit_hi=float(hi),
+                return_final_states=bool(return_final_states),
+                return_varlen_states=bool(return_varlen_states))
+    return _one_or_tuple(outs)
+
+
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                      delta_softplus=False, return_last_state=False):
+    """Mamba-1's selective scan, as ``mamba_ssm``'s ``selective_scan_fn``.
+
+    Layouts and results as :func:`zilla_muf.selective_scan`. Returns ``out``,
+    and the last state if `return_last_state`. Differentiable in u, delta, A,
+    B, C, D, z and delta_bias.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import selective_scan_fn
+    >>> u = torch.ones(1, 2, 5, requires_grad=True)
+    >>> delta, A = torch.full((1, 2, 5), 0.5), -torch.ones(2, 3)
+    >>> B = C = torch.ones(1, 3, 5)
+    >>> out = selective_scan_fn(u, delta, A, B, C)
+    >>> out.sum().backward()
+    >>> u.grad.shape
+    torch.Size([1, 2, 5])
+    """
+    outs = call("selective_scan", u=u, delta=delta, A=A, B=B, C=C, D=D, z=z,
+                delta_bias=delta_bias, delta_softplus=bool(delta_softplus),
+                return_last_state=bool(return_last_state))
+    return _one_or_tuple(outs)
+
+
+def _activation(activation):
+    if activation in (None, "silu", "swish"):
+        return None if activation is None else "silu"
+    raise ValueError(
+        f"`activation` must be None, 'silu' or 'swish', got {activation!r}"
+    )
+
+
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
+                     return_final_states=False, final_states_out=None,
+                     activation=None):
+    """Depthwise causal convolution, as ``causal_conv1d``'s function.
+
+    x (batch, dim, seqlen), weight (dim, width). With `return_final_states`,
+    returns ``(out, final_states)``; `final_states_out`, if given, receives
+    the final states in place. Differentiable in x, weight, bias and
+    initial_states.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import causal_conv1d_fn
+    >>> x = torch.arange(5.0).reshape(1, 1, 5)
+    >>> causal_conv1d_fn(x, torch.tensor([[1.0, 1.0]]))      # x[t-1] + x[t]
+    tensor([[[0., 1., 3., 5., 7.]]])
+    """
+    want_final = bool(return_final_states) or final_states_out is not None
+    outs = call("causal_conv1d", x=x, weight=weight, bias=bias, seq_idx=seq_idx,
+                initial_states=initial_states, return_final_states=want_final,
+                activation=_activation(activation))
+    if final_states_out is not None:
+        final_states_out.copy_(outs[1])
+        outs = (outs[0], final_states_out)
+    if not return_final_states:
+        return outs[0]
+    return tuple(outs)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None,
+                         cache_seqlens=None, conv_state_indices=None):
+    """One or more decoding steps of the causal convolution, in place.
+
+    As ``causal_conv1d``'s function: x (batch, dim) or (batch, dim, T);
+    `conv_state` (batch, dim, state_len >= width - 1) is advanced in place
+    (its memory, never a copy); `conv_state_indices` picks its rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import causal_conv1d_update
+    >>> state = torch.tensor([[[1.0, 2.0]]])                 # the last width-1 inputs
+    >>> causal_conv1d_update(torch.tensor([[3.0]]), state, torch.ones(1, 3))
+    tensor([[6.]])
+    >>> state
+    tensor([[[2., 3.]]])
+    """
+    if cache_seqlens is not None:
+        raise NotImplementedError(
+            "`cache_seqlens` (a circular conv_state) is not supported; "
+            "pass cache_seqlens=None"
+        )
+    return INPLACE["conv1d_update"](x, conv_state, weight, bias,
+                                    _activation(activation), conv_state_indices)
+
+
+def _constant_over_last(t, n):
+    """Whether `t`'s last `n` dims are broadcast (stride 0) copies."""
+    return t is None or all(s == 0 for s in t.stride()[-n:])
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                           dt_softplus=False, state_batch_indices=None):
+    """One decoding step of a Mamba / Mamba-2 layer, advancing `state` in place.
+
+    Takes both of ``mamba_ssm``'s layouts: the Mamba-2 one, state (batch,
+    nheads, headdim, dstate), x (batch, nheads, headdim), dt (batch, nheads,
+    headdim), A (nheads, headdim, dstate), B, C (batch, ngroups, dstate); and
+    the Mamba-1 one, state (batch, dim, dstate), x and dt (batch, dim), A
+    (dim, dstate). Returns the output, shaped as x.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import selective_state_update
+    >>> state = torch.zeros(1, 2, 3)                          # (batch, dim, dstate)
+    >>> x, dt = torch.ones(1, 2), torch.ones(1, 2)
+    >>> A, B, C = -torch.ones(2, 3), torch.ones(1, 3), torch.ones(1, 3)
+    >>> selective_state_update(state, x, dt, A, B, C)
+    tensor([[3., 3.]])
+    >>> state
+    tensor([[[1., 1., 1.],
+             [1., 1., 1.]]])
+    """
+    if state.dim() == 3:
+        return INPLACE["selective_scan_update"](state, x, dt, A, B, C, D, z, dt_bias,
+                                                bool(dt_softplus), state_batch_indices)
+    if state.dim() != 4:
+        raise ValueError(
+            f"`state` must have 3 or 4 dimensions, got shape {tuple(state.shape)}"
+        )
+    if A.dim() == 1:
+        return INPLACE["ssd_state_update"](state, x, dt, A, B, C, D, z, dt_bias,
+                                           bool(dt_softplus), state_batch_indices)
+    if (A.dim() == 3 and _constant_over_last(A, 2) and _constant_over_last(dt, 1)
+            and _constant_over_last(dt_bias, 1)):
+        # per-head parameters broadcast over (headdim, dstate), as Mamba-2 passes
+        return INPLACE["ssd_state_update"](
+            state, x, dt[..., 0], A[:, 0, 0], B, C, D, z,
+            None if dt_bias is None else dt_bias[:, 0], bool(dt_softplus),
+            state_batch_indices)
+    # general per-channel parameters: the Mamba-1 step over nheads*headdim channels
+    b, h, p, n = state.shape
+    flat = state.view(b if state_batch_indices is None else state.shape[0], h * p, n)
+    y = INPLACE["selective_scan_update"](
+        flat, x.reshape(x.shape[0], h * p), dt.reshape(dt.shape[0], h * p),
+        A.reshape(h * p, n), B, C, None if D is None else D.reshape(h * p),
+        None if z is None else z.reshape(z.shape[0], h * p),
+        None if dt_bias is None else dt_bias.reshape(h * p), bool(dt_softplus),
+        state_batch_indices)
+    return y.view(x.shape)
+
+
+def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None,
+               norm_before_gate=True):
+    """Gated RMS norm, as ``mamba_ssm``'s ``rmsnorm_fn``.
+
+    ``rms_norm(x) * weight (+ bias)``, gated by ``silu(z)`` before or after
+    the norm (:func:`zilla_muf.rms_norm`). Differentiable in x, weight, z
+    (and bias).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import rmsnorm_fn
+    >>> x = torch.tensor([[3.0, -3.0]])
+    >>> rmsnorm_fn(x, torch.ones(2), None, eps=0.0)
+    tensor([[ 1., -1.]])
+    """
+    (y,) = call("rms_norm", x=x, weight=weight, z=z, eps=float(eps),
+                group_size=None if group_size is None else int(group_size),
+                norm_before_gate=bool(norm_before_gate))
+    return y if bias is None else y + bias
+
+
+def linear_scan(a, b, h0=None, dim=-1, reverse=False):
+    """The recurrence ``h_t = a_t h_(t-1) + b_t`` along `dim`, differentiable.
+
+    As :func:`zilla_muf.linear_scan`; `a` and `b` broadcast.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import linear_scan
+    >>> linear_scan(torch.tensor([0.5, 0.5, 0.5]), torch.tensor([1.0, 2.0, 3.0]))
+    tensor([1.0000, 2.5000, 4.2500])
+    """
+    (h,) = call("linear_scan", a=a, b=b, h0=h0, axis=int(dim), reverse=bool(reverse))
+    return h
+

@@ -1,0 +1,395 @@
+"""The library's functions as ``torch.library`` custom operators.
+
+Each differentiable function becomes two operators: ``zilla_muf::<name>``
+(the forward) and ``zilla_muf::<name>_backward`` (the pullback of the same
+call, through :func:`zilla_muf.vjp`), joined by ``register_autograd``. Both
+have fake (meta) kernels, so ``torch.compile`` traces through them and
+``torch.library.opcheck`` passes. The backward operator recomputes what the
+pullback needs from the inputs, as the library's pullbacks do anyway; no
+Python object crosses from the forward to the backward.
+
+Tensors cross to NumPy without copies when they are contiguous CPU tensors
+of float32 or float64 (``Tensor.numpy()``) and come back with
+``torch.from_numpy``; float16 and bfloat16 are computed in float32 and
+returned in their own dtype. Nothing here computes: every number comes from
+the NumPy API.
+"""
+
+import numpy as np
+import torch
+
+import zilla_muf
+from zilla_muf._vjp import vjp
+
+__all__ = ["OPS", "call", "to_numpy", "inplace_numpy"]
+
+_HALF = (torch.float16, torch.bfloat16)
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def _check_tensor(t, name):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(
+            f"`{name}` must be a CPU tensor, got a tensor on {t.device}; "
+            "zilla_muf.torch computes on the CPU"
+        )
+
+
+def to_numpy(t, name):
+    """A CPU tensor as an ndarray, without a copy where its layout allows."""
+    if t is None:
+        return None
+    _check_tensor(t, name)
+    if t.dtype in _HALF:
+        t = t.to(torch.float32)
+    elif t.dtype not in _KERNEL_DTYPES and t.is_floating_point():
+        t = t.to(torch.float64)
+    if t.is_conj():
+        t = t.resolve_conj()
+    return t.contiguous().numpy()
+
+
+def inplace_numpy(t, name):
+    """The memory of a state tensor that is updated in place, never a copy."""
+    _check_tensor(t, name)
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"`{name}` must be float32 or float64 to be updated in place, got {t.dtype}"
+        )
+    if not t.is_contiguous():
+        raise ValueError(f"`{name}` must be contiguous: it is updated in place")
+    return t.numpy()
+
+
+def _from_numpy(arr, dtype):
+    out = torch.from_numpy(np.ascontiguousarray(arr))
+    if dtype is not None and out.dtype != dtype:
+        out = out.to(dtype)
+    return out
+
+
+def _workers():
+    return max(1, torch.get_num_threads())
+
+
+class _Op:
+    """One differentiable function: forward and backward operators.
+
+    Parameters
+    ----------
+    name : str
+        The operator's name in the ``zilla_muf`` namespace.
+    fun : callable
+        The library function.
+    params : list of (name, schema type)
+        The operator's arguments, in order; tensor arguments are passed to
+        `fun` by name, as are the others (after `convert`).
+    differentiable : tuple of str
+        The tensor arguments that get gradients.
+    outputs : callable
+        ``outputs(kwargs) -> list of (shape, dtype)`` of the results, for the
+        fake kernels, from the (fake) input tensors and the options.
+    convert : callable, optional
+        Turns the operator's keyword arguments into `fun`'s.
+    """
+
+    def __init__(self, name, fun, params, differentiable, outputs, convert=None,
+                 workers=True):
+        self.name = name
+        self.fun = fun
+        self.params = params
+        self.names = [p for p, _ in params]
+        self.tensor_names = [p for p, t in params if t.startswith("Tensor")]
+        self.differentiable = differentiable
+        self.outputs = outputs
+        self.convert = convert or (lambda kw: kw)
+        self.workers = workers
+        args = ", ".join(f"{t} {p}" for p, t in params)
+        self.forward = torch.library.custom_op(
+            f"zilla_muf::{name}", self._forward_impl, mutates_args=(),
+            device_types="cpu", schema=f"({args}) -> Tensor[]",
+        )
+        self.forward.register_fake(self._forward_fake)
+        cts = ", ".join(f"Tensor? ct{i}" for i in range(self._nout_max()))
+        self.backward = torch.library.custom_op(
+            f"zilla_muf::{name}_backward", self._backward_impl, mutates_args=(),
+            device_types="cpu", schema=f"({args}, {cts}) -> Tensor[]",
+        )
+        self.backward.register_fake(self._backward_fake)
+        self.forward.register_autograd(self._autograd_backward,
+                                       setup_context=self._setup_context)
+
+    def _nout_max(self):
+        return 3
+
+    # -- forward
+    def _kwargs(self, args):
+        kw = dict(zip(self.names, args))
+        numpy_kw = {}
+        for p, t in self.params:
+            v = kw[p]
+            numpy_kw[p] = to_numpy(v, p) if t.startswith("Tensor") else v
+        numpy_kw = self.convert(numpy_kw)
+        if self.workers:
+            numpy_kw["workers"] = _workers()
+        return kw, numpy_kw
+
+    def _out_dtype(self, kw):
+        for p in self.tensor_names:
+            v = kw[p]
+            if v is not None and v.dtype in _HALF:
+                return v.dtype
+        return None
+
+    def _forward_impl(self, *args):
+        kw, numpy_kw = self._kwargs(args)
+        out = self.fun(**numpy_kw)
+        out = out if isinstance(out, tuple) else (out,)
+        dtype = self._out_dtype(kw)
+        return [_from_numpy(y, dtype) for y in out]
+
+    def _forward_fake(self, *args):
+        kw = dict(zip(self.names, args))
+        dtype = self._out_dtype(kw)
+        return [torch.empty(shape, dtype=dtype or dt, device="cpu")
+                for shape, dt in self.outputs(kw)]
+
+    # -- backward
+    def _backward_impl(self, *args):
+        n = len(self.names)
+        kw, numpy_kw = self._kwargs(args[:n])
+        cts = [to_numpy(c, "cotangent") for c in args[n:]]
+        out, pullback = vjp(self.fun, **numpy_kw)
+        nout = len(out) if isinstance(out, tuple) else 1
+        cts = cts[:nout]
+        grads = pullback(tuple(cts) if isinstance(out, tuple) else cts[0])
+        result = []
+        for p in self.differentiable:
+            v = kw[p]
+            if v is None or p not in grads:
+                result.append(torch.empty(0, device="cpu"))
+            else:
+                result.append(_from_numpy(grads[p], v.dtype))
+        return result
+
+    def _backward_fake(self, *args):
+        kw = dict(zip(self.names, args[:len(self.names)]))
+        return [torch.empty(0, device="cpu") if kw[p] is None else torch.empty_like(kw[p])
+                for p in self.differentiable]
+
+    def _setup_context(self, ctx, inputs, output):
+        tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
+        ctx.save_for_backward(*tensors)
+        ctx.layout = [isinstance(v, torch.Tensor) for v in inputs]
+        ctx.others = [None if isinstance(v, torch.Tensor) else v for v in inputs]
+
+    def _autograd_backward(self, ctx, grads):
+        saved = iter(ctx.saved_tensors)
+        inputs = [next(saved) if is_t else other
+                  for is_t, other in zip(ctx.layout, ctx.others)]
+        cts = list(grads) + [None] * (self._nout_max() - len(grads))
+        gin = self.backward(*inputs, *cts)
+        by_name = dict(zip(self.differentiable, gin))
+        result = []
+        for p, v in zip(self.names, inputs):
+            g = by_name.get(p)
+            if (g is None or not isinstance(v, torch.Tensor)
+                    or (g.numel() == 0 and v.numel() != 0)):
+                result.append(None)
+            else:
+                result.append(g)
+        return tuple(result)
+
+    def __call__(self, **kw):
+        for p in self.tensor_names:
+            if kw.get(p) is not None:
+                _check_tensor(kw[p], p)
+        args = [kw.get(p) for p in self.names]
+        return self.forward(*args)
+
+
+def _ssd_outputs(kw):
+    x = kw["x"]
+    b, _, h, p = x.shape
+    n = kw["B"].shape[-1]
+    shapes = [(tuple(x.shape), x.dtype)]
+    if kw["return_final_states"]:
+        shapes.append(((b, h, p, n), x.dtype))
+    if kw["return_varlen_states"]:
+        nseq = kw["cu_seqlens"].shape[0] - 1
+        shapes.append(((nseq, h, p, n), x.dtype))
+    return shapes
+
+
+def _ssd_convert(kw):
+    kw = dict(kw)
+    kw["dt_limit"] = (kw.pop("dt_limit_lo"), kw.pop("dt_limit_hi"))
+    for name in ("cu_seqlens", "return_varlen_states"):
+        if kw[name] is None or kw[name] is False:
+            kw.pop(name)
+    return kw
+
+
+def _selective_outputs(kw):
+    u = kw["u"]
+    shapes = [(tuple(u.shape), u.dtype)]
+    if kw["return_last_state"]:
+        b, d, _ = u.shape
+        n = kw["A"].shape[-1]
+        dtype = kw["A"].dtype if kw["A"].is_complex() else u.dtype
+        shapes.append(((b, d, n), dtype))
+    return shapes
+
+
+def _conv_outputs(kw):
+    x = kw["x"]
+    shapes = [(tuple(x.shape), x.dtype)]
+    if kw["return_final_states"]:
+        b, d, _ = x.shape
+        shapes.append(((b, d, kw["weight"].shape[-1] - 1), x.dtype))
+    return shapes
+
+
+def _conv_convert(kw):
+    kw = dict(kw)
+    if kw.get("seq_idx") is None:
+        kw.pop("seq_idx", None)
+    return kw
+
+
+def _norm_outputs(kw):
+    return [(tuple(kw["x"].shape), kw["x"].dtype)]
+
+
+def _norm_convert(kw):
+    kw = dict(kw)
+    if kw["group_size"] is None or kw["group_size"] <= 0:
+        kw["group_size"] = None
+    return kw
+
+
+def _scan_outputs(kw):
+    shape = torch.broadcast_shapes(kw["a"].shape, kw["b"].shape)
+    dtype = torch.promote_types(kw["a"].dtype, kw["b"].dtype)
+    return [(tuple(shape), dtype)]
+
+
+OPS = {
+    "ssd_combined": _Op(
+        "ssd_combined", zilla_muf.ssd_chunk_scan_combined,
+        [("x", "Tensor"), ("dt", "Tensor"), ("A", "Tensor"), ("B", "Tensor"),
+         ("C", "Tensor"), ("chunk_size", "int"), ("D", "Tensor?"), ("z", "Tensor?"),
+         ("dt_bias", "Tensor?"), ("initial_states", "Tensor?"),
+         ("seq_idx", "Tensor?"), ("cu_seqlens", "Tensor?"), ("dt_softplus", "bool"),
+         ("dt_limit_lo", "float"), ("dt_limit_hi", "float"),
+         ("return_final_states", "bool"), ("return_varlen_states", "bool")],
+        ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"),
+        _ssd_outputs, _ssd_convert),
+    "selective_scan": _Op(
+        "selective_scan", zilla_muf.selective_scan,
+        [("u", "Tensor"), ("delta", "Tensor"), ("A", "Tensor"), ("B", "Tensor"),
+         ("C", "Tensor"), ("D", "Tensor?"), ("z", "Tensor?"), ("delta_bias", "Tensor?"),
+         ("delta_softplus", "bool"), ("return_last_state", "bool")],
+        ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"),
+        _selective_outputs),
+    "causal_conv1d": _Op(
+        "causal_conv1d", zilla_muf.causal_conv1d,
+        [("x", "Tensor"), ("weight", "Tensor"), ("bias", "Tensor?"),
+         ("seq_idx", "Tensor?"), ("initial_states", "Tensor?"),
+         ("return_final_states", "bool"), ("activation", "str?")],
+        ("x", "weight", "bias", "initial_states"),
+        _conv_outputs, _conv_convert),
+    "rms_norm": _Op(
+        "rms_norm", zilla_muf.rms_norm,
+        [("x", "Tensor"), ("weight", "Tensor?"), ("z", "Tensor?"), ("eps", "float"),
+         ("group_size", "int?"), ("norm_before_gate", "bool")],
+        ("x", "weight", "z"),
+        _norm_outputs, _norm_convert),
+    "linear_scan": _Op(
+        "linear_scan", zilla_muf.linear_scan,
+        [("a", "Tensor"), ("b", "Tensor"), ("h0", "Tensor?"), ("axis", "int"),
+         ("reverse", "bool")],
+        ("a", "b", "h0"),
+        _scan_outputs),
+}
+
+
+def call(name, **kw):
+    """Run operator `name` with keyword arguments; a tuple of tensors."""
+    return tuple(OPS[name](**kw))
+
+
+# -- in-place decode steps (no gradient: they advance a cache)
+
+@torch.library.custom_op("zilla_muf::ssd_state_update", mutates_args=("state",),
+                         device_types="cpu")
+def _ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
+                      A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                      D: torch.Tensor | None, z: torch.Tensor | None,
+                      dt_bias: torch.Tensor | None, dt_softplus: bool,
+                      state_batch_indices: torch.Tensor | None) -> torch.Tensor:
+    kw = {}
+    if state_batch_indices is not None:
+        kw["state_batch_indices"] = to_numpy(state_batch_indices, "state_batch_indices")
+    y = zilla_muf.selective_state_update(
+        inplace_numpy(state, "state"), to_numpy(x, "x"), to_numpy(dt, "dt"),
+        to_numpy(A, "A"), to_numpy(B, "B"), to_numpy(C, "C"), D=to_numpy(D, "D"),
+        z=to_numpy(z, "z"), dt_bias=to_numpy(dt_bias, "dt_bias"),
+        dt_softplus=dt_softplus, **kw)
+    return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
+
+
+@_ssd_state_update.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("zilla_muf::selective_scan_update", mutates_args=("state",),
+                         device_types="cpu")
+def _selective_scan_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
+                           A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                           D: torch.Tensor | None, z: torch.Tensor | None,
+                           dt_bias: torch.Tensor | None, dt_softplus: bool,
+                           state_batch_indices: torch.Tensor | None) -> torch.Tensor:
+    kw = {}
+    if state_batch_indices is not None:
+        kw["state_batch_indices"] = to_numpy(state_batch_indices, "state_batch_indices")
+    y = zilla_muf.selective.selective_scan_update(
+        inplace_numpy(state, "state"), to_numpy(x, "x"), to_numpy(dt, "dt"),
+        to_numpy(A, "A"), to_numpy(B, "B"), to_numpy(C, "C"), D=to_numpy(D, "D"),
+        z=to_numpy(z, "z"), dt_bias=to_numpy(dt_bias, "dt_bias"),
+        dt_softplus=dt_softplus, **kw)
+    return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
+
+
+@_selective_scan_update.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("zilla_muf::conv1d_update", mutates_args=("conv_state",),
+                         device_types="cpu")
+def _conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None, activation: str | None,
+                   conv_state_indices: torch.Tensor | None) -> torch.Tensor:
+    kw = {}
+    if conv_state_indices is not None:
+        kw["conv_state_indices"] = to_numpy(conv_state_indices, "conv_state_indices")
+    y = zilla_muf.causal_conv1d_update(
+        to_numpy(x, "x"), inplace_numpy(conv_state, "conv_state"),
+        to_numpy(weight, "weight"), to_numpy(bias, "bias"), activation=activation, **kw)
+    return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
+
+
+@_conv1d_update.register_fake
+def _(x, conv_state, weight, bias, activation, conv_state_indices):
+    return torch.empty_like(x)
+
+
+INPLACE = {
+    "ssd_state_update": _ssd_state_update,
+    "selective_scan_update": _selective_scan_update,
+    "conv1d_update": _conv1d_update,
+}

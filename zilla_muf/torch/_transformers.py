@@ -1,0 +1,165 @@
+"""Put transformers' Mamba and Mamba-2 models on zilla_muf's kernels.
+
+transformers (5.x) binds each kernel of its Mamba mixers at import, as a
+module-level function decorated with ``use_kernel_func_from_hub_with_fallback``:
+the hub kernel if one was requested, else the ``mamba_ssm`` /
+``causal_conv1d`` function if that package imports, else a torch listing.
+The mixers' ``forward`` looks these functions up in their module at every
+call. :func:`apply_to_mamba2` and :func:`apply_to_mamba` rebind those names
+(and the gated norm's ``forward``) to functions that send CPU tensors to
+zilla_muf and everything else to the function they replace, so models built
+before and after the call both run on zilla_muf, forward, backward and
+cached generation. The patch is process-wide, as Liger Kernel's
+``apply_liger_kernel_to_*`` is.
+"""
+
+import functools
+import importlib
+
+import torch
+
+__all__ = ["apply_to_mamba", "apply_to_mamba2"]
+
+
+def _on_cpu(*tensors):
+    return all(t.device.type == "cpu" for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _fallback(original, ours):
+    """`ours` for CPU tensors, `original` for any other device."""
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        if _on_cpu(*args, *kwargs.values()):
+            return ours(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    wrapper.__wrapped_original__ = original
+    return wrapper
+
+
+def _conv_fn(hidden_states, weight, bias=None, activation=None, **kwargs):
+    from . import causal_conv1d_fn
+
+    seq_idx = kwargs.get("seq_idx")
+    return causal_conv1d_fn(hidden_states, weight, bias, seq_idx=seq_idx,
+                            activation=activation)
+
+
+def _conv_update(hidden_states, conv_state, weight, bias=None, activation=None):
+    from . import causal_conv1d_update
+
+    return causal_conv1d_update(hidden_states, conv_state, weight, bias,
+                                activation=activation)
+
+
+def _ssd(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None,
+         initial_states=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
+         return_final_states=False, z=None, **kwargs):
+    from . import mamba_chunk_scan_combined
+
+    return mamba_chunk_scan_combined(
+        hidden_states, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+        initial_states=initial_states, seq_idx=kwargs.get("seq_idx"),
+        dt_softplus=dt_softplus, dt_limit=tuple(dt_limit),
+        return_final_states=return_final_states)
+
+
+def _state_update(state, hidden_states, dt, A, B, C, D=None, dt_bias=None,
+                  dt_softplus=False, z=None, **kwargs):
+    from . import selective_state_update
+
+    return selective_state_update(state, hidden_states, dt, A, B, C, D=D, z=z,
+                                  dt_bias=dt_bias, dt_softplus=dt_softplus)
+
+
+def _selective_scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None,
+                    delta_softplus=False, return_last_state=False, **kwargs):
+    from . import selective_scan_fn
+
+    return selective_scan_fn(hidden_states, dt, A, B, C, D=D, z=z,
+                             delta_bias=delta_bias, delta_softplus=delta_softplus,
+                             return_last_state=return_last_state)
+
+
+def _gated_norm_forward(original):
+    @functools.wraps(original)
+    def forward(self, hidden_states, gate=None):
+        if not _on_cpu(hidden_states, gate, self.weight):
+            return original(self, hidden_states, gate)
+        from . import rmsnorm_fn
+
+        group = self.group_size
+        return rmsnorm_fn(hidden_states, self.weight, None, z=gate,
+                          eps=self.variance_epsilon,
+                          group_size=None if group == hidden_states.shape[-1] else group,
+                          norm_before_gate=False)
+
+    forward.__wrapped_original__ = original
+    return forward
+
+
+def _patch(module, name, ours):
+    current = getattr(module, name)
+    if hasattr(current, "__wrapped_original__"):
+        return  # applied already
+    setattr(module, name, _fallback(current, ours))
+
+
+def _check_model(model, module, classes):
+    if model is None:
+        return
+    allowed = tuple(getattr(module, c) for c in classes)
+    if not isinstance(model, allowed):
+        names = ", ".join(classes)
+        raise TypeError(
+            f"`model` must be one of transformers' {names} (or None), "
+            f"got {type(model).__name__}"
+        )
+
+
+def apply_to_mamba2(model=None):
+    """Run transformers' Mamba-2 models on zilla_muf's kernels.
+
+    Rebinds the causal convolution, its decoding step, the chunked scan, the
+    one-token state update and the gated RMS norm of
+    ``transformers.models.mamba2.modeling_mamba2`` to zilla_muf (for CPU
+    tensors; other devices keep the original functions), for every model,
+    built already or later.
+
+    Parameters
+    ----------
+    model : transformers.Mamba2PreTrainedModel or Mamba2Mixer, optional
+        Checked to be a Mamba-2 model; the patch itself is process-wide.
+    """
+    mod = importlib.import_module("transformers.models.mamba2.modeling_mamba2")
+    _check_model(model, mod, ("Mamba2PreTrainedModel", "Mamba2Mixer"))
+    _patch(mod, "causal_conv1d_fn", _conv_fn)
+    _patch(mod, "causal_conv1d_update", _conv_update)
+    _patch(mod, "mamba2_chunk_scan", _ssd)
+    _patch(mod, "mamba2_selective_state_update", _state_update)
+    norm = mod.MambaRMSNormGated
+    if not hasattr(norm.forward, "__wrapped_original__"):
+        norm.forward = _gated_norm_forward(norm.forward)
+    return model
+
+
+def apply_to_mamba(model=None):
+    """Run transformers' Mamba (Mamba-1) models on zilla_muf's kernels.
+
+    Rebinds the causal convolution, its decoding step, the selective scan and
+    the one-token state update of ``transformers.models.mamba.modeling_mamba``
+    to zilla_muf (for CPU tensors; other devices keep the original
+    functions), for every model, built already or later.
+
+    Parameters
+    ----------
+    model : transformers.MambaPreTrainedModel or MambaMixer, optional
+        Checked to be a Mamba model; the patch itself is process-wide.
+    """
+    mod = importlib.import_module("transformers.models.mamba.modeling_mamba")
+    _check_model(model, mod, ("MambaPreTrainedModel", "MambaMixer"))
+    _patch(mod, "causal_conv1d_fn", _conv_fn)
+    _patch(mod, "causal_conv1d_update", _conv_update)
+    _patch(mod, "mamba_selective_scan", _selective_scan)
+    _patch(mod, "mamba_selective_state_update", _state_update)
+    return model
