@@ -283,3 +283,28 @@ def test_scan_backward_kernel_shapes_checked():
         _vjp_kernels.scan_backward(z((2, 3, 4)), z((2, 3, 4)), z((2, 3, 4)), z((2, 5)),
                                    z((0, 0)), True, False, z((2, 3, 4)), z((2, 3, 4)),
                                    z((2, 4)), 1)
+
+
+@pytest.mark.parametrize("zoh", [1, 0])
+def test_diag_discretize_backward_shared_steps(zoh):
+    # delta shared by runs of 5 elements: the same as delta repeated, with
+    # its gradient summed over each run
+    rng = np.random.default_rng(12)
+    n, rep = 30, 5
+    lam, B, cA, cB = (rng.standard_normal(n) + 1j * rng.standard_normal(n)
+                      for _ in range(4))
+    d = rng.uniform(0.05, 0.9, n // rep)
+    out = []
+    for dd in (d, np.repeat(d, rep)):
+        gA, gB = np.empty((2, n), complex)
+        gd = np.empty(dd.size)
+        _vjp_kernels.diag_discretize_backward(zoh, 0.5, lam, B, dd, cA, cB,
+                                              gA, gB, gd, 2)
+        out.append((gA, gB, gd))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    np.testing.assert_allclose(out[0][2], out[1][2].reshape(-1, rep).sum(1),
+                               rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _vjp_kernels.diag_discretize_backward(zoh, 0.5, lam, B, d[:4], cA, cB,
+                                              gA, gB, np.empty(4), 1)

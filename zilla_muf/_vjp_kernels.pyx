@@ -49,7 +49,9 @@ Design
   (as many terms as |z| needs for 1e-17), phi1 = 1 + z phi2 and
   psi = phi1 - phi2 (no cancellation); beyond, the closed forms; expm1
   of a complex z as expm1(x) cos(y) - 2 sin^2(y/2) + i e^x sin(y).
-  Elements in blocks over threads (static).
+  delta may repeat along runs of consecutive elements (broadcast along the
+  last axis): each run is one task and sums its delta gradient itself.
+  Runs over threads (static).
 * silu_backward: g = c (s + x s (1 - s)), s = sigmoid(x), elementwise:
   blocks of SBLOCK through the vectorised sigmoid of _vexp.h into a local
   row, then arithmetic only. Where s (1 - s) is 0 (|x| large or infinite)
@@ -361,22 +363,31 @@ def diag_discretize_backward(int zoh, double alpha,
                              const double complex[::1] cB,
                              double complex[::1] gA, double complex[::1] gB,
                              double[::1] gd, int num_threads):
-    """Fill gA, gB, gd (all length n); zoh=1 for ZOH, 0 for bilinear(alpha)."""
-    cdef Py_ssize_t n = lam.shape[0], nblk, blk, i, i1
-    cdef double di
+    """Fill gA, gB (length n) and gd; zoh=1 for ZOH, 0 for bilinear(alpha).
+
+    d and gd have length n // rep: runs of rep consecutive elements share
+    one step (a delta broadcast along the last axis), and gd sums over each
+    run, so a run is one task.
+    """
+    cdef Py_ssize_t n = lam.shape[0], nd = d.shape[0], rep, row, i, i0
+    cdef double di, acc
     cdef double complex z, e, l, b, ca, cb, w, w2, phi1, psi
-    if (B.shape[0] != n or d.shape[0] != n or cA.shape[0] != n
-            or cB.shape[0] != n or gA.shape[0] != n or gB.shape[0] != n
-            or gd.shape[0] != n):
+    if nd == 0 or n % nd != 0:
+        if n == 0 and nd == 0:
+            return
+        raise ValueError("diag_discretize_backward: inconsistent shapes")
+    rep = n // nd
+    if (B.shape[0] != n or cA.shape[0] != n or cB.shape[0] != n
+            or gA.shape[0] != n or gB.shape[0] != n or gd.shape[0] != nd):
         raise ValueError("diag_discretize_backward: inconsistent shapes")
     if n == 0:
         return
-    nblk = (n + DBLOCK - 1) // DBLOCK
     with nogil:
-        for blk in prange(nblk, num_threads=num_threads, schedule="static"):
-            i1 = (blk + 1) * DBLOCK if (blk + 1) * DBLOCK < n else n
-            for i in range(blk * DBLOCK, i1):
-                di = d[i]
+        for row in prange(nd, num_threads=num_threads, schedule="static"):
+            di = d[row]
+            acc = 0
+            i0 = row * rep
+            for i in range(i0, i0 + rep):
                 l = lam[i]
                 b = B[i]
                 ca = cA[i]
@@ -389,13 +400,14 @@ def diag_discretize_backward(int zoh, double alpha,
                     phi_psi(z, e, &phi1, &psi)
                     gA[i] = di * cj(e) * ca + di * di * cj(b * psi) * cb
                     gB[i] = di * cj(phi1) * cb
-                    gd[i] = (cj(l * e) * ca + cj(e * b) * cb).real
+                    acc = acc + (cj(l * e) * ca + cj(e * b) * cb).real
                 else:
                     w = 1.0 / (1.0 - alpha * z)
                     w2 = cj(w * w)
                     gA[i] = di * w2 * (ca + alpha * di * cj(b) * cb)
                     gB[i] = di * cj(w) * cb
-                    gd[i] = (w2 * (cj(l) * ca + cj(b) * cb)).real
+                    acc = acc + (w2 * (cj(l) * ca + cj(b) * cb)).real
+            gd[row] = acc
 
 
 cdef extern from "_vexp.h" nogil:
