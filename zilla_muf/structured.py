@@ -851,12 +851,17 @@ def _semiseparable_matrix_vjp(args):
     def backward(G):
         B = np.asarray(args["B"], dtype=dtype)
         C = np.asarray(args["C"], dtype=dtype)
+        # the products by matmul, as the forward forms C B^T
         GL = G * _cj(L)
-        CB = np.einsum("...ir,...jr->...ij", C, B)
-        ga = pullback(G * _cj(CB))["a"][..., 0]
+        CB = _cj(np.matmul(C, np.swapaxes(B, -1, -2)))
+        if CB.shape == G.shape:
+            CB *= G
+        else:                      # C and B shared by a batch of decays
+            CB = CB * G
+        ga = pullback(CB)["a"][..., 0]
         return {"a": ga,
-                "B": np.einsum("...ij,...ir->...jr", GL, _cj(C)),
-                "C": np.einsum("...ij,...jr->...ir", GL, _cj(B))}
+                "B": np.matmul(np.swapaxes(GL, -1, -2), _cj(C)),
+                "C": np.matmul(GL, _cj(B))}
 
     return M, backward
 
