@@ -42,3 +42,8 @@ def scan_backward(
     ga: npt.NDArray[np.floating], gb: npt.NDArray[np.floating],
     gh0: npt.NDArray[np.floating], num_threads: int,
 ) -> None: ...
+
+def vandermonde_backward(
+    poles: npt.NDArray[np.float64], v: npt.NDArray[np.float64], real_v: bool,
+    s0: npt.NDArray[np.float64], s1: npt.NDArray[np.float64], num_threads: int,
+) -> None: ...

@@ -65,10 +65,22 @@ Design
       gh0 = a_0 g_0.
   The inner loop runs over q (contiguous, vectorises), so the caller uses
   it when time is not the last axis (Q > 1); p over threads (static).
+* vandermonde_backward: for poles p_i (rows, N) and a vector v (rows, L),
+  interleaved complex (or v real), both sums of the Vandermonde pullback
+      S0_i = sum_l p_i^l v_l,   S1_i = sum_l l p_i^(l-1) v_l
+           = sum_m p_i^m (m + 1) v_(m+1)
+  from one table of powers: poles in groups of VG, powers in blocks of VB.
+  Per group, T[j, i] = p_i^j (j < VB) is built in double by doubling
+  (p^(2^k) = exp(2^k log p), each step multiplying the powers so far), so
+  no power is more than log2(VB) products from an exponential; each block
+  of VB powers starting at l0 is summed against the table and its sum
+  multiplied by the anchor p^l0 = exp(l0 log p). log|p| by log1p near the
+  unit circle. (row, group) tasks over threads (static).
 """
 from cython.parallel cimport prange
 
-from libc.math cimport cos, exp, expm1, sin
+from libc.math cimport atan2, cos, exp, expm1, hypot, log, log1p, sin
+from libc.stdlib cimport free, malloc
 
 from zilla_muf._types cimport real_t
 
@@ -506,3 +518,162 @@ def scan_backward(const real_t[:, :, ::1] a, const real_t[:, :, ::1] h,
                            &cf[p, 0] if has_cf else NULL,
                            &h0[p, 0] if has_h0 else NULL, n, Q,
                            &ga[p, 0, 0], &gb[p, 0, 0], &gh0[p, 0])
+
+
+cdef enum:
+    VG = 32      # poles per table
+    VB = 256     # powers per block
+
+
+cdef inline void log_pole(double re, double im, double *lr,
+                          double *li) noexcept nogil:
+    """log(re + i im); log|z| from |z|^2 - 1 by log1p when |z| is near 1."""
+    cdef double r2 = re * re + im * im
+    li[0] = atan2(im, re)
+    if 0.5 < r2 < 2.0:
+        lr[0] = 0.5 * log1p((re - 1.0) * (re + 1.0) + im * im)
+    else:
+        lr[0] = log(hypot(re, im))
+
+
+cdef inline void pow_from_log(double lr, double li, double t, double *er,
+                              double *ei) noexcept nogil:
+    """exp(t (lr + i li)); t = 0 gives 1 (0^0 = 1)."""
+    cdef double mag
+    if t == 0:
+        er[0] = 1.0
+        ei[0] = 0.0
+    else:
+        mag = exp(t * lr)
+        er[0] = mag * cos(t * li)
+        ei[0] = mag * sin(t * li)
+
+
+cdef int vdm_back_task(const double *p, Py_ssize_t ng, const double *v,
+                       Py_ssize_t L, bint real_v, double *s0,
+                       double *s1) noexcept nogil:
+    """S0 and S1 (interleaved) of ng <= VG poles; see the Design."""
+    cdef double *Tr = <double *> malloc(2 * VG * VB * sizeof(double))
+    cdef double *Ti
+    cdef double lr[VG]
+    cdef double li[VG]
+    cdef double ar[VG]
+    cdef double ai[VG]
+    cdef double br[VG]
+    cdef double bi[VG]
+    cdef double S0r[VG]
+    cdef double S0i[VG]
+    cdef double S1r[VG]
+    cdef double S1i[VG]
+    cdef double qr, qi, xr, xi, v0r, v0i, v1r, v1i, er, ei, f, tr, ti
+    cdef Py_ssize_t i, j, k, l0, m
+    if Tr == NULL:
+        return 1
+    Ti = Tr + VG * VB
+    # the table T[j * VG + i] = p_i^j by doubling
+    for i in range(ng):
+        log_pole(p[2 * i], p[2 * i + 1], &lr[i], &li[i])
+        Tr[i] = 1.0
+        Ti[i] = 0.0
+        k = 1
+        while k < VB:
+            pow_from_log(lr[i], li[i], <double> k, &qr, &qi)
+            for j in range(k if k < VB - k else VB - k):
+                xr = Tr[j * VG + i]
+                xi = Ti[j * VG + i]
+                Tr[(k + j) * VG + i] = xr * qr - xi * qi
+                Ti[(k + j) * VG + i] = xr * qi + xi * qr
+            k = 2 * k
+        S0r[i] = 0
+        S0i[i] = 0
+        S1r[i] = 0
+        S1i[i] = 0
+    for i in range(ng, VG):
+        for j in range(VB):
+            Tr[j * VG + i] = 0
+            Ti[j * VG + i] = 0
+    l0 = 0
+    while l0 < L:
+        m = L - l0 if L - l0 < VB else VB
+        for i in range(VG):
+            ar[i] = 0
+            ai[i] = 0
+            br[i] = 0
+            bi[i] = 0
+        for j in range(m):
+            # v_l and (l + 1) v_(l+1) at l = l0 + j
+            f = <double> (l0 + j + 1)
+            if real_v:
+                v0r = v[l0 + j]
+                v1r = f * v[l0 + j + 1] if l0 + j + 1 < L else 0.0
+                for i in range(VG):
+                    tr = Tr[j * VG + i]
+                    ti = Ti[j * VG + i]
+                    ar[i] += tr * v0r
+                    ai[i] += ti * v0r
+                    br[i] += tr * v1r
+                    bi[i] += ti * v1r
+            else:
+                v0r = v[2 * (l0 + j)]
+                v0i = v[2 * (l0 + j) + 1]
+                if l0 + j + 1 < L:
+                    v1r = f * v[2 * (l0 + j + 1)]
+                    v1i = f * v[2 * (l0 + j + 1) + 1]
+                else:
+                    v1r = 0.0
+                    v1i = 0.0
+                for i in range(VG):
+                    tr = Tr[j * VG + i]
+                    ti = Ti[j * VG + i]
+                    ar[i] += tr * v0r - ti * v0i
+                    ai[i] += tr * v0i + ti * v0r
+                    br[i] += tr * v1r - ti * v1i
+                    bi[i] += tr * v1i + ti * v1r
+        for i in range(ng):
+            er = 0
+            ei = 0
+            pow_from_log(lr[i], li[i], <double> l0, &er, &ei)
+            S0r[i] += er * ar[i] - ei * ai[i]
+            S0i[i] += er * ai[i] + ei * ar[i]
+            S1r[i] += er * br[i] - ei * bi[i]
+            S1i[i] += er * bi[i] + ei * br[i]
+        l0 += m
+    for i in range(ng):
+        s0[2 * i] = S0r[i]
+        s0[2 * i + 1] = S0i[i]
+        s1[2 * i] = S1r[i]
+        s1[2 * i + 1] = S1i[i]
+    free(Tr)
+    return 0
+
+
+def vandermonde_backward(const double[:, ::1] poles, const double[:, ::1] v,
+                         bint real_v, double[:, ::1] s0, double[:, ::1] s1,
+                         int num_threads):
+    """S0 and S1 (rows, 2N interleaved) of poles (rows, 2N) and v (rows, L)
+    real or (rows, 2L) interleaved complex; see the module's Design."""
+    cdef Py_ssize_t rows = poles.shape[0], N = poles.shape[1] // 2
+    cdef Py_ssize_t L = v.shape[1] if real_v else v.shape[1] // 2
+    cdef Py_ssize_t ngroups = (N + VG - 1) // VG
+    cdef Py_ssize_t task, r, g, ng
+    cdef int failed = 0
+    if (v.shape[0] != rows or s0.shape[0] != rows or s1.shape[0] != rows
+            or s0.shape[1] != 2 * N or s1.shape[1] != 2 * N
+            or poles.shape[1] != 2 * N or (not real_v and v.shape[1] % 2)):
+        raise ValueError("vandermonde_backward: inconsistent shapes")
+    if rows == 0 or N == 0:
+        return
+    if L == 0:
+        s0[:, :] = 0
+        s1[:, :] = 0
+        return
+    with nogil:
+        for task in prange(rows * ngroups, num_threads=num_threads,
+                           schedule="static"):
+            r = task // ngroups
+            g = task - r * ngroups
+            ng = N - g * VG if N - g * VG < VG else VG
+            failed += vdm_back_task(&poles[r, 2 * g * VG], ng, &v[r, 0], L,
+                                    real_v, &s0[r, 2 * g * VG], &s1[r, 2 * g * VG])
+    if failed:
+        raise MemoryError("vandermonde_backward: could not allocate a table")
