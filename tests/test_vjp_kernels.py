@@ -197,9 +197,8 @@ def test_diag_discretize_backward_complex64(fun):
 def test_diag_discretize_backward_shapes_checked():
     z = np.zeros
     with pytest.raises(ValueError, match="inconsistent"):
-        _vjp_kernels.diag_discretize_backward(1, 0.0, z(3, complex), z(3, complex),
-                                              z(2), z(3, complex), z(3, complex),
-                                              z(3, complex), z(3, complex), z(3), 1)
+        _vjp_kernels.diag_discretize_backward(1, 0.0, z(6), z(6), z(2), z(6), z(6),
+                                              z(6), z(6), z(2), 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -298,16 +297,21 @@ def test_diag_discretize_backward_shared_steps(zoh):
     for dd in (d, np.repeat(d, rep)):
         gA, gB = np.empty((2, n), complex)
         gd = np.empty(dd.size)
-        _vjp_kernels.diag_discretize_backward(zoh, 0.5, lam, B, dd, cA, cB,
-                                              gA, gB, gd, 2)
+        f = [v.view(np.float64) for v in (lam, B)]
+        _vjp_kernels.diag_discretize_backward(zoh, 0.5, *f, dd, cA.view(np.float64),
+                                              cB.view(np.float64), gA.view(np.float64),
+                                              gB.view(np.float64), gd, 2)
         out.append((gA, gB, gd))
     np.testing.assert_array_equal(out[0][0], out[1][0])
     np.testing.assert_array_equal(out[0][1], out[1][1])
     np.testing.assert_allclose(out[0][2], out[1][2].reshape(-1, rep).sum(1),
                                rtol=1e-13, atol=1e-13)
     with pytest.raises(ValueError, match="inconsistent"):
-        _vjp_kernels.diag_discretize_backward(zoh, 0.5, lam, B, d[:4], cA, cB,
-                                              gA, gB, np.empty(4), 1)
+        _vjp_kernels.diag_discretize_backward(zoh, 0.5, lam.view(np.float64),
+                                              B.view(np.float64), d[:4],
+                                              cA.view(np.float64), cB.view(np.float64),
+                                              gA.view(np.float64), gB.view(np.float64),
+                                              np.empty(4), 1)
 
 
 @pytest.mark.parametrize("real_v", [True, False])

@@ -23,10 +23,10 @@ def semiseparable_backward(
 ) -> None: ...
 
 def diag_discretize_backward(
-    zoh: int, alpha: float, lam: npt.NDArray[np.complex128],
-    B: npt.NDArray[np.complex128], d: npt.NDArray[np.float64],
-    cA: npt.NDArray[np.complex128], cB: npt.NDArray[np.complex128],
-    gA: npt.NDArray[np.complex128], gB: npt.NDArray[np.complex128],
+    zoh: int, alpha: float, lam: npt.NDArray[np.float64],
+    B: npt.NDArray[np.float64], d: npt.NDArray[np.float64],
+    cA: npt.NDArray[np.float64], cB: npt.NDArray[np.float64],
+    gA: npt.NDArray[np.float64], gB: npt.NDArray[np.float64],
     gd: npt.NDArray[np.float64], num_threads: int,
 ) -> None: ...
 

@@ -38,7 +38,9 @@ Design
   over threads (static), each row's outputs and scratch its own.
 * diag_discretize_backward: the gradients of the diagonal ZOH and bilinear
   discretisations, elementwise on flat complex128 arrays broadcast by the
-  caller (delta real). With z = delta lambda,
+  caller and passed as interleaved real views (delta real). All complex
+  products are written out in real arithmetic (C99 complex products and
+  quotients go through checked library calls that do not vectorise). With z = delta lambda,
     ZOH:  e = exp(z), phi1 = expm1(z)/z, psi = (z e - e + 1)/z^2,
           gA = conj(delta e) cA + conj(delta^2 B psi) cB,
           gB = conj(delta phi1) cB,  gd = Re(conj(lambda e) cA + conj(e B) cB)
@@ -331,94 +333,125 @@ cdef void _init_factorials():
 _init_factorials()
 
 
-cdef inline double complex cexp_(double complex z) noexcept nogil:
-    cdef double ex = exp(z.real)
-    return ex * cos(z.imag) + 1j * (ex * sin(z.imag))
-
-
-cdef inline void phi_psi(double complex z, double complex e,
-                         double complex *phi1, double complex *psi) noexcept nogil:
-    """phi1 = expm1(z)/z and psi = (z e^z - e^z + 1)/z^2, e = e^z."""
-    cdef double complex p1, p2
-    cdef double h
+cdef inline void phi_psi(double zr, double zi, double er, double ei,
+                         double *p1r, double *p1i, double *psr,
+                         double *psi) noexcept nogil:
+    """phi1 = expm1(z)/z and psi = (z e^z - e^z + 1)/z^2 (e = e^z), in real
+    arithmetic (see the Design)."""
+    cdef double r2 = zr * zr + zi * zi
+    cdef double qr, qi, t, h, nr, ni, m
     cdef int k
-    cdef double r2 = z.real * z.real + z.imag * z.imag
     if r2 < 1.0:
-        # phi2 = (e^z - 1 - z)/z^2 = sum_k z^k/(k+2)! by Horner, to a length
-        # that leaves terms below 1e-17; then phi1 = 1 + z phi2 and
-        # psi = phi1 - phi2 (about 1/2: no cancellation)
         k = 11 if r2 < 0.0625 else (14 if r2 < 0.25 else NSERIES)
-        p2 = 0
+        qr = 0.0
+        qi = 0.0
         while k >= 0:
-            p2 = p2 * z + _INV_FACT[k + 2]
+            t = qr * zr - qi * zi + _INV_FACT[k + 2]
+            qi = qr * zi + qi * zr
+            qr = t
             k -= 1
-        p1 = 1.0 + z * p2
-        phi1[0] = p1
-        psi[0] = p1 - p2
+        # phi1 = 1 + z phi2, psi = phi1 - phi2
+        p1r[0] = 1.0 + (zr * qr - zi * qi)
+        p1i[0] = zr * qi + zi * qr
+        psr[0] = p1r[0] - qr
+        psi[0] = p1i[0] - qi
     else:
-        h = sin(0.5 * z.imag)
-        p1 = (expm1(z.real) * cos(z.imag) - 2.0 * h * h
-              + 1j * (exp(z.real) * sin(z.imag))) / z
-        phi1[0] = p1
-        psi[0] = (e - p1) / z
+        m = 1.0 / r2
+        h = sin(0.5 * zi)
+        nr = expm1(zr) * cos(zi) - 2.0 * h * h
+        ni = exp(zr) * sin(zi)
+        # phi1 = n / z, psi = (e - phi1) / z, |z| >= 1
+        p1r[0] = (nr * zr + ni * zi) * m
+        p1i[0] = (ni * zr - nr * zi) * m
+        nr = er - p1r[0]
+        ni = ei - p1i[0]
+        psr[0] = (nr * zr + ni * zi) * m
+        psi[0] = (ni * zr - nr * zi) * m
 
 
-cdef inline double complex cj(double complex v) noexcept nogil:
-    return v.real - 1j * v.imag
-
-
-def diag_discretize_backward(int zoh, double alpha,
-                             const double complex[::1] lam,
-                             const double complex[::1] B,
-                             const double[::1] d,
-                             const double complex[::1] cA,
-                             const double complex[::1] cB,
-                             double complex[::1] gA, double complex[::1] gB,
-                             double[::1] gd, int num_threads):
-    """Fill gA, gB (length n) and gd; zoh=1 for ZOH, 0 for bilinear(alpha).
+def diag_discretize_backward(int zoh, double alpha, const double[::1] lam,
+                             const double[::1] B, const double[::1] d,
+                             const double[::1] cA, const double[::1] cB,
+                             double[::1] gA, double[::1] gB, double[::1] gd,
+                             int num_threads):
+    """Fill gA, gB (n complex, interleaved: 2n reals) and gd; zoh=1 for ZOH,
+    0 for bilinear(alpha).
 
     d and gd have length n // rep: runs of rep consecutive elements share
     one step (a delta broadcast along the last axis), and gd sums over each
     run, so a run is one task.
     """
-    cdef Py_ssize_t n = lam.shape[0], nd = d.shape[0], rep, row, i, i0
-    cdef double di, acc
-    cdef double complex z, e, l, b, ca, cb, w, w2, phi1, psi
-    if nd == 0 or n % nd != 0:
-        if n == 0 and nd == 0:
-            return
-        raise ValueError("diag_discretize_backward: inconsistent shapes")
-    rep = n // nd
-    if (B.shape[0] != n or cA.shape[0] != n or cB.shape[0] != n
-            or gA.shape[0] != n or gB.shape[0] != n or gd.shape[0] != nd):
+    cdef Py_ssize_t n = lam.shape[0] // 2, nd = d.shape[0], rep, row, i, i0
+    cdef double di, acc, lr, li, br, bi, car, cai, cbr, cbi, zr, zi
+    cdef double er, ei, ex, p1r, p1i, psr, psi, xr, xi, tr, ti, ur, ui
+    cdef double denr, deni, m, wr, wi, w2r, w2i
+    if lam.shape[0] % 2 or (nd == 0 and n != 0) or (nd != 0 and n % nd != 0):
         raise ValueError("diag_discretize_backward: inconsistent shapes")
     if n == 0:
         return
+    rep = n // nd
+    if (B.shape[0] != 2 * n or cA.shape[0] != 2 * n or cB.shape[0] != 2 * n
+            or gA.shape[0] != 2 * n or gB.shape[0] != 2 * n or gd.shape[0] != nd):
+        raise ValueError("diag_discretize_backward: inconsistent shapes")
     with nogil:
         for row in prange(nd, num_threads=num_threads, schedule="static"):
             di = d[row]
             acc = 0
             i0 = row * rep
             for i in range(i0, i0 + rep):
-                l = lam[i]
-                b = B[i]
-                ca = cA[i]
-                cb = cB[i]
-                z = di * l
+                lr = lam[2 * i]
+                li = lam[2 * i + 1]
+                br = B[2 * i]
+                bi = B[2 * i + 1]
+                car = cA[2 * i]
+                cai = cA[2 * i + 1]
+                cbr = cB[2 * i]
+                cbi = cB[2 * i + 1]
+                zr = di * lr
+                zi = di * li
                 if zoh:
-                    e = cexp_(z)
-                    phi1 = 0
+                    ex = exp(zr)
+                    er = ex * cos(zi)
+                    ei = ex * sin(zi)
+                    p1r = 0
+                    p1i = 0
+                    psr = 0
                     psi = 0
-                    phi_psi(z, e, &phi1, &psi)
-                    gA[i] = di * cj(e) * ca + di * di * cj(b * psi) * cb
-                    gB[i] = di * cj(phi1) * cb
-                    acc = acc + (cj(l * e) * ca + cj(e * b) * cb).real
+                    phi_psi(zr, zi, er, ei, &p1r, &p1i, &psr, &psi)
+                    # b psi, then gA = d conj(e) cA + d^2 conj(b psi) cB
+                    xr = br * psr - bi * psi
+                    xi = br * psi + bi * psr
+                    gA[2 * i] = di * (er * car + ei * cai) + di * di * (xr * cbr + xi * cbi)
+                    gA[2 * i + 1] = di * (er * cai - ei * car) + di * di * (xr * cbi - xi * cbr)
+                    gB[2 * i] = di * (p1r * cbr + p1i * cbi)
+                    gB[2 * i + 1] = di * (p1r * cbi - p1i * cbr)
+                    # Re(conj(lambda e) cA + conj(e b) cB)
+                    xr = lr * er - li * ei
+                    xi = lr * ei + li * er
+                    tr = er * br - ei * bi
+                    ti = er * bi + ei * br
+                    acc = acc + (xr * car + xi * cai) + (tr * cbr + ti * cbi)
                 else:
-                    w = 1.0 / (1.0 - alpha * z)
-                    w2 = cj(w * w)
-                    gA[i] = di * w2 * (ca + alpha * di * cj(b) * cb)
-                    gB[i] = di * cj(w) * cb
-                    acc = acc + (w2 * (cj(l) * ca + cj(b) * cb)).real
+                    denr = 1.0 - alpha * zr
+                    deni = -alpha * zi
+                    m = 1.0 / (denr * denr + deni * deni)
+                    wr = denr * m
+                    wi = -deni * m
+                    w2r = wr * wr - wi * wi
+                    w2i = 2.0 * wr * wi
+                    # t = conj(b) cB, u = cA + alpha d t; gA = d conj(w^2) u
+                    tr = br * cbr + bi * cbi
+                    ti = br * cbi - bi * cbr
+                    ur = car + alpha * di * tr
+                    ui = cai + alpha * di * ti
+                    gA[2 * i] = di * (w2r * ur + w2i * ui)
+                    gA[2 * i + 1] = di * (w2r * ui - w2i * ur)
+                    gB[2 * i] = di * (wr * cbr + wi * cbi)
+                    gB[2 * i + 1] = di * (wr * cbi - wi * cbr)
+                    # Re(conj(w^2) (conj(lambda) cA + t))
+                    xr = lr * car + li * cai + tr
+                    xi = lr * cai - li * car + ti
+                    acc = acc + (w2r * xr + w2i * xi)
             gd[row] = acc
 
 

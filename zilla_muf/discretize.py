@@ -395,10 +395,13 @@ def _diag_grads_compiled(kind, args, lam, B, d, cA, cB, alpha):
             and d.shape == shape[len(shape) - d.ndim:-1] + (1,)):
         dshape = shape[:-1] + (1,)
     gd = np.empty(dshape, np.float64)
+    def re(v):
+        return flat(v, c128).view(np.float64)
+
     _vjp_kernels.diag_discretize_backward(
-        kind == "zoh", alpha, flat(lam, c128), flat(B, c128),
-        flat(d, np.float64, dshape), flat(cA, c128), flat(cB, c128),
-        gA.reshape(-1), gB.reshape(-1), gd.reshape(-1),
+        kind == "zoh", alpha, re(lam), re(B), flat(d, np.float64, dshape),
+        re(cA), re(cB), gA.reshape(-1).view(np.float64),
+        gB.reshape(-1).view(np.float64), gd.reshape(-1),
         resolve_workers(args["workers"]))
     return {"A": gA, "B": gB, "delta": gd}
 
