@@ -197,9 +197,8 @@ def test_diag_discretize_backward_complex64(fun):
 def test_diag_discretize_backward_shapes_checked():
     z = np.zeros
     with pytest.raises(ValueError, match="inconsistent"):
-        _vjp_kernels.diag_discretize_backward(1, 0.0, z(3, complex), z(3, complex),
-                                              z(2), z(3, complex), z(3, complex),
-                                              z(3, complex), z(3, complex), z(3), 1)
+        _vjp_kernels.diag_discretize_backward(1, 0.0, z(6), z(6), z(2), z(6), z(6),
+                                              z(6), z(6), z(2), 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -283,3 +282,88 @@ def test_scan_backward_kernel_shapes_checked():
         _vjp_kernels.scan_backward(z((2, 3, 4)), z((2, 3, 4)), z((2, 3, 4)), z((2, 5)),
                                    z((0, 0)), True, False, z((2, 3, 4)), z((2, 3, 4)),
                                    z((2, 4)), 1)
+
+
+@pytest.mark.parametrize("zoh", [1, 0])
+def test_diag_discretize_backward_shared_steps(zoh):
+    # delta shared by runs of 5 elements: the same as delta repeated, with
+    # its gradient summed over each run
+    rng = np.random.default_rng(12)
+    n, rep = 30, 5
+    lam, B, cA, cB = (rng.standard_normal(n) + 1j * rng.standard_normal(n)
+                      for _ in range(4))
+    d = rng.uniform(0.05, 0.9, n // rep)
+    out = []
+    for dd in (d, np.repeat(d, rep)):
+        gA, gB = np.empty((2, n), complex)
+        gd = np.empty(dd.size)
+        f = [v.view(np.float64) for v in (lam, B)]
+        _vjp_kernels.diag_discretize_backward(zoh, 0.5, *f, dd, cA.view(np.float64),
+                                              cB.view(np.float64), gA.view(np.float64),
+                                              gB.view(np.float64), gd, 2)
+        out.append((gA, gB, gd))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    np.testing.assert_allclose(out[0][2], out[1][2].reshape(-1, rep).sum(1),
+                               rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _vjp_kernels.diag_discretize_backward(zoh, 0.5, lam.view(np.float64),
+                                              B.view(np.float64), d[:4],
+                                              cA.view(np.float64), cB.view(np.float64),
+                                              gA.view(np.float64), gB.view(np.float64),
+                                              np.empty(4), 1)
+
+
+@pytest.mark.parametrize("real_v", [True, False])
+def test_vandermonde_backward_kernel(real_v):
+    # several pole groups and power blocks (N = 70, L = 600), a zero pole
+    rng = np.random.default_rng(13)
+    rows, N, L = 2, 70, 600
+    p = np.exp(-rng.uniform(0, 0.02, (rows, N)) + 1j * rng.uniform(-3, 3, (rows, N)))
+    p[0, 5] = 0
+    v = rng.standard_normal((rows, L))
+    if not real_v:
+        v = v + 1j * rng.standard_normal((rows, L))
+    l = np.arange(L)
+    want0 = np.zeros((rows, N), complex)
+    want1 = np.zeros((rows, N), complex)
+    for r in range(rows):
+        for i in range(N):
+            pw = np.ones(L, complex)
+            pw[1:] = np.cumprod(np.full(L - 1, p[r, i]))    # p^l
+            want0[r, i] = np.sum(pw * v[r])
+            want1[r, i] = np.sum(l[1:] * pw[:-1] * v[r, 1:])
+    outs = []
+    for threads in (1, 2):
+        s0 = np.empty((rows, N), complex)
+        s1 = np.empty((rows, N), complex)
+        V = v if real_v else v.view(np.float64)
+        _vjp_kernels.vandermonde_backward(p.view(np.float64), np.ascontiguousarray(V),
+                                          real_v, s0.view(np.float64),
+                                          s1.view(np.float64), threads)
+        outs.append((s0, s1))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    np.testing.assert_allclose(outs[0][0], want0, rtol=1e-10,
+                               atol=1e-10 * np.abs(want0).max())
+    np.testing.assert_allclose(outs[0][1], want1, rtol=1e-10,
+                               atol=1e-10 * np.abs(want1).max())
+    with pytest.raises(ValueError, match="inconsistent"):
+        _vjp_kernels.vandermonde_backward(p.view(np.float64), np.zeros((3, L)), True,
+                                          s0.view(np.float64), s1.view(np.float64), 1)
+
+
+def test_vandermonde_pullback_long_against_dense():
+    # the fused pullback across blocks, against the dense Vandermonde matrix
+    rng = np.random.default_rng(14)
+    N, L = 40, 700
+    p = 0.995 * np.exp(1j * rng.uniform(-2, 2, N))
+    w = rng.standard_normal(N) + 1j * rng.standard_normal(N)
+    c = rng.standard_normal(L)
+    V = p[None, :] ** np.arange(L)[:, None]                 # (L, N)
+    dV = np.zeros_like(V)
+    dV[1:] = np.arange(1, L)[:, None] * p[None, :] ** np.arange(L - 1)[:, None]
+    g = zilla_muf.vjp(zilla_muf.vandermonde_matvec, p, w, L, conj_pairs=True)[1](c)
+    # loss = sum c * 2 Re(V w): gw = 2 conj(V^T c), gp = 2 conj(w * dV^T c)
+    np.testing.assert_allclose(g["weights"], 2 * np.conj(V.T @ c), rtol=1e-9)
+    np.testing.assert_allclose(g["poles"], 2 * np.conj(w * (dV.T @ c)), rtol=1e-9)

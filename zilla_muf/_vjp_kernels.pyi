@@ -23,10 +23,10 @@ def semiseparable_backward(
 ) -> None: ...
 
 def diag_discretize_backward(
-    zoh: int, alpha: float, lam: npt.NDArray[np.complex128],
-    B: npt.NDArray[np.complex128], d: npt.NDArray[np.float64],
-    cA: npt.NDArray[np.complex128], cB: npt.NDArray[np.complex128],
-    gA: npt.NDArray[np.complex128], gB: npt.NDArray[np.complex128],
+    zoh: int, alpha: float, lam: npt.NDArray[np.float64],
+    B: npt.NDArray[np.float64], d: npt.NDArray[np.float64],
+    cA: npt.NDArray[np.float64], cB: npt.NDArray[np.float64],
+    gA: npt.NDArray[np.float64], gB: npt.NDArray[np.float64],
     gd: npt.NDArray[np.float64], num_threads: int,
 ) -> None: ...
 
@@ -41,4 +41,9 @@ def scan_backward(
     h0: npt.NDArray[np.floating], has_cf: bool, has_h0: bool,
     ga: npt.NDArray[np.floating], gb: npt.NDArray[np.floating],
     gh0: npt.NDArray[np.floating], num_threads: int,
+) -> None: ...
+
+def vandermonde_backward(
+    poles: npt.NDArray[np.float64], v: npt.NDArray[np.float64], real_v: bool,
+    s0: npt.NDArray[np.float64], s1: npt.NDArray[np.float64], num_threads: int,
 ) -> None: ...

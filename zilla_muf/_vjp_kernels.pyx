@@ -38,7 +38,9 @@ Design
   over threads (static), each row's outputs and scratch its own.
 * diag_discretize_backward: the gradients of the diagonal ZOH and bilinear
   discretisations, elementwise on flat complex128 arrays broadcast by the
-  caller (delta real). With z = delta lambda,
+  caller and passed as interleaved real views (delta real). All complex
+  products are written out in real arithmetic (C99 complex products and
+  quotients go through checked library calls that do not vectorise). With z = delta lambda,
     ZOH:  e = exp(z), phi1 = expm1(z)/z, psi = (z e - e + 1)/z^2,
           gA = conj(delta e) cA + conj(delta^2 B psi) cB,
           gB = conj(delta phi1) cB,  gd = Re(conj(lambda e) cA + conj(e B) cB)
@@ -49,7 +51,9 @@ Design
   (as many terms as |z| needs for 1e-17), phi1 = 1 + z phi2 and
   psi = phi1 - phi2 (no cancellation); beyond, the closed forms; expm1
   of a complex z as expm1(x) cos(y) - 2 sin^2(y/2) + i e^x sin(y).
-  Elements in blocks over threads (static).
+  delta may repeat along runs of consecutive elements (broadcast along the
+  last axis): each run is one task and sums its delta gradient itself.
+  Runs over threads (static).
 * silu_backward: g = c (s + x s (1 - s)), s = sigmoid(x), elementwise:
   blocks of SBLOCK through the vectorised sigmoid of _vexp.h into a local
   row, then arithmetic only. Where s (1 - s) is 0 (|x| large or infinite)
@@ -63,10 +67,22 @@ Design
       gh0 = a_0 g_0.
   The inner loop runs over q (contiguous, vectorises), so the caller uses
   it when time is not the last axis (Q > 1); p over threads (static).
+* vandermonde_backward: for poles p_i (rows, N) and a vector v (rows, L),
+  interleaved complex (or v real), both sums of the Vandermonde pullback
+      S0_i = sum_l p_i^l v_l,   S1_i = sum_l l p_i^(l-1) v_l
+           = sum_m p_i^m (m + 1) v_(m+1)
+  from one table of powers: poles in groups of VG, powers in blocks of VB.
+  Per group, T[j, i] = p_i^j (j < VB) is built in double by doubling
+  (p^(2^k) = exp(2^k log p), each step multiplying the powers so far), so
+  no power is more than log2(VB) products from an exponential; each block
+  of VB powers starting at l0 is summed against the table and its sum
+  multiplied by the anchor p^l0 = exp(l0 log p). log|p| by log1p near the
+  unit circle. (row, group) tasks over threads (static).
 """
 from cython.parallel cimport prange
 
-from libc.math cimport cos, exp, expm1, sin
+from libc.math cimport atan2, cos, exp, expm1, hypot, log, log1p, sin
+from libc.stdlib cimport free, malloc
 
 from zilla_muf._types cimport real_t
 
@@ -317,85 +333,126 @@ cdef void _init_factorials():
 _init_factorials()
 
 
-cdef inline double complex cexp_(double complex z) noexcept nogil:
-    cdef double ex = exp(z.real)
-    return ex * cos(z.imag) + 1j * (ex * sin(z.imag))
-
-
-cdef inline void phi_psi(double complex z, double complex e,
-                         double complex *phi1, double complex *psi) noexcept nogil:
-    """phi1 = expm1(z)/z and psi = (z e^z - e^z + 1)/z^2, e = e^z."""
-    cdef double complex p1, p2
-    cdef double h
+cdef inline void phi_psi(double zr, double zi, double er, double ei,
+                         double *p1r, double *p1i, double *psr,
+                         double *psi) noexcept nogil:
+    """phi1 = expm1(z)/z and psi = (z e^z - e^z + 1)/z^2 (e = e^z), in real
+    arithmetic (see the Design)."""
+    cdef double r2 = zr * zr + zi * zi
+    cdef double qr, qi, t, h, nr, ni, m
     cdef int k
-    cdef double r2 = z.real * z.real + z.imag * z.imag
     if r2 < 1.0:
-        # phi2 = (e^z - 1 - z)/z^2 = sum_k z^k/(k+2)! by Horner, to a length
-        # that leaves terms below 1e-17; then phi1 = 1 + z phi2 and
-        # psi = phi1 - phi2 (about 1/2: no cancellation)
         k = 11 if r2 < 0.0625 else (14 if r2 < 0.25 else NSERIES)
-        p2 = 0
+        qr = 0.0
+        qi = 0.0
         while k >= 0:
-            p2 = p2 * z + _INV_FACT[k + 2]
+            t = qr * zr - qi * zi + _INV_FACT[k + 2]
+            qi = qr * zi + qi * zr
+            qr = t
             k -= 1
-        p1 = 1.0 + z * p2
-        phi1[0] = p1
-        psi[0] = p1 - p2
+        # phi1 = 1 + z phi2, psi = phi1 - phi2
+        p1r[0] = 1.0 + (zr * qr - zi * qi)
+        p1i[0] = zr * qi + zi * qr
+        psr[0] = p1r[0] - qr
+        psi[0] = p1i[0] - qi
     else:
-        h = sin(0.5 * z.imag)
-        p1 = (expm1(z.real) * cos(z.imag) - 2.0 * h * h
-              + 1j * (exp(z.real) * sin(z.imag))) / z
-        phi1[0] = p1
-        psi[0] = (e - p1) / z
+        m = 1.0 / r2
+        h = sin(0.5 * zi)
+        nr = expm1(zr) * cos(zi) - 2.0 * h * h
+        ni = exp(zr) * sin(zi)
+        # phi1 = n / z, psi = (e - phi1) / z, |z| >= 1
+        p1r[0] = (nr * zr + ni * zi) * m
+        p1i[0] = (ni * zr - nr * zi) * m
+        nr = er - p1r[0]
+        ni = ei - p1i[0]
+        psr[0] = (nr * zr + ni * zi) * m
+        psi[0] = (ni * zr - nr * zi) * m
 
 
-cdef inline double complex cj(double complex v) noexcept nogil:
-    return v.real - 1j * v.imag
+def diag_discretize_backward(int zoh, double alpha, const double[::1] lam,
+                             const double[::1] B, const double[::1] d,
+                             const double[::1] cA, const double[::1] cB,
+                             double[::1] gA, double[::1] gB, double[::1] gd,
+                             int num_threads):
+    """Fill gA, gB (n complex, interleaved: 2n reals) and gd; zoh=1 for ZOH,
+    0 for bilinear(alpha).
 
-
-def diag_discretize_backward(int zoh, double alpha,
-                             const double complex[::1] lam,
-                             const double complex[::1] B,
-                             const double[::1] d,
-                             const double complex[::1] cA,
-                             const double complex[::1] cB,
-                             double complex[::1] gA, double complex[::1] gB,
-                             double[::1] gd, int num_threads):
-    """Fill gA, gB, gd (all length n); zoh=1 for ZOH, 0 for bilinear(alpha)."""
-    cdef Py_ssize_t n = lam.shape[0], nblk, blk, i, i1
-    cdef double di
-    cdef double complex z, e, l, b, ca, cb, w, w2, phi1, psi
-    if (B.shape[0] != n or d.shape[0] != n or cA.shape[0] != n
-            or cB.shape[0] != n or gA.shape[0] != n or gB.shape[0] != n
-            or gd.shape[0] != n):
+    d and gd have length n // rep: runs of rep consecutive elements share
+    one step (a delta broadcast along the last axis), and gd sums over each
+    run, so a run is one task.
+    """
+    cdef Py_ssize_t n = lam.shape[0] // 2, nd = d.shape[0], rep, row, i, i0
+    cdef double di, acc, lr, li, br, bi, car, cai, cbr, cbi, zr, zi
+    cdef double er, ei, ex, p1r, p1i, psr, psi, xr, xi, tr, ti, ur, ui
+    cdef double denr, deni, m, wr, wi, w2r, w2i
+    if lam.shape[0] % 2 or (nd == 0 and n != 0) or (nd != 0 and n % nd != 0):
         raise ValueError("diag_discretize_backward: inconsistent shapes")
     if n == 0:
         return
-    nblk = (n + DBLOCK - 1) // DBLOCK
+    rep = n // nd
+    if (B.shape[0] != 2 * n or cA.shape[0] != 2 * n or cB.shape[0] != 2 * n
+            or gA.shape[0] != 2 * n or gB.shape[0] != 2 * n or gd.shape[0] != nd):
+        raise ValueError("diag_discretize_backward: inconsistent shapes")
     with nogil:
-        for blk in prange(nblk, num_threads=num_threads, schedule="static"):
-            i1 = (blk + 1) * DBLOCK if (blk + 1) * DBLOCK < n else n
-            for i in range(blk * DBLOCK, i1):
-                di = d[i]
-                l = lam[i]
-                b = B[i]
-                ca = cA[i]
-                cb = cB[i]
-                z = di * l
+        for row in prange(nd, num_threads=num_threads, schedule="static"):
+            di = d[row]
+            acc = 0
+            i0 = row * rep
+            for i in range(i0, i0 + rep):
+                lr = lam[2 * i]
+                li = lam[2 * i + 1]
+                br = B[2 * i]
+                bi = B[2 * i + 1]
+                car = cA[2 * i]
+                cai = cA[2 * i + 1]
+                cbr = cB[2 * i]
+                cbi = cB[2 * i + 1]
+                zr = di * lr
+                zi = di * li
                 if zoh:
-                    e = cexp_(z)
-                    phi1 = 0
+                    ex = exp(zr)
+                    er = ex * cos(zi)
+                    ei = ex * sin(zi)
+                    p1r = 0
+                    p1i = 0
+                    psr = 0
                     psi = 0
-                    phi_psi(z, e, &phi1, &psi)
-                    gA[i] = di * cj(e) * ca + di * di * cj(b * psi) * cb
-                    gB[i] = di * cj(phi1) * cb
-                    gd[i] = (cj(l * e) * ca + cj(e * b) * cb).real
+                    phi_psi(zr, zi, er, ei, &p1r, &p1i, &psr, &psi)
+                    # b psi, then gA = d conj(e) cA + d^2 conj(b psi) cB
+                    xr = br * psr - bi * psi
+                    xi = br * psi + bi * psr
+                    gA[2 * i] = di * (er * car + ei * cai) + di * di * (xr * cbr + xi * cbi)
+                    gA[2 * i + 1] = di * (er * cai - ei * car) + di * di * (xr * cbi - xi * cbr)
+                    gB[2 * i] = di * (p1r * cbr + p1i * cbi)
+                    gB[2 * i + 1] = di * (p1r * cbi - p1i * cbr)
+                    # Re(conj(lambda e) cA + conj(e b) cB)
+                    xr = lr * er - li * ei
+                    xi = lr * ei + li * er
+                    tr = er * br - ei * bi
+                    ti = er * bi + ei * br
+                    acc = acc + (xr * car + xi * cai) + (tr * cbr + ti * cbi)
                 else:
-                    w = 1.0 / (1.0 - alpha * z)
-                    w2 = cj(w * w)
-                    gA[i] = di * w2 * (ca + alpha * di * cj(b) * cb)
-                    gB[i] = di * cj(w) * cb
-                    gd[i] = (w2 * (cj(l) * ca + cj(b) * cb)).real
+                    denr = 1.0 - alpha * zr
+                    deni = -alpha * zi
+                    m = 1.0 / (denr * denr + deni * deni)
+                    wr = denr * m
+                    wi = -deni * m
+                    w2r = wr * wr - wi * wi
+                    w2i = 2.0 * wr * wi
+                    # t = conj(b) cB, u = cA + alpha d t; gA = d conj(w^2) u
+                    tr = br * cbr + bi * cbi
+                    ti = br * cbi - bi * cbr
+                    ur = car + alpha * di * tr
+                    ui = cai + alpha * di * ti
+                    gA[2 * i] = di * (w2r * ur + w2i * ui)
+                    gA[2 * i + 1] = di * (w2r * ui - w2i * ur)
+                    gB[2 * i] = di * (wr * cbr + wi * cbi)
+                    gB[2 * i + 1] = di * (wr * cbi - wi * cbr)
+                    # Re(conj(w^2) (conj(lambda) cA + t))
+                    xr = lr * car + li * cai + tr
+                    xi = lr * cai - li * car + ti
+                    acc = acc + (w2r * xr + w2i * xi)
+            gd[row] = acc
 
 
 cdef extern from "_vexp.h" nogil:
@@ -494,3 +551,162 @@ def scan_backward(const real_t[:, :, ::1] a, const real_t[:, :, ::1] h,
                            &cf[p, 0] if has_cf else NULL,
                            &h0[p, 0] if has_h0 else NULL, n, Q,
                            &ga[p, 0, 0], &gb[p, 0, 0], &gh0[p, 0])
+
+
+cdef enum:
+    VG = 32      # poles per table
+    VB = 256     # powers per block
+
+
+cdef inline void log_pole(double re, double im, double *lr,
+                          double *li) noexcept nogil:
+    """log(re + i im); log|z| from |z|^2 - 1 by log1p when |z| is near 1."""
+    cdef double r2 = re * re + im * im
+    li[0] = atan2(im, re)
+    if 0.5 < r2 < 2.0:
+        lr[0] = 0.5 * log1p((re - 1.0) * (re + 1.0) + im * im)
+    else:
+        lr[0] = log(hypot(re, im))
+
+
+cdef inline void pow_from_log(double lr, double li, double t, double *er,
+                              double *ei) noexcept nogil:
+    """exp(t (lr + i li)); t = 0 gives 1 (0^0 = 1)."""
+    cdef double mag
+    if t == 0:
+        er[0] = 1.0
+        ei[0] = 0.0
+    else:
+        mag = exp(t * lr)
+        er[0] = mag * cos(t * li)
+        ei[0] = mag * sin(t * li)
+
+
+cdef int vdm_back_task(const double *p, Py_ssize_t ng, const double *v,
+                       Py_ssize_t L, bint real_v, double *s0,
+                       double *s1) noexcept nogil:
+    """S0 and S1 (interleaved) of ng <= VG poles; see the Design."""
+    cdef double *Tr = <double *> malloc(2 * VG * VB * sizeof(double))
+    cdef double *Ti
+    cdef double lr[VG]
+    cdef double li[VG]
+    cdef double ar[VG]
+    cdef double ai[VG]
+    cdef double br[VG]
+    cdef double bi[VG]
+    cdef double S0r[VG]
+    cdef double S0i[VG]
+    cdef double S1r[VG]
+    cdef double S1i[VG]
+    cdef double qr, qi, xr, xi, v0r, v0i, v1r, v1i, er, ei, f, tr, ti
+    cdef Py_ssize_t i, j, k, l0, m
+    if Tr == NULL:
+        return 1
+    Ti = Tr + VG * VB
+    # the table T[j * VG + i] = p_i^j by doubling
+    for i in range(ng):
+        log_pole(p[2 * i], p[2 * i + 1], &lr[i], &li[i])
+        Tr[i] = 1.0
+        Ti[i] = 0.0
+        k = 1
+        while k < VB:
+            pow_from_log(lr[i], li[i], <double> k, &qr, &qi)
+            for j in range(k if k < VB - k else VB - k):
+                xr = Tr[j * VG + i]
+                xi = Ti[j * VG + i]
+                Tr[(k + j) * VG + i] = xr * qr - xi * qi
+                Ti[(k + j) * VG + i] = xr * qi + xi * qr
+            k = 2 * k
+        S0r[i] = 0
+        S0i[i] = 0
+        S1r[i] = 0
+        S1i[i] = 0
+    for i in range(ng, VG):
+        for j in range(VB):
+            Tr[j * VG + i] = 0
+            Ti[j * VG + i] = 0
+    l0 = 0
+    while l0 < L:
+        m = L - l0 if L - l0 < VB else VB
+        for i in range(VG):
+            ar[i] = 0
+            ai[i] = 0
+            br[i] = 0
+            bi[i] = 0
+        for j in range(m):
+            # v_l and (l + 1) v_(l+1) at l = l0 + j
+            f = <double> (l0 + j + 1)
+            if real_v:
+                v0r = v[l0 + j]
+                v1r = f * v[l0 + j + 1] if l0 + j + 1 < L else 0.0
+                for i in range(VG):
+                    tr = Tr[j * VG + i]
+                    ti = Ti[j * VG + i]
+                    ar[i] += tr * v0r
+                    ai[i] += ti * v0r
+                    br[i] += tr * v1r
+                    bi[i] += ti * v1r
+            else:
+                v0r = v[2 * (l0 + j)]
+                v0i = v[2 * (l0 + j) + 1]
+                if l0 + j + 1 < L:
+                    v1r = f * v[2 * (l0 + j + 1)]
+                    v1i = f * v[2 * (l0 + j + 1) + 1]
+                else:
+                    v1r = 0.0
+                    v1i = 0.0
+                for i in range(VG):
+                    tr = Tr[j * VG + i]
+                    ti = Ti[j * VG + i]
+                    ar[i] += tr * v0r - ti * v0i
+                    ai[i] += tr * v0i + ti * v0r
+                    br[i] += tr * v1r - ti * v1i
+                    bi[i] += tr * v1i + ti * v1r
+        for i in range(ng):
+            er = 0
+            ei = 0
+            pow_from_log(lr[i], li[i], <double> l0, &er, &ei)
+            S0r[i] += er * ar[i] - ei * ai[i]
+            S0i[i] += er * ai[i] + ei * ar[i]
+            S1r[i] += er * br[i] - ei * bi[i]
+            S1i[i] += er * bi[i] + ei * br[i]
+        l0 += m
+    for i in range(ng):
+        s0[2 * i] = S0r[i]
+        s0[2 * i + 1] = S0i[i]
+        s1[2 * i] = S1r[i]
+        s1[2 * i + 1] = S1i[i]
+    free(Tr)
+    return 0
+
+
+def vandermonde_backward(const double[:, ::1] poles, const double[:, ::1] v,
+                         bint real_v, double[:, ::1] s0, double[:, ::1] s1,
+                         int num_threads):
+    """S0 and S1 (rows, 2N interleaved) of poles (rows, 2N) and v (rows, L)
+    real or (rows, 2L) interleaved complex; see the module's Design."""
+    cdef Py_ssize_t rows = poles.shape[0], N = poles.shape[1] // 2
+    cdef Py_ssize_t L = v.shape[1] if real_v else v.shape[1] // 2
+    cdef Py_ssize_t ngroups = (N + VG - 1) // VG
+    cdef Py_ssize_t task, r, g, ng
+    cdef int failed = 0
+    if (v.shape[0] != rows or s0.shape[0] != rows or s1.shape[0] != rows
+            or s0.shape[1] != 2 * N or s1.shape[1] != 2 * N
+            or poles.shape[1] != 2 * N or (not real_v and v.shape[1] % 2)):
+        raise ValueError("vandermonde_backward: inconsistent shapes")
+    if rows == 0 or N == 0:
+        return
+    if L == 0:
+        s0[:, :] = 0
+        s1[:, :] = 0
+        return
+    with nogil:
+        for task in prange(rows * ngroups, num_threads=num_threads,
+                           schedule="static"):
+            r = task // ngroups
+            g = task - r * ngroups
+            ng = N - g * VG if N - g * VG < VG else VG
+            failed += vdm_back_task(&poles[r, 2 * g * VG], ng, &v[r, 0], L,
+                                    real_v, &s0[r, 2 * g * VG], &s1[r, 2 * g * VG])
+    if failed:
+        raise MemoryError("vandermonde_backward: could not allocate a table")

@@ -366,22 +366,32 @@ def _diag_grads(kind, args, Abar, Bbar, alpha):
 
 def _diag_grads_compiled(kind, args, lam, B, d, cA, cB, alpha):
     """The complex diagonal pullbacks in one compiled elementwise pass
-    (_vjp_kernels.diag_discretize_backward), in complex128."""
+    (_vjp_kernels.diag_discretize_backward), in complex128. A delta that
+    broadcasts along the last axis only (shape (..., 1)) is passed as it is
+    and gets its gradient summed by the kernel."""
     shape = np.broadcast_shapes(lam.shape, B.shape, d.shape, np.shape(cA),
                                 np.shape(cB))
 
-    def flat(v, dtype):
-        v = np.broadcast_to(np.asarray(v, dtype=dtype), shape)
+    def flat(v, dtype, to=shape):
+        v = np.broadcast_to(np.asarray(v, dtype=dtype), to)
         return np.ascontiguousarray(v).reshape(-1)
 
     c128 = np.complex128
     gA = np.empty(shape, c128)
     gB = np.empty(shape, c128)
-    gd = np.empty(shape, np.float64)
+    dshape = shape
+    if (len(shape) >= 1 and shape[-1] > 1 and d.ndim >= 1 and d.shape[-1] == 1
+            and d.shape == shape[len(shape) - d.ndim:-1] + (1,)):
+        dshape = shape[:-1] + (1,)
+    gd = np.empty(dshape, np.float64)
+    def re(v):
+        return flat(v, c128).view(np.float64)
+
     _vjp_kernels.diag_discretize_backward(
-        kind == "zoh", alpha, flat(lam, c128), flat(B, c128), flat(d, np.float64),
-        flat(cA, c128), flat(cB, c128), gA.reshape(-1), gB.reshape(-1),
-        gd.reshape(-1), resolve_workers(args["workers"]))
+        kind == "zoh", alpha, re(lam), re(B), flat(d, np.float64, dshape),
+        re(cA), re(cB), gA.reshape(-1).view(np.float64),
+        gB.reshape(-1).view(np.float64), gd.reshape(-1),
+        resolve_workers(args["workers"]))
     return {"A": gA, "B": gB, "delta": gd}
 
 

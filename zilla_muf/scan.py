@@ -691,8 +691,10 @@ def _scan_rule(fun):
             ad[at(rest)] = _conj(a[at(src)])
             ad[at(first)] = 1
             g = fun(ad, c, cf, reverse=not reverse, **options)
-            # the state before each step: h shifted the other way, h0 at the start
-            ga = np.empty(shape, dtype=dtype)
+            # the state before each step: h shifted the other way, h0 at the
+            # start; written over the adjoint's decays (no longer needed: no
+            # second allocation)
+            ga = ad
             np.multiply(g[at(src)], _conj(h[at(rest)]), out=ga[at(src)])
             start = 0 if not reverse else n - 1
             one = at(slice(start, start + 1))

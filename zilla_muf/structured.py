@@ -857,12 +857,17 @@ def _semiseparable_matrix_vjp(args):
     def backward(G):
         B = np.asarray(args["B"], dtype=dtype)
         C = np.asarray(args["C"], dtype=dtype)
+        # the products by matmul, as the forward forms C B^T
         GL = G * _cj(L)
-        CB = np.einsum("...ir,...jr->...ij", C, B)
-        ga = pullback(G * _cj(CB))["a"][..., 0]
+        CB = _cj(np.matmul(C, np.swapaxes(B, -1, -2)))
+        if CB.shape == G.shape:
+            CB *= G
+        else:                      # C and B shared by a batch of decays
+            CB = CB * G
+        ga = pullback(CB)["a"][..., 0]
         return {"a": ga,
-                "B": np.einsum("...ij,...ir->...jr", GL, _cj(C)),
-                "C": np.einsum("...ij,...jr->...ir", GL, _cj(B))}
+                "B": np.matmul(np.swapaxes(GL, -1, -2), _cj(C)),
+                "C": np.matmul(GL, _cj(B))}
 
     return M, backward
 
@@ -940,6 +945,39 @@ def _power_derivative_vector(v):
     return v[..., 1:] * np.arange(1, L, dtype=v.real.dtype)
 
 
+def _vandermonde_backward_fused(p, w, c, scale, cdtype, workers):
+    """Both sums of the pullback (gw by p^l, gp by l p^(l-1)) in one
+    compiled pass that shares the powers (_vjp_kernels.vandermonde_backward),
+    in double; a real cotangent (conj_pairs) is read as real."""
+    c = np.asarray(c)
+    N, L = p.shape[-1], c.shape[-1]
+    lead = np.broadcast_shapes(p.shape[:-1], w.shape[:-1], c.shape[:-1])
+    rows = int(np.prod(lead, dtype=np.int64))
+    if rows == 0 or N == 0:
+        z = np.zeros(lead + (N,), cdtype)
+        return {"poles": z, "weights": z}
+    P = np.ascontiguousarray(np.broadcast_to(p, lead + (N,)), dtype=np.complex128)
+    real_v = c.dtype.kind != "c"
+    if real_v:
+        V = np.ascontiguousarray(np.broadcast_to(c, lead + (L,)), dtype=np.float64)
+    else:
+        V = np.ascontiguousarray(np.broadcast_to(c, lead + (L,)), dtype=np.complex128)
+        V = V.conj().view(np.float64)
+    S0 = np.empty((rows, N), np.complex128)
+    S1 = np.empty((rows, N), np.complex128)
+    _vjp_kernels.vandermonde_backward(P.reshape(rows, N).view(np.float64),
+                                      V.reshape(rows, -1), real_v,
+                                      S0.view(np.float64), S1.view(np.float64),
+                                      resolve_workers(workers))
+    S0 = S0.reshape(lead + (N,))
+    S1 = S1.reshape(lead + (N,))
+    gw = np.conj(S0)
+    gw *= scale
+    gp = np.conj(w * S1)
+    gp *= scale
+    return {"poles": gp.astype(cdtype, copy=False), "weights": gw.astype(cdtype, copy=False)}
+
+
 @defvjp(vandermonde_matvec, "poles", "weights")
 def _vandermonde_matvec_vjp(args):
     # keeps the inputs. K_l = sum_i w_i p_i^l:
@@ -954,8 +992,10 @@ def _vandermonde_matvec_vjp(args):
     def backward(c):
         p = np.asarray(args["poles"])
         w = np.asarray(args["weights"], dtype=cdtype)
-        cc = np.asarray(c, dtype=cdtype).conj()
         scale = 2 if args["conj_pairs"] else 1
+        if p.ndim and w.ndim and np.ndim(c):
+            return _vandermonde_backward_fused(p, w, c, scale, cdtype, workers)
+        cc = np.asarray(c, dtype=cdtype).conj()
         gw = vandermonde_rmatvec(p, cc, workers=workers).conj()
         if cc.shape[-1] > 1:
             s = vandermonde_rmatvec(p, _power_derivative_vector(cc), workers=workers)
