@@ -986,7 +986,7 @@ def _vandermonde_matvec_vjp(args):
     #          u_m = (m+1) conj(c_{m+1}): the powers formed as stably)
     # conj_pairs returns K + conj(K) for a real cotangent: both doubled.
     out = vandermonde_matvec(**args)
-    cdtype = _complex_of(out.dtype)
+    cdtype = complex_dtype(out.dtype)
     workers = args["workers"]
 
     def backward(c):
