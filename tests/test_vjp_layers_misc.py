@@ -25,13 +25,12 @@ def _c(rng, shape, complex_=True, scale=1.0):
 @pytest.mark.parametrize("complex_", [False, True])
 def test_fft_conv(K, complex_, rng):
     kw = dict(signal=_c(rng, (2, 6), complex_), kernel=_c(rng, K, complex_))
-    check_dense(zilla_muf.fft_conv.fft_conv, kw, ["signal", "kernel"], rng)
+    check_dense(zilla_muf.fft_conv, kw, ["signal", "kernel"], rng)
 
 
-def test_fft_conv_callable_module_and_batched_kernel(rng):
+def test_fft_conv_batched_kernel(rng):
     kw = dict(signal=_c(rng, (3, 7, 2), False), kernel=_c(rng, (3, 4, 1), False),
               axis=1, workers=2)
-    # the module itself is accepted as `fun`
     check_dense(zilla_muf.fft_conv, kw, ["signal", "kernel"], rng)
 
 
@@ -104,7 +103,7 @@ def test_property(data, which):
     n = data.draw(st.integers(1, 6))
     complex_ = data.draw(st.booleans())
     if which == "fft":
-        fun = zilla_muf.fft_conv.fft_conv
+        fun = zilla_muf.fft_conv
         kw = dict(signal=_c(rng, lead + (n,), complex_),
                   kernel=_c(rng, data.draw(st.integers(1, 8)), complex_))
         names = ["signal", "kernel"]

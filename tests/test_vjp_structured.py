@@ -169,7 +169,7 @@ def test_cauchy_backward_kernel_workers_dtypes_and_empty(rng):
 
 def test_convolutions_empty_time_axis():
     for fun, kw in ((zilla_muf.toeplitz_matvec, dict(kernel=np.ones(3), x=np.ones((2, 0)))),
-                    (zilla_muf.fft_conv.fft_conv, dict(signal=np.ones((2, 0)),
+                    (zilla_muf.fft_conv, dict(signal=np.ones((2, 0)),
                                                        kernel=np.ones(3)))):
         out, pullback = zilla_muf.vjp(fun, **kw)
         g = pullback(np.ones(out.shape))

@@ -14,10 +14,8 @@ scan
 structured
     Products with semiseparable, causal Toeplitz, Cauchy and Vandermonde
     matrices, without forming them.
-fft_conv
-    Causal convolution by FFT. The module is callable:
-    ``zilla_muf.fft_conv(signal, kernel)`` is
-    ``zilla_muf.fft_conv.fft_conv(signal, kernel)``.
+convolution
+    Causal convolution by FFT (:func:`fft_conv`).
 selective
     Mamba-1: the selective scan and the depthwise causal convolution.
 stable_ops
@@ -47,14 +45,15 @@ except ImportError as exc:
         "it: run Python from outside the checkout."
     ) from exc
 
-# `fft_conv` and `linear_attention` are both a module and its function: the
-# module is callable (see zilla_muf/fft_conv.py, zilla_muf/linear_attention.py),
-# so zilla_muf.fft_conv(...) and zilla_muf.fft_conv.fft_conv(...) are the same
-# call.
+# `linear_attention` is both a module and its function (API: the module
+# zilla_muf.linear_attention holds linear_attention and gated_delta_rule, and
+# every function is importable from the package): the module is callable, so
+# zilla_muf.linear_attention(...) and zilla_muf.linear_attention.linear_attention(...)
+# are the same call.
 from . import (
     complex_ops,
+    convolution,
     discretize,
-    fft_conv,
     linear_attention,
     scan,
     selective,
@@ -66,6 +65,7 @@ from ._build_config import version as __version__
 from ._config import buffer_cache, have_openmp, openmp_info
 from ._vjp import vjp
 from .complex_ops import complex_exp, conjugate_pair_output, diag_complex_matrix_exp
+from .convolution import fft_conv
 from .discretize import bilinear_discretize, zoh_discretize
 from .linear_attention import gated_delta_rule
 from .scan import associative_scan, chunked_scan, linear_scan, sequential_scan
@@ -110,7 +110,7 @@ from .structured import (
 )
 
 # The public modules, and every public function of theirs.
-_MODULES = ["complex_ops", "discretize", "fft_conv", "linear_attention", "scan",
+_MODULES = ["complex_ops", "convolution", "discretize", "linear_attention", "scan",
             "selective", "ssd", "stable_ops", "structured"]
 __all__ = sorted(
     set(_MODULES)

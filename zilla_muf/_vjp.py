@@ -207,7 +207,7 @@ def vjp(fun, *args, **kwargs):
     :func:`~zilla_muf.linear_scan`; `a`, `b`, `h0`), every function of
     :mod:`zilla_muf.stable_ops`, the products of
     :mod:`zilla_muf.structured` (poles and nodes included),
-    :func:`~zilla_muf.fft_conv.fft_conv`, :mod:`zilla_muf.discretize`
+    :func:`~zilla_muf.fft_conv`, :mod:`zilla_muf.discretize`
     (diagonal and dense; `A`, `B`, `delta`) and :mod:`zilla_muf.complex_ops`.
     Integer and flag arguments, `axis`, `method` and `workers` are never
     differentiated; each backward runs with the forward's `workers`. Each
@@ -231,7 +231,7 @@ def vjp(fun, *args, **kwargs):
     """
     entry = _RULES.get(fun)
     if entry is None and isinstance(fun, types.ModuleType):
-        # a callable module (zilla_muf.fft_conv) stands for its function
+        # a callable module (zilla_muf.linear_attention) stands for its function
         entry = _RULES.get(getattr(fun, fun.__name__.rpartition(".")[2], None))
     if entry is None:
         name = getattr(fun, "__qualname__", None) or type(fun).__name__

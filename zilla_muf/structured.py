@@ -34,7 +34,7 @@ from ._validation import (
     resolve_workers,
     result_dtype,
 )
-from .fft_conv import _conv_operands, _fft_causal
+from .convolution import _conv_operands, _fft_causal
 from .scan import chunked_scan, sequential_scan
 
 __all__ = [

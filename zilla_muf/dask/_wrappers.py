@@ -21,7 +21,7 @@ from .. import selective as _selective
 from .. import ssd as _ssd
 from .. import stable_ops as _stable
 from .. import structured as _structured
-from ..fft_conv import fft_conv as _fft_conv
+from ..convolution import fft_conv as _fft_conv
 from .._validation import (
     broadcast_shapes,
     normalize_axis,

@@ -1,4 +1,4 @@
-r"""Causal convolution by FFT.
+r"""Convolution: causal convolution by FFT.
 
 The long convolutions of S4, H3 and Hyena apply a kernel as long as the
 sequence: a causal (lower-triangular Toeplitz) product that costs
@@ -10,20 +10,15 @@ sequence: a causal (lower-triangular Toeplitz) product that costs
 :func:`zilla_muf.toeplitz_matvec` computes the same quantity and chooses
 between this and a direct kernel.
 
-The package attribute ``zilla_muf.fft_conv`` is this module, and the module
-is callable: calling it calls :func:`~zilla_muf.fft_conv.fft_conv`, so that
-``from zilla_muf import fft_conv`` gives a name that both computes and holds
-the function.
+``zilla_muf.fft_conv`` is the function; this module,
+``zilla_muf.convolution``, is where it is defined.
 
 >>> import zilla_muf
 >>> zilla_muf.fft_conv([1.0, 2.0, 3.0], [0.0, 1.0])
 array([0., 1., 2.])
->>> zilla_muf.fft_conv.fft_conv([1.0, 2.0, 3.0], [0.0, 1.0])
-array([0., 1., 2.])
+>>> zilla_muf.convolution.fft_conv is zilla_muf.fft_conv
+True
 """
-
-import sys
-import types
 
 import numpy as np
 import scipy.fft
@@ -195,16 +190,6 @@ def fft_conv(signal, kernel, *, axis=-1, workers=None):
     k, x, lead, out_axis, dtype = _conv_operands(kernel, signal, axis, "kernel", "signal")
     y = _fft_causal(k, x, lead, dtype, nthreads)
     return np.moveaxis(y, -1, out_axis)
-
-
-class _CallableModule(types.ModuleType):
-    """This module's type: calling the module calls :func:`fft_conv`."""
-
-    def __call__(self, signal, kernel, *, axis=-1, workers=None):
-        return fft_conv(signal, kernel, axis=axis, workers=workers)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 # Gradients
