@@ -1073,3 +1073,228 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
                         p.B, p.C, np.zeros((1, 1), dtype=np.int64), False,
                         state, y, 1)
     return p.finish(y)[:, 0]
+
+
+# ---------------------------------------------------------------------------
+# Gradients
+# ---------------------------------------------------------------------------
+
+from ._vjp import defvjp  # noqa: E402
+
+_SSD_DIFF = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+
+def _ssd_backward(p, cs, y0, gy, gfinal):
+    """Gradients of an SSD layer call (see the user guide's page on the
+    layers' gradients for the derivation).
+
+    `p` is the checked problem, `cs` the chunk length, `y0` the output
+    before the gate (None without `z`), `gy` and `gfinal` the cotangents of
+    the output and of the final state (None for zeros). Keeps only chunk
+    summaries between the passes: the chunk states and their adjoints,
+    (batch, nheads, nchunks + 1, headdim, dstate) each.
+    """
+    dt_ = p.dtype
+    nb, L, H, P, G, N = p.nb, p.L, p.H, p.P, p.G, p.N
+    rep = H // G
+    one = dt_.type(1)
+    grads = {}
+    # -- step sizes: dt' = clamp(softplus(dt + bias)), and d dt' / d dt
+    v = p.dt if p.dt_bias is None else p.dt + p.dt_bias
+    if p.dt_softplus:
+        big = v > 20
+        sp = np.where(big, v, np.logaddexp(dt_.type(0), v))
+        dsp = np.where(big, one, expit(v)).astype(dt_)
+    else:
+        sp, dsp = v, None
+    lo, hi = p.dt_limit
+    dtp = np.clip(sp, dt_.type(lo), dt_.type(hi))
+    inside = (sp >= lo) & (sp <= hi)       # zero gradient where clamped strictly
+    # -- gate and skip connection
+    gy = np.asarray(gy, dtype=dt_)
+    if p.z is not None:
+        sig = expit(p.z)
+        grads["z"] = gy * y0 * (sig * (1 + p.z * (1 - sig)))
+        dY = gy * (p.z * sig)
+    else:
+        dY = gy
+    gx = np.zeros(p.x.shape, dtype=dt_)
+    if p.D is not None:
+        Dm = p.D[:, None] if p.D.ndim == 1 else p.D
+        gDm = np.einsum("blhp,blhp->hp", dY, p.x)
+        grads["D"] = gDm.sum(axis=1) if p.D.ndim == 1 else gDm
+        gx += dY * Dm
+    if min(nb, L, H, P, N) == 0:
+        grads.update(x=gx, dt=np.zeros(p.dt.shape, dt_), A=np.zeros(H, dt_),
+                     B=np.zeros(p.B.shape, dt_), C=np.zeros(p.C.shape, dt_))
+        if p.dt_bias is not None:
+            grads["dt_bias"] = np.zeros(H, dt_)
+        if p.init is not None:
+            grads["initial_states"] = (np.zeros(p.init.shape, dt_) if gfinal is None
+                                       else np.asarray(gfinal, dtype=dt_))
+        return grads
+
+    # -- chunk layout: (batch, nheads, nchunks, Q, ...), zero-padded
+    nc = -(-L // cs)
+    Lp = nc * cs
+    pad = Lp - L
+
+    def chunks(a, head_axis_first):
+        a = np.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)) if pad else a
+        a = a.reshape((nb, nc, cs) + a.shape[2:])
+        # (nb, nc, Q, H|G, ...) -> (nb, H|G, nc, Q, ...)
+        return np.ascontiguousarray(np.moveaxis(a, 3, 1)) if head_axis_first else a
+
+    X0 = chunks(p.x, True)                       # (nb, H, nc, Q, P)
+    dtc = chunks(dtp, True)                      # (nb, H, nc, Q)
+    Bc = chunks(p.B, True)                       # (nb, G, nc, Q, N)
+    Cc = chunks(p.C, True)
+    dYc = chunks(dY, True)                       # (nb, H, nc, Q, P)
+    Xd = dtc[..., None] * X0                     # dt' x
+    Acol = p.A[None, :, None, None]
+    cum = np.cumsum(dtc * Acol, axis=-1)         # (nb, H, nc, Q)
+    clamp = (p.A <= 0)[None, :, None, None]
+
+    def ex(d, c=clamp):
+        return np.exp(np.where(c, np.minimum(d, 0), d))
+
+    if p.seq is not None:
+        sq = np.pad(p.seq, [(0, 0), (0, pad)], mode="edge").reshape(nb, nc, cs)
+        prev = np.concatenate([sq[:, :1, 0], sq[:, :-1, -1]], axis=1)  # (nb, nc)
+        m_in = (sq == prev[..., None])[:, None].astype(dt_)
+        m_out = (sq == sq[..., -1:])[:, None].astype(dt_)
+        carry_ok = (sq[..., -1] == prev)[:, None].astype(dt_)
+        same = sq[..., :, None] == sq[..., None, :]            # (nb, nc, Q, Q)
+    else:
+        m_in = m_out = carry_ok = one
+        same = None
+    din = ex(cum) * m_in                                   # e^{cs_i}
+    dout = ex(cum[..., -1:] - cum) * m_out                 # e^{cs_Q - cs_j}
+    carry = ex(cum[..., -1], clamp[..., 0]) * carry_ok      # (nb, H, nc)
+    tril = np.tril(np.ones((cs, cs), dtype=bool))
+
+    def decay_matrix(hs):
+        d = cum[:, hs, :, :, None] - cum[:, hs, :, None, :]
+        d = np.where(tril, d, -np.inf)
+        E = ex(d, clamp[:, hs, :, :, None])
+        if same is not None:
+            E *= same[:, None]
+        return E
+
+    def heads(g):
+        return slice(g * rep, (g + 1) * rep)
+
+    # -- pass 1: chunk states
+    T = np.empty((nb, H, nc, P, N), dtype=dt_)
+    for g in range(G):
+        hs = heads(g)
+        T[:, hs] = np.swapaxes(Xd[:, hs], -1, -2) @ (dout[:, hs, ..., None]
+                                                     * Bc[:, g, None])
+    S = np.empty((nb, H, nc + 1, P, N), dtype=dt_)
+    S[:, :, 0] = 0 if p.init is None else p.init
+    for c in range(nc):
+        S[:, :, c + 1] = carry[:, :, c, None, None] * S[:, :, c] + T[:, :, c]
+    # -- pass 2: the state adjoint, chunk by chunk in reverse
+    R = np.empty_like(T)
+    for g in range(G):
+        hs = heads(g)
+        R[:, hs] = np.swapaxes(dYc[:, hs], -1, -2) @ (din[:, hs, ..., None]
+                                                      * Cc[:, g, None])
+    dS = T   # reuse: dS[:, :, c] is the adjoint of the state leaving chunk c
+    nxt = np.zeros((nb, H, P, N), dt_) if gfinal is None else np.asarray(gfinal, dt_)
+    for c in range(nc - 1, -1, -1):
+        dS[:, :, c] = nxt
+        nxt = carry[:, :, c, None, None] * nxt + R[:, :, c]
+    ginit = nxt
+    del R
+    Sin = S[:, :, :nc]                                 # the state entering each chunk
+    # -- pass 3: gradients inside the chunks, group by group
+    dXd = np.empty_like(Xd)
+    dcum = np.zeros_like(cum)
+    gB = np.zeros_like(Bc)
+    gC = np.zeros_like(Cc)
+    for g in range(G):
+        hs = heads(g)
+        Bg, Cg = Bc[:, g, None], Cc[:, g, None]        # (nb, 1, nc, Q, N)
+        CB = Cg @ np.swapaxes(Bg, -1, -2)              # (nb, 1, nc, Q, Q)
+        E = decay_matrix(hs)
+        Xg, dYg = Xd[:, hs], dYc[:, hs]
+        dM = dYg @ np.swapaxes(Xg, -1, -2)             # dL/d(E o CB)
+        dTg = dS[:, hs]
+        dXd[:, hs] = np.swapaxes(E * CB, -1, -2) @ dYg \
+            + (dout[:, hs, ..., None] * Bg) @ np.swapaxes(dTg, -1, -2)
+        dCB = (dM * E).sum(axis=1)                     # (nb, nc, Q, Q)
+        gC[:, g] += dCB @ Bc[:, g]
+        gB[:, g] += np.swapaxes(dCB, -1, -2) @ Cc[:, g]
+        W = dM * CB * E
+        dcum[:, hs] += W.sum(axis=-1) - W.sum(axis=-2)
+        del W, dM, E, CB
+        # the entering state read out by C
+        YS = dYg @ Sin[:, hs]                           # (nb, rep, nc, Q, N)
+        gC[:, g] += (din[:, hs, ..., None] * YS).sum(axis=1)
+        dcum[:, hs] += (YS * Cg).sum(axis=-1) * din[:, hs]
+        # the chunk's contribution to the state leaving it
+        XT = Xg @ dTg                                   # (nb, rep, nc, Q, N)
+        gB[:, g] += (dout[:, hs, ..., None] * XT).sum(axis=1)
+        w = (XT * Bg).sum(axis=-1) * dout[:, hs]
+        dcum[:, hs] -= w
+        dcum[:, hs, :, -1] += w.sum(axis=-1)
+    # the carry between chunks
+    dcarry = np.einsum("bhcpn,bhcpn->bhc", dS, Sin) * carry
+    dcum[..., -1] += dcarry
+    # cs_i = sum_{k <= i} dt'_k A: da_k = sum_{i >= k} dcs_i
+    da = np.flip(np.cumsum(np.flip(dcum, -1), axis=-1), -1)
+    ddt = (dXd * X0).sum(axis=-1) + da * Acol
+    grads["A"] = np.einsum("bhck,bhck->h", da, dtc)
+    dX0 = dXd * dtc[..., None]
+
+    def unchunk(a):
+        # (nb, H|G, nc, Q, ...) -> (nb, seqlen, H|G, ...)
+        a = np.moveaxis(a, 1, 3).reshape((nb, Lp, a.shape[1]) + a.shape[4:])
+        return a[:, :L]
+
+    gx += unchunk(dX0)
+    grads["x"] = gx
+    gdt = unchunk(ddt) * inside
+    if dsp is not None:
+        gdt = gdt * dsp
+    grads["dt"] = gdt
+    if p.dt_bias is not None:
+        grads["dt_bias"] = gdt.sum(axis=(0, 1))
+    grads["B"] = unchunk(gB)
+    grads["C"] = unchunk(gC)
+    if p.init is not None:
+        grads["initial_states"] = ginit
+    return grads
+
+
+def _ssd_rule(fun, chunked):
+    def rule(args):
+        ret = bool(args.get("return_final_states", False))
+        extra = {k: args[k] for k in ("initial_states", "seq_idx") if k in args}
+        p = _Problem(args["x"], args["dt"], args["A"], args["B"], args["C"],
+                     D=args["D"], z=args["z"], dt_bias=args["dt_bias"],
+                     dt_softplus=args["dt_softplus"], dt_limit=args["dt_limit"],
+                     **extra)
+        cs = _chunk_size(args["chunk_size"] if chunked else None, p.L)
+        y0 = None
+        if p.z is None:
+            out = fun(**args)
+        else:
+            # keep the output before the gate; gate it as the forward does
+            res = fun(**dict(args, z=None))
+            y0 = res[0] if ret else res
+            y = y0 * (p.z * expit(p.z))
+            out = (y, res[1]) if ret else y
+
+        def backward(ct):
+            gy, gfinal = ct if ret else (ct, None)
+            return _ssd_backward(p, cs, y0, gy, gfinal)
+
+        return out, backward
+    return rule
+
+
+defvjp(ssd_chunk_scan_combined, *_SSD_DIFF)(_ssd_rule(ssd_chunk_scan_combined, True))
+defvjp(ssd_sequential, *_SSD_DIFF)(_ssd_rule(ssd_sequential, True))
+defvjp(ssd_quadratic, *_SSD_DIFF[:-1])(_ssd_rule(ssd_quadratic, False))
