@@ -146,3 +146,25 @@ def test_softplus_threshold():
                         True, torch.zeros(1, 1, 1, dtype=torch.float64))
     (ty * torch.tensor(ct)).sum().backward()
     assert_grads_close(got, {k: v.grad.numpy() for k, v in t.items()}, 1e-9)
+
+
+@pytest.mark.parametrize("layout", ["const", "shared", "groups"])
+def test_workers_agree(layout):
+    """The compiled backward gives the same gradients on 1 and 3 threads."""
+    rng = np.random.default_rng(15)
+    kw = _problem(rng, layout, False, batch=3, dim=4, N=5, L=300)
+    out, pull1 = vjp(selective_scan, workers=1, return_last_state=True, **kw)
+    _, pull3 = vjp(selective_scan, workers=3, return_last_state=True, **kw)
+    ct = random_cotangent(rng, out)
+    g1, g3 = pull1(ct), pull3(ct)
+    assert_grads_close(g3, g1, 1e-12)
+
+
+def test_empty_sequence():
+    rng = np.random.default_rng(16)
+    kw = _problem(rng, "const", False, L=0)
+    out, pull = vjp(selective_scan, return_last_state=True, **kw)
+    glast = rng.standard_normal(out[1].shape)
+    g = pull((np.zeros(out[0].shape), glast))
+    np.testing.assert_array_equal(g["initial_state"], glast)
+    assert g["u"].shape == (2, 4, 0) and not np.any(g["A"])

@@ -603,7 +603,16 @@ def _selective_scan_vjp(args):
     """
     from .scan import linear_scan
 
-    out = selective_scan(**args)
+    y0 = None
+    if args["z"] is None:
+        out = selective_scan(**args)
+    else:
+        # keep the output before the gate; gate it as the forward does
+        res = selective_scan(**dict(args, z=None))
+        y0 = res[0] if isinstance(res, tuple) else res
+        zz = np.asarray(args["z"], dtype=y0.dtype)
+        y = y0 * (zz * expit(zz))
+        out = (y, res[1]) if isinstance(res, tuple) else y
     u = np.asarray(args["u"])
     batch, dim, L = u.shape
     A = np.asarray(args["A"])
@@ -644,8 +653,6 @@ def _selective_scan_vjp(args):
         # the gate and the skip connection
         if z is not None:
             sig = expit(z)
-            # y0: the output before the gate (recomputed without z)
-            y0 = selective_scan(**dict(args, z=None, return_last_state=False))
             grads["z"] = gy * y0 * (sig * (1 + z * (1 - sig)))
             gy0 = gy * (z * sig)
         else:
@@ -679,6 +686,16 @@ def _selective_scan_vjp(args):
             return np.exp(dl[:, :, None, t0:t1] * A_[None, :, :, None])
 
         K = _segment_length(batch, dim, N, L)
+        if not is_complex and L > 0 and N > 0:
+            _real_scan_backward(grads, gu, gy0, dl, u_, A_, Bv, Cv, h0, glast,
+                                min(L, 256), workers)
+            gdl = grads.pop("_gdl")
+            grads["u"] = gu
+            gdelta = gdl * dsp if softplus else gdl
+            grads["delta"] = gdelta
+            if bias is not None:
+                grads["delta_bias"] = gdelta.sum(axis=(0, 2))
+            return grads
         starts = list(range(0, L, K))
         # forward: the state entering each segment
         checkpoints = []
@@ -734,3 +751,50 @@ def _selective_scan_vjp(args):
         return grads
 
     return out, backward
+
+
+def _real_scan_backward(grads, gu, gy0, dl, u, A, B, C, h0, glast, K, workers=None):
+    """The real-A backward by the compiled kernel of _selective_backward:
+    fills grads["A"], ["B"], ["C"], ["initial_state"] (when h0 is given),
+    ["_gdl"] (the gradient of the processed steps), and adds to `gu`."""
+    from . import _selective_backward
+
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    rdt = u.dtype
+    Bt, b_layout = _bc_layout(B, "B", batch, dim, N, L)
+    Ct, c_layout = _bc_layout(C, "C", batch, dim, N, L)
+    nthreads = max(1, min(resolve_workers(workers), batch * dim))
+    Bf = np.ascontiguousarray(Bt, dtype=rdt)
+    Cf = np.ascontiguousarray(Ct, dtype=rdt)
+    gBt = np.zeros((nthreads, Bf.size), rdt)
+    gCt = np.zeros((nthreads, Cf.size), rdt)
+    zeros = np.zeros((batch, dim, N), rdt)
+    gus = np.empty((batch, dim, L), rdt)
+    gdl = np.empty((batch, dim, L), rdt)
+    gA = np.empty((batch, dim, N), rdt)
+    gh0 = np.empty((batch, dim, N), rdt)
+    _selective_backward.selective_scan_real_backward(
+        np.ascontiguousarray(u, dtype=rdt), np.ascontiguousarray(dl, dtype=rdt),
+        np.ascontiguousarray(A, dtype=rdt), Bf.ravel(),
+        np.asarray(b_layout, dtype=np.intp), Cf.ravel(),
+        np.asarray(c_layout, dtype=np.intp), np.ascontiguousarray(gy0, dtype=rdt),
+        zeros if h0 is None else np.ascontiguousarray(h0, dtype=rdt),
+        zeros if glast is None else np.ascontiguousarray(glast, dtype=rdt),
+        gus, gdl, gA, gh0, gBt, gCt, K, nthreads)
+    gu += gus
+    grads["A"] = gA.sum(axis=0)
+
+    def back(g, X, view):
+        g = g.sum(axis=0).reshape(view.shape)
+        if X.ndim == 3:
+            return g.transpose(0, 2, 1)
+        if X.ndim == 4:
+            return g.transpose(0, 1, 3, 2)
+        return g
+
+    grads["B"] = back(gBt, B, Bt)
+    grads["C"] = back(gCt, C, Ct)
+    grads["_gdl"] = gdl
+    if h0 is not None:
+        grads["initial_state"] = gh0
