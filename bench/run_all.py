@@ -30,6 +30,7 @@ SUITES = {
     "structured": ("bench_structured.py", ["--quick"], []),
     "ssd": ("bench_ssd.py", ["--quick"], []),
     "selective": ("bench_selective.py", ["--quick"], []),
+    "layer_grads": ("bench_layer_grads.py", ["--quick"], []),
     "sweeps": ("bench_sweeps.py", ["--repeat", "3"], ["--repeat", "5"]),
 }
 

@@ -13,6 +13,18 @@
 #include "_vmath.h"
 
 #define ZM_DEFINE_SEL_BWD(sfx, T, EXP)                                        \
+/* E[k, n] = exp(dl[k] A[n]) for k < m: the exponentials in one flat loop */ \
+ZM_INLINE void zm_sel_bwd_decays_##sfx(T *restrict E, const T *restrict dl,   \
+                                       const T *restrict A, ptrdiff_t N,      \
+                                       ptrdiff_t m)                           \
+{                                                                             \
+    ptrdiff_t k, n;                                                           \
+    for (k = 0; k < m; k++)                                                   \
+        for (n = 0; n < N; n++)                                               \
+            E[k * N + n] = dl[k] * A[n];                                      \
+    for (k = 0; k < m * N; k++)                                               \
+        E[k] = EXP(E[k]);                                                     \
+}                                                                             \
 ZM_CLONES                                                                     \
 static void zm_sel_bwd_##sfx(const T *u, const T *dl, const T *A,             \
                              const T *Bp, ptrdiff_t bst,                      \
@@ -37,13 +49,13 @@ static void zm_sel_bwd_##sfx(const T *u, const T *dl, const T *A,             \
         const ptrdiff_t t0 = s * K, t1 = t0 + K < L ? t0 + K : L;             \
         for (n = 0; n < N; n++)                                               \
             ck[s * N + n] = lam[n];                                           \
+        zm_sel_bwd_decays_##sfx(E, dl + t0, A, N, t1 - t0);                   \
         for (t = t0; t < t1; t++) {                                           \
-            const T d = dl[t], du = d * u[t];                                 \
+            const T du = dl[t] * u[t];                                        \
             const T *restrict Bt = Bp + t * bst;                              \
+            const T *restrict e = E + (t - t0) * N;                           \
             for (n = 0; n < N; n++)                                           \
-                s1[n] = EXP(d * A[n]);                                        \
-            for (n = 0; n < N; n++)                                           \
-                lam[n] = s1[n] * lam[n] + du * Bt[n];                         \
+                lam[n] = e[n] * lam[n] + du * Bt[n];                          \
         }                                                                     \
     }                                                                         \
     for (n = 0; n < N; n++) {                                                 \
@@ -53,14 +65,13 @@ static void zm_sel_bwd_##sfx(const T *u, const T *dl, const T *A,             \
     for (s = nseg - 1; s >= 0; s--) {                                         \
         const ptrdiff_t t0 = s * K, t1 = t0 + K < L ? t0 + K : L;             \
         /* the segment's decays and states, from its checkpoint */            \
+        zm_sel_bwd_decays_##sfx(E, dl + t0, A, N, t1 - t0);                   \
         for (t = t0; t < t1; t++) {                                           \
-            const T d = dl[t], du = d * u[t];                                 \
+            const T du = dl[t] * u[t];                                        \
             const T *restrict Bt = Bp + t * bst;                              \
             const T *restrict src = t == t0 ? ck + s * N : H + (t - t0 - 1) * N; \
-            T *restrict e = E + (t - t0) * N;                                 \
+            const T *restrict e = E + (t - t0) * N;                           \
             T *restrict h = H + (t - t0) * N;                                 \
-            for (n = 0; n < N; n++)                                           \
-                e[n] = EXP(d * A[n]);                                         \
             for (n = 0; n < N; n++)                                           \
                 h[n] = e[n] * src[n] + du * Bt[n];                            \
         }                                                                     \
