@@ -1155,7 +1155,12 @@ def _ssd_backward(p, cs, y0, gy, gfinal):
     cum = np.cumsum(dtc * Acol, axis=-1)         # (nb, H, nc, Q)
     clamp = (p.A <= 0)[None, :, None, None]
 
+    stable = bool(np.all(p.A <= 0))
+
     def ex(d, c=clamp):
+        """exp(d), d clamped to <= 0 for the heads whose decays never grow."""
+        if stable:
+            return np.exp(np.minimum(d, 0))
         return np.exp(np.where(c, np.minimum(d, 0), d))
 
     if p.seq is not None:
@@ -1175,8 +1180,13 @@ def _ssd_backward(p, cs, y0, gy, gfinal):
 
     def decay_matrix(hs):
         d = cum[:, hs, :, :, None] - cum[:, hs, :, None, :]
-        d = np.where(tril, d, -np.inf)
-        E = ex(d, clamp[:, hs, :, :, None])
+        if stable:
+            # d >= 0 above the diagonal: clamped to 0, then masked
+            np.minimum(d, 0, out=d)
+            E = np.exp(d, out=d)
+            E *= tril
+        else:
+            E = ex(np.where(tril, d, -np.inf), clamp[:, hs, :, :, None])
         if same is not None:
             E *= same[:, None]
         return E
@@ -1223,10 +1233,12 @@ def _ssd_backward(p, cs, y0, gy, gfinal):
         dTg = dS[:, hs]
         dXd[:, hs] = np.swapaxes(E * CB, -1, -2) @ dYg \
             + (dout[:, hs, ..., None] * Bg) @ np.swapaxes(dTg, -1, -2)
-        dCB = (dM * E).sum(axis=1)                     # (nb, nc, Q, Q)
+        dM *= E                                        # dL/dCB per head
+        dCB = dM.sum(axis=1)                           # (nb, nc, Q, Q)
         gC[:, g] += dCB @ Bc[:, g]
         gB[:, g] += np.swapaxes(dCB, -1, -2) @ Cc[:, g]
-        W = dM * CB * E
+        W = dM
+        W *= CB                                        # dL/dE o E
         dcum[:, hs] += W.sum(axis=-1) - W.sum(axis=-2)
         del W, dM, E, CB
         # the entering state read out by C
