@@ -168,3 +168,33 @@ def test_empty_sequence():
     g = pull((np.zeros(out[0].shape), glast))
     np.testing.assert_array_equal(g["initial_state"], glast)
     assert g["u"].shape == (2, 4, 0) and not np.any(g["A"])
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 2), dim=st.sampled_from([1, 2, 4]),
+       N=st.integers(1, 9), L=st.integers(1, 30),
+       layout=st.sampled_from(["const", "shared", "groups"]), cplx=st.booleans(),
+       full=st.booleans(), last=st.booleans())
+def test_property_against_torch(seed, batch, dim, N, L, layout, cplx, full, last):
+    rng = np.random.default_rng(seed)
+    if layout == "groups" and dim == 1:
+        layout = "shared"
+    kw = _problem(rng, layout, cplx, batch=batch, dim=dim, N=N, L=L, full=full)
+    out, pull = vjp(selective_scan, return_last_state=last, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in kw.items() if k in NAMES}
+    h0 = t.get("initial_state")
+    if h0 is None:
+        h0 = torch.zeros(batch, dim, N, dtype=t["A"].dtype)
+    ty, th = _torch_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t.get("D"),
+                         t.get("z"), t.get("delta_bias"), full, h0)
+    loss = (ty * torch.tensor(ct[0] if last else ct)).sum()
+    if last:
+        loss = loss + (torch.conj(torch.tensor(ct[1])) * th).real.sum()
+    loss.backward()
+    assert_grads_close(got, {k: v.grad.numpy() for k, v in t.items()}, 1e-8)

@@ -198,3 +198,67 @@ def test_large_decay_long_chunks_finite(dtype):
     g = pull(np.ones_like(out))
     for name, v in g.items():
         assert np.all(np.isfinite(v)), name
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), nb=st.integers(1, 2), L=st.integers(1, 20),
+       groups=st.sampled_from([(1, 1), (2, 1), (2, 2), (4, 2)]),
+       P=st.integers(1, 3), N=st.integers(1, 4), chunk=st.integers(1, 24),
+       use_D=st.booleans(), use_z=st.booleans(), use_bias=st.booleans(),
+       use_init=st.booleans(), softplus=st.booleans(), use_seq=st.booleans(),
+       limit=st.booleans(), last=st.booleans())
+def test_property_against_torch(seed, nb, L, groups, P, N, chunk, use_D, use_z,
+                                use_bias, use_init, softplus, use_seq, limit, last):
+    """Random shapes, chunk sizes and every optional argument: the gradients
+    equal torch autograd through the sequential transcription."""
+    rng = np.random.default_rng(seed)
+    H, G = groups
+    kw = _problem(rng, nb=nb, L=L, H=H, P=P, G=G, N=N)
+    if not use_D:
+        del kw["D"]
+    if not use_z:
+        del kw["z"]
+    if not use_bias:
+        del kw["dt_bias"]
+    if not use_init:
+        del kw["initial_states"]
+    kw["dt_softplus"] = softplus
+    if not softplus:
+        kw["dt"] = rng.uniform(0.0, 1.0, kw["dt"].shape)
+    if limit:
+        kw["dt_limit"] = (0.1, 0.6)
+    seq = np.sort(rng.integers(0, 3, (nb, L)), axis=1) if use_seq else None
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=chunk, seq_idx=seq,
+                    return_final_states=last, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    want = _torch_grads(kw, ct, last, seq_idx=seq)
+    assert sorted(got) == sorted(want)
+    assert_grads_close(got, want, 1e-8)
+
+
+def test_bad_cotangent():
+    rng = np.random.default_rng(29)
+    kw = _problem(rng, full=False)
+    out, pull = vjp(ssd_chunk_scan_combined, return_final_states=True, **kw)
+    with pytest.raises(ValueError, match="cotangent"):
+        pull(out[0])
+    with pytest.raises(ValueError, match="cotangent"):
+        pull((out[0][:, :-1], None))
+
+
+def test_workers_agree():
+    """The backward splits the chunks over threads: the same gradients."""
+    rng = np.random.default_rng(30)
+    kw = _problem(rng, L=50, H=4, G=2)
+    seq = np.repeat(np.array([[0, 1, 1, 2, 3]]), 10, axis=1).repeat(2, axis=0)
+    out, pull1 = vjp(ssd_chunk_scan_combined, chunk_size=4, seq_idx=seq,
+                     return_final_states=True, workers=1, **kw)
+    _, pull2 = vjp(ssd_chunk_scan_combined, chunk_size=4, seq_idx=seq,
+                   return_final_states=True, workers=3, **kw)
+    ct = random_cotangent(rng, out)
+    assert_grads_close(pull2(ct), pull1(ct), 1e-12)

@@ -1084,7 +1084,27 @@ from ._vjp import defvjp  # noqa: E402
 _SSD_DIFF = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 
-def _ssd_backward(p, cs, y0, gy, gfinal):
+def _chunk_blocks(per_chunk, nc, nthreads):
+    """Slices of the chunk axis: at least one per thread, each small enough
+    that its intra-chunk temporaries (`per_chunk` elements a chunk) stay
+    near 2**22 elements."""
+    size = max(1, min(-(-nc // max(nthreads, 1)), (1 << 22) // max(per_chunk, 1)))
+    return [slice(c0, min(c0 + size, nc)) for c0 in range(0, nc, size)]
+
+
+def _run_blocks(fn, blocks, nthreads):
+    """fn(block) for every block, on up to `nthreads` threads."""
+    if nthreads <= 1 or len(blocks) <= 1:
+        for cb in blocks:
+            fn(cb)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=nthreads) as pool:
+        for f in [pool.submit(fn, cb) for cb in blocks]:
+            f.result()
+
+
+def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1):
     """Gradients of an SSD layer call (see the user guide's page on the
     layers' gradients for the derivation).
 
@@ -1178,8 +1198,8 @@ def _ssd_backward(p, cs, y0, gy, gfinal):
     carry = ex(cum[..., -1], clamp[..., 0]) * carry_ok      # (nb, H, nc)
     tril = np.tril(np.ones((cs, cs), dtype=bool))
 
-    def decay_matrix(hs):
-        d = cum[:, hs, :, :, None] - cum[:, hs, :, None, :]
+    def decay_matrix(hs, cb):
+        d = cum[:, hs, cb, :, None] - cum[:, hs, cb, None, :]
         if stable:
             # d >= 0 above the diagonal: clamped to 0, then masked
             np.minimum(d, 0, out=d)
@@ -1188,28 +1208,40 @@ def _ssd_backward(p, cs, y0, gy, gfinal):
         else:
             E = ex(np.where(tril, d, -np.inf), clamp[:, hs, :, :, None])
         if same is not None:
-            E *= same[:, None]
+            E *= same[:, None, cb]
         return E
 
     def heads(g):
         return slice(g * rep, (g + 1) * rep)
 
+    # work on blocks of chunks, in parallel (NumPy releases the GIL): every
+    # block writes its own slice of the results
+    blocks = _chunk_blocks(nb * H * cs * max(cs, P, N), nc, nthreads)
+
     # -- pass 1: chunk states
     T = np.empty((nb, H, nc, P, N), dtype=dt_)
-    for g in range(G):
-        hs = heads(g)
-        T[:, hs] = np.swapaxes(Xd[:, hs], -1, -2) @ (dout[:, hs, ..., None]
-                                                     * Bc[:, g, None])
+
+    def states(cb):
+        for g in range(G):
+            hs = heads(g)
+            T[:, hs, cb] = np.swapaxes(Xd[:, hs, cb], -1, -2) @ (
+                dout[:, hs, cb, :, None] * Bc[:, g, None, cb])
+
+    _run_blocks(states, blocks, nthreads)
     S = np.empty((nb, H, nc + 1, P, N), dtype=dt_)
     S[:, :, 0] = 0 if p.init is None else p.init
     for c in range(nc):
         S[:, :, c + 1] = carry[:, :, c, None, None] * S[:, :, c] + T[:, :, c]
     # -- pass 2: the state adjoint, chunk by chunk in reverse
     R = np.empty_like(T)
-    for g in range(G):
-        hs = heads(g)
-        R[:, hs] = np.swapaxes(dYc[:, hs], -1, -2) @ (din[:, hs, ..., None]
-                                                      * Cc[:, g, None])
+
+    def readouts(cb):
+        for g in range(G):
+            hs = heads(g)
+            R[:, hs, cb] = np.swapaxes(dYc[:, hs, cb], -1, -2) @ (
+                din[:, hs, cb, :, None] * Cc[:, g, None, cb])
+
+    _run_blocks(readouts, blocks, nthreads)
     dS = T   # reuse: dS[:, :, c] is the adjoint of the state leaving chunk c
     nxt = np.zeros((nb, H, P, N), dt_) if gfinal is None else np.asarray(gfinal, dt_)
     for c in range(nc - 1, -1, -1):
@@ -1217,40 +1249,47 @@ def _ssd_backward(p, cs, y0, gy, gfinal):
         nxt = carry[:, :, c, None, None] * nxt + R[:, :, c]
     ginit = nxt
     del R
-    Sin = S[:, :, :nc]                                 # the state entering each chunk
     # -- pass 3: gradients inside the chunks, group by group
     dXd = np.empty_like(Xd)
     dcum = np.zeros_like(cum)
     gB = np.zeros_like(Bc)
     gC = np.zeros_like(Cc)
-    for g in range(G):
-        hs = heads(g)
-        Bg, Cg = Bc[:, g, None], Cc[:, g, None]        # (nb, 1, nc, Q, N)
-        CB = Cg @ np.swapaxes(Bg, -1, -2)              # (nb, 1, nc, Q, Q)
-        E = decay_matrix(hs)
-        Xg, dYg = Xd[:, hs], dYc[:, hs]
-        dM = dYg @ np.swapaxes(Xg, -1, -2)             # dL/d(E o CB)
-        dTg = dS[:, hs]
-        dXd[:, hs] = np.swapaxes(E * CB, -1, -2) @ dYg \
-            + (dout[:, hs, ..., None] * Bg) @ np.swapaxes(dTg, -1, -2)
-        dM *= E                                        # dL/dCB per head
-        dCB = dM.sum(axis=1)                           # (nb, nc, Q, Q)
-        gC[:, g] += dCB @ Bc[:, g]
-        gB[:, g] += np.swapaxes(dCB, -1, -2) @ Cc[:, g]
-        W = dM
-        W *= CB                                        # dL/dE o E
-        dcum[:, hs] += W.sum(axis=-1) - W.sum(axis=-2)
-        del W, dM, E, CB
-        # the entering state read out by C
-        YS = dYg @ Sin[:, hs]                           # (nb, rep, nc, Q, N)
-        gC[:, g] += (din[:, hs, ..., None] * YS).sum(axis=1)
-        dcum[:, hs] += (YS * Cg).sum(axis=-1) * din[:, hs]
-        # the chunk's contribution to the state leaving it
-        XT = Xg @ dTg                                   # (nb, rep, nc, Q, N)
-        gB[:, g] += (dout[:, hs, ..., None] * XT).sum(axis=1)
-        w = (XT * Bg).sum(axis=-1) * dout[:, hs]
-        dcum[:, hs] -= w
-        dcum[:, hs, :, -1] += w.sum(axis=-1)
+
+    def intra(cb):
+        for g in range(G):
+            hs = heads(g)
+            Bg, Cg = Bc[:, g, None, cb], Cc[:, g, None, cb]  # (nb, 1, nc', Q, N)
+            CB = Cg @ np.swapaxes(Bg, -1, -2)                # (nb, 1, nc', Q, Q)
+            E = decay_matrix(hs, cb)
+            Xg, dYg = Xd[:, hs, cb], dYc[:, hs, cb]
+            dM = dYg @ np.swapaxes(Xg, -1, -2)               # dL/d(E o CB)
+            dTg = dS[:, hs, cb]
+            dXd[:, hs, cb] = np.swapaxes(E * CB, -1, -2) @ dYg \
+                + (dout[:, hs, cb, :, None] * Bg) @ np.swapaxes(dTg, -1, -2)
+            dM *= E                                          # dL/dCB per head
+            dCB = dM.sum(axis=1)                             # (nb, nc', Q, Q)
+            gC[:, g, cb] += dCB @ Bg[:, 0]
+            gB[:, g, cb] += np.swapaxes(dCB, -1, -2) @ Cg[:, 0]
+            W = dM
+            W *= CB                                          # dL/dE o E
+            dc = W.sum(axis=-1) - W.sum(axis=-2)
+            del W, dM, E, CB
+            # the entering state read out by C
+            dn = din[:, hs, cb]
+            YS = dYg @ S[:, hs, cb]                          # (nb, rep, nc', Q, N)
+            gC[:, g, cb] += (dn[..., None] * YS).sum(axis=1)
+            dc += (YS * Cg).sum(axis=-1) * dn
+            # the chunk's contribution to the state leaving it
+            do = dout[:, hs, cb]
+            XT = Xg @ dTg                                    # (nb, rep, nc', Q, N)
+            gB[:, g, cb] += (do[..., None] * XT).sum(axis=1)
+            w = (XT * Bg).sum(axis=-1) * do
+            dc -= w
+            dc[..., -1] += w.sum(axis=-1)
+            dcum[:, hs, cb] = dc
+
+    _run_blocks(intra, blocks, nthreads)
+    Sin = S[:, :, :nc]                                 # the state entering each chunk
     # the carry between chunks
     dcarry = np.einsum("bhcpn,bhcpn->bhc", dS, Sin) * carry
     dcum[..., -1] += dcarry
@@ -1289,6 +1328,7 @@ def _ssd_rule(fun, chunked):
                      dt_softplus=args["dt_softplus"], dt_limit=args["dt_limit"],
                      **extra)
         cs = _chunk_size(args["chunk_size"] if chunked else None, p.L)
+        nthreads = resolve_workers(args.get("workers"))
         y0 = None
         if p.z is None:
             out = fun(**args)
@@ -1301,7 +1341,7 @@ def _ssd_rule(fun, chunked):
 
         def backward(ct):
             gy, gfinal = ct if ret else (ct, None)
-            return _ssd_backward(p, cs, y0, gy, gfinal)
+            return _ssd_backward(p, cs, y0, gy, gfinal, nthreads)
 
         return out, backward
     return rule
