@@ -198,3 +198,22 @@ def test_property_against_torch(seed, batch, dim, N, L, layout, cplx, full, last
         loss = loss + (torch.conj(torch.tensor(ct[1])) * th).real.sum()
     loss.backward()
     assert_grads_close(got, {k: v.grad.numpy() for k, v in t.items()}, 1e-8)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-9), (np.float32, 1e-3)])
+def test_dstate_16(dtype, rtol):
+    """dstate 16 (the compiled kernel's unrolled path), two segments."""
+    rng = np.random.default_rng(17)
+    kw = _problem(rng, "groups", False, batch=2, dim=4, N=16, L=300)
+    out, pull = vjp(selective_scan, return_last_state=True,
+                    **{k: (v.astype(dtype) if isinstance(v, np.ndarray) else v)
+                       for k, v in kw.items()})
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in kw.items() if k in NAMES}
+    ty, th = _torch_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                         t["delta_bias"], True, t["initial_state"])
+    loss = (ty * torch.tensor(ct[0], dtype=torch.float64)).sum() \
+        + (th * torch.tensor(ct[1], dtype=torch.float64)).sum()
+    loss.backward()
+    assert_grads_close(got, {k: v.grad.numpy() for k, v in t.items()}, rtol)

@@ -25,8 +25,7 @@ ZM_INLINE void zm_sel_bwd_decays_##sfx(T *restrict E, const T *restrict dl,   \
     for (k = 0; k < m * N; k++)                                               \
         E[k] = EXP(E[k]);                                                     \
 }                                                                             \
-ZM_CLONES                                                                     \
-static void zm_sel_bwd_##sfx(const T *u, const T *dl, const T *A,             \
+ZM_INLINE void zm_sel_bwd_body_##sfx(const T *u, const T *dl, const T *A,     \
                              const T *Bp, ptrdiff_t bst,                      \
                              const T *Cp, ptrdiff_t cst, const T *gy,         \
                              const T *h0, const T *glast, T *gu, T *gdl,      \
@@ -118,6 +117,23 @@ static void zm_sel_bwd_##sfx(const T *u, const T *dl, const T *A,             \
     }                                                                         \
     for (n = 0; n < N; n++)                                                   \
         gh0[n] = lam[n];                                                      \
+}                                                                             \
+/* The channel's backward; dstate 16 (Mamba-1's) with the loops' trip count  \
+ * known to the compiler (unrolled, no remainder loops). */                  \
+ZM_CLONES                                                                     \
+static void zm_sel_bwd_##sfx(const T *u, const T *dl, const T *A,             \
+                             const T *Bp, ptrdiff_t bst,                      \
+                             const T *Cp, ptrdiff_t cst, const T *gy,         \
+                             const T *h0, const T *glast, T *gu, T *gdl,      \
+                             T *gA, T *gB, T *gC, T *gh0, T *work,            \
+                             ptrdiff_t N, ptrdiff_t L, ptrdiff_t K)           \
+{                                                                             \
+    if (N == 16)                                                              \
+        zm_sel_bwd_body_##sfx(u, dl, A, Bp, bst, Cp, cst, gy, h0, glast, gu,  \
+                              gdl, gA, gB, gC, gh0, work, 16, L, K);          \
+    else                                                                      \
+        zm_sel_bwd_body_##sfx(u, dl, A, Bp, bst, Cp, cst, gy, h0, glast, gu,  \
+                              gdl, gA, gB, gC, gh0, work, N, L, K);           \
 }
 
 ZM_DEFINE_SEL_BWD(f, float, zm_expf)
