@@ -594,12 +594,16 @@ def _segment_length(batch, dim, N, L):
 def _selective_scan_vjp(args):
     """Pullback of :func:`selective_scan`.
 
-    Keeps the inputs only. The backward runs the recurrence forward once,
-    keeping the state at the start of every segment of a few hundred steps
-    (memory O(batch·dim·dstate·seqlen / segment)), then walks the segments
-    in reverse: each segment's states are recomputed from its checkpoint and
+    Keeps the inputs and, with `z`, the output before the gate. The
+    backward runs the recurrence forward once, keeping the state at the
+    start of every segment of a few hundred steps (memory
+    O(batch·dim·dstate·seqlen / segment)), then walks the segments in
+    reverse: each segment's states are recomputed from its checkpoint and
     the adjoint lambda_t = conj(e^{Delta_{t+1} A}) lambda_{t+1} + dL/dh_t
-    runs backward through it (both by :func:`linear_scan`).
+    runs backward through it. Real A: per channel, in the compiled kernel
+    of _selective_backward (segments of 256 steps, per-thread scratch).
+    Complex A: for all channels at once by :func:`linear_scan`, segments
+    shortened so that one segment's arrays stay near 2**22 elements.
     """
     from .scan import linear_scan
 
