@@ -1087,8 +1087,8 @@ _SSD_DIFF = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 def _chunk_blocks(per_chunk, nc, nthreads):
     """Slices of the chunk axis: at least one per thread, each small enough
     that its intra-chunk temporaries (`per_chunk` elements a chunk) stay
-    near 2**22 elements."""
-    size = max(1, min(-(-nc // max(nthreads, 1)), (1 << 22) // max(per_chunk, 1)))
+    near 2**19 elements (in cache, and reused by the allocator)."""
+    size = max(1, min(-(-nc // max(nthreads, 1)), (1 << 19) // max(per_chunk, 1)))
     return [slice(c0, min(c0 + size, nc)) for c0 in range(0, nc, size)]
 
 
@@ -1176,12 +1176,21 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1):
     clamp = (p.A <= 0)[None, :, None, None]
 
     stable = bool(np.all(p.A <= 0))
+    tiny = np.finfo(dt_).tiny / np.finfo(dt_).eps
+
+    def flush(e):
+        """Decays below tiny / eps (about 1e-31 in float32) set to 0, in
+        place: their products would be subnormal, and subnormal operands slow
+        the matrix products a hundredfold (the forward flushes its decays
+        below the smallest normal number likewise)."""
+        e[e < tiny] = 0
+        return e
 
     def ex(d, c=clamp):
         """exp(d), d clamped to <= 0 for the heads whose decays never grow."""
         if stable:
-            return np.exp(np.minimum(d, 0))
-        return np.exp(np.where(c, np.minimum(d, 0), d))
+            return flush(np.exp(np.minimum(d, 0)))
+        return flush(np.exp(np.where(c, np.minimum(d, 0), d)))
 
     if p.seq is not None:
         sq = np.pad(p.seq, [(0, 0), (0, pad)], mode="edge").reshape(nb, nc, cs)
@@ -1203,7 +1212,7 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1):
         if stable:
             # d >= 0 above the diagonal: clamped to 0, then masked
             np.minimum(d, 0, out=d)
-            E = np.exp(d, out=d)
+            E = flush(np.exp(d, out=d))
             E *= tril
         else:
             E = ex(np.where(tril, d, -np.inf), clamp[:, hs, :, :, None])
