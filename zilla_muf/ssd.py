@@ -1104,6 +1104,12 @@ def _run_blocks(fn, blocks, nthreads):
             f.result()
 
 
+def _tr(a):
+    """The transpose of a stack of matrices, C-contiguous: NumPy's matmul
+    takes its slow non-BLAS loop for stacks of transposed views."""
+    return np.ascontiguousarray(np.swapaxes(a, -1, -2))
+
+
 def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1):
     """Gradients of an SSD layer call (see the user guide's page on the
     layers' gradients for the derivation).
@@ -1176,13 +1182,14 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1):
     clamp = (p.A <= 0)[None, :, None, None]
 
     stable = bool(np.all(p.A <= 0))
-    tiny = np.finfo(dt_).tiny / np.finfo(dt_).eps
+    tiny = np.sqrt(np.finfo(dt_).tiny)
 
     def flush(e):
-        """Decays below tiny / eps (about 1e-31 in float32) set to 0, in
-        place: their products would be subnormal, and subnormal operands slow
-        the matrix products a hundredfold (the forward flushes its decays
-        below the smallest normal number likewise)."""
+        """Decays below sqrt(tiny) (about 1e-19 in float32, 1e-154 in
+        float64) set to 0, in place: their products with the other operands
+        would be subnormal, and subnormal operands slow the matrix products
+        tenfold or more (the forward flushes its decays below the smallest
+        normal number)."""
         e[e < tiny] = 0
         return e
 
@@ -1233,7 +1240,7 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1):
     def states(cb):
         for g in range(G):
             hs = heads(g)
-            T[:, hs, cb] = np.swapaxes(Xd[:, hs, cb], -1, -2) @ (
+            T[:, hs, cb] = _tr(Xd[:, hs, cb]) @ (
                 dout[:, hs, cb, :, None] * Bc[:, g, None, cb])
 
     _run_blocks(states, blocks, nthreads)
@@ -1247,7 +1254,7 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1):
     def readouts(cb):
         for g in range(G):
             hs = heads(g)
-            R[:, hs, cb] = np.swapaxes(dYc[:, hs, cb], -1, -2) @ (
+            R[:, hs, cb] = _tr(dYc[:, hs, cb]) @ (
                 din[:, hs, cb, :, None] * Cc[:, g, None, cb])
 
     _run_blocks(readouts, blocks, nthreads)
@@ -1268,17 +1275,17 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1):
         for g in range(G):
             hs = heads(g)
             Bg, Cg = Bc[:, g, None, cb], Cc[:, g, None, cb]  # (nb, 1, nc', Q, N)
-            CB = Cg @ np.swapaxes(Bg, -1, -2)                # (nb, 1, nc', Q, Q)
+            CB = Cg @ _tr(Bg)                # (nb, 1, nc', Q, Q)
             E = decay_matrix(hs, cb)
             Xg, dYg = Xd[:, hs, cb], dYc[:, hs, cb]
-            dM = dYg @ np.swapaxes(Xg, -1, -2)               # dL/d(E o CB)
+            dM = dYg @ _tr(Xg)               # dL/d(E o CB)
             dTg = dS[:, hs, cb]
-            dXd[:, hs, cb] = np.swapaxes(E * CB, -1, -2) @ dYg \
-                + (dout[:, hs, cb, :, None] * Bg) @ np.swapaxes(dTg, -1, -2)
+            dXd[:, hs, cb] = _tr(E * CB) @ dYg \
+                + (dout[:, hs, cb, :, None] * Bg) @ _tr(dTg)
             dM *= E                                          # dL/dCB per head
             dCB = dM.sum(axis=1)                             # (nb, nc', Q, Q)
             gC[:, g, cb] += dCB @ Bg[:, 0]
-            gB[:, g, cb] += np.swapaxes(dCB, -1, -2) @ Cg[:, 0]
+            gB[:, g, cb] += _tr(dCB) @ Cg[:, 0]
             W = dM
             W *= CB                                          # dL/dE o E
             dc = W.sum(axis=-1) - W.sum(axis=-2)
