@@ -25,6 +25,7 @@ TITLES = {
     "structured": "Structured matvecs and FFT convolution",
     "ssd": "Mamba-2 SSD (zilla_muf.ssd)",
     "selective": "Mamba-1 selective scan and layers (zilla_muf.selective)",
+    "layer_grads": "Gradients of the layers (forward + backward)",
 }
 
 
