@@ -27,6 +27,7 @@ TITLES = {
     "selective": "Mamba-1 selective scan and layers (zilla_muf.selective)",
     "load": "workers=2 against workers=1 on a loaded machine",
     "linear_attention": "GLA and the gated delta rule (zilla_muf.linear_attention)",
+    "layer_grads": "Gradients of the layers (forward + backward)",
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import zilla_muf
 from zilla_muf.linear_attention import gated_delta_rule, linear_attention
-from zilla_muf._vjp import vjp
+from zilla_muf import vjp
 
 
 def fd_grads(fun, args, kwargs, names, co, cS, eps=1e-6):

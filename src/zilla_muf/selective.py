@@ -737,3 +737,291 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
     else:
         state[rows] = last
     return y[:, :, 0]
+# ---------------------------------------------------------------------------
+# Gradients
+# ---------------------------------------------------------------------------
+
+from scipy.special import expit  # noqa: E402
+
+from ._vjp import defvjp  # noqa: E402
+from .stable_ops import silu as _silu  # noqa: E402
+
+
+def _no_packed_gradient(args, fun):
+    if args.get("seq_idx") is not None:
+        raise NotImplementedError(
+            f"the gradient of {fun} with `seq_idx` (packed sequences) is not "
+            "implemented; differentiate each sequence's call"
+        )
+
+
+@defvjp(causal_conv1d, "x", "weight", "bias", "initial_states")
+def _causal_conv1d_vjp(args):
+    """Pullback of :func:`causal_conv1d`: keeps the inputs (and, with SiLU,
+    the pre-activation).
+
+    With x~ the inputs preceded by the initial states and g the cotangent of
+    the pre-activation, dw_k = sum g_t x~_{t+k}, db = sum g_t and
+    dx~_s = sum_k w_k g_{s-k}; the final states are the last width-1 entries
+    of x~, so their cotangent adds to those.
+    """
+    _no_packed_gradient(args, "causal_conv1d")
+    silu = _activation(args["activation"])
+    ret_final = bool(args["return_final_states"])
+    result = causal_conv1d(**args)
+    out = result[0] if ret_final else result
+    dtype = out.dtype
+    # the pre-activation, for SiLU's derivative
+    pre = causal_conv1d(**dict(args, activation=None, return_final_states=False)) \
+        if silu else None
+    x = args["x"]
+    w = np.asarray(args["weight"], dtype=dtype)
+    batch, dim, L = np.shape(x)
+    W = w.shape[1]
+    init = args["initial_states"]
+
+    def backward(ct):
+        gout, gfinal = ct if ret_final else (ct, None)
+        g = np.asarray(gout, dtype=dtype)
+        if silu:
+            sig = expit(pre)
+            g = g * (sig * (1 + pre * (1 - sig)))
+        xt = np.zeros((batch, dim, W - 1 + L), dtype=dtype)
+        if init is not None:
+            xt[:, :, :W - 1] = init
+        xt[:, :, W - 1:] = x
+        gw = np.empty((dim, W), dtype=dtype)
+        gxt = np.zeros_like(xt)
+        for k in range(W):
+            seg = xt[:, :, k:k + L]
+            gw[:, k] = np.einsum("bdt,bdt->d", g, seg)
+            gxt[:, :, k:k + L] += w[None, :, k, None] * g
+        if gfinal is not None and W > 1:
+            gxt[:, :, L:] += gfinal
+        return {"x": gxt[:, :, W - 1:], "weight": gw,
+                "bias": g.sum(axis=(0, 2)), "initial_states": gxt[:, :, :W - 1]}
+
+    return result, backward
+
+
+def _segment_length(batch, dim, N, L):
+    """Steps per checkpoint segment: a few hundred, fewer when a segment's
+    (batch, dim, dstate, steps) working arrays would pass ~4M elements."""
+    per_step = max(batch * dim * N, 1)
+    return int(max(16, min(256, L, (1 << 22) // per_step)))
+
+
+@defvjp(selective_scan, "u", "delta", "A", "B", "C", "D", "z", "delta_bias",
+        "initial_state")
+def _selective_scan_vjp(args):
+    """Pullback of :func:`selective_scan`.
+
+    Keeps the inputs and, with `z`, the output before the gate. The
+    backward runs the recurrence forward once, keeping the state at the
+    start of every segment of a few hundred steps (memory
+    O(batch·dim·dstate·seqlen / segment)), then walks the segments in
+    reverse: each segment's states are recomputed from its checkpoint and
+    the adjoint lambda_t = conj(e^{Delta_{t+1} A}) lambda_{t+1} + dL/dh_t
+    runs backward through it. Real A: per channel, in the compiled kernel
+    of _selective_backward (segments of 256 steps, per-thread scratch).
+    Complex A: for all channels at once by :func:`linear_scan`, segments
+    shortened so that one segment's arrays stay near 2**22 elements.
+    """
+    from .scan import linear_scan
+
+    _no_packed_gradient(args, "selective_scan")
+    y0 = None
+    if args["z"] is None:
+        out = selective_scan(**args)
+    else:
+        # keep the output before the gate; gate it as the forward does
+        res = selective_scan(**dict(args, z=None))
+        y0 = res[0] if isinstance(res, tuple) else res
+        zz = np.asarray(args["z"], dtype=y0.dtype)
+        y = y0 * _silu(zz)
+        out = (y, res[1]) if isinstance(res, tuple) else y
+    u = np.asarray(args["u"])
+    batch, dim, L = u.shape
+    A = np.asarray(args["A"])
+    is_complex = A.dtype.kind == "c"
+    y = out[0] if isinstance(out, tuple) else out
+    rdt = y.dtype
+    cdt = np.result_type(rdt, np.complex64) if is_complex else rdt
+    N = A.shape[1]
+    ret_last = bool(args["return_last_state"])
+    softplus = bool(args["delta_softplus"])
+    workers = args["workers"]
+
+    def arr(name, dtype=rdt):
+        v = args[name]
+        return None if v is None else np.asarray(v, dtype=dtype)
+
+    def backward(ct):
+        gy, glast = ct if ret_last else (ct, None)
+        gy = np.asarray(gy, dtype=rdt)
+        u_ = np.asarray(u, dtype=rdt)
+        A_ = np.asarray(A, dtype=cdt)
+        Bv = np.asarray(args["B"], dtype=cdt)
+        Cv = np.asarray(args["C"], dtype=cdt)
+        D = arr("D")
+        z = arr("z")
+        bias = arr("delta_bias")
+        h0 = arr("initial_state", cdt)
+        v = np.asarray(args["delta"], dtype=rdt)
+        if bias is not None:
+            v = v + bias[:, None]
+        if softplus:
+            big = v > 20
+            dsp = np.where(big, rdt.type(1), expit(v))   # softplus'
+            dl = np.where(big, v, np.logaddexp(rdt.type(0), v))
+        else:
+            dl = v
+        grads = {}
+        # the gate and the skip connection
+        if z is not None:
+            sig = expit(z)
+            grads["z"] = gy * y0 * (sig * (1 + z * (1 - sig)))
+            gy0 = gy * (z * sig)
+        else:
+            gy0 = gy
+        gu = np.zeros((batch, dim, L), rdt)
+        if D is not None:
+            grads["D"] = np.einsum("bdt,bdt->d", gy0, u_)
+            gu += gy0 * D[:, None]
+
+        def per_channel(X, t0, t1):
+            """B or C for steps [t0, t1) as (batch, dim, N, steps)."""
+            if X.ndim == 2:
+                return np.broadcast_to(X[None, :, :, None], (batch, dim, N, t1 - t0))
+            if X.ndim == 3:
+                return np.broadcast_to(X[:, None, :, t0:t1], (batch, dim, N, t1 - t0))
+            G = X.shape[1]
+            return np.repeat(X[:, :, :, t0:t1], dim // G, axis=1)
+
+        def add_back(gX, X, g, t0, t1):
+            """Accumulate a (batch, dim, N, steps) gradient into X's layout."""
+            if X.ndim == 2:
+                gX += g.sum(axis=(0, 3))
+            elif X.ndim == 3:
+                gX[:, :, t0:t1] += g.sum(axis=1)
+            else:
+                G = X.shape[1]
+                gX[:, :, :, t0:t1] += g.reshape(
+                    batch, G, dim // G, N, t1 - t0).sum(axis=2)
+
+        def decays(t0, t1):
+            return np.exp(dl[:, :, None, t0:t1] * A_[None, :, :, None])
+
+        K = _segment_length(batch, dim, N, L)
+        if not is_complex and L > 0 and N > 0:
+            _real_scan_backward(grads, gu, gy0, dl, u_, A_, Bv, Cv, h0, glast,
+                                min(L, 256), workers)
+            gdl = grads.pop("_gdl")
+            grads["u"] = gu
+            gdelta = gdl * dsp if softplus else gdl
+            grads["delta"] = gdelta
+            if bias is not None:
+                grads["delta_bias"] = gdelta.sum(axis=(0, 2))
+            return grads
+        starts = list(range(0, L, K))
+        # forward: the state entering each segment
+        checkpoints = []
+        h = np.zeros((batch, dim, N), cdt) if h0 is None else h0.copy()
+        for t0 in starts:
+            t1 = min(t0 + K, L)
+            checkpoints.append(h)
+            drive = (dl[:, :, t0:t1] * u_[:, :, t0:t1])[:, :, None, :] \
+                * per_channel(Bv, t0, t1)
+            h = np.asarray(linear_scan(decays(t0, t1), drive, h, method="sequential")
+                           [..., -1], dtype=cdt)
+        gB = np.zeros(Bv.shape, cdt)
+        gC = np.zeros(Cv.shape, cdt)
+        gA = np.zeros((dim, N), cdt)
+        gdl = np.zeros((batch, dim, L), rdt)
+        scale = 2 if is_complex else 1
+        lam_next = np.zeros((batch, dim, N), cdt) if glast is None \
+            else np.asarray(glast, dtype=cdt)
+        dA_next = np.ones((batch, dim, N), cdt)
+        for t0, hs in zip(reversed(starts), reversed(checkpoints)):
+            t1 = min(t0 + K, L)
+            dA = decays(t0, t1)
+            Bs = per_channel(Bv, t0, t1)
+            Cs = per_channel(Cv, t0, t1)
+            du = dl[:, :, t0:t1] * u_[:, :, t0:t1]
+            H = linear_scan(dA, du[:, :, None, :] * Bs, hs, method="sequential")
+            g0 = gy0[:, :, None, t0:t1]
+            # the adjoint: lam_t = conj(dA_{t+1}) lam_{t+1} + dL/dh_t
+            carry = np.concatenate([dA[..., 1:], dA_next[..., None]], axis=-1)
+            lam = linear_scan(np.conj(carry), scale * g0 * np.conj(Cs),
+                              lam_next, reverse=True, method="sequential")
+            Hprev = np.concatenate([hs[..., None], H[..., :-1]], axis=-1)
+            add_back(gC, Cv, scale * g0 * np.conj(H), t0, t1)
+            add_back(gB, Bv, du[:, :, None, :] * lam, t0, t1)
+            lb = np.real(np.conj(lam) * Bs).sum(axis=2)          # d/d(delta u)
+            q = np.conj(lam) * dA * Hprev
+            gdl[:, :, t0:t1] += u_[:, :, t0:t1] * lb \
+                + np.real(q * A_[None, :, :, None]).sum(axis=2)
+            gu[:, :, t0:t1] += dl[:, :, t0:t1] * lb
+            gA += np.einsum("bdt,bdnt->dn", dl[:, :, t0:t1], np.conj(q))
+            lam_next = lam[..., 0]
+            dA_next = dA[..., 0]
+        grads["u"] = gu
+        gdelta = gdl * dsp if softplus else gdl
+        grads["delta"] = gdelta
+        if bias is not None:
+            grads["delta_bias"] = gdelta.sum(axis=(0, 2))
+        grads["A"] = gA
+        grads["B"] = gB
+        grads["C"] = gC
+        if h0 is not None:
+            grads["initial_state"] = np.conj(dA_next) * lam_next
+        return grads
+
+    return out, backward
+
+
+def _real_scan_backward(grads, gu, gy0, dl, u, A, B, C, h0, glast, K, workers=None):
+    """The real-A backward by the compiled kernel of _selective_backward:
+    fills grads["A"], ["B"], ["C"], ["initial_state"] (when h0 is given),
+    ["_gdl"] (the gradient of the processed steps), and adds to `gu`."""
+    from . import _selective_backward
+
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    rdt = u.dtype
+    Bt, b_layout = _bc_layout(B, "B", batch, dim, N, L)
+    Ct, c_layout = _bc_layout(C, "C", batch, dim, N, L)
+    nthreads = max(1, min(resolve_workers(workers), batch * dim))
+    Bf = np.ascontiguousarray(Bt, dtype=rdt)
+    Cf = np.ascontiguousarray(Ct, dtype=rdt)
+    gBt = np.zeros((nthreads, Bf.size), rdt)
+    gCt = np.zeros((nthreads, Cf.size), rdt)
+    zeros = np.zeros((batch, dim, N), rdt)
+    gus = np.empty((batch, dim, L), rdt)
+    gdl = np.empty((batch, dim, L), rdt)
+    gA = np.empty((batch, dim, N), rdt)
+    gh0 = np.empty((batch, dim, N), rdt)
+    _selective_backward.selective_scan_real_backward(
+        np.ascontiguousarray(u, dtype=rdt), np.ascontiguousarray(dl, dtype=rdt),
+        np.ascontiguousarray(A, dtype=rdt), Bf.ravel(),
+        np.asarray(b_layout, dtype=np.intp), Cf.ravel(),
+        np.asarray(c_layout, dtype=np.intp), np.ascontiguousarray(gy0, dtype=rdt),
+        zeros if h0 is None else np.ascontiguousarray(h0, dtype=rdt),
+        zeros if glast is None else np.ascontiguousarray(glast, dtype=rdt),
+        gus, gdl, gA, gh0, gBt, gCt, K, nthreads)
+    gu += gus
+    grads["A"] = gA.sum(axis=0)
+
+    def back(g, X, view):
+        g = g.sum(axis=0).reshape(view.shape)
+        if X.ndim == 3:
+            return g.transpose(0, 2, 1)
+        if X.ndim == 4:
+            return g.transpose(0, 1, 3, 2)
+        return g
+
+    grads["B"] = back(gBt, B, Bt)
+    grads["C"] = back(gCt, C, Ct)
+    grads["_gdl"] = gdl
+    if h0 is not None:
+        grads["initial_state"] = gh0

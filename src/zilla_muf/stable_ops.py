@@ -922,3 +922,68 @@ def _softplus_vjp(args):
         return {"x": d}
 
     return y, backward
+
+
+# The gated RMS norm (a layer's gradient, derived in the user guide's page on
+# the layers' gradients).
+
+from scipy.special import expit  # noqa: E402
+
+
+@defvjp(rms_norm, "x", "weight", "z")
+def _rms_norm_vjp(args):
+    """Pullback of :func:`rms_norm`: keeps the inputs, recomputes the norms.
+
+    With v the normalised input (x, or x * silu(z)), r = 1 / rms(v) per
+    group and n = v r, the output is n w (times silu(z) when the gate comes
+    after the norm); the backward is
+    dv = r (dn - n mean_group(dn n)) with dn = w * (dy, gated).
+    """
+    y = rms_norm(**args)
+    x = np.asarray(args["x"])
+    w = args["weight"]
+    zz = args["z"]
+    eps = float(args["eps"])
+    before = bool(args["norm_before_gate"])
+    dtype = y.dtype
+    shape = y.shape
+    c = shape[-1]
+    group = c if args["group_size"] is None else operator.index(args["group_size"])
+
+    def backward(gy):
+        gy = np.asarray(gy, dtype=dtype)
+        xb = np.broadcast_to(np.asarray(x, dtype=dtype), shape)
+        wv = (np.ones(c, dtype) if w is None else np.asarray(w, dtype=dtype))
+        if zz is not None:
+            zb = np.broadcast_to(np.asarray(zz, dtype=dtype), shape)
+            sig = expit(zb)
+            s = zb * sig
+            ds = sig * (1 + zb * (1 - sig))           # silu'(z)
+        if zz is None or before:
+            v = xb
+        else:
+            v = xb * s
+        vg = v.reshape(shape[:-1] + (c // group, group))
+        ms = np.mean(np.square(vg, dtype=np.float64), axis=-1, keepdims=True)
+        r = (1.0 / np.sqrt(ms + eps)).astype(dtype)
+        n = (vg * r).reshape(shape)
+        q = gy * s if (zz is not None and before) else gy   # d(n * w)
+        grads = {}
+        if w is not None:
+            grads["weight"] = np.sum((q * n).reshape(-1, c), axis=0,
+                                     dtype=np.float64)
+        dn = (q * wv).reshape(vg.shape)
+        ng = n.reshape(vg.shape)
+        proj = np.mean(dn * ng, axis=-1, keepdims=True, dtype=np.float64)
+        dv = (r * (dn - ng * proj.astype(dtype))).reshape(shape)
+        if zz is None:
+            grads["x"] = dv
+        elif before:
+            grads["x"] = dv
+            grads["z"] = gy * (n * wv) * ds
+        else:
+            grads["x"] = dv * s
+            grads["z"] = dv * xb * ds
+        return grads
+
+    return y, backward

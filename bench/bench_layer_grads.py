@@ -1,0 +1,280 @@
+"""Benchmark: forward + backward of the layers against our forward and torch.
+
+    python bench/bench_layer_grads.py [--quick] [--repeat N]
+
+Cases (float32, 2 threads on each side):
+
+- SSD b1 L4096 h8 p64 n64 and b4 L2048 h24 p64 n128 (ngroups 1, softplus
+  dt, D, z): ``ssd_chunk_scan_combined`` forward alone; forward + backward
+  through ``zilla_muf._vjp.vjp``; torch autograd through the reference
+  listing of ``bench/ssd_torch_reference.py`` at its best chunk size among
+  64, 128, 256 (64 and 256 with ``--quick``).
+- selective scan b2 d1536 n16 L2048 (real A, B and C (batch, dstate,
+  seqlen), D, z, delta_bias, softplus): forward alone; forward + backward;
+  torch autograd through ``bench/selective_scan_torch_reference.py``'s
+  listing with each step's slice taken once (the listing is kept as is; the
+  slices of its (b, d, L, n) tensors are taken once by unbind before the
+  loop, in a copy of the loop written here).
+
+Every ratio compares times measured in the same run: ours interleaved with
+our forward; each torch baseline (seconds per run) against the mean of our
+forward + backward timed just before and just after it.
+GFLOP/s of the SSD forward + backward are given as a fraction of this
+machine's sgemm throughput (a 2048 x 2048 float32 matmul by NumPy).
+Peak memory: the forward + backward of each side in a fresh process
+(``ru_maxrss`` growth).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _harness import Report, interleaved_times, median_time, progress  # noqa: E402
+
+THREADS = 2
+
+SSD_SHAPES = {
+    "b1 L4096 h8 p64 n64": (1, 4096, 8, 64, 1, 64),
+    "b4 L2048 h24 p64 n128": (4, 2048, 24, 64, 1, 128),
+}
+SEL_SHAPE = (2, 1536, 16, 2048)
+
+
+def ssd_inputs(shape, seed=0):
+    nb, L, H, P, G, N = shape
+    rng = np.random.default_rng(seed)
+    f = np.float32
+    return dict(
+        x=rng.standard_normal((nb, L, H, P)).astype(f),
+        dt=np.log(np.expm1(rng.uniform(0.001, 0.1, (nb, L, H)))).astype(f),
+        A=-rng.uniform(1.0, 16.0, H).astype(f),
+        B=rng.standard_normal((nb, L, G, N)).astype(f),
+        C=rng.standard_normal((nb, L, G, N)).astype(f),
+        D=rng.standard_normal(H).astype(f),
+        z=rng.standard_normal((nb, L, H, P)).astype(f),
+    )
+
+
+def ssd_flops(shape, cs):
+    """Multiply-adds x 2 of the SSD forward (chunked algorithm), per the
+    forward's docstring: 2Q(N + P) + 4PN per token and head."""
+    nb, L, H, P, G, N = shape
+    return 2.0 * nb * L * H * (2 * cs * (N + P) + 4 * P * N)
+
+
+def sel_inputs(seed=0):
+    b, d, n, L = SEL_SHAPE
+    rng = np.random.default_rng(seed)
+    f = np.float32
+    return dict(
+        u=rng.standard_normal((b, d, L)).astype(f),
+        delta=rng.uniform(-4.0, -1.0, (b, d, L)).astype(f),
+        A=-rng.uniform(0.5, 16.0, (d, n)).astype(f),
+        B=rng.standard_normal((b, n, L)).astype(f),
+        C=rng.standard_normal((b, n, L)).astype(f),
+        D=rng.standard_normal(d).astype(f),
+        z=rng.standard_normal((b, d, L)).astype(f),
+        delta_bias=rng.uniform(-0.5, 0.5, d).astype(f),
+    )
+
+
+# ------------------------------------------------------------------- torch
+
+def torch_ssd_fwd_bwd(inputs, cs):
+    import torch
+
+    from ssd_torch_reference import ssd_layer
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    L = t["x"].shape[1]
+    pad = (-L) % cs
+    x, dt, B, C = t["x"], t["dt"], t["B"], t["C"]
+    if pad:
+        x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad))
+        dt = torch.nn.functional.pad(dt, (0, 0, 0, pad))
+        B = torch.nn.functional.pad(B, (0, 0, 0, 0, 0, pad))
+        C = torch.nn.functional.pad(C, (0, 0, 0, 0, 0, pad))
+    y, _ = ssd_layer(x, dt, t["A"], B, C, cs, dt_softplus=True)
+    y = y[:, :L] + t["x"] * t["D"][:, None]
+    y = y * torch.nn.functional.silu(t["z"])
+    y.backward(torch.ones_like(y))
+
+
+def torch_sel_fwd_bwd(inputs):
+    """selective_scan_ref's computation, each step's slice taken once."""
+    import torch
+    import torch.nn.functional as F
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    u, delta, A, B, C = t["u"], t["delta"], t["A"], t["B"], t["C"]
+    delta = F.softplus(delta + t["delta_bias"][..., None])
+    batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    x = A.new_zeros((batch, dim, dstate))
+    ys = []
+    for dA, dBu, Ct in zip(deltaA.unbind(2), deltaB_u.unbind(2), C.unbind(2)):
+        x = dA * x + dBu
+        ys.append(torch.einsum("bdn,bn->bd", x, Ct))
+    y = torch.stack(ys, dim=2) + u * t["D"][:, None]
+    y = y * F.silu(t["z"])
+    y.backward(torch.ones_like(y))
+
+
+# ------------------------------------------------------------------ zilla
+
+def ours_ssd(inputs, backward):
+    import zilla_muf
+    from zilla_muf._vjp import vjp
+    if not backward:
+        return lambda: zilla_muf.ssd_chunk_scan_combined(
+            **inputs, dt_softplus=True, workers=THREADS)
+
+    def run():
+        y, pull = vjp(zilla_muf.ssd_chunk_scan_combined, **inputs,
+                      dt_softplus=True, workers=THREADS)
+        pull(np.ones_like(y))
+    return run
+
+
+def ours_sel(inputs, backward):
+    import zilla_muf
+    from zilla_muf._vjp import vjp
+    if not backward:
+        return lambda: zilla_muf.selective_scan(**inputs, delta_softplus=True,
+                                                workers=THREADS)
+
+    def run():
+        y, pull = vjp(zilla_muf.selective_scan, **inputs, delta_softplus=True,
+                      workers=THREADS)
+        pull(np.ones_like(y))
+    return run
+
+
+def sgemm_gflops():
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    t = interleaved_times({"mm": lambda: a @ a}, rounds=2, repeat=3)["mm"]
+    return 2 * 2048 ** 3 / t / 1e9
+
+
+# ----------------------------------------------------------------- memory
+
+def _peak_child(what):
+    """Run one forward + backward in a child process; the growth of its peak
+    resident memory over the resident memory before the run (MB). The peak
+    is reset first (``/proc/self/clear_refs``), so that imports and input
+    creation do not count."""
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import numpy as np, bench_layer_grads as m\n"
+        "kind, side, arg = %r\n"
+        "inp = m.ssd_inputs(m.SSD_SHAPES[arg]) if kind == 'ssd' else m.sel_inputs()\n"
+        "import torch, zilla_muf\n"
+        "torch.set_num_threads(2)\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key):\n"
+        "            return int(line.split()[1])\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = status('VmRSS:')\n"
+        "if side == 'torch':\n"
+        "    m.torch_ssd_fwd_bwd(inp, 64) if kind == 'ssd' else m.torch_sel_fwd_bwd(inp)\n"
+        "else:\n"
+        "    (m.ours_ssd if kind == 'ssd' else m.ours_sel)(inp, True)()\n"
+        "print((status('VmHWM:') - base) / 1024)\n"
+    ) % (str(HERE), what)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS=str(THREADS)))
+    if out.returncode != 0:
+        progress(out.stderr[-2000:])
+        return float("nan")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true")
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (3 if args.quick else 5)
+    rounds = 2 if args.quick else 3
+    torch_repeat = 1 if args.quick else 3
+    try:
+        import torch
+        torch.set_num_threads(THREADS)
+    except ImportError:
+        torch = None
+        progress("torch not installed: torch baselines skipped")
+    rep = Report("layer_grads")
+    if args.memory_only:
+        for what in [("ssd", "ours", "b1 L4096 h8 p64 n64"),
+                     ("ssd", "torch", "b1 L4096 h8 p64 n64"),
+                     ("sel", "ours", None), ("sel", "torch", None)]:
+            progress(f"peak memory {what}: {_peak_child(what):.0f} MB")
+        return
+    peak = sgemm_gflops()
+    progress(f"sgemm 2048^2 float32: {peak:.1f} GFLOP/s")
+    rep.add("sgemm 2048 float32", "numpy matmul", 2 * 2048 ** 3 / peak / 1e9,
+            gflops=peak)
+    torch_chunks = (64, 256) if args.quick else (64, 128, 256)
+    for case, shape in SSD_SHAPES.items():
+        inputs = ssd_inputs(shape)
+        fns = {"forward": ours_ssd(inputs, False),
+               "forward+backward": ours_ssd(inputs, True)}
+        times = interleaved_times(fns, rounds=rounds, repeat=repeat)
+        fwd = times["forward"]
+        fb = times["forward+backward"]
+        rep.add(f"ssd {case}", "forward", fwd)
+        flops = 3 * ssd_flops(shape, 64)   # forward + backward ~ 3 forwards
+        rep.add(f"ssd {case}", "forward+backward", fb, reference=fwd,
+                gflops=flops / fb / 1e9, sgemm_fraction=flops / fb / 1e9 / peak)
+        if torch is not None:
+            # seconds per run: one warm-up and `torch_repeat` timed runs each,
+            # between two timings of ours (the ratio uses their mean)
+            tt = {cs: median_time(lambda cs=cs: torch_ssd_fwd_bwd(inputs, cs),
+                                  repeat=torch_repeat, warmup=1)
+                  for cs in torch_chunks}
+            fb2 = median_time(fns["forward+backward"], repeat=repeat)
+            best = min(tt, key=tt.get)
+            for cs, t in tt.items():
+                rep.add(f"ssd {case}", f"torch autograd cs{cs}", t,
+                        reference=(fb + fb2) / 2)
+            progress(f"ssd {case}: torch (cs{best}) / ours fwd+bwd = "
+                     f"{tt[best] / ((fb + fb2) / 2):.1f}x")
+    inputs = sel_inputs()
+    fns = {"forward": ours_sel(inputs, False),
+           "forward+backward": ours_sel(inputs, True)}
+    times = interleaved_times(fns, rounds=rounds, repeat=repeat)
+    case = "selective b2 d1536 n16 L2048"
+    rep.add(case, "forward", times["forward"])
+    rep.add(case, "forward+backward", times["forward+backward"],
+            reference=times["forward"])
+    if torch is not None:
+        tt = median_time(lambda: torch_sel_fwd_bwd(inputs), repeat=torch_repeat,
+                         warmup=1)
+        fb2 = median_time(fns["forward+backward"], repeat=repeat)
+        ref = (times["forward+backward"] + fb2) / 2
+        rep.add(case, "torch autograd", tt, reference=ref)
+        progress(f"{case}: torch / ours = {tt / ref:.1f}x")
+    if torch is not None and not args.no_memory:
+        # (the "seconds" column of these rows holds gigabytes)
+        for what in [("ssd", "ours", "b1 L4096 h8 p64 n64"),
+                     ("ssd", "torch", "b1 L4096 h8 p64 n64"),
+                     ("sel", "ours", None), ("sel", "torch", None)]:
+            mb = _peak_child(what)
+            rep.add(f"peak memory (GB) {what[0]} {what[2] or case}", what[1],
+                    mb * 1e-3, peak_mb=mb)
+            progress(f"peak memory {what}: {mb:.0f} MB")
+    print(rep.table())
+    rep.save()
+
+
+if __name__ == "__main__":
+    main()

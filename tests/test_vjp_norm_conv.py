@@ -1,0 +1,143 @@
+"""Gradients of rms_norm and causal_conv1d.
+
+Oracles: central finite differences of the float64 forward, and torch
+autograd through torch formulas written here (independent of the code
+under test).
+"""
+
+import numpy as np
+import pytest
+
+from zilla_muf import causal_conv1d, rms_norm
+from zilla_muf import vjp
+
+from _gradcheck import assert_grads_close, fd_grads, random_cotangent
+
+torch = pytest.importorskip("torch")
+
+
+# ---------------------------------------------------------------- rms_norm
+
+def _torch_rms_norm(x, w, z, group, eps, before):
+    silu = torch.nn.functional.silu
+    v = x if (z is None or before) else x * silu(z)
+    c = v.shape[-1]
+    vg = v.reshape(*v.shape[:-1], c // group, group)
+    n = vg * torch.rsqrt((vg * vg).mean(-1, keepdim=True) + eps)
+    y = n.reshape(v.shape) * w
+    if z is not None and before:
+        y = y * silu(z)
+    return y
+
+
+@pytest.mark.parametrize("gated", [None, True, False])
+@pytest.mark.parametrize("group", [None, 2])
+def test_rms_norm_fd(gated, group):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4))
+    kw = dict(x=x, weight=rng.standard_normal(4), eps=1e-3, group_size=group)
+    names = ["x", "weight"]
+    if gated is not None:
+        kw.update(z=rng.standard_normal((3, 4)), norm_before_gate=gated)
+        names.append("z")
+    out, pull = vjp(rms_norm, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert sorted(got) == sorted(names)
+    assert_grads_close(got, fd_grads(rms_norm, kw, ct, names), 1e-6)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
+@pytest.mark.parametrize("before", [True, False])
+def test_rms_norm_torch(dtype, rtol, before):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 5, 12)).astype(dtype)
+    w = rng.standard_normal(12).astype(dtype)
+    # z broadcast over the middle axis: its gradient is summed back
+    z = rng.standard_normal((2, 1, 12)).astype(dtype)
+    out, pull = vjp(rms_norm, x, w, z=z, group_size=4, eps=1e-5,
+                    norm_before_gate=before)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert got["z"].shape == z.shape and got["z"].dtype == dtype
+    tx, tw, tz = (torch.tensor(a, dtype=torch.float64, requires_grad=True)
+                  for a in (x, w, z))
+    ty = _torch_rms_norm(tx, tw, tz, 4, 1e-5, before)
+    ty.backward(torch.tensor(ct, dtype=torch.float64))
+    want = {"x": tx.grad.numpy(), "weight": tw.grad.numpy(), "z": tz.grad.numpy()}
+    assert_grads_close(got, want, rtol)
+
+
+def test_rms_norm_no_weight():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6))
+    out, pull = vjp(rms_norm, x, eps=0.0)
+    ct = rng.standard_normal(out.shape)
+    got = pull(ct)
+    assert list(got) == ["x"]
+    assert_grads_close(got, fd_grads(lambda x: rms_norm(x, eps=0.0), {"x": x}, ct,
+                                     ["x"]), 1e-6)
+
+
+# ------------------------------------------------------------ causal_conv1d
+
+def _torch_conv(x, w, b, init, silu):
+    W = w.shape[1]
+    xt = torch.cat([init, x], dim=-1)
+    L = x.shape[-1]
+    out = sum(w[None, :, k, None] * xt[:, :, k:k + L] for k in range(W))
+    if b is not None:
+        out = out + b[None, :, None]
+    if silu:
+        out = torch.nn.functional.silu(out)
+    return out, xt[:, :, L:]
+
+
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("L", [1, 2, 7])
+def test_conv_fd(activation, L):
+    rng = np.random.default_rng(4)
+    kw = dict(x=rng.standard_normal((2, 3, L)), weight=rng.standard_normal((3, 4)),
+              bias=rng.standard_normal(3), initial_states=rng.standard_normal((2, 3, 3)),
+              activation=activation, return_final_states=True)
+    out, pull = vjp(causal_conv1d, **kw)
+    ct = random_cotangent(rng, out)
+    names = ["x", "weight", "bias", "initial_states"]
+    got = pull(ct)
+    assert_grads_close(got, fd_grads(causal_conv1d, kw, ct, names), 1e-6)
+    # the final-state cotangent matters (it is not dropped)
+    got0 = pull((ct[0], None))
+    assert not np.allclose(got0["initial_states"] if L < 3 else got0["x"],
+                           got["initial_states"] if L < 3 else got["x"])
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-11), (np.float32, 1e-4)])
+@pytest.mark.parametrize("time_major", [False, True])
+def test_conv_torch(dtype, rtol, time_major):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, 9)).astype(dtype)
+    if time_major:
+        x = np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1)
+    w = rng.standard_normal((6, 4)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    out, pull = vjp(causal_conv1d, x, w, b, activation="silu")
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert sorted(got) == ["bias", "weight", "x"]
+    tx, tw, tb = (torch.tensor(np.array(a), dtype=torch.float64, requires_grad=True)
+                  for a in (x, w, b))
+    ty, _ = _torch_conv(tx, tw, tb, torch.zeros(2, 6, 3, dtype=torch.float64), True)
+    ty.backward(torch.tensor(ct, dtype=torch.float64))
+    want = {"x": tx.grad.numpy(), "weight": tw.grad.numpy(), "bias": tb.grad.numpy()}
+    assert_grads_close(got, want, rtol)
+    assert got["x"].dtype == dtype
+
+
+def test_conv_width_one():
+    rng = np.random.default_rng(6)
+    kw = dict(x=rng.standard_normal((1, 2, 5)), weight=rng.standard_normal((2, 1)),
+              return_final_states=True)
+    out, pull = vjp(causal_conv1d, **kw)
+    assert out[1].shape == (1, 2, 0)
+    ct = (rng.standard_normal(out[0].shape), None)
+    assert_grads_close(pull(ct), fd_grads(causal_conv1d, kw, ct, ["x", "weight"]), 1e-6)

@@ -1,0 +1,264 @@
+"""Gradients of the SSD layer (ssd_chunk_scan_combined, ssd_sequential,
+ssd_quadratic).
+
+Oracles: central finite differences of the float64 forward, and torch
+autograd through a float64 sequential transcription of the SSD recurrence
+written here (with seq_idx resets, dt_limit clamping, softplus threshold 20).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from zilla_muf import ssd_chunk_scan_combined, ssd_quadratic, ssd_sequential
+from zilla_muf import vjp
+
+from _gradcheck import assert_grads_close, fd_grads, random_cotangent
+
+torch = pytest.importorskip("torch")
+
+NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
+
+
+def _torch_ssd(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None,
+               seq_idx=None, dt_softplus=False, dt_limit=(0.0, math.inf)):
+    nb, L, H, P = x.shape
+    G, N = B.shape[2:]
+    rep = H // G
+    d = dt if dt_bias is None else dt + dt_bias
+    if dt_softplus:
+        d = torch.nn.functional.softplus(d)
+    d = torch.clamp(d, dt_limit[0], dt_limit[1])
+    Bh = B.repeat_interleave(rep, dim=2)
+    Ch = C.repeat_interleave(rep, dim=2)
+    h = (torch.zeros(nb, H, P, N, dtype=x.dtype) if initial_states is None
+         else initial_states)
+    ys = []
+    for t in range(L):
+        decay = torch.exp(d[:, t] * A)                     # (nb, H)
+        if seq_idx is not None and t > 0:
+            keep = torch.tensor(seq_idx[:, t] == seq_idx[:, t - 1], dtype=x.dtype)
+            decay = decay * keep[:, None]
+        h = decay[..., None, None] * h + (d[:, t, :, None] * x[:, t])[..., None] \
+            * Bh[:, t, :, None, :]
+        ys.append((h * Ch[:, t, :, None, :]).sum(-1))
+    y = torch.stack(ys, dim=1)
+    if D is not None:
+        y = y + x * (D[:, None] if D.dim() == 1 else D)
+    if z is not None:
+        y = y * torch.nn.functional.silu(z)
+    return y, h
+
+
+def _problem(rng, nb=2, L=13, H=4, P=3, G=2, N=5, full=True, dtype=np.float64):
+    kw = dict(x=rng.standard_normal((nb, L, H, P)),
+              dt=rng.uniform(-3.0, 0.5, (nb, L, H)),
+              A=-rng.uniform(1.0, 4.0, H),
+              B=rng.standard_normal((nb, L, G, N)),
+              C=rng.standard_normal((nb, L, G, N)))
+    if full:
+        kw.update(D=rng.standard_normal(H), z=rng.standard_normal((nb, L, H, P)),
+                  dt_bias=rng.uniform(-0.5, 0.5, H), dt_softplus=True,
+                  initial_states=rng.standard_normal((nb, H, P, N)))
+    return {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v)
+            for k, v in kw.items()}
+
+
+def _torch_grads(kw, ct, last, seq_idx=None):
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in kw.items() if k in NAMES}
+    opts = {k: kw[k] for k in ("dt_softplus", "dt_limit") if k in kw}
+    ty, th = _torch_ssd(**t, seq_idx=seq_idx, **opts)
+    if last:
+        loss = (ty * torch.tensor(ct[0])).sum() + (th * torch.tensor(ct[1])).sum()
+    else:
+        loss = (ty * torch.tensor(ct)).sum()
+    loss.backward()
+    return {k: v.grad.numpy() for k, v in t.items()}
+
+
+@pytest.mark.parametrize("fun", [ssd_chunk_scan_combined, ssd_sequential])
+def test_fd(fun):
+    rng = np.random.default_rng(20)
+    kw = _problem(rng, nb=1, L=7, H=2, P=2, G=1, N=2)
+    kw.update(chunk_size=3, return_final_states=True, D=rng.standard_normal((2, 2)))
+    out, pull = vjp(fun, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert sorted(got) == sorted(NAMES)
+    assert_grads_close(got, fd_grads(fun, kw, ct, NAMES), 1e-6)
+
+
+def test_fd_quadratic():
+    rng = np.random.default_rng(21)
+    kw = _problem(rng, nb=1, L=6, H=2, P=2, G=2, N=2)
+    del kw["initial_states"]
+    out, pull = vjp(ssd_quadratic, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    names = NAMES[:-1]
+    assert sorted(got) == sorted(names)
+    assert_grads_close(got, fd_grads(ssd_quadratic, kw, ct, names), 1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 13, 64])
+@pytest.mark.parametrize("last", [False, True])
+def test_torch_chunks(chunk, last):
+    rng = np.random.default_rng(22)
+    kw = _problem(rng)
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=chunk,
+                    return_final_states=last, **kw)
+    ct = random_cotangent(rng, out)
+    assert_grads_close(pull(ct), _torch_grads(kw, ct, last), 1e-9)
+
+
+@pytest.mark.parametrize("fun", [ssd_chunk_scan_combined, ssd_sequential])
+def test_seq_idx(fun):
+    """No gradient crosses a sequence boundary; resets inside and at chunk ends."""
+    rng = np.random.default_rng(23)
+    kw = _problem(rng, L=16)
+    seq = np.array([[0] * 3 + [1] * 5 + [2] * 8, [0] * 8 + [1] * 8])
+    out, pull = vjp(fun, chunk_size=4, seq_idx=seq, return_final_states=True, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert_grads_close(got, _torch_grads(kw, ct, True, seq_idx=seq), 1e-9)
+    # a loss on the last sequence of row 0 only: nothing reaches earlier ones
+    ct0 = np.zeros_like(out[0])
+    ct0[0, 8:] = 1.0
+    g = pull((ct0, None))
+    assert np.all(g["x"][0, :8] == 0) and np.all(g["dt"][0, :8] == 0)
+    assert np.all(g["initial_states"][0] == 0)
+
+
+def test_dt_limit():
+    rng = np.random.default_rng(24)
+    kw = _problem(rng)
+    kw["dt_limit"] = (0.05, 0.5)
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=4, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert_grads_close(got, _torch_grads(kw, ct, False), 1e-9)
+    v = np.logaddexp(0, kw["dt"] + kw["dt_bias"])
+    clamped = (v < 0.05) | (v > 0.5)
+    assert clamped.any() and np.all(got["dt"][clamped] == 0)
+
+
+def test_softplus_threshold():
+    rng = np.random.default_rng(25)
+    kw = _problem(rng, full=False)
+    kw["dt"] = rng.uniform(19.0, 23.0, kw["dt"].shape)
+    kw["A"] = -rng.uniform(1e-3, 2e-3, 4)
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=4, dt_softplus=True, **kw)
+    ct = random_cotangent(rng, out)
+    assert_grads_close(pull(ct), _torch_grads(dict(kw, dt_softplus=True), ct, False),
+                       1e-9)
+
+
+def test_minimal_arguments_and_sequential_agree():
+    rng = np.random.default_rng(26)
+    kw = _problem(rng, full=False)
+    out, pull = vjp(ssd_chunk_scan_combined, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert sorted(got) == ["A", "B", "C", "dt", "x"]
+    assert_grads_close(got, _torch_grads(kw, ct, False), 1e-9)
+    got_q = vjp(ssd_quadratic, **kw)[1](ct)
+    assert_grads_close(got_q, got, 1e-9)
+
+
+def test_float32_long_sequence():
+    """float32 within 1e-3 of float64 at L=4096, realistic parameters."""
+    rng = np.random.default_rng(27)
+    nb, L, H, P, G, N = 1, 4096, 2, 4, 1, 8
+    dt_raw = np.log(np.expm1(rng.uniform(0.001, 0.1, (nb, L, H))))   # softplus^-1
+    kw = dict(x=rng.standard_normal((nb, L, H, P)), dt=dt_raw,
+              A=-rng.uniform(1.0, 16.0, H), B=rng.standard_normal((nb, L, G, N)),
+              C=rng.standard_normal((nb, L, G, N)), D=rng.standard_normal(H),
+              z=rng.standard_normal((nb, L, H, P)), dt_softplus=True)
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=64, **kw)
+    ct = rng.standard_normal(out.shape)
+    g64 = pull(ct)
+    kw32 = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v)
+            for k, v in kw.items()}
+    _, pull32 = vjp(ssd_chunk_scan_combined, chunk_size=64, **kw32)
+    g32 = pull32(ct.astype(np.float32))
+    for name in g64:
+        assert g32[name].dtype == np.float32
+        rel = np.linalg.norm(g32[name] - g64[name]) / np.linalg.norm(g64[name])
+        assert rel < 1e-3, (name, rel)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_decay_long_chunks_finite(dtype):
+    rng = np.random.default_rng(28)
+    kw = _problem(rng, L=600, H=2, G=1, full=False, dtype=dtype)
+    kw["A"] = np.array([-1e4, -300.0], dtype=dtype)
+    kw["dt"] = rng.uniform(0.5, 5.0, kw["dt"].shape).astype(dtype)
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=256, **kw)
+    g = pull(np.ones_like(out))
+    for name, v in g.items():
+        assert np.all(np.isfinite(v)), name
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), nb=st.integers(1, 2), L=st.integers(1, 20),
+       groups=st.sampled_from([(1, 1), (2, 1), (2, 2), (4, 2)]),
+       P=st.integers(1, 3), N=st.integers(1, 4), chunk=st.integers(1, 24),
+       use_D=st.booleans(), use_z=st.booleans(), use_bias=st.booleans(),
+       use_init=st.booleans(), softplus=st.booleans(), use_seq=st.booleans(),
+       limit=st.booleans(), last=st.booleans())
+def test_property_against_torch(seed, nb, L, groups, P, N, chunk, use_D, use_z,
+                                use_bias, use_init, softplus, use_seq, limit, last):
+    """Random shapes, chunk sizes and every optional argument: the gradients
+    equal torch autograd through the sequential transcription."""
+    rng = np.random.default_rng(seed)
+    H, G = groups
+    kw = _problem(rng, nb=nb, L=L, H=H, P=P, G=G, N=N)
+    if not use_D:
+        del kw["D"]
+    if not use_z:
+        del kw["z"]
+    if not use_bias:
+        del kw["dt_bias"]
+    if not use_init:
+        del kw["initial_states"]
+    kw["dt_softplus"] = softplus
+    if not softplus:
+        kw["dt"] = rng.uniform(0.0, 1.0, kw["dt"].shape)
+    if limit:
+        kw["dt_limit"] = (0.1, 0.6)
+    seq = np.sort(rng.integers(0, 3, (nb, L)), axis=1) if use_seq else None
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=chunk, seq_idx=seq,
+                    return_final_states=last, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    want = _torch_grads(kw, ct, last, seq_idx=seq)
+    assert sorted(got) == sorted(want)
+    assert_grads_close(got, want, 1e-8)
+
+
+def test_bad_cotangent():
+    rng = np.random.default_rng(29)
+    kw = _problem(rng, full=False)
+    out, pull = vjp(ssd_chunk_scan_combined, return_final_states=True, **kw)
+    with pytest.raises(ValueError, match="cotangent"):
+        pull(out[0])
+    with pytest.raises(ValueError, match="cotangent"):
+        pull((out[0][:, :-1], None))
+
+
+def test_workers_agree():
+    """The backward splits the chunks over threads: the same gradients."""
+    rng = np.random.default_rng(30)
+    kw = _problem(rng, L=50, H=4, G=2)
+    seq = np.repeat(np.array([[0, 1, 1, 2, 3]]), 10, axis=1).repeat(2, axis=0)
+    out, pull1 = vjp(ssd_chunk_scan_combined, chunk_size=4, seq_idx=seq,
+                     return_final_states=True, workers=1, **kw)
+    _, pull2 = vjp(ssd_chunk_scan_combined, chunk_size=4, seq_idx=seq,
+                   return_final_states=True, workers=3, **kw)
+    ct = random_cotangent(rng, out)
+    assert_grads_close(pull2(ct), pull1(ct), 1e-12)
