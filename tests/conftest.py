@@ -7,7 +7,9 @@ hand anywhere:
 - ``docs``: builds the Sphinx site (``test_docs*.py``);
 - ``browser``: also needs Chromium (``test_docs_browser*.py``);
 - ``torch``: needs torch, and transformers for the layer oracles
-  (``test_layers*.py``, ``test_torch*.py``);
+  (``test_layers*.py``, ``test_torch*.py``, the layer-gradient tests whose
+  oracles are torch autograd, FLA's references); single tests of other files
+  that need torch carry the marker themselves;
 - ``dask``: needs dask (``test_dask*.py``);
 - ``kernels``: every other test file. These need only the package, pytest and
   hypothesis; ``.ci/run`` runs them (``-m kernels``) against each build.
@@ -34,6 +36,10 @@ _FILE_MARKERS = [
     ("test_docs_browser*.py", ("browser",)),
     ("test_layers*.py", ("torch",)),
     ("test_torch*.py", ("torch",)),
+    ("test_vjp_norm_conv.py", ("torch",)),
+    ("test_vjp_selective.py", ("torch",)),
+    ("test_vjp_ssd.py", ("torch",)),
+    ("test_linear_attention_fla.py", ("torch",)),
     ("test_dask*.py", ("dask",)),
 ]
 

@@ -211,6 +211,7 @@ def test_selective_scan_update_pool_complex_and_refusals(rng):
         selective_scan_update(ro, x, dt, A.real, B.real, C.real)
 
 
+@pytest.mark.torch
 def test_selective_scan_update_torch_in_place(rng):
     torch = pytest.importorskip("torch")
     dim, N = 4, 3
@@ -267,6 +268,7 @@ def test_conv_update_pool_and_refusals(rng):
     np.testing.assert_array_equal(pool[[1, 2, 4]], before[[1, 2, 4]])
 
 
+@pytest.mark.torch
 def test_conv_update_torch_in_place(rng):
     torch = pytest.importorskip("torch")
     w = rng.standard_normal((3, 4)).astype(np.float32)

@@ -274,6 +274,7 @@ def test_speculative_rollback(rng):
     np.testing.assert_array_equal(inter[:, 1], s2)
 
 
+@pytest.mark.torch
 def test_torch_state_is_updated_in_place(rng):
     torch = pytest.importorskip("torch")
     (x, dt, A, B, C), kw = decode_problem(rng, 2, 3, dtype=np.float32)

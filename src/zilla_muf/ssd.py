@@ -1313,6 +1313,8 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
 # Gradients
 # ---------------------------------------------------------------------------
 
+from scipy.special import expit  # noqa: E402
+
 from ._vjp import defvjp  # noqa: E402
 
 _SSD_DIFF = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")

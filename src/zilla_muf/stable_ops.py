@@ -948,7 +948,8 @@ def _rms_norm_vjp(args):
     dtype = y.dtype
     shape = y.shape
     c = shape[-1]
-    group = c if args["group_size"] is None else operator.index(args["group_size"])
+    group = (c if args["group_size"] is None
+             else positive_int(args["group_size"], "group_size"))
 
     def backward(gy):
         gy = np.asarray(gy, dtype=dtype)
