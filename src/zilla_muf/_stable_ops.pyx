@@ -8,14 +8,15 @@ was moved last by the caller, so every row is contiguous. Rows are split
 between threads by a static ``prange``; each row is handled by one small
 ``noexcept nogil`` function.
 
-* softmax: three sweeps of one row held in cache: the maximum (eight
+* softmax: three sweeps of one row held in cache: the maximum (32
   independent running maxima), then ``e = exp(x - max)`` stored to the output
-  and summed (in double, eight partial sums), then a scale by ``1 / sum``.
-  The maximum, exponential and sum loops are the C loops of ``_vexp.h``:
-  a branch-free exp that vectorises (libm's is a call per element), and
-  eight-lane max/sum; each is dispatched at load time between an SSE2 and an
-  AVX2 + FMA build. log_softmax and log_sum_exp use
-  the same maximum and sum. A row whose maximum is infinite gives NaN
+  and summed (in double, 32 partial sums), then a scale by ``1 / sum``. The
+  loops are the C loops of ``_vexp.h``: a branch-free exp that vectorises
+  (libm's is a call per element) and lane-wise max and sum, each dispatched
+  at load time between an SSE2, an AVX2 + FMA and an AVX-512 build (the
+  arithmetic, not memory, bounds a 4096-wide row; the build is chosen once
+  per process, so every thread computes alike). log_softmax and log_sum_exp
+  use the same maximum and sum. A row whose maximum is infinite gives NaN
   (softmax, log_softmax: ``inf - inf``) or that infinity (log_sum_exp).
 * logcumsumexp: ``acc = logaddexp(acc, x_t)`` written with one exponential of a
   non-positive number per step.
@@ -38,18 +39,20 @@ from zilla_muf._vmath cimport vexp
 
 cdef enum:
     BLOCK = 4096
-    EBUF = 512
 
 cdef double LOG2 = 0.6931471805599453
 
 
 cdef extern from "_vexp.h" nogil:
-    void zm_exp_shift_f(const float *x, float *e, Py_ssize_t n, float m)
-    void zm_exp_shift_d(const double *x, double *e, Py_ssize_t n, double m)
     float zm_max_f(const float *x, Py_ssize_t n)
     double zm_max_d(const double *x, Py_ssize_t n)
-    double zm_sum_f(const float *x, Py_ssize_t n)
-    double zm_sum_d(const double *x, Py_ssize_t n)
+    double zm_exp_sum_store_f(const float *x, float *e, Py_ssize_t n, float m)
+    double zm_exp_sum_store_d(const double *x, double *e, Py_ssize_t n,
+                              double m)
+    double zm_exp_sum_f(const float *x, Py_ssize_t n, float m)
+    double zm_exp_sum_d(const double *x, Py_ssize_t n, double m)
+    void zm_scale_f(float *e, Py_ssize_t n, float c)
+    void zm_scale_d(double *e, Py_ssize_t n, double c)
     void zm_sigmoid_f(const float *x, float *out, Py_ssize_t n)
     void zm_sigmoid_d(const double *x, double *out, Py_ssize_t n)
     void zm_silu_f(const float *x, float *out, Py_ssize_t n)
@@ -95,14 +98,6 @@ cdef inline bint row_has_nan(const real_t *x, Py_ssize_t n) noexcept nogil:
     return False
 
 
-cdef inline double lane_sum(const real_t *e, Py_ssize_t n) noexcept nogil:
-    """sum(e) in double, in eight partial sums."""
-    if real_t is float:
-        return zm_sum_f(e, n)
-    else:
-        return zm_sum_d(e, n)
-
-
 cdef inline double lane_sumsq(const real_t *x, Py_ssize_t n) noexcept nogil:
     """sum(x**2) in double, in eight partial sums."""
     if real_t is float:
@@ -120,42 +115,30 @@ cdef inline void mul_silu(const real_t *x, const real_t *z, real_t *out,
         zm_mulsilu_d(x, z, out, n)
 
 
-cdef inline void exp_shifted(const real_t *x, real_t *e, Py_ssize_t n,
-                             real_t m) noexcept nogil:
-    """e = exp(x - m), by the vectorised (and CPU-dispatched) C loops."""
-    if real_t is float:
-        zm_exp_shift_f(x, e, n, m)
-    else:
-        zm_exp_shift_d(x, e, n, m)
-
-
 cdef inline double row_exp_sum(const real_t *x, real_t *out, Py_ssize_t n,
                                real_t m) noexcept nogil:
-    """sum(exp(x - m)); the terms are stored to `out` unless it is NULL."""
-    cdef real_t buf[EBUF]
-    cdef Py_ssize_t i0, w
-    cdef double total = 0.0
-    if out != NULL:
-        exp_shifted(x, out, n, m)
-        return lane_sum(out, n)
-    i0 = 0
-    while i0 < n:
-        w = n - i0 if n - i0 < EBUF else EBUF
-        exp_shifted(x + i0, buf, w, m)
-        total = total + lane_sum(buf, w)
-        i0 = i0 + w
-    return total
+    """sum(exp(x - m)) in double; the terms are stored to `out` unless it is
+    NULL (`out` may be `x`)."""
+    if real_t is float:
+        if out != NULL:
+            return zm_exp_sum_store_f(x, out, n, m)
+        return zm_exp_sum_f(x, n, m)
+    else:
+        if out != NULL:
+            return zm_exp_sum_store_d(x, out, n, m)
+        return zm_exp_sum_d(x, n, m)
+
+
+cdef inline void row_scale(real_t *e, Py_ssize_t n, real_t c) noexcept nogil:
+    if real_t is float:
+        zm_scale_f(e, n, c)
+    else:
+        zm_scale_d(e, n, c)
 
 
 cdef inline void softmax_row(const real_t *x, real_t *out, Py_ssize_t n) noexcept nogil:
     cdef real_t m = row_max(x, n)
-    cdef real_t scale
-    cdef Py_ssize_t i
-    cdef double s
-    s = row_exp_sum(x, out, n, m)
-    scale = <real_t> (1.0 / s)
-    for i in range(n):
-        out[i] = out[i] * scale
+    row_scale(out, n, <real_t> (1.0 / row_exp_sum(x, out, n, m)))
 
 
 cdef inline void log_softmax_row(const real_t *x, real_t *out, Py_ssize_t n) noexcept nogil:

@@ -8,62 +8,89 @@
 #include "_vmath.h"
 
 
-/* e[i] = exp(x[i] - m), i < n: the loops that vectorise. */
-ZM_CLONES
-static void zm_exp_shift_f(const float *x, float *e, ptrdiff_t n, float m)
-{
-    for (ptrdiff_t i = 0; i < n; i++)
-        e[i] = zm_expf(x[i] - m);
-}
+/* The passes of a softmax row: the maximum, e = exp(x - m) and its sum,
+ * a scale. Each reduction keeps ZM_RLANES independent running values (lane
+ * k takes the elements i = k mod ZM_RLANES in order, and the lanes are
+ * combined in a fixed order at the end), so that its loop vectorises
+ * without reassociation and its result is the same on every build. With 32
+ * lanes gcc vectorises the loop over the lanes; with 8 it unrolled that
+ * loop first and left the maximum scalar. */
+#define ZM_RLANES 32
 
-ZM_CLONES
-static void zm_exp_shift_d(const double *x, double *e, ptrdiff_t n, double m)
-{
-    for (ptrdiff_t i = 0; i < n; i++)
-        e[i] = zm_exp(x[i] - m);
-}
-
-/* Largest element, ignoring NaN (-inf for n == 0); eight running maxima so
- * that the loop vectorises (a select that keeps m on NaN is maxps). */
-#define ZM_LANES 8
+/* Largest element, ignoring NaN (-inf for n == 0): a select that keeps m
+ * on NaN is maxps. */
 #define ZM_DEFINE_MAX(name, T)                                              \
-ZM_CLONES                                                                   \
+ZM_CLONES_WIDE                                                              \
 static T name(const T *x, ptrdiff_t n)                                      \
 {                                                                           \
-    T m[ZM_LANES];                                                          \
+    T m[ZM_RLANES];                                                         \
     ptrdiff_t i = 0;                                                        \
-    for (int k = 0; k < ZM_LANES; k++)                                      \
+    for (int k = 0; k < ZM_RLANES; k++)                                     \
         m[k] = -INFINITY;                                                   \
-    for (; i + ZM_LANES <= n; i += ZM_LANES)                                \
-        for (int k = 0; k < ZM_LANES; k++)                                  \
+    for (; i + ZM_RLANES <= n; i += ZM_RLANES)                              \
+        for (int k = 0; k < ZM_RLANES; k++)                                 \
             m[k] = x[i + k] > m[k] ? x[i + k] : m[k];                       \
     for (; i < n; i++)                                                      \
         m[0] = x[i] > m[0] ? x[i] : m[0];                                   \
     T best = m[0];                                                          \
-    for (int k = 1; k < ZM_LANES; k++)                                      \
+    for (int k = 1; k < ZM_RLANES; k++)                                     \
         best = m[k] > best ? m[k] : best;                                   \
     return best;                                                            \
 }
 
-/* Sum in double, in eight partial sums (vectorises without reassociation). */
-#define ZM_DEFINE_SUM(name, T)                                              \
-ZM_CLONES                                                                   \
-static double name(const T *e, ptrdiff_t n)                                 \
+/* e[i] = exp(x[i] - m), i < n (e may be x: in place), and the sum of the
+ * e[i] in double, ZM_RLANES partial sums. Two loops, the second over what
+ * the first stored, still in L1: one fused loop vectorised well only where
+ * its lanes fill AVX-512 registers. The clamp bounds are hidden from the
+ * optimiser (see zm_expf_in). */
+#define ZM_DEFINE_EXPSUM(name, T, EXP_IN, LO, HI)                           \
+ZM_CLONES_WIDE                                                              \
+static double name(const T *x, T *e, ptrdiff_t n, T m)                      \
 {                                                                           \
-    double s[ZM_LANES];                                                     \
+    double s[ZM_RLANES];                                                    \
+    T lo = LO, hi = HI;                                                     \
     ptrdiff_t i = 0;                                                        \
-    for (int k = 0; k < ZM_LANES; k++)                                      \
+    ZM_OPAQUE(lo);                                                          \
+    ZM_OPAQUE(hi);                                                          \
+    for (ptrdiff_t j = 0; j < n; j++)                                       \
+        e[j] = EXP_IN(x[j] - m, lo, hi);                                    \
+    for (int k = 0; k < ZM_RLANES; k++)                                     \
         s[k] = 0.0;                                                         \
-    for (; i + ZM_LANES <= n; i += ZM_LANES)                                \
-        for (int k = 0; k < ZM_LANES; k++)                                  \
+    for (; i + ZM_RLANES <= n; i += ZM_RLANES)                              \
+        for (int k = 0; k < ZM_RLANES; k++)                                 \
             s[k] += (double) e[i + k];                                      \
     for (; i < n; i++)                                                      \
         s[0] += (double) e[i];                                              \
+    for (int w = ZM_RLANES / 2; w >= 1; w /= 2)                             \
+        for (int k = 0; k < w; k++)                                         \
+            s[k] += s[k + w];                                               \
+    return s[0];                                                            \
+}
+
+/* The same sum without storing the terms: blocks of ZM_EBUF through a
+ * buffer on the stack. */
+#define ZM_EBUF 1024
+#define ZM_DEFINE_EXPSUM_NOSTORE(name, T, EXPSUM)                           \
+static double name(const T *x, ptrdiff_t n, T m)                            \
+{                                                                           \
+    T buf[ZM_EBUF];                                                         \
     double total = 0.0;                                                     \
-    for (int k = 0; k < ZM_LANES; k++)                                      \
-        total += s[k];                                                      \
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += ZM_EBUF)                           \
+        total += EXPSUM(x + i0, buf, n - i0 < ZM_EBUF ? n - i0 : ZM_EBUF, m);\
     return total;                                                           \
 }
+
+/* e[i] *= c, i < n. */
+#define ZM_DEFINE_SCALE(name, T)                                            \
+ZM_CLONES_WIDE                                                              \
+static void name(T *e, ptrdiff_t n, T c)                                    \
+{                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++)                                       \
+        e[i] *= c;                                                          \
+}
+
+/* Eight running sums (sum of squares), for the loops below. */
+#define ZM_LANES 8
 
 /* Logistic sigmoid and SiLU of n elements: exp only of -|x| (no overflow);
  * silu at x = -inf is the limit -0 rather than -inf * 0. */
@@ -132,7 +159,11 @@ ZM_DEFINE_GATES(zm_sigmoid_f, zm_silu_f, float, zm_expf)
 ZM_DEFINE_GATES(zm_sigmoid_d, zm_silu_d, double, zm_exp)
 ZM_DEFINE_MAX(zm_max_f, float)
 ZM_DEFINE_MAX(zm_max_d, double)
-ZM_DEFINE_SUM(zm_sum_f, float)
-ZM_DEFINE_SUM(zm_sum_d, double)
+ZM_DEFINE_EXPSUM(zm_exp_sum_store_f, float, zm_expf_in, ZM_EXPF_LO, ZM_EXPF_HI)
+ZM_DEFINE_EXPSUM(zm_exp_sum_store_d, double, zm_exp_in, ZM_EXP_LO, ZM_EXP_HI)
+ZM_DEFINE_EXPSUM_NOSTORE(zm_exp_sum_f, float, zm_exp_sum_store_f)
+ZM_DEFINE_EXPSUM_NOSTORE(zm_exp_sum_d, double, zm_exp_sum_store_d)
+ZM_DEFINE_SCALE(zm_scale_f, float)
+ZM_DEFINE_SCALE(zm_scale_d, double)
 
 #endif
