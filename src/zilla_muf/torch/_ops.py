@@ -323,6 +323,19 @@ def call(name, **kw):
 
 # -- in-place decode steps (no gradient: they advance a cache)
 
+def _decode_step(fun, state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                 state_batch_indices):
+    """One decoding step of `fun`, advancing `state`'s own memory."""
+    kw = {}
+    if state_batch_indices is not None:
+        kw["state_batch_indices"] = to_numpy(state_batch_indices, "state_batch_indices")
+    y = fun(inplace_numpy(state, "state"), to_numpy(x, "x"), to_numpy(dt, "dt"),
+            to_numpy(A, "A"), to_numpy(B, "B"), to_numpy(C, "C"), D=to_numpy(D, "D"),
+            z=to_numpy(z, "z"), dt_bias=to_numpy(dt_bias, "dt_bias"),
+            dt_softplus=dt_softplus, **kw)
+    return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
+
+
 @torch.library.custom_op("zilla_muf::ssd_state_update", mutates_args=("state",),
                          device_types="cpu")
 def _ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
@@ -330,15 +343,8 @@ def _ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                       D: torch.Tensor | None, z: torch.Tensor | None,
                       dt_bias: torch.Tensor | None, dt_softplus: bool,
                       state_batch_indices: torch.Tensor | None) -> torch.Tensor:
-    kw = {}
-    if state_batch_indices is not None:
-        kw["state_batch_indices"] = to_numpy(state_batch_indices, "state_batch_indices")
-    y = zilla_muf.selective_state_update(
-        inplace_numpy(state, "state"), to_numpy(x, "x"), to_numpy(dt, "dt"),
-        to_numpy(A, "A"), to_numpy(B, "B"), to_numpy(C, "C"), D=to_numpy(D, "D"),
-        z=to_numpy(z, "z"), dt_bias=to_numpy(dt_bias, "dt_bias"),
-        dt_softplus=dt_softplus, **kw)
-    return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
+    return _decode_step(zilla_muf.selective_state_update, state, x, dt, A, B, C, D,
+                        z, dt_bias, dt_softplus, state_batch_indices)
 
 
 @_ssd_state_update.register_fake
@@ -353,15 +359,8 @@ def _selective_scan_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
                            D: torch.Tensor | None, z: torch.Tensor | None,
                            dt_bias: torch.Tensor | None, dt_softplus: bool,
                            state_batch_indices: torch.Tensor | None) -> torch.Tensor:
-    kw = {}
-    if state_batch_indices is not None:
-        kw["state_batch_indices"] = to_numpy(state_batch_indices, "state_batch_indices")
-    y = zilla_muf.selective.selective_scan_update(
-        inplace_numpy(state, "state"), to_numpy(x, "x"), to_numpy(dt, "dt"),
-        to_numpy(A, "A"), to_numpy(B, "B"), to_numpy(C, "C"), D=to_numpy(D, "D"),
-        z=to_numpy(z, "z"), dt_bias=to_numpy(dt_bias, "dt_bias"),
-        dt_softplus=dt_softplus, **kw)
-    return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
+    return _decode_step(zilla_muf.selective.selective_scan_update, state, x, dt, A, B,
+                        C, D, z, dt_bias, dt_softplus, state_batch_indices)
 
 
 @_selective_scan_update.register_fake
