@@ -43,7 +43,17 @@ RST = sorted(DOCS.rglob("*.rst")) if DOCS.exists() else []
 RST = [p for p in RST if "generated" not in p.parts and ">>>" in p.read_text()]
 
 
-@pytest.mark.parametrize("path", RST, ids=[str(p.relative_to(DOCS)) for p in RST])
+def _page(path):
+    """A page as a test case, marked with the optional dependency its
+    examples import (the kernel builds of CI run without them)."""
+    text = path.read_text()
+    marks = [getattr(pytest.mark, dep) for dep in ("torch", "dask")
+             if f">>> import {dep}" in text or f">>> import zilla_muf.{dep}" in text
+             or f">>> from zilla_muf.{dep}" in text]
+    return pytest.param(path, marks=marks, id=str(path.relative_to(DOCS)))
+
+
+@pytest.mark.parametrize("path", [_page(p) for p in RST])
 def test_documentation_examples(path):
     with np.printoptions(legacy=False):
         result = doctest.testfile(
