@@ -678,9 +678,10 @@ def conv_update(const real_t[:, :, ::1] x, real_t[:, :, ::1] state,
         for b in range(batch):
             r = rows[b] if rows is not None else b
             for d in range(dim):
-                row = &state[r, d, 0]
                 # ext = (state row, new inputs): input j of the extended
-                # row is ext[j]; token t sits at Wc + t
+                # row is ext[j]; token t sits at Wc + t (a width-1 filter
+                # has an empty state row: nothing to read or shift)
+                row = &state[r, d, 0] if Wc > 0 else NULL
                 for k in range(Wc):
                     ext[k] = row[k]
                 for t in range(T):
