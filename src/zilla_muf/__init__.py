@@ -26,8 +26,16 @@ complex_ops
     Complex exponentials and the conjugate-pair readout of diagonal SSMs.
 ssd
     Mamba-2's structured state space duality: the chunked SSD layer, its four
-    stages, the sequential and quadratic (attention) forms, and the one-token
-    decoding update.
+    stages, the sequential and quadratic (attention) forms, packed sequences
+    and the decoding updates.
+linear_attention
+    Gated linear attention and the gated delta rule, in FLA's layouts.
+
+:func:`vjp` gives the gradient (vector-Jacobian product) of every function
+above. Two optional subpackages are imported only on request:
+``zilla_muf.torch`` (PyTorch custom operators with mamba_ssm's names, and
+transformers' Mamba models on them) and ``zilla_muf.dask`` (the same
+functions on Dask arrays).
 """
 
 
