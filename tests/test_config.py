@@ -116,3 +116,28 @@ def test_import_loads_no_optional_dependency(tmp_path):
     proc = _run(code, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("runnable, free", [(1, 2), (2, 1), (3, 1), (40, 1)])
+def test_free_cores_reads_the_runnable_tasks(monkeypatch, runnable, free):
+    import io
+
+    from zilla_muf import _config
+
+    line = f"0.50 0.40 0.30 {runnable}/200 1234\n".encode()
+    monkeypatch.setattr(_config.os, "sched_getaffinity", lambda pid: {0, 1},
+                        raising=False)
+    monkeypatch.setattr(_config, "open", lambda *a, **k: io.BytesIO(line),
+                        raising=False)
+    assert _config.free_cores() == free
+
+
+def test_running_threads_caps_by_the_free_cores(monkeypatch):
+    from zilla_muf import _config
+
+    monkeypatch.setattr(_config, "free_cores", lambda: 1)
+    assert _config.running_threads(1) == 1
+    assert _config.running_threads(4) == 1
+    monkeypatch.setattr(_config, "free_cores", lambda: 3)
+    assert _config.running_threads(2) == 2
+    assert _config.running_threads(8) == 3

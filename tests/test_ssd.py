@@ -492,7 +492,9 @@ def test_readonly_noncontiguous_memmapped_inputs_unmodified(rng, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
-def test_workers_agree(rng, dtype):
+def test_workers_agree(rng, dtype, monkeypatch):
+    # every requested thread runs, however loaded the machine is
+    monkeypatch.setattr(zilla_muf._config, "free_cores", lambda: 64)
     args, kw = make_problem(rng, nb=3, L=70, H=4, P=8, G=1, N=8, dtype=dtype,
                             init=True, seq=True)
     y1, h1 = ssd_chunk_scan_combined(*args, 16, **kw, return_final_states=True,
@@ -511,6 +513,33 @@ def test_workers_agree(rng, dtype):
     r2 = run_stages(*args, 16, **kw, workers=2)
     np.testing.assert_array_equal(r1[0], r2[0])
     np.testing.assert_array_equal(r1[1], r2[1])
+
+
+@pytest.mark.parametrize("free", [1, 2])
+def test_layer_runs_on_the_free_cores_only(rng, monkeypatch, free):
+    """With other processes on the cores, workers=2 runs the kernels on the
+    cores left free, with the same result."""
+    from zilla_muf import _ssd
+
+    args, kw = make_problem(rng, nb=2, L=40, H=4, P=8, G=1, N=8,
+                            dtype=np.float64, init=True)
+    monkeypatch.setattr(zilla_muf._config, "free_cores", lambda: 64)
+    y_all, h_all = ssd_chunk_scan_combined(*args, 16, **kw, workers=2,
+                                           return_final_states=True)
+    seen = []
+    real = _ssd.combined
+
+    def spy(*a, **k):
+        seen.append(a[8])          # the thread count
+        return real(*a, **k)
+
+    monkeypatch.setattr(_ssd, "combined", spy)
+    monkeypatch.setattr(zilla_muf._config, "free_cores", lambda: free)
+    y, h = ssd_chunk_scan_combined(*args, 16, **kw, workers=2,
+                                   return_final_states=True)
+    assert seen == [min(2, free)]
+    np.testing.assert_array_equal(y, y_all)
+    np.testing.assert_array_equal(h, h_all)
 
 
 def test_kernels_run_on_the_requested_threads(rng):

@@ -1,9 +1,12 @@
 """Build and run-time configuration: OpenMP threads, the output buffer cache.
 
-The functions here are re-exported by :mod:`zilla_muf`.
+The functions of ``__all__`` are re-exported by :mod:`zilla_muf`; the
+others are the load policy the parallel kernels share: how many of the
+threads a call asked for run, given the cores other processes keep busy.
 """
 
 import operator
+import os
 
 from . import _buffers
 from ._openmp_helpers import have_openmp, max_threads, threads_used
@@ -127,3 +130,31 @@ def buffer_cache(max_bytes=None):
             raise ValueError(f"`max_bytes` must be >= 0, got {limit}")
         _buffers.set_limit(min(limit, 2**62))
     return _buffers.stats()
+
+
+def free_cores():
+    """Cores not running another task right now (at least 1).
+
+    Read from the count of runnable tasks in /proc/loadavg (Linux), less
+    the calling thread; where that is unavailable, every core counts as
+    free."""
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        ncpu = os.cpu_count() or 1
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return ncpu
+    return max(1, min(ncpu, ncpu - (running - 1)))
+
+
+def running_threads(nthreads):
+    """The threads a kernel whose result does not depend on its thread
+    count runs on: `nthreads` (``workers`` resolved) capped at
+    :func:`free_cores`. A thread that the system deschedules for another
+    process holds up every other at the end of each parallel phase, and
+    idle OpenMP threads spin on the core that process needs; on a loaded
+    machine one thread is faster than two."""
+    return nthreads if nthreads <= 1 else min(nthreads, free_cores())

@@ -17,8 +17,9 @@ block width of the columns layout follows the threads that run: channels
 are independent, so it never changes a result.)
 """
 
-import os
 from dataclasses import dataclass
+
+from ._config import free_cores
 
 # Rows layout (scan axis contiguous): complex chains advance 4 at a time in
 # lockstep (real ones take the vector row kernels, whole rows per thread).
@@ -85,24 +86,6 @@ class ScanPlan:
     threads: int
     decomposition_threads: int
     in_place: bool
-
-
-def free_cores():
-    """Cores not running another task right now (at least 1).
-
-    Read from the count of runnable tasks in /proc/loadavg (Linux), less
-    the calling thread; where that is unavailable, every core counts as
-    free."""
-    try:
-        ncpu = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        ncpu = os.cpu_count() or 1
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            running = int(f.read().split()[3].split(b"/")[0])
-    except (OSError, ValueError, IndexError):
-        return ncpu
-    return max(1, min(ncpu, ncpu - (running - 1)))
 
 
 def _odd16(x):

@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from . import _ssd
+from ._config import running_threads
 from .stable_ops import silu
 from ._validation import (
     as_array,
@@ -475,7 +476,7 @@ def ssd_chunk_state(x, B, dt_out, dA_cumsum, *, seq_idx=None, workers=None):
     >>> ssd_chunk_state(x, B, dt_out, dA_cumsum)[0, :, 0, 0, 0]
     array([2., 2.])
     """
-    nthreads = resolve_workers(workers)
+    nthreads = running_threads(resolve_workers(workers))
     dtype, cast, x, B, dt_out, dA, nch, cs = _stage_arrays(
         x, B, dt_out, dA_cumsum, {})
     nb, L, H, P = x.shape
@@ -556,7 +557,7 @@ def ssd_state_passing(states, dA_cumsum, *, initial_states=None, seq_idx=None,
     >>> entering[0, :, 0, 0, 0], final[0, 0, 0, 0]
     (array([0. , 1. , 1.5]), np.float64(1.75))
     """
-    nthreads = resolve_workers(workers)
+    nthreads = running_threads(resolve_workers(workers))
     states = as_array(states, "states")
     dA_cumsum = as_array(dA_cumsum, "dA_cumsum")
     init = None if initial_states is None else as_array(initial_states, "initial_states")
@@ -674,7 +675,7 @@ def ssd_chunk_scan(x, dt_out, dA_cumsum, B, C, chunk_states, *, D=None, z=None,
     >>> bool(np.allclose(y, ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=4)))
     True
     """
-    nthreads = resolve_workers(workers)
+    nthreads = running_threads(resolve_workers(workers))
     C = as_array(C, "C")
     chunk_states = as_array(chunk_states, "chunk_states")
     D = None if D is None else as_array(D, "D")
@@ -852,7 +853,9 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     >>> bool(np.allclose(y, y_ref))
     True
     """
-    nthreads = resolve_workers(workers)
+    # the result is the same on any number of threads: run on the free
+    # cores only
+    nthreads = running_threads(resolve_workers(workers))
     p = _Problem(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                  initial_states=initial_states, seq_idx=seq_idx,
                  dt_softplus=dt_softplus, dt_limit=dt_limit,
@@ -993,7 +996,7 @@ def ssd_sequential(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     >>> np.round(y[0, :, 0, 0] / np.log(2.0), 6)
     array([1.  , 1.5 , 1.75])
     """
-    nthreads = resolve_workers(workers)
+    nthreads = running_threads(resolve_workers(workers))
     p = _Problem(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                  initial_states=initial_states, seq_idx=seq_idx,
                  dt_softplus=dt_softplus, dt_limit=dt_limit,
