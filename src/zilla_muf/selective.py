@@ -805,10 +805,17 @@ def _causal_conv1d_vjp(args):
 
 
 def _segment_length(batch, dim, N, L):
-    """Steps per checkpoint segment: a few hundred, fewer when a segment's
-    (batch, dim, dstate, steps) working arrays would pass ~4M elements."""
+    """Steps per checkpoint segment of the complex-A backward: a few
+    hundred, fewer when a segment's (batch, dim, dstate, steps) working
+    arrays would pass ~4M elements."""
     per_step = max(batch * dim * N, 1)
     return int(max(16, min(256, L, (1 << 22) // per_step)))
+
+
+# Steps per checkpoint segment of the compiled real-A forward and backward:
+# a segment's decays and decayed states (2 K dstate values) stay in L1 for
+# Mamba's dstate 16, the checkpoints are dstate / K of the inputs' size.
+_REAL_SEGMENT = 128
 
 
 @defvjp(selective_scan, "u", "delta", "A", "B", "C", "D", "z", "delta_bias",
@@ -816,20 +823,142 @@ def _segment_length(batch, dim, N, L):
 def _selective_scan_vjp(args):
     """Pullback of :func:`selective_scan`.
 
+    Real A: the compiled forward of _selective_backward keeps the state at
+    the start of every segment of 128 steps (memory
+    O(batch·dim·dstate·seqlen / 128)) and, with `z`, the output before the
+    gate; the backward is one fused compiled pass per channel over the
+    segments in reverse (each segment's states replayed from its checkpoint,
+    the adjoint run back through them, every gradient accumulated on the
+    way). Complex A: :func:`_complex_scan_vjp`.
+    """
+    _no_packed_gradient(args, "selective_scan")
+    A = as_array(args["A"], "A")
+    if A.dtype.kind == "c":
+        return _complex_scan_vjp(args)
+    return _real_scan_vjp(args)
+
+
+def _real_inputs(args):
+    """The real-A call's arrays, checked as :func:`selective_scan` checks
+    them, in the dtype of the computation."""
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+    v = {k: None if args[k] is None else as_array(args[k], k) for k in names}
+    dtype = result_dtype(**v)
+    require_real(u=v["u"], delta=v["delta"], D=v["D"], z=v["z"],
+                 delta_bias=v["delta_bias"])
+    for name in ("B", "C", "initial_state"):
+        if v[name] is not None and v[name].dtype.kind == "c":
+            raise TypeError(
+                f"`{name}` may be complex only when `A` is complex; got "
+                f"`{name}` of dtype {v[name].dtype} and `A` of dtype {v['A'].dtype}"
+            )
+    if v["u"].ndim != 3:
+        raise ValueError(
+            f"`u` must have shape (batch, dim, seqlen), got {v['u'].shape}"
+        )
+    batch, dim, L = v["u"].shape
+    check_shape(v["delta"], (batch, dim, L), "delta")
+    check_shape(v["A"], (dim, None), "A")
+    N = v["A"].shape[1]
+    Bt, b_layout = _bc_layout(v["B"], "B", batch, dim, N, L)
+    Ct, c_layout = _bc_layout(v["C"], "C", batch, dim, N, L)
+    for name, shape in (("D", (dim,)), ("z", (batch, dim, L)),
+                        ("delta_bias", (dim,)), ("initial_state", (batch, dim, N))):
+        if v[name] is not None:
+            check_shape(v[name], shape, name)
+    rdt = np.dtype(dtype)
+
+    def real(x):
+        return None if x is None else np.ascontiguousarray(x, dtype=rdt)
+
+    out = {k: real(v[k]) for k in ("u", "delta", "A", "D", "z", "delta_bias",
+                                   "initial_state")}
+    out.update(B=real(Bt).ravel(), C=real(Ct).ravel(), Bt=Bt, Ct=Ct,
+               b_layout=np.asarray(b_layout, dtype=np.intp),
+               c_layout=np.asarray(c_layout, dtype=np.intp))
+    return out, rdt, (batch, dim, N, L)
+
+
+def _real_scan_vjp(args):
+    """The real-A pullback on the compiled kernels of _selective_backward."""
+    from . import _selective_backward
+
+    x, rdt, (batch, dim, N, L) = _real_inputs(args)
+    nthreads = max(1, min(resolve_workers(args["workers"]), batch * dim))
+    ret_last = bool(args["return_last_state"])
+    softplus = bool(args["delta_softplus"])
+    K = _REAL_SEGMENT
+    nseg = -(-L // K)
+    u, delta, A, z = x["u"], x["delta"], x["A"], x["z"]
+    B, C, bl, cl = x["B"], x["C"], x["b_layout"], x["c_layout"]
+    h0 = x["initial_state"]
+    if h0 is None:
+        h0 = np.zeros((batch, dim, N), rdt)
+    opt = dict(D=x["D"], delta_bias=x["delta_bias"], delta_softplus=softplus,
+               z=z)
+    ck = np.empty((batch, dim, nseg + 1, N), rdt)
+    y = np.empty((batch, dim, L), rdt)
+    y0 = None if z is None else np.empty((batch, dim, L), rdt)
+    _selective_backward.selective_scan_real_forward(
+        u, delta, A, B, bl, C, cl, h0, y, ck, K, nthreads, y0=y0, **opt)
+    out = (y, ck[:, :, nseg].copy()) if ret_last else y
+
+    def back(g, X, view):
+        """A per-thread gradient of B or C, summed, in X's layout."""
+        g = (g[0] if g.shape[0] == 1 else g.sum(axis=0)).reshape(view.shape)
+        if X.ndim == 3:
+            return g.transpose(0, 2, 1)
+        if X.ndim == 4:
+            return g.transpose(0, 1, 3, 2)
+        return g
+
+    def backward(ct):
+        gy, glast = ct if ret_last else (ct, None)
+        gy = np.ascontiguousarray(gy, dtype=rdt)
+        glast = np.zeros((batch, dim, N), rdt) if glast is None \
+            else np.ascontiguousarray(glast, dtype=rdt)
+        gu = np.empty((batch, dim, L), rdt)
+        gdelta = np.empty((batch, dim, L), rdt)
+        gz = None if z is None else np.empty((batch, dim, L), rdt)
+        gA = np.empty((batch, dim, N), rdt)
+        gh0 = np.empty((batch, dim, N), rdt)
+        sums = np.empty((batch, dim, 2), rdt)
+        gB = np.zeros((nthreads, B.size), rdt)
+        gC = np.zeros((nthreads, C.size), rdt)
+        _selective_backward.selective_scan_real_backward(
+            u, delta, A, B, bl, C, cl, ck, gy, glast, gu, gdelta, gA, gh0,
+            sums, gB, gC, K, nthreads, y0=y0, gz=gz, **opt)
+        Bv = np.asarray(args["B"])
+        Cv = np.asarray(args["C"])
+        grads = {"u": gu, "delta": gdelta, "A": gA.sum(axis=0),
+                 "B": back(gB, Bv, x["Bt"]), "C": back(gC, Cv, x["Ct"])}
+        if x["D"] is not None:
+            grads["D"] = sums[:, :, 0].sum(axis=0)
+        if x["delta_bias"] is not None:
+            grads["delta_bias"] = sums[:, :, 1].sum(axis=0)
+        if z is not None:
+            grads["z"] = gz
+        if x["initial_state"] is not None:
+            grads["initial_state"] = gh0
+        return grads
+
+    return out, backward
+
+
+def _complex_scan_vjp(args):
+    """Pullback of :func:`selective_scan` with complex A.
+
     Keeps the inputs and, with `z`, the output before the gate. The
     backward runs the recurrence forward once, keeping the state at the
-    start of every segment of a few hundred steps (memory
-    O(batch·dim·dstate·seqlen / segment)), then walks the segments in
-    reverse: each segment's states are recomputed from its checkpoint and
-    the adjoint lambda_t = conj(e^{Delta_{t+1} A}) lambda_{t+1} + dL/dh_t
-    runs backward through it. Real A: per channel, in the compiled kernel
-    of _selective_backward (segments of 256 steps, per-thread scratch).
-    Complex A: for all channels at once by :func:`linear_scan`, segments
+    start of every segment (memory O(batch·dim·dstate·seqlen / segment)),
+    then walks the segments in reverse: each segment's states are
+    recomputed from its checkpoint and the adjoint
+    lambda_t = conj(e^{Delta_{t+1} A}) lambda_{t+1} + dL/dh_t runs backward
+    through it, for all channels at once by :func:`linear_scan`, segments
     shortened so that one segment's arrays stay near 2**22 elements.
     """
     from .scan import linear_scan
 
-    _no_packed_gradient(args, "selective_scan")
     y0 = None
     if args["z"] is None:
         out = selective_scan(**args)
@@ -913,16 +1042,6 @@ def _selective_scan_vjp(args):
             return np.exp(dl[:, :, None, t0:t1] * A_[None, :, :, None])
 
         K = _segment_length(batch, dim, N, L)
-        if not is_complex and L > 0 and N > 0:
-            _real_scan_backward(grads, gu, gy0, dl, u_, A_, Bv, Cv, h0, glast,
-                                min(L, 256), workers)
-            gdl = grads.pop("_gdl")
-            grads["u"] = gu
-            gdelta = gdl * dsp if softplus else gdl
-            grads["delta"] = gdelta
-            if bias is not None:
-                grads["delta_bias"] = gdelta.sum(axis=(0, 2))
-            return grads
         starts = list(range(0, L, K))
         # forward: the state entering each segment
         checkpoints = []
@@ -978,50 +1097,3 @@ def _selective_scan_vjp(args):
         return grads
 
     return out, backward
-
-
-def _real_scan_backward(grads, gu, gy0, dl, u, A, B, C, h0, glast, K, workers=None):
-    """The real-A backward by the compiled kernel of _selective_backward:
-    fills grads["A"], ["B"], ["C"], ["initial_state"] (when h0 is given),
-    ["_gdl"] (the gradient of the processed steps), and adds to `gu`."""
-    from . import _selective_backward
-
-    batch, dim, L = u.shape
-    N = A.shape[1]
-    rdt = u.dtype
-    Bt, b_layout = _bc_layout(B, "B", batch, dim, N, L)
-    Ct, c_layout = _bc_layout(C, "C", batch, dim, N, L)
-    nthreads = max(1, min(resolve_workers(workers), batch * dim))
-    Bf = np.ascontiguousarray(Bt, dtype=rdt)
-    Cf = np.ascontiguousarray(Ct, dtype=rdt)
-    gBt = np.zeros((nthreads, Bf.size), rdt)
-    gCt = np.zeros((nthreads, Cf.size), rdt)
-    zeros = np.zeros((batch, dim, N), rdt)
-    gus = np.empty((batch, dim, L), rdt)
-    gdl = np.empty((batch, dim, L), rdt)
-    gA = np.empty((batch, dim, N), rdt)
-    gh0 = np.empty((batch, dim, N), rdt)
-    _selective_backward.selective_scan_real_backward(
-        np.ascontiguousarray(u, dtype=rdt), np.ascontiguousarray(dl, dtype=rdt),
-        np.ascontiguousarray(A, dtype=rdt), Bf.ravel(),
-        np.asarray(b_layout, dtype=np.intp), Cf.ravel(),
-        np.asarray(c_layout, dtype=np.intp), np.ascontiguousarray(gy0, dtype=rdt),
-        zeros if h0 is None else np.ascontiguousarray(h0, dtype=rdt),
-        zeros if glast is None else np.ascontiguousarray(glast, dtype=rdt),
-        gus, gdl, gA, gh0, gBt, gCt, K, nthreads)
-    gu += gus
-    grads["A"] = gA.sum(axis=0)
-
-    def back(g, X, view):
-        g = g.sum(axis=0).reshape(view.shape)
-        if X.ndim == 3:
-            return g.transpose(0, 2, 1)
-        if X.ndim == 4:
-            return g.transpose(0, 1, 3, 2)
-        return g
-
-    grads["B"] = back(gBt, B, Bt)
-    grads["C"] = back(gCt, C, Ct)
-    grads["_gdl"] = gdl
-    if h0 is not None:
-        grads["initial_state"] = gh0

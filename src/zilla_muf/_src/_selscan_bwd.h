@@ -1,142 +1,205 @@
 /*
  * The backward of one channel of Mamba-1's real selective scan (float and
- * double); the math and the memory plan are in _selective_backward.pyx's
- * Design. Written in C for `restrict` and the x86-64-v3 clones of _vmath.h:
- * the per-step loops over the N state entries then vectorise.
+ * double), fused: the steps' softplus and its derivative, the gate, the
+ * skip connection, the replay of the forward from the checkpointed states
+ * and the reverse scan of the adjoint, in one pass per segment; the math
+ * and the memory plan are in _selective_backward.pyx's Design. On the
+ * vectors of _vlanes.h, as the forward (_selscan.h): every loop over the N
+ * state entries runs in vector lanes, the sums over n in a fixed order.
  *
- * work: (nseg + 2K + 3) N values. gB, gC: the thread's accumulators, with
- * the layout of B and C (rows bst, cst apart per step).
+ * work: zm_selb_scratch(N, K) values. gB, gC: the thread's accumulators,
+ * with the layout of B and C (rows bst, cst apart per step; a step of 0,
+ * the constant layout, accumulates in scratch and adds once at the end).
  */
 #ifndef ZM_SELSCAN_BWD_H
 #define ZM_SELSCAN_BWD_H
 
-#include "_vmath.h"
+#include "_selscan.h"
+#include "_vexp.h"
 
-#define ZM_DEFINE_SEL_BWD(sfx, T, EXP)                                        \
-/* E[k, n] = exp(dl[k] A[n]) for k < m: the exponentials in one flat loop */ \
-ZM_INLINE void zm_sel_bwd_decays_##sfx(T *restrict E, const T *restrict dl,   \
-                                       const T *restrict A, ptrdiff_t N,      \
-                                       ptrdiff_t m)                           \
+/* Elements of one thread's scratch for dstate N and segments of K steps:
+ * the segment's decays and decayed states (K N each), the adjoint, the
+ * replayed state, the gradient of A and two accumulators for constant B
+ * and C (N each), the steps, their derivatives and the gated cotangent
+ * (K each). */
+static ptrdiff_t zm_selb_scratch(ptrdiff_t N, ptrdiff_t K)
+{
+    return 2 * K * N + 6 * N + 3 * K + 8;
+}
+
+/* The threshold above which softplus is the identity (torch's). */
+#define ZM_SELB_SP_MAX 20
+
+#define ZM_DEFINE_SEL_BWD(sfx, T, V, VW, EXP, SIGMOID)                        \
+/* A segment's per-step factors: its steps dt (the forward's own function),  \
+ * sp = d dt / d delta (sigmoid, 1 above the threshold; 1 without softplus), \
+ * g0 = gy silu(z) and gz = gy y0 silu'(z) (g0 = gy without the gate). The   \
+ * sigmoid exponentiates only -|x|. */                                        \
+ZM_INLINE void zm_selb_steps_##sfx(const T *dl, T bias, int softplus,         \
+                                   const T *z, const T *y0, const T *gy,      \
+                                   T *dt, T *sp, T *g0, T *gz, ptrdiff_t m)   \
 {                                                                             \
-    ptrdiff_t k, n;                                                           \
-    for (k = 0; k < m; k++)                                                   \
-        for (n = 0; n < N; n++)                                               \
-            E[k * N + n] = dl[k] * A[n];                                      \
-    for (k = 0; k < m * N; k++)                                               \
-        E[k] = EXP(E[k]);                                                     \
+    ptrdiff_t k;                                                              \
+    zm_sel_steps_##sfx(dl, bias, softplus, dt, m);                            \
+    if (softplus) {                                                           \
+        for (k = 0; k < m; k++)                                               \
+            sp[k] = dl[k] + bias;                                             \
+        SIGMOID(sp, sp, m);                                                   \
+        for (k = 0; k < m; k++)                                               \
+            sp[k] = dl[k] + bias > ZM_SELB_SP_MAX ? (T) 1 : sp[k];            \
+    } else {                                                                  \
+        for (k = 0; k < m; k++)                                               \
+            sp[k] = 1;                                                        \
+    }                                                                         \
+    if (z != NULL) {                                                          \
+        SIGMOID(z, g0, m);                                                    \
+        for (k = 0; k < m; k++) {                                             \
+            const T s = g0[k], zz = z[k], g = gy[k];                          \
+            g0[k] = s != 0 ? g * (zz * s) : (T) 0;                            \
+            gz[k] = s != 0 ? g * y0[k] * (s * (1 + zz * (1 - s))) : (T) 0;    \
+        }                                                                     \
+    } else {                                                                  \
+        for (k = 0; k < m; k++)                                               \
+            g0[k] = gy[k];                                                    \
+    }                                                                         \
 }                                                                             \
-ZM_INLINE void zm_sel_bwd_body_##sfx(const T *u, const T *dl, const T *A,     \
-                             const T *Bp, ptrdiff_t bst,                      \
-                             const T *Cp, ptrdiff_t cst, const T *gy,         \
-                             const T *h0, const T *glast, T *gu, T *gdl,      \
-                             T *gA, T *gB, T *gC, T *gh0, T *work,            \
-                             ptrdiff_t N, ptrdiff_t L, ptrdiff_t K)           \
+ZM_INLINE void zm_selb_body_##sfx(                                            \
+    const T *u, const T *dl, T bias, int softplus, const T *z, const T *y0,   \
+    const T *gy, T Dd, const T *A, const T *Bp, ptrdiff_t bst, const T *Cp,   \
+    ptrdiff_t cst, const T *ck, const T *glast, T *gu, T *gdl, T *gz, T *gA,  \
+    T *gB, T *gC, T *gh0, T *sums, T *work, ptrdiff_t N, ptrdiff_t L,         \
+    ptrdiff_t K)                                                              \
 {                                                                             \
+    const V zero = {0};                                                       \
     const ptrdiff_t nseg = (L + K - 1) / K;                                   \
-    T *restrict ck = work;                                                    \
-    T *restrict H = ck + nseg * N;                                            \
-    T *restrict E = H + K * N;                                                \
-    T *restrict lam = E + K * N;                                              \
-    T *restrict s1 = lam + N;                                                 \
-    T *restrict s2 = s1 + N;                                                  \
-    T *restrict gAr = gA;                                                     \
-    ptrdiff_t s, t, n;                                                        \
-    for (n = 0; n < N; n++)                                                   \
-        lam[n] = h0[n];                                                       \
-    /* forward: the state entering every segment */                           \
-    for (s = 0; s < nseg; s++) {                                              \
-        const ptrdiff_t t0 = s * K, t1 = t0 + K < L ? t0 + K : L;             \
-        for (n = 0; n < N; n++)                                               \
-            ck[s * N + n] = lam[n];                                           \
-        zm_sel_bwd_decays_##sfx(E, dl + t0, A, N, t1 - t0);                   \
-        for (t = t0; t < t1; t++) {                                           \
-            const T du = dl[t] * u[t];                                        \
-            const T *restrict Bt = Bp + t * bst;                              \
-            const T *restrict e = E + (t - t0) * N;                           \
+    T *restrict E = work;                                                     \
+    T *restrict P = E + K * N;                                                \
+    T *restrict lam = P + K * N;                                              \
+    T *restrict hs = lam + N;                                                 \
+    T *restrict ga = hs + N;                                                  \
+    T *restrict gBc = ga + N;                                                 \
+    T *restrict gCc = gBc + N;                                                \
+    T *restrict dt = gCc + N;                                                 \
+    T *restrict sp = dt + K;                                                  \
+    T *restrict g0 = sp + K;                                                  \
+    T gD = 0, gbias = 0;                                                      \
+    ptrdiff_t s, k, n, i;                                                     \
+    for (n = 0; n < N; n++) {                                                 \
+        lam[n] = glast[n];                                                    \
+        ga[n] = 0;                                                            \
+        gBc[n] = 0;                                                           \
+        gCc[n] = 0;                                                           \
+    }                                                                         \
+    for (s = nseg - 1; s >= 0; s--) {                                         \
+        const ptrdiff_t t0 = s * K, m = (t0 + K < L ? t0 + K : L) - t0;       \
+        const T *restrict hc = ck + s * N;                                    \
+        zm_selb_steps_##sfx(dl + t0, bias, softplus,                          \
+                            z != NULL ? z + t0 : NULL,                        \
+                            y0 != NULL ? y0 + t0 : NULL, gy + t0, dt, sp, g0, \
+                            gz != NULL ? gz + t0 : NULL, m);                  \
+        /* the segment's decays, in one flat pass (as the forward) */         \
+        for (k = 0; k < m; k++)                                               \
             for (n = 0; n < N; n++)                                           \
-                lam[n] = e[n] * lam[n] + du * Bt[n];                          \
+                E[k * N + n] = dt[k] * A[n];                                  \
+        for (i = 0; i < m * N; i++)                                           \
+            E[i] = EXP(E[i]);                                                 \
+        /* replay from the checkpoint: P_k = e_k h_{k-1}, and dC */           \
+        for (n = 0; n < N; n++)                                               \
+            hs[n] = hc[n];                                                    \
+        for (k = 0; k < m; k++) {                                             \
+            const ptrdiff_t t = t0 + k;                                       \
+            const T du = dt[k] * u[t], g = g0[k];                             \
+            const T *restrict Bt = Bp + t * bst;                              \
+            T *restrict gCt = cst != 0 ? gC + t * cst : gCc;                  \
+            const T *restrict e = E + k * N;                                  \
+            T *restrict p = P + k * N;                                        \
+            for (n = 0; n + VW <= N; n += VW) {                               \
+                V pv = zm_vld_##sfx(e + n) * zm_vld_##sfx(hs + n);            \
+                V hv = pv + du * zm_vld_##sfx(Bt + n);                        \
+                zm_vst_##sfx(p + n, pv);                                      \
+                zm_vst_##sfx(hs + n, hv);                                     \
+                zm_vst_##sfx(gCt + n, zm_vld_##sfx(gCt + n) + g * hv);        \
+            }                                                                 \
+            for (; n < N; n++) {                                              \
+                T pv = e[n] * hs[n];                                          \
+                T hv = pv + du * Bt[n];                                       \
+                p[n] = pv;                                                    \
+                hs[n] = hv;                                                   \
+                gCt[n] += g * hv;                                             \
+            }                                                                 \
+        }                                                                     \
+        /* the adjoint lam_t = e_{t+1} lam_{t+1} + g0_t C_t, backward */      \
+        for (k = m - 1; k >= 0; k--) {                                        \
+            const ptrdiff_t t = t0 + k;                                       \
+            const T d = dt[k], ut = u[t], du = d * ut, g = g0[k];             \
+            const T *restrict Bt = Bp + t * bst;                              \
+            const T *restrict Ct = Cp + t * cst;                              \
+            T *restrict gBt = bst != 0 ? gB + t * bst : gBc;                  \
+            const T *restrict e = E + k * N;                                  \
+            const T *restrict p = P + k * N;                                  \
+            V lbv = zero, qav = zero;                                         \
+            T lbs = 0, qas = 0, lb, qa, gd;                                   \
+            for (n = 0; n + VW <= N; n += VW) {                               \
+                V l = zm_vld_##sfx(lam + n) + g * zm_vld_##sfx(Ct + n);       \
+                V q = l * zm_vld_##sfx(p + n);                                \
+                zm_vst_##sfx(gBt + n, zm_vld_##sfx(gBt + n) + du * l);        \
+                lbv += l * zm_vld_##sfx(Bt + n);                              \
+                qav += q * zm_vld_##sfx(A + n);                               \
+                zm_vst_##sfx(ga + n, zm_vld_##sfx(ga + n) + d * q);           \
+                zm_vst_##sfx(lam + n, zm_vld_##sfx(e + n) * l);               \
+            }                                                                 \
+            for (; n < N; n++) {                                              \
+                T l = lam[n] + g * Ct[n];                                     \
+                T q = l * p[n];                                               \
+                gBt[n] += du * l;                                             \
+                lbs += l * Bt[n];                                             \
+                qas += q * A[n];                                              \
+                ga[n] += d * q;                                               \
+                lam[n] = e[n] * l;                                            \
+            }                                                                 \
+            lb = zm_hsum_##sfx(lbv) + lbs;                                    \
+            qa = zm_hsum_##sfx(qav) + qas;                                    \
+            gd = (ut * lb + qa) * sp[k];                                      \
+            gu[t] = g * Dd + d * lb;                                          \
+            gdl[t] = gd;                                                      \
+            gbias += gd;                                                      \
+            gD += g * ut;                                                     \
         }                                                                     \
     }                                                                         \
     for (n = 0; n < N; n++) {                                                 \
-        lam[n] = glast[n];                                                    \
-        gAr[n] = 0;                                                           \
-    }                                                                         \
-    for (s = nseg - 1; s >= 0; s--) {                                         \
-        const ptrdiff_t t0 = s * K, t1 = t0 + K < L ? t0 + K : L;             \
-        /* the segment's decays and states, from its checkpoint */            \
-        zm_sel_bwd_decays_##sfx(E, dl + t0, A, N, t1 - t0);                   \
-        for (t = t0; t < t1; t++) {                                           \
-            const T du = dl[t] * u[t];                                        \
-            const T *restrict Bt = Bp + t * bst;                              \
-            const T *restrict src = t == t0 ? ck + s * N : H + (t - t0 - 1) * N; \
-            const T *restrict e = E + (t - t0) * N;                           \
-            T *restrict h = H + (t - t0) * N;                                 \
-            for (n = 0; n < N; n++)                                           \
-                h[n] = e[n] * src[n] + du * Bt[n];                            \
-        }                                                                     \
-        /* the adjoint, backward through the segment */                       \
-        for (t = t1 - 1; t >= t0; t--) {                                      \
-            const ptrdiff_t k = t - t0;                                       \
-            const T *restrict Hp = k == 0 ? ck + s * N : H + (k - 1) * N;     \
-            const T *restrict Ht = H + k * N;                                 \
-            const T *restrict e = E + k * N;                                  \
-            const T *restrict Bt = Bp + t * bst;                              \
-            const T *restrict Ct = Cp + t * cst;                              \
-            T *restrict gBt = gB + t * bst;                                   \
-            T *restrict gCt = gC + t * cst;                                   \
-            const T g = gy[t], d = dl[t], ut = u[t], du = d * ut;             \
-            T p1[8] = {0}, p2[8] = {0}, lb, qa;                               \
-            ptrdiff_t j;                                                      \
-            for (n = 0; n < N; n++) {                                         \
-                const T l = lam[n] + g * Ct[n];                               \
-                const T q = l * e[n] * Hp[n];                                 \
-                gCt[n] += g * Ht[n];                                          \
-                gBt[n] += du * l;                                             \
-                s1[n] = l * Bt[n];                                            \
-                s2[n] = q * A[n];                                             \
-                gAr[n] += d * q;                                              \
-                lam[n] = e[n] * l;                                            \
-            }                                                                 \
-            /* the two sums over n in 8 partial sums (vectorised) */          \
-            for (n = 0; n + 8 <= N; n += 8)                                   \
-                for (j = 0; j < 8; j++) {                                     \
-                    p1[j] += s1[n + j];                                       \
-                    p2[j] += s2[n + j];                                       \
-                }                                                             \
-            for (; n < N; n++) {                                              \
-                p1[0] += s1[n];                                               \
-                p2[0] += s2[n];                                               \
-            }                                                                 \
-            lb = ((p1[0] + p1[4]) + (p1[1] + p1[5]))                          \
-                 + ((p1[2] + p1[6]) + (p1[3] + p1[7]));                       \
-            qa = ((p2[0] + p2[4]) + (p2[1] + p2[5]))                          \
-                 + ((p2[2] + p2[6]) + (p2[3] + p2[7]));                       \
-            gdl[t] = ut * lb + qa;                                            \
-            gu[t] = d * lb;                                                   \
-        }                                                                     \
-    }                                                                         \
-    for (n = 0; n < N; n++)                                                   \
         gh0[n] = lam[n];                                                      \
+        gA[n] = ga[n];                                                        \
+    }                                                                         \
+    if (bst == 0)                                                             \
+        for (n = 0; n < N; n++)                                               \
+            gB[n] += gBc[n];                                                  \
+    if (cst == 0)                                                             \
+        for (n = 0; n < N; n++)                                               \
+            gC[n] += gCc[n];                                                  \
+    sums[0] = gD;                                                             \
+    sums[1] = gbias;                                                          \
 }                                                                             \
 /* The channel's backward; dstate 16 (Mamba-1's) with the loops' trip count  \
  * known to the compiler (unrolled, no remainder loops). */                  \
 ZM_CLONES                                                                     \
-static void zm_sel_bwd_##sfx(const T *u, const T *dl, const T *A,             \
-                             const T *Bp, ptrdiff_t bst,                      \
-                             const T *Cp, ptrdiff_t cst, const T *gy,         \
-                             const T *h0, const T *glast, T *gu, T *gdl,      \
-                             T *gA, T *gB, T *gC, T *gh0, T *work,            \
-                             ptrdiff_t N, ptrdiff_t L, ptrdiff_t K)           \
+static void zm_selb_channel_##sfx(                                            \
+    const T *u, const T *dl, T bias, int softplus, const T *z, const T *y0,   \
+    const T *gy, T Dd, const T *A, const T *Bp, ptrdiff_t bst, const T *Cp,   \
+    ptrdiff_t cst, const T *ck, const T *glast, T *gu, T *gdl, T *gz, T *gA,  \
+    T *gB, T *gC, T *gh0, T *sums, T *work, ptrdiff_t N, ptrdiff_t L,         \
+    ptrdiff_t K)                                                              \
 {                                                                             \
     if (N == 16)                                                              \
-        zm_sel_bwd_body_##sfx(u, dl, A, Bp, bst, Cp, cst, gy, h0, glast, gu,  \
-                              gdl, gA, gB, gC, gh0, work, 16, L, K);          \
+        zm_selb_body_##sfx(u, dl, bias, softplus, z, y0, gy, Dd, A, Bp, bst,  \
+                           Cp, cst, ck, glast, gu, gdl, gz, gA, gB, gC, gh0,  \
+                           sums, work, 16, L, K);                             \
     else                                                                      \
-        zm_sel_bwd_body_##sfx(u, dl, A, Bp, bst, Cp, cst, gy, h0, glast, gu,  \
-                              gdl, gA, gB, gC, gh0, work, N, L, K);           \
+        zm_selb_body_##sfx(u, dl, bias, softplus, z, y0, gy, Dd, A, Bp, bst,  \
+                           Cp, cst, ck, glast, gu, gdl, gz, gA, gB, gC, gh0,  \
+                           sums, work, N, L, K);                              \
 }
 
-ZM_DEFINE_SEL_BWD(f, float, zm_expf)
-ZM_DEFINE_SEL_BWD(d, double, zm_exp)
+ZM_DEFINE_SEL_BWD(f, float, zm_vf, ZM_VWF, zm_expf, zm_sigmoid_f)
+ZM_DEFINE_SEL_BWD(d, double, zm_vd, ZM_VWD, zm_exp, zm_sigmoid_d)
 
 #endif
