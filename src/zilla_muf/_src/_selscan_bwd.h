@@ -27,29 +27,66 @@ static ptrdiff_t zm_selb_scratch(ptrdiff_t N, ptrdiff_t K)
     return 2 * K * N + 6 * N + 3 * K + 8;
 }
 
+/* Most vectors of the state kept in registers (dstate 16 in double). */
+#define ZM_SELB_NVMAX 4
+
 /* The threshold above which softplus is the identity (torch's). */
 #define ZM_SELB_SP_MAX 20
 
-#define ZM_DEFINE_SEL_BWD(sfx, T, V, VW, EXP, SIGMOID)                        \
-/* A segment's per-step factors: its steps dt (the forward's own function),  \
- * sp = d dt / d delta (sigmoid, 1 above the threshold; 1 without softplus), \
- * g0 = gy silu(z) and gz = gy y0 silu'(z) (g0 = gy without the gate). The   \
+/* Steps dt = softplus(x) and their derivatives sp = sigmoid(x) (1 above
+ * the threshold), x = dl + bias, from one exponential of -|x|: the
+ * forward's zm_softplusf, and the sigmoid of _vexp.h. */
+ZM_INLINE void zm_selb_softplus_f(const float *dl, float bias, float *dt,
+                                  float *sp, ptrdiff_t m)
+{
+    ptrdiff_t k;
+    for (k = 0; k < m; k++) {
+        const float x = dl[k] + bias;
+        uint32_t xbits, abits, pbits;
+        float ax, pos, e, r;
+        memcpy(&xbits, &x, sizeof xbits);
+        abits = xbits & 0x7FFFFFFFu;
+        pbits = xbits & ~(0u - (xbits >> 31));
+        memcpy(&ax, &abits, sizeof ax);
+        memcpy(&pos, &pbits, sizeof pos);
+        e = zm_expf(-ax);
+        dt[k] = pos + zm_log1pf_unit(e);
+        r = 1.0f / (1.0f + e);
+        r = x >= 0 ? r : e * r;
+        sp[k] = x > ZM_SELB_SP_MAX ? 1.0f : r;
+    }
+}
+
+/* double: the forward's steps (log1p of libm), then the sigmoid. */
+ZM_INLINE void zm_selb_softplus_d(const double *dl, double bias, double *dt,
+                                  double *sp, ptrdiff_t m)
+{
+    ptrdiff_t k;
+    zm_sel_steps_d(dl, bias, 1, dt, m);
+    for (k = 0; k < m; k++)
+        sp[k] = dl[k] + bias;
+    zm_sigmoid_d(sp, sp, m);
+    for (k = 0; k < m; k++)
+        sp[k] = dl[k] + bias > ZM_SELB_SP_MAX ? 1.0 : sp[k];
+}
+
+#define ZM_DEFINE_SEL_BWD(sfx, T, V, VW, EXP_IN, EXP_LO, EXP_HI, STEPS, SIGMOID)                        \
+/* A segment's per-step factors: its steps dt (the forward's own function),   \
+ * sp = d dt / d delta (sigmoid, 1 above the threshold; 1 without softplus),  \
+ * g0 = gy silu(z) and gz = gy y0 silu'(z) (g0 = gy without the gate). The    \
  * sigmoid exponentiates only -|x|. */                                        \
 ZM_INLINE void zm_selb_steps_##sfx(const T *dl, T bias, int softplus,         \
                                    const T *z, const T *y0, const T *gy,      \
                                    T *dt, T *sp, T *g0, T *gz, ptrdiff_t m)   \
 {                                                                             \
     ptrdiff_t k;                                                              \
-    zm_sel_steps_##sfx(dl, bias, softplus, dt, m);                            \
     if (softplus) {                                                           \
-        for (k = 0; k < m; k++)                                               \
-            sp[k] = dl[k] + bias;                                             \
-        SIGMOID(sp, sp, m);                                                   \
-        for (k = 0; k < m; k++)                                               \
-            sp[k] = dl[k] + bias > ZM_SELB_SP_MAX ? (T) 1 : sp[k];            \
+        STEPS(dl, bias, dt, sp, m);                                           \
     } else {                                                                  \
-        for (k = 0; k < m; k++)                                               \
+        for (k = 0; k < m; k++) {                                             \
+            dt[k] = dl[k] + bias;                                             \
             sp[k] = 1;                                                        \
+        }                                                                     \
     }                                                                         \
     if (z != NULL) {                                                          \
         SIGMOID(z, g0, m);                                                    \
@@ -68,7 +105,7 @@ ZM_INLINE void zm_selb_body_##sfx(                                            \
     const T *gy, T Dd, const T *A, const T *Bp, ptrdiff_t bst, const T *Cp,   \
     ptrdiff_t cst, const T *ck, const T *glast, T *gu, T *gdl, T *gz, T *gA,  \
     T *gB, T *gC, T *gh0, T *sums, T *work, ptrdiff_t N, ptrdiff_t L,         \
-    ptrdiff_t K)                                                              \
+    ptrdiff_t K, const ptrdiff_t NV)                                          \
 {                                                                             \
     const V zero = {0};                                                       \
     const ptrdiff_t nseg = (L + K - 1) / K;                                   \
@@ -83,7 +120,10 @@ ZM_INLINE void zm_selb_body_##sfx(                                            \
     T *restrict sp = dt + K;                                                  \
     T *restrict g0 = sp + K;                                                  \
     T gD = 0, gbias = 0;                                                      \
+    T lo = EXP_LO, hi = EXP_HI;       /* hidden: min and max (see _vmath.h) */\
     ptrdiff_t s, k, n, i;                                                     \
+    ZM_OPAQUE(lo);                                                            \
+    ZM_OPAQUE(hi);                                                            \
     for (n = 0; n < N; n++) {                                                 \
         lam[n] = glast[n];                                                    \
         ga[n] = 0;                                                            \
@@ -102,7 +142,67 @@ ZM_INLINE void zm_selb_body_##sfx(                                            \
             for (n = 0; n < N; n++)                                           \
                 E[k * N + n] = dt[k] * A[n];                                  \
         for (i = 0; i < m * N; i++)                                           \
-            E[i] = EXP(E[i]);                                                 \
+            E[i] = EXP_IN(E[i], lo, hi);                                      \
+        if (NV > 0) {                                                         \
+            /* the states, the adjoint and dA in registers (NV vectors) */    \
+            V hr[ZM_SELB_NVMAX], lr[ZM_SELB_NVMAX], gr[ZM_SELB_NVMAX];        \
+            V ar[ZM_SELB_NVMAX];                                              \
+            ptrdiff_t j;                                                      \
+            for (j = 0; j < NV; j++) {                                        \
+                hr[j] = zm_vld_##sfx(hc + j * VW);                            \
+                lr[j] = zm_vld_##sfx(lam + j * VW);                           \
+                gr[j] = zm_vld_##sfx(ga + j * VW);                            \
+                ar[j] = zm_vld_##sfx(A + j * VW);                             \
+            }                                                                 \
+            for (k = 0; k < m; k++) {                                         \
+                const ptrdiff_t t = t0 + k;                                   \
+                const T du = dt[k] * u[t], g = g0[k];                         \
+                const T *restrict Bt = Bp + t * bst;                          \
+                T *restrict gCt = cst != 0 ? gC + t * cst : gCc;              \
+                const T *restrict e = E + k * N;                              \
+                T *restrict p = P + k * N;                                    \
+                for (j = 0; j < NV; j++) {                                    \
+                    V pv = zm_vld_##sfx(e + j * VW) * hr[j];                  \
+                    hr[j] = pv + du * zm_vld_##sfx(Bt + j * VW);              \
+                    zm_vst_##sfx(p + j * VW, pv);                             \
+                    zm_vst_##sfx(gCt + j * VW,                                \
+                                 zm_vld_##sfx(gCt + j * VW) + g * hr[j]);     \
+                }                                                             \
+            }                                                                 \
+            for (k = m - 1; k >= 0; k--) {                                    \
+                const ptrdiff_t t = t0 + k;                                   \
+                const T d = dt[k], ut = u[t], du = d * ut, g = g0[k];         \
+                const T *restrict Bt = Bp + t * bst;                          \
+                const T *restrict Ct = Cp + t * cst;                          \
+                T *restrict gBt = bst != 0 ? gB + t * bst : gBc;              \
+                const T *restrict e = E + k * N;                              \
+                const T *restrict p = P + k * N;                              \
+                V lbv = zero, qav = zero;                                     \
+                T lb, qa, gd;                                                 \
+                for (j = 0; j < NV; j++) {                                    \
+                    V l = lr[j] + g * zm_vld_##sfx(Ct + j * VW);              \
+                    V q = l * zm_vld_##sfx(p + j * VW);                       \
+                    zm_vst_##sfx(gBt + j * VW,                                \
+                                 zm_vld_##sfx(gBt + j * VW) + du * l);        \
+                    lbv += l * zm_vld_##sfx(Bt + j * VW);                     \
+                    qav += q * ar[j];                                         \
+                    gr[j] += d * q;                                           \
+                    lr[j] = zm_vld_##sfx(e + j * VW) * l;                     \
+                }                                                             \
+                lb = zm_hsum_##sfx(lbv);                                      \
+                qa = zm_hsum_##sfx(qav);                                      \
+                gd = (ut * lb + qa) * sp[k];                                  \
+                gu[t] = g * Dd + d * lb;                                      \
+                gdl[t] = gd;                                                  \
+                gbias += gd;                                                  \
+                gD += g * ut;                                                 \
+            }                                                                 \
+            for (j = 0; j < NV; j++) {                                        \
+                zm_vst_##sfx(lam + j * VW, lr[j]);                            \
+                zm_vst_##sfx(ga + j * VW, gr[j]);                             \
+            }                                                                 \
+            continue;                                                         \
+        }                                                                     \
         /* replay from the checkpoint: P_k = e_k h_{k-1}, and dC */           \
         for (n = 0; n < N; n++)                                               \
             hs[n] = hc[n];                                                    \
@@ -179,8 +279,9 @@ ZM_INLINE void zm_selb_body_##sfx(                                            \
     sums[0] = gD;                                                             \
     sums[1] = gbias;                                                          \
 }                                                                             \
-/* The channel's backward; dstate 16 (Mamba-1's) with the loops' trip count  \
- * known to the compiler (unrolled, no remainder loops). */                  \
+/* The channel's backward; dstate 16 (Mamba-1's) with the loops' trip count   \
+ * known to the compiler (unrolled, the state in registers), a few vectors'   \
+ * worth with the state in registers, else the state in scratch. */           \
 ZM_CLONES                                                                     \
 static void zm_selb_channel_##sfx(                                            \
     const T *u, const T *dl, T bias, int softplus, const T *z, const T *y0,   \
@@ -192,14 +293,20 @@ static void zm_selb_channel_##sfx(                                            \
     if (N == 16)                                                              \
         zm_selb_body_##sfx(u, dl, bias, softplus, z, y0, gy, Dd, A, Bp, bst,  \
                            Cp, cst, ck, glast, gu, gdl, gz, gA, gB, gC, gh0,  \
-                           sums, work, 16, L, K);                             \
+                           sums, work, 16, L, K, 16 / VW);                    \
+    else if (N % VW == 0 && N / VW <= ZM_SELB_NVMAX)                          \
+        zm_selb_body_##sfx(u, dl, bias, softplus, z, y0, gy, Dd, A, Bp, bst,  \
+                           Cp, cst, ck, glast, gu, gdl, gz, gA, gB, gC, gh0,  \
+                           sums, work, N, L, K, N / VW);                      \
     else                                                                      \
         zm_selb_body_##sfx(u, dl, bias, softplus, z, y0, gy, Dd, A, Bp, bst,  \
                            Cp, cst, ck, glast, gu, gdl, gz, gA, gB, gC, gh0,  \
-                           sums, work, N, L, K);                              \
+                           sums, work, N, L, K, 0);                           \
 }
 
-ZM_DEFINE_SEL_BWD(f, float, zm_vf, ZM_VWF, zm_expf, zm_sigmoid_f)
-ZM_DEFINE_SEL_BWD(d, double, zm_vd, ZM_VWD, zm_exp, zm_sigmoid_d)
+ZM_DEFINE_SEL_BWD(f, float, zm_vf, ZM_VWF, zm_expf_in, ZM_EXPF_LO, ZM_EXPF_HI,
+                  zm_selb_softplus_f, zm_sigmoid_f)
+ZM_DEFINE_SEL_BWD(d, double, zm_vd, ZM_VWD, zm_exp_in, ZM_EXP_LO, ZM_EXP_HI,
+                  zm_selb_softplus_d, zm_sigmoid_d)
 
 #endif
