@@ -34,13 +34,15 @@ exponential of a positive argument beyond the decays themselves. Memory:
 per-thread scratch of 2 K N + O(N + K) values (in L1 for Mamba's sizes),
 the checkpoints O(batch dim N L / K), never the (batch, dim, N, L)
 states. B and C may be shared by many channels (and by the batch for the
-constant layout): each thread accumulates their gradients in its own
-buffer of B's (C's) size, summed by the caller. Channels are split over
-threads by a static prange over batch * dim (the gradients do not depend
-on scheduling); indices are Py_ssize_t throughout. float32 accumulates in
+constant layout): the channels are cut into *lanes* of consecutive
+channels (a few per thread), each lane accumulating their gradients in its
+own buffer of B's (C's) size, summed by the caller in a fixed order.
+Lanes go to threads as they become free (a thread descheduled by another
+process does not hold the others up), and the gradients do not depend on
+which thread ran a lane; indices are Py_ssize_t throughout. float32 accumulates in
 float32, as the forward does.
 """
-from cython.parallel cimport prange, parallel, threadid
+from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._types cimport real_t
@@ -237,7 +239,7 @@ def selective_scan_real_forward(const real_t[:, :, ::1] u,
         else:
             dts = buf + zm_sel_scratch(N)
             g = dts + L
-            for ch in prange(batch * dim, schedule='static'):
+            for ch in prange(batch * dim, schedule='dynamic', chunksize=8):
                 b = ch // dim
                 d = ch - b * dim
                 ob = row_offset(b, d, bl[0], bl[1], bl[2])
@@ -291,14 +293,15 @@ def selective_scan_real_backward(const real_t[:, :, ::1] u,
     ck: the forward's checkpoints (batch, dim, nseg + 1, N) for the same
     `segment`; glast, gA (per channel, summed over the batch by the caller),
     gh0: (batch, dim, N); sums: (batch, dim, 2) receives the channel's
-    gradients of D and delta_bias; gB, gC: (num_threads, size of B / C),
-    zeroed by the caller, one row per thread.
+    gradients of D and delta_bias; gB, gC: (lanes, size of B / C), zeroed
+    by the caller: the channels are cut into that many lanes of
+    consecutive channels, each accumulating in its own row.
     """
     cdef Py_ssize_t batch = u.shape[0], dim = u.shape[1], L = u.shape[2]
     cdef Py_ssize_t N = A.shape[1]
-    cdef Py_ssize_t ch, b, d, nseg, scratch, ob, oc
+    cdef Py_ssize_t ch, b, d, nseg, scratch, ob, oc, lane, c1, per
+    cdef Py_ssize_t nlanes = gB.shape[0]
     cdef real_t *work
-    cdef int tid
     cdef int status = 0
     cdef int *failed = &status
     if num_threads < 1 or segment < 1:
@@ -323,9 +326,10 @@ def selective_scan_real_backward(const real_t[:, :, ::1] u,
     if z is not None and not (same3(z, batch, dim, L) and same3(y0, batch, dim, L)
                               and same3(gz, batch, dim, L)):
         raise ValueError("z, y0 and gz must have the shape of u")
-    if gB.shape[0] < num_threads or gC.shape[0] < num_threads \
+    if gB.shape[0] < 1 or gC.shape[0] != gB.shape[0] \
             or gB.shape[1] != B.shape[0] or gC.shape[1] != C.shape[0]:
-        raise ValueError("gB and gC must have a row of B's / C's size per thread")
+        raise ValueError("gB and gC must have as many rows (lanes), of B's / "
+                         "C's size")
     if not (layout_fits(b_layout, B.shape[0], batch, dim, N, L)
             and layout_fits(c_layout, C.shape[0], batch, dim, N, L)):
         raise ValueError("a B or C layout reaches past the array")
@@ -360,28 +364,31 @@ def selective_scan_real_backward(const real_t[:, :, ::1] u,
     cdef Py_ssize_t *bl = &b_layout[0]
     cdef Py_ssize_t *cl = &c_layout[0]
     scratch = zm_selb_scratch(N, segment)
+    per = (batch * dim + nlanes - 1) // nlanes
     with nogil, parallel(num_threads=num_threads):
         work = <real_t *> malloc(scratch * sizeof(real_t))
-        tid = threadid()
         if work == NULL:
             failed[0] = -1
         else:
-            for ch in prange(batch * dim, schedule='static'):
-                b = ch // dim
-                d = ch - b * dim
-                ob = row_offset(b, d, bl[0], bl[1], bl[2])
-                oc = row_offset(b, d, cl[0], cl[1], cl[2])
-                channel_backward(
-                    U + ch * L, DL + ch * L, bias[d] if bias != NULL else 0,
-                    delta_softplus, Z + ch * L if Z != NULL else NULL,
-                    Y0 + ch * L if Z != NULL else NULL, GY + ch * L,
-                    Dp[d] if Dp != NULL else 0, AP + d * N,
-                    BP + ob, bl[3], CP + oc, cl[3],
-                    CK + ch * (nseg + 1) * N, GL + ch * N,
-                    GU + ch * L, GD + ch * L,
-                    GZ + ch * L if Z != NULL else NULL, GA + ch * N,
-                    GB + tid * szb + ob, GC + tid * szc + oc, GH + ch * N,
-                    SU + ch * 2, work, N, L, segment)
+            for lane in prange(nlanes, schedule='dynamic', chunksize=1):
+                c1 = (lane + 1) * per if (lane + 1) * per < batch * dim \
+                    else batch * dim
+                for ch in range(lane * per, c1):
+                    b = ch // dim
+                    d = ch - b * dim
+                    ob = row_offset(b, d, bl[0], bl[1], bl[2])
+                    oc = row_offset(b, d, cl[0], cl[1], cl[2])
+                    channel_backward(
+                        U + ch * L, DL + ch * L, bias[d] if bias != NULL else 0,
+                        delta_softplus, Z + ch * L if Z != NULL else NULL,
+                        Y0 + ch * L if Z != NULL else NULL, GY + ch * L,
+                        Dp[d] if Dp != NULL else 0, AP + d * N,
+                        BP + ob, bl[3], CP + oc, cl[3],
+                        CK + ch * (nseg + 1) * N, GL + ch * N,
+                        GU + ch * L, GD + ch * L,
+                        GZ + ch * L if Z != NULL else NULL, GA + ch * N,
+                        GB + lane * szb + ob, GC + lane * szc + oc, GH + ch * N,
+                        SU + ch * 2, work, N, L, segment)
             free(work)
     if status != 0:
         raise MemoryError("could not allocate the backward's scratch memory")

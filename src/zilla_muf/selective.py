@@ -816,6 +816,10 @@ def _segment_length(batch, dim, N, L):
 # a segment's decays and decayed states (2 K dstate values) stay in L1 for
 # Mamba's dstate 16, the checkpoints are dstate / K of the inputs' size.
 _REAL_SEGMENT = 128
+# Lanes per thread of the real-A backward, unless their accumulators of
+# B's and C's gradients would pass _LANE_BUDGET elements.
+_LANES_PER_THREAD = 4
+_LANE_BUDGET = 1 << 24
 
 
 @defvjp(selective_scan, "u", "delta", "A", "B", "C", "D", "z", "delta_bias",
@@ -889,6 +893,11 @@ def _real_scan_vjp(args):
     softplus = bool(args["delta_softplus"])
     K = _REAL_SEGMENT
     nseg = -(-L // K)
+    # lanes of channels, each with its own accumulators for dB and dC: a few
+    # per thread (load balance), one per thread when those would be large
+    lanes = 1 if nthreads == 1 else min(batch * dim, _LANES_PER_THREAD * nthreads)
+    if lanes * (np.size(args["B"]) + np.size(args["C"])) > _LANE_BUDGET:
+        lanes = nthreads
     u, delta, A, z = x["u"], x["delta"], x["A"], x["z"]
     B, C, bl, cl = x["B"], x["C"], x["b_layout"], x["c_layout"]
     h0 = x["initial_state"]
@@ -923,8 +932,8 @@ def _real_scan_vjp(args):
         gA = np.empty((batch, dim, N), rdt)
         gh0 = np.empty((batch, dim, N), rdt)
         sums = np.empty((batch, dim, 2), rdt)
-        gB = np.zeros((nthreads, B.size), rdt)
-        gC = np.zeros((nthreads, C.size), rdt)
+        gB = np.zeros((lanes, B.size), rdt)
+        gC = np.zeros((lanes, C.size), rdt)
         _selective_backward.selective_scan_real_backward(
             u, delta, A, B, bl, C, cl, ck, gy, glast, gu, gdelta, gA, gh0,
             sums, gB, gC, K, nthreads, y0=y0, gz=gz, **opt)

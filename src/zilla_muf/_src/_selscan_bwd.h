@@ -20,11 +20,11 @@
 /* Elements of one thread's scratch for dstate N and segments of K steps:
  * the segment's decays and decayed states (K N each), the adjoint, the
  * replayed state, the gradient of A and two accumulators for constant B
- * and C (N each), the steps, their derivatives and the gated cotangent
- * (K each). */
+ * and C (N each), the steps, their derivatives, the gated cotangent and
+ * the two sums over n of every step (K each). */
 static ptrdiff_t zm_selb_scratch(ptrdiff_t N, ptrdiff_t K)
 {
-    return 2 * K * N + 6 * N + 3 * K + 8;
+    return 2 * K * N + 6 * N + 5 * K + 8;
 }
 
 /* Most vectors of the state kept in registers (dstate 16 in double). */
@@ -119,6 +119,8 @@ ZM_INLINE void zm_selb_body_##sfx(                                            \
     T *restrict dt = gCc + N;                                                 \
     T *restrict sp = dt + K;                                                  \
     T *restrict g0 = sp + K;                                                  \
+    T *restrict LB = g0 + K;                                                  \
+    T *restrict QA = LB + K;                                                  \
     T gD = 0, gbias = 0;                                                      \
     T lo = EXP_LO, hi = EXP_HI;       /* hidden: min and max (see _vmath.h) */\
     ptrdiff_t s, k, n, i;                                                     \
@@ -171,14 +173,13 @@ ZM_INLINE void zm_selb_body_##sfx(                                            \
             }                                                                 \
             for (k = m - 1; k >= 0; k--) {                                    \
                 const ptrdiff_t t = t0 + k;                                   \
-                const T d = dt[k], ut = u[t], du = d * ut, g = g0[k];         \
+                const T d = dt[k], du = d * u[t], g = g0[k];                  \
                 const T *restrict Bt = Bp + t * bst;                          \
                 const T *restrict Ct = Cp + t * cst;                          \
                 T *restrict gBt = bst != 0 ? gB + t * bst : gBc;              \
                 const T *restrict e = E + k * N;                              \
                 const T *restrict p = P + k * N;                              \
                 V lbv = zero, qav = zero;                                     \
-                T lb, qa, gd;                                                 \
                 for (j = 0; j < NV; j++) {                                    \
                     V l = lr[j] + g * zm_vld_##sfx(Ct + j * VW);              \
                     V q = l * zm_vld_##sfx(p + j * VW);                       \
@@ -189,78 +190,78 @@ ZM_INLINE void zm_selb_body_##sfx(                                            \
                     gr[j] += d * q;                                           \
                     lr[j] = zm_vld_##sfx(e + j * VW) * l;                     \
                 }                                                             \
-                lb = zm_hsum_##sfx(lbv);                                      \
-                qa = zm_hsum_##sfx(qav);                                      \
-                gd = (ut * lb + qa) * sp[k];                                  \
-                gu[t] = g * Dd + d * lb;                                      \
-                gdl[t] = gd;                                                  \
-                gbias += gd;                                                  \
-                gD += g * ut;                                                 \
+                LB[k] = zm_hsum_##sfx(lbv);                                   \
+                QA[k] = zm_hsum_##sfx(qav);                                   \
             }                                                                 \
             for (j = 0; j < NV; j++) {                                        \
                 zm_vst_##sfx(lam + j * VW, lr[j]);                            \
                 zm_vst_##sfx(ga + j * VW, gr[j]);                             \
             }                                                                 \
-            continue;                                                         \
+        } else {                                                              \
+            /* replay from the checkpoint: P_k = e_k h_{k-1}, and dC */       \
+            for (n = 0; n < N; n++)                                           \
+                hs[n] = hc[n];                                                \
+            for (k = 0; k < m; k++) {                                         \
+                const ptrdiff_t t = t0 + k;                                   \
+                const T du = dt[k] * u[t], g = g0[k];                         \
+                const T *restrict Bt = Bp + t * bst;                          \
+                T *restrict gCt = cst != 0 ? gC + t * cst : gCc;              \
+                const T *restrict e = E + k * N;                              \
+                T *restrict p = P + k * N;                                    \
+                for (n = 0; n + VW <= N; n += VW) {                           \
+                    V pv = zm_vld_##sfx(e + n) * zm_vld_##sfx(hs + n);        \
+                    V hv = pv + du * zm_vld_##sfx(Bt + n);                    \
+                    zm_vst_##sfx(p + n, pv);                                  \
+                    zm_vst_##sfx(hs + n, hv);                                 \
+                    zm_vst_##sfx(gCt + n, zm_vld_##sfx(gCt + n) + g * hv);    \
+                }                                                             \
+                for (; n < N; n++) {                                          \
+                    T pv = e[n] * hs[n];                                      \
+                    T hv = pv + du * Bt[n];                                   \
+                    p[n] = pv;                                                \
+                    hs[n] = hv;                                               \
+                    gCt[n] += g * hv;                                         \
+                }                                                             \
+            }                                                                 \
+            /* the adjoint lam_t = e_{t+1} lam_{t+1} + g0_t C_t, backward */  \
+            for (k = m - 1; k >= 0; k--) {                                    \
+                const ptrdiff_t t = t0 + k;                                   \
+                const T d = dt[k], du = d * u[t], g = g0[k];                  \
+                const T *restrict Bt = Bp + t * bst;                          \
+                const T *restrict Ct = Cp + t * cst;                          \
+                T *restrict gBt = bst != 0 ? gB + t * bst : gBc;              \
+                const T *restrict e = E + k * N;                              \
+                const T *restrict p = P + k * N;                              \
+                V lbv = zero, qav = zero;                                     \
+                T lbs = 0, qas = 0;                                           \
+                for (n = 0; n + VW <= N; n += VW) {                           \
+                    V l = zm_vld_##sfx(lam + n) + g * zm_vld_##sfx(Ct + n);   \
+                    V q = l * zm_vld_##sfx(p + n);                            \
+                    zm_vst_##sfx(gBt + n, zm_vld_##sfx(gBt + n) + du * l);    \
+                    lbv += l * zm_vld_##sfx(Bt + n);                          \
+                    qav += q * zm_vld_##sfx(A + n);                           \
+                    zm_vst_##sfx(ga + n, zm_vld_##sfx(ga + n) + d * q);       \
+                    zm_vst_##sfx(lam + n, zm_vld_##sfx(e + n) * l);           \
+                }                                                             \
+                for (; n < N; n++) {                                          \
+                    T l = lam[n] + g * Ct[n];                                 \
+                    T q = l * p[n];                                           \
+                    gBt[n] += du * l;                                         \
+                    lbs += l * Bt[n];                                         \
+                    qas += q * A[n];                                          \
+                    ga[n] += d * q;                                           \
+                    lam[n] = e[n] * l;                                        \
+                }                                                             \
+                LB[k] = zm_hsum_##sfx(lbv) + lbs;                             \
+                QA[k] = zm_hsum_##sfx(qav) + qas;                             \
+            }                                                                 \
         }                                                                     \
-        /* replay from the checkpoint: P_k = e_k h_{k-1}, and dC */           \
-        for (n = 0; n < N; n++)                                               \
-            hs[n] = hc[n];                                                    \
+        /* the per-step gradients, from the sums over n */                    \
         for (k = 0; k < m; k++) {                                             \
             const ptrdiff_t t = t0 + k;                                       \
-            const T du = dt[k] * u[t], g = g0[k];                             \
-            const T *restrict Bt = Bp + t * bst;                              \
-            T *restrict gCt = cst != 0 ? gC + t * cst : gCc;                  \
-            const T *restrict e = E + k * N;                                  \
-            T *restrict p = P + k * N;                                        \
-            for (n = 0; n + VW <= N; n += VW) {                               \
-                V pv = zm_vld_##sfx(e + n) * zm_vld_##sfx(hs + n);            \
-                V hv = pv + du * zm_vld_##sfx(Bt + n);                        \
-                zm_vst_##sfx(p + n, pv);                                      \
-                zm_vst_##sfx(hs + n, hv);                                     \
-                zm_vst_##sfx(gCt + n, zm_vld_##sfx(gCt + n) + g * hv);        \
-            }                                                                 \
-            for (; n < N; n++) {                                              \
-                T pv = e[n] * hs[n];                                          \
-                T hv = pv + du * Bt[n];                                       \
-                p[n] = pv;                                                    \
-                hs[n] = hv;                                                   \
-                gCt[n] += g * hv;                                             \
-            }                                                                 \
-        }                                                                     \
-        /* the adjoint lam_t = e_{t+1} lam_{t+1} + g0_t C_t, backward */      \
-        for (k = m - 1; k >= 0; k--) {                                        \
-            const ptrdiff_t t = t0 + k;                                       \
-            const T d = dt[k], ut = u[t], du = d * ut, g = g0[k];             \
-            const T *restrict Bt = Bp + t * bst;                              \
-            const T *restrict Ct = Cp + t * cst;                              \
-            T *restrict gBt = bst != 0 ? gB + t * bst : gBc;                  \
-            const T *restrict e = E + k * N;                                  \
-            const T *restrict p = P + k * N;                                  \
-            V lbv = zero, qav = zero;                                         \
-            T lbs = 0, qas = 0, lb, qa, gd;                                   \
-            for (n = 0; n + VW <= N; n += VW) {                               \
-                V l = zm_vld_##sfx(lam + n) + g * zm_vld_##sfx(Ct + n);       \
-                V q = l * zm_vld_##sfx(p + n);                                \
-                zm_vst_##sfx(gBt + n, zm_vld_##sfx(gBt + n) + du * l);        \
-                lbv += l * zm_vld_##sfx(Bt + n);                              \
-                qav += q * zm_vld_##sfx(A + n);                               \
-                zm_vst_##sfx(ga + n, zm_vld_##sfx(ga + n) + d * q);           \
-                zm_vst_##sfx(lam + n, zm_vld_##sfx(e + n) * l);               \
-            }                                                                 \
-            for (; n < N; n++) {                                              \
-                T l = lam[n] + g * Ct[n];                                     \
-                T q = l * p[n];                                               \
-                gBt[n] += du * l;                                             \
-                lbs += l * Bt[n];                                             \
-                qas += q * A[n];                                              \
-                ga[n] += d * q;                                               \
-                lam[n] = e[n] * l;                                            \
-            }                                                                 \
-            lb = zm_hsum_##sfx(lbv) + lbs;                                    \
-            qa = zm_hsum_##sfx(qav) + qas;                                    \
-            gd = (ut * lb + qa) * sp[k];                                      \
-            gu[t] = g * Dd + d * lb;                                          \
+            const T g = g0[k], ut = u[t];                                     \
+            const T gd = (ut * LB[k] + QA[k]) * sp[k];                        \
+            gu[t] = g * Dd + dt[k] * LB[k];                                   \
             gdl[t] = gd;                                                      \
             gbias += gd;                                                      \
             gD += g * ut;                                                     \
