@@ -88,6 +88,27 @@ cdef extern from "_selscan_bwd.h" nogil:
                            double *gh0, double *sums, double *work,
                            Py_ssize_t N, Py_ssize_t L, Py_ssize_t K)
 
+    Py_ssize_t zm_selbc_scratch(Py_ssize_t N, Py_ssize_t K, Py_ssize_t L)
+    void zm_selbc_channel_f(
+        const float *u, const float *dl, float bias, int softplus,
+        const float *z, const float *y0, const float *gy, float Dd,
+        const float *Ar, const float *Ai, const float *Br, const float *Bi,
+        Py_ssize_t bst, const float *Cr, const float *Ci, Py_ssize_t cst,
+        const float *h0r, const float *h0i, const float *glr,
+        const float *gli, float *gu, float *gdl, float *gz, float *gAr,
+        float *gAi, float *gBr, float *gBi, float *gCr, float *gCi,
+        float *gh0r, float *gh0i, float *sums, float *work, Py_ssize_t N,
+        Py_ssize_t L, Py_ssize_t K)
+    void zm_selbc_channel_d(
+        const double *u, const double *dl, double bias, int softplus,
+        const double *z, const double *y0, const double *gy, double Dd,
+        const double *Ar, const double *Ai, const double *Br,
+        const double *Bi, Py_ssize_t bst, const double *Cr,
+        const double *Ci, Py_ssize_t cst, const double *h0r,
+        const double *h0i, const double *glr, const double *gli, double *gu,
+        double *gdl, double *gz, double *gAr, double *gAi, double *gBr,
+        double *gBi, double *gCr, double *gCi, double *gh0r, double *gh0i,
+        double *sums, double *work, Py_ssize_t N, Py_ssize_t L, Py_ssize_t K)
 
 cdef inline Py_ssize_t row_offset(Py_ssize_t b, Py_ssize_t d, Py_ssize_t sb,
                                   Py_ssize_t gs, Py_ssize_t sg) noexcept nogil:
@@ -143,6 +164,28 @@ cdef inline void channel_backward(
                           Cp, cst, ck, glast, gu, gdl, gz, gA, gB, gC, gh0,
                           sums, work, N, L, K)
 
+
+cdef inline void channel_backward_complex(
+        const real_t *u, const real_t *dl, real_t bias, bint softplus,
+        const real_t *z, const real_t *y0, const real_t *gy, real_t Dd,
+        const real_t *Ar, const real_t *Ai, const real_t *Br, const real_t *Bi,
+        Py_ssize_t bst, const real_t *Cr, const real_t *Ci, Py_ssize_t cst,
+        const real_t *h0r, const real_t *h0i, const real_t *glr,
+        const real_t *gli, real_t *gu, real_t *gdl, real_t *gz, real_t *gAr,
+        real_t *gAi, real_t *gBr, real_t *gBi, real_t *gCr, real_t *gCi,
+        real_t *gh0r, real_t *gh0i, real_t *sums, real_t *work, Py_ssize_t N,
+        Py_ssize_t L, Py_ssize_t K) noexcept nogil:
+    """One channel's backward with complex A (_selscan_bwd.h)."""
+    if real_t is float:
+        zm_selbc_channel_f(u, dl, bias, softplus, z, y0, gy, Dd, Ar, Ai, Br,
+                           Bi, bst, Cr, Ci, cst, h0r, h0i, glr, gli, gu, gdl,
+                           gz, gAr, gAi, gBr, gBi, gCr, gCi, gh0r, gh0i, sums,
+                           work, N, L, K)
+    else:
+        zm_selbc_channel_d(u, dl, bias, softplus, z, y0, gy, Dd, Ar, Ai, Br,
+                           Bi, bst, Cr, Ci, cst, h0r, h0i, glr, gli, gu, gdl,
+                           gz, gAr, gAi, gBr, gBi, gCr, gCi, gh0r, gh0i, sums,
+                           work, N, L, K)
 
 cdef bint layout_fits(Py_ssize_t[::1] lay, Py_ssize_t size, Py_ssize_t batch,
                       Py_ssize_t dim, Py_ssize_t N, Py_ssize_t L):
@@ -389,6 +432,142 @@ def selective_scan_real_backward(const real_t[:, :, ::1] u,
                         GZ + ch * L if Z != NULL else NULL, GA + ch * N,
                         GB + lane * szb + ob, GC + lane * szc + oc, GH + ch * N,
                         SU + ch * 2, work, N, L, segment)
+            free(work)
+    if status != 0:
+        raise MemoryError("could not allocate the backward's scratch memory")
+
+def selective_scan_complex_backward(
+        const real_t[:, :, ::1] u, const real_t[:, :, ::1] delta,
+        const real_t[:, ::1] A_re, const real_t[:, ::1] A_im,
+        const real_t[::1] B_re, const real_t[::1] B_im, Py_ssize_t[::1] b_layout,
+        const real_t[::1] C_re, const real_t[::1] C_im, Py_ssize_t[::1] c_layout,
+        const real_t[:, :, ::1] h0_re, const real_t[:, :, ::1] h0_im,
+        const real_t[:, :, ::1] gy,
+        const real_t[:, :, ::1] glast_re, const real_t[:, :, ::1] glast_im,
+        real_t[:, :, ::1] gu, real_t[:, :, ::1] gdelta,
+        real_t[:, :, ::1] gA_re, real_t[:, :, ::1] gA_im,
+        real_t[:, :, ::1] gh0_re, real_t[:, :, ::1] gh0_im,
+        real_t[:, :, ::1] sums,
+        real_t[:, ::1] gB_re, real_t[:, ::1] gB_im,
+        real_t[:, ::1] gC_re, real_t[:, ::1] gC_im,
+        Py_ssize_t segment, int num_threads, *,
+        const real_t[::1] D=None, const real_t[::1] delta_bias=None,
+        bint delta_softplus=False, const real_t[:, :, ::1] z=None,
+        const real_t[:, :, ::1] y0=None, real_t[:, :, ::1] gz=None):
+    """Backward of the selective scan with complex A (real and imaginary
+    parts in separate arrays; see _selscan_bwd.h): as
+    selective_scan_real_backward, but from the initial state h0 (the
+    checkpoints are kept in per-thread scratch) rather than the forward's
+    checkpoints."""
+    cdef Py_ssize_t batch = u.shape[0], dim = u.shape[1], L = u.shape[2]
+    cdef Py_ssize_t N = A_re.shape[1]
+    cdef Py_ssize_t ch, b, d, scratch, ob, oc, lane, c1, per
+    cdef Py_ssize_t nlanes = gB_re.shape[0]
+    cdef real_t *work
+    cdef int status = 0
+    cdef int *failed = &status
+    if num_threads < 1 or segment < 1:
+        raise ValueError("num_threads and segment must be >= 1")
+    if not (same3(delta, batch, dim, L) and same3(gy, batch, dim, L)
+            and same3(gu, batch, dim, L) and same3(gdelta, batch, dim, L)):
+        raise ValueError("delta, gy, gu and gdelta must have the shape of u")
+    if not (same3(h0_re, batch, dim, N) and same3(h0_im, batch, dim, N)
+            and same3(glast_re, batch, dim, N) and same3(glast_im, batch, dim, N)
+            and same3(gA_re, batch, dim, N) and same3(gA_im, batch, dim, N)
+            and same3(gh0_re, batch, dim, N) and same3(gh0_im, batch, dim, N)):
+        raise ValueError("states and their gradients must be (batch, dim, N)")
+    if not same3(sums, batch, dim, 2):
+        raise ValueError("sums must be (batch, dim, 2)")
+    if A_re.shape[0] != dim or A_im.shape[0] != dim or A_im.shape[1] != N or (
+            D is not None and D.shape[0] != dim) or (
+            delta_bias is not None and delta_bias.shape[0] != dim):
+        raise ValueError("A, D and delta_bias must have dim rows")
+    if not ((z is None) == (y0 is None) == (gz is None)):
+        raise ValueError("z, y0 and gz go together")
+    if z is not None and not (same3(z, batch, dim, L) and same3(y0, batch, dim, L)
+                              and same3(gz, batch, dim, L)):
+        raise ValueError("z, y0 and gz must have the shape of u")
+    if B_re.shape[0] != B_im.shape[0] or C_re.shape[0] != C_im.shape[0]:
+        raise ValueError("real and imaginary parts must have equal sizes")
+    if nlanes < 1 or not (
+            gB_im.shape[0] == gC_re.shape[0] == gC_im.shape[0] == nlanes
+            and gB_re.shape[1] == gB_im.shape[1] == B_re.shape[0]
+            and gC_re.shape[1] == gC_im.shape[1] == C_re.shape[0]):
+        raise ValueError("gB and gC must have as many rows (lanes), of B's / "
+                         "C's size")
+    if not (layout_fits(b_layout, B_re.shape[0], batch, dim, N, L)
+            and layout_fits(c_layout, C_re.shape[0], batch, dim, N, L)):
+        raise ValueError("a B or C layout reaches past the array")
+    if batch == 0 or dim == 0:
+        return
+    if L == 0 or N == 0:
+        gh0_re[...] = glast_re
+        gh0_im[...] = glast_im
+        gA_re[...] = 0
+        gA_im[...] = 0
+        sums[...] = 0
+        return
+    cdef const real_t *Z = &z[0, 0, 0] if z is not None else NULL
+    cdef const real_t *Y0 = &y0[0, 0, 0] if z is not None else NULL
+    cdef real_t *GZ = &gz[0, 0, 0] if z is not None else NULL
+    cdef const real_t *U = &u[0, 0, 0]
+    cdef const real_t *DL = &delta[0, 0, 0]
+    cdef const real_t *AR = &A_re[0, 0]
+    cdef const real_t *AI = &A_im[0, 0]
+    cdef const real_t *BR = &B_re[0]
+    cdef const real_t *BI = &B_im[0]
+    cdef const real_t *CR = &C_re[0]
+    cdef const real_t *CI = &C_im[0]
+    cdef const real_t *HR = &h0_re[0, 0, 0]
+    cdef const real_t *HI = &h0_im[0, 0, 0]
+    cdef const real_t *GY = &gy[0, 0, 0]
+    cdef const real_t *GLR = &glast_re[0, 0, 0]
+    cdef const real_t *GLI = &glast_im[0, 0, 0]
+    cdef const real_t *Dp = &D[0] if D is not None else NULL
+    cdef const real_t *bias = &delta_bias[0] if delta_bias is not None else NULL
+    cdef real_t *GU = &gu[0, 0, 0]
+    cdef real_t *GD = &gdelta[0, 0, 0]
+    cdef real_t *GAR = &gA_re[0, 0, 0]
+    cdef real_t *GAI = &gA_im[0, 0, 0]
+    cdef real_t *GHR = &gh0_re[0, 0, 0]
+    cdef real_t *GHI = &gh0_im[0, 0, 0]
+    cdef real_t *SU = &sums[0, 0, 0]
+    cdef real_t *GBR = &gB_re[0, 0]
+    cdef real_t *GBI = &gB_im[0, 0]
+    cdef real_t *GCR = &gC_re[0, 0]
+    cdef real_t *GCI = &gC_im[0, 0]
+    cdef Py_ssize_t szb = gB_re.shape[1], szc = gC_re.shape[1]
+    cdef Py_ssize_t *bl = &b_layout[0]
+    cdef Py_ssize_t *cl = &c_layout[0]
+    scratch = zm_selbc_scratch(N, segment, L)
+    per = (batch * dim + nlanes - 1) // nlanes
+    with nogil, parallel(num_threads=num_threads):
+        work = <real_t *> malloc(scratch * sizeof(real_t))
+        if work == NULL:
+            failed[0] = -1
+        else:
+            for lane in prange(nlanes, schedule='dynamic', chunksize=1):
+                c1 = (lane + 1) * per if (lane + 1) * per < batch * dim \
+                    else batch * dim
+                for ch in range(lane * per, c1):
+                    b = ch // dim
+                    d = ch - b * dim
+                    ob = row_offset(b, d, bl[0], bl[1], bl[2])
+                    oc = row_offset(b, d, cl[0], cl[1], cl[2])
+                    channel_backward_complex(
+                        U + ch * L, DL + ch * L, bias[d] if bias != NULL else 0,
+                        delta_softplus, Z + ch * L if Z != NULL else NULL,
+                        Y0 + ch * L if Z != NULL else NULL, GY + ch * L,
+                        Dp[d] if Dp != NULL else 0, AR + d * N, AI + d * N,
+                        BR + ob, BI + ob, bl[3], CR + oc, CI + oc, cl[3],
+                        HR + ch * N, HI + ch * N, GLR + ch * N, GLI + ch * N,
+                        GU + ch * L, GD + ch * L,
+                        GZ + ch * L if Z != NULL else NULL,
+                        GAR + ch * N, GAI + ch * N,
+                        GBR + lane * szb + ob, GBI + lane * szb + ob,
+                        GCR + lane * szc + oc, GCI + lane * szc + oc,
+                        GHR + ch * N, GHI + ch * N, SU + ch * 2, work, N, L,
+                        segment)
             free(work)
     if status != 0:
         raise MemoryError("could not allocate the backward's scratch memory")

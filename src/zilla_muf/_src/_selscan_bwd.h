@@ -70,7 +70,8 @@ ZM_INLINE void zm_selb_softplus_d(const double *dl, double bias, double *dt,
         sp[k] = dl[k] + bias > ZM_SELB_SP_MAX ? 1.0 : sp[k];
 }
 
-#define ZM_DEFINE_SEL_BWD(sfx, T, V, VW, EXP_IN, EXP_LO, EXP_HI, STEPS, SIGMOID)                        \
+#define ZM_DEFINE_SEL_BWD(sfx, T, V, VW, EXP_IN, EXP_LO, EXP_HI, STEPS,      \
+                          SIGMOID)                                            \
 /* A segment's per-step factors: its steps dt (the forward's own function),   \
  * sp = d dt / d delta (sigmoid, 1 above the threshold; 1 without softplus),  \
  * g0 = gy silu(z) and gz = gy y0 silu'(z) (g0 = gy without the gate). The    \
@@ -309,5 +310,258 @@ ZM_DEFINE_SEL_BWD(f, float, zm_vf, ZM_VWF, zm_expf_in, ZM_EXPF_LO, ZM_EXPF_HI,
                   zm_selb_softplus_f, zm_sigmoid_f)
 ZM_DEFINE_SEL_BWD(d, double, zm_vd, ZM_VWD, zm_exp_in, ZM_EXP_LO, ZM_EXP_HI,
                   zm_selb_softplus_d, zm_sigmoid_d)
+
+/* ------------------------------------------------------------------------
+ * Complex A (and B, C, the state): the real and imaginary parts in separate
+ * real rows, as the forward keeps them. The forward's output is 2 Re(sum_n
+ * C h); the backward first runs the recurrence forward to keep the state
+ * entering every segment (in scratch), then walks the segments in reverse
+ * as the real one does, with
+ *
+ *     lam_t = conj(e_{t+1}) lam_{t+1} + 2 g0_t conj(C_t)
+ *     gC_t += 2 g0_t conj(h_t),   gB_t += dt_t u_t lam_t
+ *     lb_t = Re sum_n conj(lam_t) B_t,   q_t = conj(lam_t) e_t h_{t-1}
+ *     gdelta_t = (u_t lb_t + Re sum_n q_t A) softplus',   gA += dt_t conj(q_t)
+ *
+ * and gh0 = conj(e_0) lam_0 (gradients of complex values as dL/dRe +
+ * i dL/dIm). The loops over n are plain C (vectorised by the compiler);
+ * the two sums over n in ZM_SELBC_PART partial sums, a fixed order.
+ * ---------------------------------------------------------------------- */
+#define ZM_SELBC_PART 8
+#define ZM_SELBC_ABS(x) ((x) < 0 ? -(x) : (x))
+
+/* Elements of one thread's scratch: the checkpoints (2 N per segment), the
+ * segment's decays and decayed states (4 K N), 16 rows of N, 5 of K. */
+static ptrdiff_t zm_selbc_scratch(ptrdiff_t N, ptrdiff_t K, ptrdiff_t L)
+{
+    const ptrdiff_t nseg = (L + K - 1) / K;
+    return 2 * nseg * N + 4 * K * N + 16 * N + 5 * K + 8;
+}
+
+#define ZM_DEFINE_SELC_BWD(sfx, T, EXP, SINCOS, SINCOS_MAX, COS, SIN)       \
+/* Er + i Ei = exp(dt_k A), k < m: by the vectorised sincos when every      \
+ * angle is in its exact range, else (a huge step or Im A, inf, NaN) by     \
+ * libm, as the forward. */                                                 \
+ZM_INLINE void zm_selbc_decays_##sfx(T *restrict Er, T *restrict Ei,        \
+                                     const T *restrict dt,                  \
+                                     const T *restrict Ar,                  \
+                                     const T *restrict Ai, T amax,          \
+                                     ptrdiff_t N, ptrdiff_t m)              \
+{                                                                           \
+    ptrdiff_t k, n;                                                         \
+    T dmax = 0;                                                             \
+    for (k = 0; k < m; k++)                                                 \
+        dmax = ZM_SELBC_ABS(dt[k]) > dmax ? ZM_SELBC_ABS(dt[k]) : dmax;     \
+    if (dmax * amax <= SINCOS_MAX) {                                        \
+        for (k = 0; k < m; k++)                                             \
+            for (n = 0; n < N; n++) {                                       \
+                T s, c, mag = EXP(dt[k] * Ar[n]);                           \
+                SINCOS(dt[k] * Ai[n], &s, &c);                              \
+                Er[k * N + n] = mag * c;                                    \
+                Ei[k * N + n] = mag * s;                                    \
+            }                                                               \
+    } else {                                                                \
+        for (k = 0; k < m; k++)                                             \
+            for (n = 0; n < N; n++) {                                       \
+                T mag = EXP(dt[k] * Ar[n]);                                 \
+                Er[k * N + n] = mag * COS(dt[k] * Ai[n]);                   \
+                Ei[k * N + n] = mag * SIN(dt[k] * Ai[n]);                   \
+            }                                                               \
+    }                                                                       \
+}                                                                           \
+ZM_INLINE T zm_selbc_sum_##sfx(const T *restrict s, ptrdiff_t N)            \
+{                                                                           \
+    T p[ZM_SELBC_PART] = {0};                                               \
+    ptrdiff_t n, j;                                                         \
+    for (n = 0; n + ZM_SELBC_PART <= N; n += ZM_SELBC_PART)                 \
+        for (j = 0; j < ZM_SELBC_PART; j++)                                 \
+            p[j] += s[n + j];                                               \
+    for (; n < N; n++)                                                      \
+        p[0] += s[n];                                                       \
+    return ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7])); \
+}                                                                           \
+ZM_INLINE void zm_selbc_body_##sfx(                                         \
+    const T *u, const T *dl, T bias, int softplus, const T *z, const T *y0, \
+    const T *gy, T Dd, const T *Ar, const T *Ai, const T *Br, const T *Bi,  \
+    ptrdiff_t bst, const T *Cr, const T *Ci, ptrdiff_t cst, const T *h0r,   \
+    const T *h0i, const T *glr, const T *gli, T *gu, T *gdl, T *gz,         \
+    T *gAr, T *gAi, T *gBr, T *gBi, T *gCr, T *gCi, T *gh0r, T *gh0i,       \
+    T *sums, T *work, ptrdiff_t N, ptrdiff_t L, ptrdiff_t K)                \
+{                                                                           \
+    const ptrdiff_t nseg = (L + K - 1) / K;                                 \
+    T *restrict ck = work;                                                  \
+    T *restrict Er = ck + 2 * nseg * N;                                     \
+    T *restrict Ei = Er + K * N;                                            \
+    T *restrict Pr = Ei + K * N;                                            \
+    T *restrict Pi = Pr + K * N;                                            \
+    T *restrict lr = Pi + K * N;                                            \
+    T *restrict li = lr + N;                                                \
+    T *restrict hr = li + N;                                                \
+    T *restrict hi = hr + N;                                                \
+    T *restrict ar = hi + N;                                                \
+    T *restrict ai = ar + N;                                                \
+    T *restrict bcr = ai + N;                                               \
+    T *restrict bci = bcr + N;                                              \
+    T *restrict ccr = bci + N;                                              \
+    T *restrict cci = ccr + N;                                              \
+    T *restrict s1 = cci + N;                                               \
+    T *restrict s2 = s1 + N;                                                \
+    T *restrict dt = s2 + N;                                                \
+    T *restrict sp = dt + K;                                                \
+    T *restrict g0 = sp + K;                                                \
+    T *restrict LB = g0 + K;                                                \
+    T *restrict QA = LB + K;                                                \
+    T gD = 0, gbias = 0, amax = 0;                                          \
+    ptrdiff_t s, k, n;                                                      \
+    for (n = 0; n < N; n++) {                                               \
+        amax = ZM_SELBC_ABS(Ai[n]) > amax ? ZM_SELBC_ABS(Ai[n]) : amax;     \
+        hr[n] = h0r[n];                                                     \
+        hi[n] = h0i[n];                                                     \
+        lr[n] = glr[n];                                                     \
+        li[n] = gli[n];                                                     \
+        ar[n] = 0;                                                          \
+        ai[n] = 0;                                                          \
+        bcr[n] = 0;                                                         \
+        bci[n] = 0;                                                         \
+        ccr[n] = 0;                                                         \
+        cci[n] = 0;                                                         \
+    }                                                                       \
+    /* forward: the state entering every segment */                         \
+    for (s = 0; s < nseg; s++) {                                            \
+        const ptrdiff_t t0 = s * K, m = (t0 + K < L ? t0 + K : L) - t0;     \
+        for (n = 0; n < N; n++) {                                           \
+            ck[2 * s * N + n] = hr[n];                                      \
+            ck[(2 * s + 1) * N + n] = hi[n];                                \
+        }                                                                   \
+        zm_selb_steps_##sfx(dl + t0, bias, softplus, NULL, NULL, gy + t0,   \
+                            dt, sp, g0, NULL, m);                           \
+        zm_selbc_decays_##sfx(Er, Ei, dt, Ar, Ai, amax, N, m);              \
+        for (k = 0; k < m; k++) {                                           \
+            const ptrdiff_t t = t0 + k;                                     \
+            const T du = dt[k] * u[t];                                      \
+            const T *restrict btr = Br + t * bst;                           \
+            const T *restrict bti = Bi + t * bst;                           \
+            const T *restrict er = Er + k * N, *restrict ei = Ei + k * N;   \
+            for (n = 0; n < N; n++) {                                       \
+                const T xr = er[n] * hr[n] - ei[n] * hi[n] + du * btr[n];   \
+                const T xi = er[n] * hi[n] + ei[n] * hr[n] + du * bti[n];   \
+                hr[n] = xr;                                                 \
+                hi[n] = xi;                                                 \
+            }                                                               \
+        }                                                                   \
+    }                                                                       \
+    for (s = nseg - 1; s >= 0; s--) {                                       \
+        const ptrdiff_t t0 = s * K, m = (t0 + K < L ? t0 + K : L) - t0;     \
+        zm_selb_steps_##sfx(dl + t0, bias, softplus,                        \
+                            z != NULL ? z + t0 : NULL,                      \
+                            y0 != NULL ? y0 + t0 : NULL, gy + t0, dt, sp,   \
+                            g0, gz != NULL ? gz + t0 : NULL, m);            \
+        zm_selbc_decays_##sfx(Er, Ei, dt, Ar, Ai, amax, N, m);              \
+        /* replay: P_k = e_k h_{k-1}, and dC = 2 g0 conj(h) */              \
+        for (n = 0; n < N; n++) {                                           \
+            hr[n] = ck[2 * s * N + n];                                      \
+            hi[n] = ck[(2 * s + 1) * N + n];                                \
+        }                                                                   \
+        for (k = 0; k < m; k++) {                                           \
+            const ptrdiff_t t = t0 + k;                                     \
+            const T du = dt[k] * u[t], g2 = 2 * g0[k];                      \
+            const T *restrict btr = Br + t * bst;                           \
+            const T *restrict bti = Bi + t * bst;                           \
+            T *restrict gcr = cst != 0 ? gCr + t * cst : ccr;               \
+            T *restrict gci = cst != 0 ? gCi + t * cst : cci;               \
+            const T *restrict er = Er + k * N, *restrict ei = Ei + k * N;   \
+            T *restrict pr = Pr + k * N, *restrict pi = Pi + k * N;         \
+            for (n = 0; n < N; n++) {                                       \
+                const T qr = er[n] * hr[n] - ei[n] * hi[n];                 \
+                const T qi = er[n] * hi[n] + ei[n] * hr[n];                 \
+                pr[n] = qr;                                                 \
+                pi[n] = qi;                                                 \
+                hr[n] = qr + du * btr[n];                                   \
+                hi[n] = qi + du * bti[n];                                   \
+                gcr[n] += g2 * hr[n];                                       \
+                gci[n] -= g2 * hi[n];                                       \
+            }                                                               \
+        }                                                                   \
+        /* the adjoint, backward through the segment */                     \
+        for (k = m - 1; k >= 0; k--) {                                      \
+            const ptrdiff_t t = t0 + k;                                     \
+            const T d = dt[k], du = d * u[t], g2 = 2 * g0[k];               \
+            const T *restrict btr = Br + t * bst;                           \
+            const T *restrict bti = Bi + t * bst;                           \
+            const T *restrict ctr = Cr + t * cst;                           \
+            const T *restrict cti = Ci + t * cst;                           \
+            T *restrict gbr = bst != 0 ? gBr + t * bst : bcr;               \
+            T *restrict gbi = bst != 0 ? gBi + t * bst : bci;               \
+            const T *restrict er = Er + k * N, *restrict ei = Ei + k * N;   \
+            const T *restrict pr = Pr + k * N, *restrict pi = Pi + k * N;   \
+            for (n = 0; n < N; n++) {                                       \
+                const T xr = lr[n] + g2 * ctr[n];                           \
+                const T xi = li[n] - g2 * cti[n];                           \
+                const T qr = xr * pr[n] + xi * pi[n];                       \
+                const T qi = xr * pi[n] - xi * pr[n];                       \
+                gbr[n] += du * xr;                                          \
+                gbi[n] += du * xi;                                          \
+                s1[n] = xr * btr[n] + xi * bti[n];                          \
+                s2[n] = qr * Ar[n] - qi * Ai[n];                            \
+                ar[n] += d * qr;                                            \
+                ai[n] -= d * qi;                                            \
+                lr[n] = er[n] * xr + ei[n] * xi;                            \
+                li[n] = er[n] * xi - ei[n] * xr;                            \
+            }                                                               \
+            LB[k] = zm_selbc_sum_##sfx(s1, N);                              \
+            QA[k] = zm_selbc_sum_##sfx(s2, N);                              \
+        }                                                                   \
+        for (k = 0; k < m; k++) {                                           \
+            const ptrdiff_t t = t0 + k;                                     \
+            const T g = g0[k], ut = u[t];                                   \
+            const T gd = (ut * LB[k] + QA[k]) * sp[k];                      \
+            gu[t] = g * Dd + dt[k] * LB[k];                                 \
+            gdl[t] = gd;                                                    \
+            gbias += gd;                                                    \
+            gD += g * ut;                                                   \
+        }                                                                   \
+    }                                                                       \
+    for (n = 0; n < N; n++) {                                               \
+        gh0r[n] = lr[n];                                                    \
+        gh0i[n] = li[n];                                                    \
+        gAr[n] = ar[n];                                                     \
+        gAi[n] = ai[n];                                                     \
+    }                                                                       \
+    if (bst == 0)                                                           \
+        for (n = 0; n < N; n++) {                                           \
+            gBr[n] += bcr[n];                                               \
+            gBi[n] += bci[n];                                               \
+        }                                                                   \
+    if (cst == 0)                                                           \
+        for (n = 0; n < N; n++) {                                           \
+            gCr[n] += ccr[n];                                               \
+            gCi[n] += cci[n];                                               \
+        }                                                                   \
+    sums[0] = gD;                                                           \
+    sums[1] = gbias;                                                        \
+}                                                                           \
+ZM_CLONES                                                                   \
+static void zm_selbc_channel_##sfx(                                         \
+    const T *u, const T *dl, T bias, int softplus, const T *z, const T *y0, \
+    const T *gy, T Dd, const T *Ar, const T *Ai, const T *Br, const T *Bi,  \
+    ptrdiff_t bst, const T *Cr, const T *Ci, ptrdiff_t cst, const T *h0r,   \
+    const T *h0i, const T *glr, const T *gli, T *gu, T *gdl, T *gz,         \
+    T *gAr, T *gAi, T *gBr, T *gBi, T *gCr, T *gCi, T *gh0r, T *gh0i,       \
+    T *sums, T *work, ptrdiff_t N, ptrdiff_t L, ptrdiff_t K)                \
+{                                                                           \
+    if (N == 16)                                                            \
+        zm_selbc_body_##sfx(u, dl, bias, softplus, z, y0, gy, Dd, Ar, Ai,   \
+                            Br, Bi, bst, Cr, Ci, cst, h0r, h0i, glr, gli,   \
+                            gu, gdl, gz, gAr, gAi, gBr, gBi, gCr, gCi,      \
+                            gh0r, gh0i, sums, work, 16, L, K);              \
+    else                                                                    \
+        zm_selbc_body_##sfx(u, dl, bias, softplus, z, y0, gy, Dd, Ar, Ai,   \
+                            Br, Bi, bst, Cr, Ci, cst, h0r, h0i, glr, gli,   \
+                            gu, gdl, gz, gAr, gAi, gBr, gBi, gCr, gCi,      \
+                            gh0r, gh0i, sums, work, N, L, K);               \
+}
+
+ZM_DEFINE_SELC_BWD(f, float, zm_expf, zm_sincosf, ZM_SINCOS_MAXF, cosf, sinf)
+ZM_DEFINE_SELC_BWD(d, double, zm_exp, zm_sincos, ZM_SINCOS_MAX, cos, sin)
 
 #endif
