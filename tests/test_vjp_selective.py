@@ -364,3 +364,20 @@ def test_complex_float32():
     g32 = pull32(ct.astype(np.float32))
     assert g32["A"].dtype == np.complex64 and g32["u"].dtype == np.float32
     assert_grads_close(g32, g64, 1e-3)
+
+
+@pytest.mark.parametrize("cplx", [False, True])
+def test_no_state(cplx):
+    """dstate 0: y = D u silu(z); gradients against finite differences."""
+    rng = np.random.default_rng(25)
+    kw = _problem(rng, "shared", cplx, batch=2, dim=3, N=0, L=7)
+    out, pull = vjp(selective_scan, return_last_state=True, **kw)
+    np.testing.assert_allclose(
+        out[0], kw["D"][:, None] * kw["u"] * kw["z"] / (1 + np.exp(-kw["z"])),
+        rtol=1e-12)
+    ct = (rng.standard_normal(out[0].shape), None)
+    got = pull(ct)
+    names = ["u", "delta", "D", "z", "delta_bias"]
+    assert_grads_close(got, fd_grads(selective_scan, dict(kw, return_last_state=True),
+                                     ct, names), 1e-6, names)
+    assert got["A"].shape == (3, 0) and got["initial_state"].shape == (2, 3, 0)

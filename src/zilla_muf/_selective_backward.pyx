@@ -256,7 +256,7 @@ def selective_scan_real_forward(const real_t[:, :, ::1] u,
         raise ValueError("a B or C layout reaches past the array")
     if batch == 0 or dim == 0:
         return
-    if L == 0 or N == 0:
+    if L == 0:
         ck[:, :, 0, :] = h0
         ck[:, :, nseg, :] = h0
         return
@@ -265,14 +265,14 @@ def selective_scan_real_forward(const real_t[:, :, ::1] u,
         Y0 = &y0[0, 0, 0]
     cdef const real_t *U = &u[0, 0, 0]
     cdef const real_t *DL = &delta[0, 0, 0]
-    cdef const real_t *AP = &A[0, 0]
-    cdef const real_t *BP = &B[0]
-    cdef const real_t *CP = &C[0]
-    cdef const real_t *H0 = &h0[0, 0, 0]
+    cdef const real_t *AP = &A[0, 0] if N > 0 else NULL
+    cdef const real_t *BP = &B[0] if B.shape[0] > 0 else NULL
+    cdef const real_t *CP = &C[0] if C.shape[0] > 0 else NULL
+    cdef const real_t *H0 = &h0[0, 0, 0] if N > 0 else NULL
     cdef const real_t *Dp = &D[0] if D is not None else NULL
     cdef const real_t *bias = &delta_bias[0] if delta_bias is not None else NULL
     cdef real_t *Y = &y[0, 0, 0]
-    cdef real_t *CK = &ck[0, 0, 0, 0]
+    cdef real_t *CK = &ck[0, 0, 0, 0] if N > 0 else NULL
     cdef Py_ssize_t *bl = &b_layout[0]
     cdef Py_ssize_t *cl = &c_layout[0]
     with nogil, parallel(num_threads=num_threads):
@@ -378,7 +378,7 @@ def selective_scan_real_backward(const real_t[:, :, ::1] u,
         raise ValueError("a B or C layout reaches past the array")
     if batch == 0 or dim == 0:
         return
-    if L == 0 or N == 0:
+    if L == 0:
         gh0[...] = glast
         gA[...] = 0
         sums[...] = 0
@@ -388,21 +388,21 @@ def selective_scan_real_backward(const real_t[:, :, ::1] u,
     cdef real_t *GZ = &gz[0, 0, 0] if z is not None else NULL
     cdef const real_t *U = &u[0, 0, 0]
     cdef const real_t *DL = &delta[0, 0, 0]
-    cdef const real_t *AP = &A[0, 0]
-    cdef const real_t *BP = &B[0]
-    cdef const real_t *CP = &C[0]
-    cdef const real_t *CK = &ck[0, 0, 0, 0]
+    cdef const real_t *AP = &A[0, 0] if N > 0 else NULL
+    cdef const real_t *BP = &B[0] if B.shape[0] > 0 else NULL
+    cdef const real_t *CP = &C[0] if C.shape[0] > 0 else NULL
+    cdef const real_t *CK = &ck[0, 0, 0, 0] if N > 0 else NULL
     cdef const real_t *GY = &gy[0, 0, 0]
-    cdef const real_t *GL = &glast[0, 0, 0]
+    cdef const real_t *GL = &glast[0, 0, 0] if N > 0 else NULL
     cdef const real_t *Dp = &D[0] if D is not None else NULL
     cdef const real_t *bias = &delta_bias[0] if delta_bias is not None else NULL
     cdef real_t *GU = &gu[0, 0, 0]
     cdef real_t *GD = &gdelta[0, 0, 0]
-    cdef real_t *GA = &gA[0, 0, 0]
-    cdef real_t *GH = &gh0[0, 0, 0]
+    cdef real_t *GA = &gA[0, 0, 0] if N > 0 else NULL
+    cdef real_t *GH = &gh0[0, 0, 0] if N > 0 else NULL
     cdef real_t *SU = &sums[0, 0, 0]
-    cdef real_t *GB = &gB[0, 0]
-    cdef real_t *GC = &gC[0, 0]
+    cdef real_t *GB = &gB[0, 0] if gB.shape[1] > 0 else NULL
+    cdef real_t *GC = &gC[0, 0] if gC.shape[1] > 0 else NULL
     cdef Py_ssize_t szb = gB.shape[1], szc = gC.shape[1]
     cdef Py_ssize_t *bl = &b_layout[0]
     cdef Py_ssize_t *cl = &c_layout[0]
@@ -500,7 +500,7 @@ def selective_scan_complex_backward(
         raise ValueError("a B or C layout reaches past the array")
     if batch == 0 or dim == 0:
         return
-    if L == 0 or N == 0:
+    if L == 0:
         gh0_re[...] = glast_re
         gh0_im[...] = glast_im
         gA_re[...] = 0
@@ -512,30 +512,30 @@ def selective_scan_complex_backward(
     cdef real_t *GZ = &gz[0, 0, 0] if z is not None else NULL
     cdef const real_t *U = &u[0, 0, 0]
     cdef const real_t *DL = &delta[0, 0, 0]
-    cdef const real_t *AR = &A_re[0, 0]
-    cdef const real_t *AI = &A_im[0, 0]
-    cdef const real_t *BR = &B_re[0]
-    cdef const real_t *BI = &B_im[0]
-    cdef const real_t *CR = &C_re[0]
-    cdef const real_t *CI = &C_im[0]
-    cdef const real_t *HR = &h0_re[0, 0, 0]
-    cdef const real_t *HI = &h0_im[0, 0, 0]
+    cdef const real_t *AR = &A_re[0, 0] if N > 0 else NULL
+    cdef const real_t *AI = &A_im[0, 0] if N > 0 else NULL
+    cdef const real_t *BR = &B_re[0] if B_re.shape[0] > 0 else NULL
+    cdef const real_t *BI = &B_im[0] if B_im.shape[0] > 0 else NULL
+    cdef const real_t *CR = &C_re[0] if C_re.shape[0] > 0 else NULL
+    cdef const real_t *CI = &C_im[0] if C_im.shape[0] > 0 else NULL
+    cdef const real_t *HR = &h0_re[0, 0, 0] if N > 0 else NULL
+    cdef const real_t *HI = &h0_im[0, 0, 0] if N > 0 else NULL
     cdef const real_t *GY = &gy[0, 0, 0]
-    cdef const real_t *GLR = &glast_re[0, 0, 0]
-    cdef const real_t *GLI = &glast_im[0, 0, 0]
+    cdef const real_t *GLR = &glast_re[0, 0, 0] if N > 0 else NULL
+    cdef const real_t *GLI = &glast_im[0, 0, 0] if N > 0 else NULL
     cdef const real_t *Dp = &D[0] if D is not None else NULL
     cdef const real_t *bias = &delta_bias[0] if delta_bias is not None else NULL
     cdef real_t *GU = &gu[0, 0, 0]
     cdef real_t *GD = &gdelta[0, 0, 0]
-    cdef real_t *GAR = &gA_re[0, 0, 0]
-    cdef real_t *GAI = &gA_im[0, 0, 0]
-    cdef real_t *GHR = &gh0_re[0, 0, 0]
-    cdef real_t *GHI = &gh0_im[0, 0, 0]
+    cdef real_t *GAR = &gA_re[0, 0, 0] if N > 0 else NULL
+    cdef real_t *GAI = &gA_im[0, 0, 0] if N > 0 else NULL
+    cdef real_t *GHR = &gh0_re[0, 0, 0] if N > 0 else NULL
+    cdef real_t *GHI = &gh0_im[0, 0, 0] if N > 0 else NULL
     cdef real_t *SU = &sums[0, 0, 0]
-    cdef real_t *GBR = &gB_re[0, 0]
-    cdef real_t *GBI = &gB_im[0, 0]
-    cdef real_t *GCR = &gC_re[0, 0]
-    cdef real_t *GCI = &gC_im[0, 0]
+    cdef real_t *GBR = &gB_re[0, 0] if gB_re.shape[1] > 0 else NULL
+    cdef real_t *GBI = &gB_im[0, 0] if gB_im.shape[1] > 0 else NULL
+    cdef real_t *GCR = &gC_re[0, 0] if gC_re.shape[1] > 0 else NULL
+    cdef real_t *GCI = &gC_im[0, 0] if gC_im.shape[1] > 0 else NULL
     cdef Py_ssize_t szb = gB_re.shape[1], szc = gC_re.shape[1]
     cdef Py_ssize_t *bl = &b_layout[0]
     cdef Py_ssize_t *cl = &c_layout[0]
