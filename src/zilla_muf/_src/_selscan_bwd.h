@@ -295,7 +295,8 @@ static void zm_selb_channel_##sfx(                                            \
     if (N == 16)                                                              \
         zm_selb_body_##sfx(u, dl, bias, softplus, z, y0, gy, Dd, A, Bp, bst,  \
                            Cp, cst, ck, glast, gu, gdl, gz, gA, gB, gC, gh0,  \
-                           sums, work, 16, L, K, 16 / VW);                    \
+                           sums, work, 16, L, K,                              \
+                           16 / VW <= ZM_SELB_NVMAX ? 16 / VW : 0);           \
     else if (N % VW == 0 && N / VW <= ZM_SELB_NVMAX)                          \
         zm_selb_body_##sfx(u, dl, bias, softplus, z, y0, gy, Dd, A, Bp, bst,  \
                            Cp, cst, ck, glast, gu, gdl, gz, gA, gB, gC, gh0,  \
