@@ -10,7 +10,8 @@ Cases (float32, 2 threads on each side):
   listing of ``bench/ssd_torch_reference.py`` at its best chunk size among
   64, 128, 256 (64 and 256 with ``--quick``).
 - selective scan b2 d1536 n16 L2048 (real A, B and C (batch, dstate,
-  seqlen), D, z, delta_bias, softplus): forward alone; forward + backward;
+  seqlen), D, z, delta_bias, softplus): forward alone; forward + backward
+  (2 threads, and again on 1 thread each);
   torch autograd through ``bench/selective_scan_torch_reference.py``'s
   listing with each step's slice taken once (the listing is kept as is; the
   slices of its (b, d, L, n) tensors are taken once by unbind before the
@@ -142,16 +143,16 @@ def ours_ssd(inputs, backward):
     return run
 
 
-def ours_sel(inputs, backward):
+def ours_sel(inputs, backward, workers=THREADS):
     import zilla_muf
     from zilla_muf._vjp import vjp
     if not backward:
         return lambda: zilla_muf.selective_scan(**inputs, delta_softplus=True,
-                                                workers=THREADS)
+                                                workers=workers)
 
     def run():
         y, pull = vjp(zilla_muf.selective_scan, **inputs, delta_softplus=True,
-                      workers=THREADS)
+                      workers=workers)
         pull(np.ones_like(y))
     return run
 
@@ -256,6 +257,17 @@ def main(argv=None):
     rep.add(case, "forward", times["forward"])
     rep.add(case, "forward+backward", times["forward+backward"],
             reference=times["forward"])
+    progress(f"{case}: forward+backward / forward = "
+             f"{times['forward+backward'] / times['forward']:.2f}x (2 threads)")
+    # the same ratio on one thread each (the robust signal on a busy machine)
+    t1 = interleaved_times({"forward": ours_sel(inputs, False, workers=1),
+                            "forward+backward": ours_sel(inputs, True, workers=1)},
+                           rounds=rounds, repeat=repeat)
+    rep.add(case, "forward, 1 thread", t1["forward"])
+    rep.add(case, "forward+backward, 1 thread", t1["forward+backward"],
+            reference=t1["forward"])
+    progress(f"{case}: forward+backward / forward = "
+             f"{t1['forward+backward'] / t1['forward']:.2f}x (1 thread)")
     if torch is not None:
         tt = median_time(lambda: torch_sel_fwd_bwd(inputs), repeat=torch_repeat,
                          warmup=1)

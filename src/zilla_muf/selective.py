@@ -804,11 +804,15 @@ def _causal_conv1d_vjp(args):
     return result, backward
 
 
-def _segment_length(batch, dim, N, L):
-    """Steps per checkpoint segment: a few hundred, fewer when a segment's
-    (batch, dim, dstate, steps) working arrays would pass ~4M elements."""
-    per_step = max(batch * dim * N, 1)
-    return int(max(16, min(256, L, (1 << 22) // per_step)))
+# Steps per checkpoint segment of the compiled forward and backward: a
+# segment's decays and decayed states (2 K dstate values, 4 K for complex A)
+# stay in L1 for Mamba's dstate 16, the checkpoints are dstate / K of the
+# inputs' size.
+_REAL_SEGMENT = 128
+# Lanes per thread of the real-A backward, unless their accumulators of
+# B's and C's gradients would pass _LANE_BUDGET elements.
+_LANES_PER_THREAD = 4
+_LANE_BUDGET = 1 << 24
 
 
 @defvjp(selective_scan, "u", "delta", "A", "B", "C", "D", "z", "delta_bias",
@@ -816,20 +820,146 @@ def _segment_length(batch, dim, N, L):
 def _selective_scan_vjp(args):
     """Pullback of :func:`selective_scan`.
 
-    Keeps the inputs and, with `z`, the output before the gate. The
-    backward runs the recurrence forward once, keeping the state at the
-    start of every segment of a few hundred steps (memory
-    O(batch·dim·dstate·seqlen / segment)), then walks the segments in
-    reverse: each segment's states are recomputed from its checkpoint and
-    the adjoint lambda_t = conj(e^{Delta_{t+1} A}) lambda_{t+1} + dL/dh_t
-    runs backward through it. Real A: per channel, in the compiled kernel
-    of _selective_backward (segments of 256 steps, per-thread scratch).
-    Complex A: for all channels at once by :func:`linear_scan`, segments
-    shortened so that one segment's arrays stay near 2**22 elements.
+    Real A: the compiled forward of _selective_backward keeps the state at
+    the start of every segment of 128 steps (memory
+    O(batch·dim·dstate·seqlen / 128)) and, with `z`, the output before the
+    gate; the backward is one fused compiled pass per channel over the
+    segments in reverse (each segment's states replayed from its checkpoint,
+    the adjoint run back through them, every gradient accumulated on the
+    way). Complex A: :func:`_complex_scan_vjp`.
     """
-    from .scan import linear_scan
-
     _no_packed_gradient(args, "selective_scan")
+    A = as_array(args["A"], "A")
+    if A.dtype.kind == "c":
+        return _complex_scan_vjp(args)
+    return _real_scan_vjp(args)
+
+
+def _real_inputs(args):
+    """The real-A call's arrays, checked as :func:`selective_scan` checks
+    them, in the dtype of the computation."""
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+    v = {k: None if args[k] is None else as_array(args[k], k) for k in names}
+    dtype = result_dtype(**v)
+    require_real(u=v["u"], delta=v["delta"], D=v["D"], z=v["z"],
+                 delta_bias=v["delta_bias"])
+    for name in ("B", "C", "initial_state"):
+        if v[name] is not None and v[name].dtype.kind == "c":
+            raise TypeError(
+                f"`{name}` may be complex only when `A` is complex; got "
+                f"`{name}` of dtype {v[name].dtype} and `A` of dtype {v['A'].dtype}"
+            )
+    if v["u"].ndim != 3:
+        raise ValueError(
+            f"`u` must have shape (batch, dim, seqlen), got {v['u'].shape}"
+        )
+    batch, dim, L = v["u"].shape
+    check_shape(v["delta"], (batch, dim, L), "delta")
+    check_shape(v["A"], (dim, None), "A")
+    N = v["A"].shape[1]
+    Bt, b_layout = _bc_layout(v["B"], "B", batch, dim, N, L)
+    Ct, c_layout = _bc_layout(v["C"], "C", batch, dim, N, L)
+    for name, shape in (("D", (dim,)), ("z", (batch, dim, L)),
+                        ("delta_bias", (dim,)), ("initial_state", (batch, dim, N))):
+        if v[name] is not None:
+            check_shape(v[name], shape, name)
+    rdt = np.dtype(dtype)
+
+    def real(x):
+        return None if x is None else np.ascontiguousarray(x, dtype=rdt)
+
+    out = {k: real(v[k]) for k in ("u", "delta", "A", "D", "z", "delta_bias",
+                                   "initial_state")}
+    out.update(B=real(Bt).ravel(), C=real(Ct).ravel(), Bt=Bt, Ct=Ct,
+               b_layout=np.asarray(b_layout, dtype=np.intp),
+               c_layout=np.asarray(c_layout, dtype=np.intp))
+    return out, rdt, (batch, dim, N, L)
+
+
+def _real_scan_vjp(args):
+    """The real-A pullback on the compiled kernels of _selective_backward."""
+    from . import _selective_backward
+
+    x, rdt, (batch, dim, N, L) = _real_inputs(args)
+    nthreads = max(1, min(resolve_workers(args["workers"]), batch * dim))
+    ret_last = bool(args["return_last_state"])
+    softplus = bool(args["delta_softplus"])
+    K = _REAL_SEGMENT
+    nseg = -(-L // K)
+    # lanes of channels, each with its own accumulators for dB and dC: a few
+    # per thread (load balance), one per thread when those would be large
+    lanes = 1 if nthreads == 1 else min(batch * dim, _LANES_PER_THREAD * nthreads)
+    if lanes * (np.size(args["B"]) + np.size(args["C"])) > _LANE_BUDGET:
+        lanes = nthreads
+    u, delta, A, z = x["u"], x["delta"], x["A"], x["z"]
+    B, C, bl, cl = x["B"], x["C"], x["b_layout"], x["c_layout"]
+    h0 = x["initial_state"]
+    if h0 is None:
+        h0 = np.zeros((batch, dim, N), rdt)
+    opt = dict(D=x["D"], delta_bias=x["delta_bias"], delta_softplus=softplus,
+               z=z)
+    ck = np.empty((batch, dim, nseg + 1, N), rdt)
+    y = np.empty((batch, dim, L), rdt)
+    y0 = None if z is None else np.empty((batch, dim, L), rdt)
+    _selective_backward.selective_scan_real_forward(
+        u, delta, A, B, bl, C, cl, h0, y, ck, K, nthreads, y0=y0, **opt)
+    out = (y, ck[:, :, nseg].copy()) if ret_last else y
+
+    def back(g, X, view):
+        """A per-thread gradient of B or C, summed, in X's layout."""
+        g = (g[0] if g.shape[0] == 1 else g.sum(axis=0)).reshape(view.shape)
+        if X.ndim == 3:
+            return g.transpose(0, 2, 1)
+        if X.ndim == 4:
+            return g.transpose(0, 1, 3, 2)
+        return g
+
+    def backward(ct):
+        gy, glast = ct if ret_last else (ct, None)
+        gy = np.ascontiguousarray(gy, dtype=rdt)
+        glast = np.zeros((batch, dim, N), rdt) if glast is None \
+            else np.ascontiguousarray(glast, dtype=rdt)
+        gu = np.empty((batch, dim, L), rdt)
+        gdelta = np.empty((batch, dim, L), rdt)
+        gz = None if z is None else np.empty((batch, dim, L), rdt)
+        gA = np.empty((batch, dim, N), rdt)
+        gh0 = np.empty((batch, dim, N), rdt)
+        sums = np.empty((batch, dim, 2), rdt)
+        gB = np.zeros((lanes, B.size), rdt)
+        gC = np.zeros((lanes, C.size), rdt)
+        _selective_backward.selective_scan_real_backward(
+            u, delta, A, B, bl, C, cl, ck, gy, glast, gu, gdelta, gA, gh0,
+            sums, gB, gC, K, nthreads, y0=y0, gz=gz, **opt)
+        Bv = np.asarray(args["B"])
+        Cv = np.asarray(args["C"])
+        grads = {"u": gu, "delta": gdelta, "A": gA.sum(axis=0),
+                 "B": back(gB, Bv, x["Bt"]), "C": back(gC, Cv, x["Ct"])}
+        if x["D"] is not None:
+            grads["D"] = sums[:, :, 0].sum(axis=0)
+        if x["delta_bias"] is not None:
+            grads["delta_bias"] = sums[:, :, 1].sum(axis=0)
+        if z is not None:
+            grads["z"] = gz
+        if x["initial_state"] is not None:
+            grads["initial_state"] = gh0
+        return grads
+
+    return out, backward
+
+
+def _complex_scan_vjp(args):
+    """Pullback of :func:`selective_scan` with complex A.
+
+    Keeps the inputs and, with `z`, the output before the gate. The
+    backward is the compiled kernel of _selective_backward: per channel,
+    the recurrence run forward once keeping the state at the start of every
+    segment of 128 steps (in the thread's scratch), then the segments walked
+    in reverse, each one's states replayed from its checkpoint and the
+    adjoint lambda_t = conj(e^{Delta_{t+1} A}) lambda_{t+1} + dL/dh_t run
+    backward through it, every gradient accumulated on the way.
+    """
+    from . import _selective_backward
+
     y0 = None
     if args["z"] is None:
         out = selective_scan(**args)
@@ -840,188 +970,79 @@ def _selective_scan_vjp(args):
         zz = np.asarray(args["z"], dtype=y0.dtype)
         y = y0 * _silu(zz)
         out = (y, res[1]) if isinstance(res, tuple) else y
-    u = np.asarray(args["u"])
-    batch, dim, L = u.shape
-    A = np.asarray(args["A"])
-    is_complex = A.dtype.kind == "c"
     y = out[0] if isinstance(out, tuple) else out
     rdt = y.dtype
-    cdt = np.result_type(rdt, np.complex64) if is_complex else rdt
-    N = A.shape[1]
+    batch, dim, L = np.shape(args["u"])
+    N = np.shape(args["A"])[1]
     ret_last = bool(args["return_last_state"])
     softplus = bool(args["delta_softplus"])
-    workers = args["workers"]
+    nthreads = max(1, min(resolve_workers(args["workers"]), batch * dim))
+    K = _REAL_SEGMENT
+    lanes = 1 if nthreads == 1 else min(batch * dim, _LANES_PER_THREAD * nthreads)
+    if lanes * 2 * (np.size(args["B"]) + np.size(args["C"])) > _LANE_BUDGET:
+        lanes = nthreads
 
-    def arr(name, dtype=rdt):
-        v = args[name]
-        return None if v is None else np.asarray(v, dtype=dtype)
+    def real(x):
+        return None if x is None else np.ascontiguousarray(x, dtype=rdt)
 
-    def backward(ct):
-        gy, glast = ct if ret_last else (ct, None)
-        gy = np.asarray(gy, dtype=rdt)
-        u_ = np.asarray(u, dtype=rdt)
-        A_ = np.asarray(A, dtype=cdt)
-        Bv = np.asarray(args["B"], dtype=cdt)
-        Cv = np.asarray(args["C"], dtype=cdt)
-        D = arr("D")
-        z = arr("z")
-        bias = arr("delta_bias")
-        h0 = arr("initial_state", cdt)
-        v = np.asarray(args["delta"], dtype=rdt)
-        if bias is not None:
-            v = v + bias[:, None]
-        if softplus:
-            big = v > 20
-            dsp = np.where(big, rdt.type(1), expit(v))   # softplus'
-            dl = np.where(big, v, np.logaddexp(rdt.type(0), v))
-        else:
-            dl = v
-        grads = {}
-        # the gate and the skip connection
-        if z is not None:
-            sig = expit(z)
-            grads["z"] = gy * y0 * (sig * (1 + z * (1 - sig)))
-            gy0 = gy * (z * sig)
-        else:
-            gy0 = gy
-        gu = np.zeros((batch, dim, L), rdt)
-        if D is not None:
-            grads["D"] = np.einsum("bdt,bdt->d", gy0, u_)
-            gu += gy0 * D[:, None]
-
-        def per_channel(X, t0, t1):
-            """B or C for steps [t0, t1) as (batch, dim, N, steps)."""
-            if X.ndim == 2:
-                return np.broadcast_to(X[None, :, :, None], (batch, dim, N, t1 - t0))
-            if X.ndim == 3:
-                return np.broadcast_to(X[:, None, :, t0:t1], (batch, dim, N, t1 - t0))
-            G = X.shape[1]
-            return np.repeat(X[:, :, :, t0:t1], dim // G, axis=1)
-
-        def add_back(gX, X, g, t0, t1):
-            """Accumulate a (batch, dim, N, steps) gradient into X's layout."""
-            if X.ndim == 2:
-                gX += g.sum(axis=(0, 3))
-            elif X.ndim == 3:
-                gX[:, :, t0:t1] += g.sum(axis=1)
-            else:
-                G = X.shape[1]
-                gX[:, :, :, t0:t1] += g.reshape(
-                    batch, G, dim // G, N, t1 - t0).sum(axis=2)
-
-        def decays(t0, t1):
-            return np.exp(dl[:, :, None, t0:t1] * A_[None, :, :, None])
-
-        K = _segment_length(batch, dim, N, L)
-        if not is_complex and L > 0 and N > 0:
-            _real_scan_backward(grads, gu, gy0, dl, u_, A_, Bv, Cv, h0, glast,
-                                min(L, 256), workers)
-            gdl = grads.pop("_gdl")
-            grads["u"] = gu
-            gdelta = gdl * dsp if softplus else gdl
-            grads["delta"] = gdelta
-            if bias is not None:
-                grads["delta_bias"] = gdelta.sum(axis=(0, 2))
-            return grads
-        starts = list(range(0, L, K))
-        # forward: the state entering each segment
-        checkpoints = []
-        h = np.zeros((batch, dim, N), cdt) if h0 is None else h0.copy()
-        for t0 in starts:
-            t1 = min(t0 + K, L)
-            checkpoints.append(h)
-            drive = (dl[:, :, t0:t1] * u_[:, :, t0:t1])[:, :, None, :] \
-                * per_channel(Bv, t0, t1)
-            h = np.asarray(linear_scan(decays(t0, t1), drive, h, method="sequential")
-                           [..., -1], dtype=cdt)
-        gB = np.zeros(Bv.shape, cdt)
-        gC = np.zeros(Cv.shape, cdt)
-        gA = np.zeros((dim, N), cdt)
-        gdl = np.zeros((batch, dim, L), rdt)
-        scale = 2 if is_complex else 1
-        lam_next = np.zeros((batch, dim, N), cdt) if glast is None \
-            else np.asarray(glast, dtype=cdt)
-        dA_next = np.ones((batch, dim, N), cdt)
-        for t0, hs in zip(reversed(starts), reversed(checkpoints)):
-            t1 = min(t0 + K, L)
-            dA = decays(t0, t1)
-            Bs = per_channel(Bv, t0, t1)
-            Cs = per_channel(Cv, t0, t1)
-            du = dl[:, :, t0:t1] * u_[:, :, t0:t1]
-            H = linear_scan(dA, du[:, :, None, :] * Bs, hs, method="sequential")
-            g0 = gy0[:, :, None, t0:t1]
-            # the adjoint: lam_t = conj(dA_{t+1}) lam_{t+1} + dL/dh_t
-            carry = np.concatenate([dA[..., 1:], dA_next[..., None]], axis=-1)
-            lam = linear_scan(np.conj(carry), scale * g0 * np.conj(Cs),
-                              lam_next, reverse=True, method="sequential")
-            Hprev = np.concatenate([hs[..., None], H[..., :-1]], axis=-1)
-            add_back(gC, Cv, scale * g0 * np.conj(H), t0, t1)
-            add_back(gB, Bv, du[:, :, None, :] * lam, t0, t1)
-            lb = np.real(np.conj(lam) * Bs).sum(axis=2)          # d/d(delta u)
-            q = np.conj(lam) * dA * Hprev
-            gdl[:, :, t0:t1] += u_[:, :, t0:t1] * lb \
-                + np.real(q * A_[None, :, :, None]).sum(axis=2)
-            gu[:, :, t0:t1] += dl[:, :, t0:t1] * lb
-            gA += np.einsum("bdt,bdnt->dn", dl[:, :, t0:t1], np.conj(q))
-            lam_next = lam[..., 0]
-            dA_next = dA[..., 0]
-        grads["u"] = gu
-        gdelta = gdl * dsp if softplus else gdl
-        grads["delta"] = gdelta
-        if bias is not None:
-            grads["delta_bias"] = gdelta.sum(axis=(0, 2))
-        grads["A"] = gA
-        grads["B"] = gB
-        grads["C"] = gC
-        if h0 is not None:
-            grads["initial_state"] = np.conj(dA_next) * lam_next
-        return grads
-
-    return out, backward
-
-
-def _real_scan_backward(grads, gu, gy0, dl, u, A, B, C, h0, glast, K, workers=None):
-    """The real-A backward by the compiled kernel of _selective_backward:
-    fills grads["A"], ["B"], ["C"], ["initial_state"] (when h0 is given),
-    ["_gdl"] (the gradient of the processed steps), and adds to `gu`."""
-    from . import _selective_backward
-
-    batch, dim, L = u.shape
-    N = A.shape[1]
-    rdt = u.dtype
-    Bt, b_layout = _bc_layout(B, "B", batch, dim, N, L)
-    Ct, c_layout = _bc_layout(C, "C", batch, dim, N, L)
-    nthreads = max(1, min(resolve_workers(workers), batch * dim))
-    Bf = np.ascontiguousarray(Bt, dtype=rdt)
-    Cf = np.ascontiguousarray(Ct, dtype=rdt)
-    gBt = np.zeros((nthreads, Bf.size), rdt)
-    gCt = np.zeros((nthreads, Cf.size), rdt)
-    zeros = np.zeros((batch, dim, N), rdt)
-    gus = np.empty((batch, dim, L), rdt)
-    gdl = np.empty((batch, dim, L), rdt)
-    gA = np.empty((batch, dim, N), rdt)
-    gh0 = np.empty((batch, dim, N), rdt)
-    _selective_backward.selective_scan_real_backward(
-        np.ascontiguousarray(u, dtype=rdt), np.ascontiguousarray(dl, dtype=rdt),
-        np.ascontiguousarray(A, dtype=rdt), Bf.ravel(),
-        np.asarray(b_layout, dtype=np.intp), Cf.ravel(),
-        np.asarray(c_layout, dtype=np.intp), np.ascontiguousarray(gy0, dtype=rdt),
-        zeros if h0 is None else np.ascontiguousarray(h0, dtype=rdt),
-        zeros if glast is None else np.ascontiguousarray(glast, dtype=rdt),
-        gus, gdl, gA, gh0, gBt, gCt, K, nthreads)
-    gu += gus
-    grads["A"] = gA.sum(axis=0)
+    def parts(x, shape=None):
+        if x is None:
+            zeros = np.zeros(shape, rdt)
+            return zeros, zeros
+        x = np.asarray(x)
+        if x.dtype.kind == "c":
+            return real(x.real), real(x.imag)
+        return real(x), np.zeros(x.shape, rdt)
 
     def back(g, X, view):
-        g = g.sum(axis=0).reshape(view.shape)
+        """A per-lane gradient of B or C, summed, in X's layout."""
+        g = (g[0] if g.shape[0] == 1 else g.sum(axis=0)).reshape(view.shape)
         if X.ndim == 3:
             return g.transpose(0, 2, 1)
         if X.ndim == 4:
             return g.transpose(0, 1, 3, 2)
         return g
 
-    grads["B"] = back(gBt, B, Bt)
-    grads["C"] = back(gCt, C, Ct)
-    grads["_gdl"] = gdl
-    if h0 is not None:
-        grads["initial_state"] = gh0
+    def backward(ct):
+        gy, glast = ct if ret_last else (ct, None)
+        gy = real(gy)
+        Bv = np.asarray(args["B"])
+        Cv = np.asarray(args["C"])
+        Bt, b_layout = _bc_layout(Bv, "B", batch, dim, N, L)
+        Ct, c_layout = _bc_layout(Cv, "C", batch, dim, N, L)
+        A_re, A_im = parts(args["A"])
+        B_re, B_im = parts(Bt)
+        C_re, C_im = parts(Ct)
+        h0_re, h0_im = parts(args["initial_state"], (batch, dim, N))
+        gl_re, gl_im = parts(glast, (batch, dim, N))
+        z = real(args["z"])
+        gu = np.empty((batch, dim, L), rdt)
+        gdelta = np.empty((batch, dim, L), rdt)
+        gz = None if z is None else np.empty((batch, dim, L), rdt)
+        gA_re, gA_im, gh_re, gh_im = (np.empty((batch, dim, N), rdt) for _ in range(4))
+        sums = np.empty((batch, dim, 2), rdt)
+        gB_re, gB_im = (np.zeros((lanes, B_re.size), rdt) for _ in range(2))
+        gC_re, gC_im = (np.zeros((lanes, C_re.size), rdt) for _ in range(2))
+        _selective_backward.selective_scan_complex_backward(
+            real(args["u"]), real(args["delta"]), A_re, A_im, B_re.ravel(),
+            B_im.ravel(), np.asarray(b_layout, dtype=np.intp), C_re.ravel(),
+            C_im.ravel(), np.asarray(c_layout, dtype=np.intp), h0_re, h0_im, gy,
+            gl_re, gl_im, gu, gdelta, gA_re, gA_im, gh_re, gh_im, sums, gB_re,
+            gB_im, gC_re, gC_im, K, nthreads, D=real(args["D"]),
+            delta_bias=real(args["delta_bias"]), delta_softplus=softplus, z=z,
+            y0=y0, gz=gz)
+        grads = {"u": gu, "delta": gdelta,
+                 "A": gA_re.sum(axis=0) + 1j * gA_im.sum(axis=0),
+                 "B": back(gB_re, Bv, Bt) + 1j * back(gB_im, Bv, Bt),
+                 "C": back(gC_re, Cv, Ct) + 1j * back(gC_im, Cv, Ct)}
+        if args["D"] is not None:
+            grads["D"] = sums[:, :, 0].sum(axis=0)
+        if args["delta_bias"] is not None:
+            grads["delta_bias"] = sums[:, :, 1].sum(axis=0)
+        if z is not None:
+            grads["z"] = gz
+        if args["initial_state"] is not None:
+            grads["initial_state"] = gh_re + 1j * gh_im
+        return grads
+
+    return out, backward
