@@ -228,3 +228,18 @@ def test_chunk_forward_bad_arguments():
         kernels.chunk_forward(*ok[:12], 0, 1)
     with pytest.raises(ValueError):
         kernels.set_kernel_build("sse9")
+
+
+def test_chunk_forward_large_state_one_head_per_task(rng):
+    """States too large to group heads (K * V * 8 bytes > 512 KiB): one head
+    per task, the same numbers."""
+    B, T, H, K, V = 1, 10, 3, 520, 130
+    seqs = [(0, 0, T)]
+    args = chunk_inputs(rng, B, T, H, K, V, np.float64, True, True, True, 1)
+    o1, h1 = run_kernel(*args, seqs, 0.1, 4, 1)
+    o2, h2 = run_kernel(*args, seqs, 0.1, 4, 2)
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_array_equal(h1, h2)
+    ro, rh = forward_oracle(*args, seqs, 0.1)
+    assert_close(o1, ro, scale=50)
+    assert_close(h1, rh, scale=50)

@@ -122,6 +122,7 @@ cdef extern from "_lachunk.h" nogil:
         const float *h0
         float *hT
         Py_ssize_t L, K, V, C, ldq, ldv, ldg
+        Py_ssize_t nh, hsq, hsv, hsg, hss
         float scale
     ctypedef struct zm_la_args_d:
         const double *q
@@ -133,9 +134,10 @@ cdef extern from "_lachunk.h" nogil:
         const double *h0
         double *hT
         Py_ssize_t L, K, V, C, ldq, ldv, ldg
+        Py_ssize_t nh, hsq, hsv, hsg, hss
         double scale
     Py_ssize_t zm_la_scratch(Py_ssize_t C, Py_ssize_t K, Py_ssize_t V,
-                             Py_ssize_t itemsize)
+                             Py_ssize_t nh, Py_ssize_t itemsize)
     int zm_la_isa()
     int zm_la_isa_cached
     void zm_la_task_f(const zm_la_args_f *a, float *work)
@@ -171,7 +173,7 @@ cdef void _run_task(const real_t *q, const real_t *k, const real_t *v, real_t *o
                     const real_t *g, const real_t *beta, const real_t *h0,
                     real_t *hT, Py_ssize_t L, Py_ssize_t K, Py_ssize_t V,
                     Py_ssize_t C, Py_ssize_t ldq, Py_ssize_t ldv, Py_ssize_t ldg,
-                    real_t scale, real_t *work) noexcept nogil:
+                    Py_ssize_t nh, real_t scale, real_t *work) noexcept nogil:
     cdef zm_la_args_f af
     cdef zm_la_args_d ad
     if real_t is float:
@@ -190,6 +192,11 @@ cdef void _run_task(const real_t *q, const real_t *k, const real_t *v, real_t *o
         af.ldq = ldq
         af.ldv = ldv
         af.ldg = ldg
+        af.nh = nh
+        af.hsq = K
+        af.hsv = V
+        af.hsg = 1
+        af.hss = K * V
         af.scale = scale
         zm_la_task_f(&af, work)
     else:
@@ -208,6 +215,11 @@ cdef void _run_task(const real_t *q, const real_t *k, const real_t *v, real_t *o
         ad.ldq = ldq
         ad.ldv = ldv
         ad.ldg = ldg
+        ad.nh = nh
+        ad.hsq = K
+        ad.hsv = V
+        ad.hsg = 1
+        ad.hss = K * V
         ad.scale = scale
         zm_la_task_d(&ad, work)
 
@@ -229,7 +241,7 @@ def chunk_forward(const real_t[:, :, :, ::1] q, const real_t[:, :, :, ::1] k,
     """
     cdef Py_ssize_t B = q.shape[0], T = q.shape[1], H = q.shape[2], K = q.shape[3]
     cdef Py_ssize_t V = v.shape[3], nseq = seq_batch.shape[0], ntask, t, s, h, b, a0, L
-    cdef Py_ssize_t scratch
+    cdef Py_ssize_t scratch, vp, hg_max, ngr, hg
     cdef const real_t *gp
     cdef const real_t *bp
     cdef const real_t *hp
@@ -272,8 +284,16 @@ def chunk_forward(const real_t[:, :, :, ::1] q, const real_t[:, :, :, ::1] k,
         return
     chunk = min(chunk, T)
     zm_la_isa()
-    scratch = zm_la_scratch(chunk, K, V, sizeof(real_t)) + 64 // sizeof(real_t)
-    ntask = nseq * H
+    # a task is a sequence and a group of `hg` of its heads: the group
+    # reads each position's rows in order through its heads; enough groups
+    # for the threads to share the work, and states that stay in cache
+    vp = (V * sizeof(real_t) + 127) // 128 * 128
+    hg_max = max(1, (512 * 1024) // (K * vp))
+    ngr = 1 if num_threads == 1 else min(H, -(-2 * num_threads // nseq))
+    hg = min(-(-H // ngr), hg_max)
+    ngr = -(-H // hg)
+    scratch = zm_la_scratch(chunk, K, V, hg, sizeof(real_t)) + 64 // sizeof(real_t)
+    ntask = nseq * ngr
     if g is not None:
         gbase = &g[0, 0, 0]
     if beta is not None:
@@ -289,8 +309,8 @@ def chunk_forward(const real_t[:, :, :, ::1] q, const real_t[:, :, :, ::1] k,
             failed[0] = 1
         for t in prange(ntask, schedule='dynamic'):
             if work != NULL:
-                s = t // H
-                h = t - s * H
+                s = t // ngr
+                h = (t - s * ngr) * hg
                 b = seq_batch[s]
                 a0 = seq_start[s]
                 L = seq_stop[s] - a0
@@ -308,7 +328,7 @@ def chunk_forward(const real_t[:, :, :, ::1] q, const real_t[:, :, :, ::1] k,
                           &v[0, 0, 0, 0] + ((b * T + a0) * H + h) * V,
                           &o[0, 0, 0, 0] + ((b * T + a0) * H + h) * V,
                           gp, bp, hp, &hT[0, 0, 0, 0] + (s * H + h) * K * V,
-                          L, K, V, chunk, H * K, H * V, H, sc, work)
+                          L, K, V, chunk, H * K, H * V, H, min(hg, H - h), sc, work)
         free(work)
     t = failed[0]
     free(failed)

@@ -626,8 +626,11 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
         \qquad M_{ij} = \beta_i\, k_i \cdot k_j\, e^{G_i - G_j} \ (j < i),
 
     and :math:`U = \tilde U - W S_{\mathrm{in}}`; the output and the next
-    state follow as in :func:`linear_attention` with U in place of V. No
-    exponent is positive and nothing is divided by a decay.
+    state follow as in :func:`linear_attention` with U in place of V. The
+    compiled forward evaluates :math:`U = (I + M)^{-1}(\beta \odot V -
+    \beta e^{G} \odot K S_{\mathrm{in}})`, inverting the C x C unit
+    triangular matrix of each chunk. No exponent is positive and nothing is
+    divided by a decay.
 
     .. versionadded:: 0.2.0
 

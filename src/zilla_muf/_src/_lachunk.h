@@ -1,8 +1,9 @@
 /*
  * Chunk kernels of linear attention with a scalar gate (or none) and of the
- * gated delta rule: one (sequence, head) task walks its chunks in order,
- * the state (K, V) kept in per-thread scratch, reading q, k, v and writing
- * o in place in their (batch, T, H, .) layouts (row strides ldq, ldv).
+ * gated delta rule: one task, a sequence and a group of its heads, walks
+ * its chunks in order, each chunk through the heads, the states (K, V)
+ * kept in per-thread scratch, reading q, k, v and writing o in place in
+ * their (batch, T, H, .) layouts (row strides ldq, ldv).
  *
  * Per chunk of m positions, G the cumulative log-gate inside the chunk,
  * e_i = exp(G_i), w_j = exp(G_last - G_j), the masked decay
@@ -75,20 +76,24 @@ typedef struct {                                                            \
     const T *h0;        /* (K, V) entering state, or NULL: zero */          \
     T *hT;              /* (K, V) leaving state, or NULL */                 \
     ptrdiff_t L, K, V, C, ldq, ldv, ldg;                                    \
+    ptrdiff_t nh;       /* heads of the task, the next one's rows at */    \
+    ptrdiff_t hsq, hsv; /* +hsq (q, k), +hsv (v, o), +hsg (g, beta) and */ \
+    ptrdiff_t hsg, hss; /* its states at +hss (h0, hT) */                  \
     T scale;                                                                \
 } zm_la_args_##sfx;
 
 ZM_LA_DEFINE_ARGS(float, f)
 ZM_LA_DEFINE_ARGS(double, d)
 
-/* Elements of one thread's scratch (chunk C, dimensions K, V). */
+/* Elements of one thread's scratch (chunk C, dimensions K, V, nh heads
+ * per task). */
 static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
-                               ptrdiff_t itemsize)
+                               ptrdiff_t nh, ptrdiff_t itemsize)
 {
     const ptrdiff_t w = ZM_LA_PAD / itemsize;
     const ptrdiff_t Vp = zm_la_round(V, w), Cp = zm_la_round(C, w);
     const ptrdiff_t Kp = zm_la_round(K, w);
-    return K * Vp + 3 * C * Vp + 2 * K * Cp + 3 * C * Cp + 6 * Cp
+    return nh * K * Vp + 3 * C * Vp + 2 * K * Cp + 3 * C * Cp + 6 * Cp
            + 2 * C * Kp + 2 * w;
 }
 

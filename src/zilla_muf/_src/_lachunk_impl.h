@@ -5,6 +5,11 @@
  */
 
 #define N_(x) ZM_LA_NAME(x)
+#if defined(__GNUC__)
+#define ZM_LA_PREFETCH(p) __builtin_prefetch((p), 0, 2)
+#else
+#define ZM_LA_PREFETCH(p) ((void) (p))
+#endif
 #define NVT 2                       /* vectors per tile row */
 #define TW (NVT * ZM_LA_VW)         /* columns of a tile */
 
@@ -182,10 +187,11 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
     const ptrdiff_t Vp = zm_la_round(V, w), Cp = zm_la_round(C, w);
     const ptrdiff_t Kp = zm_la_round(K, w);
     const int delta = a->beta != NULL;
+    const ptrdiff_t nh = a->nh;
     const T scale = a->scale;
     T *base = (T *) (((uintptr_t) work + 63) & ~(uintptr_t) 63);
-    T *St = base;                   /* (K, Vp) the state */
-    T *Vc = St + K * Vp;            /* (C, Vp) v, or R of the delta rule */
+    T *Sts = base;                  /* nh x (K, Vp) the states */
+    T *Vc = Sts + nh * K * Vp;      /* (C, Vp) v, or R of the delta rule */
     T *U = Vc + C * Vp;             /* (C, Vp) the delta rule's new values */
     T *Kt = U + C * Vp;             /* (K, Cp) k^T */
     T *Kw = Kt + K * Cp;            /* (K, Cp) (w .* k)^T */
@@ -197,28 +203,61 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
     T *Qc = rb + Cp;                /* (C, Kp) the chunk's q, k and o rows */
     T *Kc = Qc + C * Kp;            /* (contiguous copies: rows of the */
     T *Oc = Kc + C * Kp;            /* input are a page apart) */
-    ptrdiff_t t0, i, j, c;
-    int has_state = a->h0 != NULL;
+    ptrdiff_t t0, i, j, c, h;
     N_(zm_la_op) op;
 
-    memset(base, 0, (size_t) zm_la_scratch(C, K, V, sizeof(T)) * sizeof(T));
-    if (has_state)
-        for (c = 0; c < K; c++)
-            memcpy(St + c * Vp, a->h0 + c * V, (size_t) V * sizeof(T));
+    memset(base, 0, (size_t) zm_la_scratch(C, K, V, nh, sizeof(T))
+                    * sizeof(T));
+    if (a->h0 != NULL)
+        for (h = 0; h < nh; h++)
+            for (c = 0; c < K; c++)
+                memcpy(Sts + (h * K + c) * Vp, a->h0 + h * a->hss + c * V,
+                       (size_t) V * sizeof(T));
 
-    for (t0 = 0; t0 < L; t0 += C) {
+    /* the heads of the task take each chunk in turn: the rows of one
+     * position are read in order through the heads (the next head's part
+     * of a row is in the same page, next in memory) */
+    for (t0 = 0; t0 < L; t0 += C)
+    for (h = 0; h < nh; h++) {
         const ptrdiff_t m = zm_la_min(C, L - t0);
-        const T *q = a->q + t0 * ldq, *k = a->k + t0 * ldq;
-        const T *v = a->v + t0 * ldv;
-        T *o = a->o + t0 * ldv;
+        const T *q = a->q + h * a->hsq + t0 * ldq;
+        const T *k = a->k + h * a->hsq + t0 * ldq;
+        const T *v = a->v + h * a->hsv + t0 * ldv;
+        T *o = a->o + h * a->hsv + t0 * ldv;
+        const T *gh = a->g != NULL ? a->g + h * a->hsg : NULL;
+        const T *bh = delta ? a->beta + h * a->hsg : NULL;
+        T *St = Sts + h * K * Vp;
+        const int has_state = t0 > 0 || a->h0 != NULL;
         T *X;
         T gam = 1;
 
+        /* the rows the next head (or the next chunk's first head) reads,
+         * requested while this one computes */
+        {
+            const ptrdiff_t hn = h + 1 < nh ? h + 1 : 0;
+            const ptrdiff_t tn = h + 1 < nh ? t0 : t0 + C;
+            const ptrdiff_t mn = zm_la_min(C, L - tn);
+            const char *pq = (const char *) (a->q + hn * a->hsq + tn * ldq);
+            const char *pk = (const char *) (a->k + hn * a->hsq + tn * ldq);
+            const char *pv = (const char *) (a->v + hn * a->hsv + tn * ldv);
+            const ptrdiff_t bq = ldq * (ptrdiff_t) sizeof(T);
+            const ptrdiff_t bv = ldv * (ptrdiff_t) sizeof(T);
+            ptrdiff_t r, b;
+            for (r = 0; r < mn; r++) {
+                for (b = 0; b < K * (ptrdiff_t) sizeof(T); b += 64) {
+                    ZM_LA_PREFETCH(pq + r * bq + b);
+                    ZM_LA_PREFETCH(pk + r * bq + b);
+                }
+                for (b = 0; b < V * (ptrdiff_t) sizeof(T); b += 64)
+                    ZM_LA_PREFETCH(pv + r * bv + b);
+            }
+        }
+
         /* the gates: G cumulative in the chunk, e, w and the carry */
-        if (a->g != NULL) {
+        if (gh != NULL) {
             T acc = 0, last;
             for (i = 0; i < m; i++) {
-                acc += a->g[(t0 + i) * ldg];
+                acc += gh[(t0 + i) * ldg];
                 G[i] = acc;
             }
             last = G[m - 1];
@@ -238,7 +277,7 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
             rs[i] = scale * e[i];
         if (delta)
             for (i = 0; i < m; i++) {
-                bt[i] = a->beta[(t0 + i) * ldg];
+                bt[i] = bh[(t0 + i) * ldg];
                 rb[i] = -bt[i] * e[i];
             }
 
@@ -290,7 +329,7 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
             T *restrict di = Ti + i * Cp;   /* Ti is formed after this */
             const T Gi = G[i], bi = delta ? bt[i] : 0;
             const ptrdiff_t n = i + 1;
-            if (a->g != NULL) {
+            if (gh != NULL) {
                 for (j = 0; j < n; j++)
                     di[j] = ZM_LA_EXP(Gi - G[j]);
             } else {
@@ -388,11 +427,12 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
         op.C = St;
         op.ldc = Vp;
         N_(zm_la_gemm)(&op, K, Vp, 0);
-        has_state = 1;
     }
     if (a->hT != NULL)
-        for (c = 0; c < K; c++)
-            memcpy(a->hT + c * V, St + c * Vp, (size_t) V * sizeof(T));
+        for (h = 0; h < nh; h++)
+            for (c = 0; c < K; c++)
+                memcpy(a->hT + h * a->hss + c * V, Sts + (h * K + c) * Vp,
+                       (size_t) V * sizeof(T));
 }
 
 #undef VT
@@ -400,3 +440,4 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
 #undef NVT
 #undef N_
 #undef ZM_LA_FORCE
+#undef ZM_LA_PREFETCH
