@@ -47,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _buffers
 from . import _linear_attention as _kernels
 from ._validation import as_array, positive_int, resolve_workers, result_dtype
 from ._vjp import defvjp
@@ -419,7 +420,11 @@ def _forward_compiled(arrays, plan, delta):
         seq_batch = np.zeros(len(plan["bounds"]), dtype=np.intp)
         seq_start = np.array([a for a, _ in plan["bounds"]], dtype=np.intp)
         seq_stop = np.array([b for _, b in plan["bounds"]], dtype=np.intp)
-    o = np.empty((B, T, H, V), dtype=dt)
+    if B * T * H * V * dt.itemsize >= _buffers.MIN_BYTES:
+        # large: memory the buffer cache may hand back (when it is on)
+        o = _buffers.empty((B, T, H, V), dt, v, q)
+    else:
+        o = np.empty((B, T, H, V), dtype=dt)
     final = np.empty((len(seq_batch), H, K, V), dtype=dt)
     _kernels.chunk_forward(q, k, v, o, g, beta if delta else None, h0, final,
                            seq_batch, seq_start, seq_stop, plan["scale"],
