@@ -13,8 +13,9 @@ Case B2 T4096 H8 K128 V128 float32 (the issue's), 2 threads on both sides
 FLA's listings are fetched from its source release at run time
 (bench/fla_reference.py). Every function is timed in interleaved rounds;
 the ratios are taken in the same run. GFLOP/s count the chunked algorithm's
-matrix products and are compared with NumPy's sgemm measured in the same run
-(64x64 on one thread, 2048x2048 on two).
+matrix products (chunk 32, the default) and are compared with NumPy's sgemm
+measured in the same run (64x64 on one thread, 2048x2048 on two); the
+kernels' build (AVX-512, AVX2 or baseline) is printed.
 """
 
 import argparse
@@ -29,14 +30,18 @@ from _harness import Report, interleaved_times, progress  # noqa: E402
 THREADS = 2
 
 
-def la_flops(B, T, H, K, V, C=64):
-    """q k^T and A v (C x C per chunk), k^T v and q S (C x K x V)."""
+# the positions per chunk of the compiled kernels (the functions' default)
+CHUNK = 32
+
+
+def la_flops(B, T, H, K, V, C=CHUNK):
+    """q k^T and A v (C x C per chunk, counted whole), k^T v and q S."""
     return 2.0 * B * H * T * (C * K + C * V + 2 * K * V)
 
 
-def gdr_flops(B, T, H, K, V, C=64):
-    """la_flops plus k_b k^T, the triangular solve of [v, k] and W S."""
-    return la_flops(B, T, H, K, V, C) + 2.0 * B * H * T * (C * K + C * (K + V) / 2 + K * V)
+def gdr_flops(B, T, H, K, V, C=CHUNK):
+    """la_flops plus k k^T, k S and the triangular (I + M)^{-1} R."""
+    return la_flops(B, T, H, K, V, C) + 2.0 * B * H * T * (C * K + C * V / 2 + K * V)
 
 
 def sgemm_throughput():
@@ -127,8 +132,10 @@ def main(argv=None):
     for name in skipped:
         progress(f"skipped {name}")
 
+    from zilla_muf import _linear_attention
+
     gemm = sgemm_throughput()
-    progress(f"sgemm: {gemm}")
+    progress(f"sgemm: {gemm}; chunk kernels' build: {_linear_attention.kernel_build()}")
     for fns, ref, flops, label in ((la, la_ref, la_flops(B, T, H, K, V), "linear_attention, scalar g"),
                                    (gdr, gdr_ref, gdr_flops(B, T, H, K, V), "gated_delta_rule")):
         times = interleaved_times(fns, rounds=rounds, repeat=repeat)

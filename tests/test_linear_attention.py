@@ -379,3 +379,28 @@ def test_function_and_module_names():
     assert isinstance(zilla_muf.linear_attention, types.ModuleType)
     assert isinstance(linear_attention, types.FunctionType)
     assert zilla_muf.gated_delta_rule is gated_delta_rule
+
+
+def test_large_outputs_reuse_cached_memory(rng):
+    """With the buffer cache on, a large output (>= 1 MiB) takes a freed
+    block back, and the numbers are those of a fresh array."""
+    limit = zilla_muf.buffer_cache()["max_bytes"]
+    zilla_muf.buffer_cache(0)
+    zilla_muf.buffer_cache(64 << 20)
+    try:
+        q, k, v, g = make(rng, 1, 520, 2, 8, 128, np.float64)      # o: 1.04 MiB
+        beta = rng.uniform(0.1, 0.9, g.shape)
+        want_la = la_loop(q, k, v, g)[0]
+        want_gdr = gdr_loop(q, k, v, g, beta)[0]
+        first = linear_attention(q, k, v, g)
+        del first
+        hits = zilla_muf.buffer_cache()["hits"]
+        kept = linear_attention(q, k, v, g)
+        assert zilla_muf.buffer_cache()["hits"] == hits + 1
+        other = gated_delta_rule(q, k, v, g, beta)       # `kept` is alive: a new block
+        assert not np.shares_memory(kept, other)
+        assert_close(kept, want_la)
+        assert_close(other, want_gdr)
+    finally:
+        zilla_muf.buffer_cache(0)
+        zilla_muf.buffer_cache(limit)

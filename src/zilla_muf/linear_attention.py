@@ -11,18 +11,21 @@ to ``K**-0.5``.
 - :func:`~zilla_muf.linear_attention.gated_delta_rule` -- Gated DeltaNet: the state decays, then is
   corrected towards ``v_t`` along ``k_t`` with the step size ``beta_t``.
 
-Design: the chunked algorithms run on ``(batch*H, T, ...)`` arrays (one row
-per head), padded to a whole number of chunks. Within a chunk every decay is
-``exp`` of a *difference* of cumulative log-gates that is never positive
-(the upper triangle is masked to ``-inf`` before ``exp``), so the forms are
-exact at ``g = 0`` and do not overflow or divide at very negative ``g``. The
-chunk products are batched matrix products (NumPy's BLAS, one thread each);
-the per-channel-gated scores and the delta rule's unit triangular solves are
-compiled kernels (``_linear_attention.pyx``); the state passes from chunk to
-chunk in one short loop. ``workers`` splits the rows into
-contiguous groups computed by a thread pool (the products release the GIL).
-The gradients are recurrent, in reverse order, from the states kept at the
-chunk boundaries by the forward (see ``# Gradients`` below).
+Design: the forwards of linear attention with a scalar gate (or none) and
+of the gated delta rule are compiled chunk kernels (``_src/_lachunk.h``,
+driven by ``_linear_attention.pyx``): one task per (sequence, head) walks
+its chunks with the state in per-thread scratch, reading q, k, v and
+writing o in their ``(batch, T, H, .)`` layouts, the chunk products on
+register tiles (an AVX-512, AVX2 or baseline build, picked at run time),
+``workers`` OpenMP threads without the GIL. Within a chunk every decay is
+``exp`` of a *difference* of cumulative log-gates, formed only on and below
+the diagonal, so the forms are exact at ``g = 0`` and do not overflow or
+divide at very negative ``g``. Per-key-channel gates and the forward kept
+for the gradients run on ``(batch*H, T, ...)`` rows with NumPy's batched
+products (the per-channel scores and the delta rule's unit triangular
+solves are compiled kernels too), ``workers`` splitting the rows between
+threads. The gradients are recurrent, in reverse order, from the states
+kept at the chunk boundaries by that forward (see ``# Gradients`` below).
 
 The module is callable: ``zilla_muf.linear_attention(q, k, v, g)`` calls
 the function :func:`~zilla_muf.linear_attention.linear_attention`.
@@ -44,13 +47,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _buffers
 from . import _linear_attention as _kernels
 from ._validation import as_array, positive_int, resolve_workers, result_dtype
 from ._vjp import defvjp
 
 __all__ = ["gated_delta_rule", "linear_attention"]
 
-_DEFAULT_CHUNK = 64
+# the compiled chunk kernels measured fastest at 32 positions per chunk
+# (K = V = 128): the state products dominate, the intra-chunk part is small
+_DEFAULT_CHUNK = 32
 # per-key-channel gates build a (chunk, chunk, K) block of decays row by row:
 # a shorter chunk keeps that part of the work small
 _DEFAULT_CHUNK_PER_CHANNEL = 16
@@ -392,6 +398,40 @@ def _forward(arrays, plan, delta):
     return o, final, saved
 
 
+def _forward_compiled(arrays, plan, delta):
+    """The forward of linear attention with a scalar gate (or none) and of
+    the gated delta rule on the compiled chunk kernels: o (B, T, H, V) and
+    the final states. One task per (sequence, head), run by `workers`
+    OpenMP threads without the GIL."""
+    B, T, H, K, V = plan["shape"]
+    dt = plan["dtype"]
+    q, k = arrays["q"], arrays["k"]
+    if delta and plan["l2norm"]:
+        q = _l2norm(q)[0]
+        k = _l2norm(k)[0]
+    q, k, v = (np.ascontiguousarray(x) for x in (q, k, arrays["v"]))
+    g, beta, h0 = (None if arrays[n] is None else np.ascontiguousarray(arrays[n])
+                   for n in ("g", "beta", "h0"))
+    if plan["bounds"] is None:
+        seq_batch = np.arange(B, dtype=np.intp)
+        seq_start = np.zeros(B, dtype=np.intp)
+        seq_stop = np.full(B, T, dtype=np.intp)
+    else:
+        seq_batch = np.zeros(len(plan["bounds"]), dtype=np.intp)
+        seq_start = np.array([a for a, _ in plan["bounds"]], dtype=np.intp)
+        seq_stop = np.array([b for _, b in plan["bounds"]], dtype=np.intp)
+    if B * T * H * V * dt.itemsize >= _buffers.MIN_BYTES:
+        # large: memory the buffer cache may hand back (when it is on)
+        o = _buffers.empty((B, T, H, V), dt, v, q)
+    else:
+        o = np.empty((B, T, H, V), dtype=dt)
+    final = np.empty((len(seq_batch), H, K, V), dtype=dt)
+    _kernels.chunk_forward(q, k, v, o, g, beta if delta else None, h0, final,
+                           seq_batch, seq_start, seq_stop, plan["scale"],
+                           plan["chunk"], plan["workers"])
+    return o, final
+
+
 # ---------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------
@@ -423,7 +463,7 @@ def linear_attention(q, k, v, g=None, *, scale=None, initial_state=None,
         sequences packed along T (batch must be 1), 0 first and T last. The
         state restarts (from `initial_state`'s row, or 0) at every boundary.
     chunk_size : int, optional
-        Positions per chunk of the chunked algorithm: 64 by default, 16 with
+        Positions per chunk of the chunked algorithm: 32 by default, 16 with
         per-channel gates. The result does not depend on it beyond rounding.
     workers : int, optional
         Threads (None is 1, -1 all cores); the rows ``batch*H`` are split
@@ -507,7 +547,10 @@ def linear_attention(q, k, v, g=None, *, scale=None, initial_state=None,
     """
     arrays, plan = _prepare(q, k, v, g, None, scale, initial_state, cu_seqlens,
                             chunk_size, workers, delta=False)
-    o, final, _ = _forward(arrays, plan, delta=False)
+    if plan["gate"] == "channel":
+        o, final, _ = _forward(arrays, plan, delta=False)
+    else:
+        o, final = _forward_compiled(arrays, plan, delta=False)
     return (o, final) if output_final_state else o
 
 
@@ -540,7 +583,7 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
     use_qk_l2norm : bool, optional
         Normalise q and k over K first: ``x / sqrt(sum(x**2) + 1e-6)``.
     chunk_size : int, optional
-        Positions per chunk, default 64.
+        Positions per chunk, default 32.
     workers : int, optional
         Threads (None is 1, -1 all cores), splitting the rows ``batch*H``.
 
@@ -588,8 +631,11 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
         \qquad M_{ij} = \beta_i\, k_i \cdot k_j\, e^{G_i - G_j} \ (j < i),
 
     and :math:`U = \tilde U - W S_{\mathrm{in}}`; the output and the next
-    state follow as in :func:`linear_attention` with U in place of V. No
-    exponent is positive and nothing is divided by a decay.
+    state follow as in :func:`linear_attention` with U in place of V. The
+    compiled forward evaluates :math:`U = (I + M)^{-1}(\beta \odot V -
+    \beta e^{G} \odot K S_{\mathrm{in}})`, inverting the C x C unit
+    triangular matrix of each chunk. No exponent is positive and nothing is
+    divided by a decay.
 
     .. versionadded:: 0.2.0
 
@@ -614,7 +660,7 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
     arrays, plan = _prepare(q, k, v, g, beta, scale, initial_state, cu_seqlens,
                             chunk_size, workers, delta=True)
     plan["l2norm"] = bool(use_qk_l2norm)
-    o, final, _ = _forward(arrays, plan, delta=True)
+    o, final = _forward_compiled(arrays, plan, delta=True)
     return (o, final) if output_final_state else o
 
 
