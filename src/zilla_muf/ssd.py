@@ -1320,6 +1320,10 @@ from ._vjp import defvjp  # noqa: E402
 
 _SSD_DIFF = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
+# The backward holds the adjoints of the chunk states for one block of
+# chunks at a time, about this many bytes (at least one chunk's).
+_BLOCK_BYTES = 1 << 24
+
 
 def _skip_weights(p):
     """D as (nheads, headdim), C-contiguous, or None."""
@@ -1397,14 +1401,15 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None):
         return _degenerate_backward(p, y0, gy, gfinal)
     # -- step sizes: dt' = clamp(softplus(dt + bias)), and d dt' / d dt
     v = p.dt if p.dt_bias is None else p.dt + p.dt_bias
-    if p.dt_softplus:
-        big = v > 20
-        sp = np.where(big, v, np.logaddexp(dt_.type(0), v))
-        dsp = np.where(big, dt_.type(1), expit(v)).astype(dt_)
-    else:
-        sp, dsp = v, None
-    lo, hi = p.dt_limit
-    inside = (sp >= lo) & (sp <= hi)       # zero gradient where clamped strictly
+    with np.errstate(invalid="ignore"):    # a NaN step stays in its sequence
+        if p.dt_softplus:
+            big = v > 20
+            sp = np.where(big, v, np.logaddexp(dt_.type(0), v))
+            dsp = np.where(big, dt_.type(1), expit(v)).astype(dt_)
+        else:
+            sp, dsp = v, None
+        lo, hi = p.dt_limit
+        inside = (sp >= lo) & (sp <= hi)   # zero gradient where clamped strictly
     # -- the compiled passes
     if kept is None:
         kept, _ = _chunk_states(p, cs, nthreads, False)
@@ -1424,7 +1429,7 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None):
         p.x, dt_out, dA, p.A, p.B, p.C, gy, states, gx, gB, gC, ddt,
         gA, cs, nthreads, seq=p.seq, has_init=p.init is not None,
         gfinal=gfinal, ginit=ginit, D=_skip_weights(p), gD=gD, z=p.z,
-        y0=None if p.z is None else y0, gz=gz)
+        y0=None if p.z is None else y0, gz=gz, block_bytes=_BLOCK_BYTES)
     grads = {"x": gx, "B": gB, "C": gC, "A": gA.sum(axis=(0, 2)).reshape(H)}
     gdt = ddt
     gdt *= inside
