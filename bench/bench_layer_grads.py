@@ -1,12 +1,16 @@
 """Benchmark: forward + backward of the layers against our forward and torch.
 
-    python bench/bench_layer_grads.py [--quick] [--repeat N]
+    python bench/bench_layer_grads.py [--quick] [--repeat N] [--ssd-only]
+                                      [--ssd-workers 1,2]
 
 Cases (float32, 2 threads on each side):
 
 - SSD b1 L4096 h8 p64 n64 and b4 L2048 h24 p64 n128 (ngroups 1, softplus
   dt, D, z): ``ssd_chunk_scan_combined`` forward alone; forward + backward
-  through ``zilla_muf._vjp.vjp``; torch autograd through the reference
+  through ``zilla_muf._vjp.vjp`` (the output's cotangent made once,
+  outside the timed calls); both also with each worker count of
+  ``--ssd-workers`` (rows "... w1", with the ratio of CPU times besides
+  that of wall times); torch autograd through the reference
   listing of ``bench/ssd_torch_reference.py`` at its best chunk size among
   64, 128, 256 (64 and 256 with ``--quick``).
 - selective scan b2 d1536 n16 L2048 (real A, B and C (batch, dstate,
@@ -128,17 +132,18 @@ def torch_sel_fwd_bwd(inputs):
 
 # ------------------------------------------------------------------ zilla
 
-def ours_ssd(inputs, backward):
+def ours_ssd(inputs, backward, workers=THREADS):
     import zilla_muf
     from zilla_muf._vjp import vjp
     if not backward:
         return lambda: zilla_muf.ssd_chunk_scan_combined(
-            **inputs, dt_softplus=True, workers=THREADS)
+            **inputs, dt_softplus=True, workers=workers)
+    ct = np.ones_like(inputs["x"])
 
     def run():
         y, pull = vjp(zilla_muf.ssd_chunk_scan_combined, **inputs,
-                      dt_softplus=True, workers=THREADS)
-        pull(np.ones_like(y))
+                      dt_softplus=True, workers=workers)
+        pull(ct)
     return run
 
 
@@ -154,6 +159,25 @@ def ours_sel(inputs, backward):
                       workers=THREADS)
         pull(np.ones_like(y))
     return run
+
+
+def cpu_time(fn, repeat):
+    """Median process CPU time (user + system, every thread) of ``fn()``
+    over `repeat` runs after one warm-up: with one worker, the work done,
+    whatever else the machine runs (wall times on a loaded machine inflate
+    the longer call more: it is preempted more often)."""
+    import resource
+
+    def now():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = now()
+        fn()
+        times.append(now() - t0)
+    return float(np.median(times))
 
 
 def sgemm_gflops():
@@ -202,7 +226,12 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--ssd-only", action="store_true",
+                        help="only the SSD rows (no selective scan, no memory)")
+    parser.add_argument("--ssd-workers", default="1,2",
+                        help="worker counts of the extra SSD rows (comma list)")
     args = parser.parse_args(argv)
+    ssd_workers = [int(v) for v in args.ssd_workers.split(",") if v.strip()]
     repeat = args.repeat or (3 if args.quick else 5)
     rounds = 2 if args.quick else 3
     torch_repeat = 1 if args.quick else 3
@@ -226,16 +255,32 @@ def main(argv=None):
     torch_chunks = (64, 256) if args.quick else (64, 128, 256)
     for case, shape in SSD_SHAPES.items():
         inputs = ssd_inputs(shape)
+        flops = 3 * ssd_flops(shape, 64)   # forward + backward ~ 3 forwards
+        for w in [w for w in ssd_workers if w != THREADS]:
+            times = interleaved_times({"forward": ours_ssd(inputs, False, w),
+                                       "forward+backward": ours_ssd(inputs, True, w)},
+                                      rounds=rounds, repeat=repeat)
+            cpu = {k: cpu_time(f, repeat) for k, f in
+                   (("forward", ours_ssd(inputs, False, w)),
+                    ("forward+backward", ours_ssd(inputs, True, w)))}
+            rep.add(f"ssd {case}", f"forward w{w}", times["forward"],
+                    cpu_seconds=cpu["forward"])
+            rep.add(f"ssd {case}", f"forward+backward w{w}",
+                    times["forward+backward"], reference=times["forward"],
+                    gflops=flops / times["forward+backward"] / 1e9,
+                    cpu_seconds=cpu["forward+backward"],
+                    cpu_ratio=cpu["forward+backward"] / cpu["forward"])
+            progress(f"ssd {case} w{w}: CPU time forward+backward / forward = "
+                     f"{cpu['forward+backward'] / cpu['forward']:.2f}")
         fns = {"forward": ours_ssd(inputs, False),
                "forward+backward": ours_ssd(inputs, True)}
         times = interleaved_times(fns, rounds=rounds, repeat=repeat)
         fwd = times["forward"]
         fb = times["forward+backward"]
         rep.add(f"ssd {case}", "forward", fwd)
-        flops = 3 * ssd_flops(shape, 64)   # forward + backward ~ 3 forwards
         rep.add(f"ssd {case}", "forward+backward", fb, reference=fwd,
                 gflops=flops / fb / 1e9, sgemm_fraction=flops / fb / 1e9 / peak)
-        if torch is not None:
+        if torch is not None and not args.ssd_only:
             # seconds per run: one warm-up and `torch_repeat` timed runs each,
             # between two timings of ours (the ratio uses their mean)
             tt = {cs: median_time(lambda cs=cs: torch_ssd_fwd_bwd(inputs, cs),
@@ -248,6 +293,9 @@ def main(argv=None):
                         reference=(fb + fb2) / 2)
             progress(f"ssd {case}: torch (cs{best}) / ours fwd+bwd = "
                      f"{tt[best] / ((fb + fb2) / 2):.1f}x")
+    if args.ssd_only:
+        print(rep.table())      # a partial run: results/ is left as it is
+        return
     inputs = sel_inputs()
     fns = {"forward": ours_sel(inputs, False),
            "forward+backward": ours_sel(inputs, True)}

@@ -1381,7 +1381,7 @@ def _degenerate_backward(p, y0, gy, gfinal):
     return grads
 
 
-def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None):
+def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None, donate=False):
     """Gradients of an SSD layer call (see the user guide's page on the
     layers' gradients for the derivation; the compiled passes are
     described in _ssd_backward.pyx).
@@ -1389,9 +1389,10 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None):
     `p` is the checked problem, `cs` the chunk length, `y0` the output
     before the gate (None without `z`), `gy` and `gfinal` the cotangents of
     the output and of the final state (None for zeros), `kept` what
-    _chunk_states kept in the forward (None: recomputed here). Memory: the
-    chunk states and their adjoints, (batch, nheads, nchunks, headdim,
-    dstate) each, besides arrays of the inputs' sizes.
+    _chunk_states kept in the forward (None: recomputed here). With
+    `donate`, z's gradient is written over `y0`. Memory: the chunk states
+    (batch, nheads, nchunks, dstate, headdim) and a block of their adjoints,
+    besides arrays of the inputs' sizes.
     """
     dt_ = p.dtype
     nb, L, H, P, G, N = p.nb, p.L, p.H, p.P, p.G, p.N
@@ -1421,7 +1422,7 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None):
     ddt = np.empty((nb, L, H), dtype=dt_)
     gA = np.zeros((nb, G, nc, rep), dtype=dt_)
     gD = None if p.D is None else np.zeros((nb, G, nc, rep, P), dtype=dt_)
-    gz = None if p.z is None else np.empty(p.x.shape, dtype=dt_)
+    gz = None if p.z is None else (y0 if donate else np.empty(p.x.shape, dtype=dt_))
     ginit = None if p.init is None else np.empty(p.init.shape, dtype=dt_)
     if gfinal is not None:
         gfinal = np.ascontiguousarray(gfinal, dtype=dt_)
@@ -1486,9 +1487,24 @@ def _ssd_rule(fun, kind):
             y = y0 * silu(p.z)
             out = (y, res[1]) if ret else y
 
+        pre = [y0]
+
         def backward(ct):
             gy, gfinal = ct if ret else (ct, None)
-            return _ssd_backward(p, cs, y0, gy, gfinal, nthreads, kept)
+            if p.z is None or p.degenerate:
+                return _ssd_backward(p, cs, pre[0], gy, gfinal, nthreads, kept)
+            # the output before the gate becomes z's gradient (one array of
+            # x's size less to allocate); a second call forms it again
+            y0_ = pre[0]
+            pre[0] = None
+            if y0_ is None:
+                if kind == "combined":
+                    y0_ = _chunk_states(p, cs, nthreads, True)[1][0]
+                else:
+                    res = fun(**dict(args, z=None))
+                    y0_ = res[0] if ret else res
+            return _ssd_backward(p, cs, y0_, gy, gfinal, nthreads, kept,
+                                 donate=True)
 
         return out, backward
     return rule

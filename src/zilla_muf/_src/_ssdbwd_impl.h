@@ -248,18 +248,19 @@ typedef struct {
 } S(zm_ssdb_adj_args);
 
 /* silu'(v) = s (1 + v (1 - s)) and silu(v) = v s, s the logistic from
- * exp(-|v|) (no overflow). */
-ZM_INLINE void S(zm_ssdb_gate_rows)(T *restrict dy, T *restrict gz,
+ * exp(-|v|) (no overflow). gz may be y0 itself (each element read before
+ * it is written). */
+ZM_INLINE void S(zm_ssdb_gate_rows)(T *restrict dy, T *gz,
                                     const T *restrict gy,
                                     const T *restrict z,
-                                    const T *restrict y0, ptrdiff_t ld,
+                                    const T *y0, ptrdiff_t ld,
                                     ptrdiff_t m, ptrdiff_t P)
 {
     ptrdiff_t l, p;
     for (l = 0; l < m; l++) {
         const T *restrict g = gy + l * ld, *restrict zr = z + l * ld;
-        const T *restrict yr = y0 + l * ld;
-        T *restrict d = dy + l * ld, *restrict gzr = gz + l * ld;
+        const T *yr = y0 + l * ld;
+        T *restrict d = dy + l * ld, *gzr = gz + l * ld;
         for (p = 0; p < P; p++) {
             T v = zr[p];
             T e = ZM_EXP(v < 0 ? v : -v);
