@@ -24,7 +24,10 @@ Every ratio compares times measured in the same run: ours interleaved with
 our forward; each torch baseline (seconds per run) against the mean of our
 forward + backward timed just before and just after it.
 GFLOP/s of the SSD forward + backward are given as a fraction of this
-machine's sgemm throughput (a 2048 x 2048 float32 matmul by NumPy).
+machine's sgemm throughput (a 2048 x 2048 float32 matmul by NumPy), with
+two operation counts: three forwards by the forward docstring's count of
+multiply-adds (which counts C B^T per head and the masked triangle in
+full), and the operations the kernels execute (``ssd_fwd_bwd_flops``).
 Peak memory: the forward + backward of each side in a fresh process
 (``ru_maxrss`` growth).
 """
@@ -71,6 +74,21 @@ def ssd_flops(shape, cs):
     forward's docstring: 2Q(N + P) + 4PN per token and head."""
     nb, L, H, P, G, N = shape
     return 2.0 * nb * L * H * (2 * cs * (N + P) + 4 * P * N)
+
+
+def ssd_fwd_bwd_flops(shape, cs):
+    """Floating-point operations (2 per multiply-add) that the forward with
+    chunk states and the backward execute in their matrix products, the
+    triangular ones counted as triangles: per chunk of one head, forward
+    Q(Q+1)/2 P + 2QNP, backward 4QNP + Q(Q+1) P; per chunk of a group, C B^T
+    once in the forward and once, with its two gradient products, in the
+    backward: 4 Q(Q+1)/2 N."""
+    nb, L, H, P, G, N = shape
+    nc = -(-L // cs)
+    tri = cs * (cs + 1) / 2
+    head = tri * P + 2 * cs * N * P + 4 * cs * N * P + 2 * tri * P
+    group = 4 * tri * N
+    return 2.0 * nb * nc * (H * head + G * group)
 
 
 def sel_inputs(seed=0):
@@ -278,8 +296,16 @@ def main(argv=None):
         fwd = times["forward"]
         fb = times["forward+backward"]
         rep.add(f"ssd {case}", "forward", fwd)
+        done = ssd_fwd_bwd_flops(shape, 64)
         rep.add(f"ssd {case}", "forward+backward", fb, reference=fwd,
-                gflops=flops / fb / 1e9, sgemm_fraction=flops / fb / 1e9 / peak)
+                gflops=flops / fb / 1e9, sgemm_fraction=flops / fb / 1e9 / peak,
+                gflops_executed=done / fb / 1e9,
+                sgemm_fraction_executed=done / fb / 1e9 / peak)
+        progress(f"ssd {case}: forward+backward {flops / fb / 1e9:.1f} GFLOP/s "
+                 f"(3 forwards by the docstring's count; "
+                 f"{flops / fb / 1e9 / peak:.0%} of sgemm), "
+                 f"{done / fb / 1e9:.1f} GFLOP/s executed "
+                 f"({done / fb / 1e9 / peak:.0%} of sgemm)")
         if torch is not None and not args.ssd_only:
             # seconds per run: one warm-up and `torch_repeat` timed runs each,
             # between two timings of ours (the ratio uses their mean)
