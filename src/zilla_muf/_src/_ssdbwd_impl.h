@@ -40,14 +40,17 @@ ZM_INLINE T S(zm_ssdb_dot)(const T *a, const T *b, ptrdiff_t n)
  * nheads * headdim escape the hardware prefetchers. */
 typedef struct {
     const T *base[3];
-    int ns, s;
+    int ns, s, per;
     ptrdiff_t ld, nrows, ncols, row, col;
 } S(zm_ssdb_pf);
 
+/* `steps`: the calls of zm_ssdb_pf_step expected to take it all. */
 ZM_INLINE void S(zm_ssdb_pf_init)(S(zm_ssdb_pf) *pf, const T *a,
                                   const T *b, const T *c, ptrdiff_t ld,
-                                  ptrdiff_t nrows, ptrdiff_t ncols)
+                                  ptrdiff_t nrows, ptrdiff_t ncols,
+                                  ptrdiff_t steps)
 {
+    const ptrdiff_t lines = (ncols * (ptrdiff_t) sizeof(T) + 63) / 64;
     pf->base[0] = a;
     pf->base[1] = b;
     pf->base[2] = c;
@@ -58,11 +61,14 @@ ZM_INLINE void S(zm_ssdb_pf_init)(S(zm_ssdb_pf) *pf, const T *a,
     pf->ncols = ncols;
     pf->row = 0;
     pf->col = 0;
+    pf->per = (int) ((pf->ns * pf->nrows * lines + steps - 1)
+                     / (steps > 0 ? steps : 1)) + 1;
 }
 
-ZM_INLINE void S(zm_ssdb_pf_step)(S(zm_ssdb_pf) *pf, int lines)
+ZM_INLINE void S(zm_ssdb_pf_step)(S(zm_ssdb_pf) *pf)
 {
     const ptrdiff_t step = 64 / (ptrdiff_t) sizeof(T);
+    int lines = pf->per;
     for (; lines > 0 && pf->row < pf->nrows; lines--) {
 #if defined(__GNUC__)
         __builtin_prefetch(pf->base[pf->s] + pf->row * pf->ld + pf->col, 0, 3);
@@ -331,7 +337,8 @@ static void S(zm_ssdb_adjoint)(const S(zm_ssdb_adj_args) *a, T *work)
                                                          : NULL,
                                c > a->c0 && a->z != NULL ? a->y0 + tp * ldx
                                                          : NULL,
-                               ldx, csz, P);
+                               ldx, csz, P, (Pp + 2 * VW - 1) / (2 * VW)
+                                      * ((N + ZM_SSD_MR - 1) / ZM_SSD_MR));
             memset(&t, 0, sizeof t);
             t.k1 = m1;
             t.ra1 = 1;
@@ -348,7 +355,7 @@ static void S(zm_ssdb_adjoint)(const S(zm_ssdb_adj_args) *a, T *work)
                     const int mr = (int) zm_ssd_min(ZM_SSD_MR, N - n0);
                     t.A1 = a->C + t0 * ldb + n0;
                     t.C = dS + n0 * Pp + j0;
-                    S(zm_ssdb_pf_step)(&pf, 6);
+                    S(zm_ssdb_pf_step)(&pf);
                     S(zm_tile)(mr, nv, &t);
                 }
             }
@@ -508,7 +515,7 @@ ZM_INLINE void S(zm_ssdb_prod_t)(T *Qt, const T *A, const T *Bm,
             const int mr = (int) zm_ssd_min(ZM_SSD_MR, N - n0);
             t.A1 = A + n0 * Pp;
             t.C = Qt + n0 * mp + c0;
-            S(zm_ssdb_pf_step)(pf, 2);
+            S(zm_ssdb_pf_step)(pf);
             S(zm_tile)(mr, nv, &t);
         }
     }
@@ -581,7 +588,8 @@ static void S(zm_ssdb_grads)(const S(zm_ssdb_grad_args) *a, T *work)
             /* the next head's rows of x and dY, fetched meanwhile */
             S(zm_ssdb_pf_init)(&pf, r + 1 < a->rep ? xs + P : NULL,
                                r + 1 < a->rep ? dys + P : NULL, NULL, ldx,
-                               ms, P);
+                               ms, P, (Pp + 2 * VW - 1) / (2 * VW)
+                                          * ((ms + ZM_SSD_MR - 1) / ZM_SSD_MR));
 
             if (h_in)
                 for (i = 0; i < ms; i++)
@@ -628,7 +636,7 @@ static void S(zm_ssdb_grads)(const S(zm_ssdb_grad_args) *a, T *work)
                     t.A2 = w.Wt + j0 * mp + j0;
                     t.B2 = w.dYp + j0 * Pp + c0;
                     t.C = w.dXd + j0 * Pp + c0;
-                    S(zm_ssdb_pf_step)(&pf, 4);
+                    S(zm_ssdb_pf_step)(&pf);
                     S(zm_tile)(mr, nv, &t);
                 }
             }
@@ -647,7 +655,7 @@ static void S(zm_ssdb_grads)(const S(zm_ssdb_grad_args) *a, T *work)
                     const int mr = (int) zm_ssd_min(ZM_SSD_MR, ms - i0);
                     t.A1 = w.dYp + i0 * Pp;
                     t.C = w.dM + i0 * mp + j0;
-                    S(zm_ssdb_pf_step)(&pf, 4);
+                    S(zm_ssdb_pf_step)(&pf);
                     S(zm_tile)(mr, nv, &t);
                 }
             }
