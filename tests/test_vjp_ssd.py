@@ -329,6 +329,7 @@ def test_blocks_of_chunks_agree(monkeypatch, dtype):
     {"z": True, "D": True},
     {"z": True, "init": True, "seq": True},
     {"D": True, "seq": True, "groups": 1},
+    {"z": True, "init": True, "seq": True, "L": 2100},   # blocks of chunks
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_forward_is_the_public_one(opts, dtype):
@@ -336,7 +337,8 @@ def test_forward_is_the_public_one(opts, dtype):
     ssd_chunk_scan_combined returns, bit for bit."""
     rng = np.random.default_rng(43)
     G = opts.get("groups", 2)
-    kw = _problem(rng, nb=2, L=77, H=4, P=5, G=G, N=6, full=False, dtype=dtype)
+    L = opts.get("L", 77)
+    kw = _problem(rng, nb=2, L=L, H=4, P=5, G=G, N=6, full=False, dtype=dtype)
     kw["dt_softplus"] = True
     if opts.get("z"):
         kw["z"] = rng.standard_normal(kw["x"].shape).astype(dtype)
@@ -345,7 +347,7 @@ def test_forward_is_the_public_one(opts, dtype):
     if opts.get("init"):
         kw["initial_states"] = rng.standard_normal((2, 4, 5, 6)).astype(dtype)
     if opts.get("seq"):
-        kw["seq_idx"] = _seq_ids(2, 77, [10, 32, 33])
+        kw["seq_idx"] = _seq_ids(2, L, [10, 32, 33] + ([1030, 1900] if L > 1024 else []))
     for workers in (1, 2):
         want = ssd_chunk_scan_combined(chunk_size=16, return_final_states=True,
                                        workers=workers, **kw)
@@ -391,3 +393,20 @@ def test_pullback_called_twice(fun):
     for name in first:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
     assert_grads_close(first, _torch_grads(kw, ct, False), 1e-9)
+
+
+def test_states_alone_in_blocks():
+    """On one thread the chunk states are formed in blocks of about 1024
+    positions; without the output (ssd_sequential's backward) as with it
+    (ssd_chunk_scan_combined's forward) they give the same gradients."""
+    rng = np.random.default_rng(46)
+    kw = _problem(rng, nb=1, L=2100, H=2, P=3, G=1, N=4)
+    seq = _seq_ids(1, 2100, [500, 1024, 1500])
+    ct = rng.standard_normal((1, 2100, 2, 3))
+    ct_last = rng.standard_normal((1, 2, 3, 4))
+    got = {}
+    for fun in (ssd_chunk_scan_combined, ssd_sequential):
+        out, pull = vjp(fun, chunk_size=16, seq_idx=seq, return_final_states=True,
+                        workers=1, **kw)
+        got[fun] = pull((ct, ct_last))
+    assert_grads_close(got[ssd_sequential], got[ssd_chunk_scan_combined], 1e-9)

@@ -102,6 +102,10 @@ cdef extern from "_ssdbwd.h" nogil:
     void zm_ssdb_grad_task_d(const zm_ssdb_problem *pr, Py_ssize_t task, double *work)
 
 
+# Positions of a block of the forward walk on one thread (see forward).
+cdef Py_ssize_t _BLOCK_TOKENS = 1024
+
+
 def _require(bint ok, str what):
     """Raise the boundary check's ValueError unless `ok`."""
     if not ok:
@@ -219,7 +223,7 @@ def forward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     row; `dA` restarted at every sequence start of `seq`."""
     cdef Py_ssize_t nb = x.shape[0], L = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
-    cdef Py_ssize_t task, vw, per, ntask
+    cdef Py_ssize_t task, vw, per, ntask, bc, c0
     cdef zm_ssdb_problem pr
     cdef _Work work, cbw
     cdef real_t *buf
@@ -267,13 +271,21 @@ def forward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
                 zm_ssdb_cb_task_f(&pr, task, buf + tid * per)
             else:
                 zm_ssdb_cb_task_d(&pr, task, buf + tid * per)
-    with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
-        for task in prange(nb * H, schedule='dynamic'):
-            if real_t is float:
-                zm_ssdb_fwd_task_f(&pr, task, buf + tid * per)
-            else:
-                zm_ssdb_fwd_task_d(&pr, task, buf + tid * per)
+    # on one thread the rows are walked in blocks of about _BLOCK_TOKENS
+    # positions, every task through one block before the next (the heads
+    # of a group then read the block's B, C and C B^T from cache), as the
+    # fused scan of _ssd.pyx does; on several, each task walks its row
+    bc = max(1, _BLOCK_TOKENS // chunk_size) if num_threads == 1 else pr.nch
+    for c0 in range(0, pr.nch, bc):
+        pr.c0 = c0
+        pr.c1 = c0 + bc
+        with nogil, parallel(num_threads=num_threads):
+            tid = threadid()
+            for task in prange(nb * H, schedule='dynamic'):
+                if real_t is float:
+                    zm_ssdb_fwd_task_f(&pr, task, buf + tid * per)
+                else:
+                    zm_ssdb_fwd_task_d(&pr, task, buf + tid * per)
 
 
 def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,

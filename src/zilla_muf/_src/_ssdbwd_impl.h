@@ -147,7 +147,8 @@ static S(zm_ssdb_ws) S(zm_ssdb_layout)(T *work, ptrdiff_t cm, ptrdiff_t P,
  * segment sees it (zero when a sequence starts at the chunk's first
  * position), in `states` (nch, N, Pp): transposed, as the walk keeps it. With y0 == NULL only the states are
  * formed. y0 gets the output before the gate (with D x), y (z != NULL)
- * the gated output.
+ * the gated output. The chunks c0 <= c < c1 (a block of the row, resumed
+ * from `last`, as zm_ssd_walk does).
  * ------------------------------------------------------------------------ */
 typedef struct {
     const T *x;            /* (L, P), row stride ldx */
@@ -162,7 +163,8 @@ typedef struct {
     T *states;             /* (nch, N, Pp) */
     const T *Dv, *z;       /* (P,) skip weights, (L, P) gates; or NULL */
     ptrdiff_t ldx, ldb, L, P, N, csz;
-} S(zm_ssdb_fwd_args);
+    ptrdiff_t c0, c1;      /* the chunks of this call: a row is walked in */
+} S(zm_ssdb_fwd_args);     /* blocks, the state kept in `last` between */
 
 ZM_CLONES
 static void S(zm_ssdb_forward)(const S(zm_ssdb_fwd_args) *a, T *work)
@@ -174,11 +176,17 @@ static void S(zm_ssdb_forward)(const S(zm_ssdb_fwd_args) *a, T *work)
                                                 P, N);
     const long long *seq = a->seq;
     ptrdiff_t c, l;
-    int has_state = a->init != NULL;
+    int has_state;
 
-    if (has_state)
-        S(zm_ssd_state_in)(&ws, a->init, P, N);
-    for (c = 0; c < nch; c++) {
+    if (a->c0 > 0) {             /* a later block: resume the row */
+        has_state = 1;
+        S(zm_ssd_state_in)(&ws, a->last, P, N);
+    } else {
+        has_state = a->init != NULL;
+        if (has_state)
+            S(zm_ssd_state_in)(&ws, a->init, P, N);
+    }
+    for (c = a->c0; c < a->c1 && c < nch; c++) {
         const ptrdiff_t t0 = c * csz, m = zm_ssd_min(csz, L - t0);
         const int more = c + 1 < nch;
         S(zm_pf) pf = {more ? a->x + (t0 + csz) * ldx : a->x, ldx, 0,
@@ -812,6 +820,8 @@ static void S(zm_ssdb_fwd_task)(const zm_ssdb_problem *pr, ptrdiff_t task,
     a.P = P;
     a.N = N;
     a.csz = pr->csz;
+    a.c0 = pr->c0;
+    a.c1 = pr->c1;
     S(zm_ssdb_forward)(&a, work);
 }
 
