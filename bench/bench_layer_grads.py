@@ -245,7 +245,8 @@ def main(argv=None):
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--ssd-only", action="store_true",
-                        help="only the SSD rows (no selective scan, no memory)")
+                        help="only the SSD rows (no selective scan, no memory; "
+                             "results/ left as it is)")
     parser.add_argument("--ssd-workers", default="1,2",
                         help="worker counts of the extra SSD rows (comma list)")
     args = parser.parse_args(argv)
@@ -306,7 +307,7 @@ def main(argv=None):
                  f"{flops / fb / 1e9 / peak:.0%} of sgemm), "
                  f"{done / fb / 1e9:.1f} GFLOP/s executed "
                  f"({done / fb / 1e9 / peak:.0%} of sgemm)")
-        if torch is not None and not args.ssd_only:
+        if torch is not None:
             # seconds per run: one warm-up and `torch_repeat` timed runs each,
             # between two timings of ours (the ratio uses their mean)
             tt = {cs: median_time(lambda cs=cs: torch_ssd_fwd_bwd(inputs, cs),

@@ -17,17 +17,18 @@ the entering state S and the output's cotangent dY (after the gate):
 Three passes, each a parallel loop over independent tasks:
 
 1. forward (tasks (batch, head)): the fused scan of _ssd.pyx, chunk after
-   chunk (the same calls of _ssdchunk.h: the same output bits), that also
-   keeps the state entering every chunk, transposed as the walk holds it,
-   (batch, nheads, nchunks, dstate, headdim) -- the only memory of this size
-   the pullback keeps. The
-   vjp of ssd_chunk_scan_combined runs it as its forward; for the other
-   layers it runs without output, for the states alone.
+   chunk (the same calls of _ssdchunk.h: the same output bits; on one
+   thread the rows in blocks of about 1024 positions, every task through a
+   block before the next, as there), that also keeps the state entering
+   every chunk, transposed as the walk holds it, (batch, nheads, nchunks,
+   dstate, headdim) -- the only memory of this size the pullback keeps.
+   The vjp of ssd_chunk_scan_combined runs it as its forward; for the
+   other layers it runs without output, for the states alone.
 2. adjoint (tasks (batch, head)): the chunks in reverse with the adjoint of
-   the state leaving the chunk, dS <- carry dS + C^T diag(din) dY, each
-   chunk's dS kept (same size as the states). The gate is applied here,
-   dY = gy silu(z) into gx's memory (read back, then overwritten, by pass
-   3), and z's gradient formed.
+   the state leaving the chunk, dS <- carry dS + C^T diag(din) dY. The gate
+   is applied here, dY = gy silu(z) into gx's memory (read back, then
+   overwritten, by pass 3), and z's gradient formed (over y0 when the
+   caller passes y0 itself as gz).
 3. gradients (tasks (batch, group, chunk)): for every head of the group,
    dXd = diag(dout) B dS^T + (E o C B^T)^T dY, dCB += (dY Xd^T) o E,
    gC += diag(din) dY S, gB += diag(dout) Xd dS, the gradient of the decay
@@ -36,6 +37,15 @@ Three passes, each a parallel loop over independent tasks:
    gradients of its chunk and group, and x's of its heads: no two tasks
    write the same memory, and A's and D's gradients are per-task sums that
    the caller adds up (the same result for every thread count).
+
+Passes 2 and 3 alternate over blocks of chunks, the last block first: pass
+2 over the block (each task resuming its adjoint), then pass 3 over the
+block's chunks. Only one block of adjoints is held (about 16 MB), in one
+buffer reused by every block. The products are the register tiles of
+_ssdchunk.h, on operands copied into padded (and, where a product needs
+it, transposed) scratch rows; the rows of x, dY, z and y0 that the next
+unit of work reads (strided by nheads * headdim, out of the hardware
+prefetchers' reach) are prefetched between the tiles of the current one.
 
 A chunk that holds a sequence boundary is cut there into segments, each a
 chunk of its own (the forward's rule): the first reads the entering
