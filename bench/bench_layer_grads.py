@@ -1,12 +1,16 @@
 """Benchmark: forward + backward of the layers against our forward and torch.
 
-    python bench/bench_layer_grads.py [--quick] [--repeat N]
+    python bench/bench_layer_grads.py [--quick] [--repeat N] [--ssd-only]
+                                      [--ssd-workers 1,2]
 
 Cases (float32, 2 threads on each side):
 
 - SSD b1 L4096 h8 p64 n64 and b4 L2048 h24 p64 n128 (ngroups 1, softplus
   dt, D, z): ``ssd_chunk_scan_combined`` forward alone; forward + backward
-  through ``zilla_muf._vjp.vjp``; torch autograd through the reference
+  through ``zilla_muf._vjp.vjp`` (the output's cotangent made once,
+  outside the timed calls); both also with each worker count of
+  ``--ssd-workers`` (rows "... w1", with the ratio of CPU times besides
+  that of wall times); torch autograd through the reference
   listing of ``bench/ssd_torch_reference.py`` at its best chunk size among
   64, 128, 256 (64 and 256 with ``--quick``).
 - selective scan b2 d1536 n16 L2048 (real A, B and C (batch, dstate,
@@ -21,7 +25,10 @@ Every ratio compares times measured in the same run: ours interleaved with
 our forward; each torch baseline (seconds per run) against the mean of our
 forward + backward timed just before and just after it.
 GFLOP/s of the SSD forward + backward are given as a fraction of this
-machine's sgemm throughput (a 2048 x 2048 float32 matmul by NumPy).
+machine's sgemm throughput (a 2048 x 2048 float32 matmul by NumPy), with
+two operation counts: three forwards by the forward docstring's count of
+multiply-adds (which counts C B^T per head and the masked triangle in
+full), and the operations the kernels execute (``ssd_fwd_bwd_flops``).
 Peak memory: the forward + backward of each side in a fresh process
 (``ru_maxrss`` growth).
 """
@@ -68,6 +75,21 @@ def ssd_flops(shape, cs):
     forward's docstring: 2Q(N + P) + 4PN per token and head."""
     nb, L, H, P, G, N = shape
     return 2.0 * nb * L * H * (2 * cs * (N + P) + 4 * P * N)
+
+
+def ssd_fwd_bwd_flops(shape, cs):
+    """Floating-point operations (2 per multiply-add) that the forward with
+    chunk states and the backward execute in their matrix products, the
+    triangular ones counted as triangles: per chunk of one head, forward
+    Q(Q+1)/2 P + 2QNP, backward 4QNP + Q(Q+1) P; per chunk of a group, C B^T
+    once in the forward and once, with its two gradient products, in the
+    backward: 4 Q(Q+1)/2 N."""
+    nb, L, H, P, G, N = shape
+    nc = -(-L // cs)
+    tri = cs * (cs + 1) / 2
+    head = tri * P + 2 * cs * N * P + 4 * cs * N * P + 2 * tri * P
+    group = 4 * tri * N
+    return 2.0 * nb * nc * (H * head + G * group)
 
 
 def sel_inputs(seed=0):
@@ -129,17 +151,18 @@ def torch_sel_fwd_bwd(inputs):
 
 # ------------------------------------------------------------------ zilla
 
-def ours_ssd(inputs, backward):
+def ours_ssd(inputs, backward, workers=THREADS):
     import zilla_muf
     from zilla_muf._vjp import vjp
     if not backward:
         return lambda: zilla_muf.ssd_chunk_scan_combined(
-            **inputs, dt_softplus=True, workers=THREADS)
+            **inputs, dt_softplus=True, workers=workers)
+    ct = np.ones_like(inputs["x"])
 
     def run():
         y, pull = vjp(zilla_muf.ssd_chunk_scan_combined, **inputs,
-                      dt_softplus=True, workers=THREADS)
-        pull(np.ones_like(y))
+                      dt_softplus=True, workers=workers)
+        pull(ct)
     return run
 
 
@@ -155,6 +178,25 @@ def ours_sel(inputs, backward, workers=THREADS):
                       workers=workers)
         pull(np.ones_like(y))
     return run
+
+
+def cpu_time(fn, repeat):
+    """Median process CPU time (user + system, every thread) of ``fn()``
+    over `repeat` runs after one warm-up: with one worker, the work done,
+    whatever else the machine runs (wall times on a loaded machine inflate
+    the longer call more: it is preempted more often)."""
+    import resource
+
+    def now():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = now()
+        fn()
+        times.append(now() - t0)
+    return float(np.median(times))
 
 
 def sgemm_gflops():
@@ -203,7 +245,13 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--ssd-only", action="store_true",
+                        help="only the SSD rows (no selective scan, no memory; "
+                             "results/ left as it is)")
+    parser.add_argument("--ssd-workers", default="1,2",
+                        help="worker counts of the extra SSD rows (comma list)")
     args = parser.parse_args(argv)
+    ssd_workers = [int(v) for v in args.ssd_workers.split(",") if v.strip()]
     repeat = args.repeat or (3 if args.quick else 5)
     rounds = 2 if args.quick else 3
     torch_repeat = 1 if args.quick else 3
@@ -227,15 +275,39 @@ def main(argv=None):
     torch_chunks = (64, 256) if args.quick else (64, 128, 256)
     for case, shape in SSD_SHAPES.items():
         inputs = ssd_inputs(shape)
+        flops = 3 * ssd_flops(shape, 64)   # forward + backward ~ 3 forwards
+        for w in [w for w in ssd_workers if w != THREADS]:
+            times = interleaved_times({"forward": ours_ssd(inputs, False, w),
+                                       "forward+backward": ours_ssd(inputs, True, w)},
+                                      rounds=rounds, repeat=repeat)
+            cpu = {k: cpu_time(f, repeat) for k, f in
+                   (("forward", ours_ssd(inputs, False, w)),
+                    ("forward+backward", ours_ssd(inputs, True, w)))}
+            rep.add(f"ssd {case}", f"forward w{w}", times["forward"],
+                    cpu_seconds=cpu["forward"])
+            rep.add(f"ssd {case}", f"forward+backward w{w}",
+                    times["forward+backward"], reference=times["forward"],
+                    gflops=flops / times["forward+backward"] / 1e9,
+                    cpu_seconds=cpu["forward+backward"],
+                    cpu_ratio=cpu["forward+backward"] / cpu["forward"])
+            progress(f"ssd {case} w{w}: CPU time forward+backward / forward = "
+                     f"{cpu['forward+backward'] / cpu['forward']:.2f}")
         fns = {"forward": ours_ssd(inputs, False),
                "forward+backward": ours_ssd(inputs, True)}
         times = interleaved_times(fns, rounds=rounds, repeat=repeat)
         fwd = times["forward"]
         fb = times["forward+backward"]
         rep.add(f"ssd {case}", "forward", fwd)
-        flops = 3 * ssd_flops(shape, 64)   # forward + backward ~ 3 forwards
+        done = ssd_fwd_bwd_flops(shape, 64)
         rep.add(f"ssd {case}", "forward+backward", fb, reference=fwd,
-                gflops=flops / fb / 1e9, sgemm_fraction=flops / fb / 1e9 / peak)
+                gflops=flops / fb / 1e9, sgemm_fraction=flops / fb / 1e9 / peak,
+                gflops_executed=done / fb / 1e9,
+                sgemm_fraction_executed=done / fb / 1e9 / peak)
+        progress(f"ssd {case}: forward+backward {flops / fb / 1e9:.1f} GFLOP/s "
+                 f"(3 forwards by the docstring's count; "
+                 f"{flops / fb / 1e9 / peak:.0%} of sgemm), "
+                 f"{done / fb / 1e9:.1f} GFLOP/s executed "
+                 f"({done / fb / 1e9 / peak:.0%} of sgemm)")
         if torch is not None:
             # seconds per run: one warm-up and `torch_repeat` timed runs each,
             # between two timings of ours (the ratio uses their mean)
@@ -249,6 +321,9 @@ def main(argv=None):
                         reference=(fb + fb2) / 2)
             progress(f"ssd {case}: torch (cs{best}) / ours fwd+bwd = "
                      f"{tt[best] / ((fb + fb2) / 2):.1f}x")
+    if args.ssd_only:
+        print(rep.table())      # a partial run: results/ is left as it is
+        return
     inputs = sel_inputs()
     fns = {"forward": ours_sel(inputs, False),
            "forward+backward": ours_sel(inputs, True)}

@@ -262,3 +262,151 @@ def test_workers_agree():
                    return_final_states=True, workers=3, **kw)
     ct = random_cotangent(rng, out)
     assert_grads_close(pull2(ct), pull1(ct), 1e-12)
+
+
+# ---------------------------------------------------------------------------
+# The compiled backward: shapes that fill several register tiles, headdim and
+# dstate that are not multiples of the vector width, blocks of chunks
+# ---------------------------------------------------------------------------
+
+def _seq_ids(nb, L, cuts):
+    """Sequence ids (nb, L) that change at the positions in `cuts`."""
+    seq = np.zeros((nb, L), dtype=np.int64)
+    for c in cuts:
+        seq[:, c:] += 1
+    return seq
+
+
+@pytest.mark.parametrize("chunk", [16, 40, 64])
+@pytest.mark.parametrize("use_seq", [False, True])
+def test_torch_tiled_shapes(chunk, use_seq):
+    """Gradients of a problem whose chunks span several tiles, against torch
+    autograd through the sequential transcription (float64)."""
+    rng = np.random.default_rng(40)
+    kw = _problem(rng, nb=2, L=150, H=4, P=9, G=2, N=11)
+    kw["D"] = rng.standard_normal((4, 9))
+    kw["dt_limit"] = (0.02, 1.5)
+    # boundaries inside chunks, at a chunk start, and one position apart
+    seq = _seq_ids(2, 150, [7, 64, 80, 81, 130]) if use_seq else None
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=chunk, seq_idx=seq,
+                    return_final_states=True, **kw)
+    ct = random_cotangent(rng, out)
+    assert_grads_close(pull(ct), _torch_grads(kw, ct, True, seq_idx=seq), 1e-9)
+
+
+@pytest.mark.parametrize("fun", [ssd_sequential, ssd_quadratic])
+def test_torch_other_layers_tiled(fun):
+    """ssd_sequential and ssd_quadratic share the chunked backward (the
+    states recomputed in the backward)."""
+    rng = np.random.default_rng(41)
+    kw = _problem(rng, nb=1, L=130, H=2, P=5, G=1, N=7)
+    if fun is ssd_quadratic:
+        del kw["initial_states"]
+    out, pull = vjp(fun, **kw)
+    ct = random_cotangent(rng, out)
+    assert_grads_close(pull(ct), _torch_grads(kw, ct, False), 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocks_of_chunks_agree(monkeypatch, dtype):
+    """The adjoints held one chunk at a time (one block per chunk) give the
+    gradients of the whole-sequence block, to rounding."""
+    from zilla_muf import ssd as ssd_module
+    rng = np.random.default_rng(42)
+    kw = _problem(rng, nb=2, L=100, H=4, P=6, G=2, N=5, dtype=dtype)
+    seq = _seq_ids(2, 100, [30, 33, 64])
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=16, seq_idx=seq,
+                    return_final_states=True, workers=2, **kw)
+    ct = random_cotangent(rng, out)
+    whole = pull(ct)
+    monkeypatch.setattr(ssd_module, "_BLOCK_BYTES", 1)
+    blocks = pull(ct)
+    assert_grads_close(blocks, whole, 1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("opts", [
+    {},
+    {"z": True, "D": True},
+    {"z": True, "init": True, "seq": True},
+    {"D": True, "seq": True, "groups": 1},
+    {"z": True, "init": True, "seq": True, "L": 2100},   # blocks of chunks
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_is_the_public_one(opts, dtype):
+    """The vjp's forward (which also keeps the chunk states) returns what
+    ssd_chunk_scan_combined returns, bit for bit."""
+    rng = np.random.default_rng(43)
+    G = opts.get("groups", 2)
+    L = opts.get("L", 77)
+    kw = _problem(rng, nb=2, L=L, H=4, P=5, G=G, N=6, full=False, dtype=dtype)
+    kw["dt_softplus"] = True
+    if opts.get("z"):
+        kw["z"] = rng.standard_normal(kw["x"].shape).astype(dtype)
+    if opts.get("D"):
+        kw["D"] = rng.standard_normal(4).astype(dtype)
+    if opts.get("init"):
+        kw["initial_states"] = rng.standard_normal((2, 4, 5, 6)).astype(dtype)
+    if opts.get("seq"):
+        kw["seq_idx"] = _seq_ids(2, L, [10, 32, 33] + ([1030, 1900] if L > 1024 else []))
+    for workers in (1, 2):
+        want = ssd_chunk_scan_combined(chunk_size=16, return_final_states=True,
+                                       workers=workers, **kw)
+        got, _ = vjp(ssd_chunk_scan_combined, chunk_size=16,
+                     return_final_states=True, workers=workers, **kw)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("where", ["x", "B", "dt"])
+def test_nan_stays_in_its_sequence(where):
+    """A NaN in one packed sequence reaches no gradient of another (the
+    chunks are cut at the boundaries, as in the forward)."""
+    rng = np.random.default_rng(44)
+    kw = _problem(rng, nb=1, L=60, H=2, P=3, G=1, N=4)
+    seq = _seq_ids(1, 60, [21, 40])               # sequences 0..20, 21..39, 40..59
+    kw[where] = kw[where].copy()
+    kw[where][0, 30] = np.nan
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=16, seq_idx=seq,
+                    return_final_states=True, **kw)
+    g = pull((np.ones_like(out[0]), np.ones_like(out[1])))
+    reached = False
+    for name in ("x", "dt", "B", "C", "z"):
+        v = g[name][0]
+        assert np.all(np.isfinite(v[:21])) and np.all(np.isfinite(v[40:])), name
+        reached |= bool(np.isnan(v[21:40]).any())
+    assert reached                    # the NaN's own sequence does see it
+    assert np.all(np.isfinite(g["initial_states"]))
+    assert np.all(np.isfinite(g["D"]) | (where == "x"))
+
+
+@pytest.mark.parametrize("fun", [ssd_chunk_scan_combined, ssd_sequential])
+def test_pullback_called_twice(fun):
+    """The first call writes z's gradient over the kept pre-gate output; a
+    second call forms that output again and gives the same gradients."""
+    rng = np.random.default_rng(45)
+    kw = _problem(rng, nb=1, L=40, H=2, P=3, G=1, N=4)
+    out, pull = vjp(fun, chunk_size=16, **kw)
+    ct = random_cotangent(rng, out)
+    first = pull(ct)
+    second = pull(ct)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+    assert_grads_close(first, _torch_grads(kw, ct, False), 1e-9)
+
+
+def test_states_alone_in_blocks():
+    """On one thread the chunk states are formed in blocks of about 1024
+    positions; without the output (ssd_sequential's backward) as with it
+    (ssd_chunk_scan_combined's forward) they give the same gradients."""
+    rng = np.random.default_rng(46)
+    kw = _problem(rng, nb=1, L=2100, H=2, P=3, G=1, N=4)
+    seq = _seq_ids(1, 2100, [500, 1024, 1500])
+    ct = rng.standard_normal((1, 2100, 2, 3))
+    ct_last = rng.standard_normal((1, 2, 3, 4))
+    got = {}
+    for fun in (ssd_chunk_scan_combined, ssd_sequential):
+        out, pull = vjp(fun, chunk_size=16, seq_idx=seq, return_final_states=True,
+                        workers=1, **kw)
+        got[fun] = pull((ct, ct_last))
+    assert_grads_close(got[ssd_sequential], got[ssd_chunk_scan_combined], 1e-9)

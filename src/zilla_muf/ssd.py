@@ -1318,263 +1318,145 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
 
 from scipy.special import expit  # noqa: E402
 
+from . import _ssd_backward as _bwd  # noqa: E402
 from ._vjp import defvjp  # noqa: E402
 
 _SSD_DIFF = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
-
-def _chunk_blocks(per_chunk, nc, nthreads):
-    """Slices of the chunk axis: at least one per thread, each small enough
-    that its intra-chunk temporaries (`per_chunk` elements a chunk) stay
-    near 2**19 elements (in cache, and reused by the allocator)."""
-    size = max(1, min(-(-nc // max(nthreads, 1)), (1 << 19) // max(per_chunk, 1)))
-    return [slice(c0, min(c0 + size, nc)) for c0 in range(0, nc, size)]
+# The backward holds the adjoints of the chunk states for one block of
+# chunks at a time, about this many bytes (at least one chunk's).
+_BLOCK_BYTES = 1 << 24
 
 
-def _run_blocks(fn, blocks, nthreads):
-    """fn(block) for every block, on up to `nthreads` threads."""
-    if nthreads <= 1 or len(blocks) <= 1:
-        for cb in blocks:
-            fn(cb)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=nthreads) as pool:
-        for f in [pool.submit(fn, cb) for cb in blocks]:
-            f.result()
+def _skip_weights(p):
+    """D as (nheads, headdim), C-contiguous, or None."""
+    if p.D is None:
+        return None
+    return np.ascontiguousarray(np.broadcast_to(
+        p.D[:, None] if p.D.ndim == 1 else p.D, (p.H, p.P)))
 
 
-def _tr(a):
-    """The transpose of a stack of matrices, C-contiguous: NumPy's matmul
-    takes its slow non-BLAS loop for stacks of transposed views."""
-    return np.ascontiguousarray(np.swapaxes(a, -1, -2))
+def _chunk_states(p, cs, nthreads, with_output):
+    """The chunked scan's forward pass that keeps the state entering every
+    chunk: (dt', decay sums, states) and, `with_output`, the output before
+    the gate y0, the gated output (y0 itself without z) and the final
+    states. The output is the one ssd_chunk_scan_combined gives."""
+    dt_out, dA = p.processed_dt(cs, nthreads, p.seq)
+    nc = -(-p.L // cs)
+    Pp = _bwd.padded(p.P, p.dtype == np.float32)
+    states = np.empty((p.nb, p.H, nc, p.N, Pp), dtype=p.dtype)
+    last = np.empty((p.nb, p.H, p.P, p.N), dtype=p.dtype)
+    if not with_output:
+        _bwd.forward(p.x, dt_out, dA, p.B, p.C, None, None, last,
+                              states, cs, nthreads, seq=p.seq, init=p.init)
+        return (dt_out, dA, states), None
+    y0 = np.empty(p.x.shape, dtype=p.dtype)
+    y = None if p.z is None else np.empty(p.x.shape, dtype=p.dtype)
+    _bwd.forward(p.x, dt_out, dA, p.B, p.C, y0, y, last, states, cs,
+                          nthreads, seq=p.seq, init=p.init, D=_skip_weights(p),
+                          z=p.z)
+    return (dt_out, dA, states), (y0, y0 if y is None else y, last)
 
 
-def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1):
-    """Gradients of an SSD layer call (see the user guide's page on the
-    layers' gradients for the derivation).
-
-    `p` is the checked problem, `cs` the chunk length, `y0` the output
-    before the gate (None without `z`), `gy` and `gfinal` the cotangents of
-    the output and of the final state (None for zeros). Keeps only chunk
-    summaries between the passes: the chunk states and their adjoints,
-    (batch, nheads, nchunks + 1, headdim, dstate) each.
-    """
+def _degenerate_backward(p, y0, gy, gfinal):
+    """Gradients when an axis is empty: only D, z and the initial states'
+    (from the final states' cotangent) can be nonzero."""
     dt_ = p.dtype
-    nb, L, H, P, G, N = p.nb, p.L, p.H, p.P, p.G, p.N
-    rep = H // G
-    one = dt_.type(1)
-    grads = {}
-    # -- step sizes: dt' = clamp(softplus(dt + bias)), and d dt' / d dt
-    v = p.dt if p.dt_bias is None else p.dt + p.dt_bias
-    if p.dt_softplus:
-        big = v > 20
-        sp = np.where(big, v, np.logaddexp(dt_.type(0), v))
-        dsp = np.where(big, one, expit(v)).astype(dt_)
-    else:
-        sp, dsp = v, None
-    lo, hi = p.dt_limit
-    dtp = np.clip(sp, dt_.type(lo), dt_.type(hi))
-    inside = (sp >= lo) & (sp <= hi)       # zero gradient where clamped strictly
-    # -- gate and skip connection
-    gy = np.asarray(gy, dtype=dt_)
+    H = p.H
+    grads = {"x": np.zeros(p.x.shape, dt_), "dt": np.zeros(p.dt.shape, dt_),
+             "A": np.zeros(H, dt_), "B": np.zeros(p.B.shape, dt_),
+             "C": np.zeros(p.C.shape, dt_)}
+    dY = gy
     if p.z is not None:
         sig = expit(p.z)
         grads["z"] = gy * y0 * (sig * (1 + p.z * (1 - sig)))
         dY = gy * (p.z * sig)
-    else:
-        dY = gy
-    gx = np.zeros(p.x.shape, dtype=dt_)
     if p.D is not None:
         Dm = p.D[:, None] if p.D.ndim == 1 else p.D
         gDm = np.einsum("blhp,blhp->hp", dY, p.x)
         grads["D"] = gDm.sum(axis=1) if p.D.ndim == 1 else gDm
-        gx += dY * Dm
-    if min(nb, L, H, P, N) == 0:
-        grads.update(x=gx, dt=np.zeros(p.dt.shape, dt_), A=np.zeros(H, dt_),
-                     B=np.zeros(p.B.shape, dt_), C=np.zeros(p.C.shape, dt_))
-        if p.dt_bias is not None:
-            grads["dt_bias"] = np.zeros(H, dt_)
-        if p.init is not None:
-            grads["initial_states"] = (np.zeros(p.init.shape, dt_) if gfinal is None
-                                       else np.asarray(gfinal, dtype=dt_))
-        return grads
+        grads["x"] = grads["x"] + dY * Dm
+    if p.dt_bias is not None:
+        grads["dt_bias"] = np.zeros(H, dt_)
+    if p.init is not None:
+        grads["initial_states"] = (np.zeros(p.init.shape, dt_) if gfinal is None
+                                   else np.asarray(gfinal, dtype=dt_))
+    return grads
 
-    # -- chunk layout: (batch, nheads, nchunks, Q, ...), zero-padded
-    nc = -(-L // cs)
-    Lp = nc * cs
-    pad = Lp - L
 
-    def chunks(a, head_axis_first):
-        a = np.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)) if pad else a
-        a = a.reshape((nb, nc, cs) + a.shape[2:])
-        # (nb, nc, Q, H|G, ...) -> (nb, H|G, nc, Q, ...)
-        return np.ascontiguousarray(np.moveaxis(a, 3, 1)) if head_axis_first else a
+def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None, donate=False):
+    """Gradients of an SSD layer call (see the user guide's page on the
+    layers' gradients for the derivation; the compiled passes are
+    described in _ssd_backward.pyx).
 
-    X0 = chunks(p.x, True)                       # (nb, H, nc, Q, P)
-    dtc = chunks(dtp, True)                      # (nb, H, nc, Q)
-    Bc = chunks(p.B, True)                       # (nb, G, nc, Q, N)
-    Cc = chunks(p.C, True)
-    dYc = chunks(dY, True)                       # (nb, H, nc, Q, P)
-    Xd = dtc[..., None] * X0                     # dt' x
-    Acol = p.A[None, :, None, None]
-    cum = np.cumsum(dtc * Acol, axis=-1)         # (nb, H, nc, Q)
-    clamp = (p.A <= 0)[None, :, None, None]
-
-    stable = bool(np.all(p.A <= 0))
-    tiny = np.sqrt(np.finfo(dt_).tiny)
-
-    def flush(e):
-        """Decays below sqrt(tiny) (about 1e-19 in float32, 1e-154 in
-        float64) set to 0, in place: their products with the other operands
-        would be subnormal, and subnormal operands slow the matrix products
-        tenfold or more (the forward flushes its decays below the smallest
-        normal number)."""
-        e[e < tiny] = 0
-        return e
-
-    def ex(d, c=clamp):
-        """exp(d), d clamped to <= 0 for the heads whose decays never grow."""
-        if stable:
-            return flush(np.exp(np.minimum(d, 0)))
-        return flush(np.exp(np.where(c, np.minimum(d, 0), d)))
-
-    if p.seq is not None:
-        sq = np.pad(p.seq, [(0, 0), (0, pad)], mode="edge").reshape(nb, nc, cs)
-        prev = np.concatenate([sq[:, :1, 0], sq[:, :-1, -1]], axis=1)  # (nb, nc)
-        m_in = (sq == prev[..., None])[:, None].astype(dt_)
-        m_out = (sq == sq[..., -1:])[:, None].astype(dt_)
-        carry_ok = (sq[..., -1] == prev)[:, None].astype(dt_)
-        same = sq[..., :, None] == sq[..., None, :]            # (nb, nc, Q, Q)
-    else:
-        m_in = m_out = carry_ok = one
-        same = None
-    din = ex(cum) * m_in                                   # e^{cs_i}
-    dout = ex(cum[..., -1:] - cum) * m_out                 # e^{cs_Q - cs_j}
-    carry = ex(cum[..., -1], clamp[..., 0]) * carry_ok      # (nb, H, nc)
-    tril = np.tril(np.ones((cs, cs), dtype=bool))
-
-    def decay_matrix(hs, cb):
-        d = cum[:, hs, cb, :, None] - cum[:, hs, cb, None, :]
-        if stable:
-            # d >= 0 above the diagonal: clamped to 0, then masked
-            np.minimum(d, 0, out=d)
-            E = flush(np.exp(d, out=d))
-            E *= tril
+    `p` is the checked problem, `cs` the chunk length, `y0` the output
+    before the gate (None without `z`), `gy` and `gfinal` the cotangents of
+    the output and of the final state (None for zeros), `kept` what
+    _chunk_states kept in the forward (None: recomputed here). With
+    `donate`, z's gradient is written over `y0`. Memory: the chunk states
+    (batch, nheads, nchunks, dstate, headdim) and a block of their adjoints,
+    besides arrays of the inputs' sizes.
+    """
+    dt_ = p.dtype
+    nb, L, H, P, G, N = p.nb, p.L, p.H, p.P, p.G, p.N
+    rep = H // G
+    gy = np.ascontiguousarray(gy, dtype=dt_)
+    if p.degenerate:
+        return _degenerate_backward(p, y0, gy, gfinal)
+    # -- step sizes: dt' = clamp(softplus(dt + bias)), and d dt' / d dt
+    v = p.dt if p.dt_bias is None else p.dt + p.dt_bias
+    with np.errstate(invalid="ignore"):    # a NaN step stays in its sequence
+        if p.dt_softplus:
+            big = v > 20
+            sp = np.where(big, v, np.logaddexp(dt_.type(0), v))
+            dsp = np.where(big, dt_.type(1), expit(v)).astype(dt_)
         else:
-            E = ex(np.where(tril, d, -np.inf), clamp[:, hs, :, :, None])
-        if same is not None:
-            E *= same[:, None, cb]
-        return E
-
-    def heads(g):
-        return slice(g * rep, (g + 1) * rep)
-
-    # work on blocks of chunks, in parallel (NumPy releases the GIL): every
-    # block writes its own slice of the results
-    blocks = _chunk_blocks(nb * H * cs * max(cs, P, N), nc, nthreads)
-
-    # -- pass 1: chunk states
-    T = np.empty((nb, H, nc, P, N), dtype=dt_)
-
-    def states(cb):
-        for g in range(G):
-            hs = heads(g)
-            T[:, hs, cb] = _tr(Xd[:, hs, cb]) @ (
-                dout[:, hs, cb, :, None] * Bc[:, g, None, cb])
-
-    _run_blocks(states, blocks, nthreads)
-    S = np.empty((nb, H, nc + 1, P, N), dtype=dt_)
-    S[:, :, 0] = 0 if p.init is None else p.init
-    for c in range(nc):
-        S[:, :, c + 1] = carry[:, :, c, None, None] * S[:, :, c] + T[:, :, c]
-    # -- pass 2: the state adjoint, chunk by chunk in reverse
-    R = np.empty_like(T)
-
-    def readouts(cb):
-        for g in range(G):
-            hs = heads(g)
-            R[:, hs, cb] = _tr(dYc[:, hs, cb]) @ (
-                din[:, hs, cb, :, None] * Cc[:, g, None, cb])
-
-    _run_blocks(readouts, blocks, nthreads)
-    dS = T   # reuse: dS[:, :, c] is the adjoint of the state leaving chunk c
-    nxt = np.zeros((nb, H, P, N), dt_) if gfinal is None else np.asarray(gfinal, dt_)
-    for c in range(nc - 1, -1, -1):
-        dS[:, :, c] = nxt
-        nxt = carry[:, :, c, None, None] * nxt + R[:, :, c]
-    ginit = nxt
-    del R
-    # -- pass 3: gradients inside the chunks, group by group
-    dXd = np.empty_like(Xd)
-    dcum = np.zeros_like(cum)
-    gB = np.zeros_like(Bc)
-    gC = np.zeros_like(Cc)
-
-    def intra(cb):
-        for g in range(G):
-            hs = heads(g)
-            Bg, Cg = Bc[:, g, None, cb], Cc[:, g, None, cb]  # (nb, 1, nc', Q, N)
-            CB = Cg @ _tr(Bg)                # (nb, 1, nc', Q, Q)
-            E = decay_matrix(hs, cb)
-            Xg, dYg = Xd[:, hs, cb], dYc[:, hs, cb]
-            dM = dYg @ _tr(Xg)               # dL/d(E o CB)
-            dTg = dS[:, hs, cb]
-            dXd[:, hs, cb] = _tr(E * CB) @ dYg \
-                + (dout[:, hs, cb, :, None] * Bg) @ _tr(dTg)
-            dM *= E                                          # dL/dCB per head
-            dCB = dM.sum(axis=1)                             # (nb, nc', Q, Q)
-            gC[:, g, cb] += dCB @ Bg[:, 0]
-            gB[:, g, cb] += _tr(dCB) @ Cg[:, 0]
-            W = dM
-            W *= CB                                          # dL/dE o E
-            dc = W.sum(axis=-1) - W.sum(axis=-2)
-            del W, dM, E, CB
-            # the entering state read out by C
-            dn = din[:, hs, cb]
-            YS = dYg @ S[:, hs, cb]                          # (nb, rep, nc', Q, N)
-            gC[:, g, cb] += (dn[..., None] * YS).sum(axis=1)
-            dc += (YS * Cg).sum(axis=-1) * dn
-            # the chunk's contribution to the state leaving it
-            do = dout[:, hs, cb]
-            XT = Xg @ dTg                                    # (nb, rep, nc', Q, N)
-            gB[:, g, cb] += (do[..., None] * XT).sum(axis=1)
-            w = (XT * Bg).sum(axis=-1) * do
-            dc -= w
-            dc[..., -1] += w.sum(axis=-1)
-            dcum[:, hs, cb] = dc
-
-    _run_blocks(intra, blocks, nthreads)
-    Sin = S[:, :, :nc]                                 # the state entering each chunk
-    # the carry between chunks
-    dcarry = np.einsum("bhcpn,bhcpn->bhc", dS, Sin) * carry
-    dcum[..., -1] += dcarry
-    # cs_i = sum_{k <= i} dt'_k A: da_k = sum_{i >= k} dcs_i
-    da = np.flip(np.cumsum(np.flip(dcum, -1), axis=-1), -1)
-    ddt = (dXd * X0).sum(axis=-1) + da * Acol
-    grads["A"] = np.einsum("bhck,bhck->h", da, dtc)
-    dX0 = dXd * dtc[..., None]
-
-    def unchunk(a):
-        # (nb, H|G, nc, Q, ...) -> (nb, seqlen, H|G, ...)
-        a = np.moveaxis(a, 1, 3).reshape((nb, Lp, a.shape[1]) + a.shape[4:])
-        return a[:, :L]
-
-    gx += unchunk(dX0)
-    grads["x"] = gx
-    gdt = unchunk(ddt) * inside
+            sp, dsp = v, None
+        lo, hi = p.dt_limit
+        inside = (sp >= lo) & (sp <= hi)   # zero gradient where clamped strictly
+    # -- the compiled passes
+    if kept is None:
+        kept, _ = _chunk_states(p, cs, nthreads, False)
+    dt_out, dA, states = kept
+    nc = states.shape[2]
+    gx = np.empty(p.x.shape, dtype=dt_)
+    gB = np.empty(p.B.shape, dtype=dt_)
+    gC = np.empty(p.C.shape, dtype=dt_)
+    ddt = np.empty((nb, L, H), dtype=dt_)
+    gA = np.zeros((nb, G, nc, rep), dtype=dt_)
+    gD = None if p.D is None else np.zeros((nb, G, nc, rep, P), dtype=dt_)
+    gz = None if p.z is None else (y0 if donate else np.empty(p.x.shape, dtype=dt_))
+    ginit = None if p.init is None else np.empty(p.init.shape, dtype=dt_)
+    if gfinal is not None:
+        gfinal = np.ascontiguousarray(gfinal, dtype=dt_)
+    _bwd.backward(
+        p.x, dt_out, dA, p.A, p.B, p.C, gy, states, gx, gB, gC, ddt,
+        gA, cs, nthreads, seq=p.seq, has_init=p.init is not None,
+        gfinal=gfinal, ginit=ginit, D=_skip_weights(p), gD=gD, z=p.z,
+        y0=None if p.z is None else y0, gz=gz, block_bytes=_BLOCK_BYTES)
+    grads = {"x": gx, "B": gB, "C": gC, "A": gA.sum(axis=(0, 2)).reshape(H)}
+    gdt = ddt
+    gdt *= inside
     if dsp is not None:
-        gdt = gdt * dsp
+        gdt *= dsp
     grads["dt"] = gdt
     if p.dt_bias is not None:
         grads["dt_bias"] = gdt.sum(axis=(0, 1))
-    grads["B"] = unchunk(gB)
-    grads["C"] = unchunk(gC)
-    if p.init is not None:
+    if gD is not None:
+        gDm = gD.sum(axis=(0, 2)).reshape(H, P)
+        grads["D"] = gDm.sum(axis=1) if p.D.ndim == 1 else gDm
+    if gz is not None:
+        grads["z"] = gz
+    if ginit is not None:
         grads["initial_states"] = ginit
     return grads
 
 
-def _ssd_rule(fun, chunked):
+def _ssd_rule(fun, kind):
+    """The vjp rule of `fun`: kind "combined" (the chunked scan, whose
+    forward here also keeps the chunk states), "sequential" or "quadratic"
+    (their own forward; the backward is the chunked one, with the call's
+    chunk length or the default one)."""
     def rule(args):
         ret = bool(args.get("return_final_states", False))
         if args.get("cu_seqlens") is not None and (
@@ -1591,10 +1473,15 @@ def _ssd_rule(fun, chunked):
                      D=args["D"], z=args["z"], dt_bias=args["dt_bias"],
                      dt_softplus=args["dt_softplus"], dt_limit=args["dt_limit"],
                      **extra)
-        cs = _chunk_size(args["chunk_size"] if chunked else None, p.L)
+        cs = _chunk_size(args["chunk_size"] if kind != "quadratic" else None, p.L)
         nthreads = resolve_workers(args.get("workers"))
-        y0 = None
-        if p.z is None:
+        y0 = kept = None
+        if kind == "combined" and not p.degenerate:
+            kept, (y0, y, last) = _chunk_states(p, cs, nthreads, True)
+            out = (y, last) if ret else y
+            if p.z is None:
+                y0 = None
+        elif p.z is None:
             out = fun(**args)
         else:
             # keep the output before the gate; gate it as the forward does
@@ -1603,14 +1490,30 @@ def _ssd_rule(fun, chunked):
             y = y0 * silu(p.z)
             out = (y, res[1]) if ret else y
 
+        pre = [y0]
+
         def backward(ct):
             gy, gfinal = ct if ret else (ct, None)
-            return _ssd_backward(p, cs, y0, gy, gfinal, nthreads)
+            if p.z is None or p.degenerate:
+                return _ssd_backward(p, cs, pre[0], gy, gfinal, nthreads, kept)
+            # the output before the gate becomes z's gradient (one array of
+            # x's size less to allocate); a second call forms it again
+            y0_ = pre[0]
+            pre[0] = None
+            if y0_ is None:
+                if kind == "combined":
+                    y0_ = _chunk_states(p, cs, nthreads, True)[1][0]
+                else:
+                    res = fun(**dict(args, z=None))
+                    y0_ = res[0] if ret else res
+            return _ssd_backward(p, cs, y0_, gy, gfinal, nthreads, kept,
+                                 donate=True)
 
         return out, backward
     return rule
 
 
-defvjp(ssd_chunk_scan_combined, *_SSD_DIFF)(_ssd_rule(ssd_chunk_scan_combined, True))
-defvjp(ssd_sequential, *_SSD_DIFF)(_ssd_rule(ssd_sequential, True))
-defvjp(ssd_quadratic, *_SSD_DIFF[:-1])(_ssd_rule(ssd_quadratic, False))
+defvjp(ssd_chunk_scan_combined, *_SSD_DIFF)(_ssd_rule(ssd_chunk_scan_combined,
+                                                      "combined"))
+defvjp(ssd_sequential, *_SSD_DIFF)(_ssd_rule(ssd_sequential, "sequential"))
+defvjp(ssd_quadratic, *_SSD_DIFF[:-1])(_ssd_rule(ssd_quadratic, "quadratic"))

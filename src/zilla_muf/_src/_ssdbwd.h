@@ -1,0 +1,93 @@
+/*
+ * The backward of Mamba-2's chunked SSD (float and double), on the tiled
+ * chunk products of _ssdchunk.h: a forward walk that keeps the state
+ * entering every chunk, the reverse walk of the state adjoint, and the
+ * gradients inside the chunks. The math and the plan of the passes are in
+ * _ssd_backward.pyx's Design.
+ *
+ * The body (_ssdbwd_impl.h) is written once and included twice, with
+ * T = float and T = double, as _ssdchunk_impl.h is.
+ */
+#ifndef ZM_SSDBWD_H
+#define ZM_SSDBWD_H
+
+#include "_ssdchunk.h"
+
+/* Decays below these (the square roots of the smallest normal numbers) are
+ * set to zero: their products with the other operands would be subnormal,
+ * and subnormal operands slow the products tenfold or more. */
+#define ZM_SSDB_TINY_F 1.0842021724855044e-19f
+#define ZM_SSDB_TINY_D 1.4916681462400413e-154
+
+/* Elements of the per-thread scratch of the backward passes, for the
+ * longest chunk cm and vector width vw (see zm_ssdb_layout_*): every block
+ * rounded up to 64 bytes, and 64 bytes to align the start. */
+static ptrdiff_t zm_ssdb_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
+                                 ptrdiff_t vw, ptrdiff_t itemsize)
+{
+    const ptrdiff_t a = 64 / itemsize;
+    const ptrdiff_t Pp = zm_ssd_round(P, vw), Np = zm_ssd_round(N, vw);
+    const ptrdiff_t mp = zm_ssd_round(cm, vw);
+    ptrdiff_t n = 0;
+    n += 3 * zm_ssd_round(cm * Np, a);     /* Bp, Cp, Q */
+    n += 5 * zm_ssd_round(N * mp, a);      /* Bt, Ct, Qt, gCt, gBt */
+    n += 5 * zm_ssd_round(cm * mp, a);     /* CB, dCB, E, Wt, dM */
+    n += 3 * zm_ssd_round(cm * Pp, a);     /* Xd, dYp, dXd */
+    n += 2 * zm_ssd_round(P * mp, a);      /* XdT, dYT */
+    n += zm_ssd_round(N * Pp, a);          /* dSt */
+    n += 5 * zm_ssd_round(mp, a);          /* din, dout, dc, col, acc */
+    return n + a;
+}
+
+/* The arrays of one call (element type T of the instantiation; NULL for
+ * an absent optional one), all C-contiguous:
+ *   x, y0, y, z, gy, gx, gz   (nb, L, H, P)   (y0c: the kept pre-gate y0)
+ *   B, C, gB, gC              (nb, L, G, N)
+ *   dt, cs                    (nb, H, Lp)     processed steps, decay sums
+ *   seq                       (nb, L)         int64 sequence ids
+ *   init, last, gfinal, ginit (nb, H, P, N)
+ *   states                    (nb, H, nch, N, Pp)  entering states
+ *   dstates                   (nb, H, blk, N, Pp)  leaving adjoints of
+ *                                                  the chunks c0 <= c < c1
+ *   run                       (nb, H, N, Pp)  the adjoint between blocks
+ *   cb                        (nb, G, nch, cm, mp) shared C B^T
+ *   A (H,), D (H, P), ddt (nb, L, H),
+ *   gA (nb, G, nch, H / G), gD (nb, G, nch, H / G, P): per-task sums. */
+typedef struct {
+    const void *x, *dt, *cs, *A, *B, *C, *D, *z, *gy, *y0c, *init, *gfinal;
+    void *y0, *y, *last, *states, *dstates, *cb;
+    void *gx, *gz, *gB, *gC, *ddt, *gA, *gD, *ginit, *run;
+    const long long *seq;
+    ptrdiff_t L, H, P, G, N, Lp, csz, nch, cm, mp, Pp, Np, blk, c0, c1;
+    int has_init;
+} zm_ssdb_problem;
+
+#define T float
+#define V zm_vf
+#define VW ZM_VWF
+#define S(name) name##_f
+#define ZM_EXP zm_expf
+#define ZM_SSDB_TINY ZM_SSDB_TINY_F
+#include "_ssdbwd_impl.h"
+#undef T
+#undef V
+#undef VW
+#undef S
+#undef ZM_EXP
+#undef ZM_SSDB_TINY
+
+#define T double
+#define V zm_vd
+#define VW ZM_VWD
+#define S(name) name##_d
+#define ZM_EXP zm_exp
+#define ZM_SSDB_TINY ZM_SSDB_TINY_D
+#include "_ssdbwd_impl.h"
+#undef T
+#undef V
+#undef VW
+#undef S
+#undef ZM_EXP
+#undef ZM_SSDB_TINY
+
+#endif
