@@ -15,6 +15,9 @@ returned in their own dtype. Nothing here computes: every number comes from
 the NumPy API.
 """
 
+import contextlib
+import threading
+
 import numpy as np
 import torch
 
@@ -48,6 +51,11 @@ def to_numpy(t, name):
         t = t.to(torch.float64)
     if t.is_conj():
         t = t.resolve_conj()
+    if t.requires_grad:
+        # only reached where no gradient flows through this call: inside an
+        # operator's kernel (autograd is the operator's business) or on the
+        # direct path, which is taken only when no gradient is needed
+        t = t.detach()
     return t.contiguous().numpy()
 
 
@@ -70,8 +78,75 @@ def _from_numpy(arr, dtype):
     return out
 
 
-def _workers():
+# Below this many elements in the largest tensor argument a call runs on
+# the calling thread: waking a second thread costs more than the work (a
+# decoding step is a few thousand elements).
+_SMALL = 1 << 15
+
+
+def _workers(size=None):
+    """torch's intra-op thread count, or None (one thread) for small calls."""
+    if size is not None and size < _SMALL:
+        return None
     return max(1, torch.get_num_threads())
+
+
+def _plain_eager(tensors):
+    """Whether a call on `tensors` may skip the operator dispatcher.
+
+    True in eager mode (not tracing for torch.compile, no dispatch mode such
+    as FakeTensorMode active) when the arguments are plain tensors and none
+    of them needs a gradient: the operator would then only run its CPU
+    kernel, which is called directly, without the dispatcher's per-call
+    cost.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN or (grad and t.requires_grad)):
+            return False
+    return True
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS = {"depth": 0, "limiter": None, "controller": None}
+
+
+@contextlib.contextmanager
+def _blas_one_thread():
+    """BLAS on the calling thread only, while a backward runs.
+
+    The pullbacks split their work over a pool of `workers` threads whose
+    matrix products are small; a threaded BLAS under them oversubscribes
+    the cores (2 x 2 threads on 2 cores), which costs several times the
+    work. threadpoolctl (optional) sets the limit; without it BLAS keeps its
+    own setting. Concurrent backward calls share one limit, set by the first
+    to enter and restored by the last to leave.
+    """
+    with _BLAS_LOCK:
+        if _BLAS["depth"] == 0:
+            if _BLAS["controller"] is None:
+                try:
+                    from threadpoolctl import ThreadpoolController
+                except ImportError:
+                    _BLAS["controller"] = False
+                else:
+                    _BLAS["controller"] = ThreadpoolController()
+            ctl = _BLAS["controller"]
+            _BLAS["limiter"] = ctl.limit(limits=1, user_api="blas") if ctl else None
+        _BLAS["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS["depth"] -= 1
+            if _BLAS["depth"] == 0 and _BLAS["limiter"] is not None:
+                _BLAS["limiter"].restore_original_limits()
+                _BLAS["limiter"] = None
 
 
 class _Op:
@@ -133,7 +208,9 @@ class _Op:
             numpy_kw[p] = to_numpy(v, p) if t.startswith("Tensor") else v
         numpy_kw = self.convert(numpy_kw)
         if self.workers:
-            numpy_kw["workers"] = _workers()
+            size = max((kw[p].numel() for p in self.tensor_names if kw[p] is not None),
+                       default=0)
+            numpy_kw["workers"] = _workers(size)
         return kw, numpy_kw
 
     def _out_dtype(self, kw):
@@ -161,10 +238,11 @@ class _Op:
         n = len(self.names)
         kw, numpy_kw = self._kwargs(args[:n])
         cts = [to_numpy(c, "cotangent") for c in args[n:]]
-        out, pullback = vjp(self.fun, **numpy_kw)
-        nout = len(out) if isinstance(out, tuple) else 1
-        cts = cts[:nout]
-        grads = pullback(tuple(cts) if isinstance(out, tuple) else cts[0])
+        with _blas_one_thread():
+            out, pullback = vjp(self.fun, **numpy_kw)
+            nout = len(out) if isinstance(out, tuple) else 1
+            cts = cts[:nout]
+            grads = pullback(tuple(cts) if isinstance(out, tuple) else cts[0])
         result = []
         for p in self.differentiable:
             v = kw[p]
@@ -207,6 +285,8 @@ class _Op:
             if kw.get(p) is not None:
                 _check_tensor(kw[p], p)
         args = [kw.get(p) for p in self.names]
+        if _plain_eager([kw.get(p) for p in self.tensor_names]):
+            return self._forward_impl(*args)
         return self.forward(*args)
 
 
@@ -336,8 +416,6 @@ def _decode_step(fun, state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
     return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
 
 
-@torch.library.custom_op("zilla_muf::ssd_state_update", mutates_args=("state",),
-                         device_types="cpu")
 def _ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                       A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       D: torch.Tensor | None, z: torch.Tensor | None,
@@ -347,13 +425,16 @@ def _ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                         z, dt_bias, dt_softplus, state_batch_indices)
 
 
-@_ssd_state_update.register_fake
+_ssd_state_update_op = torch.library.custom_op(
+    "zilla_muf::ssd_state_update", _ssd_state_update, mutates_args=("state",),
+    device_types="cpu")
+
+
+@_ssd_state_update_op.register_fake
 def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("zilla_muf::selective_scan_update", mutates_args=("state",),
-                         device_types="cpu")
 def _selective_scan_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                            A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                            D: torch.Tensor | None, z: torch.Tensor | None,
@@ -363,13 +444,16 @@ def _selective_scan_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
                         C, D, z, dt_bias, dt_softplus, state_batch_indices)
 
 
-@_selective_scan_update.register_fake
+_selective_scan_update_op = torch.library.custom_op(
+    "zilla_muf::selective_scan_update", _selective_scan_update, mutates_args=("state",),
+    device_types="cpu")
+
+
+@_selective_scan_update_op.register_fake
 def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("zilla_muf::conv1d_update", mutates_args=("conv_state",),
-                         device_types="cpu")
 def _conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor | None, activation: str | None,
                    conv_state_indices: torch.Tensor | None) -> torch.Tensor:
@@ -382,13 +466,45 @@ def _conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tens
     return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
 
 
-@_conv1d_update.register_fake
+_conv1d_update_op = torch.library.custom_op(
+    "zilla_muf::conv1d_update", _conv1d_update, mutates_args=("conv_state",),
+    device_types="cpu")
+
+
+@_conv1d_update_op.register_fake
 def _(x, conv_state, weight, bias, activation, conv_state_indices):
     return torch.empty_like(x)
 
 
+_increment_version = getattr(torch.autograd.graph, "increment_version", None)
+
+
+class _InPlace:
+    """An in-place operator, called directly in plain eager mode.
+
+    A decoding step is a few microseconds of work; the dispatcher's
+    handling of a mutating custom operator costs far more. In eager mode,
+    with plain tensors none of which needs a gradient, the kernel runs
+    directly and the mutated tensor's version counter is bumped as the
+    operator would; otherwise (torch.compile, a dispatch mode, a tensor
+    that requires grad) the registered operator runs.
+    """
+
+    def __init__(self, op, impl, mutated):
+        self.op, self.impl, self.mutated = op, impl, mutated
+
+    def __call__(self, *args):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if _increment_version is not None and _plain_eager(tensors):
+            out = self.impl(*args)
+            _increment_version(args[self.mutated])
+            return out
+        return self.op(*args)
+
+
 INPLACE = {
-    "ssd_state_update": _ssd_state_update,
-    "selective_scan_update": _selective_scan_update,
-    "conv1d_update": _conv1d_update,
+    "ssd_state_update": _InPlace(_ssd_state_update_op, _ssd_state_update, 0),
+    "selective_scan_update": _InPlace(_selective_scan_update_op,
+                                      _selective_scan_update, 0),
+    "conv1d_update": _InPlace(_conv1d_update_op, _conv1d_update, 1),
 }
