@@ -282,8 +282,14 @@ class _Op:
 
     def __call__(self, **kw):
         for p in self.tensor_names:
-            if kw.get(p) is not None:
-                _check_tensor(kw[p], p)
+            v = kw.get(p)
+            if v is not None:
+                _check_tensor(v, p)
+                if not v.is_contiguous():
+                    # made contiguous here, in the graph, rather than in the
+                    # kernel: the backward operator then gets the saved
+                    # contiguous tensor and does not copy it again
+                    kw[p] = v.contiguous()
         args = [kw.get(p) for p in self.names]
         if _plain_eager([kw.get(p) for p in self.tensor_names]):
             return self._forward_impl(*args)
