@@ -308,6 +308,18 @@ def test_calls_without_gradient_skip_the_dispatcher(gen, monkeypatch):
         zt.rmsnorm_fn(x, wt, None, z=zz)
 
 
+def test_fake_tensors_and_transforms_go_through_the_operator():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 4, 9)
+        y = zt.causal_conv1d_fn(x, torch.empty(4, 3), activation="silu")
+        assert y.shape == (2, 4, 9)          # the fake kernel's result
+    a = torch.rand(5, dtype=f64)
+    with pytest.raises(RuntimeError, match="zilla_muf::linear_scan"):
+        torch.func.vmap(lambda b: zt.linear_scan(a, b))(torch.randn(3, 5, dtype=f64))
+
+
 def test_direct_in_place_steps_bump_the_version_counter(gen):
     # autograd must see the direct (dispatcher-free) update of a state that
     # a recorded graph saved, exactly as with the operator

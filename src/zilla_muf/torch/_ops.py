@@ -100,7 +100,7 @@ def _plain_eager(tensors):
     kernel, which is called directly, without the dispatcher's per-call
     cost.
     """
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+    if torch.compiler.is_compiling() or _dispatch_modes() or _functorch_level():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
@@ -110,6 +110,19 @@ def _plain_eager(tensors):
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _dispatch_modes():
+    """Whether a dispatch mode (FakeTensorMode, a tracer) is active."""
+    stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return True if stack_len is None else bool(stack_len())
+
+
+def _functorch_level():
+    """Whether a functorch transform (vmap, grad) is running."""
+    functorch = getattr(torch._C, "_functorch", None)
+    peek = getattr(functorch, "peek_interpreter_stack", None)
+    return True if peek is None else peek() is not None
 
 
 _BLAS_LOCK = threading.Lock()
