@@ -225,6 +225,48 @@ def test_ssd_gradients_equal_autograd_of_the_loop(gen):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
 
 
+def test_gradcheck_ssd_without_gate(gen):
+    # without z the backward operator works from the saved inputs alone
+    x, dt, A, B, C = _ssd_inputs(gen, b=1, L=10, h=2, p=2, g=1, n=3)
+    D = torch.randn(2, 2, generator=gen, dtype=f64)
+    dt_bias = torch.randn(2, generator=gen, dtype=f64) * 0.1
+    h0 = torch.randn(1, 2, 2, 3, generator=gen, dtype=f64)
+
+    def fn(x, dt, A, B, C, D, dt_bias, h0):
+        return zt.mamba_chunk_scan_combined(x, dt, A, B, C, 4, D=D, dt_bias=dt_bias,
+                                            initial_states=h0, dt_softplus=True,
+                                            dt_limit=(0.0, 2.0),
+                                            return_final_states=True)
+
+    _gradcheck(fn, [x, dt, A, B, C, D, dt_bias, h0])
+
+
+def test_ssd_backward_does_not_run_the_forward_again(gen, monkeypatch):
+    import zilla_muf.ssd as ssd_module
+
+    calls = []
+    real = ssd_module._ssd
+
+    class Counting:
+        def __getattr__(self, name):
+            if name == "combined":
+                calls.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(ssd_module, "_ssd", Counting())
+    x, dt, A, B, C = _ssd_inputs(gen, dtype=torch.float32)
+    x.requires_grad_(True)
+    y = zt.mamba_chunk_scan_combined(x, dt, A, B, C, 8, dt_softplus=True)
+    assert calls == ["combined"]
+    y.sum().backward()
+    assert calls == ["combined"]                 # no second forward
+    # float32 gradients against the float64 loop's
+    leaves = [t.double().requires_grad_(True) for t in (x.detach(), dt, A, B, C)]
+    y_ref, _ = ssd_loop(*leaves, dt_softplus=True)
+    y_ref.sum().backward()
+    torch.testing.assert_close(x.grad, leaves[0].grad.float(), rtol=1e-4, atol=1e-4)
+
+
 def test_gradcheck_selective_scan_fn(gen):
     b, d, n, L = 1, 3, 2, 7
     u = torch.randn(b, d, L, generator=gen, dtype=f64)

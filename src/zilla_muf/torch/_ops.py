@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import zilla_muf
-from zilla_muf._vjp import vjp
+from zilla_muf._vjp import pullback_from, vjp
 
 __all__ = ["OPS", "call", "to_numpy", "inplace_numpy"]
 
@@ -181,10 +181,17 @@ class _Op:
         fake kernels, from the (fake) input tensors and the options.
     convert : callable, optional
         Turns the operator's keyword arguments into `fun`'s.
+    saved_backward : callable, optional
+        ``saved_backward(numpy_kwargs) -> (out_like, make_backward)`` or
+        None: a backward that needs nothing but the saved inputs, for
+        :func:`zilla_muf._vjp.pullback_from`, so that the backward operator
+        does not run the forward again; None falls back on
+        :func:`zilla_muf.vjp` (which does).
     """
 
     def __init__(self, name, fun, params, differentiable, outputs, convert=None,
-                 workers=True):
+                 workers=True, saved_backward=None):
+        self.saved_backward = saved_backward
         self.name = name
         self.fun = fun
         self.params = params
@@ -252,7 +259,12 @@ class _Op:
         kw, numpy_kw = self._kwargs(args[:n])
         cts = [to_numpy(c, "cotangent") for c in args[n:]]
         with _blas_one_thread():
-            out, pullback = vjp(self.fun, **numpy_kw)
+            saved = self.saved_backward(numpy_kw) if self.saved_backward else None
+            if saved is None:
+                out, pullback = vjp(self.fun, **numpy_kw)
+            else:
+                out, make_backward = saved
+                pullback = pullback_from(self.fun, make_backward, out, **numpy_kw)
             nout = len(out) if isinstance(out, tuple) else 1
             cts = cts[:nout]
             grads = pullback(tuple(cts) if isinstance(out, tuple) else cts[0])
@@ -331,6 +343,46 @@ def _ssd_convert(kw):
     return kw
 
 
+def _ssd_saved_backward(numpy_kw):
+    """The SSD pullback from the saved inputs, without a second forward.
+
+    Without a gate `z` the backward needs only the inputs (with one, it
+    needs the output before the gate, and the rule recomputes it); packed
+    calls with per-sequence states keep the rule's own handling.
+    """
+    if numpy_kw.get("z") is not None or "cu_seqlens" in numpy_kw:
+        return None
+    from zilla_muf import ssd as _ssd_module
+    from zilla_muf._validation import resolve_workers, result_dtype
+
+    def make_backward(args):
+        p = _ssd_module._Problem(
+            args["x"], args["dt"], args["A"], args["B"], args["C"], D=args["D"],
+            dt_bias=args["dt_bias"], initial_states=args["initial_states"],
+            seq_idx=args["seq_idx"], dt_softplus=args["dt_softplus"],
+            dt_limit=args["dt_limit"])
+        cs = _ssd_module._chunk_size(args["chunk_size"], p.L)
+        nthreads = resolve_workers(args.get("workers"))
+        ret = bool(args["return_final_states"])
+
+        def backward(ct):
+            gy, gfinal = ct if ret else (ct, None)
+            return _ssd_module._ssd_backward(p, cs, None, gy, gfinal, nthreads)
+
+        return backward
+
+    x = numpy_kw["x"]
+    dtype = result_dtype(allow_complex=False, **{
+        k: numpy_kw[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias",
+                                 "initial_states")})
+    b, _, h, p = x.shape
+    like = [np.broadcast_to(np.zeros((), dtype), x.shape)]
+    if numpy_kw["return_final_states"]:
+        like.append(np.broadcast_to(np.zeros((), dtype),
+                                    (b, h, p, numpy_kw["B"].shape[-1])))
+    return (tuple(like) if len(like) > 1 else like[0]), make_backward
+
+
 def _selective_outputs(kw):
     u = kw["u"]
     shapes = [(tuple(u.shape), u.dtype)]
@@ -385,7 +437,7 @@ OPS = {
          ("dt_limit_lo", "float"), ("dt_limit_hi", "float"),
          ("return_final_states", "bool"), ("return_varlen_states", "bool")],
         ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"),
-        _ssd_outputs, _ssd_convert),
+        _ssd_outputs, _ssd_convert, saved_backward=_ssd_saved_backward),
     "selective_scan": _Op(
         "selective_scan", zilla_muf.selective_scan,
         [("u", "Tensor"), ("delta", "Tensor"), ("A", "Tensor"), ("B", "Tensor"),
