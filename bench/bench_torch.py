@@ -11,9 +11,13 @@ from it)
 * Greedy decoding of 64 tokens after a 512-token prompt, batch 1, with the
   cache (prefill, then one decode step per token).
 
-Ratios are zilla_muf time / transformers time (below 1 is faster). Run
-``python bench/bench_torch.py [--quick]``; results go to
-``bench/results/torch.json``.
+Ratios are zilla_muf time / transformers time (below 1 is faster). The
+patched training step is also broken down by operator (torch.profiler, one
+step): the share of the SSD backward, the convolution and norm backwards,
+the forwards and the matrix products of the linear layers, recorded as extra
+rows (``part``). Run ``python bench/bench_torch.py [--quick] [--threads N]``;
+results go to ``bench/results/torch.json`` (with ``--threads`` other than 2,
+to ``torch-N-threads.json``).
 """
 
 import argparse
@@ -58,16 +62,61 @@ class _Patch:
         self.norm.forward = self.patched_norm if patched else self.saved_norm
 
 
+# operator name (torch.profiler) -> part of the patched training step
+# (a forward kernel's time is recorded under its autograd node's name)
+_PARTS = {
+    "zilla_muf::ssd_combined_backward": "SSD backward",
+    "zilla_muf::ssd_combined": "SSD forward",
+    "GeneratedBackwardFor_zilla_muf_ssd_combined_default": "SSD forward",
+    "zilla_muf::causal_conv1d_backward": "causal conv backward",
+    "zilla_muf::causal_conv1d": "causal conv forward",
+    "GeneratedBackwardFor_zilla_muf_causal_conv1d_default": "causal conv forward",
+    "zilla_muf::rms_norm_backward": "gated norm backward",
+    "zilla_muf::rms_norm": "gated norm forward",
+    "GeneratedBackwardFor_zilla_muf_rms_norm_default": "gated norm forward",
+    "aten::mm": "linear layers (aten::mm)",
+    "aten::copy_": "copies (aten::copy_)",
+    "aten::cat": "concatenations (aten::cat)",
+}
+
+
+def _breakdown(report, case, torch, step):
+    """Self CPU time of the parts of one patched step, as rows of `report`.
+
+    CPU time of the operators (summed over threads); its sum over all
+    operators is the ``total`` row. Recorded as ``part`` rows, each with its
+    share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) * 1e-6
+    parts = {}
+    for e in events:
+        part = _PARTS.get(e.key)
+        if part is not None:
+            parts[part] = parts.get(part, 0.0) + e.self_cpu_time_total * 1e-6
+    for part, seconds in parts.items():
+        report.add(case + " [profile]", part, seconds, part=True,
+                   share=seconds / total)
+    report.add(case + " [profile]", "total (all operators)", total, part=True,
+               share=1.0)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch.set_num_threads for both sides (default 2)")
     args = parser.parse_args(argv)
     import torch
     import transformers
     import transformers.models.mamba2.modeling_mamba2 as m2
 
-    torch.set_num_threads(2)
-    report = Report("torch")
+    torch.set_num_threads(args.threads)
+    report = Report("torch" if args.threads == 2 else f"torch-{args.threads}-threads")
     patch = _Patch(m2, m2.MambaRMSNormGated)
     patch.on()
     layers = 4
@@ -89,6 +138,7 @@ def main(argv=None):
     case = f"Mamba2ForCausalLM train step b2 L{seqlen} ({layers} layers, h8x64, n64)"
     ref = report.add(case, "transformers torch path", times["transformers"])["seconds"]
     report.add(case, "zilla_muf.torch.apply_to_mamba2", times["zilla_muf"], ref)
+    _breakdown(report, case, torch, train_step(True))
 
     model.eval()
     prompt_len, new = (128, 16) if args.quick else (512, 64)

@@ -225,6 +225,48 @@ def test_ssd_gradients_equal_autograd_of_the_loop(gen):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
 
 
+def test_gradcheck_ssd_without_gate(gen):
+    # without z the backward operator works from the saved inputs alone
+    x, dt, A, B, C = _ssd_inputs(gen, b=1, L=10, h=2, p=2, g=1, n=3)
+    D = torch.randn(2, 2, generator=gen, dtype=f64)
+    dt_bias = torch.randn(2, generator=gen, dtype=f64) * 0.1
+    h0 = torch.randn(1, 2, 2, 3, generator=gen, dtype=f64)
+
+    def fn(x, dt, A, B, C, D, dt_bias, h0):
+        return zt.mamba_chunk_scan_combined(x, dt, A, B, C, 4, D=D, dt_bias=dt_bias,
+                                            initial_states=h0, dt_softplus=True,
+                                            dt_limit=(0.0, 2.0),
+                                            return_final_states=True)
+
+    _gradcheck(fn, [x, dt, A, B, C, D, dt_bias, h0])
+
+
+def test_ssd_backward_does_not_run_the_forward_again(gen, monkeypatch):
+    import zilla_muf.ssd as ssd_module
+
+    calls = []
+    real = ssd_module._ssd
+
+    class Counting:
+        def __getattr__(self, name):
+            if name == "combined":
+                calls.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(ssd_module, "_ssd", Counting())
+    x, dt, A, B, C = _ssd_inputs(gen, dtype=torch.float32)
+    x.requires_grad_(True)
+    y = zt.mamba_chunk_scan_combined(x, dt, A, B, C, 8, dt_softplus=True)
+    assert calls == ["combined"]
+    y.sum().backward()
+    assert calls == ["combined"]                 # no second forward
+    # float32 gradients against the float64 loop's
+    leaves = [t.double().requires_grad_(True) for t in (x.detach(), dt, A, B, C)]
+    y_ref, _ = ssd_loop(*leaves, dt_softplus=True)
+    y_ref.sum().backward()
+    torch.testing.assert_close(x.grad, leaves[0].grad.float(), rtol=1e-4, atol=1e-4)
+
+
 def test_gradcheck_selective_scan_fn(gen):
     b, d, n, L = 1, 3, 2, 7
     u = torch.randn(b, d, L, generator=gen, dtype=f64)
@@ -266,6 +308,111 @@ def test_gradients_flow_to_leaves_that_require_them_only(gen):
     zt.linear_scan(a, b).sum().backward()
     assert a.grad is not None and b.grad is None
     assert torch.isfinite(a.grad).all()
+
+
+def test_gradients_of_non_contiguous_inputs(gen):
+    # transposed and split views, as transformers' layers pass them: made
+    # contiguous in the graph, their gradients come back in their own layout
+    xt = torch.randn(1, 6, 3, generator=gen, dtype=f64)
+    w = torch.randn(3, 4, generator=gen, dtype=f64)
+    _gradcheck(lambda xt, w: zt.causal_conv1d_fn(xt.transpose(1, 2), w,
+                                                 activation="silu"), [xt, w])
+    x, dt, A, B, C = _ssd_inputs(gen, b=1, L=10, h=2, p=2, g=1, n=3)
+    xBC = torch.cat([x.reshape(1, 10, 4), B.reshape(1, 10, 3), C.reshape(1, 10, 3)],
+                    dim=-1)
+
+    def fn(xBC, dt, A):
+        xs, Bs, Cs = torch.split(xBC, [4, 3, 3], dim=-1)
+        return zt.mamba_chunk_scan_combined(xs.view(1, 10, 2, 2), dt, A,
+                                            Bs.view(1, 10, 1, 3), Cs.view(1, 10, 1, 3),
+                                            4, dt_softplus=True)
+
+    _gradcheck(fn, [xBC, dt, A])
+
+
+def test_calls_without_gradient_skip_the_dispatcher(gen, monkeypatch):
+    # with no tensor needing a gradient, the operator's kernel runs directly;
+    # a tensor that requires grad (or torch.compile) goes through the operator
+    x = torch.randn(2, 8, generator=gen, dtype=f64)
+    wt = torch.randn(8, generator=gen, dtype=f64, requires_grad=True)
+    zz = torch.randn(2, 8, generator=gen, dtype=f64)
+    op = zt._ops.OPS["rms_norm"]
+
+    def refuse(*args):
+        raise AssertionError("the dispatcher was used")
+
+    monkeypatch.setattr(op, "forward", refuse)
+    with torch.no_grad():
+        got = zt.rmsnorm_fn(x, wt, None, z=zz, norm_before_gate=False)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, rms_ref(x, wt.detach(), zz, 1e-6, None, False))
+    with pytest.raises(AssertionError, match="dispatcher"):
+        zt.rmsnorm_fn(x, wt, None, z=zz)
+
+
+def test_fake_tensors_and_transforms_go_through_the_operator():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 4, 9)
+        y = zt.causal_conv1d_fn(x, torch.empty(4, 3), activation="silu")
+        assert y.shape == (2, 4, 9)          # the fake kernel's result
+    a = torch.rand(5, dtype=f64)
+    with pytest.raises(RuntimeError, match="zilla_muf::linear_scan"):
+        torch.func.vmap(lambda b: zt.linear_scan(a, b))(torch.randn(3, 5, dtype=f64))
+
+
+def test_direct_in_place_steps_bump_the_version_counter(gen):
+    # autograd must see the direct (dispatcher-free) update of a state that
+    # a recorded graph saved, exactly as with the operator
+    b, h, p, n = 1, 2, 3, 4
+    state = torch.randn(b, h, p, n, generator=gen)
+    scale = torch.ones((), requires_grad=True)
+    loss = (scale * state).sum()          # saves `state` for the backward
+    version = state._version
+    zt.selective_state_update(state, torch.randn(b, h, p, generator=gen),
+                              torch.rand(b, h, p, generator=gen),
+                              -torch.rand(h, p, n, generator=gen),
+                              torch.randn(b, 1, n, generator=gen),
+                              torch.randn(b, 1, n, generator=gen))
+    assert state._version > version
+    with pytest.raises(RuntimeError, match="inplace operation"):
+        loss.backward()
+    conv_state = torch.randn(1, 3, 3, generator=gen)
+    version = conv_state._version
+    zt.causal_conv1d_update(torch.randn(1, 3, generator=gen), conv_state,
+                            torch.randn(3, 4, generator=gen))
+    assert conv_state._version > version
+
+
+def test_backward_leaves_the_blas_threads_as_it_found_them(gen):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [d["num_threads"] for d in threadpoolctl.threadpool_info()
+                if d["user_api"] == "blas"]
+
+    before = blas_threads()
+    x, dt, A, B, C = _ssd_inputs(gen, b=1, L=16, h=2, p=2, g=1, n=3)
+    x.requires_grad_(True)
+    zt.mamba_chunk_scan_combined(x, dt, A, B, C, 8).sum().backward()
+    assert x.grad is not None
+    assert blas_threads() == before
+
+
+def test_small_calls_run_on_one_thread(gen, monkeypatch):
+    seen = []
+    real = zt._ops.OPS["rms_norm"].fun
+
+    def spy(*args, **kw):
+        seen.append(kw.get("workers"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(zt._ops.OPS["rms_norm"], "fun", spy)
+    zt.rmsnorm_fn(torch.randn(1, 64, generator=gen), torch.ones(64), None)
+    zt.rmsnorm_fn(torch.randn(256, 256, generator=gen), torch.ones(256), None)
+    assert seen[0] is None                      # one thread: a decoding step
+    assert seen[1] == max(1, torch.get_num_threads())
 
 
 # --- torch.library contracts

@@ -30,7 +30,7 @@ import types
 
 import numpy as np
 
-__all__ = ["causal_conv_pullback", "defvjp", "sum_to_shape", "vjp"]
+__all__ = ["causal_conv_pullback", "defvjp", "pullback_from", "sum_to_shape", "vjp"]
 
 # public function -> (rule, names of its differentiable parameters, signature)
 _RULES = {}
@@ -244,6 +244,32 @@ def vjp(fun, *args, **kwargs):
     bound.apply_defaults()
     arguments = dict(bound.arguments)
     out, backward = rule(arguments)
+    return out, _pullback(fun, differentiable, arguments, out, backward)
+
+
+def pullback_from(fun, make_backward, out_like, *args, **kwargs):
+    """The pullback of ``fun(*args, **kwargs)``, without running `fun`.
+
+    For callers that kept what a backward needs (the PyTorch operators save
+    the forward's inputs, and the forward has already run):
+    ``make_backward(arguments)`` returns a rule's ``backward(cotangent)``
+    for `fun`'s arguments bound by name (defaults filled in); `out_like`
+    has the structure, shapes and dtypes of ``fun``'s result (its values
+    are never read). The pullback checks cotangents and shapes the
+    gradients as :func:`vjp`'s does.
+    """
+    entry = _RULES.get(fun)
+    if entry is None:
+        raise TypeError(f"`fun` must be a differentiable zilla_muf function, got {fun!r}")
+    _, differentiable, sig = entry
+    bound = sig.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    return _pullback(fun, differentiable, arguments, out_like, make_backward(arguments))
+
+
+def _pullback(fun, differentiable, arguments, out, backward):
+    """The pullback of a rule's `backward` at the bound `arguments`."""
     given = [n for n in differentiable if arguments.get(n) is not None]
     precision = _result_precision(out)
 
@@ -260,7 +286,7 @@ def vjp(fun, *args, **kwargs):
                                                  precision)
         return result
 
-    return out, pullback
+    return pullback
 
 
 def _conj(x):

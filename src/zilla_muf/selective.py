@@ -744,6 +744,7 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
 from scipy.special import expit  # noqa: E402
 
 from ._vjp import defvjp  # noqa: E402
+from . import _vjp_kernels  # noqa: E402
 from .stable_ops import silu as _silu  # noqa: E402
 
 
@@ -763,43 +764,57 @@ def _causal_conv1d_vjp(args):
     With x~ the inputs preceded by the initial states and g the cotangent of
     the pre-activation, dw_k = sum g_t x~_{t+k}, db = sum g_t and
     dx~_s = sum_k w_k g_{s-k}; the final states are the last width-1 entries
-    of x~, so their cotangent adds to those.
+    of x~, so their cotangent adds to those. With SiLU the convolution runs
+    once, without the activation, and the output is silu of it.
     """
     _no_packed_gradient(args, "causal_conv1d")
     silu = _activation(args["activation"])
     ret_final = bool(args["return_final_states"])
-    result = causal_conv1d(**args)
-    out = result[0] if ret_final else result
+    if silu:
+        # the pre-activation, for SiLU's derivative; the output is its SiLU
+        res = causal_conv1d(**dict(args, activation=None))
+        pre = res[0] if ret_final else res
+        out = _silu(pre)
+        result = (out, res[1]) if ret_final else out
+    else:
+        result = causal_conv1d(**args)
+        out = result[0] if ret_final else result
+        pre = None
     dtype = out.dtype
-    # the pre-activation, for SiLU's derivative
-    pre = causal_conv1d(**dict(args, activation=None, return_final_states=False)) \
-        if silu else None
     x = args["x"]
     w = np.asarray(args["weight"], dtype=dtype)
     batch, dim, L = np.shape(x)
     W = w.shape[1]
     init = args["initial_states"]
+    nthreads = resolve_workers(args.get("workers"))
 
     def backward(ct):
         gout, gfinal = ct if ret_final else (ct, None)
-        g = np.asarray(gout, dtype=dtype)
         if silu:
-            sig = expit(pre)
-            g = g * (sig * (1 + pre * (1 - sig)))
-        xt = np.zeros((batch, dim, W - 1 + L), dtype=dtype)
-        if init is not None:
+            # g = gout * silu'(pre), in one compiled pass
+            g = np.empty(pre.shape, dtype=dtype)
+            _vjp_kernels.silu_backward(
+                pre.reshape(-1), np.ascontiguousarray(gout, dtype=dtype).reshape(-1),
+                g.reshape(-1), nthreads)
+        else:
+            g = np.array(gout, dtype=dtype)
+        xt = np.empty((batch, dim, W - 1 + L), dtype=dtype)
+        if init is None:
+            xt[:, :, :W - 1] = 0
+        else:
             xt[:, :, :W - 1] = init
         xt[:, :, W - 1:] = x
         gw = np.empty((dim, W), dtype=dtype)
         gxt = np.zeros_like(xt)
+        tmp = np.empty_like(g)
         for k in range(W):
-            seg = xt[:, :, k:k + L]
-            gw[:, k] = np.einsum("bdt,bdt->d", g, seg)
-            gxt[:, :, k:k + L] += w[None, :, k, None] * g
+            gw[:, k] = np.einsum("bdt,bdt->d", g, xt[:, :, k:k + L])
+            np.multiply(g, w[None, :, k, None], out=tmp)
+            gxt[:, :, k:k + L] += tmp
         if gfinal is not None and W > 1:
             gxt[:, :, L:] += gfinal
         return {"x": gxt[:, :, W - 1:], "weight": gw,
-                "bias": g.sum(axis=(0, 2)), "initial_states": gxt[:, :, :W - 1]}
+                "bias": g.sum(axis=2).sum(axis=0), "initial_states": gxt[:, :, :W - 1]}
 
     return result, backward
 

@@ -950,6 +950,7 @@ def _rms_norm_vjp(args):
     c = shape[-1]
     group = (c if args["group_size"] is None
              else positive_int(args["group_size"], "group_size"))
+    nthreads = resolve_workers(args.get("workers"))
 
     def backward(gy):
         gy = np.asarray(gy, dtype=dtype)
@@ -957,9 +958,15 @@ def _rms_norm_vjp(args):
         wv = (np.ones(c, dtype) if w is None else np.asarray(w, dtype=dtype))
         if zz is not None:
             zb = np.broadcast_to(np.asarray(zz, dtype=dtype), shape)
-            sig = expit(zb)
-            s = zb * sig
-            ds = sig * (1 + zb * (1 - sig))           # silu'(z)
+            s = silu(zb, workers=nthreads)
+
+            def dsilu(c):
+                """c * silu'(z), in one compiled pass."""
+                zf = np.ascontiguousarray(zb).reshape(-1)
+                g = np.empty(shape, dtype=dtype)
+                _vjp_kernels.silu_backward(zf, np.ascontiguousarray(c).reshape(-1),
+                                           g.reshape(-1), nthreads)
+                return g
         if zz is None or before:
             v = xb
         else:
@@ -981,10 +988,11 @@ def _rms_norm_vjp(args):
             grads["x"] = dv
         elif before:
             grads["x"] = dv
-            grads["z"] = gy * (n * wv) * ds
+            grads["z"] = dsilu(gy * (n * wv))
         else:
-            grads["x"] = dv * s
-            grads["z"] = dv * xb * ds
+            grads["z"] = dsilu(dv * xb)
+            dv *= s
+            grads["x"] = dv
         return grads
 
     return y, backward

@@ -15,11 +15,14 @@ returned in their own dtype. Nothing here computes: every number comes from
 the NumPy API.
 """
 
+import contextlib
+import threading
+
 import numpy as np
 import torch
 
 import zilla_muf
-from zilla_muf._vjp import vjp
+from zilla_muf._vjp import pullback_from, vjp
 
 __all__ = ["OPS", "call", "to_numpy", "inplace_numpy"]
 
@@ -48,6 +51,11 @@ def to_numpy(t, name):
         t = t.to(torch.float64)
     if t.is_conj():
         t = t.resolve_conj()
+    if t.requires_grad:
+        # only reached where no gradient flows through this call: inside an
+        # operator's kernel (autograd is the operator's business) or on the
+        # direct path, which is taken only when no gradient is needed
+        t = t.detach()
     return t.contiguous().numpy()
 
 
@@ -70,8 +78,88 @@ def _from_numpy(arr, dtype):
     return out
 
 
-def _workers():
+# Below this many elements in the largest tensor argument a call runs on
+# the calling thread: waking a second thread costs more than the work (a
+# decoding step is a few thousand elements).
+_SMALL = 1 << 15
+
+
+def _workers(size=None):
+    """torch's intra-op thread count, or None (one thread) for small calls."""
+    if size is not None and size < _SMALL:
+        return None
     return max(1, torch.get_num_threads())
+
+
+def _plain_eager(tensors):
+    """Whether a call on `tensors` may skip the operator dispatcher.
+
+    True in eager mode (not tracing for torch.compile, no dispatch mode such
+    as FakeTensorMode active) when the arguments are plain tensors and none
+    of them needs a gradient: the operator would then only run its CPU
+    kernel, which is called directly, without the dispatcher's per-call
+    cost.
+    """
+    if torch.compiler.is_compiling() or _dispatch_modes() or _functorch_level():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN or (grad and t.requires_grad)):
+            return False
+    return True
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _dispatch_modes():
+    """Whether a dispatch mode (FakeTensorMode, a tracer) is active."""
+    stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return True if stack_len is None else bool(stack_len())
+
+
+def _functorch_level():
+    """Whether a functorch transform (vmap, grad) is running."""
+    functorch = getattr(torch._C, "_functorch", None)
+    peek = getattr(functorch, "peek_interpreter_stack", None)
+    return True if peek is None else peek() is not None
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS = {"depth": 0, "limiter": None, "controller": None}
+
+
+@contextlib.contextmanager
+def _blas_one_thread():
+    """BLAS on the calling thread only, while a backward runs.
+
+    The pullbacks split their work over a pool of `workers` threads whose
+    matrix products are small; a threaded BLAS under them oversubscribes
+    the cores (2 x 2 threads on 2 cores), which costs several times the
+    work. threadpoolctl (optional) sets the limit; without it BLAS keeps its
+    own setting. Concurrent backward calls share one limit, set by the first
+    to enter and restored by the last to leave.
+    """
+    with _BLAS_LOCK:
+        if _BLAS["depth"] == 0:
+            if _BLAS["controller"] is None:
+                try:
+                    from threadpoolctl import ThreadpoolController
+                except ImportError:
+                    _BLAS["controller"] = False
+                else:
+                    _BLAS["controller"] = ThreadpoolController()
+            ctl = _BLAS["controller"]
+            _BLAS["limiter"] = ctl.limit(limits=1, user_api="blas") if ctl else None
+        _BLAS["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS["depth"] -= 1
+            if _BLAS["depth"] == 0 and _BLAS["limiter"] is not None:
+                _BLAS["limiter"].restore_original_limits()
+                _BLAS["limiter"] = None
 
 
 class _Op:
@@ -93,10 +181,17 @@ class _Op:
         fake kernels, from the (fake) input tensors and the options.
     convert : callable, optional
         Turns the operator's keyword arguments into `fun`'s.
+    saved_backward : callable, optional
+        ``saved_backward(numpy_kwargs) -> (out_like, make_backward)`` or
+        None: a backward that needs nothing but the saved inputs, for
+        :func:`zilla_muf._vjp.pullback_from`, so that the backward operator
+        does not run the forward again; None falls back on
+        :func:`zilla_muf.vjp` (which does).
     """
 
     def __init__(self, name, fun, params, differentiable, outputs, convert=None,
-                 workers=True):
+                 workers=True, saved_backward=None):
+        self.saved_backward = saved_backward
         self.name = name
         self.fun = fun
         self.params = params
@@ -133,7 +228,9 @@ class _Op:
             numpy_kw[p] = to_numpy(v, p) if t.startswith("Tensor") else v
         numpy_kw = self.convert(numpy_kw)
         if self.workers:
-            numpy_kw["workers"] = _workers()
+            size = max((kw[p].numel() for p in self.tensor_names if kw[p] is not None),
+                       default=0)
+            numpy_kw["workers"] = _workers(size)
         return kw, numpy_kw
 
     def _out_dtype(self, kw):
@@ -161,10 +258,16 @@ class _Op:
         n = len(self.names)
         kw, numpy_kw = self._kwargs(args[:n])
         cts = [to_numpy(c, "cotangent") for c in args[n:]]
-        out, pullback = vjp(self.fun, **numpy_kw)
-        nout = len(out) if isinstance(out, tuple) else 1
-        cts = cts[:nout]
-        grads = pullback(tuple(cts) if isinstance(out, tuple) else cts[0])
+        with _blas_one_thread():
+            saved = self.saved_backward(numpy_kw) if self.saved_backward else None
+            if saved is None:
+                out, pullback = vjp(self.fun, **numpy_kw)
+            else:
+                out, make_backward = saved
+                pullback = pullback_from(self.fun, make_backward, out, **numpy_kw)
+            nout = len(out) if isinstance(out, tuple) else 1
+            cts = cts[:nout]
+            grads = pullback(tuple(cts) if isinstance(out, tuple) else cts[0])
         result = []
         for p in self.differentiable:
             v = kw[p]
@@ -204,9 +307,17 @@ class _Op:
 
     def __call__(self, **kw):
         for p in self.tensor_names:
-            if kw.get(p) is not None:
-                _check_tensor(kw[p], p)
+            v = kw.get(p)
+            if v is not None:
+                _check_tensor(v, p)
+                if not v.is_contiguous():
+                    # made contiguous here, in the graph, rather than in the
+                    # kernel: the backward operator then gets the saved
+                    # contiguous tensor and does not copy it again
+                    kw[p] = v.contiguous()
         args = [kw.get(p) for p in self.names]
+        if _plain_eager([kw.get(p) for p in self.tensor_names]):
+            return self._forward_impl(*args)
         return self.forward(*args)
 
 
@@ -230,6 +341,46 @@ def _ssd_convert(kw):
         if kw[name] is None or kw[name] is False:
             kw.pop(name)
     return kw
+
+
+def _ssd_saved_backward(numpy_kw):
+    """The SSD pullback from the saved inputs, without a second forward.
+
+    Without a gate `z` the backward needs only the inputs (with one, it
+    needs the output before the gate, and the rule recomputes it); packed
+    calls with per-sequence states keep the rule's own handling.
+    """
+    if numpy_kw.get("z") is not None or "cu_seqlens" in numpy_kw:
+        return None
+    from zilla_muf import ssd as _ssd_module
+    from zilla_muf._validation import resolve_workers, result_dtype
+
+    def make_backward(args):
+        p = _ssd_module._Problem(
+            args["x"], args["dt"], args["A"], args["B"], args["C"], D=args["D"],
+            dt_bias=args["dt_bias"], initial_states=args["initial_states"],
+            seq_idx=args["seq_idx"], dt_softplus=args["dt_softplus"],
+            dt_limit=args["dt_limit"])
+        cs = _ssd_module._chunk_size(args["chunk_size"], p.L)
+        nthreads = resolve_workers(args.get("workers"))
+        ret = bool(args["return_final_states"])
+
+        def backward(ct):
+            gy, gfinal = ct if ret else (ct, None)
+            return _ssd_module._ssd_backward(p, cs, None, gy, gfinal, nthreads)
+
+        return backward
+
+    x = numpy_kw["x"]
+    dtype = result_dtype(allow_complex=False, **{
+        k: numpy_kw[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias",
+                                 "initial_states")})
+    b, _, h, p = x.shape
+    like = [np.broadcast_to(np.zeros((), dtype), x.shape)]
+    if numpy_kw["return_final_states"]:
+        like.append(np.broadcast_to(np.zeros((), dtype),
+                                    (b, h, p, numpy_kw["B"].shape[-1])))
+    return (tuple(like) if len(like) > 1 else like[0]), make_backward
 
 
 def _selective_outputs(kw):
@@ -286,7 +437,7 @@ OPS = {
          ("dt_limit_lo", "float"), ("dt_limit_hi", "float"),
          ("return_final_states", "bool"), ("return_varlen_states", "bool")],
         ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"),
-        _ssd_outputs, _ssd_convert),
+        _ssd_outputs, _ssd_convert, saved_backward=_ssd_saved_backward),
     "selective_scan": _Op(
         "selective_scan", zilla_muf.selective_scan,
         [("u", "Tensor"), ("delta", "Tensor"), ("A", "Tensor"), ("B", "Tensor"),
@@ -336,8 +487,6 @@ def _decode_step(fun, state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
     return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
 
 
-@torch.library.custom_op("zilla_muf::ssd_state_update", mutates_args=("state",),
-                         device_types="cpu")
 def _ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                       A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       D: torch.Tensor | None, z: torch.Tensor | None,
@@ -347,13 +496,16 @@ def _ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                         z, dt_bias, dt_softplus, state_batch_indices)
 
 
-@_ssd_state_update.register_fake
+_ssd_state_update_op = torch.library.custom_op(
+    "zilla_muf::ssd_state_update", _ssd_state_update, mutates_args=("state",),
+    device_types="cpu")
+
+
+@_ssd_state_update_op.register_fake
 def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("zilla_muf::selective_scan_update", mutates_args=("state",),
-                         device_types="cpu")
 def _selective_scan_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                            A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                            D: torch.Tensor | None, z: torch.Tensor | None,
@@ -363,13 +515,16 @@ def _selective_scan_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
                         C, D, z, dt_bias, dt_softplus, state_batch_indices)
 
 
-@_selective_scan_update.register_fake
+_selective_scan_update_op = torch.library.custom_op(
+    "zilla_muf::selective_scan_update", _selective_scan_update, mutates_args=("state",),
+    device_types="cpu")
+
+
+@_selective_scan_update_op.register_fake
 def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("zilla_muf::conv1d_update", mutates_args=("conv_state",),
-                         device_types="cpu")
 def _conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor | None, activation: str | None,
                    conv_state_indices: torch.Tensor | None) -> torch.Tensor:
@@ -382,13 +537,45 @@ def _conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tens
     return _from_numpy(y, x.dtype if x.dtype in _HALF else None)
 
 
-@_conv1d_update.register_fake
+_conv1d_update_op = torch.library.custom_op(
+    "zilla_muf::conv1d_update", _conv1d_update, mutates_args=("conv_state",),
+    device_types="cpu")
+
+
+@_conv1d_update_op.register_fake
 def _(x, conv_state, weight, bias, activation, conv_state_indices):
     return torch.empty_like(x)
 
 
+_increment_version = getattr(torch.autograd.graph, "increment_version", None)
+
+
+class _InPlace:
+    """An in-place operator, called directly in plain eager mode.
+
+    A decoding step is a few microseconds of work; the dispatcher's
+    handling of a mutating custom operator costs far more. In eager mode,
+    with plain tensors none of which needs a gradient, the kernel runs
+    directly and the mutated tensor's version counter is bumped as the
+    operator would; otherwise (torch.compile, a dispatch mode, a tensor
+    that requires grad) the registered operator runs.
+    """
+
+    def __init__(self, op, impl, mutated):
+        self.op, self.impl, self.mutated = op, impl, mutated
+
+    def __call__(self, *args):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if _increment_version is not None and _plain_eager(tensors):
+            out = self.impl(*args)
+            _increment_version(args[self.mutated])
+            return out
+        return self.op(*args)
+
+
 INPLACE = {
-    "ssd_state_update": _ssd_state_update,
-    "selective_scan_update": _selective_scan_update,
-    "conv1d_update": _conv1d_update,
+    "ssd_state_update": _InPlace(_ssd_state_update_op, _ssd_state_update, 0),
+    "selective_scan_update": _InPlace(_selective_scan_update_op,
+                                      _selective_scan_update, 0),
+    "conv1d_update": _InPlace(_conv1d_update_op, _conv1d_update, 1),
 }
