@@ -1474,7 +1474,7 @@ def _ssd_rule(fun, kind):
                      dt_softplus=args["dt_softplus"], dt_limit=args["dt_limit"],
                      **extra)
         cs = _chunk_size(args["chunk_size"] if kind != "quadratic" else None, p.L)
-        nthreads = resolve_workers(args.get("workers"))
+        nthreads = running_threads(resolve_workers(args.get("workers")))
         y0 = kept = None
         if kind == "combined" and not p.degenerate:
             kept, (y0, y, last) = _chunk_states(p, cs, nthreads, True)

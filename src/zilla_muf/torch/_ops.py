@@ -353,6 +353,7 @@ def _ssd_saved_backward(numpy_kw):
     if numpy_kw.get("z") is not None or "cu_seqlens" in numpy_kw:
         return None
     from zilla_muf import ssd as _ssd_module
+    from zilla_muf._config import running_threads
     from zilla_muf._validation import resolve_workers, result_dtype
 
     def make_backward(args):
@@ -362,7 +363,7 @@ def _ssd_saved_backward(numpy_kw):
             seq_idx=args["seq_idx"], dt_softplus=args["dt_softplus"],
             dt_limit=args["dt_limit"])
         cs = _ssd_module._chunk_size(args["chunk_size"], p.L)
-        nthreads = resolve_workers(args.get("workers"))
+        nthreads = running_threads(resolve_workers(args.get("workers")))
         ret = bool(args["return_final_states"])
 
         def backward(ct):
