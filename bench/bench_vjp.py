@@ -66,7 +66,7 @@ def cases():
         kernel=rng.standard_normal(64), x=rng.standard_normal((16, 8192)))
     add("toeplitz_matvec K=8192 (16, 8192) float64", z.toeplitz_matvec,
         kernel=rng.standard_normal(8192), x=rng.standard_normal((16, 8192)))
-    add("fft_conv K=8192 (16, 8192) float64", z.fft_conv.fft_conv,
+    add("fft_conv K=8192 (16, 8192) float64", z.fft_conv,
         signal=rng.standard_normal((16, 8192)), kernel=rng.standard_normal(8192))
     add("cauchy_matvec L=1024 N=64 conj_pairs", z.cauchy_matvec,
         nodes=np.exp(2j * np.pi * np.arange(1024) / 1024) * 1.5,

@@ -412,22 +412,38 @@ def _dense_zoh_grads(args, dtype):
         cA, cB = ct
         A, B, d, batch, n, m = _dense_operands(args, dtype)
         k = n + m
-        M0 = np.zeros(batch + (k, k), dtype)
-        M0[..., :n, :n] = A
-        M0[..., :n, n:] = B
-        XH = np.conj(np.swapaxes(M0, -1, -2)) * d[..., None, None]
-        # L(X^H, G) is the top-right block of exp([[X^H, G], [0, X^H]]),
-        # for the whole batch in one call of scipy.linalg.expm
-        big = np.zeros(batch + (2 * k, 2 * k), dtype)
-        big[..., :k, :k] = XH
-        big[..., k:, k:] = XH
-        big[..., :n, k:k + n] = cA
-        big[..., :n, k + n:] = cB
-        gX = scipy.linalg.expm(big)[..., :k, k:] if big.size else big[..., :k, k:]
         dd = d[..., None, None]
-        gA = dd * gX[..., :n, :n]
-        gB = dd * gX[..., :n, n:]
-        gd = np.real(np.sum(np.conj(M0[..., :n, :]) * gX[..., :n, :], axis=(-2, -1)))
+        AH = np.conj(np.swapaxes(A, -1, -2)) * dd
+        # gX = L(X^H, G) is the top-right block of exp([[X^H, G], [0, X^H]]),
+        # X^H = delta [[A^H, 0], [B^H, 0]], G = [[cA, cB], [0, 0]]. Only its
+        # first n rows are nonzero-weighted, and the rows and columns of the
+        # first copy's B^H block are never reached from them (that block's
+        # column is zero): the first n rows of exp of the (2n + m) square
+        # [[delta A^H, cA, cB], [0, delta A^H, 0], [0, delta B^H, 0]] hold
+        # them, in its last n + m columns. One scipy.linalg.expm for the batch.
+        big = np.zeros(batch + (n + k, n + k), dtype)
+        big[..., :n, :n] = AH
+        big[..., n:2 * n, n:2 * n] = AH
+        big[..., 2 * n:, n:2 * n] = np.conj(np.swapaxes(B, -1, -2)) * dd
+        # gX is linear in G: G is scaled by a power of two (exact) to well
+        # below the norm of X^H, so that the degree and squarings expm picks
+        # are those of X^H alone (the cotangent's size never adds any)
+        nx = np.max(np.sum(np.abs(big[..., n:, n:2 * n]), axis=-2), axis=-1,
+                    initial=0)
+        big[..., :n, n:2 * n] = cA
+        big[..., :n, 2 * n:] = cB
+        ng = np.max(np.sum(np.abs(big[..., :n, n:]), axis=-2), axis=-1, initial=0)
+        ok = np.isfinite(ng) & (ng > 0) & np.isfinite(nx)
+        e = (np.frexp(np.where(ok, np.maximum(nx, 2.0 ** -30), 1.0))[1]
+             - np.frexp(np.where(ok, ng, 1.0))[1] - 8)
+        scale = np.where(ok, np.ldexp(1.0, e.astype(np.int32)), 1.0)[..., None, None]
+        big[..., :n, n:] *= scale
+        gX = scipy.linalg.expm(big)[..., :n, n:] if big.size else big[..., :n, n:]
+        gX /= scale
+        gA = dd * gX[..., :n]
+        gB = dd * gX[..., n:]
+        gd = np.real(np.sum(np.conj(A) * gX[..., :n], axis=(-2, -1))
+                     + np.sum(np.conj(B) * gX[..., n:], axis=(-2, -1)))
         return {"A": gA, "B": gB, "delta": gd}
 
     return backward
