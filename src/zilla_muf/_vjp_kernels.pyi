@@ -63,3 +63,8 @@ def cscan_backward_rows(
     ga: npt.NDArray[np.floating], gb: npt.NDArray[np.floating],
     gh0: npt.NDArray[np.floating], num_threads: int,
 ) -> None: ...
+
+def log_softmax_backward(
+    y: npt.NDArray[np.floating], c: npt.NDArray[np.floating],
+    g: npt.NDArray[np.floating], num_threads: int,
+) -> None: ...

@@ -76,6 +76,11 @@ Design
   gb and ga in one iteration. Rows (real) or groups of four (complex) over
   threads (static); the caller keeps the parallel scan for fewer rows than
   threads.
+* log_softmax_backward: g = c - exp(y) sum(c) per row (rows, n), y the
+  log-softmax (<= 0, so exp(y) <= 1): the row sum in double, then blocks
+  through the vectorised exp of _vexp.h into g and one pass of
+  arithmetic. Rows over threads (static); the caller takes rows of -inf
+  or NaN elsewhere.
 * vandermonde_backward: for poles p_i (rows, N) and a vector v (rows, L),
   interleaved complex (or v real), both sums of the Vandermonde pullback
       S0_i = sum_l p_i^l v_l,   S1_i = sum_l l p_i^(l-1) v_l
@@ -822,3 +827,61 @@ def cscan_backward_rows(const real_t[:, ::1] a, const real_t[:, ::1] h,
                         &cf[p0, 0] if has_cf else NULL,
                         &h0[p0, 0] if has_h0 else NULL, n, rev,
                         &ga[p0, 0], &gb[p0, 0], &gh0[p0, 0])
+
+
+cdef extern from "_vexp.h" nogil:
+    double zm_exp_sum_store_f(const float *x, float *e, Py_ssize_t n, float m)
+    double zm_exp_sum_store_d(const double *x, double *e, Py_ssize_t n, double m)
+
+cdef enum:
+    LBLOCK = 1024
+    SLANES = 8
+
+
+cdef void log_softmax_back_row(const real_t *y, const real_t *c, real_t *g,
+                               Py_ssize_t n) noexcept nogil:
+    """g = c - exp(y) sum(c) for one row: the sum in double (SLANES
+    partial sums), then blocks of LBLOCK through the vectorised exp of
+    _vexp.h into g and one pass of arithmetic while they are in L1."""
+    cdef double acc[SLANES]
+    cdef Py_ssize_t i = 0, i0, m
+    cdef int k
+    cdef double total = 0.0
+    cdef real_t s
+    for k in range(SLANES):
+        acc[k] = 0.0
+    while i + SLANES <= n:
+        for k in range(SLANES):
+            acc[k] += c[i + k]
+        i += SLANES
+    while i < n:
+        acc[0] += c[i]
+        i += 1
+    for k in range(SLANES):
+        total += acc[k]
+    s = <real_t> total
+    i0 = 0
+    while i0 < n:
+        m = n - i0 if n - i0 < LBLOCK else LBLOCK
+        if real_t is float:
+            zm_exp_sum_store_f(y + i0, g + i0, m, 0)
+        else:
+            zm_exp_sum_store_d(y + i0, g + i0, m, 0)
+        for i in range(i0, i0 + m):
+            g[i] = c[i] - g[i] * s
+        i0 += m
+
+
+def log_softmax_backward(const real_t[:, ::1] y, const real_t[:, ::1] c,
+                         real_t[:, ::1] g, int num_threads):
+    """Fill g (rows, n) with c - exp(y) * sum(c) per row: the pullback of
+    log_softmax for y = log_softmax(x) (finite rows)."""
+    cdef Py_ssize_t rows = y.shape[0], n = y.shape[1], r
+    if (c.shape[0] != rows or c.shape[1] != n or g.shape[0] != rows
+            or g.shape[1] != n):
+        raise ValueError("log_softmax_backward: inconsistent shapes")
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        for r in prange(rows, num_threads=num_threads, schedule="static"):
+            log_softmax_back_row(&y[r, 0], &c[r, 0], &g[r, 0], n)
