@@ -733,11 +733,11 @@ cdef extern from "_scanback.h" nogil:
     void zm_scanback_d(const double *a, const double *h, const double *c,
                        double *ga, double *gb, Py_ssize_t n, double cf,
                        double h0, int has_h0, int rev, double *gh0)
-    void zm_cscanback_f(int K, const float **a, const float **h,
-                        const float **c, float **ga, float **gb, Py_ssize_t n,
+    void zm_cscanback_f(int K, const float *a, const float *h, const float *c,
+                        float *ga, float *gb, Py_ssize_t rs, Py_ssize_t n,
                         const float *cf, const float *h0, int rev, float *gh0)
-    void zm_cscanback_d(int K, const double **a, const double **h,
-                        const double **c, double **ga, double **gb,
+    void zm_cscanback_d(int K, const double *a, const double *h,
+                        const double *c, double *ga, double *gb, Py_ssize_t rs,
                         Py_ssize_t n, const double *cf, const double *h0,
                         int rev, double *gh0)
     int ZM_CLANES
@@ -773,29 +773,6 @@ def scan_backward_rows(const real_t[:, ::1] a, const real_t[:, ::1] h,
                               &gb[p, 0], n, cfv, h0v, has_h0, rev, &gh0[p])
 
 
-cdef void cscan_group(int K, const real_t *a, const real_t *h,
-                      const real_t *c, const real_t *cf, const real_t *h0,
-                      Py_ssize_t n, int rev, real_t *ga, real_t *gb,
-                      real_t *gh0) noexcept nogil:
-    """K <= 4 consecutive rows (row stride 2n) of cscan_backward_rows."""
-    cdef const real_t *pa[4]
-    cdef const real_t *ph[4]
-    cdef const real_t *pc[4]
-    cdef real_t *pga[4]
-    cdef real_t *pgb[4]
-    cdef int k
-    for k in range(K):
-        pa[k] = a + 2 * n * k
-        ph[k] = h + 2 * n * k
-        pc[k] = c + 2 * n * k
-        pga[k] = ga + 2 * n * k
-        pgb[k] = gb + 2 * n * k
-    if real_t is float:
-        zm_cscanback_f(K, pa, ph, pc, pga, pgb, n, cf, h0, rev, gh0)
-    else:
-        zm_cscanback_d(K, pa, ph, pc, pga, pgb, n, cf, h0, rev, gh0)
-
-
 def cscan_backward_rows(const real_t[:, ::1] a, const real_t[:, ::1] h,
                         const real_t[:, ::1] c, const real_t[:, ::1] cf,
                         const real_t[:, ::1] h0, bint has_cf, bint has_h0,
@@ -823,10 +800,14 @@ def cscan_backward_rows(const real_t[:, ::1] a, const real_t[:, ::1] h,
         for g in prange(ngroups, num_threads=num_threads, schedule="static"):
             p0 = g * ZM_CLANES
             K = <int> (P - p0 if P - p0 < ZM_CLANES else ZM_CLANES)
-            cscan_group(K, &a[p0, 0], &h[p0, 0], &c[p0, 0],
-                        &cf[p0, 0] if has_cf else NULL,
-                        &h0[p0, 0] if has_h0 else NULL, n, rev,
-                        &ga[p0, 0], &gb[p0, 0], &gh0[p0, 0])
+            if real_t is float:
+                zm_cscanback_f(K, &a[p0, 0], &h[p0, 0], &c[p0, 0], &ga[p0, 0],
+                               &gb[p0, 0], n2, n, &cf[p0, 0] if has_cf else NULL,
+                               &h0[p0, 0] if has_h0 else NULL, rev, &gh0[p0, 0])
+            else:
+                zm_cscanback_d(K, &a[p0, 0], &h[p0, 0], &c[p0, 0], &ga[p0, 0],
+                               &gb[p0, 0], n2, n, &cf[p0, 0] if has_cf else NULL,
+                               &h0[p0, 0] if has_h0 else NULL, rev, &gh0[p0, 0])
 
 
 cdef extern from "_vexp.h" nogil:

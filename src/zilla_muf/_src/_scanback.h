@@ -19,11 +19,11 @@
  * zm_scanback_{f,d}(a, h, c, ga, gb, n, cf, h0, has_h0, rev, gh0): real
  *   rows. The adjoint scan runs in blocks of ZM_SBLK steps, and ga of each
  *   block is formed right after it while its states are in L1.
- * zm_cscanback_{f,d}(K, a, h, c, ga, gb, n, cf, h0, rev, gh0): K <= 4
- *   complex rows (interleaved re, im; arrays of K row pointers) in
- *   lockstep: one step of every row per iteration, so that the K dependent
- *   chains of complex multiply-adds overlap; ga in the same iteration. cf,
- *   h0: K interleaved values each, or NULL.
+ * zm_cscanback_{f,d}(K, a, h, c, ga, gb, rs, n, cf, h0, rev, gh0): K <= 4
+ *   complex rows (interleaved re, im; row k at offset k rs) in lockstep:
+ *   one step of every row per iteration, so that the K dependent chains
+ *   of complex multiply-adds overlap; ga in the same iteration. cf, h0:
+ *   K interleaved values each, or NULL.
  */
 #ifndef ZM_SCANBACK_H
 #define ZM_SCANBACK_H
@@ -83,54 +83,64 @@ static void zm_scanback_##sfx(const T *a, const T *h, const T *c, T *ga,    \
 ZM_DEFINE_SCANBACK(f, float)
 ZM_DEFINE_SCANBACK(d, double)
 
-/* Complex rows in lockstep (see the top). p[k] + 2 * i is element i of
- * row k; the adjoint visits memory index i = last + j * d, j = 0 .. n-1. */
+/* Complex rows in lockstep (see the top): K <= ZM_CLANES rows, row k
+ * at p + k * rs (rs the row stride in elements of T); element i of a row
+ * at 2 i. The adjoint visits memory index i = last + j * d, j = 0 .. n-1.
+ * One body for K == ZM_CLANES (a constant trip count, unrolled) and one
+ * for fewer rows. */
 #define ZM_CLANES 4
+#define ZM_CSTEP(T, K)                                                      \
+    for (j = 1; j < n; j++) {                                               \
+        i = last + j * d;                                                   \
+        for (k = 0; k < (K); k++) {                                         \
+            /* g = c_i + conj(a_{i-d}) g; ga_{i-d} = g_{i-d} conj(h_i) */   \
+            const ptrdiff_t o = k * rs;                                     \
+            T ar = a[o + 2 * (i - d)], ai = a[o + 2 * (i - d) + 1];         \
+            T hr = h[o + 2 * i], hi = h[o + 2 * i + 1];                     \
+            T pr = gr[k], pi = gi[k];                                       \
+            ga[o + 2 * (i - d)] = pr * hr + pi * hi;                        \
+            ga[o + 2 * (i - d) + 1] = pi * hr - pr * hi;                    \
+            gr[k] = c[o + 2 * i] + (ar * pr + ai * pi);                     \
+            gi[k] = c[o + 2 * i + 1] + (ar * pi - ai * pr);                 \
+            gb[o + 2 * i] = gr[k];                                          \
+            gb[o + 2 * i + 1] = gi[k];                                      \
+        }                                                                   \
+    }
 #define ZM_DEFINE_CSCANBACK(sfx, T)                                         \
 ZM_CLONES                                                                   \
-static void zm_cscanback_##sfx(int K, const T *const *a, const T *const *h, \
-                               const T *const *c, T *const *ga,             \
-                               T *const *gb, ptrdiff_t n, const T *cf,      \
-                               const T *h0, int rev, T *gh0)                \
+static void zm_cscanback_##sfx(int K, const T *a, const T *h, const T *c,   \
+                               T *ga, T *gb, ptrdiff_t rs, ptrdiff_t n,     \
+                               const T *cf, const T *h0, int rev, T *gh0)   \
 {                                                                           \
     ptrdiff_t d = rev ? 1 : -1;                                             \
     ptrdiff_t last = rev ? 0 : n - 1, first = n - 1 - last;                 \
     ptrdiff_t j, i;                                                         \
     T gr[ZM_CLANES], gi[ZM_CLANES];                                         \
     int k;                                                                  \
-    if (n <= 0)                                                             \
+    if (n <= 0 || K <= 0 || K > ZM_CLANES)                                  \
         return;                                                             \
     for (k = 0; k < K; k++) {                                               \
-        gr[k] = c[k][2 * last] + (cf != NULL ? cf[2 * k] : 0);              \
-        gi[k] = c[k][2 * last + 1] + (cf != NULL ? cf[2 * k + 1] : 0);      \
-        gb[k][2 * last] = gr[k];                                            \
-        gb[k][2 * last + 1] = gi[k];                                        \
+        gr[k] = c[k * rs + 2 * last] + (cf != NULL ? cf[2 * k] : 0);        \
+        gi[k] = c[k * rs + 2 * last + 1] + (cf != NULL ? cf[2 * k + 1] : 0);\
+        gb[k * rs + 2 * last] = gr[k];                                      \
+        gb[k * rs + 2 * last + 1] = gi[k];                                  \
     }                                                                       \
-    for (j = 1; j < n; j++) {                                               \
-        i = last + j * d;                                                   \
-        for (k = 0; k < K; k++) {                                           \
-            /* g = c_i + conj(a_{i-d}) g; ga_{i-d} = g_{i-d} conj(h_i) */   \
-            T ar = a[k][2 * (i - d)], ai = a[k][2 * (i - d) + 1];           \
-            T hr = h[k][2 * i], hi = h[k][2 * i + 1];                       \
-            T pr = gr[k], pi = gi[k];                                       \
-            ga[k][2 * (i - d)] = pr * hr + pi * hi;                         \
-            ga[k][2 * (i - d) + 1] = pi * hr - pr * hi;                     \
-            gr[k] = c[k][2 * i] + (ar * pr + ai * pi);                      \
-            gi[k] = c[k][2 * i + 1] + (ar * pi - ai * pr);                  \
-            gb[k][2 * i] = gr[k];                                           \
-            gb[k][2 * i + 1] = gi[k];                                       \
-        }                                                                   \
+    if (K == ZM_CLANES) {                                                   \
+        ZM_CSTEP(T, ZM_CLANES)                                              \
+    } else {                                                                \
+        ZM_CSTEP(T, K)                                                      \
     }                                                                       \
     for (k = 0; k < K; k++) {                                               \
-        T ar = a[k][2 * first], ai = a[k][2 * first + 1];                   \
+        const ptrdiff_t o = k * rs;                                         \
+        T ar = a[o + 2 * first], ai = a[o + 2 * first + 1];                 \
         T pr = gr[k], pi = gi[k];                                           \
         if (h0 != NULL) {                                                   \
             T hr = h0[2 * k], hi = h0[2 * k + 1];                           \
-            ga[k][2 * first] = pr * hr + pi * hi;                           \
-            ga[k][2 * first + 1] = pi * hr - pr * hi;                       \
+            ga[o + 2 * first] = pr * hr + pi * hi;                          \
+            ga[o + 2 * first + 1] = pi * hr - pr * hi;                      \
         } else {                                                            \
-            ga[k][2 * first] = 0;                                           \
-            ga[k][2 * first + 1] = 0;                                       \
+            ga[o + 2 * first] = 0;                                          \
+            ga[o + 2 * first + 1] = 0;                                      \
         }                                                                   \
         gh0[2 * k] = ar * pr + ai * pi;                                     \
         gh0[2 * k + 1] = ar * pi - ai * pr;                                 \
