@@ -214,13 +214,13 @@ def _loop_scan_gradients(a, b, h0, c, cf, reverse):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64,
                                    np.complex128])
-@pytest.mark.parametrize("n", [1, 3, 40, 4100])
+@pytest.mark.parametrize("n", [1, 3, 40, 8200])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_scan_rows_pullback_against_loop(dtype, n, reverse, with_h0, rng):
     # time last, rows enough for the fused row kernels (four per group for
-    # complex, five rows: a full group and a partial one); n = 4100 crosses
-    # their blocks of steps
+    # complex, five rows: a full group and a partial one); n = 8200 crosses
+    # their blocks of steps (8192)
     complex_ = np.dtype(dtype).kind == "c"
     a = _rand(rng, (5, n), complex_).astype(dtype)
     b = _rand(rng, (5, n), complex_).astype(dtype)

@@ -30,7 +30,7 @@
 
 #include "_scanrow.h"
 
-#define ZM_SBLK 2048
+#define ZM_SBLK 8192
 
 #define ZM_DEFINE_SCANBACK(sfx, T)                                          \
 /* out[i] = x[i] * y[i], i < m */                                           \
