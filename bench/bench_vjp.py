@@ -4,17 +4,25 @@ For each differentiable function, on one shape, times in interleaved
 rounds (``_harness.interleaved_times``): the plain forward call, the
 ``vjp`` call (forward plus the residuals it keeps), and one call of the
 pullback alone. The ratio reported is pullback / forward, taken in the same
-run; the goal is about 2x or less. workers=1 throughout.
+run; the goal is about 2x or less. workers=1 throughout, and one BLAS
+thread (set before NumPy loads, unless the environment sets it): the dense
+discretisations call BLAS on small matrices, and a BLAS thread pool left
+awake by an earlier case made their forward a hundred times slower on a
+loaded machine.
 
 Usage: ``python bench/bench_vjp.py [--repeat 3] [--rounds 2] [--only NAME ...]``;
 writes ``bench/results/vjp.json``.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -66,7 +74,7 @@ def cases():
         kernel=rng.standard_normal(64), x=rng.standard_normal((16, 8192)))
     add("toeplitz_matvec K=8192 (16, 8192) float64", z.toeplitz_matvec,
         kernel=rng.standard_normal(8192), x=rng.standard_normal((16, 8192)))
-    add("fft_conv K=8192 (16, 8192) float64", z.fft_conv.fft_conv,
+    add("fft_conv K=8192 (16, 8192) float64", z.fft_conv,
         signal=rng.standard_normal((16, 8192)), kernel=rng.standard_normal(8192))
     add("cauchy_matvec L=1024 N=64 conj_pairs", z.cauchy_matvec,
         nodes=np.exp(2j * np.pi * np.arange(1024) / 1024) * 1.5,

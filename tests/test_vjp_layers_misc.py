@@ -137,3 +137,31 @@ def test_dense_zoh_against_expm_frechet(rng):
     X = delta * A
     want = delta * scipy.linalg.expm_frechet(X.conj().T, G, compute_expm=False)
     np.testing.assert_allclose(g["A"], want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", [1e-3, 0.2, 0.9, 2.0, 5.0, 40.0, 300.0])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_expm_frechet_batch_against_scipy(norm, complex_, rng):
+    # every Pade degree and, beyond the last bound, the squarings; one
+    # batch, each matrix against scipy.linalg.expm_frechet
+    from scipy.linalg import expm_frechet
+    from zilla_muf.discretize import _expm_frechet_batch
+    A = _c(rng, (3, 5, 5), complex_)
+    A *= norm / np.max(np.sum(np.abs(A), axis=-2))
+    A[1] *= 0.5
+    E = _c(rng, (3, 5, 5), complex_)
+    L = _expm_frechet_batch(A, E)
+    for i in range(3):
+        want = expm_frechet(A[i], E[i], compute_expm=False)
+        np.testing.assert_allclose(L[i], want, rtol=0,
+                                   atol=1e-13 * max(1.0, norm) * np.abs(want).max())
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_zoh_dense_large_steps(complex_, rng):
+    # delta large enough that the pullback scales and squares
+    n, m = 3, 2
+    A = _c(rng, (2, n, n), complex_) * 4 - np.eye(n)
+    kw = dict(A=A, B=_c(rng, (n, m), complex_), delta=np.array([1.5, 3.0]),
+              dense=True)
+    check_dense(zilla_muf.zoh_discretize, kw, ["A", "B", "delta"], rng)

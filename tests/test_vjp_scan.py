@@ -185,3 +185,54 @@ def test_vjp_docstring_examples():
         for t in tests:
             runner.run(t)
     assert runner.summarize(verbose=False).failed == 0
+
+
+def _loop_scan_gradients(a, b, h0, c, cf, reverse):
+    """ga, gb, gh0 of sum(Re(conj(c) h)) + Re(conj(cf) h_final) for scans
+    along the last axis: the forward states and then the chain rule step by
+    step, in complex128 Python loops (vectorised across rows only)."""
+    a = a.astype(np.complex128)
+    b = b.astype(np.complex128)
+    c = c.astype(np.complex128)
+    n = a.shape[-1]
+    order = list(range(n - 1, -1, -1)) if reverse else list(range(n))
+    x = np.zeros(a.shape[:-1], np.complex128) if h0 is None else h0.astype(np.complex128)
+    before = np.empty_like(a)
+    for t in order:
+        before[..., t] = x
+        x = a[..., t] * x + b[..., t]
+    ga = np.empty_like(a)
+    gb = np.empty_like(a)
+    g = np.zeros(a.shape[:-1], np.complex128) if cf is None else cf.astype(np.complex128)
+    for t in reversed(order):
+        g = g + c[..., t]
+        gb[..., t] = g
+        ga[..., t] = g * np.conj(before[..., t])
+        g = np.conj(a[..., t]) * g
+    return ga, gb, g
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64,
+                                   np.complex128])
+@pytest.mark.parametrize("n", [1, 3, 40, 8200])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_scan_rows_pullback_against_loop(dtype, n, reverse, with_h0, rng):
+    # time last, rows enough for the fused row kernels (four per group for
+    # complex, five rows: a full group and a partial one); n = 8200 crosses
+    # their blocks of steps (8192)
+    complex_ = np.dtype(dtype).kind == "c"
+    a = _rand(rng, (5, n), complex_).astype(dtype)
+    b = _rand(rng, (5, n), complex_).astype(dtype)
+    c = _rand(rng, (5, n), complex_).astype(dtype)
+    cf = _rand(rng, (5,), complex_).astype(dtype)
+    h0 = _rand(rng, (5,), complex_).astype(dtype) if with_h0 else None
+    out, pullback = zilla_muf.vjp(zilla_muf.linear_scan, a, b, h0,
+                                  reverse=reverse, return_final=True)
+    g = pullback((c, cf))
+    ga, gb, gh0 = _loop_scan_gradients(a, b, h0, c, cf, reverse)
+    tol = 1e-4 if dtype in (np.float32, np.complex64) else 1e-11
+    for name, want in (("a", ga), ("b", gb)) + ((("h0", gh0),) if with_h0 else ()):
+        assert g[name].dtype == dtype
+        np.testing.assert_allclose(g[name], want if complex_ else want.real,
+                                   rtol=tol, atol=tol * np.abs(want).max())

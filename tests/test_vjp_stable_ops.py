@@ -121,3 +121,24 @@ def test_segsum_gradient_against_dense_matrix(rng):
     _, pullback = zilla_muf.vjp(zilla_muf.segsum, x)
     np.testing.assert_allclose(pullback(c)["x"], np.einsum("ijt,ij->t", M, c),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_log_softmax_long_rows_against_float64_formula(dtype, axis, rng):
+    # rows longer than the compiled pullback's blocks, -inf entries (not
+    # whole rows), any axis; the oracle: c - softmax(x) sum(c) in float64
+    # from scipy's softmax
+    from scipy.special import softmax as sp_softmax
+    x = rng.uniform(-30, 30, (3, 2500, 2)).astype(dtype)
+    x[0, 5, 0] = -np.inf
+    x[1, :: 7, 1] = -np.inf
+    c = rng.standard_normal(x.shape).astype(dtype)
+    out, pullback = zilla_muf.vjp(zilla_muf.log_softmax, x, axis=axis)
+    g = pullback(c)["x"]
+    x64 = x.astype(np.float64)
+    c64 = c.astype(np.float64)
+    want = c64 - sp_softmax(x64, axis=axis) * np.sum(c64, axis=axis, keepdims=True)
+    assert g.dtype == dtype and g.shape == x.shape
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(g, want, rtol=tol, atol=tol * np.abs(want).max())

@@ -47,3 +47,24 @@ def vandermonde_backward(
     poles: npt.NDArray[np.float64], v: npt.NDArray[np.float64], real_v: bool,
     s0: npt.NDArray[np.float64], s1: npt.NDArray[np.float64], num_threads: int,
 ) -> None: ...
+
+def scan_backward_rows(
+    a: npt.NDArray[np.floating], h: npt.NDArray[np.floating],
+    c: npt.NDArray[np.floating], cf: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating], has_cf: bool, has_h0: bool, rev: bool,
+    ga: npt.NDArray[np.floating], gb: npt.NDArray[np.floating],
+    gh0: npt.NDArray[np.floating], num_threads: int,
+) -> None: ...
+
+def cscan_backward_rows(
+    a: npt.NDArray[np.floating], h: npt.NDArray[np.floating],
+    c: npt.NDArray[np.floating], cf: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating], has_cf: bool, has_h0: bool, rev: bool,
+    ga: npt.NDArray[np.floating], gb: npt.NDArray[np.floating],
+    gh0: npt.NDArray[np.floating], num_threads: int,
+) -> None: ...
+
+def log_softmax_backward(
+    y: npt.NDArray[np.floating], c: npt.NDArray[np.floating],
+    g: npt.NDArray[np.floating], num_threads: int,
+) -> None: ...

@@ -67,6 +67,20 @@ Design
       gh0 = a_0 g_0.
   The inner loop runs over q (contiguous, vectorises), so the caller uses
   it when time is not the last axis (Q > 1); p over threads (static).
+* scan_backward_rows, cscan_backward_rows: the same pullback for rows
+  (P, n) with time last, forward or in reverse (_scanback.h). Real rows:
+  the adjoint scan is _scanrow.h's vector scan on the decays as they are,
+  one step behind (no shifted, conjugated copy), in blocks of ZM_SBLK
+  steps, and ga of each block is formed while its states are in L1.
+  Complex rows (interleaved re, im): four rows in lockstep, each step's g,
+  gb and ga in one iteration. Rows (real) or groups of four (complex) over
+  threads (static); the caller keeps the parallel scan for fewer rows than
+  threads.
+* log_softmax_backward: g = c - exp(y) sum(c) per row (rows, n), y the
+  log-softmax (<= 0, so exp(y) <= 1): the row sum in double, then blocks
+  through the vectorised exp of _vexp.h into g and one pass of
+  arithmetic. Rows over threads (static); the caller takes rows of -inf
+  or NaN elsewhere.
 * vandermonde_backward: for poles p_i (rows, N) and a vector v (rows, L),
   interleaved complex (or v real), both sums of the Vandermonde pullback
       S0_i = sum_l p_i^l v_l,   S1_i = sum_l l p_i^(l-1) v_l
@@ -710,3 +724,145 @@ def vandermonde_backward(const double[:, ::1] poles, const double[:, ::1] v,
                                     real_v, &s0[r, 2 * g * VG], &s1[r, 2 * g * VG])
     if failed:
         raise MemoryError("vandermonde_backward: could not allocate a table")
+
+
+cdef extern from "_scanback.h" nogil:
+    void zm_scanback_f(const float *a, const float *h, const float *c,
+                       float *ga, float *gb, Py_ssize_t n, float cf, float h0,
+                       int has_h0, int rev, float *gh0)
+    void zm_scanback_d(const double *a, const double *h, const double *c,
+                       double *ga, double *gb, Py_ssize_t n, double cf,
+                       double h0, int has_h0, int rev, double *gh0)
+    void zm_cscanback_f(int K, const float *a, const float *h, const float *c,
+                        float *ga, float *gb, Py_ssize_t rs, Py_ssize_t n,
+                        const float *cf, const float *h0, int rev, float *gh0)
+    void zm_cscanback_d(int K, const double *a, const double *h,
+                        const double *c, double *ga, double *gb, Py_ssize_t rs,
+                        Py_ssize_t n, const double *cf, const double *h0,
+                        int rev, double *gh0)
+    int ZM_CLANES
+
+
+def scan_backward_rows(const real_t[:, ::1] a, const real_t[:, ::1] h,
+                       const real_t[:, ::1] c, const real_t[::1] cf,
+                       const real_t[::1] h0, bint has_cf, bint has_h0,
+                       bint rev, real_t[:, ::1] ga, real_t[:, ::1] gb,
+                       real_t[::1] gh0, int num_threads):
+    """The pullback of the real scan along rows (P, n), time last (forward,
+    or in reverse when rev), in one pass per row (_scanback.h): fill ga, gb
+    (P, n) and gh0 (P,); cf, h0 (P,) are read only when has_cf, has_h0."""
+    cdef Py_ssize_t P = a.shape[0], n = a.shape[1]
+    cdef Py_ssize_t p
+    cdef real_t cfv, h0v
+    if (h.shape[0] != P or h.shape[1] != n or c.shape[0] != P
+            or c.shape[1] != n or ga.shape[0] != P or ga.shape[1] != n
+            or gb.shape[0] != P or gb.shape[1] != n or gh0.shape[0] != P
+            or (has_cf and cf.shape[0] != P) or (has_h0 and h0.shape[0] != P)):
+        raise ValueError("scan_backward_rows: inconsistent shapes")
+    if P == 0 or n == 0:
+        return
+    with nogil:
+        for p in prange(P, num_threads=num_threads, schedule="static"):
+            cfv = cf[p] if has_cf else 0
+            h0v = h0[p] if has_h0 else 0
+            if real_t is float:
+                zm_scanback_f(&a[p, 0], &h[p, 0], &c[p, 0], &ga[p, 0],
+                              &gb[p, 0], n, cfv, h0v, has_h0, rev, &gh0[p])
+            else:
+                zm_scanback_d(&a[p, 0], &h[p, 0], &c[p, 0], &ga[p, 0],
+                              &gb[p, 0], n, cfv, h0v, has_h0, rev, &gh0[p])
+
+
+def cscan_backward_rows(const real_t[:, ::1] a, const real_t[:, ::1] h,
+                        const real_t[:, ::1] c, const real_t[:, ::1] cf,
+                        const real_t[:, ::1] h0, bint has_cf, bint has_h0,
+                        bint rev, real_t[:, ::1] ga, real_t[:, ::1] gb,
+                        real_t[:, ::1] gh0, int num_threads):
+    """The pullback of the complex scan along rows, time last, on the
+    interleaved real views (P, 2n) of a, h, c, ga, gb and (P, 2) of cf, h0,
+    gh0: rows in groups of ZM_CLANES in lockstep (_scanback.h), groups over
+    threads."""
+    cdef Py_ssize_t P = a.shape[0], n2 = a.shape[1], n = a.shape[1] // 2
+    cdef Py_ssize_t g, ngroups = (P + ZM_CLANES - 1) // ZM_CLANES, p0
+    cdef int K
+    if ZM_CLANES != 4:
+        raise RuntimeError("cscan_backward_rows: lane count mismatch")
+    if (n2 % 2 or h.shape[0] != P or h.shape[1] != n2 or c.shape[0] != P
+            or c.shape[1] != n2 or ga.shape[0] != P or ga.shape[1] != n2
+            or gb.shape[0] != P or gb.shape[1] != n2 or gh0.shape[0] != P
+            or gh0.shape[1] != 2
+            or (has_cf and (cf.shape[0] != P or cf.shape[1] != 2))
+            or (has_h0 and (h0.shape[0] != P or h0.shape[1] != 2))):
+        raise ValueError("cscan_backward_rows: inconsistent shapes")
+    if P == 0 or n == 0:
+        return
+    with nogil:
+        for g in prange(ngroups, num_threads=num_threads, schedule="static"):
+            p0 = g * ZM_CLANES
+            K = <int> (P - p0 if P - p0 < ZM_CLANES else ZM_CLANES)
+            if real_t is float:
+                zm_cscanback_f(K, &a[p0, 0], &h[p0, 0], &c[p0, 0], &ga[p0, 0],
+                               &gb[p0, 0], n2, n, &cf[p0, 0] if has_cf else NULL,
+                               &h0[p0, 0] if has_h0 else NULL, rev, &gh0[p0, 0])
+            else:
+                zm_cscanback_d(K, &a[p0, 0], &h[p0, 0], &c[p0, 0], &ga[p0, 0],
+                               &gb[p0, 0], n2, n, &cf[p0, 0] if has_cf else NULL,
+                               &h0[p0, 0] if has_h0 else NULL, rev, &gh0[p0, 0])
+
+
+cdef extern from "_vexp.h" nogil:
+    double zm_exp_sum_store_f(const float *x, float *e, Py_ssize_t n, float m)
+    double zm_exp_sum_store_d(const double *x, double *e, Py_ssize_t n, double m)
+
+cdef enum:
+    LBLOCK = 1024
+    SLANES = 8
+
+
+cdef void log_softmax_back_row(const real_t *y, const real_t *c, real_t *g,
+                               Py_ssize_t n) noexcept nogil:
+    """g = c - exp(y) sum(c) for one row: the sum in double (SLANES
+    partial sums), then blocks of LBLOCK through the vectorised exp of
+    _vexp.h into g and one pass of arithmetic while they are in L1."""
+    cdef double acc[SLANES]
+    cdef Py_ssize_t i = 0, i0, m
+    cdef int k
+    cdef double total = 0.0
+    cdef real_t s
+    for k in range(SLANES):
+        acc[k] = 0.0
+    while i + SLANES <= n:
+        for k in range(SLANES):
+            acc[k] += c[i + k]
+        i += SLANES
+    while i < n:
+        acc[0] += c[i]
+        i += 1
+    for k in range(SLANES):
+        total += acc[k]
+    s = <real_t> total
+    i0 = 0
+    while i0 < n:
+        m = n - i0 if n - i0 < LBLOCK else LBLOCK
+        if real_t is float:
+            zm_exp_sum_store_f(y + i0, g + i0, m, 0)
+        else:
+            zm_exp_sum_store_d(y + i0, g + i0, m, 0)
+        for i in range(i0, i0 + m):
+            g[i] = c[i] - g[i] * s
+        i0 += m
+
+
+def log_softmax_backward(const real_t[:, ::1] y, const real_t[:, ::1] c,
+                         real_t[:, ::1] g, int num_threads):
+    """Fill g (rows, n) with c - exp(y) * sum(c) per row: the pullback of
+    log_softmax for y = log_softmax(x) (finite rows)."""
+    cdef Py_ssize_t rows = y.shape[0], n = y.shape[1], r
+    if (c.shape[0] != rows or c.shape[1] != n or g.shape[0] != rows
+            or g.shape[1] != n):
+        raise ValueError("log_softmax_backward: inconsistent shapes")
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        for r in prange(rows, num_threads=num_threads, schedule="static"):
+            log_softmax_back_row(&y[r, 0], &c[r, 0], &g[r, 0], n)

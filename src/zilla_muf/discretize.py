@@ -308,9 +308,9 @@ def bilinear_discretize(A, B, delta, alpha=0.5, *, dense=False, workers=None):
 # and g = conj(d out / d in) c summed over both outputs.
 # Dense ZOH: the adjoint of the Frechet derivative of expm at X is the
 # Frechet derivative at X^H, so with X = delta [[A, B], [0, 0]] and
-# G = [[cA, cB], [0, 0]], gX = L_exp(X^H, G), the top-right block of
-# expm([[X^H, G], [0, X^H]]) (the block form of the Frechet derivative);
-# gA, gB are delta times its blocks and gdelta = Re <[[A, B], [0, 0]], gX>.
+# G = [[cA, cB], [0, 0]], gX = L_exp(X^H, G) (by _expm_frechet_batch, on
+# the (N + M) square matrices of the batch); gA, gB are delta times its
+# blocks and gdelta = Re <[[A, B], [0, 0]], gX>.
 # Dense bilinear: with P = I - alpha delta A, S_A = P^-H cA, S_B = P^-H cB,
 # G_W = (1 - alpha) S_A + alpha (S_A Abar^H + S_B Bbar^H) is the gradient of
 # W = delta A; gA = delta G_W, gB = delta S_B,
@@ -407,27 +407,102 @@ def _dense_operands(args, dtype):
     return A, B, d, batch, n, m
 
 
+# The Frechet derivative of expm for a batch: the scaling and squaring
+# algorithm of Al-Mohy and Higham (2009), in which the Pade approximant
+# r_m = q_m^-1 p_m (p_m(A) = V + U, q_m(A) = V - U, U the odd and V the even
+# terms) and its derivative L_r(A, E) are formed together from the powers
+# A^2k and their derivatives M_2k = L_(x^2k)(A, E); the squarings then carry
+# (R, L) -> (R^2, R L + L R). The degree m and the scaling 2^-s are those
+# of the largest 1-norm in the batch, so that every step is one stacked
+# matrix product (n x n each, not the 2n x 2n block form).
+
+def _pade_exp(m):
+    return tuple(math.factorial(2 * m - j) * math.factorial(m)
+                 / (math.factorial(2 * m) * math.factorial(j) * math.factorial(m - j))
+                 for j in range(m + 1))
+
+
+_PADE = {m: _pade_exp(m) for m in (3, 5, 7, 9, 13)}
+# the 1-norm bounds up to which degree m meets double precision
+_THETA = {3: 1.495585217958292e-2, 5: 2.539398330063230e-1,
+          7: 9.504178996162932e-1, 9: 2.097847961257068e0,
+          13: 5.371920351148152e0}
+
+
+def _expm_frechet_batch(A, E):
+    """L_exp(A, E) for stacks of square matrices (..., n, n)."""
+    n = A.shape[-1]
+    if A.size == 0:
+        return np.zeros(np.broadcast_shapes(A.shape, E.shape), A.dtype)
+    eye = np.eye(n, dtype=A.dtype)
+    norm = float(np.max(np.sum(np.abs(A), axis=-2)))
+    s = 0
+    for m in (3, 5, 7, 9, 13):
+        if norm <= _THETA[m]:
+            break
+    if m == 13 and np.isfinite(norm) and norm > _THETA[13]:
+        s = int(np.ceil(np.log2(norm / _THETA[13])))
+        A = A * 2.0 ** -s
+        E = E * 2.0 ** -s
+    b = _PADE[m]
+    A2 = A @ A
+    M2 = A @ E + E @ A
+    if m < 13:
+        P = [eye, A2]
+        M = [None, M2]
+        for _ in range(2, (m - 1) // 2 + 1):
+            # A^2k = A^(2k-2) A^2, M_2k = A^(2k-2) M_2 + M_(2k-2) A^2
+            M.append(P[-1] @ M2 + M[-1] @ A2)
+            P.append(P[-1] @ A2)
+        W = sum(b[2 * k + 1] * P[k] for k in range(len(P)))
+        V = sum(b[2 * k] * P[k] for k in range(len(P)))
+        Lw = sum(b[2 * k + 1] * M[k] for k in range(1, len(P)))
+        Lv = sum(b[2 * k] * M[k] for k in range(1, len(P)))
+    else:
+        A4 = A2 @ A2
+        A6 = A4 @ A2
+        M4 = A2 @ M2 + M2 @ A2
+        M6 = A4 @ M2 + M4 @ A2
+        W1 = b[13] * A6 + b[11] * A4 + b[9] * A2
+        W2 = b[7] * A6 + b[5] * A4 + b[3] * A2 + b[1] * eye
+        Z1 = b[12] * A6 + b[10] * A4 + b[8] * A2
+        Z2 = b[6] * A6 + b[4] * A4 + b[2] * A2 + b[0] * eye
+        W = A6 @ W1 + W2
+        V = A6 @ Z1 + Z2
+        Lw = (A6 @ (b[13] * M6 + b[11] * M4 + b[9] * M2) + M6 @ W1
+              + (b[7] * M6 + b[5] * M4 + b[3] * M2))
+        Lv = (A6 @ (b[12] * M6 + b[10] * M4 + b[8] * M2) + M6 @ Z1
+              + (b[6] * M6 + b[4] * M4 + b[2] * M2))
+    U = A @ W
+    Lu = A @ Lw + E @ W
+    # R = q^-1 p and L = q^-1 (Lu + Lv + (Lu - Lv) R): one solve
+    S = np.linalg.solve(V - U, np.concatenate([U + V, Lu + Lv, Lu - Lv], axis=-1))
+    R = S[..., :n]
+    L = S[..., n:2 * n] + S[..., 2 * n:] @ R
+    for _ in range(s):
+        L = R @ L + L @ R
+        R = R @ R
+    return L
+
+
 def _dense_zoh_grads(args, dtype):
     def backward(ct):
         cA, cB = ct
         A, B, d, batch, n, m = _dense_operands(args, dtype)
         k = n + m
-        M0 = np.zeros(batch + (k, k), dtype)
-        M0[..., :n, :n] = A
-        M0[..., :n, n:] = B
-        XH = np.conj(np.swapaxes(M0, -1, -2)) * d[..., None, None]
-        # L(X^H, G) is the top-right block of exp([[X^H, G], [0, X^H]]),
-        # for the whole batch in one call of scipy.linalg.expm
-        big = np.zeros(batch + (2 * k, 2 * k), dtype)
-        big[..., :k, :k] = XH
-        big[..., k:, k:] = XH
-        big[..., :n, k:k + n] = cA
-        big[..., :n, k + n:] = cB
-        gX = scipy.linalg.expm(big)[..., :k, k:] if big.size else big[..., :k, k:]
         dd = d[..., None, None]
-        gA = dd * gX[..., :n, :n]
-        gB = dd * gX[..., :n, n:]
-        gd = np.real(np.sum(np.conj(M0[..., :n, :]) * gX[..., :n, :], axis=(-2, -1)))
+        # gX = L_exp(X^H, G), X = delta [[A, B], [0, 0]], G = [[cA, cB], [0, 0]]
+        XH = np.zeros(batch + (k, k), dtype)
+        XH[..., :n, :n] = np.conj(np.swapaxes(A, -1, -2)) * dd
+        XH[..., n:, :n] = np.conj(np.swapaxes(B, -1, -2)) * dd
+        G = np.zeros(batch + (k, k), dtype)
+        G[..., :n, :n] = cA
+        G[..., :n, n:] = cB
+        gX = _expm_frechet_batch(XH, G)[..., :n, :]
+        gA = dd * gX[..., :n]
+        gB = dd * gX[..., n:]
+        gd = np.real(np.sum(np.conj(A) * gX[..., :n], axis=(-2, -1))
+                     + np.sum(np.conj(B) * gX[..., n:], axis=(-2, -1)))
         return {"A": gA, "B": gB, "delta": gd}
 
     return backward

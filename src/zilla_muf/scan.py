@@ -639,14 +639,57 @@ def _real_scan_backward(a, h, c, cf, h0, ax, workers):
         x = np.broadcast_to(np.asarray(x, dtype=dtype), shape[:ax] + shape[ax + 1:])
         return np.ascontiguousarray(x).reshape(P, Q)
 
-    ga = np.empty(shape, dtype)
-    gb = np.empty(shape, dtype)
+    ga, gb = _pair_empty(shape, dtype)
     gh0 = np.empty(shape[:ax] + shape[ax + 1:], dtype)
     _vjp_kernels.scan_backward(view3(a), h.reshape(P, n, Q),
                                view3(np.broadcast_to(c, shape)),
                                view2(cf), view2(h0), cf is not None, h0 is not None,
                                ga.reshape(P, n, Q), gb.reshape(P, n, Q),
                                gh0.reshape(P, Q), resolve_workers(workers))
+    return {"a": ga, "b": gb, "h0": gh0}
+
+
+def _pair_empty(shape, dtype):
+    """Two uninitialised arrays of `shape` that share one allocation."""
+    both = np.empty((2,) + tuple(shape), dtype)
+    return both[0], both[1]
+
+
+def _rows_scan_backward(a, h, c, cf, h0, reverse, workers):
+    """The pullback along contiguous rows, time last, in one compiled pass
+    per row (real) or per group of four rows (complex): the adjoint scan and
+    da together (_vjp_kernels.scan_backward_rows, cscan_backward_rows)."""
+    shape, dtype = h.shape, h.dtype
+    n = shape[-1]
+    P = h.size // n
+    complex_ = dtype.kind == "c"
+    rdt = np.empty(0, dtype).real.dtype
+
+    def rows(x):
+        x = np.ascontiguousarray(np.broadcast_to(x, shape), dtype=dtype).reshape(P, n)
+        return x.view(rdt) if complex_ else x
+
+    def states(x):
+        if x is None:
+            return np.empty((0, 2) if complex_ else 0, rdt)
+        x = np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=dtype), shape[:-1]),
+                                 dtype=dtype).reshape(P, 1)
+        return x.view(rdt) if complex_ else x.reshape(P)
+
+    # ga and gb in one block: two large blocks allocated and freed on every
+    # call can make the C allocator return and re-map their pages each time
+    ga, gb = _pair_empty(shape, dtype)
+    gh0 = np.empty(shape[:-1], dtype)
+    if complex_:
+        kern = _vjp_kernels.cscan_backward_rows
+        out2 = (ga.reshape(P, n).view(rdt), gb.reshape(P, n).view(rdt),
+                gh0.reshape(P, 1).view(rdt))
+    else:
+        kern = _vjp_kernels.scan_backward_rows
+        out2 = (ga.reshape(P, n), gb.reshape(P, n), gh0.reshape(P))
+    kern(rows(a), h.reshape(P, n).view(rdt) if complex_ else h.reshape(P, n),
+         rows(c), states(cf), states(h0), cf is not None, h0 is not None,
+         bool(reverse), *out2, workers)
     return {"a": ga, "b": gb, "h0": gh0}
 
 
@@ -678,11 +721,19 @@ def _scan_rule(fun):
                 return {"a": zeros, "b": zeros,
                         "h0": np.zeros(state_shape, dtype) if cf is None else cf}
             # time not last (rows of Q > 1 values per step): one compiled
-            # pass, vectorised across the row; time last: the reverse scan's
-            # own kernel (faster on long rows) and two elementwise passes
+            # pass, vectorised across the row
             if (dtype.kind == "f" and not reverse and ax < h.ndim - 1
                     and h.flags.c_contiguous):
                 return _real_scan_backward(a, h, c, cf, h0, ax, args.get("workers"))
+            # time last: one fused pass per row (real) or per four rows
+            # (complex), when there are rows enough for the threads; else
+            # (a few long rows, strided or other layouts) the forward's own
+            # scan run backwards and two elementwise passes
+            if ax == h.ndim - 1 and h.flags.c_contiguous and dtype in _KERNEL_DTYPES:
+                threads = resolve_workers(args.get("workers"))
+                rows = h.size // n
+                if (rows if dtype.kind == "f" else rows // 4) >= threads:
+                    return _rows_scan_backward(a, h, c, cf, h0, reverse, threads)
             # decays of the adjoint: conj(a) shifted one step towards the start
             # (forward) or the end (reverse), 1 where the final cotangent enters
             ad = np.empty(shape, dtype=dtype)

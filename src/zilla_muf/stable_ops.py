@@ -784,8 +784,24 @@ def _log_softmax_vjp(args):
     def backward(c):
         # dx = c - softmax(x) * sum(c), softmax(x) = exp(y) <= 1. A row of
         # -inf (or with a NaN) is NaN throughout, so its first entry tells.
+        dead_or_nan = y.size and np.isnan(np.take(y, 0, axis=ax)).any()
+        if not dead_or_nan and y.size and y.dtype.kind == "f":
+            # one compiled pass per row (the row sum, then the vectorised
+            # exp in blocks), on rows along the last axis
+            ym = np.moveaxis(y, ax, -1)
+            shape = ym.shape
+            n = shape[-1]
+            y2 = np.ascontiguousarray(ym).reshape(-1, n)
+            c2 = np.ascontiguousarray(
+                np.moveaxis(np.broadcast_to(np.asarray(c), y.shape), ax, -1),
+                dtype=y.dtype).reshape(-1, n)
+            g = np.empty(shape, y.dtype)
+            _vjp_kernels.log_softmax_backward(
+                y2, c2, g.reshape(-1, n),
+                _threads(args["workers"], y2.size, y2.shape[0]))
+            return {"x": np.moveaxis(g, -1, ax)}
         p = np.exp(y)
-        if y.size and np.isnan(np.take(y, 0, axis=ax)).any():
+        if dead_or_nan:
             dead = _dead_rows(args["x"], ax)
             p = np.where(dead, 0, p)
             c = np.where(dead, 0, c)
