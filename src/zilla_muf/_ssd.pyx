@@ -824,7 +824,7 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef Py_ssize_t nb = x.shape[0], T = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t pool = state.shape[0], PN = P * N
-    cdef Py_ssize_t task, b, h, g, t, k, r, p0, m, i
+    cdef Py_ssize_t task, b, h, g, t, k, r, p0, m, i, rb
     cdef real_t a, d
     cdef real_t *S
     cdef real_t *I
@@ -866,6 +866,11 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         D0 = &D[0, 0]
     if z is not None:
         z0 = &z[0, 0, 0, 0]
+    # rows per block: as many as fit 16 KiB (a multiple of 4, the rows the
+    # step kernel takes together), so that a block of the state stays in L1
+    # across the T tokens and each step call has many rows to amortise it
+    rb = (16384 // <Py_ssize_t> (N * sizeof(real_t))) // 4 * 4
+    rb = 4 if rb < 4 else (P if rb > P else rb)
     # the decays exp(dt A) of every (batch, head, token), formed once (not
     # once per block of rows)
     decays = <real_t *> malloc(nb * H * T * sizeof(real_t))
@@ -884,11 +889,12 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         h = task % H
         g = h // (H // G)
         r = rw[b] if rw != NULL else b
-        # rows outer, tokens inner: a block of 4 rows of the state (4 *
-        # dstate values) stays in L1 through all T tokens; each row's
-        # arithmetic is that of a one-token call
-        for p0 in range(0, P, 4):
-            m = P - p0 if P - p0 < 4 else 4
+        # rows outer, tokens inner: a block of rb rows of the state (at most
+        # 16 KiB) stays in L1 through all T tokens; each row's arithmetic is
+        # that of a one-token call
+        for k in range((P + rb - 1) // rb):
+            p0 = k * rb
+            m = P - p0 if P - p0 < rb else rb
             S = &state[r, h, p0, 0]
             for t in range(T):
                 d = dt[b, h, t]
@@ -909,6 +915,6 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
                             z0[((b * T + t) * H + h) * P + p0 + i])
                 if inter0 != NULL:
                     I = inter0 + (((b * T + t) * H + h) * P + p0) * N
-                    for k in range(m * N):
-                        I[k] = S[k]
+                    for i in range(m * N):
+                        I[i] = S[i]
     free(decays)
