@@ -24,7 +24,7 @@ checks, allocations, the kernels' thread team: tens of microseconds a
 call) and, for the SSD, that a sequence's last chunk is computed short,
 not padded. With 64 sequences of about 1000 tokens (4 ms of arithmetic
 each on one thread) that is a few percent: the loop runs within about
-1.1-1.3x of the packed call at workers=1, and a ">= 4x" target cannot be
+1.1-1.4x of the packed call at workers=1, and a ">= 4x" target cannot be
 met there by any packed implementation. The loop falls far behind only
 when the sequences are short (the many-short case), or at workers=2 on a
 loaded machine, where every one of its calls waits at the end of each
