@@ -104,6 +104,62 @@ def test_scan_tree_carry(rng, monkeypatch):
         assert_close(f.compute(), wf)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_scan_long_blocks_and_wider_h0(rng, dtype):
+    """Blocks long enough for the split product of the summaries (uneven,
+    with a remainder), a float64 h0 over float32 blocks (the summary's
+    scratch takes the block's dtype, the carry the result's), against a
+    float64 Python loop."""
+    n = 2 * 1100 + 700 + 3
+    a = rng.uniform(0.998, 1.0, (2, n))
+    if np.dtype(dtype).kind == "c":
+        a = a * np.exp(1j * rng.uniform(-0.01, 0.01, (2, n)))
+    a = a.astype(dtype)
+    b = rng.standard_normal((2, n)).astype(dtype)
+    h0 = np.array([0.25, -2.0])
+    want = np.zeros((2, n), dtype=np.complex128)
+    h = h0.astype(np.complex128)
+    for t in range(n):
+        h = a[:, t].astype(np.complex128) * h + b[:, t]
+        want[:, t] = h
+    for chunks in ((1, 1100), (2, (700, 1100, 3, 1100))):
+        got, final = zd.linear_scan(_lazy(a, chunks), _lazy(b, chunks), h0,
+                                    return_final=True)
+        assert got.dtype == np.result_type(dtype, np.float64)
+        out = got.compute()
+        want_ = want if out.dtype.kind == "c" else want.real
+        assert_close(out, want_, scale=50)
+        assert_close(final.compute(), want_[:, -1], scale=50)
+
+
+def test_block_product_splits_rows(rng):
+    """The summaries' product over a block equals the product taken in
+    order, in float64, for lengths around the row split."""
+    from zilla_muf.dask._wrappers import _PROD_ROW, _block_product
+
+    for n in (1, _PROD_ROW * 2 - 1, _PROD_ROW * 2, _PROD_ROW * 5 + 17):
+        a = rng.uniform(0.99, 1.01, (3, n))
+        want = np.ones(3)
+        for t in range(n):
+            want = want * a[:, t]
+        assert_close(_block_product(a, a.shape, np.dtype(np.float64)), want)
+        got = _block_product(a[:, :1], a.shape, np.dtype(np.float64))  # broadcast
+        assert_close(got, a[:, 0] ** n)
+
+
+def test_scan_carry_is_one_task(rng):
+    """With blocks along the sequence, the incoming states of all blocks
+    come from one carry task (not one task per block)."""
+    a = _lazy(rng.uniform(0.5, 1.0, (2, 40)), (2, 4))
+    b = _lazy(rng.standard_normal((2, 40)), (2, 4))
+    h = zd.linear_scan(a, b)
+    funcs = [getattr(t[0], "func", t[0]) for t in dict(h.__dask_graph__()).values()
+             if isinstance(t, tuple) and callable(t[0])]
+    assert funcs.count(_carry._chain) == 1
+    assert _carry._apply not in funcs
+    assert_close(h.compute(), zilla_muf.linear_scan(a.compute(), b.compute()))
+
+
 def test_scan_broadcast_axis_and_scalars(rng):
     a = rng.uniform(0.5, 1.0, (37,))
     b = rng.standard_normal((37, 4)).astype(np.float32)

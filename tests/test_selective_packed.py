@@ -50,6 +50,29 @@ def cut(args, lo, hi):
     return [u[..., lo:hi], delta[..., lo:hi], A, B[..., lo:hi], C[..., lo:hi], D, z[..., lo:hi]]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("lengths", [[1024, 6, 1100, 1], [2500], [1023, 1, 1500]])
+def test_selective_scan_long_rows_in_time_blocks(rng, lengths, workers):
+    # rows longer than the kernel's time block (1024 steps) and more
+    # channels than a group (16): sequences start on, just before and after
+    # a block edge; against the float64 loop, each sequence alone
+    args, seq, cu = scan_problem(rng, lengths, dim=19, N=5)
+    h0 = rng.standard_normal((1, 19, 5))
+    y, last = selective_scan(*args, seq_idx=seq, initial_state=h0,
+                             return_last_state=True, workers=workers)
+    for k in range(len(lengths)):
+        want, h = scan_loop(*cut(args, cu[k], cu[k + 1]),
+                            h0=h0 if k == 0 else None)
+        assert_close(y[..., cu[k]:cu[k + 1]], want, np.float64, 100)
+    assert_close(last[0], h, np.float64, 100)
+    # without seq_idx: one sequence through every block
+    y1, last1 = selective_scan(*args, initial_state=h0, return_last_state=True,
+                               workers=workers)
+    want, h = scan_loop(*args, h0=h0)
+    assert_close(y1, want, np.float64, 100)
+    assert_close(last1[0], h, np.float64, 100)
+
+
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
 @pytest.mark.parametrize("lengths", [[3, 1, 17, 1, 40, 2], [1] * 7, [64]])
 def test_selective_scan_packed_equals_alone(rng, dtype, lengths):

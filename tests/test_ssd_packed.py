@@ -234,6 +234,41 @@ def test_multi_token_decode_equals_token_by_token(rng, dtype):
         assert_close(y[b:b + 1], y_ref, dtype, 10)
 
 
+def test_decode_skip_and_gate_against_loop(rng):
+    # D of shape (nheads,), the gate, T tokens: against a float64 loop of
+    # the recurrence written here; and an empty dstate (y is D x gated)
+    H, P, N, T = 3, 5, 4, 6
+    x = rng.standard_normal((2, T, H, P))
+    dt = rng.uniform(0.1, 1.0, (2, T, H))
+    A = -rng.uniform(0.3, 2.0, H)
+    B = rng.standard_normal((2, T, 1, N))
+    C = rng.standard_normal((2, T, 1, N))
+    D = rng.standard_normal(H)
+    z = rng.standard_normal((2, T, H, P))
+    z[0, 0, 0, :2] = [-np.inf, 40.0]
+    s0 = rng.standard_normal((2, H, P, N))
+    state = s0.copy()
+    y = selective_state_update(state, x, dt, A, B, C, D=D, z=z)
+    h = s0.copy()
+    want = np.zeros_like(x)
+    for t in range(T):
+        decay = np.exp(dt[:, t] * A)[:, :, None, None]
+        h = decay * h + (dt[:, t, :, None, None] * x[:, t, :, :, None]
+                         * B[:, t, 0][:, None, None, :])
+        out = np.einsum("bhpn,bn->bhp", h, C[:, t, 0]) + D[:, None] * x[:, t]
+        with np.errstate(over="ignore", invalid="ignore"):
+            gate = np.where(np.isneginf(z[:, t]), -0.0,
+                            z[:, t] / (1 + np.exp(-z[:, t])))
+        want[:, t] = out * gate
+    assert_close(y, want, np.float64, 10)
+    assert_close(state, h, np.float64, 10)
+    empty = np.zeros((2, H, P, 0))
+    y0 = selective_state_update(empty, x, dt, A, B[..., :0], C[..., :0], D=D, z=z)
+    with np.errstate(over="ignore", invalid="ignore"):
+        gate = np.where(np.isneginf(z), -0.0, z / (1 + np.exp(-z)))
+    assert_close(y0, D[:, None] * x * gate, np.float64, 10)
+
+
 def test_state_pool_rows(rng):
     (x, dt, A, B, C), kw = decode_problem(rng, 3, 2)
     pool = rng.standard_normal((7, 4, 5, 6))

@@ -20,10 +20,15 @@ contiguous memory. B and C arrive flattened, time-major with n last: the row
 of (b, d) at step t starts at  b * sb + (d // gs) * sg + t * st,  which covers
 the three public layouts (constant (dim, N): sb = 0, gs = 1, sg = N, st = 0;
 (batch, N, L) and (batch, G, N, L) transposed to (batch, [G,] L, N)).
-Channels are independent: a dynamically scheduled `prange` over
-batch * dim hands threads blocks of 8 consecutive channels (a group's B and
-C rows stay in cache) as they become free, so a thread descheduled by
-another process on a loaded machine does not hold the others up. The real channel and its steps are the C loops of _selscan.h
+Channels are independent: a dynamically scheduled `prange` hands threads
+groups of 16 consecutive channels as they become free, so a thread
+descheduled by another process on a loaded machine does not hold the others
+up. A group walks the sequence in blocks of 1024 steps, each channel of the
+group through a block before the next block (the channel's state waits in
+its row of the last-state output), so that the block's B and C rows, read
+by every channel of a group, come from cache rather than memory (real A;
+complex A walks each channel through the whole sequence). The real channel
+and its steps are the C loops of _selscan.h
 (compiled for x86-64-v3 too): the decays exp(dt A) of a block of steps
 are formed in one vectorised pass, then the recurrence is multiply-adds in
 vector lanes. The exponential and softplus are `zm_expf` / `zm_exp` and
@@ -229,6 +234,19 @@ cdef inline Py_ssize_t row_offset(Py_ssize_t b, Py_ssize_t d, Py_ssize_t sb,
     return b * sb + (d // gs) * sg
 
 
+# Time blocking of the real scan: a thread takes a group of SEL_GROUP
+# consecutive channels and walks them through the sequence in blocks of
+# SEL_BLOCK steps, every channel of the group through one block before the
+# next block. The group's B and C rows of a block (SEL_BLOCK * dstate values
+# each) are then read from memory once and from cache by the other channels
+# of the group, instead of every channel streaming the whole of B and C (a
+# row of 64K steps and dstate 16 is 4 MB: more than the cache). A channel's
+# state waits in its row of the last-state output between blocks.
+cdef enum:
+    SEL_GROUP = 16
+    SEL_BLOCK = 1024
+
+
 cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
                    const real_t *A, const real_t *B, Py_ssize_t *bl,
                    const real_t *C, Py_ssize_t *cl, const real_t *Dv,
@@ -239,35 +257,66 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
     """All channels, `nthreads` threads; -1 when scratch cannot be had.
 
     Per-thread scratch: the state and a block of decays (zm_sel_scratch),
-    the channel's steps and gates (L each).
+    the channel's steps and gates over a time block, and a zero state.
+    Dynamically scheduled groups of channels (see SEL_GROUP).
     """
-    cdef Py_ssize_t ch, b, d
+    cdef Py_ssize_t grp, ch, ch0, ch1, b, d, t0, tb, n, ngroups, TB
     cdef real_t *h
     cdef real_t *dts
     cdef real_t *g
+    cdef real_t *zero
+    cdef const real_t *hin
+    cdef const long long *sq
     cdef int status = 0
     cdef int *failed = &status    # shared: plain assignments are private
+    TB = SEL_BLOCK if L > SEL_BLOCK else (L if L > 0 else 1)
+    ngroups = (batch * dim + SEL_GROUP - 1) // SEL_GROUP
     with parallel(num_threads=nthreads):
-        h = <real_t *> malloc((zm_sel_scratch(N) + 2 * L + 1) * sizeof(real_t))
+        h = <real_t *> malloc((zm_sel_scratch(N) + 2 * TB + N + 1)
+                              * sizeof(real_t))
         if h == NULL:
             failed[0] = -1
         else:
             dts = h + zm_sel_scratch(N)
-            g = dts + L
-            for ch in prange(batch * dim, schedule='dynamic', chunksize=8):
-                b = ch // dim
-                d = ch - b * dim
-                delta_row(DL + ch * L, bias[d] if bias != NULL else 0,
-                          softplus, dts, L)
-                if Z != NULL:
-                    gate_row(Z + ch * L, g, L)
-                channel_real(U + ch * L, dts, NULL if Z == NULL else g,
-                             A + d * N,
-                             B + row_offset(b, d, bl[0], bl[1], bl[2]), bl[3],
-                             C + row_offset(b, d, cl[0], cl[1], cl[2]), cl[3],
-                             Dv[d] if Dv != NULL else 0, H0 + ch * N,
-                             Y + ch * L, HL + ch * N, h,
-                             N, L, NULL if SEQ == NULL else SEQ + b * L)
+            g = dts + TB
+            zero = g + TB
+            for n in range(N):
+                zero[n] = 0
+            for grp in prange(ngroups, schedule='dynamic'):
+                ch0 = grp * SEL_GROUP
+                ch1 = ch0 + SEL_GROUP if ch0 + SEL_GROUP < batch * dim \
+                    else batch * dim
+                # (seqlen 0: one empty block, which copies h0 to the last state)
+                t0 = 0
+                while t0 == 0 or t0 < L:
+                    tb = TB if L - t0 > TB else L - t0
+                    for ch in range(ch0, ch1):
+                        b = ch // dim
+                        d = ch - b * dim
+                        sq = NULL if SEQ == NULL else SEQ + b * L
+                        # the state entering the block: the initial one, the
+                        # previous block's end, or zero at a sequence start
+                        if t0 == 0:
+                            hin = H0 + ch * N
+                        elif sq != NULL and sq[t0] != sq[t0 - 1]:
+                            hin = zero
+                        else:
+                            hin = HL + ch * N
+                        delta_row(DL + ch * L + t0,
+                                  bias[d] if bias != NULL else 0,
+                                  softplus, dts, tb)
+                        if Z != NULL:
+                            gate_row(Z + ch * L + t0, g, tb)
+                        channel_real(U + ch * L + t0, dts,
+                                     NULL if Z == NULL else g, A + d * N,
+                                     B + row_offset(b, d, bl[0], bl[1], bl[2])
+                                     + t0 * bl[3], bl[3],
+                                     C + row_offset(b, d, cl[0], cl[1], cl[2])
+                                     + t0 * cl[3], cl[3],
+                                     Dv[d] if Dv != NULL else 0, hin,
+                                     Y + ch * L + t0, HL + ch * N, h,
+                                     N, tb, NULL if sq == NULL else sq + t0)
+                    t0 = t0 + TB
             free(h)
     return status
 

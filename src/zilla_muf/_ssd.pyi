@@ -38,4 +38,5 @@ def sequential(
 def decode(
     x: _F, dt: _F, A: _F, B: _F, C: _F, state: _F, y: _F, num_threads: int,
     *, rows: npt.NDArray[np.intp] | None = ..., inter: _F | None = ...,
+    D: _F | None = ..., z: _F | None = ...,
 ) -> None: ...

@@ -796,27 +796,44 @@ def sequential(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
 # Decoding: T tokens of every (batch, head) in one call, on a state pool.
 # ---------------------------------------------------------------------------
 
+cdef inline real_t gate_silu(real_t v) noexcept nogil:
+    """silu(v) = v s(v), the logistic s from exp(-|v|) (no overflow);
+    silu(-inf) = -0, the limit (the finishing step of the chunk kernels)."""
+    cdef real_t e = vexp(v if v < 0 else -v)
+    cdef real_t r = 1 / (1 + e)
+    cdef real_t sg = r if v >= 0 else e * r
+    return v * sg if sg != 0 else -0.0
+
+
 def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
            const real_t[::1] A, const real_t[:, :, :, ::1] B,
            const real_t[:, :, :, ::1] C, real_t[:, :, :, ::1] state,
            real_t[:, :, :, ::1] y, int num_threads, *,
            const Py_ssize_t[::1] rows=None,
-           real_t[:, :, :, :, ::1] inter=None):
+           real_t[:, :, :, :, ::1] inter=None,
+           const real_t[:, ::1] D=None,
+           const real_t[:, :, :, ::1] z=None):
     """Advance states by T tokens in place: x, y (batch, T, nheads, headdim),
     dt (batch, nheads, T) processed steps, B, C (batch, T, ngroups, dstate),
     state (pool, nheads, headdim, dstate): batch row b advances
     state[rows[b]] (state[b] without `rows`; the rows must be distinct and
     in range, checked by the caller). With `inter` (batch, T, nheads,
-    headdim, dstate), the state after every token is copied there."""
+    headdim, dstate), the state after every token is copied there. D
+    (nheads, headdim) adds D x to y, z (like x) gates it by silu(z), in the
+    kernel (no temporaries)."""
     cdef Py_ssize_t nb = x.shape[0], T = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t pool = state.shape[0], PN = P * N
-    cdef Py_ssize_t task, b, h, g, t, k, r, p0, m
+    cdef Py_ssize_t task, b, h, g, t, k, r, p0, m, i, rb
     cdef real_t a, d
     cdef real_t *S
     cdef real_t *I
+    cdef real_t *yp
+    cdef real_t *decays
     cdef const Py_ssize_t *rw = NULL
     cdef real_t *inter0 = NULL
+    cdef const real_t *D0 = NULL
+    cdef const real_t *z0 = NULL
     _require(num_threads >= 1, "num_threads must be >= 1")
     _require(G >= 1 and H % G == 0 and B.shape[0] == nb and B.shape[1] == T,
              "B must be (batch, T, ngroups | nheads, dstate)")
@@ -833,6 +850,9 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
                                and inter.shape[2] == H and inter.shape[3] == P
                                and inter.shape[4] == N),
              "inter must be (batch, T, nheads, headdim, dstate)")
+    _require(D is None or (D.shape[0] == H and D.shape[1] == P),
+             "D must be (nheads, headdim)")
+    _require(z is None or shape4(z, nb, T, H, P), "z must have the shape of x")
     if rows is not None:
         for b in range(nb):
             _require(0 <= rows[b] < pool, "rows out of range")
@@ -842,29 +862,59 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         return
     if inter is not None:
         inter0 = &inter[0, 0, 0, 0, 0]
+    if D is not None:
+        D0 = &D[0, 0]
+    if z is not None:
+        z0 = &z[0, 0, 0, 0]
+    # rows per block: as many as fit 16 KiB (a multiple of 4, the rows the
+    # step kernel takes together), so that a block of the state stays in L1
+    # across the T tokens and each step call has many rows to amortise it
+    rb = (16384 // <Py_ssize_t> (N * sizeof(real_t))) // 4 * 4
+    rb = 4 if rb < 4 else (P if rb > P else rb)
+    # the decays exp(dt A) of every (batch, head, token), formed once (not
+    # once per block of rows)
+    decays = <real_t *> malloc(nb * H * T * sizeof(real_t))
+    if decays == NULL:
+        raise MemoryError("could not allocate the decode scratch")
+    for task in range(nb * H):
+        h = task % H
+        for t in range(T):
+            if real_t is float:
+                decays[task * T + t] = expf(dt[task // H, h, t] * A[h])
+            else:
+                decays[task * T + t] = exp(dt[task // H, h, t] * A[h])
     for task in prange(nb * H, num_threads=num_threads, schedule='dynamic',
                        nogil=True):
         b = task // H
         h = task % H
         g = h // (H // G)
         r = rw[b] if rw != NULL else b
-        # rows outer, tokens inner: a block of 4 rows of the state (4 *
-        # dstate values) stays in L1 through all T tokens; each row's
-        # arithmetic is that of a one-token call
-        for p0 in range(0, P, 4):
-            m = P - p0 if P - p0 < 4 else 4
+        # rows outer, tokens inner: a block of rb rows of the state (at most
+        # 16 KiB) stays in L1 through all T tokens; each row's arithmetic is
+        # that of a one-token call
+        for k in range((P + rb - 1) // rb):
+            p0 = k * rb
+            m = P - p0 if P - p0 < rb else rb
             S = &state[r, h, p0, 0]
             for t in range(T):
                 d = dt[b, h, t]
+                a = decays[task * T + t]
+                yp = &y[b, t, h, p0]
                 if real_t is float:
-                    a = expf(d * A[h])
                     zm_seq_step_f(S, &x[b, t, h, p0], &B[b, t, g, 0],
-                                  &C[b, t, g, 0], a, d, m, N, &y[b, t, h, p0])
+                                  &C[b, t, g, 0], a, d, m, N, yp)
                 else:
-                    a = exp(d * A[h])
                     zm_seq_step_d(S, &x[b, t, h, p0], &B[b, t, g, 0],
-                                  &C[b, t, g, 0], a, d, m, N, &y[b, t, h, p0])
+                                  &C[b, t, g, 0], a, d, m, N, yp)
+                if D0 != NULL:
+                    for i in range(m):
+                        yp[i] = yp[i] + D0[h * P + p0 + i] * x[b, t, h, p0 + i]
+                if z0 != NULL:
+                    for i in range(m):
+                        yp[i] = yp[i] * gate_silu(
+                            z0[((b * T + t) * H + h) * P + p0 + i])
                 if inter0 != NULL:
                     I = inter0 + (((b * T + t) * H + h) * P + p0) * N
-                    for k in range(m * N):
-                        I[k] = S[k]
+                    for i in range(m * N):
+                        I[i] = S[i]
+    free(decays)

@@ -1298,15 +1298,22 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
             f"`state` has dtype {state.dtype} but the inputs compute in "
             f"{p.dtype}; pass inputs of dtype {state.dtype} or a {p.dtype} state"
         )
-    y = np.zeros(p.x.shape, dtype=p.dtype)
-    inter = (np.zeros((p.nb, p.L, p.H, p.P, p.N), dtype=p.dtype)
+    inter = (np.empty((p.nb, p.L, p.H, p.P, p.N), dtype=p.dtype)
              if return_intermediate_states else None)
     if np.may_share_memory(state, p.x) or np.may_share_memory(state, p.B) \
             or np.may_share_memory(state, p.C):
         raise ValueError("`state` must not share memory with the other inputs")
-    _ssd.decode(p.x, p.processed_dt(), p.A, p.B, p.C, state, y, 1,
-                rows=rows, inter=inter)
-    y = p.finish(y)
+    if p.degenerate:
+        # an empty axis: the kernel has nothing to do, y is D x (gated), the
+        # states stay as they are (and `inter` is empty)
+        y = p.finish(np.zeros(p.x.shape, dtype=p.dtype))
+    else:
+        # the kernel writes every output, adds D x and applies the gate
+        y = np.empty(p.x.shape, dtype=p.dtype)
+        D2 = None if p.D is None else np.ascontiguousarray(np.broadcast_to(
+            p.D[:, None] if p.D.ndim == 1 else p.D, (p.H, p.P)))
+        _ssd.decode(p.x, p.processed_dt(), p.A, p.B, p.C, state, y, 1,
+                    rows=rows, inter=inter, D=D2, z=p.z)
     if not tokens:
         y = y[:, 0]
     return (y, inter) if return_intermediate_states else y

@@ -13,7 +13,7 @@ Three patterns, one helper each:
   runs the in-memory scan from a zero state and reports a summary
   ``(P, E)``: the product of ``a`` over the block and the end state. The
   summaries compose as affine maps ``s -> P s + E``; they are combined
-  sequentially (``P_k s + E_k``, one tiny task per block) or, from
+  sequentially (``P_k s + E_k``, the whole chain in one tiny task) or, from
   :data:`TREE_MIN_BLOCKS` blocks on, by a Hillis-Steele prefix tree of
   depth ``log2(nblocks)``. Each block is then recomputed by the in-memory
   scan from its incoming state (``h0``), so its output never waits in
@@ -237,6 +237,16 @@ def _apply(pair, state, dtype):
     return _cast(P * state + E, dtype)
 
 
+def _chain(start, *summaries, dtype):
+    """The states after every summarised block, in order, from `start`."""
+    states = []
+    state = start
+    for pair in summaries:
+        state = _apply(pair, state, dtype)
+        states.append(state)
+    return states
+
+
 def _compose(first, second, dtype):
     """The summary of `first` followed by `second`: (P2 P1, P2 E1 + E2)."""
     P1, E1 = first
@@ -266,11 +276,15 @@ def affine_carry(graph, summaries, start, dtype, tree_min=None):
     """
     tree_min = TREE_MIN_BLOCKS if tree_min is None else tree_min
     apply = functools.partial(_apply, dtype=dtype)
-    states = [start]
     if len(summaries) + 2 < tree_min:
-        for pair in summaries:
-            states.append(graph.task(apply, pair, states[-1]))
-        return states
+        # one task runs the whole chain (a few multiply-adds per block on
+        # states of the size of a block's cross-section), instead of a chain
+        # of one tiny task per block, each a scheduler round trip
+        chain = graph.task(functools.partial(_chain, dtype=dtype), start,
+                           *summaries)
+        return [start] + [(operator.getitem, chain, i)
+                          for i in range(len(summaries))]
+    states = [start]
     # Hillis-Steele inclusive prefix of the summaries: after the pass with
     # stride d, prefix[i] composes summaries i-2d+1 .. i.
     compose = functools.partial(_compose, dtype=dtype)
