@@ -7,6 +7,7 @@ importing the package does.
 """
 
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -118,8 +119,12 @@ def test_import_loads_no_optional_dependency(tmp_path):
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("runnable, free", [(1, 2), (2, 1), (3, 1), (40, 1)])
-def test_free_cores_reads_the_runnable_tasks(monkeypatch, runnable, free):
+@pytest.mark.parametrize("runnable, own, free",
+                         [(1, 1, 2), (2, 1, 1), (3, 1, 1), (40, 1, 1),
+                          (2, 2, 2), (3, 2, 1)])
+def test_free_cores_reads_the_runnable_tasks(monkeypatch, runnable, own, free):
+    """Runnable tasks of other processes take cores; this process's own
+    (the caller, a pool thread still spinning) do not."""
     import io
 
     from zilla_muf import _config
@@ -129,7 +134,17 @@ def test_free_cores_reads_the_runnable_tasks(monkeypatch, runnable, free):
                         raising=False)
     monkeypatch.setattr(_config, "open", lambda *a, **k: io.BytesIO(line),
                         raising=False)
+    monkeypatch.setattr(_config, "_own_runnable_threads", lambda: own)
     assert _config.free_cores() == free
+
+
+def test_own_runnable_threads_counts_the_caller():
+    from zilla_muf import _config
+
+    n = _config._own_runnable_threads()
+    assert n >= 1
+    if os.path.isdir("/proc/self/task"):     # Linux
+        assert n <= len(os.listdir("/proc/self/task"))
 
 
 def test_running_threads_caps_by_the_free_cores(monkeypatch):

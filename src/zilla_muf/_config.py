@@ -133,11 +133,12 @@ def buffer_cache(max_bytes=None):
 
 
 def free_cores():
-    """Cores not running another task right now (at least 1).
+    """Cores not running another process's task right now (at least 1).
 
     Read from the count of runnable tasks in /proc/loadavg (Linux), less
-    the calling thread; where that is unavailable, every core counts as
-    free."""
+    this process's own runnable threads (the caller, and pool threads still
+    spinning after an earlier parallel call, which the next call reuses);
+    where that is unavailable, every core counts as free."""
     try:
         ncpu = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -147,7 +148,28 @@ def free_cores():
             running = int(f.read().split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
         return ncpu
-    return max(1, min(ncpu, ncpu - (running - 1)))
+    others = running - 1 if running <= 1 else running - _own_runnable_threads()
+    return max(1, min(ncpu, ncpu - max(others, 0)))
+
+
+def _own_runnable_threads():
+    """This process's threads in the running state (at least 1, the
+    caller), from /proc/self/task."""
+    n = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the state follows the parenthesised command name
+        if stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"R":
+            n += 1
+    return max(n, 1)
 
 
 def running_threads(nthreads):
