@@ -10,6 +10,7 @@ shows each case's times relative to its reference. Sweep suites (rows with a
 """
 
 import json
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -38,11 +39,17 @@ def _machine_line(m):
             f"(OpenMP: {m.get('openmp', '?')})")
 
 
+def _rst_text(text):
+    """`text` as plain reStructuredText: markup characters escaped (a
+    trailing underscore, as in ``aten::copy_``, would make a reference)."""
+    return re.sub(r"([\\`*_|])", r"\\\1", text)
+
+
 def _rst_table(rows, has_ratio):
     head = ["case", "method", "time (ms)"] + (["ratio"] if has_ratio else [])
     body = []
     for r in rows:
-        line = [r["case"], r["name"], f"{r['seconds'] * 1e3:.3f}"]
+        line = [_rst_text(r["case"]), _rst_text(r["name"]), f"{r['seconds'] * 1e3:.3f}"]
         if has_ratio:
             line.append(f"{r['ratio']:.2f}" if "ratio" in r else "")
         body.append(line)
