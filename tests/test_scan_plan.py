@@ -10,7 +10,7 @@ loop over time.
 import numpy as np
 import pytest
 
-from zilla_muf import _scan_plan, _scan_rows, chunked_scan, linear_scan
+from zilla_muf import _scan_cols, _scan_plan, _scan_rows, chunked_scan, linear_scan
 
 from conftest import assert_close
 
@@ -79,10 +79,11 @@ def test_plan_decisions():
     p = _scan_plan.make_plan("chunked", 64, 4096, 1, f8, workers_threads=2)
     assert p.splits == 1 and p.chunk == 4096
     # columns: no chunks; a wide step is split into channel blocks ...
-    p = _scan_plan.make_plan("chunked", 1, 4096, 1024, f8, workers_threads=2,
+    # (an output that fits the caches: see test_stream_decision)
+    p = _scan_plan.make_plan("chunked", 1, 2048, 1024, f8, workers_threads=2,
                              cap_by_load=False)
-    assert p.layout == "cols" and p.chunk == 4096 and p.splits == 1
-    assert p.block_width == 512
+    assert p.layout == "cols" and p.chunk == 2048 and p.splits == 1
+    assert p.block_width == 512 and p.threads == 2 and not p.stream
     # ... a narrow one in time
     p = _scan_plan.make_plan("chunked", 1, 1 << 16, 4, f8, workers_threads=2,
                              cap_by_load=False)
@@ -138,3 +139,65 @@ def test_kernel_boundary_checks():
     bb = b.copy()
     _scan_rows.scan(_plan(method="sequential", chunk=10, in_place=True), a, bb, bb)
     np.testing.assert_array_equal(bb, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("threads, width", [(1, 37), (2, 16), (2, 21)])
+@pytest.mark.parametrize("outer", [1, 2])
+def test_streaming_stores_same_values(dtype, reverse, threads, width, outer):
+    # the streaming-store kernel against the plain one (equal bit for bit)
+    # and a float64 loop; odd channel counts and an output shifted off its
+    # alignment exercise the elements before and after the vector stores,
+    # and in place (out is b) the reads of b before the stores
+    rng = np.random.default_rng(5)
+    # (one row split into channel blocks: the threads share out the
+    # faulting-in of the output's pages)
+    n, inner = 300, 37
+    a = rng.uniform(0.8, 1.0, size=(outer, n, inner)).astype(dtype)
+    b = rng.standard_normal((outer, n, inner)).astype(dtype)
+    h0 = rng.standard_normal((outer, inner)).astype(dtype)
+    wide = np.complex128 if a.dtype.kind == "c" else np.float64
+    want = np.empty((outer, n, inner), dtype=wide)
+    state = h0.astype(wide)
+    for t in (range(n - 1, -1, -1) if reverse else range(n)):
+        state = a[:, t].astype(wide) * state + b[:, t]
+        want[:, t] = state
+    for method in ("sequential", "chunked"):
+        results = []
+        for stream in (False, True):
+            plan = _plan(method=method, layout="cols", chunk=n, block_width=width,
+                         threads=threads, decomposition_threads=threads,
+                         in_place=True, stream=stream)
+            buf = np.empty(outer * n * inner + 1, dtype=dtype)
+            out = buf[1:].reshape(outer, n, inner)            # off its alignment
+            _scan_cols.scan(plan, a, b, out, h0, reverse)
+            bb = b.copy()
+            _scan_cols.scan(plan, a, bb, bb, h0, reverse)     # in place
+            np.testing.assert_array_equal(bb, out)
+            results.append(out)
+        np.testing.assert_array_equal(results[1], results[0])
+        assert_close(results[1], want, dtype, scale=4)
+
+
+def test_stream_decision():
+    f4, c8 = np.dtype(np.float32), np.dtype(np.complex64)
+    big = dict(outer=1, n=4096, inner=4096, workers_threads=2, cap_by_load=False)
+    p = _scan_plan.make_plan("chunked", dtype=f4, **big)
+    # 2048 float32 channels per thread stream worse than 4096 on one thread
+    assert p.stream and p.threads == 1 and p.block_width == 4096
+    assert p.decomposition_threads == 2 and p.splits == 1
+    p = _scan_plan.make_plan("chunked", dtype=np.dtype(np.float64), **big)
+    assert p.stream and p.threads == 2 and p.block_width == 2048
+    # a block width asked for is kept
+    p = _scan_plan.make_plan("chunked", dtype=f4, block_width=2048, **big)
+    assert p.stream and p.threads == 2 and p.block_width == 2048
+    assert _scan_plan.make_plan("sequential", dtype=f4, **big).stream
+    assert not _scan_plan.make_plan("associative", dtype=f4, **big).stream
+    assert not _scan_plan.make_plan("chunked", dtype=c8, **big).stream
+    # an output that stays in the caches, the rows layout, a time split
+    assert not _scan_plan.make_plan("chunked", 1, 512, 4096, f4, workers_threads=2).stream
+    assert not _scan_plan.make_plan("chunked", 4096, 4096, 1, f4, workers_threads=2).stream
+    p = _scan_plan.make_plan("chunked", 1, 1 << 24, 4, f4, workers_threads=2,
+                             cap_by_load=False)
+    assert p.splits == 2 and not p.stream

@@ -33,6 +33,16 @@ from zilla_muf._scan_common cimport (FLUSH_STEPS, LANES, SKEW, imin, next_pow2,
 
 from zilla_muf._scan_plan import check_plan
 
+cdef extern from "_scancols.h":
+    void zm_cols_stream_f(const float *a, const float *b, float *o,
+                          const float *init, float *state, Py_ssize_t w,
+                          Py_ssize_t m, Py_ssize_t step, Py_ssize_t blk,
+                          Py_ssize_t nblk) noexcept nogil
+    void zm_cols_stream_d(const double *a, const double *b, double *o,
+                          const double *init, double *state, Py_ssize_t w,
+                          Py_ssize_t m, Py_ssize_t step, Py_ssize_t blk,
+                          Py_ssize_t nblk) noexcept nogil
+
 # ---------------------------------------------------------------------------
 # Columns layout: w contiguous channels, m steps `step` elements apart.
 # ---------------------------------------------------------------------------
@@ -53,6 +63,29 @@ cdef inline void cols_scan(const scalar_t *a, const scalar_t *b, scalar_t *o,
         for c in range(w):
             oi[c] = ai[c] * prev[c] + bi[c]
         prev = oi
+
+
+cdef inline int cols_scan_stream(const scalar_t *a, const scalar_t *b,
+                                 scalar_t *o, const scalar_t *init,
+                                 Py_ssize_t w, Py_ssize_t m, Py_ssize_t step,
+                                 Py_ssize_t blk, Py_ssize_t nblk) noexcept nogil:
+    """cols_scan with the output written by streaming stores (real types;
+    complex ones take cols_scan), the state kept in a scratch row; the fresh
+    pages shared out as cols_scan_shared does when nblk > 1. Same values
+    bit for bit. -1 when the scratch row cannot be allocated."""
+    cdef scalar_t *state
+    if scalar_t is float or scalar_t is double:
+        state = <scalar_t *> malloc(w * sizeof(scalar_t))
+        if state == NULL:
+            return -1
+        if scalar_t is float:
+            zm_cols_stream_f(a, b, o, init, state, w, m, step, blk, nblk)
+        else:
+            zm_cols_stream_d(a, b, o, init, state, w, m, step, blk, nblk)
+        free(state)
+    else:
+        cols_scan(a, b, o, init, w, m, step)
+    return 0
 
 
 cdef inline void cols_scan_shared(const scalar_t *a, const scalar_t *b,
@@ -121,7 +154,8 @@ cdef inline void cols_reduce(const scalar_t *a, const scalar_t *b,
 cdef int cols_chunked(const scalar_t *A, const scalar_t *B, scalar_t *O,
                       const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
                       Py_ssize_t inner, bint reverse, Py_ssize_t cw,
-                      Py_ssize_t T, double lead, int nthreads) noexcept nogil:
+                      Py_ssize_t T, double lead, bint stream,
+                      int nthreads) noexcept nogil:
     """Columns layout. A lane is (row, channel block of cw).
 
     With T == 1 (from the plan: at least as many lanes as threads), every
@@ -151,21 +185,30 @@ cdef int cols_chunked(const scalar_t *A, const scalar_t *B, scalar_t *O,
     cdef scalar_t *Sk
     cdef scalar_t *carry
     cdef const scalar_t *endv
+    cdef int failed[1]
 
+    failed[0] = 0
     if T <= 1:
         for lane in prange(nlane, num_threads=nthreads, schedule='static'):
             r = lane // nblk
             blk = lane - r * nblk
             c0 = blk * cw
             j = (r * n + pos(0, n, reverse)) * inner + c0
-            if outer < nthreads and nblk > 1 and O != B:
+            if stream:
+                # (pages shared out only as cols_scan_shared would)
+                if cols_scan_stream(A + j, B + j, O + j, H0 + r * inner + c0,
+                                    imin(cw, inner - c0), n, step, blk,
+                                    nblk if (outer < nthreads and nblk > 1
+                                             and O != B) else 1) != 0:
+                    failed[0] = 1
+            elif outer < nthreads and nblk > 1 and O != B:
                 # (in place, O == B, the pages are mapped and hold b)
                 cols_scan_shared(A + j, B + j, O + j, H0 + r * inner + c0,
                                  imin(cw, inner - c0), n, step, blk, nblk)
             else:
                 cols_scan(A + j, B + j, O + j, H0 + r * inner + c0,
                           imin(cw, inner - c0), n, step)
-        return 0
+        return -1 if failed[0] else 0
     # per (lane, span k): P (decay product), S (state from zero), carry
     agg = <scalar_t *> malloc(nlane * (T + 1) * 3 * cw * sizeof(scalar_t))
     if agg == NULL:
@@ -343,6 +386,7 @@ def scan(plan, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
     cdef Py_ssize_t o, j, step, size, block_width, splits
     cdef double lead
     cdef int status = 0, method, num_threads
+    cdef bint stream = bool(plan.stream)
     cdef const scalar_t *A
     cdef const scalar_t *B
     cdef scalar_t *O
@@ -382,10 +426,18 @@ def scan(plan, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
             step = -inner if reverse else inner
             for o in range(outer):
                 j = (o * n + pos(0, n, reverse)) * inner
-                cols_scan(A + j, B + j, O + j, H + o * inner, inner, n, step)
+                if stream:
+                    if cols_scan_stream(A + j, B + j, O + j, H + o * inner,
+                                        inner, n, step, 0, 1) != 0:
+                        status = -1
+                        break
+                else:
+                    cols_scan(A + j, B + j, O + j, H + o * inner, inner, n,
+                              step)
         elif method == RUN_CHUNKED:
             status = cols_chunked(A, B, O, H, outer, n, inner, reverse,
-                                  block_width, splits, lead, num_threads)
+                                  block_width, splits, lead, stream,
+                                  num_threads)
         else:
             status = cols_associative(A, B, O, H, outer, n, inner, reverse,
                                       size, block_width, num_threads)

@@ -14,7 +14,10 @@ at the end of each parallel phase, so a plan runs on the cores that are
 free when it is made (see :func:`free_cores`). The result is the same
 either way: every thread count runs the same decomposition. (The channel
 block width of the columns layout follows the threads that run: channels
-are independent, so it never changes a result.)
+are independent, so it never changes a result. For the same reason an
+output too large for the caches, whose channel blocks on several threads
+would be too narrow to stream well, is scanned whole steps at a time on
+one thread.)
 """
 
 from dataclasses import dataclass
@@ -43,6 +46,18 @@ _MIN_BLOCK_BYTES = 512
 # read against three moved).
 _LEAD_ROWS = {4: 0.5, 8: 0.7}   # by itemsize: float32, float64
 _LEAD_COLS = 2.0 / 3.0
+# Bytes of output from which the columns layout writes it with streaming
+# stores (real types, one pass per channel block): an output this large
+# leaves the caches before it is read again, and streaming stores skip
+# reading its lines before they are written.
+_STREAM_BYTES = 32 << 20
+# Bytes per step of the narrowest channel block that a thread streams from
+# memory while the others stream the rest of the same steps: narrower runs
+# stream so much worse that one thread over whole steps is faster (4096
+# float32 channels on two threads, 8 KiB each: np.add split that way took
+# 8.0 ms against 6.0 ms for one thread, and the scan lost as much; at
+# 16 KiB, two threads and one took the same time).
+_MIN_STREAM_RUN = 16 << 10
 
 METHODS = ("sequential", "chunked", "associative")
 
@@ -75,6 +90,10 @@ class ScanPlan:
     in_place : bool
         Whether the kernel may write its result over its `b`: it then reads
         every b_t before it writes h_t there, and never reads it after.
+    stream : bool
+        Columns layout, real types, sequential or chunked in one pass per
+        channel block: write the output with streaming (non-temporal)
+        stores. Same values either way.
     """
 
     method: str
@@ -86,6 +105,7 @@ class ScanPlan:
     threads: int
     decomposition_threads: int
     in_place: bool
+    stream: bool = False
 
 
 def _odd16(x):
@@ -218,9 +238,16 @@ def make_plan(method, outer, n, inner, dtype, *, workers_threads, chunk_size=Non
     # in place: every kernel but the rows layout's chunked and tree scans,
     # which read the inputs of earlier steps again after writing them
     in_place = method == "sequential" or layout == "cols"
+    stream = (layout == "cols" and not p.complex and method != "associative"
+              and splits == 1 and outer * n * inner * p.itemsize >= _STREAM_BYTES)
+    if (stream and run > 1 and block_width is None and bw < inner
+            and bw * p.itemsize < _MIN_STREAM_RUN):
+        # bound by memory, in runs too short to stream well: whole steps on
+        # one thread (independent channels: the same result)
+        run, bw = 1, max(inner, 1)
     return ScanPlan(method=method, layout=layout, chunk=chunk, block_width=bw,
                     splits=splits, lead=lead, threads=run,
-                    decomposition_threads=nt, in_place=in_place)
+                    decomposition_threads=nt, in_place=in_place, stream=stream)
 
 
 def check_plan(plan, outer, n, inner):
