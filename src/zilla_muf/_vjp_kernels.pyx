@@ -100,7 +100,9 @@ Design
       width-1 entries of x~),
   gx~ split into gx and the initial states' gradient. Channels over
   threads (static): each channel sums its own gw and gb over batch and
-  time in a fixed order, in the input precision.
+  time in a fixed order (CLANES partial sums), in the input precision.
+  With SiLU, g = dy silu'(pre) is formed row by row in scratch
+  (silu_back_block); gx~ accumulates in the scratch row of x~, k in order.
 * rms_norm_backward: the pullback of the grouped, optionally gated RMS
   norm for rows (rows, C), all C-contiguous; per group of G channels, with
   v = x (or x silu(z) when the gate comes first), r = 1/sqrt(mean(v^2) +
@@ -888,55 +890,80 @@ def log_softmax_backward(const real_t[:, ::1] y, const real_t[:, ::1] c,
 
 # ------------------------------------------------------- causal_conv1d_backward
 
+cdef enum:
+    CLANES = 8
+
+
+cdef inline real_t lane_dot(const real_t *a, const real_t *b,
+                            Py_ssize_t n) noexcept nogil:
+    """sum(a[:n] b[:n]) in CLANES partial sums, added in a fixed order."""
+    cdef real_t acc[CLANES]
+    cdef real_t total = 0
+    cdef Py_ssize_t i = 0
+    cdef int j
+    for j in range(CLANES):
+        acc[j] = 0
+    while i + CLANES <= n:
+        for j in range(CLANES):
+            acc[j] = acc[j] + a[i + j] * b[i + j]
+        i += CLANES
+    while i < n:
+        acc[0] = acc[0] + a[i] * b[i]
+        i += 1
+    for j in range(CLANES):
+        total = total + acc[j]
+    return total
+
+
 cdef void conv_back_row(const real_t *g, const real_t *x, const real_t *h0,
                         const real_t *w, const real_t *gf, Py_ssize_t L,
-                        Py_ssize_t W, real_t *xt, real_t *gx, real_t *gh0,
-                        real_t *gw, real_t *gb) noexcept nogil:
+                        Py_ssize_t W, real_t *xt, real_t *one, real_t *gx,
+                        real_t *gh0, real_t *gw, real_t *gb) noexcept nogil:
     """One (batch, channel) row: adds to gw[:W] and gb[0], writes gx[:L]
-    and gh0[:W-1] (h0, gf NULL when absent)."""
-    cdef Py_ssize_t i, k, s, k0, k1
-    cdef real_t acc
+    and gh0[:W-1] (h0, gf NULL when absent). xt: scratch of L + W - 1
+    (x~, then its gradient); one: L ones."""
+    cdef Py_ssize_t i, k
+    cdef real_t wk
     for i in range(W - 1):
         xt[i] = h0[i] if h0 != NULL else 0
     for i in range(L):
         xt[W - 1 + i] = x[i]
     for k in range(W):
-        acc = 0
+        gw[k] += lane_dot(g, xt + k, L)
+    gb[0] += lane_dot(g, one, L)
+    # gx~_{i+k} += w_k g_i, k in order
+    for i in range(L + W - 1):
+        xt[i] = 0
+    for k in range(W):
+        wk = w[k]
         for i in range(L):
-            acc = acc + g[i] * xt[i + k]
-        gw[k] += acc
-    acc = 0
+            xt[i + k] = xt[i + k] + wk * g[i]
+    if gf != NULL:
+        for i in range(W - 1):
+            xt[L + i] = xt[L + i] + gf[i]
+    for i in range(W - 1):
+        gh0[i] = xt[i]
     for i in range(L):
-        acc = acc + g[i]
-    gb[0] += acc
-    for s in range(L + W - 1):
-        k0 = s - L + 1 if s - L + 1 > 0 else 0
-        k1 = s + 1 if s + 1 < W else W
-        acc = 0
-        for k in range(k0, k1):
-            acc = acc + w[k] * g[s - k]
-        if gf != NULL and s >= L:
-            acc = acc + gf[s - L]
-        if s < W - 1:
-            gh0[s] = acc
-        else:
-            gx[s - W + 1] = acc
+        gx[i] = xt[W - 1 + i]
 
 
-def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] x,
+def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pre,
+                           bint silu, const real_t[:, :, ::1] x,
                            const real_t[:, :, ::1] h0, const real_t[:, ::1] w,
                            const real_t[:, :, ::1] gf, bint has_h0, bint has_gf,
                            real_t[:, :, ::1] gx, real_t[:, ::1] gw,
                            real_t[::1] gb, real_t[:, :, ::1] gh0,
                            int num_threads):
-    """Pullback of the causal convolution for g (batch, dim, L), weights
-    (dim, W); h0, gf, gh0 (batch, dim, W-1) (h0, gf read only when has_h0,
-    has_gf); gw, gb filled here."""
+    """Pullback of the causal convolution for g (batch, dim, L) the
+    cotangent of the output (with silu, of silu(pre), pre read only then),
+    weights (dim, W); h0, gf, gh0 (batch, dim, W-1) (h0, gf read only when
+    has_h0, has_gf); gw, gb filled here."""
     cdef Py_ssize_t B = g.shape[0], D = g.shape[1], L = g.shape[2]
-    cdef Py_ssize_t W = w.shape[1], b, d, k
+    cdef Py_ssize_t W = w.shape[1], b, d, k, m, q
     cdef real_t *xt
     cdef const real_t *ph0
     cdef const real_t *pgf
+    cdef const real_t *pg
     if (x.shape[0] != B or x.shape[1] != D or x.shape[2] != L
             or gx.shape[0] != B or gx.shape[1] != D or gx.shape[2] != L
             or w.shape[0] != D or W < 1 or gw.shape[0] != D
@@ -950,10 +977,15 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] x,
     if has_gf and (gf.shape[0] != B or gf.shape[1] != D
                    or gf.shape[2] != W - 1):
         raise ValueError("causal_conv1d_backward: inconsistent shapes")
+    if silu and (pre.shape[0] != B or pre.shape[1] != D or pre.shape[2] != L):
+        raise ValueError("causal_conv1d_backward: inconsistent shapes")
     if B == 0 or D == 0 or L == 0:
         raise ValueError("causal_conv1d_backward: empty input")
     with nogil, parallel(num_threads=num_threads):
-        xt = <real_t *> malloc((L + W) * sizeof(real_t))
+        xt = <real_t *> malloc((3 * L + W) * sizeof(real_t))
+        if xt != NULL:
+            for m in range(L):
+                xt[L + W + m] = 1
         for d in prange(D, schedule="static"):
             if xt == NULL:
                 continue
@@ -961,10 +993,19 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] x,
                 gw[d, k] = 0
             gb[d] = 0
             for b in range(B):
+                pg = &g[b, d, 0]
+                if silu:
+                    # g silu'(pre) into the scratch row
+                    pg = xt + 2 * L + W
+                    for q in range((L + SBLOCK - 1) // SBLOCK):
+                        silu_back_block(&pre[b, d, q * SBLOCK], &g[b, d, q * SBLOCK],
+                                        xt + 2 * L + W + q * SBLOCK,
+                                        SBLOCK if L - q * SBLOCK > SBLOCK
+                                        else L - q * SBLOCK)
                 ph0 = &h0[b, d, 0] if (has_h0 and W > 1) else NULL
                 pgf = &gf[b, d, 0] if (has_gf and W > 1) else NULL
-                conv_back_row(&g[b, d, 0], &x[b, d, 0], ph0, &w[d, 0], pgf,
-                              L, W, xt, &gx[b, d, 0],
+                conv_back_row(pg, &x[b, d, 0], ph0, &w[d, 0], pgf,
+                              L, W, xt, xt + L + W, &gx[b, d, 0],
                               &gh0[b, d, 0] if W > 1 else NULL,
                               &gw[d, 0], &gb[d])
         free(xt)

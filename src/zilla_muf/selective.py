@@ -762,7 +762,7 @@ def _causal_conv1d_vjp(args):
     the pre-activation).
 
     The backward is one compiled pass (_vjp_kernels.causal_conv1d_backward,
-    channels over threads) after SiLU's derivative; arrays with a zero
+    channels over threads, SiLU's derivative included); arrays with a zero
     dimension take the NumPy listing below.
     With x~ the inputs preceded by the initial states and g the cotangent of
     the pre-activation, dw_k = sum g_t x~_{t+k}, db = sum g_t and
@@ -793,16 +793,10 @@ def _causal_conv1d_vjp(args):
 
     def backward(ct):
         gout, gfinal = ct if ret_final else (ct, None)
-        if silu:
-            # g = gout * silu'(pre), in one compiled pass
-            g = np.empty(pre.shape, dtype=dtype)
-            _vjp_kernels.silu_backward(
-                pre.reshape(-1), np.ascontiguousarray(gout, dtype=dtype).reshape(-1),
-                g.reshape(-1), nthreads)
-        else:
-            g = np.ascontiguousarray(gout, dtype=dtype)
         if batch and dim and L and dtype in (np.float32, np.float64):
-            # one compiled pass, channels over threads
+            # one compiled pass, channels over threads (SiLU's derivative
+            # inside)
+            gc = np.ascontiguousarray(gout, dtype=dtype)
             xc = np.ascontiguousarray(x, dtype=dtype)
             dummy = np.zeros((1, 1, 1), dtype=dtype)
             h0 = (dummy if init is None else np.ascontiguousarray(
@@ -814,10 +808,19 @@ def _causal_conv1d_vjp(args):
             gb = np.empty(dim, dtype=dtype)
             gh0 = np.empty((batch, dim, W - 1), dtype=dtype)
             _vjp_kernels.causal_conv1d_backward(
-                g, xc, h0, np.ascontiguousarray(w), gf, init is not None,
+                gc, np.ascontiguousarray(pre) if silu else dummy, silu, xc, h0,
+                np.ascontiguousarray(w), gf, init is not None,
                 gfinal is not None, gx, gw, gb, gh0, nthreads)
             return {"x": gx, "weight": gw, "bias": gb, "initial_states": gh0}
         # empty arrays: NumPy
+        if silu:
+            # g = gout * silu'(pre), in one compiled pass
+            g = np.empty(pre.shape, dtype=dtype)
+            _vjp_kernels.silu_backward(
+                pre.reshape(-1), np.ascontiguousarray(gout, dtype=dtype).reshape(-1),
+                g.reshape(-1), nthreads)
+        else:
+            g = np.array(gout, dtype=dtype)
         xt = np.empty((batch, dim, W - 1 + L), dtype=dtype)
         if init is None:
             xt[:, :, :W - 1] = 0
