@@ -141,3 +141,120 @@ def test_conv_width_one():
     assert out[1].shape == (1, 2, 0)
     ct = (rng.standard_normal(out[0].shape), None)
     assert_grads_close(pull(ct), fd_grads(causal_conv1d, kw, ct, ["x", "weight"]), 1e-6)
+
+
+# ------------------------------------- compiled pullbacks: edges and threads
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-11), (np.float32, 1e-4)])
+@pytest.mark.parametrize("width,L", [(1, 5), (2, 1), (4, 2), (4, 3), (4, 11), (5, 3)])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_conv_torch_initial_and_final(dtype, rtol, width, L, activation):
+    rng = np.random.default_rng(7)
+    B, D = 3, 5
+    x = rng.standard_normal((B, D, L)).astype(dtype)
+    w = rng.standard_normal((D, width)).astype(dtype)
+    b = rng.standard_normal(D).astype(dtype)
+    h0 = rng.standard_normal((B, D, width - 1)).astype(dtype)
+    out, pull = vjp(causal_conv1d, x, w, b, initial_states=h0,
+                    activation=activation, return_final_states=True, workers=2)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert sorted(got) == ["bias", "initial_states", "weight", "x"]
+    assert all(got[k].dtype == dtype for k in got)
+    assert got["initial_states"].shape == h0.shape
+    tx, tw, tb, th = (torch.tensor(a, dtype=torch.float64, requires_grad=True)
+                      for a in (x, w, b, h0))
+    ty, tf = _torch_conv(tx, tw, tb, th, activation == "silu")
+    loss = (ty * torch.tensor(ct[0], dtype=torch.float64)).sum()
+    if width > 1:
+        loss = loss + (tf * torch.tensor(ct[1], dtype=torch.float64)).sum()
+    loss.backward()
+    want = {"x": tx.grad.numpy(), "weight": tw.grad.numpy(), "bias": tb.grad.numpy(),
+            "initial_states": th.grad.numpy()}
+    assert_grads_close(got, want, rtol)
+
+
+def test_conv_threads_deterministic():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 37, 300)).astype(np.float32)
+    w = rng.standard_normal((37, 4)).astype(np.float32)
+    h0 = rng.standard_normal((2, 37, 3)).astype(np.float32)
+    res = []
+    for workers in (1, 2, 2):
+        out, pull = vjp(causal_conv1d, x, w, initial_states=h0, activation="silu",
+                        workers=workers)
+        res.append(pull(np.ones_like(out)))
+    for r in res[1:]:
+        for k in res[0]:
+            np.testing.assert_array_equal(r[k], res[0][k])
+    # against a float64 loop written here
+    xt = np.concatenate([h0, x], axis=-1).astype(np.float64)
+    pre = sum(w[None, :, k, None].astype(np.float64) * xt[:, :, k:k + 300]
+              for k in range(4))
+    s = 1 / (1 + np.exp(-pre))
+    g = s * (1 + pre * (1 - s))
+    gw = np.stack([(g * xt[:, :, k:k + 300]).sum(axis=(0, 2)) for k in range(4)], 1)
+    np.testing.assert_allclose(res[0]["weight"], gw, rtol=2e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 3e-4)])
+@pytest.mark.parametrize("gate", [None, True, False])
+@pytest.mark.parametrize("group", [1, 3, 8, 24])
+def test_rms_norm_torch_groups(dtype, rtol, gate, group):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 7, 24)).astype(dtype)
+    w = rng.standard_normal(24).astype(dtype)
+    kw = dict(group_size=group, eps=1e-5, workers=2)
+    z = None
+    if gate is not None:
+        z = rng.standard_normal((3, 7, 24)).astype(dtype)
+        kw.update(z=z, norm_before_gate=gate)
+    out, pull = vjp(rms_norm, x, w, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert all(got[k].dtype == dtype for k in ("x",) + (("z",) if z is not None else ()))
+    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+    tz = None if z is None else torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    ty = _torch_rms_norm(tx, tw, tz, group, 1e-5, gate)
+    ty.backward(torch.tensor(ct, dtype=torch.float64))
+    want = {"x": tx.grad.numpy(), "weight": tw.grad.numpy()}
+    if z is not None:
+        want["z"] = tz.grad.numpy()
+    assert_grads_close(got, want, rtol)
+
+
+@pytest.mark.parametrize("gate", [None, False])
+def test_rms_norm_no_weight_gated_fd(gate):
+    rng = np.random.default_rng(10)
+    kw = dict(x=rng.standard_normal((5, 6)), eps=1e-4, group_size=3)
+    names = ["x"]
+    if gate is not None:
+        kw.update(z=rng.standard_normal((5, 6)), norm_before_gate=gate)
+        names.append("z")
+    out, pull = vjp(rms_norm, **kw)
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    assert sorted(got) == sorted(names)
+    assert_grads_close(got, fd_grads(rms_norm, kw, ct, names), 1e-6)
+
+
+def test_rms_norm_threads_deterministic():
+    # more rows than one block of weight-gradient partials
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 333, 40)).astype(np.float32)
+    z = rng.standard_normal((2, 333, 40)).astype(np.float32)
+    w = rng.standard_normal(40).astype(np.float32)
+    ct = rng.standard_normal(x.shape).astype(np.float32)
+    res = []
+    for workers in (1, 2, 2):
+        _, pull = vjp(rms_norm, x, w, z=z, group_size=8, norm_before_gate=False,
+                      workers=workers)
+        res.append(pull(ct))
+    for r in res[1:]:
+        for k in res[0]:
+            np.testing.assert_array_equal(r[k], res[0][k])
+    tx, tw, tz = (torch.tensor(a, dtype=torch.float64, requires_grad=True)
+                  for a in (x, w, z))
+    _torch_rms_norm(tx, tw, tz, 8, 1e-6, False).backward(
+        torch.tensor(ct, dtype=torch.float64))
+    np.testing.assert_allclose(res[0]["weight"], tw.grad.numpy(), rtol=1e-3, atol=1e-3)

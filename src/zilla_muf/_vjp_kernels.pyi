@@ -68,3 +68,20 @@ def log_softmax_backward(
     y: npt.NDArray[np.floating], c: npt.NDArray[np.floating],
     g: npt.NDArray[np.floating], num_threads: int,
 ) -> None: ...
+
+def causal_conv1d_backward(
+    g: npt.NDArray[np.floating], x: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating], w: npt.NDArray[np.floating],
+    gf: npt.NDArray[np.floating], has_h0: bool, has_gf: bool,
+    gx: npt.NDArray[np.floating], gw: npt.NDArray[np.floating],
+    gb: npt.NDArray[np.floating], gh0: npt.NDArray[np.floating],
+    num_threads: int,
+) -> None: ...
+
+def rms_norm_backward(
+    x: npt.NDArray[np.floating], z: npt.NDArray[np.floating],
+    w: npt.NDArray[np.floating], dy: npt.NDArray[np.floating],
+    group: int, eps: float, mode: int, want_gw: bool, block: int,
+    gx: npt.NDArray[np.floating], gz: npt.NDArray[np.floating],
+    gwp: npt.NDArray[np.float64], num_threads: int,
+) -> None: ...

@@ -92,10 +92,30 @@ Design
   of VB powers starting at l0 is summed against the table and its sum
   multiplied by the anchor p^l0 = exp(l0 log p). log|p| by log1p near the
   unit circle. (row, group) tasks over threads (static).
+* causal_conv1d_backward: the pullback of the causal convolution
+  y_t = b + sum_k w_k x~_{t+k} (x~ the inputs after width-1 initial
+  states) for g the cotangent of the pre-activation, (batch, dim, L):
+      gw_k = sum_{b,t} g_t x~_{t+k},  gb = sum_{b,t} g_t,
+      gx~_s = sum_k w_k g_{s-k} (+ the final-state cotangent on the last
+      width-1 entries of x~),
+  gx~ split into gx and the initial states' gradient. Channels over
+  threads (static): each channel sums its own gw and gb over batch and
+  time in a fixed order (CLANES partial sums), in the input precision.
+  With SiLU, g = dy silu'(pre) is formed row by row in scratch
+  (silu_back_block); gx~ accumulates in the scratch row of x~, k in order.
+* rms_norm_backward: the pullback of the grouped, optionally gated RMS
+  norm for rows (rows, C), all C-contiguous; per group of G channels, with
+  v = x (or x silu(z) when the gate comes first), r = 1/sqrt(mean(v^2) +
+  eps) (sum in double), n = v r, q = dy (times silu(z) when the gate comes
+  after the norm) and dn = q w:
+      dv = r (dn - n mean(dn n)),  gw += q n,
+  then gx, gz by the chain rule through the gate. Rows in fixed blocks
+  over threads (static); gw is summed in double per block into a row of
+  partials, which the caller reduces in order.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 
-from libc.math cimport atan2, cos, exp, expm1, hypot, log, log1p, sin
+from libc.math cimport atan2, cos, exp, expm1, hypot, log, log1p, sin, sqrt
 from libc.stdlib cimport free, malloc
 
 from zilla_muf._types cimport real_t
@@ -866,3 +886,223 @@ def log_softmax_backward(const real_t[:, ::1] y, const real_t[:, ::1] c,
     with nogil:
         for r in prange(rows, num_threads=num_threads, schedule="static"):
             log_softmax_back_row(&y[r, 0], &c[r, 0], &g[r, 0], n)
+
+
+# ------------------------------------------------------- causal_conv1d_backward
+
+cdef enum:
+    CLANES = 8
+
+
+cdef inline real_t lane_dot(const real_t *a, const real_t *b,
+                            Py_ssize_t n) noexcept nogil:
+    """sum(a[:n] b[:n]) in CLANES partial sums, added in a fixed order."""
+    cdef real_t acc[CLANES]
+    cdef real_t total = 0
+    cdef Py_ssize_t i = 0
+    cdef int j
+    for j in range(CLANES):
+        acc[j] = 0
+    while i + CLANES <= n:
+        for j in range(CLANES):
+            acc[j] = acc[j] + a[i + j] * b[i + j]
+        i += CLANES
+    while i < n:
+        acc[0] = acc[0] + a[i] * b[i]
+        i += 1
+    for j in range(CLANES):
+        total = total + acc[j]
+    return total
+
+
+cdef void conv_back_row(const real_t *g, const real_t *x, const real_t *h0,
+                        const real_t *w, const real_t *gf, Py_ssize_t L,
+                        Py_ssize_t W, real_t *xt, real_t *one, real_t *gx,
+                        real_t *gh0, real_t *gw, real_t *gb) noexcept nogil:
+    """One (batch, channel) row: adds to gw[:W] and gb[0], writes gx[:L]
+    and gh0[:W-1] (h0, gf NULL when absent). xt: scratch of L + W - 1
+    (x~, then its gradient); one: L ones."""
+    cdef Py_ssize_t i, k
+    cdef real_t wk
+    for i in range(W - 1):
+        xt[i] = h0[i] if h0 != NULL else 0
+    for i in range(L):
+        xt[W - 1 + i] = x[i]
+    for k in range(W):
+        gw[k] += lane_dot(g, xt + k, L)
+    gb[0] += lane_dot(g, one, L)
+    # gx~_{i+k} += w_k g_i, k in order
+    for i in range(L + W - 1):
+        xt[i] = 0
+    for k in range(W):
+        wk = w[k]
+        for i in range(L):
+            xt[i + k] = xt[i + k] + wk * g[i]
+    if gf != NULL:
+        for i in range(W - 1):
+            xt[L + i] = xt[L + i] + gf[i]
+    for i in range(W - 1):
+        gh0[i] = xt[i]
+    for i in range(L):
+        gx[i] = xt[W - 1 + i]
+
+
+def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pre,
+                           bint silu, const real_t[:, :, ::1] x,
+                           const real_t[:, :, ::1] h0, const real_t[:, ::1] w,
+                           const real_t[:, :, ::1] gf, bint has_h0, bint has_gf,
+                           real_t[:, :, ::1] gx, real_t[:, ::1] gw,
+                           real_t[::1] gb, real_t[:, :, ::1] gh0,
+                           int num_threads):
+    """Pullback of the causal convolution for g (batch, dim, L) the
+    cotangent of the output (with silu, of silu(pre), pre read only then),
+    weights (dim, W); h0, gf, gh0 (batch, dim, W-1) (h0, gf read only when
+    has_h0, has_gf); gw, gb filled here."""
+    cdef Py_ssize_t B = g.shape[0], D = g.shape[1], L = g.shape[2]
+    cdef Py_ssize_t W = w.shape[1], b, d, k, m, q
+    cdef real_t *xt
+    cdef const real_t *ph0
+    cdef const real_t *pgf
+    cdef const real_t *pg
+    if (x.shape[0] != B or x.shape[1] != D or x.shape[2] != L
+            or gx.shape[0] != B or gx.shape[1] != D or gx.shape[2] != L
+            or w.shape[0] != D or W < 1 or gw.shape[0] != D
+            or gw.shape[1] != W or gb.shape[0] != D
+            or gh0.shape[0] != B or gh0.shape[1] != D
+            or gh0.shape[2] != W - 1):
+        raise ValueError("causal_conv1d_backward: inconsistent shapes")
+    if has_h0 and (h0.shape[0] != B or h0.shape[1] != D
+                   or h0.shape[2] != W - 1):
+        raise ValueError("causal_conv1d_backward: inconsistent shapes")
+    if has_gf and (gf.shape[0] != B or gf.shape[1] != D
+                   or gf.shape[2] != W - 1):
+        raise ValueError("causal_conv1d_backward: inconsistent shapes")
+    if silu and (pre.shape[0] != B or pre.shape[1] != D or pre.shape[2] != L):
+        raise ValueError("causal_conv1d_backward: inconsistent shapes")
+    if B == 0 or D == 0 or L == 0:
+        raise ValueError("causal_conv1d_backward: empty input")
+    with nogil, parallel(num_threads=num_threads):
+        xt = <real_t *> malloc((3 * L + W) * sizeof(real_t))
+        if xt != NULL:
+            for m in range(L):
+                xt[L + W + m] = 1
+        for d in prange(D, schedule="static"):
+            if xt == NULL:
+                continue
+            for k in range(W):
+                gw[d, k] = 0
+            gb[d] = 0
+            for b in range(B):
+                pg = &g[b, d, 0]
+                if silu:
+                    # g silu'(pre) into the scratch row
+                    pg = xt + 2 * L + W
+                    for q in range((L + SBLOCK - 1) // SBLOCK):
+                        silu_back_block(&pre[b, d, q * SBLOCK], &g[b, d, q * SBLOCK],
+                                        xt + 2 * L + W + q * SBLOCK,
+                                        SBLOCK if L - q * SBLOCK > SBLOCK
+                                        else L - q * SBLOCK)
+                ph0 = &h0[b, d, 0] if (has_h0 and W > 1) else NULL
+                pgf = &gf[b, d, 0] if (has_gf and W > 1) else NULL
+                conv_back_row(pg, &x[b, d, 0], ph0, &w[d, 0], pgf,
+                              L, W, xt, xt + L + W, &gx[b, d, 0],
+                              &gh0[b, d, 0] if W > 1 else NULL,
+                              &gw[d, 0], &gb[d])
+        free(xt)
+
+
+# ----------------------------------------------------------- rms_norm_backward
+
+cdef void rms_back_row(const real_t *x, const real_t *z, const real_t *w,
+                       const real_t *dy, Py_ssize_t C, Py_ssize_t G,
+                       double eps, int mode, real_t *sg, real_t *v,
+                       real_t *gx, real_t *gz, double *gwp) noexcept nogil:
+    """One row of C channels in groups of G. mode 0: no gate; 1: gate after
+    the norm (y = norm(x) w silu(z)); 2: gate first (y = norm(x silu(z)) w).
+    sg, v: scratch rows of C; gwp: the block's weight-gradient partials (or
+    NULL)."""
+    cdef Py_ssize_t jg, j0, i
+    cdef double ss, pr
+    cdef real_t r, q, n, dn, proj, s, sd, dv
+    if mode != 0:
+        if real_t is float:
+            zm_sigmoid_f(z, sg, C)
+        else:
+            zm_sigmoid_d(z, sg, C)
+    for jg in range(C // G):
+        j0 = jg * G
+        ss = 0
+        for i in range(j0, j0 + G):
+            if mode == 2:
+                v[i] = x[i] * (z[i] * sg[i])
+            else:
+                v[i] = x[i]
+            ss += <double> v[i] * <double> v[i]
+        r = <real_t> (1.0 / sqrt(ss / G + eps))
+        pr = 0
+        for i in range(j0, j0 + G):
+            n = v[i] * r
+            q = dy[i] * (z[i] * sg[i]) if mode == 1 else dy[i]
+            if gwp != NULL:
+                gwp[i] += <double> q * <double> n
+            pr += <double> (q * w[i]) * <double> n
+        proj = <real_t> (pr / G)
+        for i in range(j0, j0 + G):
+            n = v[i] * r
+            q = dy[i] * (z[i] * sg[i]) if mode == 1 else dy[i]
+            dn = q * w[i]
+            dv = r * (dn - n * proj)
+            if mode == 0:
+                gx[i] = dv
+                continue
+            s = sg[i]
+            sd = s * (1 - s)
+            sd = s + (z[i] * sd if sd != 0 else 0)   # silu'(z)
+            if mode == 1:
+                gx[i] = dv
+                gz[i] = dy[i] * n * w[i] * sd
+            else:
+                gz[i] = dv * x[i] * sd
+                gx[i] = dv * (z[i] * s)
+
+
+def rms_norm_backward(const real_t[:, ::1] x, const real_t[:, ::1] z,
+                      const real_t[::1] w, const real_t[:, ::1] dy,
+                      Py_ssize_t group, double eps, int mode, bint want_gw,
+                      Py_ssize_t block, real_t[:, ::1] gx, real_t[:, ::1] gz,
+                      double[:, ::1] gwp, int num_threads):
+    """Pullback of rms_norm for rows (R, C) in groups of `group`; `mode` as
+    rms_back_row (z read only for mode 1, 2); with want_gw, gwp (nblocks, C)
+    receives per-block partial sums of q n for blocks of `block` rows."""
+    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], nblk, blk, i, i1, j
+    cdef real_t *buf
+    cdef double *gp
+    if (dy.shape[0] != R or dy.shape[1] != C or gx.shape[0] != R
+            or gx.shape[1] != C or w.shape[0] != C or group < 1
+            or C % group != 0 or block < 1 or mode < 0 or mode > 2):
+        raise ValueError("rms_norm_backward: inconsistent shapes")
+    if mode != 0 and (z.shape[0] != R or z.shape[1] != C
+                      or gz.shape[0] != R or gz.shape[1] != C):
+        raise ValueError("rms_norm_backward: inconsistent shapes")
+    nblk = (R + block - 1) // block
+    if want_gw and (gwp.shape[0] != nblk or gwp.shape[1] != C):
+        raise ValueError("rms_norm_backward: inconsistent shapes")
+    if R == 0 or C == 0:
+        raise ValueError("rms_norm_backward: empty input")
+    with nogil, parallel(num_threads=num_threads):
+        buf = <real_t *> malloc(2 * C * sizeof(real_t))
+        for blk in prange(nblk, schedule="static"):
+            if buf == NULL:
+                continue
+            gp = NULL
+            if want_gw:
+                gp = &gwp[blk, 0]
+                for j in range(C):
+                    gp[j] = 0
+            i1 = (blk + 1) * block if (blk + 1) * block < R else R
+            for i in range(blk * block, i1):
+                rms_back_row(&x[i, 0], &z[i, 0] if mode != 0 else NULL,
+                             &w[0], &dy[i, 0], C, group, eps, mode,
+                             buf, buf + C, &gx[i, 0],
+                             &gz[i, 0] if mode != 0 else NULL, gp)
+        free(buf)

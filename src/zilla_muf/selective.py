@@ -761,6 +761,9 @@ def _causal_conv1d_vjp(args):
     """Pullback of :func:`causal_conv1d`: keeps the inputs (and, with SiLU,
     the pre-activation).
 
+    The backward is one compiled pass (_vjp_kernels.causal_conv1d_backward,
+    channels over threads, SiLU's derivative included); arrays with a zero
+    dimension take the NumPy listing below.
     With x~ the inputs preceded by the initial states and g the cotangent of
     the pre-activation, dw_k = sum g_t x~_{t+k}, db = sum g_t and
     dx~_s = sum_k w_k g_{s-k}; the final states are the last width-1 entries
@@ -790,6 +793,26 @@ def _causal_conv1d_vjp(args):
 
     def backward(ct):
         gout, gfinal = ct if ret_final else (ct, None)
+        if batch and dim and L and dtype in (np.float32, np.float64):
+            # one compiled pass, channels over threads (SiLU's derivative
+            # inside)
+            gc = np.ascontiguousarray(gout, dtype=dtype)
+            xc = np.ascontiguousarray(x, dtype=dtype)
+            dummy = np.zeros((1, 1, 1), dtype=dtype)
+            h0 = (dummy if init is None else np.ascontiguousarray(
+                np.broadcast_to(np.asarray(init, dtype=dtype), (batch, dim, W - 1))))
+            gf = (dummy if gfinal is None else np.ascontiguousarray(
+                np.broadcast_to(np.asarray(gfinal, dtype=dtype), (batch, dim, W - 1))))
+            gx = np.empty((batch, dim, L), dtype=dtype)
+            gw = np.empty((dim, W), dtype=dtype)
+            gb = np.empty(dim, dtype=dtype)
+            gh0 = np.empty((batch, dim, W - 1), dtype=dtype)
+            _vjp_kernels.causal_conv1d_backward(
+                gc, np.ascontiguousarray(pre) if silu else dummy, silu, xc, h0,
+                np.ascontiguousarray(w), gf, init is not None,
+                gfinal is not None, gx, gw, gb, gh0, nthreads)
+            return {"x": gx, "weight": gw, "bias": gb, "initial_states": gh0}
+        # empty arrays: NumPy
         if silu:
             # g = gout * silu'(pre), in one compiled pass
             g = np.empty(pre.shape, dtype=dtype)

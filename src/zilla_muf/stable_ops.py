@@ -970,6 +970,9 @@ def _rms_norm_vjp(args):
 
     def backward(gy):
         gy = np.asarray(gy, dtype=dtype)
+        if (0 not in shape and dtype in (np.float32, np.float64)
+                and np.isfinite(eps)):
+            return _rms_norm_backward_compiled(gy)
         xb = np.broadcast_to(np.asarray(x, dtype=dtype), shape)
         wv = (np.ones(c, dtype) if w is None else np.asarray(w, dtype=dtype))
         if zz is not None:
@@ -1009,6 +1012,37 @@ def _rms_norm_vjp(args):
             grads["z"] = dsilu(dv * xb)
             dv *= s
             grads["x"] = dv
+        return grads
+
+    def _rms_norm_backward_compiled(gy):
+        """One compiled pass over rows (_vjp_kernels.rms_norm_backward)."""
+        rows = int(np.prod(shape[:-1], dtype=np.int64))
+        xr = np.ascontiguousarray(
+            np.broadcast_to(np.asarray(x, dtype=dtype), shape)).reshape(rows, c)
+        gyr = np.ascontiguousarray(gy).reshape(rows, c)
+        wv = (np.ones(c, dtype) if w is None
+              else np.ascontiguousarray(w, dtype=dtype))
+        mode = 0 if zz is None else (1 if before else 2)
+        if mode:
+            zr = np.ascontiguousarray(np.broadcast_to(
+                np.asarray(zz, dtype=dtype), shape)).reshape(rows, c)
+            gz = np.empty((rows, c), dtype=dtype)
+        else:
+            zr = gz = np.empty((1, 1), dtype=dtype)
+        # fixed blocks of rows (independent of the thread count), each
+        # with its own row of weight-gradient partials, summed in order
+        block = max(64, -(-rows // 256))
+        nblk = -(-rows // block)
+        gwp = np.empty((nblk, c) if w is not None else (1, 1), np.float64)
+        gx = np.empty((rows, c), dtype=dtype)
+        _vjp_kernels.rms_norm_backward(xr, zr, wv, gyr, group, eps, mode,
+                                       w is not None, block, gx, gz, gwp,
+                                       nthreads)
+        grads = {"x": gx.reshape(shape)}
+        if mode:
+            grads["z"] = gz.reshape(shape)
+        if w is not None:
+            grads["weight"] = np.add.reduce(gwp, axis=0)
         return grads
 
     return y, backward
