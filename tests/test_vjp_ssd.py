@@ -410,3 +410,29 @@ def test_states_alone_in_blocks():
                         workers=1, **kw)
         got[fun] = pull((ct, ct_last))
     assert_grads_close(got[ssd_sequential], got[ssd_chunk_scan_combined], 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arrays_on_page_boundaries(monkeypatch, dtype):
+    """Outputs and kept states placed at (here shrunk) page boundaries:
+    the same gradients, against torch autograd of the transcription, in
+    C-contiguous writeable arrays of the arguments' shapes."""
+    from zilla_muf import ssd as ssd_module
+    monkeypatch.setattr(ssd_module, "_HUGE", 256)
+    rng = np.random.default_rng(43)
+    kw = _problem(rng, nb=2, L=70, H=4, P=6, G=2, N=5)
+    seq = _seq_ids(2, 70, [20, 41])
+    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=16, seq_idx=seq,
+                    return_final_states=True, workers=2,
+                    **{k: (v.astype(dtype) if isinstance(v, np.ndarray) else v)
+                       for k, v in kw.items()})
+    ct = random_cotangent(rng, out)
+    got = pull(ct)
+    ref = _torch_grads(kw, tuple(np.asarray(c, np.float64) for c in ct), True,
+                       seq_idx=seq)
+    assert_grads_close(got, ref, 1e-3 if dtype == np.float32 else 1e-9)
+    for k, g in got.items():
+        assert g.shape == np.shape(kw[k]) and g.dtype == dtype
+        assert g.flags.c_contiguous and g.flags.writeable
+    for name in ("x", "z"):
+        assert got[name].ctypes.data % 256 == 0

@@ -58,8 +58,9 @@ Per-thread scratch: O(chunk_size^2 + chunk_size (headdim + dstate) +
 headdim dstate). Indices are Py_ssize_t (ptrdiff_t in C) throughout.
 """
 from cython.parallel cimport parallel, prange, threadid
-from libc.stdlib cimport malloc, free
 from libc.string cimport memset
+
+import numpy as np
 
 from zilla_muf._types cimport real_t
 
@@ -112,6 +113,9 @@ cdef extern from "_ssdbwd.h" nogil:
     void zm_ssdb_grad_task_d(const zm_ssdb_problem *pr, Py_ssize_t task, double *work)
 
 
+# Huge pages (see _Work).
+cdef Py_ssize_t _HUGE = 1 << 21
+
 # Positions of a block of the forward walk on one thread (see forward).
 cdef Py_ssize_t _BLOCK_TOKENS = 1024
 
@@ -153,18 +157,28 @@ def padded(Py_ssize_t n, bint single):
 
 
 cdef class _Work:
-    """Per-thread scratch: `nthreads` blocks of `per_thread` elements."""
+    """Scratch memory: `nthreads` blocks of `per_thread` elements. Taken
+    from NumPy's allocator, which asks the system for huge pages for blocks
+    of 4 MB or more; a block of 1 MB or more starts at a 2 MB boundary
+    (only whole aligned 2 MB pages can be huge). Small pages are mapped
+    4 KB at a time on first touch, a page fault each: for the adjoints'
+    block, about as costly as the pass that writes it."""
+    cdef object arr
     cdef void *buf
     cdef Py_ssize_t per_thread
 
     def __cinit__(self, int nthreads, Py_ssize_t per_thread, Py_ssize_t itemsize):
+        cdef unsigned char[::1] mem
+        cdef Py_ssize_t n = nthreads * per_thread * itemsize, align = 64
         self.per_thread = per_thread
-        self.buf = malloc(nthreads * per_thread * itemsize + 64)
-        if self.buf == NULL:
-            raise MemoryError("could not allocate the SSD backward's scratch memory")
-
-    def __dealloc__(self):
-        free(self.buf)
+        if n >= _HUGE // 2:
+            align = _HUGE
+            n = max(n, 2 * _HUGE)
+        self.arr = np.empty(n + align, dtype=np.uint8)
+        mem = self.arr
+        self.buf = &mem[0]
+        self.buf = <void *> (<char *> self.buf
+                             + (-<size_t> self.buf) % <size_t> align)
 
 
 cdef void common(zm_ssdb_problem *pr, const real_t[:, :, :, ::1] x,

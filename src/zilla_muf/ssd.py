@@ -1335,6 +1335,26 @@ _SSD_DIFF = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 _BLOCK_BYTES = 1 << 24
 
 
+# Arrays of at least this many bytes are placed on huge-page boundaries.
+_HUGE = 1 << 21
+
+
+def _empty(shape, dtype):
+    """np.empty(shape, dtype), placed at a 2 MB boundary when it takes at
+    least 1 MB. NumPy asks the system for huge pages for blocks of 4 MB or
+    more, but only whole aligned 2 MB pages can be huge: the rest of a
+    block is mapped 4 KB at a time on first touch, a page fault each (for
+    the arrays here about as costly as a pass that writes them). The slack
+    in front is never touched, so never mapped."""
+    dtype = np.dtype(dtype)
+    n = math.prod(shape) * dtype.itemsize
+    if n < _HUGE // 2:
+        return np.empty(shape, dtype)
+    raw = np.empty(max(n, 2 * _HUGE) + _HUGE, dtype=np.uint8)
+    off = -raw.ctypes.data % _HUGE
+    return raw[off:off + n].view(dtype).reshape(shape)
+
+
 def _skip_weights(p):
     """D as (nheads, headdim), C-contiguous, or None."""
     if p.D is None:
@@ -1351,14 +1371,14 @@ def _chunk_states(p, cs, nthreads, with_output):
     dt_out, dA = p.processed_dt(cs, nthreads, p.seq)
     nc = -(-p.L // cs)
     Pp = _bwd.padded(p.P, p.dtype == np.float32)
-    states = np.empty((p.nb, p.H, nc, p.N, Pp), dtype=p.dtype)
+    states = _empty((p.nb, p.H, nc, p.N, Pp), p.dtype)
     last = np.empty((p.nb, p.H, p.P, p.N), dtype=p.dtype)
     if not with_output:
         _bwd.forward(p.x, dt_out, dA, p.B, p.C, None, None, last,
                               states, cs, nthreads, seq=p.seq, init=p.init)
         return (dt_out, dA, states), None
-    y0 = np.empty(p.x.shape, dtype=p.dtype)
-    y = None if p.z is None else np.empty(p.x.shape, dtype=p.dtype)
+    y0 = _empty(p.x.shape, p.dtype)
+    y = None if p.z is None else _empty(p.x.shape, p.dtype)
     _bwd.forward(p.x, dt_out, dA, p.B, p.C, y0, y, last, states, cs,
                           nthreads, seq=p.seq, init=p.init, D=_skip_weights(p),
                           z=p.z)
@@ -1426,13 +1446,13 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None, donate=False):
         kept, _ = _chunk_states(p, cs, nthreads, False)
     dt_out, dA, states = kept
     nc = states.shape[2]
-    gx = np.empty(p.x.shape, dtype=dt_)
-    gB = np.empty(p.B.shape, dtype=dt_)
-    gC = np.empty(p.C.shape, dtype=dt_)
-    ddt = np.empty((nb, L, H), dtype=dt_)
+    gx = _empty(p.x.shape, dt_)
+    gB = _empty(p.B.shape, dt_)
+    gC = _empty(p.C.shape, dt_)
+    ddt = _empty((nb, L, H), dt_)
     gA = np.zeros((nb, G, nc, rep), dtype=dt_)
     gD = None if p.D is None else np.zeros((nb, G, nc, rep, P), dtype=dt_)
-    gz = None if p.z is None else (y0 if donate else np.empty(p.x.shape, dtype=dt_))
+    gz = None if p.z is None else (y0 if donate else _empty(p.x.shape, dt_))
     ginit = None if p.init is None else np.empty(p.init.shape, dtype=dt_)
     if gfinal is not None:
         gfinal = np.ascontiguousarray(gfinal, dtype=dt_)
