@@ -175,9 +175,14 @@ def max_workers():
 
     More threads than cores only adds start-up cost and contention (and
     tens of thousands of them exhaust the OpenMP runtime), so larger
-    requests are capped here, for every function.
+    requests are capped here, for every function. Read once, at import:
+    ``os.cpu_count()`` costs tens of microseconds, as much as a whole
+    decode step.
     """
-    return os.cpu_count() or 1
+    return _NCPU
+
+
+_NCPU = os.cpu_count() or 1
 
 
 def resolve_workers(workers, name="workers"):

@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from . import _buffers
+from ._docs import fill_doc
 from ._scan_plan import kernel, make_plan
 from ._validation import (
     as_array,
@@ -192,42 +193,20 @@ def _overlaps(x, y):
         return True
 
 
+@fill_doc
 def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False,
                     out=None):
     r"""Scan :math:`h_t = a_t h_{t-1} + b_t` in one pass along `axis`.
 
     Parameters
     ----------
-    a : array_like
-        Decays :math:`a_t`, float32, float64, complex64 or complex128 (integers
-        and bools are promoted to float64). Broadcast against `b`.
-    b : array_like
-        Inputs :math:`b_t`. Broadcast against `a`.
-    h0 : array_like, optional
-        The state before the first step, broadcastable to the result shape
-        with `axis` removed. Default 0.
-    axis : int, optional
-        The time axis. Default -1.
-    reverse : bool, optional
-        Run from the last element to the first:
-        :math:`h_t = a_t h_{t+1} + b_t`, :math:`h_n = h_0` (the adjoint scan).
-    return_final : bool, optional
-        Also return the last state computed.
-    out : ndarray, optional
-        Where to write the result: a writable array of exactly the result's
-        shape and dtype, any strides. It may be `b` itself (the scan then
-        runs in place, with the same result); it must not overlap `a` or
-        `h0`. Default: a new array.
+    %(scan_inputs)s
+    %(scan_axis)s
+    %(scan_out)s
 
     Returns
     -------
-    h : ndarray
-        The states, of the broadcast shape of `a` and `b` and dtype
-        ``np.result_type`` of the inputs; ``h[..., t]`` (along `axis`) is the
-        state after step t. `out` when given.
-    h_final : ndarray
-        Only with ``return_final=True``: the last state computed, the shape of
-        `h` without `axis` (`h0` when the axis has length 0).
+    %(scan_returns)s
 
     Raises
     ------
@@ -285,6 +264,7 @@ def sequential_scan(a, b, h0=None, *, axis=-1, reverse=False, return_final=False
     return p.run(p.plan("sequential"), reverse, return_final, out=out)
 
 
+@fill_doc
 def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
                  return_final=False, workers=None, out=None):
     r"""Scan :math:`h_t = a_t h_{t-1} + b_t` by chunks, in parallel.
@@ -296,45 +276,19 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
 
     Parameters
     ----------
-    a : array_like
-        Decays :math:`a_t`, float32, float64, complex64 or complex128.
-        Broadcast against `b`.
-    b : array_like
-        Inputs :math:`b_t`. Broadcast against `a`.
-    h0 : array_like, optional
-        The state before the first step, broadcastable to the result shape
-        with `axis` removed. Default 0.
+    %(scan_inputs)s
     chunk_size : int, optional
         Steps per chunk. The default uses the whole axis (no carry pass) when
         the channels alone give every thread enough independent work, or
         the dtype is complex, and otherwise splits the axis into a few
         chunks per thread.
-    axis : int, optional
-        The time axis. Default -1.
-    reverse : bool, optional
-        Run from the last element to the first (see :func:`sequential_scan`).
-    return_final : bool, optional
-        Also return the last state computed.
-    workers : int, optional
-        Threads to use at most: None is 1, -1 all cores, negative values
-        count back from all cores as in :mod:`scipy.fft`. A problem too
-        small to share (under 32768 elements per thread) uses fewer. The
-        work is cut up for this many threads; when other processes keep
-        cores busy it runs on the free cores only (a descheduled thread
-        would hold up the others), with the same result.
-    out : ndarray, optional
-        Where to write the result: a writable array of exactly the result's
-        shape and dtype, any strides. It may be `b` itself (the scan then
-        runs in place, with the same result); it must not overlap `a` or
-        `h0`. Default: a new array.
+    %(scan_axis)s
+    %(scan_workers)s
+    %(scan_out)s
 
     Returns
     -------
-    h : ndarray
-        The states, of the broadcast shape and result dtype (`out` when
-        given).
-    h_final : ndarray
-        Only with ``return_final=True``: the last state computed.
+    %(scan_returns)s
 
     Raises
     ------
@@ -414,6 +368,7 @@ def chunked_scan(a, b, h0=None, *, chunk_size=None, axis=-1, reverse=False,
                  out=out)
 
 
+@fill_doc
 def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
                      return_final=False, workers=None, out=None):
     r"""Scan :math:`h_t = a_t h_{t-1} + b_t` as a parallel prefix (tree) scan.
@@ -425,40 +380,14 @@ def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
 
     Parameters
     ----------
-    a : array_like
-        Decays :math:`a_t`, float32, float64, complex64 or complex128.
-        Broadcast against `b`.
-    b : array_like
-        Inputs :math:`b_t`. Broadcast against `a`.
-    h0 : array_like, optional
-        The state before the first step, broadcastable to the result shape
-        with `axis` removed. Default 0.
-    axis : int, optional
-        The time axis. Default -1.
-    reverse : bool, optional
-        Run from the last element to the first (see :func:`sequential_scan`).
-    return_final : bool, optional
-        Also return the last state computed.
-    workers : int, optional
-        Threads to use at most: None is 1, -1 all cores, negative values
-        count back from all cores as in :mod:`scipy.fft`. A problem too
-        small to share (under 32768 elements per thread) uses fewer. The
-        work is cut up for this many threads; when other processes keep
-        cores busy it runs on the free cores only (a descheduled thread
-        would hold up the others), with the same result.
-    out : ndarray, optional
-        Where to write the result: a writable array of exactly the result's
-        shape and dtype, any strides. It may be `b` itself (the scan then
-        runs in place, with the same result); it must not overlap `a` or
-        `h0`. Default: a new array.
+    %(scan_inputs)s
+    %(scan_axis)s
+    %(scan_workers)s
+    %(scan_out)s
 
     Returns
     -------
-    h : ndarray
-        The states, of the broadcast shape and result dtype (`out` when
-        given).
-    h_final : ndarray
-        Only with ``return_final=True``: the last state computed.
+    %(scan_returns)s
 
     Raises
     ------
@@ -507,45 +436,26 @@ def associative_scan(a, b, h0=None, *, axis=-1, reverse=False,
     return p.run(p.plan("associative", workers), reverse, return_final, out=out)
 
 
+@fill_doc
 def linear_scan(a, b, h0=None, *, method="auto", axis=-1, reverse=False,
                 return_final=False, workers=None, chunk_size=None, out=None):
     r"""Scan :math:`h_t = a_t h_{t-1} + b_t` with a chosen or automatic method.
 
     Parameters
     ----------
-    a : array_like
-        Decays :math:`a_t`, float32, float64, complex64 or complex128.
-        Broadcast against `b`.
-    b : array_like
-        Inputs :math:`b_t`. Broadcast against `a`.
-    h0 : array_like, optional
-        The state before the first step, broadcastable to the result shape
-        with `axis` removed. Default 0.
+    %(scan_inputs)s
     method : {"auto", "sequential", "chunked", "associative"}, optional
         The algorithm. "auto" (default) chooses as described in the Notes.
-    axis : int, optional
-        The time axis. Default -1.
-    reverse : bool, optional
-        Run from the last element to the first (see :func:`sequential_scan`).
-    return_final : bool, optional
-        Also return the last state computed.
+    %(scan_axis)s
     workers : int, optional
         Threads to use (ignored by "sequential"): None is 1, -1 all cores.
     chunk_size : int, optional
         Steps per chunk for "chunked" (and "auto" when it picks it).
-    out : ndarray, optional
-        Where to write the result: a writable array of exactly the result's
-        shape and dtype, any strides. It may be `b` itself (the scan then
-        runs in place, with the same result); it must not overlap `a` or
-        `h0`. Default: a new array.
+    %(scan_out)s
 
     Returns
     -------
-    h : ndarray
-        The states, of the broadcast shape and result dtype (`out` when
-        given).
-    h_final : ndarray
-        Only with ``return_final=True``: the last state computed.
+    %(scan_returns)s
 
     Raises
     ------
