@@ -10,16 +10,20 @@ Cases (float32, 2 threads on each side):
   through ``zilla_muf._vjp.vjp`` (the output's cotangent made once,
   outside the timed calls); both also with each worker count of
   ``--ssd-workers`` (rows "... w1", with the ratio of CPU times besides
-  that of wall times); torch autograd through the reference
-  listing of ``bench/ssd_torch_reference.py`` at its best chunk size among
-  64, 128, 256 (64 and 256 with ``--quick``).
+  that of wall times); torch autograd through mamba_ssm's
+  ``ssd_minimal_discrete`` (loaded from its source release by
+  ``bench/mamba_reference.py``; the sequence zero-padded to a multiple of
+  the chunk) at its best chunk size among 64, 128, 256 (64 and 256 with
+  ``--quick``).
 - selective scan b2 d1536 n16 L2048 (real A, B and C (batch, dstate,
   seqlen), D, z, delta_bias, softplus): forward alone; forward + backward
-  (2 threads, and again on 1 thread each);
-  torch autograd through ``bench/selective_scan_torch_reference.py``'s
-  listing with each step's slice taken once (the listing is kept as is; the
-  slices of its (b, d, L, n) tensors are taken once by unbind before the
-  loop, in a copy of the loop written here).
+  (2 threads, and again on 1 thread each); torch autograd through a loop
+  written here with the computation of mamba_ssm's ``selective_scan_ref``,
+  each step's slice taken once by unbind (autograd through the listing
+  itself, which indexes ``[:, :, i]`` at every step, builds a full-size
+  gradient per step: quadratic in the sequence length). Before it is
+  timed, its forward is checked against the listing loaded from
+  mamba_ssm's release on a slice of the inputs.
 
 Every ratio compares times measured in the same run: ours interleaved with
 our forward; each torch baseline (seconds per run) against the mean of our
@@ -113,7 +117,7 @@ def sel_inputs(seed=0):
 def torch_ssd_fwd_bwd(inputs, cs):
     import torch
 
-    from ssd_torch_reference import ssd_layer
+    from mamba_reference import ssd_layer
     t = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
     L = t["x"].shape[1]
     pad = (-L) % cs
@@ -129,11 +133,11 @@ def torch_ssd_fwd_bwd(inputs, cs):
     y.backward(torch.ones_like(y))
 
 
-def torch_sel_fwd_bwd(inputs):
-    """selective_scan_ref's computation, each step's slice taken once."""
+def _torch_sel_forward(t):
+    """selective_scan_ref's computation on the tensors `t`, each step's
+    slice taken once (by unbind) so that autograd stays linear in seqlen."""
     import torch
     import torch.nn.functional as F
-    t = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
     u, delta, A, B, C = t["u"], t["delta"], t["A"], t["B"], t["C"]
     delta = F.softplus(delta + t["delta_bias"][..., None])
     batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
@@ -145,8 +149,33 @@ def torch_sel_fwd_bwd(inputs):
         x = dA * x + dBu
         ys.append(torch.einsum("bdn,bn->bd", x, Ct))
     y = torch.stack(ys, dim=2) + u * t["D"][:, None]
-    y = y * F.silu(t["z"])
+    return y * F.silu(t["z"])
+
+
+def torch_sel_fwd_bwd(inputs):
+    import torch
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    y = _torch_sel_forward(t)
     y.backward(torch.ones_like(y))
+
+
+def check_torch_sel(inputs, dims=64, steps=256):
+    """The forward of ``_torch_sel_forward`` against mamba_ssm's own
+    ``selective_scan_ref`` on the first `dims` channels and `steps` steps;
+    returns the largest difference relative to the largest output."""
+    import torch
+    from mamba_reference import selective_scan_ref
+    sl = {"u": np.s_[:, :dims, :steps], "delta": np.s_[:, :dims, :steps],
+          "z": np.s_[:, :dims, :steps], "A": np.s_[:dims], "D": np.s_[:dims],
+          "delta_bias": np.s_[:dims], "B": np.s_[..., :steps], "C": np.s_[..., :steps]}
+    t = {k: torch.from_numpy(np.ascontiguousarray(v[sl[k]])) for k, v in inputs.items()}
+    with torch.no_grad():
+        ours = _torch_sel_forward(t)
+        ref = selective_scan_ref()(**t, delta_softplus=True)
+    err = float((ours - ref).abs().max() / ref.abs().max())
+    if not err < 1e-4:
+        raise RuntimeError(f"the torch loop differs from selective_scan_ref: {err:.1e}")
+    return err
 
 
 # ------------------------------------------------------------------ zilla
@@ -344,6 +373,8 @@ def main(argv=None):
     progress(f"{case}: forward+backward / forward = "
              f"{t1['forward+backward'] / t1['forward']:.2f}x (1 thread)")
     if torch is not None:
+        progress(f"{case}: torch loop vs mamba_ssm's selective_scan_ref, max "
+                 f"relative difference {check_torch_sel(inputs):.1e}")
         tt = median_time(lambda: torch_sel_fwd_bwd(inputs), repeat=torch_repeat,
                          warmup=1)
         fb2 = median_time(fns["forward+backward"], repeat=repeat)

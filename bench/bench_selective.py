@@ -5,10 +5,12 @@ Cases
 * ``selective_scan`` at Mamba-1 130M/370M-like sizes (batch 2, dim 1536,
   dstate 16, seqlen 2048, B and C of shape (batch, dstate, seqlen), D, z,
   delta_bias, softplus), float32 and float64, workers 1 and 2, against
-  mamba_ssm's ``selective_scan_ref`` as a PyTorch CPU listing
-  (``selective_scan_torch_reference.py``, ``torch.set_num_threads(2)``) and
-  the memory roofline ``np.add(u, delta, out=y)`` (the bytes of u, delta
-  and y; the scan also reads z).
+  mamba_ssm's own ``selective_scan_ref`` listing (loaded from its source
+  release by ``mamba_reference.py``, ``torch.set_num_threads(2)``; it
+  computes in float32 whatever the input dtype, so in the float64 case it
+  is given A in float32, as its einsums require) and the memory roofline
+  ``np.add(u, delta, out=y)`` (the bytes of u, delta and y; the scan also
+  reads z).
 * ``causal_conv1d`` (width 4) against ``torch.nn.functional.conv1d``.
 * The Mamba-2 mixer of ``examples/mamba2_layer.py`` (d_model 768, seqlen
   2048, batch 1): prefill time and decode tokens/s against transformers'
@@ -77,16 +79,18 @@ def bench_scan(report, quick):
         case = f"selective_scan {np.dtype(dtype).name} b{batch} d{dim} n{dstate} L{seqlen}"
         ref_t = None
         if torch is not None:
-            from selective_scan_torch_reference import selective_scan_ref
+            from mamba_reference import selective_scan_ref
 
+            listing = selective_scan_ref()
             targs = {k: torch.from_numpy(v) for k, v in args.items()}
+            targs["A"] = targs["A"].float()
 
             def run_ref():
                 with torch.no_grad():
-                    return selective_scan_ref(**targs, delta_softplus=True)
+                    return listing(**targs, delta_softplus=True)
 
             ref_t = median_time(run_ref, repeat=max(2, repeat - 2), warmup=1)
-            report.add(case, "torch selective_scan_ref (2 threads)", ref_t)
+            report.add(case, "torch selective_scan_ref (2 threads, in float32)", ref_t)
             y_ref = run_ref().numpy()
         y = np.empty_like(args["u"])
         roof = median_time(lambda: np.add(args["u"], args["delta"], out=y),

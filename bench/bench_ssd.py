@@ -2,9 +2,10 @@
 
 For each case (float32, both sides on 2 threads):
 
-* time ``ssd_chunk_scan_combined`` (default and other chunk sizes) and the
-  torch port of ``ssd_minimal_discrete`` (bench/ssd_torch_reference.py) at
-  chunk sizes 64, 128 and 256, and report the ratio to torch's best;
+* time ``ssd_chunk_scan_combined`` (default and other chunk sizes) and
+  mamba_ssm's own ``ssd_minimal_discrete`` listing (loaded from its source
+  release by bench/mamba_reference.py) at chunk sizes 64, 128 and 256, and
+  report the ratio to torch's best;
 * the GFLOP/s of the chunked path (the multiply-adds of its matrix
   products, counted below) as a fraction of the float32 matmul throughput
   measured in the same run (NumPy ``a @ b`` at 64x64 on one thread, times
@@ -138,14 +139,15 @@ def run_sequential(inputs, workers=THREADS):
 def torch_runner(inputs, chunk_size):
     import torch
 
-    from ssd_torch_reference import ssd_layer
+    from mamba_reference import ssd_layer, ssd_minimal_discrete
 
+    listing = ssd_minimal_discrete()
     torch.set_num_threads(THREADS)
     tin = [torch.from_numpy(np.ascontiguousarray(v)) for v in inputs]
 
     def run():
         with torch.inference_mode():
-            return ssd_layer(*tin, chunk_size, dt_softplus=True)
+            return ssd_layer(*tin, chunk_size, dt_softplus=True, listing=listing)
 
     return run
 

@@ -96,8 +96,8 @@ def sweep_structured(report, repeat):
 
 def sweep_layers(report, repeat):
     """SSD (8 heads, 64 x 64 state) and the selective scan (dim 256,
-    dstate 16) over the sequence length, float32, against the PyTorch CPU
-    ports of mamba_ssm's reference listings."""
+    dstate 16) over the sequence length, float32, against mamba_ssm's
+    PyTorch reference listings (loaded by bench/mamba_reference.py)."""
     from bench_selective import _torch, scan_inputs
     from bench_ssd import make_inputs, torch_runner
 
@@ -124,13 +124,14 @@ def sweep_layers(report, repeat):
         size = args["u"].size
         case = "selective_scan float32, b1 d256 n16"
         if torch is not None:
-            from selective_scan_torch_reference import selective_scan_ref
+            from mamba_reference import selective_scan_ref
 
+            listing = selective_scan_ref()
             targs = {k: torch.from_numpy(v) for k, v in args.items()}
 
             def run_ref():
                 with torch.no_grad():
-                    return selective_scan_ref(**targs, delta_softplus=True)
+                    return listing(**targs, delta_softplus=True)
 
             report.add(case, "torch selective_scan_ref", median_time(run_ref, 3), size=size)
         for w in (1, 2):

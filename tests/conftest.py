@@ -8,7 +8,7 @@ hand anywhere:
 - ``browser``: also needs Chromium (``test_docs_browser*.py``);
 - ``torch``: needs torch, and transformers for the layer oracles
   (``test_layers*.py``, ``test_torch*.py``, the layer-gradient tests whose
-  oracles are torch autograd, FLA's references); single tests of other files
+  oracles are torch autograd, FLA's and mamba_ssm's references); single tests of other files
   that need torch carry the marker themselves;
 - ``dask``: needs dask (``test_dask*.py``);
 - ``kernels``: every other test file. These need only the package, pytest and
@@ -40,6 +40,7 @@ _FILE_MARKERS = [
     ("test_vjp_selective.py", ("torch",)),
     ("test_vjp_ssd.py", ("torch",)),
     ("test_linear_attention_fla.py", ("torch",)),
+    ("test_mamba_listings.py", ("torch",)),
     ("test_dask*.py", ("dask",)),
 ]
 
