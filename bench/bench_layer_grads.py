@@ -11,10 +11,11 @@ Cases (float32, 2 threads on each side):
   outside the timed calls); both also with each worker count of
   ``--ssd-workers`` (rows "... w1", with the ratio of CPU times besides
   that of wall times); torch autograd through mamba_ssm's
-  ``ssd_minimal_discrete`` (loaded from its source release by
-  ``bench/mamba_reference.py``; the sequence zero-padded to a multiple of
-  the chunk) at its best chunk size among 64, 128, 256 (64 and 256 with
-  ``--quick``).
+  ``ssd_chunk_scan_combined_ref`` (the chunked reference of its Triton
+  SSD, with D and the gate) and through its ``ssd_minimal_discrete`` (the
+  Mamba-2 paper's listing; D and the gate added here), both loaded from
+  its source release by ``bench/mamba_reference.py``, each at its best
+  chunk size among 64, 128, 256 (64 and 256 with ``--quick``).
 - selective scan b2 d1536 n16 L2048 (real A, B and C (batch, dstate,
   seqlen), D, z, delta_bias, softplus): forward alone; forward + backward
   (2 threads, and again on 1 thread each); torch autograd through a loop
@@ -130,6 +131,19 @@ def torch_ssd_fwd_bwd(inputs, cs):
     y, _ = ssd_layer(x, dt, t["A"], B, C, cs, dt_softplus=True)
     y = y[:, :L] + t["x"] * t["D"][:, None]
     y = y * torch.nn.functional.silu(t["z"])
+    y.backward(torch.ones_like(y))
+
+
+def torch_ssd_ref_fwd_bwd(inputs, cs):
+    """torch autograd through mamba_ssm's ``ssd_chunk_scan_combined_ref``
+    (the chunked reference of its Triton SSD: D and the gate inside; the
+    sequence length a multiple of `cs`)."""
+    import torch
+
+    from mamba_reference import ssd_chunk_scan_combined_ref
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    y = ssd_chunk_scan_combined_ref()(t["x"], t["dt"], t["A"], t["B"], t["C"], cs,
+                                      D=t["D"], z=t["z"], dt_softplus=True)
     y.backward(torch.ones_like(y))
 
 
@@ -340,16 +354,19 @@ def main(argv=None):
         if torch is not None:
             # seconds per run: one warm-up and `torch_repeat` timed runs each,
             # between two timings of ours (the ratio uses their mean)
-            tt = {cs: median_time(lambda cs=cs: torch_ssd_fwd_bwd(inputs, cs),
-                                  repeat=torch_repeat, warmup=1)
-                  for cs in torch_chunks}
-            fb2 = median_time(fns["forward+backward"], repeat=repeat)
-            best = min(tt, key=tt.get)
-            for cs, t in tt.items():
-                rep.add(f"ssd {case}", f"torch autograd cs{cs}", t,
-                        reference=(fb + fb2) / 2)
-            progress(f"ssd {case}: torch (cs{best}) / ours fwd+bwd = "
-                     f"{tt[best] / ((fb + fb2) / 2):.1f}x")
+            for label, run in (("ssd_chunk_scan_combined_ref", torch_ssd_ref_fwd_bwd),
+                               ("ssd_minimal_discrete", torch_ssd_fwd_bwd)):
+                tt = {cs: median_time(lambda cs=cs: run(inputs, cs),
+                                      repeat=torch_repeat, warmup=1)
+                      for cs in torch_chunks}
+                fb2 = median_time(fns["forward+backward"], repeat=repeat)
+                best = min(tt, key=tt.get)
+                for cs, t in tt.items():
+                    rep.add(f"ssd {case}", f"torch autograd {label} cs{cs}", t,
+                            reference=(fb + fb2) / 2)
+                progress(f"ssd {case}: torch {label} (cs{best}) / ours fwd+bwd = "
+                         f"{tt[best] / ((fb + fb2) / 2):.1f}x")
+                fb = fb2
     if args.ssd_only:
         print(rep.table())      # a partial run: results/ is left as it is
         return

@@ -34,12 +34,20 @@ VERSION = "2.3.2.post1"
 SDIST = f"mamba_ssm-{VERSION}.tar.gz"
 SHA256 = "104cc47e9101e5401a675fa2b784f2952b9b037f3b1dd83b5ac544394e95d028"
 
-# name: (file in the release, its top-level functions to compile)
+# name: the files in the release and the top-level functions of each that
+# make up the listing (compiled into one namespace, in this order)
 LISTINGS = {
-    "ssd_minimal": ("mamba_ssm/modules/ssd_minimal.py",
-                    ("segsum", "ssd_minimal_discrete")),
-    "selective_scan": ("mamba_ssm/ops/selective_scan_interface.py",
-                       ("selective_scan_ref",)),
+    "ssd_minimal": (("mamba_ssm/modules/ssd_minimal.py",
+                     ("segsum", "ssd_minimal_discrete")),),
+    "selective_scan": (("mamba_ssm/ops/selective_scan_interface.py",
+                        ("selective_scan_ref",)),),
+    # the chunked reference of the Triton SSD, the issue tracker's baseline
+    # for the layer: chunk states, state passing, chunk scan, combined
+    "ssd_combined": (("mamba_ssm/ops/triton/ssd_chunk_state.py", ("chunk_state_ref",)),
+                     ("mamba_ssm/ops/triton/ssd_state_passing.py", ("state_passing_ref",)),
+                     ("mamba_ssm/ops/triton/ssd_chunk_scan.py", ("chunk_scan_ref",)),
+                     ("mamba_ssm/ops/triton/ssd_combined.py",
+                      ("ssd_chunk_scan_combined_ref",))),
 }
 _IMPORTS_KEPT = ("torch", "einops")
 
@@ -73,7 +81,8 @@ def _sdist_url():
 def source_root():
     """The directory holding the release's listing files (fetched on first use)."""
     root = os.path.join(cache_dir(), f"mamba_ssm-{VERSION}")
-    if all(os.path.isfile(os.path.join(root, f)) for f, _ in LISTINGS.values()):
+    files = [f for parts in LISTINGS.values() for f, _ in parts]
+    if all(os.path.isfile(os.path.join(root, f)) for f in files):
         return root
     try:
         data = _get(_sdist_url())
@@ -86,7 +95,7 @@ def source_root():
     tmp = tempfile.mkdtemp(dir=cache_dir())
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            names = [f"mamba_ssm-{VERSION}/{f}" for f, _ in LISTINGS.values()]
+            names = [f"mamba_ssm-{VERSION}/{f}" for f in files]
             tar.extractall(tmp, members=[tar.getmember(n) for n in names],
                            filter="data")
         shutil.rmtree(root, ignore_errors=True)
@@ -100,31 +109,35 @@ def source_root():
 def load(name):
     """A namespace with the functions of listing `name` (a key of LISTINGS).
 
-    The shipped file's torch/einops imports run first, then its named
-    function definitions, compiled from the file (tracebacks point into it).
+    For each file of the listing, its torch/einops imports run first, then
+    its named function definitions, compiled from the file (tracebacks
+    point into it); the files share one namespace, so a function finds the
+    others of its listing as the release's own imports would give them.
     """
-    relpath, functions = LISTINGS[name]
-    path = os.path.join(source_root(), relpath)
-    with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), filename=path)
-    body = []
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            roots = {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            roots = {node.module.split(".")[0]}
-        else:
-            roots = None
-        if roots is not None and roots <= set(_IMPORTS_KEPT):
-            body.append(node)
-        elif isinstance(node, ast.FunctionDef) and node.name in functions:
-            body.append(node)
-    missing = set(functions) - {n.name for n in body if isinstance(n, ast.FunctionDef)}
-    if missing:
-        raise RuntimeError(f"{path} defines no {sorted(missing)}")
     mod = types.ModuleType(f"_mamba_ssm_{name}")
-    mod.__file__ = path
-    exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec"), mod.__dict__)
+    for relpath, functions in LISTINGS[name]:
+        path = os.path.join(source_root(), relpath)
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+        body = []
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                roots = None
+            if roots is not None and roots <= set(_IMPORTS_KEPT):
+                body.append(node)
+            elif isinstance(node, ast.FunctionDef) and node.name in functions:
+                body.append(node)
+        missing = set(functions) - {n.name for n in body
+                                    if isinstance(n, ast.FunctionDef)}
+        if missing:
+            raise RuntimeError(f"{path} defines no {sorted(missing)}")
+        mod.__file__ = path
+        exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec"),
+             mod.__dict__)
     return mod
 
 
@@ -134,6 +147,10 @@ def ssd_minimal_discrete():
 
 def selective_scan_ref():
     return load("selective_scan").selective_scan_ref
+
+
+def ssd_chunk_scan_combined_ref():
+    return load("ssd_combined").ssd_chunk_scan_combined_ref
 
 
 def ssd_layer(x, dt, A, B, C, block_len, *, dt_bias=None, dt_softplus=False,

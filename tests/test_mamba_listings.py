@@ -1,12 +1,16 @@
 """ssd_chunk_scan_combined and selective_scan against mamba_ssm's own listings.
 
-mamba_ssm's pure-PyTorch references, ``ssd_minimal_discrete`` and
-``selective_scan_ref``, are loaded at test time from its source release
+mamba_ssm's pure-PyTorch references, ``ssd_minimal_discrete``,
+``ssd_chunk_scan_combined_ref`` (the chunked reference of its Triton SSD)
+and ``selective_scan_ref``, are loaded at test time from its source release
 (downloaded into a cache, see bench/mamba_reference.py): an oracle written
 by others, independent of this package. They need torch and einops. A
 failed download fails these tests in CI (a skip is a failure there).
 
 ``ssd_minimal_discrete`` keeps its input dtype and is compared in float64.
+``ssd_chunk_scan_combined_ref`` forms its step sizes in float32 (it casts
+``dt`` before the cumulative sum), so it is compared at float32's
+tolerance.
 ``selective_scan_ref`` computes in float32 whatever its inputs, so it gets
 float32 inputs and ours the same values in float64; the tolerance is
 float32's.
@@ -75,6 +79,32 @@ def test_ssd_initial_states_match_ssd_minimal_discrete(mamba, rng):
                                    return_final_states=True)
     assert_close(y, y_ref.numpy(), scale=100)
     assert_close(s, s_ref.numpy(), scale=100)
+
+
+@pytest.mark.parametrize("heads_groups", [(4, 1), (4, 2)])
+@pytest.mark.parametrize("chunk", [16, 20])
+def test_ssd_matches_ssd_chunk_scan_combined_ref(mamba, rng, heads_groups, chunk):
+    torch, loader = mamba
+    b, L, P, N = 2, 64, 5, 6
+    H, G = heads_groups
+    x = rng.standard_normal((b, L, H, P))
+    dt = rng.uniform(-4.0, 0.5, (b, L, H))
+    dt_bias = rng.uniform(-0.5, 0.5, H)
+    A = -rng.uniform(0.5, 4.0, H)
+    B = rng.standard_normal((b, L, G, N))
+    C = rng.standard_normal((b, L, G, N))
+    D = rng.standard_normal(H)
+    z = rng.standard_normal((b, L, H, P))
+    ref = loader.ssd_chunk_scan_combined_ref()
+    t = [torch.from_numpy(v) for v in (x, dt, A, B, C)]
+    # the listing's chunk must divide L (its chunk scan asserts it); ours
+    # also takes 20, which does not
+    y_ref = ref(*t, 16, D=torch.from_numpy(D), z=torch.from_numpy(z),
+                dt_bias=torch.from_numpy(dt_bias), dt_softplus=True)
+    y = ssd_chunk_scan_combined(x, dt, A, B, C, chunk, D=D, z=z, dt_bias=dt_bias,
+                                dt_softplus=True)
+    scale = np.abs(y_ref.numpy()).max()
+    np.testing.assert_allclose(y, y_ref.numpy(), rtol=0, atol=1e-5 * scale)
 
 
 def _interleave(z):
