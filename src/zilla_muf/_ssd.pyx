@@ -45,7 +45,8 @@ read by every head of the group.
 Parallel tasks: (batch, head) for the fused scan, the sequential recurrence
 and the state passing; (batch, chunk, head) for the chunk-state and
 chunk-scan stages; (batch, group, chunk) for the shared C B^T. Per-thread
-scratch is O(chunk_size^2 + (chunk_size + dstate) * headdim); no
+scratch (a _scratch.Scratch block) is O(chunk_size^2 + (chunk_size +
+dstate) * headdim); no
 per-position state and no (L, L) matrix per head
 and chunk is ever stored beyond the one a thread works on.
 """
