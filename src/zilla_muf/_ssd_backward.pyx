@@ -55,7 +55,8 @@ clamped to <= 0 when the sums never grow; decays below the square root of
 the smallest normal number are set to 0.
 
 Per-thread scratch (a _scratch.Scratch block: large ones on huge pages):
-O(chunk_size^2 + chunk_size (headdim + dstate) + headdim dstate). Indices are Py_ssize_t (ptrdiff_t in C) throughout.
+O(chunk_size^2 + chunk_size (headdim + dstate) + headdim dstate). Indices
+are Py_ssize_t (ptrdiff_t in C) throughout.
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset
