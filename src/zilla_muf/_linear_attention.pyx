@@ -13,9 +13,9 @@
 import numpy as np
 
 from cython.parallel cimport parallel, prange, threadid
-from libc.stdlib cimport calloc, free, malloc
 from libc.math cimport exp, expf
 
+from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
 
 
@@ -51,7 +51,8 @@ def channel_gate_scores(const real_t[:, :, ::1] q, const real_t[:, :, ::1] k,
     Returns the number of threads that ran (1 without OpenMP).
     """
     cdef Py_ssize_t M = q.shape[0], C = q.shape[1], K = q.shape[2], m
-    cdef int[::1] ran
+    cdef Scratch scr
+    cdef scratch_t *ws
     if (k.shape[0] != M or k.shape[1] != C or k.shape[2] != K
             or gc.shape[0] != M or gc.shape[1] != C or gc.shape[2] != K):
         raise ValueError("q, k and gc must have one shape (M, C, K)")
@@ -61,12 +62,14 @@ def channel_gate_scores(const real_t[:, :, ::1] q, const real_t[:, :, ::1] k,
         raise ValueError("num_threads must be >= 1")
     if M == 0 or C == 0:
         return 1
-    ran = np.zeros(num_threads, dtype=np.intc)
+    # no work space: only the record of which threads ran
+    scr = Scratch(num_threads, 0, 1, "the score kernel's thread record")
+    ws = &scr.s
     with nogil:
-        for m in prange(M, num_threads=num_threads, schedule='static'):
-            _scores_rows(q, k, gc, out, m)
-            ran[threadid()] = 1
-    return int(np.count_nonzero(ran))
+        for m in prange(M, num_threads=ws.nthreads, schedule='static'):
+            if scratch_block(ws, threadid()) != NULL:
+                _scores_rows(q, k, gc, out, m)
+    return scr.finish()
 
 
 # The UT transform of the gated delta rule: in place, X <- (I + M)^{-1} X for
@@ -249,7 +252,8 @@ def chunk_forward(const real_t[:, :, :, ::1] q, const real_t[:, :, :, ::1] k,
     cdef const real_t *bbase = NULL
     cdef const real_t *hbase = NULL
     cdef real_t *work
-    cdef int *failed
+    cdef Scratch scr
+    cdef scratch_t *ws
     cdef real_t sc = <real_t> scale
     if (k.shape[0] != B or k.shape[1] != T or k.shape[2] != H or k.shape[3] != K
             or v.shape[0] != B or v.shape[1] != T or v.shape[2] != H
@@ -300,13 +304,11 @@ def chunk_forward(const real_t[:, :, :, ::1] q, const real_t[:, :, :, ::1] k,
         bbase = &beta[0, 0, 0]
     if h0 is not None:
         hbase = &h0[0, 0, 0, 0]
-    failed = <int *> calloc(1, sizeof(int))
-    if failed == NULL:
-        raise MemoryError("could not allocate the linear-attention scratch")
-    with nogil, parallel(num_threads=num_threads):
-        work = <real_t *> malloc(scratch * sizeof(real_t))
-        if work == NULL:
-            failed[0] = 1
+    scr = Scratch(num_threads, scratch, sizeof(real_t),
+                  "the linear-attention per-thread scratch")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        work = <real_t *> scratch_block(ws, threadid())
         for t in prange(ntask, schedule='dynamic'):
             if work != NULL:
                 s = t // ngr
@@ -329,8 +331,4 @@ def chunk_forward(const real_t[:, :, :, ::1] q, const real_t[:, :, :, ::1] k,
                           &o[0, 0, 0, 0] + ((b * T + a0) * H + h) * V,
                           gp, bp, hp, &hT[0, 0, 0, 0] + (s * H + h) * K * V,
                           L, K, V, chunk, H * K, H * V, H, min(hg, H - h), sc, work)
-        free(work)
-    t = failed[0]
-    free(failed)
-    if t:
-        raise MemoryError("could not allocate the linear-attention scratch")
+    scr.finish()

@@ -21,10 +21,13 @@ Algorithms:
   vectorised over its channels, every leaf scanned from its entering state.
 
 The plan (zilla_muf._scan_plan) decides every size and count; the kernels
-execute it. All indices are Py_ssize_t; scratch is O(lanes x leaves).
+execute it. All indices are Py_ssize_t; scratch is O(lanes x leaves), and
+with streaming stores a state row per thread (a _scratch.Scratch block).
 """
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport calloc, malloc, free
+
+from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 
 from zilla_muf._types cimport real_t, scalar_t
 from zilla_muf._vmath cimport vflush
@@ -65,27 +68,21 @@ cdef inline void cols_scan(const scalar_t *a, const scalar_t *b, scalar_t *o,
         prev = oi
 
 
-cdef inline int cols_scan_stream(const scalar_t *a, const scalar_t *b,
-                                 scalar_t *o, const scalar_t *init,
-                                 Py_ssize_t w, Py_ssize_t m, Py_ssize_t step,
-                                 Py_ssize_t blk, Py_ssize_t nblk) noexcept nogil:
+cdef inline void cols_scan_stream(const scalar_t *a, const scalar_t *b,
+                                  scalar_t *o, const scalar_t *init,
+                                  scalar_t *state, Py_ssize_t w, Py_ssize_t m,
+                                  Py_ssize_t step, Py_ssize_t blk,
+                                  Py_ssize_t nblk) noexcept nogil:
     """cols_scan with the output written by streaming stores (real types;
-    complex ones take cols_scan), the state kept in a scratch row; the fresh
-    pages shared out as cols_scan_shared does when nblk > 1. Same values
-    bit for bit. -1 when the scratch row cannot be allocated."""
-    cdef scalar_t *state
-    if scalar_t is float or scalar_t is double:
-        state = <scalar_t *> malloc(w * sizeof(scalar_t))
-        if state == NULL:
-            return -1
-        if scalar_t is float:
-            zm_cols_stream_f(a, b, o, init, state, w, m, step, blk, nblk)
-        else:
-            zm_cols_stream_d(a, b, o, init, state, w, m, step, blk, nblk)
-        free(state)
+    complex ones take cols_scan), the state kept in the scratch row `state`
+    (w elements); the fresh pages shared out as cols_scan_shared does when
+    nblk > 1. Same values bit for bit."""
+    if scalar_t is float:
+        zm_cols_stream_f(a, b, o, init, state, w, m, step, blk, nblk)
+    elif scalar_t is double:
+        zm_cols_stream_d(a, b, o, init, state, w, m, step, blk, nblk)
     else:
         cols_scan(a, b, o, init, w, m, step)
-    return 0
 
 
 cdef inline void cols_scan_shared(const scalar_t *a, const scalar_t *b,
@@ -154,7 +151,7 @@ cdef inline void cols_reduce(const scalar_t *a, const scalar_t *b,
 cdef int cols_chunked(const scalar_t *A, const scalar_t *B, scalar_t *O,
                       const scalar_t *H0, Py_ssize_t outer, Py_ssize_t n,
                       Py_ssize_t inner, bint reverse, Py_ssize_t cw,
-                      Py_ssize_t T, double lead, bint stream,
+                      Py_ssize_t T, double lead, scratch_t *ws,
                       int nthreads) noexcept nogil:
     """Columns layout. A lane is (row, channel block of cw).
 
@@ -185,30 +182,35 @@ cdef int cols_chunked(const scalar_t *A, const scalar_t *B, scalar_t *O,
     cdef scalar_t *Sk
     cdef scalar_t *carry
     cdef const scalar_t *endv
-    cdef int failed[1]
+    cdef scalar_t *state
 
-    failed[0] = 0
     if T <= 1:
-        for lane in prange(nlane, num_threads=nthreads, schedule='static'):
-            r = lane // nblk
-            blk = lane - r * nblk
-            c0 = blk * cw
-            j = (r * n + pos(0, n, reverse)) * inner + c0
-            if stream:
-                # (pages shared out only as cols_scan_shared would)
-                if cols_scan_stream(A + j, B + j, O + j, H0 + r * inner + c0,
-                                    imin(cw, inner - c0), n, step, blk,
-                                    nblk if (outer < nthreads and nblk > 1
-                                             and O != B) else 1) != 0:
-                    failed[0] = 1
-            elif outer < nthreads and nblk > 1 and O != B:
-                # (in place, O == B, the pages are mapped and hold b)
-                cols_scan_shared(A + j, B + j, O + j, H0 + r * inner + c0,
-                                 imin(cw, inner - c0), n, step, blk, nblk)
-            else:
-                cols_scan(A + j, B + j, O + j, H0 + r * inner + c0,
-                          imin(cw, inner - c0), n, step)
-        return -1 if failed[0] else 0
+        with parallel(num_threads=nthreads):
+            # with streaming stores (ws not NULL), the thread's state row
+            state = NULL
+            if ws != NULL:
+                state = <scalar_t *> scratch_block(ws, threadid())
+            for lane in prange(nlane, schedule='static'):
+                r = lane // nblk
+                blk = lane - r * nblk
+                c0 = blk * cw
+                j = (r * n + pos(0, n, reverse)) * inner + c0
+                if ws != NULL:
+                    # (pages shared out only as cols_scan_shared would)
+                    if state != NULL:
+                        cols_scan_stream(A + j, B + j, O + j,
+                                         H0 + r * inner + c0, state,
+                                         imin(cw, inner - c0), n, step, blk,
+                                         nblk if (outer < nthreads and nblk > 1
+                                                  and O != B) else 1)
+                elif outer < nthreads and nblk > 1 and O != B:
+                    # (in place, O == B, the pages are mapped and hold b)
+                    cols_scan_shared(A + j, B + j, O + j, H0 + r * inner + c0,
+                                     imin(cw, inner - c0), n, step, blk, nblk)
+                else:
+                    cols_scan(A + j, B + j, O + j, H0 + r * inner + c0,
+                              imin(cw, inner - c0), n, step)
+        return 0
     # per (lane, span k): P (decay product), S (state from zero), carry
     agg = <scalar_t *> malloc(nlane * (T + 1) * 3 * cw * sizeof(scalar_t))
     if agg == NULL:
@@ -392,6 +394,8 @@ def scan(plan, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
     cdef scalar_t *O
     cdef const scalar_t *H
     cdef scalar_t *zeros = NULL
+    cdef Scratch scr
+    cdef scratch_t *ws = NULL
     if (a.shape[0], a.shape[1], a.shape[2]) != (outer, n, inner):
         raise ValueError(f"`a` must have the shape of `out`, {(outer, n, inner)}, "
                          f"got {(a.shape[0], a.shape[1], a.shape[2])}")
@@ -421,22 +425,32 @@ def scan(plan, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
         H = &h0[0, 0]
     size = imin(size, n)
     block_width = imin(block_width, inner)
+    if stream and method != RUN_ASSOCIATIVE:
+        # streaming stores keep the state in a row per thread (one thread
+        # for the sequential scan, which walks whole rows)
+        try:
+            scr = Scratch(1 if method == RUN_SEQUENTIAL else num_threads,
+                          inner if method == RUN_SEQUENTIAL else block_width,
+                          sizeof(scalar_t), "the column scan's state rows")
+        except MemoryError:
+            free(zeros)
+            raise
+        ws = &scr.s
     with nogil:
         if method == RUN_SEQUENTIAL:
             step = -inner if reverse else inner
             for o in range(outer):
                 j = (o * n + pos(0, n, reverse)) * inner
-                if stream:
-                    if cols_scan_stream(A + j, B + j, O + j, H + o * inner,
-                                        inner, n, step, 0, 1) != 0:
-                        status = -1
-                        break
+                if ws != NULL:
+                    cols_scan_stream(A + j, B + j, O + j, H + o * inner,
+                                     <scalar_t *> scratch_block(ws, 0), inner,
+                                     n, step, 0, 1)
                 else:
                     cols_scan(A + j, B + j, O + j, H + o * inner, inner, n,
                               step)
         elif method == RUN_CHUNKED:
             status = cols_chunked(A, B, O, H, outer, n, inner, reverse,
-                                  block_width, splits, lead, stream,
+                                  block_width, splits, lead, ws,
                                   num_threads)
         else:
             status = cols_associative(A, B, O, H, outer, n, inner, reverse,
@@ -444,3 +458,5 @@ def scan(plan, const scalar_t[:, :, ::1] a, const scalar_t[:, :, ::1] b,
     free(zeros)
     if status != 0:
         raise MemoryError("could not allocate the scan's scratch memory")
+    if ws != NULL:
+        scr.finish()

@@ -41,10 +41,11 @@ Causal convolution. Per channel, out[t] = bias + sum_k w[k] xpad[t + k] with
 xpad = (initial states, x), evaluated tap by tap with t innermost
 (vectorised), the first width-1 outputs reading the initial states.
 """
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport cos, cosf, fabs, sin, sinf, INFINITY
 from libc.stdlib cimport malloc, free
 
+from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
 from zilla_muf._vmath cimport vexp, vsincos, vsincos_max
 
@@ -247,18 +248,28 @@ cdef enum:
     SEL_BLOCK = 1024
 
 
-cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
-                   const real_t *A, const real_t *B, Py_ssize_t *bl,
-                   const real_t *C, Py_ssize_t *cl, const real_t *Dv,
-                   const real_t *bias, bint softplus, const real_t *H0,
-                   real_t *Y, real_t *HL, const long long *SEQ,
-                   Py_ssize_t batch, Py_ssize_t dim,
-                   Py_ssize_t N, Py_ssize_t L, int nthreads) noexcept nogil:
-    """All channels, `nthreads` threads; -1 when scratch cannot be had.
+cdef inline Py_ssize_t time_block(Py_ssize_t L) noexcept nogil:
+    """Steps of a time block of the real scan (see SEL_BLOCK)."""
+    return SEL_BLOCK if L > SEL_BLOCK else (L if L > 0 else 1)
 
-    Per-thread scratch: the state and a block of decays (zm_sel_scratch),
-    the channel's steps and gates over a time block, and a zero state.
-    Dynamically scheduled groups of channels (see SEL_GROUP).
+
+cdef inline Py_ssize_t real_scratch(Py_ssize_t N, Py_ssize_t L) noexcept nogil:
+    """Elements of scan_real's per-thread scratch: the state and a block
+    of decays (zm_sel_scratch), the channel's steps and gates over a time
+    block, and a zero state."""
+    return zm_sel_scratch(N) + 2 * time_block(L) + N + 1
+
+
+cdef void scan_real(const real_t *U, const real_t *DL, const real_t *Z,
+                    const real_t *A, const real_t *B, Py_ssize_t *bl,
+                    const real_t *C, Py_ssize_t *cl, const real_t *Dv,
+                    const real_t *bias, bint softplus, const real_t *H0,
+                    real_t *Y, real_t *HL, const long long *SEQ,
+                    Py_ssize_t batch, Py_ssize_t dim,
+                    Py_ssize_t N, Py_ssize_t L, scratch_t *ws) noexcept nogil:
+    """All channels, one thread per block of `ws` (real_scratch(N, L)
+    elements each). Dynamically scheduled groups of channels (see
+    SEL_GROUP).
     """
     cdef Py_ssize_t grp, ch, ch0, ch1, b, d, t0, tb, n, ngroups, TB
     cdef real_t *h
@@ -267,16 +278,11 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
     cdef real_t *zero
     cdef const real_t *hin
     cdef const long long *sq
-    cdef int status = 0
-    cdef int *failed = &status    # shared: plain assignments are private
-    TB = SEL_BLOCK if L > SEL_BLOCK else (L if L > 0 else 1)
+    TB = time_block(L)
     ngroups = (batch * dim + SEL_GROUP - 1) // SEL_GROUP
-    with parallel(num_threads=nthreads):
-        h = <real_t *> malloc((zm_sel_scratch(N) + 2 * TB + N + 1)
-                              * sizeof(real_t))
-        if h == NULL:
-            failed[0] = -1
-        else:
+    with parallel(num_threads=ws.nthreads):
+        h = <real_t *> scratch_block(ws, threadid())
+        if h != NULL:
             dts = h + zm_sel_scratch(N)
             g = dts + TB
             zero = g + TB
@@ -317,32 +323,27 @@ cdef int scan_real(const real_t *U, const real_t *DL, const real_t *Z,
                                      Y + ch * L + t0, HL + ch * N, h,
                                      N, tb, NULL if sq == NULL else sq + t0)
                     t0 = t0 + TB
-            free(h)
-    return status
 
 
-cdef int scan_complex(const real_t *U, const real_t *DL, const real_t *Z,
-                      const real_t *Ar, const real_t *Ai,
-                      const real_t *Br, const real_t *Bi, Py_ssize_t *bl,
-                      const real_t *Cr, const real_t *Ci, Py_ssize_t *cl,
-                      const real_t *Dv, const real_t *bias, bint softplus,
-                      const real_t *H0r, const real_t *H0i, real_t *Y,
-                      real_t *HLr, real_t *HLi, const long long *SEQ,
-                      Py_ssize_t batch,
-                      Py_ssize_t dim, Py_ssize_t N, Py_ssize_t L,
-                      int nthreads) noexcept nogil:
-    """As scan_real; scratch holds the four real rows of the complex state."""
+cdef void scan_complex(const real_t *U, const real_t *DL, const real_t *Z,
+                       const real_t *Ar, const real_t *Ai,
+                       const real_t *Br, const real_t *Bi, Py_ssize_t *bl,
+                       const real_t *Cr, const real_t *Ci, Py_ssize_t *cl,
+                       const real_t *Dv, const real_t *bias, bint softplus,
+                       const real_t *H0r, const real_t *H0i, real_t *Y,
+                       real_t *HLr, real_t *HLi, const long long *SEQ,
+                       Py_ssize_t batch,
+                       Py_ssize_t dim, Py_ssize_t N, Py_ssize_t L,
+                       scratch_t *ws) noexcept nogil:
+    """As scan_real; a block of `ws` (4 (N + 1) + 2 L elements) holds the
+    four real rows of the complex state, the steps and the gates."""
     cdef Py_ssize_t ch, b, d, ob, oc
     cdef real_t *s
     cdef real_t *dts
     cdef real_t *g
-    cdef int status = 0
-    cdef int *failed = &status    # shared: plain assignments are private
-    with parallel(num_threads=nthreads):
-        s = <real_t *> malloc((4 * (N + 1) + 2 * L) * sizeof(real_t))
-        if s == NULL:
-            failed[0] = -1
-        else:
+    with parallel(num_threads=ws.nthreads):
+        s = <real_t *> scratch_block(ws, threadid())
+        if s != NULL:
             dts = s + 4 * (N + 1)
             g = dts + L
             for ch in prange(batch * dim, schedule='dynamic', chunksize=8):
@@ -364,8 +365,6 @@ cdef int scan_complex(const real_t *U, const real_t *DL, const real_t *Z,
                                 s, s + (N + 1), s + 2 * (N + 1),
                                 s + 3 * (N + 1), N, L,
                                 NULL if SEQ == NULL else SEQ + b * L)
-            free(s)
-    return status
 
 
 cdef inline bint same3(const real_t[:, :, ::1] a, Py_ssize_t n0, Py_ssize_t n1,
@@ -413,7 +412,8 @@ def selective_scan_real(const real_t[:, :, ::1] u,
     cdef const real_t *Dp = NULL
     cdef const real_t *biasp = NULL
     cdef const long long *SEQ = NULL
-    cdef int status
+    cdef Scratch scr
+    cdef scratch_t *ws
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
     if seq is not None and (seq.shape[0] != batch or seq.shape[1] != L):
@@ -439,8 +439,11 @@ def selective_scan_real(const real_t[:, :, ::1] u,
         Dp = &D[0]
     if delta_bias is not None:
         biasp = &delta_bias[0]
+    scr = Scratch(num_threads, real_scratch(N, L), sizeof(real_t),
+                  "the selective scan's per-thread scratch")
+    ws = &scr.s
     with nogil:
-        status = scan_real(
+        scan_real(
             &u[0, 0, 0] if L > 0 else NULL, &delta[0, 0, 0] if L > 0 else NULL,
             Z, &A[0, 0] if N > 0 else NULL,
             &B[0] if B.shape[0] > 0 else NULL, &b_layout[0],
@@ -449,9 +452,8 @@ def selective_scan_real(const real_t[:, :, ::1] u,
             &h0[0, 0, 0] if N > 0 else NULL,
             &y[0, 0, 0] if L > 0 else NULL,
             &last_state[0, 0, 0] if N > 0 else NULL, SEQ,
-            batch, dim, N, L, num_threads)
-    if status != 0:
-        raise MemoryError("could not allocate the scan's scratch memory")
+            batch, dim, N, L, ws)
+    scr.finish()
 
 
 def selective_scan_complex(const real_t[:, :, ::1] u,
@@ -477,7 +479,8 @@ def selective_scan_complex(const real_t[:, :, ::1] u,
     cdef const real_t *Dp = NULL
     cdef const real_t *biasp = NULL
     cdef const long long *SEQ = NULL
-    cdef int status
+    cdef Scratch scr
+    cdef scratch_t *ws
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
     if seq is not None and (seq.shape[0] != batch or seq.shape[1] != L):
@@ -507,8 +510,11 @@ def selective_scan_complex(const real_t[:, :, ::1] u,
         Dp = &D[0]
     if delta_bias is not None:
         biasp = &delta_bias[0]
+    scr = Scratch(num_threads, 4 * (N + 1) + 2 * L, sizeof(real_t),
+                  "the selective scan's per-thread scratch")
+    ws = &scr.s
     with nogil:
-        status = scan_complex(
+        scan_complex(
             &u[0, 0, 0] if L > 0 else NULL, &delta[0, 0, 0] if L > 0 else NULL,
             Z, &A_re[0, 0] if N > 0 else NULL, &A_im[0, 0] if N > 0 else NULL,
             &B_re[0] if B_re.shape[0] > 0 else NULL,
@@ -521,9 +527,8 @@ def selective_scan_complex(const real_t[:, :, ::1] u,
             &y[0, 0, 0] if L > 0 else NULL,
             &last_re[0, 0, 0] if N > 0 else NULL,
             &last_im[0, 0, 0] if N > 0 else NULL, SEQ,
-            batch, dim, N, L, num_threads)
-    if status != 0:
-        raise MemoryError("could not allocate the scan's scratch memory")
+            batch, dim, N, L, ws)
+    scr.finish()
 
 
 # ---------------------------------------------------------------------------

@@ -42,9 +42,9 @@ process does not hold the others up), and the gradients do not depend on
 which thread ran a lane; indices are Py_ssize_t throughout. float32 accumulates in
 float32, as the forward does.
 """
-from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, parallel, threadid
 
+from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
 
 
@@ -232,8 +232,8 @@ def selective_scan_real_forward(const real_t[:, :, ::1] u,
     cdef real_t *dts
     cdef real_t *g
     cdef real_t *yy
-    cdef int status = 0
-    cdef int *failed = &status
+    cdef Scratch scr
+    cdef scratch_t *ws
     if num_threads < 1 or segment < 1:
         raise ValueError("num_threads and segment must be >= 1")
     nseg = (L + segment - 1) // segment
@@ -275,11 +275,12 @@ def selective_scan_real_forward(const real_t[:, :, ::1] u,
     cdef real_t *CK = &ck[0, 0, 0, 0] if N > 0 else NULL
     cdef Py_ssize_t *bl = &b_layout[0]
     cdef Py_ssize_t *cl = &c_layout[0]
-    with nogil, parallel(num_threads=num_threads):
-        buf = <real_t *> malloc((zm_sel_scratch(N) + 2 * L + 1) * sizeof(real_t))
-        if buf == NULL:
-            failed[0] = -1
-        else:
+    scr = Scratch(num_threads, zm_sel_scratch(N) + 2 * L + 1, sizeof(real_t),
+                  "the selective scan's per-thread scratch")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        buf = <real_t *> scratch_block(ws, threadid())
+        if buf != NULL:
             dts = buf + zm_sel_scratch(N)
             g = dts + L
             for ch in prange(batch * dim, schedule='dynamic', chunksize=8):
@@ -306,9 +307,7 @@ def selective_scan_real_forward(const real_t[:, :, ::1] u,
                     silu_row(Z + ch * L, g, L)
                     for t in range(L):
                         Y[ch * L + t] = yy[t] * g[t]
-            free(buf)
-    if status != 0:
-        raise MemoryError("could not allocate the scan's scratch memory")
+    scr.finish()
 
 
 def selective_scan_real_backward(const real_t[:, :, ::1] u,
@@ -345,8 +344,8 @@ def selective_scan_real_backward(const real_t[:, :, ::1] u,
     cdef Py_ssize_t ch, b, d, nseg, scratch, ob, oc, lane, c1, per
     cdef Py_ssize_t nlanes = gB.shape[0]
     cdef real_t *work
-    cdef int status = 0
-    cdef int *failed = &status
+    cdef Scratch scr
+    cdef scratch_t *ws
     if num_threads < 1 or segment < 1:
         raise ValueError("num_threads and segment must be >= 1")
     nseg = (L + segment - 1) // segment
@@ -408,11 +407,12 @@ def selective_scan_real_backward(const real_t[:, :, ::1] u,
     cdef Py_ssize_t *cl = &c_layout[0]
     scratch = zm_selb_scratch(N, segment)
     per = (batch * dim + nlanes - 1) // nlanes
-    with nogil, parallel(num_threads=num_threads):
-        work = <real_t *> malloc(scratch * sizeof(real_t))
-        if work == NULL:
-            failed[0] = -1
-        else:
+    scr = Scratch(num_threads, scratch, sizeof(real_t),
+                  "the selective scan backward's per-thread scratch")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        work = <real_t *> scratch_block(ws, threadid())
+        if work != NULL:
             for lane in prange(nlanes, schedule='dynamic', chunksize=1):
                 c1 = (lane + 1) * per if (lane + 1) * per < batch * dim \
                     else batch * dim
@@ -432,9 +432,7 @@ def selective_scan_real_backward(const real_t[:, :, ::1] u,
                         GZ + ch * L if Z != NULL else NULL, GA + ch * N,
                         GB + lane * szb + ob, GC + lane * szc + oc, GH + ch * N,
                         SU + ch * 2, work, N, L, segment)
-            free(work)
-    if status != 0:
-        raise MemoryError("could not allocate the backward's scratch memory")
+    scr.finish()
 
 def selective_scan_complex_backward(
         const real_t[:, :, ::1] u, const real_t[:, :, ::1] delta,
@@ -464,8 +462,8 @@ def selective_scan_complex_backward(
     cdef Py_ssize_t ch, b, d, scratch, ob, oc, lane, c1, per
     cdef Py_ssize_t nlanes = gB_re.shape[0]
     cdef real_t *work
-    cdef int status = 0
-    cdef int *failed = &status
+    cdef Scratch scr
+    cdef scratch_t *ws
     if num_threads < 1 or segment < 1:
         raise ValueError("num_threads and segment must be >= 1")
     if not (same3(delta, batch, dim, L) and same3(gy, batch, dim, L)
@@ -541,11 +539,12 @@ def selective_scan_complex_backward(
     cdef Py_ssize_t *cl = &c_layout[0]
     scratch = zm_selbc_scratch(N, segment, L)
     per = (batch * dim + nlanes - 1) // nlanes
-    with nogil, parallel(num_threads=num_threads):
-        work = <real_t *> malloc(scratch * sizeof(real_t))
-        if work == NULL:
-            failed[0] = -1
-        else:
+    scr = Scratch(num_threads, scratch, sizeof(real_t),
+                  "the selective scan backward's per-thread scratch")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        work = <real_t *> scratch_block(ws, threadid())
+        if work != NULL:
             for lane in prange(nlanes, schedule='dynamic', chunksize=1):
                 c1 = (lane + 1) * per if (lane + 1) * per < batch * dim \
                     else batch * dim
@@ -568,6 +567,4 @@ def selective_scan_complex_backward(
                         GCR + lane * szc + oc, GCI + lane * szc + oc,
                         GHR + ch * N, GHI + ch * N, SU + ch * 2, work, N, L,
                         segment)
-            free(work)
-    if status != 0:
-        raise MemoryError("could not allocate the backward's scratch memory")
+    scr.finish()

@@ -45,15 +45,16 @@ read by every head of the group.
 Parallel tasks: (batch, head) for the fused scan, the sequential recurrence
 and the state passing; (batch, chunk, head) for the chunk-state and
 chunk-scan stages; (batch, group, chunk) for the shared C B^T. Per-thread
-scratch is O(chunk_size^2 + (chunk_size + dstate) * headdim); no
+scratch (a _scratch.Scratch block) is O(chunk_size^2 + (chunk_size +
+dstate) * headdim); no
 per-position state and no (L, L) matrix per head
 and chunk is ever stored beyond the one a thread works on.
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport exp, expf, fabs, log1p
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
 
+from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
 from zilla_muf._vmath cimport vexp, zm_softplusf
 
@@ -167,38 +168,6 @@ cdef inline Py_ssize_t imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
-cdef class Scratch:
-    """Per-thread scratch: `nthreads` blocks of `per_thread` elements, and a
-    record of which threads ran (the kernels report their thread count)."""
-    cdef void *buf
-    cdef int *seen
-    cdef Py_ssize_t per_thread
-    cdef int nthreads
-
-    def __cinit__(self, int nthreads, Py_ssize_t per_thread, Py_ssize_t itemsize):
-        self.nthreads = nthreads
-        self.per_thread = per_thread
-        self.buf = malloc(nthreads * per_thread * itemsize + 64)
-        self.seen = <int *> malloc((nthreads + 1) * sizeof(int))
-        if self.buf == NULL or self.seen == NULL:
-            raise MemoryError("could not allocate the SSD kernels' scratch memory")
-        memset(self.seen, 0, (nthreads + 1) * sizeof(int))
-
-    def __dealloc__(self):
-        free(self.buf)
-        free(self.seen)
-
-    cdef inline void mark(self, int tid) noexcept nogil:
-        if 0 <= tid <= self.nthreads:
-            self.seen[tid] = 1
-
-    def count(self):
-        cdef int t, n = 0
-        for t in range(self.nthreads + 1):
-            n += self.seen[t]
-        return n
-
-
 cdef inline Py_ssize_t vector_width(real_t *dummy) noexcept nogil:
     if real_t is float:
         return ZM_VWF
@@ -254,14 +223,14 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef zm_ssd_walk_args_f *taf = NULL
     cdef zm_ssd_walk_args_d *tad = NULL
     cdef Scratch scr, cbs
-    cdef real_t *buf
+    cdef scratch_t *ws
+    cdef real_t *work
     cdef real_t *cb = NULL
     cdef const long long *sq0 = NULL
     cdef const real_t *ini0 = NULL
     cdef real_t *end0 = NULL
     cdef const real_t *D0 = NULL
     cdef const real_t *z0 = NULL
-    cdef int tid
     _require(chunk_size >= 1 and num_threads >= 1,
              "chunk_size and num_threads must be >= 1")
     _require(G >= 1 and H % G == 0 and B.shape[0] == nb and B.shape[1] == L,
@@ -296,26 +265,29 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     mp = (cm + vw - 1) // vw * vw
     cbsz = cm * mp
     scr = Scratch(num_threads, zm_ssd_scratch(cm, P, N, vw, sizeof(real_t)),
-                  sizeof(real_t))
-    buf = <real_t *> scr.buf
+                  sizeof(real_t), "the SSD scan's per-thread scratch")
+    ws = &scr.s
     if share_cb and H // G > 1:
-        cbs = Scratch(1, nb * G * nch * cbsz, sizeof(real_t))
-        cb = <real_t *> cbs.buf
-        for task in prange(nb * G * nch, num_threads=num_threads,
-                           schedule='static', nogil=True):
-            tid = threadid()
-            b = task // (G * nch)
-            g = (task // nch) % G
-            c = task % nch
-            t0 = c * chunk_size
-            if real_t is float:
-                zm_ssd_cb_f(cb + task * cbsz, mp, &C[b, t0, g, 0],
-                            &B[b, t0, g, 0], G * N, imin(chunk_size, L - t0),
-                            N, buf + tid * scr.per_thread)
-            else:
-                zm_ssd_cb_d(cb + task * cbsz, mp, &C[b, t0, g, 0],
-                            &B[b, t0, g, 0], G * N, imin(chunk_size, L - t0),
-                            N, buf + tid * scr.per_thread)
+        cbs = Scratch(1, nb * G * nch * cbsz, sizeof(real_t),
+                      "the SSD scan's shared C B^T")
+        cb = <real_t *> cbs.s.base
+        with nogil, parallel(num_threads=ws.nthreads):
+            work = <real_t *> scratch_block(ws, threadid())
+            for task in prange(nb * G * nch, schedule='static'):
+                if work == NULL:
+                    continue
+                b = task // (G * nch)
+                g = (task // nch) % G
+                c = task % nch
+                t0 = c * chunk_size
+                if real_t is float:
+                    zm_ssd_cb_f(cb + task * cbsz, mp, &C[b, t0, g, 0],
+                                &B[b, t0, g, 0], G * N,
+                                imin(chunk_size, L - t0), N, work)
+                else:
+                    zm_ssd_cb_d(cb + task * cbsz, mp, &C[b, t0, g, 0],
+                                &B[b, t0, g, 0], G * N,
+                                imin(chunk_size, L - t0), N, work)
     # optional operands as base pointers (NULL when absent), taken with the GIL
     if seq is not None:
         sq0 = &seq[0, 0]
@@ -414,19 +386,22 @@ def combined(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
             else:
                 tad[task].c0 = c0
                 tad[task].c1 = c0 + bc
-        with nogil, parallel(num_threads=num_threads):
-            tid = threadid()
-            scr.mark(tid)   # every thread of the team reports, tasks or not
+        with nogil, parallel(num_threads=ws.nthreads):
+            # every thread of the team takes its block (and so reports),
+            # tasks or not
+            work = <real_t *> scratch_block(ws, threadid())
             for task in prange(nb * H, schedule='dynamic'):
+                if work == NULL:
+                    continue
                 if real_t is float:
-                    zm_ssd_walk_f(&taf[task], buf + tid * scr.per_thread)
+                    zm_ssd_walk_f(&taf[task], work)
                 else:
-                    zm_ssd_walk_d(&tad[task], buf + tid * scr.per_thread)
+                    zm_ssd_walk_d(&tad[task], work)
     if real_t is float:
         free(taf)
     else:
         free(tad)
-    return scr.count()
+    return scr.finish()
 
 
 # ---------------------------------------------------------------------------
@@ -533,7 +508,6 @@ cdef int run_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t task, b, c, h, g, t0, m, cm = imin(chunk_size, L)
     cdef Py_ssize_t PN = P * N
-    cdef int tid
     cdef const long long *sq0 = NULL
     cdef const long long *sq
     cdef real_t *y0 = NULL
@@ -545,8 +519,10 @@ cdef int run_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
                                zm_ssd_scratch(cm, P, N,
                                               vector_width(<real_t *> NULL),
                                               sizeof(real_t)),
-                               sizeof(real_t))
-    cdef real_t *buf = <real_t *> scr.buf
+                               sizeof(real_t),
+                               "the SSD chunk stage's per-thread scratch")
+    cdef scratch_t *ws = &scr.s
+    cdef real_t *work
     cdef const real_t *states_in = NULL
     cdef real_t *states_out = NULL
     if seq is not None:
@@ -556,10 +532,11 @@ cdef int run_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         states_in = &sin[0, 0, 0, 0, 0]
     else:
         states_out = &sout[0, 0, 0, 0, 0]
-    with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
-        scr.mark(tid)
+    with nogil, parallel(num_threads=ws.nthreads):
+        work = <real_t *> scratch_block(ws, threadid())
         for task in prange(nb * nch * H, schedule='dynamic'):
+            if work == NULL:
+                continue
             b = task // (nch * H)
             c = (task // H) % nch
             h = task % H
@@ -580,12 +557,12 @@ cdef int run_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
             if real_t is float:
                 zm_ssd_stage_f(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
                                &dt[b, h, t0], &dA[b, h, t0], sq, sti, sto, H * P,
-                               G * N, m, cm, P, N, buf + tid * scr.per_thread)
+                               G * N, m, cm, P, N, work)
             else:
                 zm_ssd_stage_d(&x[b, t0, h, 0], yp, &B[b, t0, g, 0], cp,
                                &dt[b, h, t0], &dA[b, h, t0], sq, sti, sto, H * P,
-                               G * N, m, cm, P, N, buf + tid * scr.per_thread)
-    return scr.count()
+                               G * N, m, cm, P, N, work)
+    return scr.finish()
 
 
 cdef object check_stage(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,

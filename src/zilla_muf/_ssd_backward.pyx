@@ -54,14 +54,14 @@ the boundary. Exponents are differences of decay sums inside one segment,
 clamped to <= 0 when the sums never grow; decays below the square root of
 the smallest normal number are set to 0.
 
-Per-thread scratch: O(chunk_size^2 + chunk_size (headdim + dstate) +
-headdim dstate). Indices are Py_ssize_t (ptrdiff_t in C) throughout.
+Per-thread scratch (a _scratch.Scratch block: large ones on huge pages):
+O(chunk_size^2 + chunk_size (headdim + dstate) + headdim dstate). Indices
+are Py_ssize_t (ptrdiff_t in C) throughout.
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset
 
-import numpy as np
-
+from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
 
 
@@ -113,9 +113,6 @@ cdef extern from "_ssdbwd.h" nogil:
     void zm_ssdb_grad_task_d(const zm_ssdb_problem *pr, Py_ssize_t task, double *work)
 
 
-# Huge pages (see _Work).
-cdef Py_ssize_t _HUGE = 1 << 21
-
 # Positions of a block of the forward walk on one thread (see forward).
 cdef Py_ssize_t _BLOCK_TOKENS = 1024
 
@@ -154,31 +151,6 @@ def padded(Py_ssize_t n, bint single):
     """n rounded up to the kernels' vector width (float32 when `single`):
     the last axis (headdim) of the kept states and adjoints."""
     return rnd(n, ZM_VWF if single else ZM_VWD)
-
-
-cdef class _Work:
-    """Scratch memory: `nthreads` blocks of `per_thread` elements. Taken
-    from NumPy's allocator, which asks the system for huge pages for blocks
-    of 4 MB or more; a block of 1 MB or more starts at a 2 MB boundary
-    (only whole aligned 2 MB pages can be huge). Small pages are mapped
-    4 KB at a time on first touch, a page fault each: for the adjoints'
-    block, about as costly as the pass that writes it."""
-    cdef object arr
-    cdef void *buf
-    cdef Py_ssize_t per_thread
-
-    def __cinit__(self, int nthreads, Py_ssize_t per_thread, Py_ssize_t itemsize):
-        cdef unsigned char[::1] mem
-        cdef Py_ssize_t n = nthreads * per_thread * itemsize, align = 64
-        self.per_thread = per_thread
-        if n >= _HUGE // 2:
-            align = _HUGE
-            n = max(n, 2 * _HUGE)
-        self.arr = np.empty(n + align, dtype=np.uint8)
-        mem = self.arr
-        self.buf = &mem[0]
-        self.buf = <void *> (<char *> self.buf
-                             + (-<size_t> self.buf) % <size_t> align)
 
 
 cdef void common(zm_ssdb_problem *pr, const real_t[:, :, :, ::1] x,
@@ -249,9 +221,9 @@ def forward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t task, vw, per, ntask, bc, c0
     cdef zm_ssdb_problem pr
-    cdef _Work work, cbw
-    cdef real_t *buf
-    cdef int tid
+    cdef Scratch scr, cbs
+    cdef scratch_t *ws
+    cdef real_t *work
     check_common(x, dt, dA, B, C, seq, states, chunk_size, num_threads)
     _require(y0 is None or shape4(y0, nb, L, H, P), "y0 must have the shape of x")
     _require((y is None) == (z is None or y0 is None),
@@ -281,20 +253,24 @@ def forward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     if seq is not None:
         pr.seq = &seq[0, 0]
     per = zm_ssd_scratch(pr.cm, P, N, vw, sizeof(real_t))
-    work = _Work(num_threads, per, sizeof(real_t))
-    buf = <real_t *> work.buf
+    scr = Scratch(num_threads, per, sizeof(real_t),
+                  "the SSD forward walk's per-thread scratch")
+    ws = &scr.s
     if y0 is not None and H // G > 1:
         # C B^T once per (batch, group, chunk), read by every head
         ntask = nb * G * pr.nch
-        cbw = _Work(1, ntask * pr.cm * pr.mp, sizeof(real_t))
-        pr.cb = cbw.buf
-        for task in prange(ntask, num_threads=num_threads, schedule='static',
-                           nogil=True):
-            tid = threadid()
-            if real_t is float:
-                zm_ssdb_cb_task_f(&pr, task, buf + tid * per)
-            else:
-                zm_ssdb_cb_task_d(&pr, task, buf + tid * per)
+        cbs = Scratch(1, ntask * pr.cm * pr.mp, sizeof(real_t),
+                      "the SSD forward walk's shared C B^T")
+        pr.cb = cbs.s.base
+        with nogil, parallel(num_threads=ws.nthreads):
+            work = <real_t *> scratch_block(ws, threadid())
+            for task in prange(ntask, schedule='static'):
+                if work == NULL:
+                    continue
+                if real_t is float:
+                    zm_ssdb_cb_task_f(&pr, task, work)
+                else:
+                    zm_ssdb_cb_task_d(&pr, task, work)
     # on one thread the rows are walked in blocks of about _BLOCK_TOKENS
     # positions, every task through one block before the next (the heads
     # of a group then read the block's B, C and C B^T from cache), as the
@@ -303,13 +279,16 @@ def forward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     for c0 in range(0, pr.nch, bc):
         pr.c0 = c0
         pr.c1 = c0 + bc
-        with nogil, parallel(num_threads=num_threads):
-            tid = threadid()
+        with nogil, parallel(num_threads=ws.nthreads):
+            work = <real_t *> scratch_block(ws, threadid())
             for task in prange(nb * H, schedule='dynamic'):
+                if work == NULL:
+                    continue
                 if real_t is float:
-                    zm_ssdb_fwd_task_f(&pr, task, buf + tid * per)
+                    zm_ssdb_fwd_task_f(&pr, task, work)
                 else:
-                    zm_ssdb_fwd_task_d(&pr, task, buf + tid * per)
+                    zm_ssdb_fwd_task_d(&pr, task, work)
+    scr.finish()
 
 
 def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
@@ -344,9 +323,9 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
     cdef Py_ssize_t task, vw, per, nch, per_chunk, blk, c0
     cdef zm_ssdb_problem pr
-    cdef _Work work, dsw, runw
-    cdef real_t *buf
-    cdef int tid
+    cdef Scratch scr, dsw, runw
+    cdef scratch_t *ws
+    cdef real_t *work
     check_common(x, dt, dA, B, C, seq, states, chunk_size, num_threads)
     nch = (L + chunk_size - 1) // chunk_size
     vw = vector_width(<real_t *> NULL)
@@ -399,27 +378,35 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         pr.y0c = &y0[0, 0, 0, 0]
         pr.gz = &gz[0, 0, 0, 0]
     per = zm_ssdb_scratch(pr.cm, P, N, vw, sizeof(real_t))
-    work = _Work(num_threads, per, sizeof(real_t))
-    buf = <real_t *> work.buf
+    scr = Scratch(num_threads, per, sizeof(real_t),
+                  "the SSD backward's per-thread scratch")
+    ws = &scr.s
     per_chunk = nb * H * N * pr.Pp
     blk = max(1, min(nch, block_bytes // (per_chunk * sizeof(real_t))))
     pr.blk = blk
-    dsw = _Work(1, per_chunk * blk, sizeof(real_t))
-    runw = _Work(1, per_chunk, sizeof(real_t))
-    pr.dstates = dsw.buf
-    pr.run = runw.buf
+    dsw = Scratch(1, per_chunk * blk, sizeof(real_t),
+                  "the SSD backward's block of state adjoints")
+    runw = Scratch(1, per_chunk, sizeof(real_t),
+                   "the SSD backward's running state adjoints")
+    pr.dstates = dsw.s.base
+    pr.run = runw.s.base
     for c0 in range((nch - 1) // blk * blk, -1, -blk):
         pr.c0 = c0
         pr.c1 = min(nch, c0 + blk)
-        with nogil, parallel(num_threads=num_threads):
-            tid = threadid()
+        with nogil, parallel(num_threads=ws.nthreads):
+            work = <real_t *> scratch_block(ws, threadid())
             for task in prange(nb * H, schedule='dynamic'):
+                if work == NULL:
+                    continue
                 if real_t is float:
-                    zm_ssdb_adj_task_f(&pr, task, buf + tid * per)
+                    zm_ssdb_adj_task_f(&pr, task, work)
                 else:
-                    zm_ssdb_adj_task_d(&pr, task, buf + tid * per)
+                    zm_ssdb_adj_task_d(&pr, task, work)
             for task in prange(nb * G * (pr.c1 - c0), schedule='dynamic'):
+                if work == NULL:
+                    continue
                 if real_t is float:
-                    zm_ssdb_grad_task_f(&pr, task, buf + tid * per)
+                    zm_ssdb_grad_task_f(&pr, task, work)
                 else:
-                    zm_ssdb_grad_task_d(&pr, task, buf + tid * per)
+                    zm_ssdb_grad_task_d(&pr, task, work)
+    scr.finish()

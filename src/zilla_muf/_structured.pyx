@@ -36,12 +36,14 @@ kernel, node vector or signal is never copied per output row.
   sum per task, reduced by the caller in a fixed order (the split does not
   depend on the thread count, so results do not either).
 
-All indices are Py_ssize_t; scratch is per task (stack or malloc).
+All indices are Py_ssize_t; scratch is per task on the stack, or per
+thread (the power tables: a _scratch.Scratch block).
 """
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport atan2, cos, exp, fabs, fabsf, hypot, log, log1p, sin
 from libc.stdlib cimport free, malloc
 
+from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
 from zilla_muf._vmath cimport vinv_scale
 
@@ -356,15 +358,14 @@ cdef void power_table(const real_t *lam, Py_ssize_t ng, double *loglam,
             Ti[i * si + j * sj] = <real_t> di[j]
 
 
-cdef int vdm_task(const real_t *lam, const real_t *w, Py_ssize_t N,
-                  real_t *o, Py_ssize_t la, Py_ssize_t lb,
-                  bint conj_pairs) noexcept nogil:
+cdef void vdm_task(const real_t *lam, const real_t *w, Py_ssize_t N,
+                   real_t *o, Py_ssize_t la, Py_ssize_t lb,
+                   bint conj_pairs, real_t *T) noexcept nogil:
     """o[l] = sum_i w_i lam_i^l for la <= l < lb (o points at l = 0).
 
-    Interleaved complex o, or real 2 Re(...) when conj_pairs. Returns 0,
-    or 1 when the table could not be allocated.
+    Interleaved complex o, or real 2 Re(...) when conj_pairs. T: the power
+    table, 2 POLE_GROUP POW_BLOCK elements.
     """
-    cdef real_t *T = <real_t *> malloc(2 * POLE_GROUP * POW_BLOCK * sizeof(real_t))
     cdef double loglam[2 * POLE_GROUP]
     cdef real_t cr[POLE_GROUP]
     cdef real_t ci[POLE_GROUP]
@@ -377,8 +378,6 @@ cdef int vdm_task(const real_t *lam, const real_t *w, Py_ssize_t N,
     cdef Py_ssize_t gi, g, ng, bi, i, j, l0, m
     cdef double er, ei, wr, wi
     cdef real_t c_r, c_i
-    if T == NULL:
-        return 1
     Tr = T
     Ti = T + POLE_GROUP * POW_BLOCK
     for gi in range((N + POLE_GROUP - 1) // POLE_GROUP):
@@ -424,8 +423,6 @@ cdef int vdm_task(const real_t *lam, const real_t *w, Py_ssize_t N,
                 for j in range(m):
                     o[2 * (l0 + j)] = o[2 * (l0 + j)] + ar[j]
                     o[2 * (l0 + j) + 1] = o[2 * (l0 + j) + 1] + ai[j]
-    free(T)
-    return 0
 
 
 def vandermonde(const real_t[:, ::1] poles, const real_t[:, ::1] weights,
@@ -436,7 +433,9 @@ def vandermonde(const real_t[:, ::1] poles, const real_t[:, ::1] weights,
     cdef Py_ssize_t rows = out.shape[0], N = poles.shape[1] // 2
     cdef Py_ssize_t L = out.shape[1] if conj_pairs else out.shape[1] // 2
     cdef Py_ssize_t nsplit, task, r, s, ostride
-    cdef int failed = 0
+    cdef Scratch scr
+    cdef scratch_t *ws
+    cdef real_t *tab
     cdef const real_t *LP
     cdef const real_t *WP
     cdef real_t *OP
@@ -455,22 +454,26 @@ def vandermonde(const real_t[:, ::1] poles, const real_t[:, ::1] weights,
     OP = &out[0, 0]
     ostride = out.shape[1]
     nsplit = (L + split - 1) // split
-    with nogil:
-        for task in prange(rows * nsplit, num_threads=num_threads,
-                           schedule='static'):
+    scr = Scratch(num_threads, 2 * POLE_GROUP * POW_BLOCK, sizeof(real_t),
+                  "the power tables")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        tab = <real_t *> scratch_block(ws, threadid())
+        for task in prange(rows * nsplit, schedule='static'):
+            if tab == NULL:
+                continue
             r = task // nsplit
             s = task - r * nsplit
-            failed += vdm_task(LP + r * 2 * N, WP + r * 2 * N, N,
-                               OP + r * ostride, s * split,
-                               imin(L, (s + 1) * split), conj_pairs)
-    if failed != 0:
-        raise MemoryError("could not allocate the power tables")
+            vdm_task(LP + r * 2 * N, WP + r * 2 * N, N, OP + r * ostride,
+                     s * split, imin(L, (s + 1) * split), conj_pairs, tab)
+    scr.finish()
 
 
-cdef int vdm_rtask(const real_t *lam, Py_ssize_t N, const real_t *v,
-                   real_t *o, Py_ssize_t la, Py_ssize_t lb) noexcept nogil:
-    """o[i] = sum_{la <= l < lb} lam_i^l v[l] (interleaved complex)."""
-    cdef real_t *T = <real_t *> malloc(2 * POLE_GROUP * POW_BLOCK * sizeof(real_t))
+cdef void vdm_rtask(const real_t *lam, Py_ssize_t N, const real_t *v,
+                    real_t *o, Py_ssize_t la, Py_ssize_t lb,
+                    real_t *T) noexcept nogil:
+    """o[i] = sum_{la <= l < lb} lam_i^l v[l] (interleaved complex); T
+    the power table, as vdm_task's."""
     cdef double loglam[2 * POLE_GROUP]
     cdef double accr[POLE_GROUP]
     cdef double acci[POLE_GROUP]
@@ -483,8 +486,6 @@ cdef int vdm_rtask(const real_t *lam, Py_ssize_t N, const real_t *v,
     cdef Py_ssize_t gi, g, ng, bi, i, j, l0, m
     cdef real_t vr, vi
     cdef double er, ei, xr, xi
-    if T == NULL:
-        return 1
     Tr = T
     Ti = T + POLE_GROUP * POW_BLOCK
     for gi in range((N + POLE_GROUP - 1) // POLE_GROUP):
@@ -519,8 +520,6 @@ cdef int vdm_rtask(const real_t *lam, Py_ssize_t N, const real_t *v,
         for i in range(ng):
             o[2 * (g + i)] = <real_t> accr[i]
             o[2 * (g + i) + 1] = <real_t> acci[i]
-    free(T)
-    return 0
 
 
 def vandermonde_transpose(const real_t[:, ::1] poles, const real_t[:, ::1] v,
@@ -532,7 +531,9 @@ def vandermonde_transpose(const real_t[:, ::1] poles, const real_t[:, ::1] v,
     cdef Py_ssize_t rows = out.shape[0], nsplit = out.shape[1]
     cdef Py_ssize_t N = poles.shape[1] // 2, L = v.shape[1] // 2
     cdef Py_ssize_t task, r, s
-    cdef int failed = 0
+    cdef Scratch scr
+    cdef scratch_t *ws
+    cdef real_t *tab
     cdef const real_t *LP
     cdef const real_t *VP
     cdef real_t *OP
@@ -549,16 +550,20 @@ def vandermonde_transpose(const real_t[:, ::1] poles, const real_t[:, ::1] v,
     LP = &poles[0, 0]
     VP = &v[0, 0]
     OP = &out[0, 0, 0]
-    with nogil:
-        for task in prange(rows * nsplit, num_threads=num_threads,
-                           schedule='static'):
+    scr = Scratch(num_threads, 2 * POLE_GROUP * POW_BLOCK, sizeof(real_t),
+                  "the power tables")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        tab = <real_t *> scratch_block(ws, threadid())
+        for task in prange(rows * nsplit, schedule='static'):
+            if tab == NULL:
+                continue
             r = task // nsplit
             s = task - r * nsplit
-            failed += vdm_rtask(LP + r * 2 * N, N, VP + vmap[r] * 2 * L,
-                                OP + task * 2 * N, s * split,
-                                imin(L, (s + 1) * split))
-    if failed != 0:
-        raise MemoryError("could not allocate the power tables")
+            vdm_rtask(LP + r * 2 * N, N, VP + vmap[r] * 2 * L,
+                      OP + task * 2 * N, s * split, imin(L, (s + 1) * split),
+                      tab)
+    scr.finish()
 
 
 # ---------------------------------------------------------------------------

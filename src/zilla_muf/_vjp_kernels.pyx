@@ -113,11 +113,11 @@ Design
   over threads (static); gw is summed in double per block into a row of
   partials, which the caller reduces in order.
 """
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 
 from libc.math cimport atan2, cos, exp, expm1, hypot, log, log1p, sin, sqrt
-from libc.stdlib cimport free, malloc
 
+from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
 
 cdef enum:
@@ -616,11 +616,11 @@ cdef inline void pow_from_log(double lr, double li, double t, double *er,
         ei[0] = mag * sin(t * li)
 
 
-cdef int vdm_back_task(const double *p, Py_ssize_t ng, const double *v,
-                       Py_ssize_t L, bint real_v, double *s0,
-                       double *s1) noexcept nogil:
-    """S0 and S1 (interleaved) of ng <= VG poles; see the Design."""
-    cdef double *Tr = <double *> malloc(2 * VG * VB * sizeof(double))
+cdef void vdm_back_task(const double *p, Py_ssize_t ng, const double *v,
+                        Py_ssize_t L, bint real_v, double *s0, double *s1,
+                        double *Tr) noexcept nogil:
+    """S0 and S1 (interleaved) of ng <= VG poles; see the Design. Tr: the
+    power table, 2 VG VB values."""
     cdef double *Ti
     cdef double lr[VG]
     cdef double li[VG]
@@ -634,8 +634,6 @@ cdef int vdm_back_task(const double *p, Py_ssize_t ng, const double *v,
     cdef double S1i[VG]
     cdef double qr, qi, xr, xi, v0r, v0i, v1r, v1i, er, ei, f, tr, ti
     cdef Py_ssize_t i, j, k, l0, m
-    if Tr == NULL:
-        return 1
     Ti = Tr + VG * VB
     # the table T[j * VG + i] = p_i^j by doubling
     for i in range(ng):
@@ -710,8 +708,6 @@ cdef int vdm_back_task(const double *p, Py_ssize_t ng, const double *v,
         s0[2 * i + 1] = S0i[i]
         s1[2 * i] = S1r[i]
         s1[2 * i + 1] = S1i[i]
-    free(Tr)
-    return 0
 
 
 def vandermonde_backward(const double[:, ::1] poles, const double[:, ::1] v,
@@ -723,7 +719,9 @@ def vandermonde_backward(const double[:, ::1] poles, const double[:, ::1] v,
     cdef Py_ssize_t L = v.shape[1] if real_v else v.shape[1] // 2
     cdef Py_ssize_t ngroups = (N + VG - 1) // VG
     cdef Py_ssize_t task, r, g, ng
-    cdef int failed = 0
+    cdef Scratch scr
+    cdef scratch_t *ws
+    cdef double *tab
     if (v.shape[0] != rows or s0.shape[0] != rows or s1.shape[0] != rows
             or s0.shape[1] != 2 * N or s1.shape[1] != 2 * N
             or poles.shape[1] != 2 * N or (not real_v and v.shape[1] % 2)):
@@ -734,16 +732,20 @@ def vandermonde_backward(const double[:, ::1] poles, const double[:, ::1] v,
         s0[:, :] = 0
         s1[:, :] = 0
         return
-    with nogil:
-        for task in prange(rows * ngroups, num_threads=num_threads,
-                           schedule="static"):
+    scr = Scratch(num_threads, 2 * VG * VB, sizeof(double),
+                  "vandermonde_backward's power tables")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        tab = <double *> scratch_block(ws, threadid())
+        for task in prange(rows * ngroups, schedule="static"):
+            if tab == NULL:
+                continue
             r = task // ngroups
             g = task - r * ngroups
             ng = N - g * VG if N - g * VG < VG else VG
-            failed += vdm_back_task(&poles[r, 2 * g * VG], ng, &v[r, 0], L,
-                                    real_v, &s0[r, 2 * g * VG], &s1[r, 2 * g * VG])
-    if failed:
-        raise MemoryError("vandermonde_backward: could not allocate a table")
+            vdm_back_task(&poles[r, 2 * g * VG], ng, &v[r, 0], L, real_v,
+                          &s0[r, 2 * g * VG], &s1[r, 2 * g * VG], tab)
+    scr.finish()
 
 
 cdef extern from "_scanback.h" nogil:
@@ -961,6 +963,8 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
     cdef Py_ssize_t B = g.shape[0], D = g.shape[1], L = g.shape[2]
     cdef Py_ssize_t W = w.shape[1], b, d, k, m, q
     cdef real_t *xt
+    cdef Scratch scr
+    cdef scratch_t *ws
     cdef const real_t *ph0
     cdef const real_t *pgf
     cdef const real_t *pg
@@ -981,8 +985,11 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
         raise ValueError("causal_conv1d_backward: inconsistent shapes")
     if B == 0 or D == 0 or L == 0:
         raise ValueError("causal_conv1d_backward: empty input")
-    with nogil, parallel(num_threads=num_threads):
-        xt = <real_t *> malloc((3 * L + W) * sizeof(real_t))
+    scr = Scratch(num_threads, 3 * L + W, sizeof(real_t),
+                  "the convolution backward's per-thread scratch")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        xt = <real_t *> scratch_block(ws, threadid())
         if xt != NULL:
             for m in range(L):
                 xt[L + W + m] = 1
@@ -1008,7 +1015,7 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
                               L, W, xt, xt + L + W, &gx[b, d, 0],
                               &gh0[b, d, 0] if W > 1 else NULL,
                               &gw[d, 0], &gb[d])
-        free(xt)
+    scr.finish()
 
 
 # ----------------------------------------------------------- rms_norm_backward
@@ -1077,6 +1084,8 @@ def rms_norm_backward(const real_t[:, ::1] x, const real_t[:, ::1] z,
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], nblk, blk, i, i1, j
     cdef real_t *buf
     cdef double *gp
+    cdef Scratch scr
+    cdef scratch_t *ws
     if (dy.shape[0] != R or dy.shape[1] != C or gx.shape[0] != R
             or gx.shape[1] != C or w.shape[0] != C or group < 1
             or C % group != 0 or block < 1 or mode < 0 or mode > 2):
@@ -1089,8 +1098,11 @@ def rms_norm_backward(const real_t[:, ::1] x, const real_t[:, ::1] z,
         raise ValueError("rms_norm_backward: inconsistent shapes")
     if R == 0 or C == 0:
         raise ValueError("rms_norm_backward: empty input")
-    with nogil, parallel(num_threads=num_threads):
-        buf = <real_t *> malloc(2 * C * sizeof(real_t))
+    scr = Scratch(num_threads, 2 * C, sizeof(real_t),
+                  "the norm backward's per-thread scratch")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        buf = <real_t *> scratch_block(ws, threadid())
         for blk in prange(nblk, schedule="static"):
             if buf == NULL:
                 continue
@@ -1105,4 +1117,4 @@ def rms_norm_backward(const real_t[:, ::1] x, const real_t[:, ::1] z,
                              &w[0], &dy[i, 0], C, group, eps, mode,
                              buf, buf + C, &gx[i, 0],
                              &gz[i, 0] if mode != 0 else NULL, gp)
-        free(buf)
+    scr.finish()
