@@ -85,6 +85,8 @@ cdef extern from "_ssdbwd.h" nogil:
         const void *y0c
         const void *init
         const void *gfinal
+        const void *dtr
+        const void *dtb
         void *y0
         void *y
         void *last
@@ -100,9 +102,11 @@ cdef extern from "_ssdbwd.h" nogil:
         void *gD
         void *ginit
         void *run
+        void *gdtb
         const long long *seq
         Py_ssize_t L, H, P, G, N, Lp, csz, nch, cm, mp, Pp, Np, blk, c0, c1
-        int has_init
+        double lo, hi
+        int has_init, softplus
     void zm_ssdb_cb_task_f(const zm_ssdb_problem *pr, Py_ssize_t task, float *work)
     void zm_ssdb_cb_task_d(const zm_ssdb_problem *pr, Py_ssize_t task, double *work)
     void zm_ssdb_fwd_task_f(const zm_ssdb_problem *pr, Py_ssize_t task, float *work)
@@ -326,7 +330,11 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
              real_t[:, :, :, :, ::1] gD=None,
              const real_t[:, :, :, ::1] z=None,
              const real_t[:, :, :, ::1] y0=None,
-             real_t[:, :, :, ::1] gz=None, Py_ssize_t block_bytes=1 << 24):
+             real_t[:, :, :, ::1] gz=None, Py_ssize_t block_bytes=1 << 24,
+             const real_t[:, :, ::1] dt_raw=None,
+             const real_t[::1] dt_bias=None, bint dt_softplus=False,
+             double lo=0.0, double hi=float("inf"),
+             real_t[:, :, :, ::1] gdt_bias=None):
     """Passes 2 and 3: from the output's cotangent `gy` (and the final
     states' `gfinal`), the gradients gx, gB, gC (written whole), ddt
     (batch, seqlen, nheads: of the processed steps), and, added to (zero
@@ -335,6 +343,12 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     has_init: the first chunk's entering state is an input (its gradient
     into `ginit`). With z: the gate's gradient into gz (y0 the output
     before the gate).
+
+    With `dt_raw` (batch, seqlen, nheads), the steps as the layer got them,
+    ddt is their gradient instead: through the bias `dt_bias`, softplus
+    (`dt_softplus`, the identity above 20) and the clamp to [lo, hi] (zero
+    where a step is clamped strictly); with `gdt_bias` (the shape of gA),
+    the per-task sums of that gradient are added to it (zero it first).
 
     The chunks are taken in blocks, last block first: pass 2 over the
     block (every (batch, head) resuming its adjoint), then pass 3 over the
@@ -373,6 +387,14 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     _require(z is None or (shape4(z, nb, L, H, P) and shape4(y0, nb, L, H, P)
                            and shape4(gz, nb, L, H, P)),
              "z, y0 and gz must have the shape of x")
+    _require(dt_raw is None or (dt_raw.shape[0] == nb and dt_raw.shape[1] == L
+                                and dt_raw.shape[2] == H),
+             "dt_raw must be (batch, seqlen, nheads)")
+    _require(dt_bias is None or dt_bias.shape[0] == H, "dt_bias must be (nheads,)")
+    _require((dt_bias is None and gdt_bias is None) or dt_raw is not None,
+             "dt_bias and gdt_bias go with dt_raw")
+    _require(gdt_bias is None or G == 0 or shape4(gdt_bias, nb, G, nch, H // G),
+             "gdt_bias must be (batch, ngroups, nchunks, nheads / ngroups)")
     if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
         return
     common(&pr, x, dt, dA, B, C, chunk_size)
@@ -398,6 +420,15 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         pr.z = &z[0, 0, 0, 0]
         pr.y0c = &y0[0, 0, 0, 0]
         pr.gz = &gz[0, 0, 0, 0]
+    if dt_raw is not None:
+        pr.dtr = &dt_raw[0, 0, 0]
+        pr.softplus = dt_softplus
+        pr.lo = lo
+        pr.hi = hi
+        if dt_bias is not None:
+            pr.dtb = &dt_bias[0]
+        if gdt_bias is not None:
+            pr.gdtb = &gdt_bias[0, 0, 0, 0]
     per = zm_ssdb_scratch(pr.cm, P, N, vw, sizeof(real_t))
     work = _Work(num_threads, per, sizeof(real_t))
     buf = <real_t *> work.buf

@@ -52,15 +52,33 @@ static ptrdiff_t zm_ssdb_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
  *   run                       (nb, H, N, Pp)  the adjoint between blocks
  *   cb                        (nb, G, nch, cm, mp) shared C B^T
  *   A (H,), D (H, P), ddt (nb, L, H),
- *   gA (nb, G, nch, H / G), gD (nb, G, nch, H / G, P): per-task sums. */
+ *   gA (nb, G, nch, H / G), gD (nb, G, nch, H / G, P): per-task sums;
+ *   dtr (nb, L, H) the steps as given, dtb (H,) their bias: with dtr,
+ *   ddt is the gradient of dtr (through the bias, softplus when
+ *   `softplus`, and the clamp to [lo, hi]), otherwise of the processed
+ *   steps; gdtb (nb, G, nch, H / G): per-task sums of ddt (with dtr). */
 typedef struct {
     const void *x, *dt, *cs, *A, *B, *C, *D, *z, *gy, *y0c, *init, *gfinal;
+    const void *dtr, *dtb;
     void *y0, *y, *last, *states, *dstates, *cb;
-    void *gx, *gz, *gB, *gC, *ddt, *gA, *gD, *ginit, *run;
+    void *gx, *gz, *gB, *gC, *ddt, *gA, *gD, *ginit, *run, *gdtb;
     const long long *seq;
     ptrdiff_t L, H, P, G, N, Lp, csz, nch, cm, mp, Pp, Np, blk, c0, c1;
-    int has_init;
+    double lo, hi;
+    int has_init, softplus;
 } zm_ssdb_problem;
+
+/* softplus(v) = log(1 + e^v), overflow-free (NaN propagates), as the
+ * forward's step processing forms it. */
+ZM_INLINE float zm_ssdb_softplus_f(float v)
+{
+    return zm_softplusf(v);
+}
+
+ZM_INLINE double zm_ssdb_softplus_d(double v)
+{
+    return (v > 0 ? v : 0) + log1p(exp(-fabs(v)));
+}
 
 #define T float
 #define V zm_vf

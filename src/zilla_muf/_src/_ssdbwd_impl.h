@@ -166,6 +166,35 @@ typedef struct {
     ptrdiff_t c0, c1;      /* the chunks of this call: a row is walked in */
 } S(zm_ssdb_fwd_args);     /* blocks, the state kept in `last` between */
 
+/* The forward's finishing terms on the rows of a segment, in one sweep
+ * while they are in cache: y0 += D x (Dv optional), and with y != NULL,
+ * y = y0 silu(z) -- the same operations, in the same order, as
+ * zm_ssd_finish on one output, so the same bits. */
+ZM_INLINE void S(zm_ssdb_finish2)(T *Y0, T *Y, const T *X, const T *Z,
+                                  ptrdiff_t ld, const T *Dv, ptrdiff_t m,
+                                  ptrdiff_t P)
+{
+    ptrdiff_t l, p;
+    for (l = 0; l < m; l++) {
+        T *restrict y0r = Y0 + l * ld;
+        const T *restrict xr = X + l * ld;
+        if (Dv != NULL)
+            for (p = 0; p < P; p++)
+                y0r[p] += Dv[p] * xr[p];
+        if (Y != NULL) {
+            T *restrict yr = Y + l * ld;
+            const T *restrict zr = Z + l * ld;
+            for (p = 0; p < P; p++) {
+                T v = zr[p];
+                T e = ZM_EXP(v < 0 ? v : -v);
+                T r = (T) 1 / ((T) 1 + e);
+                T sg = v >= 0 ? r : e * r;   /* silu(-inf) = -0, the limit */
+                yr[p] = y0r[p] * (sg != 0 ? v * sg : (T) -0.0);
+            }
+        }
+    }
+}
+
 ZM_CLONES
 static void S(zm_ssdb_forward)(const S(zm_ssdb_fwd_args) *a, T *work)
 {
@@ -175,7 +204,7 @@ static void S(zm_ssdb_forward)(const S(zm_ssdb_fwd_args) *a, T *work)
     const S(zm_ssd_ws) ws = S(zm_ssd_workspace)(work, zm_ssd_min(csz, L),
                                                 P, N);
     const long long *seq = a->seq;
-    ptrdiff_t c, l;
+    ptrdiff_t c;
     int has_state;
 
     if (a->c0 > 0) {             /* a later block: resume the row */
@@ -215,18 +244,13 @@ static void S(zm_ssdb_forward)(const S(zm_ssdb_fwd_args) *a, T *work)
                                 a->CB != NULL && s0 == 0 && s1 == m
                                     ? a->CB + c * a->cbstride : NULL,
                                 has_state, 1, s1 - s0, P, N, &pf);
-            if (a->y0 != NULL) {
-                if (a->Dv != NULL)
-                    S(zm_ssd_finish)(a->y0 + t * ldx, a->x + t * ldx, NULL,
-                                     ldx, a->Dv, s1 - s0, P);
-                if (a->z != NULL) {
-                    for (l = 0; l < s1 - s0; l++)
-                        memcpy(a->y + (t + l) * ldx, a->y0 + (t + l) * ldx,
-                               P * sizeof(T));
-                    S(zm_ssd_finish)(a->y + t * ldx, a->x + t * ldx,
-                                     a->z + t * ldx, ldx, NULL, s1 - s0, P);
-                }
-            }
+            if (a->y0 != NULL && (a->Dv != NULL || a->z != NULL))
+                S(zm_ssdb_finish2)(a->y0 + t * ldx, a->y != NULL ? a->y + t * ldx
+                                                                 : NULL,
+                                   a->x + t * ldx,
+                                   a->z != NULL ? a->z + t * ldx : NULL, ldx,
+                                   a->Dv,
+                                   s1 - s0, P);
             has_state = 1;
             s0 = s1;
         }
@@ -412,10 +436,33 @@ typedef struct {
     const T *Dv;           /* (rep, P) or NULL */
     T *ddt;                /* position l, head r at ddt[l * ldd + r] */
     ptrdiff_t ldd;
+    const T *dtr;          /* the steps as given, like ddt, or NULL */
+    const T *dtb;          /* (rep,) their bias, or NULL */
+    T *gdtb;               /* (rep,) this task's sums of ddt (+=), or NULL */
+    T lo, hi;              /* the clamp of the processed steps */
+    int softplus;
     T *gA, *gD;            /* (rep,), (rep, P): this task's sums (+=) */
     int has_in, has_out;   /* the entering state / leaving adjoint nonzero */
     ptrdiff_t ldx, ldb, m, cm, rep, P, N;
 } S(zm_ssdb_grad_args);
+
+/* d dt' / d dt at the step v = dt + bias: dt' = clamp(softplus(v), lo, hi)
+ * (softplus the identity above 20; without `softplus`, v itself), so the
+ * derivative is the logistic of v (1 above 20) where lo <= softplus(v) <=
+ * hi, else 0 (a step clamped strictly). g is multiplied by the indicator,
+ * then the logistic, as a NaN must stay NaN. */
+ZM_INLINE T S(zm_ssdb_dstep)(T g, T v, int softplus, T lo, T hi)
+{
+    T sp = v, ds = 1;
+    if (softplus && !(v > 20)) {
+        const T e = ZM_EXP(v < 0 ? v : -v);
+        const T r = (T) 1 / ((T) 1 + e);
+        sp = S(zm_ssdb_softplus)(v);
+        ds = v >= 0 ? r : e * r;
+    }
+    g *= (T) (sp >= lo && sp <= hi);
+    return softplus ? g * ds : g;
+}
 
 /* E and Wt = E o CB on j <= i, zero elsewhere (ms rows, mp columns). */
 ZM_INLINE void S(zm_ssdb_decays)(T *restrict E, T *restrict Wt,
@@ -698,9 +745,18 @@ static void S(zm_ssdb_grads)(const S(zm_ssdb_grad_args) *a, T *work)
             acc = 0;
             for (i = ms - 1; i >= 0; i--) {
                 const T *restrict xr = xs + i * ldx;
+                const ptrdiff_t at = (s0 + i) * a->ldd + r;
+                T g;
                 acc += w.dc[i];
-                a->ddt[(s0 + i) * a->ldd + r] =
-                    S(zm_ssdb_dot)(w.dXd + i * Pp, xr, P) + Ah * acc;
+                g = S(zm_ssdb_dot)(w.dXd + i * Pp, xr, P) + Ah * acc;
+                if (a->dtr != NULL) {
+                    g = S(zm_ssdb_dstep)(g, a->dtb != NULL ? a->dtr[at] + a->dtb[r]
+                                                           : a->dtr[at],
+                                         a->softplus, a->lo, a->hi);
+                    if (a->gdtb != NULL)
+                        a->gdtb[r] += g;
+                }
+                a->ddt[at] = g;
                 a->gA[r] += acc * dt[i];
             }
             for (i = 0; i < ms; i++) {
@@ -894,6 +950,13 @@ static void S(zm_ssdb_grad_task)(const zm_ssdb_problem *pr, ptrdiff_t task,
     a.Dv = pr->D != NULL ? (const T *) pr->D + h0 * P : NULL;
     a.ddt = (T *) pr->ddt + (b * L + t0) * H + h0;
     a.ldd = H;
+    a.dtr = pr->dtr != NULL ? (const T *) pr->dtr + (b * L + t0) * H + h0
+                            : NULL;
+    a.dtb = pr->dtb != NULL ? (const T *) pr->dtb + h0 : NULL;
+    a.gdtb = pr->gdtb != NULL ? (T *) pr->gdtb + gt * rep : NULL;
+    a.lo = (T) pr->lo;
+    a.hi = (T) pr->hi;
+    a.softplus = pr->softplus;
     a.gA = (T *) pr->gA + gt * rep;
     a.gD = pr->gD != NULL ? (T *) pr->gD + gt * rep * P : NULL;
     a.has_in = c == 0 ? pr->has_init
