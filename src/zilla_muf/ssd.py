@@ -1331,8 +1331,14 @@ from ._vjp import defvjp  # noqa: E402
 _SSD_DIFF = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 # The backward holds the adjoints of the chunk states for one block of
-# chunks at a time, about this many bytes (at least one chunk's).
+# chunks at a time, about this many bytes (at least one chunk's); on one
+# thread, blocks of about _BLOCK_BYTES_ONE: the block's adjoints and rows
+# of the gated cotangent are then read back from cache by the gradient
+# pass (about 10% less time for the backward at b1 L4096 h8 p64 n64). On
+# several threads each block costs a barrier, which waits for a thread
+# that another process has descheduled: one block up to _BLOCK_BYTES.
 _BLOCK_BYTES = 1 << 24
+_BLOCK_BYTES_ONE = 1 << 20
 
 
 # Arrays of at least this many bytes are placed on huge-page boundaries.
@@ -1453,7 +1459,9 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None, donate=False):
         p.x, dt_out, dA, p.A, p.B, p.C, gy, states, gx, gB, gC, ddt,
         gA, cs, nthreads, seq=p.seq, has_init=p.init is not None,
         gfinal=gfinal, ginit=ginit, D=_skip_weights(p), gD=gD, z=p.z,
-        y0=None if p.z is None else y0, gz=gz, block_bytes=_BLOCK_BYTES,
+        y0=None if p.z is None else y0, gz=gz,
+        block_bytes=min(_BLOCK_BYTES, _BLOCK_BYTES_ONE) if nthreads == 1
+        else _BLOCK_BYTES,
         dt_raw=p.dt, dt_bias=p.dt_bias, dt_softplus=p.dt_softplus, lo=lo,
         hi=hi, gdt_bias=gbias)
     grads = {"x": gx, "B": gB, "C": gC, "A": gA.sum(axis=(0, 2)).reshape(H),
