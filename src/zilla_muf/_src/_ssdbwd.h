@@ -19,6 +19,9 @@
 #define ZM_SSDB_TINY_F 1.0842021724855044e-19f
 #define ZM_SSDB_TINY_D 1.4916681462400413e-154
 
+/* Rows ahead at which the row loops over strided rows prefetch. */
+#define ZM_SSDB_AHEAD 6
+
 /* Elements of the per-thread scratch of the backward passes, for the
  * longest chunk cm and vector width vw (see zm_ssdb_layout_*): every block
  * rounded up to 64 bytes, and 64 bytes to align the start. */

@@ -174,10 +174,18 @@ ZM_INLINE void S(zm_ssdb_finish2)(T *Y0, T *Y, const T *X, const T *Z,
                                   ptrdiff_t ld, const T *Dv, ptrdiff_t m,
                                   ptrdiff_t P)
 {
+    const ptrdiff_t step = 64 / (ptrdiff_t) sizeof(T);
     ptrdiff_t l, p;
     for (l = 0; l < m; l++) {
         T *restrict y0r = Y0 + l * ld;
         const T *restrict xr = X + l * ld;
+#if defined(__GNUC__)
+        /* the gates' rows (strided by nheads * headdim, out of the
+         * hardware prefetchers' reach) a few rows ahead */
+        if (Y != NULL && l + ZM_SSDB_AHEAD < m)
+            for (p = 0; p < P; p += step)
+                __builtin_prefetch(Z + (l + ZM_SSDB_AHEAD) * ld + p, 0, 3);
+#endif
         if (Dv != NULL)
             for (p = 0; p < P; p++)
                 y0r[p] += Dv[p] * xr[p];
