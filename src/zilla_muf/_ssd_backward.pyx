@@ -32,7 +32,10 @@ Three passes, each a parallel loop over independent tasks:
 3. gradients (tasks (batch, group, chunk)): for every head of the group,
    dXd = diag(dout) B dS^T + (E o C B^T)^T dY, dCB += (dY Xd^T) o E,
    gC += diag(din) dY S, gB += diag(dout) Xd dS, the gradient of the decay
-   sums (reverse-summed into that of dt'A); then gC += dCB B and
+   sums (reverse-summed into that of dt'A) and, given the steps as the
+   layer got them, the chain rule through their bias, softplus and clamp
+   where the step's gradient is formed (with dt_bias's per-task sums);
+   then gC += dCB B and
    gB += dCB^T C once for the group. A task owns the rows of B's and C's
    gradients of its chunk and group, and x's of its heads: no two tasks
    write the same memory, and A's and D's gradients are per-task sums that
@@ -40,8 +43,10 @@ Three passes, each a parallel loop over independent tasks:
 
 Passes 2 and 3 alternate over blocks of chunks, the last block first: pass
 2 over the block (each task resuming its adjoint), then pass 3 over the
-block's chunks. Only one block of adjoints is held (about 16 MB), in one
-buffer reused by every block. The products are the register tiles of
+block's chunks. Only one block of adjoints is held (the caller's
+block_bytes: about 16 MB on several threads, 1 MB on one, where the
+gradient pass then reads the block's adjoints and gated cotangent back
+from cache), in one buffer reused by every block. The products are the register tiles of
 _ssdchunk.h, on operands copied into padded (and, where a product needs
 it, transposed) scratch rows; the rows of x, dY, z and y0 that the next
 unit of work reads (strided by nheads * headdim, out of the hardware
