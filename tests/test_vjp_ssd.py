@@ -309,19 +309,33 @@ def test_torch_other_layers_tiled(fun):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_blocks_of_chunks_agree(monkeypatch, dtype):
-    """The adjoints held one chunk at a time (one block per chunk) give the
-    gradients of the whole-sequence block, to rounding."""
+    """The adjoints held one chunk at a time (one block per chunk), or in
+    the blocks of one thread, give the gradients of the whole-sequence
+    block bit for bit (a chunk's gradients never depend on the block it is
+    in), and those are the transcription's under torch autograd."""
     from zilla_muf import ssd as ssd_module
+    monkeypatch.setattr(ssd_module, "running_threads", lambda n: n)
     rng = np.random.default_rng(42)
     kw = _problem(rng, nb=2, L=100, H=4, P=6, G=2, N=5, dtype=dtype)
     seq = _seq_ids(2, 100, [30, 33, 64])
-    out, pull = vjp(ssd_chunk_scan_combined, chunk_size=16, seq_idx=seq,
-                    return_final_states=True, workers=2, **kw)
-    ct = random_cotangent(rng, out)
-    whole = pull(ct)
+    monkeypatch.setattr(ssd_module, "_BLOCK_BYTES_ONE", 3000)
+    got = {}
+    for workers in (2, 1):
+        out, pull = vjp(ssd_chunk_scan_combined, chunk_size=16, seq_idx=seq,
+                        return_final_states=True, workers=workers, **kw)
+        if workers == 2:
+            ct = random_cotangent(rng, out)
+        got[workers] = pull(ct)
     monkeypatch.setattr(ssd_module, "_BLOCK_BYTES", 1)
-    blocks = pull(ct)
-    assert_grads_close(blocks, whole, 1e-5 if dtype == np.float32 else 1e-12)
+    got["blocks"] = pull(ct)
+    for name, whole in got[2].items():
+        np.testing.assert_array_equal(got[1][name], whole, err_msg=name)
+        np.testing.assert_array_equal(got["blocks"][name], whole, err_msg=name)
+    ref = _torch_grads({k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+                        for k, v in kw.items()},
+                       tuple(np.asarray(c, np.float64) for c in ct), True,
+                       seq_idx=seq)
+    assert_grads_close(got[2], ref, 1e-3 if dtype == np.float32 else 1e-9)
 
 
 @pytest.mark.parametrize("opts", [

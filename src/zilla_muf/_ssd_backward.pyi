@@ -17,5 +17,7 @@ def backward(
     num_threads: int, *, seq: _I | None = ..., has_init: bool = ...,
     gfinal: _F | None = ..., ginit: _F | None = ..., D: _F | None = ...,
     gD: _F | None = ..., z: _F | None = ..., y0: _F | None = ...,
-    gz: _F | None = ..., block_bytes: int = ...,
+    gz: _F | None = ..., block_bytes: int = ..., dt_raw: _F | None = ...,
+    dt_bias: _F | None = ..., dt_softplus: bool = ..., lo: float = ...,
+    hi: float = ..., gdt_bias: _F | None = ...,
 ) -> None: ...

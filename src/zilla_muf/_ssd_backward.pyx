@@ -32,7 +32,10 @@ Three passes, each a parallel loop over independent tasks:
 3. gradients (tasks (batch, group, chunk)): for every head of the group,
    dXd = diag(dout) B dS^T + (E o C B^T)^T dY, dCB += (dY Xd^T) o E,
    gC += diag(din) dY S, gB += diag(dout) Xd dS, the gradient of the decay
-   sums (reverse-summed into that of dt'A); then gC += dCB B and
+   sums (reverse-summed into that of dt'A) and, given the steps as the
+   layer got them, the chain rule through their bias, softplus and clamp
+   where the step's gradient is formed (with dt_bias's per-task sums);
+   then gC += dCB B and
    gB += dCB^T C once for the group. A task owns the rows of B's and C's
    gradients of its chunk and group, and x's of its heads: no two tasks
    write the same memory, and A's and D's gradients are per-task sums that
@@ -40,8 +43,10 @@ Three passes, each a parallel loop over independent tasks:
 
 Passes 2 and 3 alternate over blocks of chunks, the last block first: pass
 2 over the block (each task resuming its adjoint), then pass 3 over the
-block's chunks. Only one block of adjoints is held (about 16 MB), in one
-buffer reused by every block. The products are the register tiles of
+block's chunks. Only one block of adjoints is held (the caller's
+block_bytes: about 16 MB on several threads, 1 MB on one, where the
+gradient pass then reads the block's adjoints and gated cotangent back
+from cache), in one buffer reused by every block. The products are the register tiles of
 _ssdchunk.h, on operands copied into padded (and, where a product needs
 it, transposed) scratch rows; the rows of x, dY, z and y0 that the next
 unit of work reads (strided by nheads * headdim, out of the hardware
@@ -85,6 +90,8 @@ cdef extern from "_ssdbwd.h" nogil:
         const void *y0c
         const void *init
         const void *gfinal
+        const void *dtr
+        const void *dtb
         void *y0
         void *y
         void *last
@@ -100,9 +107,11 @@ cdef extern from "_ssdbwd.h" nogil:
         void *gD
         void *ginit
         void *run
+        void *gdtb
         const long long *seq
         Py_ssize_t L, H, P, G, N, Lp, csz, nch, cm, mp, Pp, Np, blk, c0, c1
-        int has_init
+        double lo, hi
+        int has_init, softplus
     void zm_ssdb_cb_task_f(const zm_ssdb_problem *pr, Py_ssize_t task, float *work)
     void zm_ssdb_cb_task_d(const zm_ssdb_problem *pr, Py_ssize_t task, double *work)
     void zm_ssdb_fwd_task_f(const zm_ssdb_problem *pr, Py_ssize_t task, float *work)
@@ -305,7 +314,11 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
              real_t[:, :, :, :, ::1] gD=None,
              const real_t[:, :, :, ::1] z=None,
              const real_t[:, :, :, ::1] y0=None,
-             real_t[:, :, :, ::1] gz=None, Py_ssize_t block_bytes=1 << 24):
+             real_t[:, :, :, ::1] gz=None, Py_ssize_t block_bytes=1 << 24,
+             const real_t[:, :, ::1] dt_raw=None,
+             const real_t[::1] dt_bias=None, bint dt_softplus=False,
+             double lo=0.0, double hi=float("inf"),
+             real_t[:, :, :, ::1] gdt_bias=None):
     """Passes 2 and 3: from the output's cotangent `gy` (and the final
     states' `gfinal`), the gradients gx, gB, gC (written whole), ddt
     (batch, seqlen, nheads: of the processed steps), and, added to (zero
@@ -314,6 +327,12 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     has_init: the first chunk's entering state is an input (its gradient
     into `ginit`). With z: the gate's gradient into gz (y0 the output
     before the gate).
+
+    With `dt_raw` (batch, seqlen, nheads), the steps as the layer got them,
+    ddt is their gradient instead: through the bias `dt_bias`, softplus
+    (`dt_softplus`, the identity above 20) and the clamp to [lo, hi] (zero
+    where a step is clamped strictly); with `gdt_bias` (the shape of gA),
+    the per-task sums of that gradient are added to it (zero it first).
 
     The chunks are taken in blocks, last block first: pass 2 over the
     block (every (batch, head) resuming its adjoint), then pass 3 over the
@@ -352,6 +371,14 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     _require(z is None or (shape4(z, nb, L, H, P) and shape4(y0, nb, L, H, P)
                            and shape4(gz, nb, L, H, P)),
              "z, y0 and gz must have the shape of x")
+    _require(dt_raw is None or (dt_raw.shape[0] == nb and dt_raw.shape[1] == L
+                                and dt_raw.shape[2] == H),
+             "dt_raw must be (batch, seqlen, nheads)")
+    _require(dt_bias is None or dt_bias.shape[0] == H, "dt_bias must be (nheads,)")
+    _require((dt_bias is None and gdt_bias is None) or dt_raw is not None,
+             "dt_bias and gdt_bias go with dt_raw")
+    _require(gdt_bias is None or G == 0 or shape4(gdt_bias, nb, G, nch, H // G),
+             "gdt_bias must be (batch, ngroups, nchunks, nheads / ngroups)")
     if nb == 0 or L == 0 or H == 0 or P == 0 or N == 0:
         return
     common(&pr, x, dt, dA, B, C, chunk_size)
@@ -377,6 +404,15 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         pr.z = &z[0, 0, 0, 0]
         pr.y0c = &y0[0, 0, 0, 0]
         pr.gz = &gz[0, 0, 0, 0]
+    if dt_raw is not None:
+        pr.dtr = &dt_raw[0, 0, 0]
+        pr.softplus = dt_softplus
+        pr.lo = lo
+        pr.hi = hi
+        if dt_bias is not None:
+            pr.dtb = &dt_bias[0]
+        if gdt_bias is not None:
+            pr.gdtb = &gdt_bias[0, 0, 0, 0]
     per = zm_ssdb_scratch(pr.cm, P, N, vw, sizeof(real_t))
     scr = Scratch(num_threads, per, sizeof(real_t),
                   "the SSD backward's per-thread scratch")

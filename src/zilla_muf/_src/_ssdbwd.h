@@ -19,6 +19,9 @@
 #define ZM_SSDB_TINY_F 1.0842021724855044e-19f
 #define ZM_SSDB_TINY_D 1.4916681462400413e-154
 
+/* Rows ahead at which the row loops over strided rows prefetch. */
+#define ZM_SSDB_AHEAD 6
+
 /* Elements of the per-thread scratch of the backward passes, for the
  * longest chunk cm and vector width vw (see zm_ssdb_layout_*): every block
  * rounded up to 64 bytes, and 64 bytes to align the start. */
@@ -52,15 +55,33 @@ static ptrdiff_t zm_ssdb_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
  *   run                       (nb, H, N, Pp)  the adjoint between blocks
  *   cb                        (nb, G, nch, cm, mp) shared C B^T
  *   A (H,), D (H, P), ddt (nb, L, H),
- *   gA (nb, G, nch, H / G), gD (nb, G, nch, H / G, P): per-task sums. */
+ *   gA (nb, G, nch, H / G), gD (nb, G, nch, H / G, P): per-task sums;
+ *   dtr (nb, L, H) the steps as given, dtb (H,) their bias: with dtr,
+ *   ddt is the gradient of dtr (through the bias, softplus when
+ *   `softplus`, and the clamp to [lo, hi]), otherwise of the processed
+ *   steps; gdtb (nb, G, nch, H / G): per-task sums of ddt (with dtr). */
 typedef struct {
     const void *x, *dt, *cs, *A, *B, *C, *D, *z, *gy, *y0c, *init, *gfinal;
+    const void *dtr, *dtb;
     void *y0, *y, *last, *states, *dstates, *cb;
-    void *gx, *gz, *gB, *gC, *ddt, *gA, *gD, *ginit, *run;
+    void *gx, *gz, *gB, *gC, *ddt, *gA, *gD, *ginit, *run, *gdtb;
     const long long *seq;
     ptrdiff_t L, H, P, G, N, Lp, csz, nch, cm, mp, Pp, Np, blk, c0, c1;
-    int has_init;
+    double lo, hi;
+    int has_init, softplus;
 } zm_ssdb_problem;
+
+/* softplus(v) = log(1 + e^v), overflow-free (NaN propagates), as the
+ * forward's step processing forms it. */
+ZM_INLINE float zm_ssdb_softplus_f(float v)
+{
+    return zm_softplusf(v);
+}
+
+ZM_INLINE double zm_ssdb_softplus_d(double v)
+{
+    return (v > 0 ? v : 0) + log1p(exp(-fabs(v)));
+}
 
 #define T float
 #define V zm_vf

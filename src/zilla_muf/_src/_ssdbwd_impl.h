@@ -166,6 +166,43 @@ typedef struct {
     ptrdiff_t c0, c1;      /* the chunks of this call: a row is walked in */
 } S(zm_ssdb_fwd_args);     /* blocks, the state kept in `last` between */
 
+/* The forward's finishing terms on the rows of a segment, in one sweep
+ * while they are in cache: y0 += D x (Dv optional), and with y != NULL,
+ * y = y0 silu(z) -- the same operations, in the same order, as
+ * zm_ssd_finish on one output, so the same bits. */
+ZM_INLINE void S(zm_ssdb_finish2)(T *Y0, T *Y, const T *X, const T *Z,
+                                  ptrdiff_t ld, const T *Dv, ptrdiff_t m,
+                                  ptrdiff_t P)
+{
+    const ptrdiff_t step = 64 / (ptrdiff_t) sizeof(T);
+    ptrdiff_t l, p;
+    for (l = 0; l < m; l++) {
+        T *restrict y0r = Y0 + l * ld;
+        const T *restrict xr = X + l * ld;
+#if defined(__GNUC__)
+        /* the gates' rows (strided by nheads * headdim, out of the
+         * hardware prefetchers' reach) a few rows ahead */
+        if (Y != NULL && l + ZM_SSDB_AHEAD < m)
+            for (p = 0; p < P; p += step)
+                __builtin_prefetch(Z + (l + ZM_SSDB_AHEAD) * ld + p, 0, 3);
+#endif
+        if (Dv != NULL)
+            for (p = 0; p < P; p++)
+                y0r[p] += Dv[p] * xr[p];
+        if (Y != NULL) {
+            T *restrict yr = Y + l * ld;
+            const T *restrict zr = Z + l * ld;
+            for (p = 0; p < P; p++) {
+                T v = zr[p];
+                T e = ZM_EXP(v < 0 ? v : -v);
+                T r = (T) 1 / ((T) 1 + e);
+                T sg = v >= 0 ? r : e * r;   /* silu(-inf) = -0, the limit */
+                yr[p] = y0r[p] * (sg != 0 ? v * sg : (T) -0.0);
+            }
+        }
+    }
+}
+
 ZM_CLONES
 static void S(zm_ssdb_forward)(const S(zm_ssdb_fwd_args) *a, T *work)
 {
@@ -175,7 +212,7 @@ static void S(zm_ssdb_forward)(const S(zm_ssdb_fwd_args) *a, T *work)
     const S(zm_ssd_ws) ws = S(zm_ssd_workspace)(work, zm_ssd_min(csz, L),
                                                 P, N);
     const long long *seq = a->seq;
-    ptrdiff_t c, l;
+    ptrdiff_t c;
     int has_state;
 
     if (a->c0 > 0) {             /* a later block: resume the row */
@@ -215,18 +252,13 @@ static void S(zm_ssdb_forward)(const S(zm_ssdb_fwd_args) *a, T *work)
                                 a->CB != NULL && s0 == 0 && s1 == m
                                     ? a->CB + c * a->cbstride : NULL,
                                 has_state, 1, s1 - s0, P, N, &pf);
-            if (a->y0 != NULL) {
-                if (a->Dv != NULL)
-                    S(zm_ssd_finish)(a->y0 + t * ldx, a->x + t * ldx, NULL,
-                                     ldx, a->Dv, s1 - s0, P);
-                if (a->z != NULL) {
-                    for (l = 0; l < s1 - s0; l++)
-                        memcpy(a->y + (t + l) * ldx, a->y0 + (t + l) * ldx,
-                               P * sizeof(T));
-                    S(zm_ssd_finish)(a->y + t * ldx, a->x + t * ldx,
-                                     a->z + t * ldx, ldx, NULL, s1 - s0, P);
-                }
-            }
+            if (a->y0 != NULL && (a->Dv != NULL || a->z != NULL))
+                S(zm_ssdb_finish2)(a->y0 + t * ldx, a->y != NULL ? a->y + t * ldx
+                                                                 : NULL,
+                                   a->x + t * ldx,
+                                   a->z != NULL ? a->z + t * ldx : NULL, ldx,
+                                   a->Dv,
+                                   s1 - s0, P);
             has_state = 1;
             s0 = s1;
         }
@@ -412,10 +444,33 @@ typedef struct {
     const T *Dv;           /* (rep, P) or NULL */
     T *ddt;                /* position l, head r at ddt[l * ldd + r] */
     ptrdiff_t ldd;
+    const T *dtr;          /* the steps as given, like ddt, or NULL */
+    const T *dtb;          /* (rep,) their bias, or NULL */
+    T *gdtb;               /* (rep,) this task's sums of ddt (+=), or NULL */
+    T lo, hi;              /* the clamp of the processed steps */
+    int softplus;
     T *gA, *gD;            /* (rep,), (rep, P): this task's sums (+=) */
     int has_in, has_out;   /* the entering state / leaving adjoint nonzero */
     ptrdiff_t ldx, ldb, m, cm, rep, P, N;
 } S(zm_ssdb_grad_args);
+
+/* d dt' / d dt at the step v = dt + bias: dt' = clamp(softplus(v), lo, hi)
+ * (softplus the identity above 20; without `softplus`, v itself), so the
+ * derivative is the logistic of v (1 above 20) where lo <= softplus(v) <=
+ * hi, else 0 (a step clamped strictly). g is multiplied by the indicator,
+ * then the logistic, as a NaN must stay NaN. */
+ZM_INLINE T S(zm_ssdb_dstep)(T g, T v, int softplus, T lo, T hi)
+{
+    T sp = v, ds = 1;
+    if (softplus && !(v > 20)) {
+        const T e = ZM_EXP(v < 0 ? v : -v);
+        const T r = (T) 1 / ((T) 1 + e);
+        sp = S(zm_ssdb_softplus)(v);
+        ds = v >= 0 ? r : e * r;
+    }
+    g *= (T) (sp >= lo && sp <= hi);
+    return softplus ? g * ds : g;
+}
 
 /* E and Wt = E o CB on j <= i, zero elsewhere (ms rows, mp columns). */
 ZM_INLINE void S(zm_ssdb_decays)(T *restrict E, T *restrict Wt,
@@ -485,19 +540,38 @@ ZM_INLINE void S(zm_ssdb_dm)(T *restrict dM, T *restrict dCB,
         dc[i] -= col[i];
 }
 
-/* dst (P, mp) = src (m, Pp rows)^T, zero in the columns m..mp-1. */
+/* dst (P, mp) = src (m, Pp rows)^T, zero in the columns m..mp-1. Eight
+ * columns of src at a time, each row's eight read together (a column read
+ * element by element costs a load per element from rows Pp apart). */
 ZM_INLINE void S(zm_ssdb_transpose)(T *restrict dst, const T *restrict src,
                                     ptrdiff_t m, ptrdiff_t P, ptrdiff_t Pp,
                                     ptrdiff_t mp)
 {
-    ptrdiff_t i, p;
-    for (p = 0; p < P; p++) {
+    ptrdiff_t i, p = 0;
+    for (; p + 8 <= P; p += 8) {
+        T *restrict d = dst + p * mp;
+        for (i = 0; i < m; i++) {
+            const T *restrict r = src + i * Pp + p;
+            const T r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+            const T r4 = r[4], r5 = r[5], r6 = r[6], r7 = r[7];
+            d[i] = r0;
+            d[mp + i] = r1;
+            d[2 * mp + i] = r2;
+            d[3 * mp + i] = r3;
+            d[4 * mp + i] = r4;
+            d[5 * mp + i] = r5;
+            d[6 * mp + i] = r6;
+            d[7 * mp + i] = r7;
+        }
+    }
+    for (; p < P; p++) {
         T *restrict row = dst + p * mp;
         for (i = 0; i < m; i++)
             row[i] = src[i * Pp + p];
-        for (; i < mp; i++)
-            row[i] = 0;
     }
+    for (p = 0; p < P; p++)
+        for (i = m; i < mp; i++)
+            dst[p * mp + i] = 0;
 }
 
 /* Qt (N, mp) = A (N, Pp rows) Bm (P, mp rows): the columns of the first
@@ -698,9 +772,18 @@ static void S(zm_ssdb_grads)(const S(zm_ssdb_grad_args) *a, T *work)
             acc = 0;
             for (i = ms - 1; i >= 0; i--) {
                 const T *restrict xr = xs + i * ldx;
+                const ptrdiff_t at = (s0 + i) * a->ldd + r;
+                T g;
                 acc += w.dc[i];
-                a->ddt[(s0 + i) * a->ldd + r] =
-                    S(zm_ssdb_dot)(w.dXd + i * Pp, xr, P) + Ah * acc;
+                g = S(zm_ssdb_dot)(w.dXd + i * Pp, xr, P) + Ah * acc;
+                if (a->dtr != NULL) {
+                    g = S(zm_ssdb_dstep)(g, a->dtb != NULL ? a->dtr[at] + a->dtb[r]
+                                                           : a->dtr[at],
+                                         a->softplus, a->lo, a->hi);
+                    if (a->gdtb != NULL)
+                        a->gdtb[r] += g;
+                }
+                a->ddt[at] = g;
                 a->gA[r] += acc * dt[i];
             }
             for (i = 0; i < ms; i++) {
@@ -894,6 +977,13 @@ static void S(zm_ssdb_grad_task)(const zm_ssdb_problem *pr, ptrdiff_t task,
     a.Dv = pr->D != NULL ? (const T *) pr->D + h0 * P : NULL;
     a.ddt = (T *) pr->ddt + (b * L + t0) * H + h0;
     a.ldd = H;
+    a.dtr = pr->dtr != NULL ? (const T *) pr->dtr + (b * L + t0) * H + h0
+                            : NULL;
+    a.dtb = pr->dtb != NULL ? (const T *) pr->dtb + h0 : NULL;
+    a.gdtb = pr->gdtb != NULL ? (T *) pr->gdtb + gt * rep : NULL;
+    a.lo = (T) pr->lo;
+    a.hi = (T) pr->hi;
+    a.softplus = pr->softplus;
     a.gA = (T *) pr->gA + gt * rep;
     a.gD = pr->gD != NULL ? (T *) pr->gD + gt * rep * P : NULL;
     a.has_in = c == 0 ? pr->has_init
