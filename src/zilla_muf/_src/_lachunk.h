@@ -93,8 +93,8 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
     const ptrdiff_t w = ZM_LA_PAD / itemsize;
     const ptrdiff_t Vp = zm_la_round(V, w), Cp = zm_la_round(C, w);
     const ptrdiff_t Kp = zm_la_round(K, w);
-    return nh * K * Vp + 3 * C * Vp + 2 * K * Cp + 3 * C * Cp + 6 * Cp
-           + 2 * C * Kp + 2 * w;
+    return nh * K * Vp + 3 * C * Vp + K * Cp + 3 * C * Cp + 6 * Cp
+           + 3 * C * Kp + 2 * w;
 }
 
 /* ---- the builds -------------------------------------------------------- */
@@ -106,23 +106,27 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #define ZM_LA_ATTR __attribute__((target("arch=x86-64-v4")))
 #define ZM_LA_MR 12
 #define T float
+#define ZM_LA_IT int32_t
 #define ZM_LA_ARGS zm_la_args_f
 #define ZM_LA_VW 16
 #define ZM_LA_NAME(x) x##_f_v4
 #define ZM_LA_EXP zm_expf
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
 #undef ZM_LA_EXP
 #define T double
+#define ZM_LA_IT int64_t
 #define ZM_LA_ARGS zm_la_args_d
 #define ZM_LA_VW 8
 #define ZM_LA_NAME(x) x##_d_v4
 #define ZM_LA_EXP zm_exp
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
@@ -133,23 +137,27 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #define ZM_LA_ATTR __attribute__((target("arch=x86-64-v3")))
 #define ZM_LA_MR 6
 #define T float
+#define ZM_LA_IT int32_t
 #define ZM_LA_ARGS zm_la_args_f
 #define ZM_LA_VW 8
 #define ZM_LA_NAME(x) x##_f_v3
 #define ZM_LA_EXP zm_expf
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
 #undef ZM_LA_EXP
 #define T double
+#define ZM_LA_IT int64_t
 #define ZM_LA_ARGS zm_la_args_d
 #define ZM_LA_VW 4
 #define ZM_LA_NAME(x) x##_d_v3
 #define ZM_LA_EXP zm_exp
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
@@ -173,23 +181,27 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #define ZM_LA_VW_D 4
 #endif
 #define T float
+#define ZM_LA_IT int32_t
 #define ZM_LA_ARGS zm_la_args_f
 #define ZM_LA_VW ZM_LA_VW_F
 #define ZM_LA_NAME(x) x##_f_base
 #define ZM_LA_EXP zm_expf
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
 #undef ZM_LA_EXP
 #define T double
+#define ZM_LA_IT int64_t
 #define ZM_LA_ARGS zm_la_args_d
 #define ZM_LA_VW ZM_LA_VW_D
 #define ZM_LA_NAME(x) x##_d_base
 #define ZM_LA_EXP zm_exp
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
