@@ -18,10 +18,13 @@
  *                      R = beta .* V - (beta e) .* (K S)
  *                      U = Ti R, then O and S as above with U for Vc.
  *
- * The products run on register tiles of MR rows by NVT vectors; the B
- * operands (the state, Vc or U, K^T) are scratch rows padded to 128 bytes,
- * the A operands are read by scalar broadcast where they are (q and k rows
- * of the input, the scratch matrices). The body (_lachunk_impl.h) is
+ * The products run on register tiles of MR rows by NVT vectors (a short
+ * remainder of rows shares the tile before it, so that every tile keeps
+ * enough accumulators in flight); the B operands (the state, Vc or U, K^T)
+ * are scratch rows padded to 128 bytes, K^T formed by 8 x 8 transposes in
+ * registers; the A operands are read by scalar broadcast where they are
+ * (the scratch copies of q and k, the scores), the (w .* k)^T of the state
+ * update down the columns of w .* k rows. The body (_lachunk_impl.h) is
  * included once per element type and instruction set: on x86-64 Linux with
  * gcc >= 12 an AVX-512 (x86-64-v4, 64-byte vectors), an AVX2 (x86-64-v3,
  * 32-byte vectors) and a baseline (16-byte vectors) build, one picked at
