@@ -152,10 +152,12 @@ def chunk_inputs(rng, B, T, H, K, V, dtype, gate, delta, state, nseq):
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
 @pytest.mark.parametrize("delta", [False, True])
 @pytest.mark.parametrize("gate,state", [(True, True), (False, False), (True, False)])
-@pytest.mark.parametrize("K,V,chunk", [(5, 37, 7), (16, 16, 4), (33, 20, 64), (3, 1, 1)])
+@pytest.mark.parametrize("K,V,chunk", [(5, 37, 7), (16, 16, 4), (33, 20, 64), (3, 1, 1),
+                                       (20, 9, 24)])
 def test_chunk_forward_equals_loop(rng, build, dtype, delta, gate, state, K, V, chunk):
     """Odd K, V (partial tiles, padded scratch), chunks longer and shorter
-    than the sequences, a batch of two rows."""
+    than the sequences, a batch of two rows; K 20 and chunk 24 take k^T in
+    8 by 8 blocks with edges on both sides (the last chunk has 21 rows)."""
     B, T, H = 2, 45, 2
     seqs = [(0, 0, T), (1, 0, T)]
     args = chunk_inputs(rng, B, T, H, K, V, dtype, gate, delta, state, len(seqs))

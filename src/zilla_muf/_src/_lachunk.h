@@ -18,10 +18,13 @@
  *                      R = beta .* V - (beta e) .* (K S)
  *                      U = Ti R, then O and S as above with U for Vc.
  *
- * The products run on register tiles of MR rows by NVT vectors; the B
- * operands (the state, Vc or U, K^T) are scratch rows padded to 128 bytes,
- * the A operands are read by scalar broadcast where they are (q and k rows
- * of the input, the scratch matrices). The body (_lachunk_impl.h) is
+ * The products run on register tiles of MR rows by NVT vectors (a short
+ * remainder of rows shares the tile before it, so that every tile keeps
+ * enough accumulators in flight); the B operands (the state, Vc or U, K^T)
+ * are scratch rows padded to 128 bytes, K^T formed by 8 x 8 transposes in
+ * registers; the A operands are read by scalar broadcast where they are
+ * (the scratch copies of q and k, the scores), the (w .* k)^T of the state
+ * update down the columns of w .* k rows. The body (_lachunk_impl.h) is
  * included once per element type and instruction set: on x86-64 Linux with
  * gcc >= 12 an AVX-512 (x86-64-v4, 64-byte vectors), an AVX2 (x86-64-v3,
  * 32-byte vectors) and a baseline (16-byte vectors) build, one picked at
@@ -93,8 +96,8 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
     const ptrdiff_t w = ZM_LA_PAD / itemsize;
     const ptrdiff_t Vp = zm_la_round(V, w), Cp = zm_la_round(C, w);
     const ptrdiff_t Kp = zm_la_round(K, w);
-    return nh * K * Vp + 3 * C * Vp + 2 * K * Cp + 3 * C * Cp + 6 * Cp
-           + 2 * C * Kp + 2 * w;
+    return nh * K * Vp + 3 * C * Vp + K * Cp + 3 * C * Cp + 6 * Cp
+           + 3 * C * Kp + 2 * w;
 }
 
 /* ---- the builds -------------------------------------------------------- */
@@ -106,23 +109,27 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #define ZM_LA_ATTR __attribute__((target("arch=x86-64-v4")))
 #define ZM_LA_MR 12
 #define T float
+#define ZM_LA_IT int32_t
 #define ZM_LA_ARGS zm_la_args_f
 #define ZM_LA_VW 16
 #define ZM_LA_NAME(x) x##_f_v4
 #define ZM_LA_EXP zm_expf
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
 #undef ZM_LA_EXP
 #define T double
+#define ZM_LA_IT int64_t
 #define ZM_LA_ARGS zm_la_args_d
 #define ZM_LA_VW 8
 #define ZM_LA_NAME(x) x##_d_v4
 #define ZM_LA_EXP zm_exp
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
@@ -133,23 +140,27 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #define ZM_LA_ATTR __attribute__((target("arch=x86-64-v3")))
 #define ZM_LA_MR 6
 #define T float
+#define ZM_LA_IT int32_t
 #define ZM_LA_ARGS zm_la_args_f
 #define ZM_LA_VW 8
 #define ZM_LA_NAME(x) x##_f_v3
 #define ZM_LA_EXP zm_expf
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
 #undef ZM_LA_EXP
 #define T double
+#define ZM_LA_IT int64_t
 #define ZM_LA_ARGS zm_la_args_d
 #define ZM_LA_VW 4
 #define ZM_LA_NAME(x) x##_d_v3
 #define ZM_LA_EXP zm_exp
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
@@ -173,23 +184,27 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #define ZM_LA_VW_D 4
 #endif
 #define T float
+#define ZM_LA_IT int32_t
 #define ZM_LA_ARGS zm_la_args_f
 #define ZM_LA_VW ZM_LA_VW_F
 #define ZM_LA_NAME(x) x##_f_base
 #define ZM_LA_EXP zm_expf
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
 #undef ZM_LA_EXP
 #define T double
+#define ZM_LA_IT int64_t
 #define ZM_LA_ARGS zm_la_args_d
 #define ZM_LA_VW ZM_LA_VW_D
 #define ZM_LA_NAME(x) x##_d_base
 #define ZM_LA_EXP zm_exp
 #include "_lachunk_impl.h"
 #undef T
+#undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME

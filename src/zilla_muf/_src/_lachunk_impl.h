@@ -42,8 +42,9 @@ ZM_LA_FORCE void N_(zm_la_st)(T *p, VT v)
 typedef struct {
     T *C;                   /* the result, rows of stride ldc */
     ptrdiff_t ldc;
-    const T *A1, *B1;       /* A1 (rows, k1) stride ra1; B1 (k1, cols) */
-    ptrdiff_t ra1, ldb1, k1;
+    const T *A1, *B1;       /* A1 (rows, k1) stride ra1, or with at1 */
+    ptrdiff_t ra1, ldb1, k1;/* stored as (k1, rows) stride ra1; B1 (k1, */
+    int at1;                /* cols) */
     const T *rs;            /* row factors applied after A1 B1, or NULL */
     const T *A2, *B2;       /* A2 (rows, rows) lower triangular (zero */
     ptrdiff_t ra2, ldb2;    /* right of the diagonal), or NULL */
@@ -55,9 +56,9 @@ typedef struct {
 /* Rows [0, mr) by columns [0, nc) of
  *   C = ((A1 B1) .* rs + A2[:, :k2] B2[:k2]) + beta Co.
  * mr is a constant after inlining; the B rows hold TW readable columns. */
-ZM_LA_FORCE void N_(zm_la_tile)(const int mr, const N_(zm_la_op) *op,
-                                ptrdiff_t i0, ptrdiff_t j0, ptrdiff_t nc,
-                                ptrdiff_t k2)
+ZM_LA_FORCE void N_(zm_la_tile)(const int mr, const int at,
+                                const N_(zm_la_op) *op, ptrdiff_t i0,
+                                ptrdiff_t j0, ptrdiff_t nc, ptrdiff_t k2)
 {
     VT acc[ZM_LA_MR][NVT];
     T part[TW];
@@ -70,7 +71,9 @@ ZM_LA_FORCE void N_(zm_la_tile)(const int mr, const N_(zm_la_op) *op,
             acc[r][u] = (VT){0};
     }
     if (op->A1 != NULL) {
-        const T *A = op->A1 + i0 * op->ra1;
+        /* at: A1's rows are the columns of the stored matrix, read along
+         * its contiguous rows (no transposed copy) */
+        const T *A = op->A1 + (at ? i0 : i0 * op->ra1);
         const T *B = op->B1 + j0;
         const ptrdiff_t ra = op->ra1, ldb = op->ldb1, k1 = op->k1;
         for (l = 0; l < k1; l++) {
@@ -80,7 +83,7 @@ ZM_LA_FORCE void N_(zm_la_tile)(const int mr, const N_(zm_la_op) *op,
                 b[u] = N_(zm_la_ld)(B + l * ldb + u * ZM_LA_VW);
             ZM_LA_UNROLL
             for (r = 0; r < mr; r++) {
-                const T a = A[r * ra + l];
+                const T a = at ? A[l * ra + r] : A[r * ra + l];
                 ZM_LA_UNROLL
                 for (u = 0; u < NVT; u++)
                     acc[r][u] += a * b[u];
@@ -145,23 +148,41 @@ ZM_LA_FORCE void N_(zm_la_tile)(const int mr, const N_(zm_la_op) *op,
     }
 }
 
+/* The rows of the row tile that starts at i0 of M rows: MR, except that a
+ * remainder of fewer than MR / 2 rows is shared with the full tile before
+ * it (32 rows by 6: 6, 6, 6, 6, 4, 4). A tile of few rows has too few
+ * independent accumulators to keep the multiply-add units busy. */
+ZM_LA_FORCE int N_(zm_la_rows)(ptrdiff_t i0, ptrdiff_t M)
+{
+    const ptrdiff_t left = M - i0, rem = M % ZM_LA_MR;
+    if (left >= 2 * ZM_LA_MR || rem == 0 || 2 * rem >= ZM_LA_MR
+        || M < ZM_LA_MR)
+        return (int) zm_la_min(ZM_LA_MR, left);
+    if (left > ZM_LA_MR)                    /* the full tile before it */
+        return (int) (left / 2);
+    return (int) left;
+}
+
 /* C (M rows, columns [0, ncols)) = the op, tile by tile: column blocks of
- * TW outside (the B block stays in cache), row tiles of MR inside. With
- * `tri`, tiles right of the diagonal are skipped (left unwritten); A2 B2
- * is causal: a tile's rows i < i0 + mr use A2's columns < i0 + mr. */
+ * TW outside (the B block stays in cache), row tiles of about MR inside.
+ * With `tri`, tiles right of the diagonal are skipped (left unwritten);
+ * A2 B2 is causal: a tile's rows i < i0 + mr use A2's columns < i0 + mr. */
 static ZM_LA_ATTR void N_(zm_la_gemm)(const N_(zm_la_op) *op, ptrdiff_t M,
                                       ptrdiff_t ncols, int tri)
 {
     ptrdiff_t i0, j0;
+    const int at = op->A1 != NULL && op->at1;
     for (j0 = 0; j0 < ncols; j0 += TW) {
         const ptrdiff_t nc = zm_la_min(TW, ncols - j0);
-        for (i0 = 0; i0 < M; i0 += ZM_LA_MR) {
-            const int mr = (int) zm_la_min(ZM_LA_MR, M - i0);
-            const ptrdiff_t k2 = i0 + mr;
+        int mr;
+        for (i0 = 0; i0 < M; i0 += mr) {
+            const ptrdiff_t k2 = i0 + (mr = N_(zm_la_rows)(i0, M));
             if (tri && j0 >= i0 + mr)
                 continue;
-            switch (mr) {
-#define ZM_LA_CASE(n) case n: N_(zm_la_tile)(n, op, i0, j0, nc, k2); break;
+            switch (mr + (at ? 16 : 0)) {
+#define ZM_LA_CASE(n)                                                       \
+            case n: N_(zm_la_tile)(n, 0, op, i0, j0, nc, k2); break;       \
+            case n + 16: N_(zm_la_tile)(n, 1, op, i0, j0, nc, k2); break;
             ZM_LA_CASE(1) ZM_LA_CASE(2) ZM_LA_CASE(3) ZM_LA_CASE(4)
 #if ZM_LA_MR > 4
             ZM_LA_CASE(5) ZM_LA_CASE(6)
@@ -175,6 +196,73 @@ static ZM_LA_ATTR void N_(zm_la_gemm)(const N_(zm_la_op) *op, ptrdiff_t M,
             }
         }
     }
+}
+
+/* dst (n, m) stride ldd = the transpose of src (m, n) stride lds: 8 by 8
+ * blocks in registers where the vectors hold 8 elements, the edges (and
+ * narrower builds) one element at a time. */
+#if ZM_LA_VW >= 8
+typedef T N_(zm_la_v8) __attribute__((vector_size(8 * sizeof(T))));
+typedef ZM_LA_IT N_(zm_la_i8) __attribute__((vector_size(8 * sizeof(T))));
+#define V8 N_(zm_la_v8)
+#define I8 N_(zm_la_i8)
+
+ZM_LA_FORCE void N_(zm_la_t8)(const T *src, ptrdiff_t lds, T *dst,
+                              ptrdiff_t ldd)
+{
+    /* pairs of rows interleaved, then pairs of pairs, then the halves */
+    const I8 lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
+    const I8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+    const I8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+    V8 r[8], t[8], u[8];
+    int i;
+    ZM_LA_UNROLL
+    for (i = 0; i < 8; i++)
+        memcpy(&r[i], src + i * lds, sizeof r[i]);
+    ZM_LA_UNROLL
+    for (i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
+        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
+    }
+    ZM_LA_UNROLL
+    for (i = 0; i < 8; i += 4) {
+        u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+        u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
+        u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+        u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+    }
+    ZM_LA_UNROLL
+    for (i = 0; i < 4; i++) {
+        r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
+        r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+    }
+    ZM_LA_UNROLL
+    for (i = 0; i < 8; i++)
+        memcpy(dst + i * ldd, &r[i], sizeof r[i]);
+}
+#undef V8
+#undef I8
+#endif
+
+static ZM_LA_ATTR void N_(zm_la_transpose)(const T *src, ptrdiff_t lds,
+                                           ptrdiff_t m, ptrdiff_t n, T *dst,
+                                           ptrdiff_t ldd)
+{
+    ptrdiff_t i = 0, j;
+#if ZM_LA_VW >= 8
+    for (; i + 8 <= m; i += 8) {
+        for (j = 0; j + 8 <= n; j += 8)
+            N_(zm_la_t8)(src + i * lds + j, lds, dst + j * ldd + i, ldd);
+        for (; j < n; j++) {
+            int r;
+            for (r = 0; r < 8; r++)
+                dst[j * ldd + i + r] = src[(i + r) * lds + j];
+        }
+    }
+#endif
+    for (; i < m; i++)
+        for (j = 0; j < n; j++)
+            dst[j * ldd + i] = src[i * lds + j];
 }
 
 /* One task: its chunks in order (see _lachunk.h). work: zm_la_scratch
@@ -194,8 +282,8 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
     T *Vc = Sts + nh * K * Vp;      /* (C, Vp) v, or R of the delta rule */
     T *U = Vc + C * Vp;             /* (C, Vp) the delta rule's new values */
     T *Kt = U + C * Vp;             /* (K, Cp) k^T */
-    T *Kw = Kt + K * Cp;            /* (K, Cp) (w .* k)^T */
-    T *P = Kw + K * Cp;             /* (C, Cp) scores q k^T, then masked */
+    T *Kw = Kt + K * Cp;            /* (C, Kp) w .* k */
+    T *P = Kw + C * Kp;             /* (C, Cp) scores q k^T, then masked */
     T *KK = P + C * Cp;             /* (C, Cp) k k^T, then M */
     T *Ti = KK + C * Cp;            /* (C, Cp) (I + M)^{-1} */
     T *G = Ti + C * Cp, *e = G + Cp, *wv = e + Cp, *bt = wv + Cp;
@@ -281,19 +369,19 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
                 rb[i] = -bt[i] * e[i];
             }
 
-        /* the chunk's operands in scratch */
+        /* the chunk's operands in scratch: q, k (the delta rule's) and
+         * w .* k rows, k^T */
         for (i = 0; i < m; i++) {
+            const T *kr = k + i * ldq;
+            T *restrict kw = Kw + i * Kp;
+            const T wi = wv[i];
             memcpy(Qc + i * Kp, q + i * ldq, (size_t) K * sizeof(T));
-            memcpy(Kc + i * Kp, k + i * ldq, (size_t) K * sizeof(T));
+            if (delta)
+                memcpy(Kc + i * Kp, kr, (size_t) K * sizeof(T));
+            for (c = 0; c < K; c++)
+                kw[c] = wi * kr[c];
         }
-        for (j = 0; j < m; j++) {
-            const T *kr = Kc + j * Kp;
-            const T wj = wv[j];
-            for (c = 0; c < K; c++) {
-                Kt[c * Cp + j] = kr[c];
-                Kw[c * Cp + j] = wj * kr[c];
-            }
-        }
+        N_(zm_la_transpose)(k, ldq, m, K, Kt, Cp);
         for (i = 0; i < m; i++) {
             const T *vr = v + i * ldv;
             T *dst = Vc + i * Vp;
@@ -415,7 +503,8 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
         /* S <- gam S + (w .* k)^T X */
         memset(&op, 0, sizeof op);
         op.A1 = Kw;
-        op.ra1 = Cp;
+        op.at1 = 1;
+        op.ra1 = Kp;
         op.B1 = X;
         op.ldb1 = Vp;
         op.k1 = m;
