@@ -421,6 +421,52 @@ def test_scan_backward_rows_kernels(dtype, shape, rev):
         np.testing.assert_allclose(got, w, rtol=tol, atol=tol * np.abs(w).max())
 
 
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("rev", [False, True])
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("extras", [False, True])
+def test_cscan_backward_rows_streaming_stores(dtype, rev, offset, extras):
+    # the streaming stores write what the plain ones do, bit for bit, also
+    # into outputs that start off a 16-byte boundary (offset 1: 8 bytes
+    # off), and both match the float64 loop; five rows (a group of four and
+    # a partial one), 2500 steps (across the blocks of 1024 steps), with
+    # and without the final cotangent and h0
+    rng = np.random.default_rng(13)
+    P, n = 5, 2500
+    rdt = np.empty(0, dtype).real.dtype
+
+    def r(*s):
+        return (rng.uniform(0.3, 1.0, s) * np.exp(1j * rng.uniform(-1, 1, s))).astype(dtype)
+
+    a, h, c = (r(P, n) for _ in range(3))
+    cf, h0 = r(P), r(P)
+    flip = (lambda x: x[:, ::-1]) if rev else (lambda x: x)
+    A = np.conj(flip(a)).astype(np.complex128)[:, :, None]
+    ga_w, gb_w, gh0_w = _scan_grads_loop_c(
+        A, np.conj(flip(h))[:, :, None], flip(c)[:, :, None],
+        (cf if extras else np.zeros(P))[:, None],
+        (np.conj(h0) if extras else np.zeros(P))[:, None])
+    v = lambda x: x.view(rdt)
+    st = lambda x: v(x.reshape(P, 1))
+    none = np.empty((0, 2), rdt)
+    outs = []
+    for stream in (False, True):
+        buf = np.full(2 * P * n + 1, np.nan, dtype)
+        ga = buf[offset:offset + P * n].reshape(P, n)
+        gb = buf[P * n + offset:2 * P * n + offset].reshape(P, n)
+        gh0 = np.full((P, 1), np.nan, dtype)
+        _vjp_kernels.cscan_backward_rows(
+            v(a), v(h), v(c), st(cf) if extras else none, st(h0) if extras else none,
+            extras, extras, rev, v(ga), v(gb), v(gh0), 1, stream)
+        outs.append((ga.copy(), gb.copy(), gh0.reshape(P)))
+    for u, w in zip(*outs):
+        np.testing.assert_array_equal(u, w)
+    tol = 1e-4 if dtype == np.complex64 else 1e-12
+    want = (flip(ga_w[:, :, 0]), flip(gb_w[:, :, 0]), gh0_w[:, 0])
+    for got, w in zip(outs[1], want):
+        np.testing.assert_allclose(got, w, rtol=tol, atol=tol * np.abs(w).max())
+
+
 def _scan_grads_loop_c(A, hc, c, cf, h0c):
     """The float64/complex128 loop of the scan's pullback with the adjoint's
     decays A (already conjugated) and conjugated states hc, time in the
