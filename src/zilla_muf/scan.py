@@ -693,8 +693,11 @@ def _rows_scan_backward(a, h, c, cf, h0, reverse, workers):
 
     # ga and gb in one block: two large blocks allocated and freed on every
     # call can make the C allocator return and re-map their pages each time
+    # ga and gb placed half a page off h, whose loads run beside their
+    # stores (streaming stores wait on loads that alias them in the page)
     a, c = rows(a), rows(c)
-    ga, gb = _pair_empty(shape, dtype, a, c)
+    hv = h.reshape(P, n)
+    ga, gb = _pair_empty(shape, dtype, hv, a)
     gh0 = np.empty(shape[:-1], dtype)
     stream = complex_ and 2 * ga.nbytes >= _STREAM_BYTES
     if complex_:
@@ -704,7 +707,7 @@ def _rows_scan_backward(a, h, c, cf, h0, reverse, workers):
     else:
         kern = _vjp_kernels.scan_backward_rows
         out2 = (ga.reshape(P, n), gb.reshape(P, n), gh0.reshape(P))
-    kern(a, h.reshape(P, n).view(rdt) if complex_ else h.reshape(P, n),
+    kern(a, hv.view(rdt) if complex_ else hv,
          c, states(cf), states(h0), cf is not None, h0 is not None,
          bool(reverse), *out2, workers, *((stream,) if complex_ else ()))
     return {"a": ga, "b": gb, "h0": gh0}
