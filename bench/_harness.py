@@ -20,40 +20,47 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def median_time(fn, repeat=7, warmup=1, min_time=0.0):
-    """Median wall time of ``fn()`` over `repeat` runs after `warmup` runs.
+def median_time(fn, repeat=7, warmup=1, min_time=0.0, clock=time.perf_counter):
+    """Median time of ``fn()`` over `repeat` runs after `warmup` runs.
 
     With `min_time`, each run repeats ``fn`` until at least that many seconds
     have passed and reports the time per call (for very short calls).
+    `clock` reads the time: wall time by default; ``time.thread_time`` (the
+    calling thread's processor time, user and system, page faults included)
+    for single-threaded calls on a shared machine, where the time a call
+    spends descheduled would otherwise count, and count more often against
+    the longer of two calls compared.
     """
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
         calls = 0
-        t0 = time.perf_counter()
+        t0 = clock()
         while True:
             fn()
             calls += 1
-            dt = time.perf_counter() - t0
+            dt = clock() - t0
             if dt >= min_time:
                 break
         times.append(dt / calls)
     return float(np.median(times))
 
 
-def interleaved_times(fns, rounds=3, repeat=5, min_time=0.0):
+def interleaved_times(fns, rounds=3, repeat=5, min_time=0.0, clock=time.perf_counter):
     """Seconds per call of every function in the dict `fns`, measured in
     interleaved rounds: each round takes the median of `repeat` runs of every
     function in turn, and each function's time is its lowest round median.
 
     On a shared machine a disturbance lasts a while; interleaving exposes
     every function (the roofline included) to the same conditions, and the
-    lowest round median is the least disturbed estimate of each."""
+    lowest round median is the least disturbed estimate of each. `clock`:
+    as for ``median_time``."""
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            best[name] = min(best[name], median_time(fn, repeat, min_time=min_time))
+            best[name] = min(best[name], median_time(fn, repeat, min_time=min_time,
+                                                     clock=clock))
     return best
 
 

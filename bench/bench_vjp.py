@@ -10,13 +10,26 @@ discretisations call BLAS on small matrices, and a BLAS thread pool left
 awake by an earlier case made their forward a hundred times slower on a
 loaded machine.
 
-Usage: ``python bench/bench_vjp.py [--repeat 3] [--rounds 2] [--only NAME ...]``;
-writes ``bench/results/vjp.json``.
+Every call runs on the calling thread, so by default the time taken is
+that thread's processor time (``--clock cpu``: user and system, page
+faults included), not wall time (``--clock wall``): on a shared machine a
+call descheduled for a time slice (4 ms here) counts that slice in wall
+time, and more often the longer the call, which inflated the ratios of
+the pullbacks (several times their forward) at random.
+
+Allocation: every timed call allocates its outputs afresh and frees them,
+forward and pullback alike, each through the allocator its function uses
+(the scans' forward and their row pullbacks through the same one, with
+the buffer cache off, as by default); nothing is preallocated for either.
+
+Usage: ``python bench/bench_vjp.py [--repeat 3] [--rounds 2] [--clock cpu]
+[--only NAME ...]``; writes ``bench/results/vjp.json``.
 """
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
@@ -102,8 +115,9 @@ def cases():
     return out
 
 
-def run(repeat, rounds, only):
+def run(repeat, rounds, only, clock="cpu"):
     report = Report("vjp")
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
     for label, fun, kw in cases():
         if only and not any(o in label for o in only):
             continue
@@ -117,10 +131,11 @@ def run(repeat, rounds, only):
             "forward": lambda: fun(**kw),
             "vjp": lambda: zilla_muf.vjp(fun, **kw),
             "pullback": lambda: pullback(ct),
-        }, rounds=rounds, repeat=repeat)
-        report.add(label, "forward", t["forward"], t["forward"])
-        report.add(label, "vjp (forward + residuals)", t["vjp"], t["forward"])
-        report.add(label, "pullback", t["pullback"], t["forward"])
+        }, rounds=rounds, repeat=repeat, clock=timer)
+        report.add(label, "forward", t["forward"], t["forward"], clock=clock)
+        report.add(label, "vjp (forward + residuals)", t["vjp"], t["forward"],
+                   clock=clock)
+        report.add(label, "pullback", t["pullback"], t["forward"], clock=clock)
     return report
 
 
@@ -128,9 +143,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     p.add_argument("--only", nargs="*", default=None)
     args = p.parse_args(argv)
-    report = run(args.repeat, args.rounds, args.only)
+    report = run(args.repeat, args.rounds, args.only, args.clock)
     print(report.table())
     if not args.only:
         progress(f"wrote {report.save()}")

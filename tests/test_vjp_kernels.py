@@ -421,6 +421,63 @@ def test_scan_backward_rows_kernels(dtype, shape, rev):
         np.testing.assert_allclose(got, w, rtol=tol, atol=tol * np.abs(w).max())
 
 
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("rev", [False, True])
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("extras", [False, True])
+def test_cscan_backward_rows_streaming_stores(dtype, rev, offset, extras):
+    # the streaming stores write what the plain ones do, bit for bit, also
+    # into outputs that start off a 16-byte boundary (offset 1: 8 bytes
+    # off), and both match the float64 loop; five rows (a group of four and
+    # a partial one), 2500 steps (across the blocks of 1024 steps), with
+    # and without the final cotangent and h0. The states h sit half a page
+    # from the outputs, where the kernel streams (it keeps plain stores
+    # for rows whose loads would alias the stores in the page)
+    rng = np.random.default_rng(13)
+    P, n = 5, 2500
+    rdt = np.empty(0, dtype).real.dtype
+
+    def r(*s):
+        return (rng.uniform(0.3, 1.0, s) * np.exp(1j * rng.uniform(-1, 1, s))).astype(dtype)
+
+    def at(page_offset, x=None):
+        # a (P, n) array at this byte offset in a page
+        nb = P * n * np.dtype(dtype).itemsize
+        raw = np.empty(nb + 8192, np.uint8)
+        o = (page_offset - raw.ctypes.data) % 4096
+        y = raw[o:o + nb].view(dtype).reshape(P, n)
+        if x is not None:
+            y[...] = x
+        return y
+
+    a, c = (r(P, n) for _ in range(2))
+    h = at(0, r(P, n))
+    cf, h0 = r(P), r(P)
+    flip = (lambda x: x[:, ::-1]) if rev else (lambda x: x)
+    A = np.conj(flip(a)).astype(np.complex128)[:, :, None]
+    ga_w, gb_w, gh0_w = _scan_grads_loop_c(
+        A, np.conj(flip(h))[:, :, None], flip(c)[:, :, None],
+        (cf if extras else np.zeros(P))[:, None],
+        (np.conj(h0) if extras else np.zeros(P))[:, None])
+    v = lambda x: x.view(rdt)
+    st = lambda x: v(x.reshape(P, 1))
+    none = np.empty((0, 2), rdt)
+    outs = []
+    for stream in (False, True):
+        ga, gb = (at(2048 + 8 * offset, np.nan) for _ in range(2))
+        gh0 = np.full((P, 1), np.nan, dtype)
+        _vjp_kernels.cscan_backward_rows(
+            v(a), v(h), v(c), st(cf) if extras else none, st(h0) if extras else none,
+            extras, extras, rev, v(ga), v(gb), v(gh0), 1, stream)
+        outs.append((ga.copy(), gb.copy(), gh0.reshape(P)))
+    for u, w in zip(*outs):
+        np.testing.assert_array_equal(u, w)
+    tol = 1e-4 if dtype == np.complex64 else 1e-12
+    want = (flip(ga_w[:, :, 0]), flip(gb_w[:, :, 0]), gh0_w[:, 0])
+    for got, w in zip(outs[1], want):
+        np.testing.assert_allclose(got, w, rtol=tol, atol=tol * np.abs(w).max())
+
+
 def _scan_grads_loop_c(A, hc, c, cf, h0c):
     """The float64/complex128 loop of the scan's pullback with the adjoint's
     decays A (already conjugated) and conjugated states hc, time in the

@@ -212,16 +212,20 @@ def _loop_scan_gradients(a, b, h0, c, cf, reverse):
     return ga, gb, g
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64,
-                                   np.complex128])
+@pytest.mark.parametrize(("dtype", "stream"), [
+    (np.float32, False), (np.float64, False), (np.complex64, False),
+    (np.complex64, True), (np.complex128, False), (np.complex128, True)])
 @pytest.mark.parametrize("n", [1, 3, 40, 8200])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_h0", [False, True])
-def test_scan_rows_pullback_against_loop(dtype, n, reverse, with_h0, rng):
+def test_scan_rows_pullback_against_loop(dtype, stream, n, reverse, with_h0, rng,
+                                         monkeypatch):
     # time last, rows enough for the fused row kernels (four per group for
     # complex, five rows: a full group and a partial one); n = 8200 crosses
-    # their blocks of steps (8192)
+    # their blocks of steps (8192 real, 1024 complex). stream: the complex
+    # rows' outputs written by streaming stores whatever their size
     complex_ = np.dtype(dtype).kind == "c"
+    monkeypatch.setattr(zilla_muf.scan, "_STREAM_BYTES", 0 if stream else 1 << 62)
     a = _rand(rng, (5, n), complex_).astype(dtype)
     b = _rand(rng, (5, n), complex_).astype(dtype)
     c = _rand(rng, (5, n), complex_).astype(dtype)
@@ -236,3 +240,23 @@ def test_scan_rows_pullback_against_loop(dtype, n, reverse, with_h0, rng):
         assert g[name].dtype == dtype
         np.testing.assert_allclose(g[name], want if complex_ else want.real,
                                    rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_rows_pullback_large_complex(dtype, reverse, rng, monkeypatch):
+    # outputs of 4 MiB: the size from which the complex rows stream their
+    # stores; the same bits as plain stores, and the loop's values
+    n = (4 << 20) // (2 * 8 * np.dtype(dtype).itemsize)
+    a, b, c = (_rand(rng, (8, n), True).astype(dtype) for _ in range(3))
+    assert 2 * a.nbytes >= zilla_muf.scan._STREAM_BYTES
+    _, pullback = zilla_muf.vjp(zilla_muf.linear_scan, a, b, reverse=reverse)
+    g = pullback(c)
+    monkeypatch.setattr(zilla_muf.scan, "_STREAM_BYTES", 1 << 62)
+    plain = pullback(c)
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(g[name], plain[name])
+    ga, gb, _ = _loop_scan_gradients(a, b, None, c, None, reverse)
+    tol = 1e-4 if dtype == np.complex64 else 1e-11
+    for got, want in ((g["a"], ga), (g["b"], gb)):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())

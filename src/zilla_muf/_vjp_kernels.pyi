@@ -61,7 +61,7 @@ def cscan_backward_rows(
     c: npt.NDArray[np.floating], cf: npt.NDArray[np.floating],
     h0: npt.NDArray[np.floating], has_cf: bool, has_h0: bool, rev: bool,
     ga: npt.NDArray[np.floating], gb: npt.NDArray[np.floating],
-    gh0: npt.NDArray[np.floating], num_threads: int,
+    gh0: npt.NDArray[np.floating], num_threads: int, stream: bool = ...,
 ) -> None: ...
 
 def log_softmax_backward(

@@ -25,7 +25,9 @@ Design
   adds column t below the diagonal and drops row t left of it, so one
   streaming pass over the strictly lower triangle gathers
   d_t = sum_{i > t} c_it - sum_{j < t} c_tj into the output, and an
-  exclusive prefix sum turns d into gx (rows over threads, static).
+  exclusive prefix sum turns d into gx (rows over threads, static). Each
+  row's sum is taken in four partial sums: one chain of dependent
+  additions would bound the pass by the adder's latency.
 * semiseparable_backward: the gradients of the real y_i = C_i . h_i,
   h_i = a_i h_{i-1} + B_i x_i (h_{-1} = 0, states of width r), for rows
   of a, x, c (rows, n) and B, C (rows, n, r), C-contiguous. The adjoint
@@ -72,8 +74,10 @@ Design
   the adjoint scan is _scanrow.h's vector scan on the decays as they are,
   one step behind (no shifted, conjugated copy), in blocks of ZM_SBLK
   steps, and ga of each block is formed while its states are in L1.
-  Complex rows (interleaved re, im): four rows in lockstep, each step's g,
-  gb and ga in one iteration. Rows (real) or groups of four (complex) over
+  Complex rows (interleaved re, im): per block of steps, the adjoint
+  states of four rows in lockstep into a local array, then gb and ga row
+  by row from it; with ``stream`` (large outputs) gb and ga are written by
+  streaming stores. Rows (real) or groups of four (complex) over
   threads (static); the caller keeps the parallel scan for fewer rows than
   threads.
 * log_softmax_backward: g = c - exp(y) sum(c) per row (rows, n), y the
@@ -247,15 +251,39 @@ cdef void segsum_back_row(const real_t *c, Py_ssize_t n,
                           real_t *g) noexcept nogil:
     """g = the segsum gradient of one (n, n) cotangent (see Design)."""
     cdef Py_ssize_t i, j
-    cdef real_t s, run, d
+    cdef real_t s, run, d, s0, s1, s2, s3, v0, v1, v2, v3
+    cdef const real_t *row
     for j in range(n):
         g[j] = 0
     for i in range(1, n):
-        s = 0
-        for j in range(i):
-            s = s + c[i * n + j]
-        for j in range(i):
-            g[j] += c[i * n + j]
+        # one pass over row i left of the diagonal: its sum in four
+        # partial sums (four independent chains of additions) and its
+        # entries into the column sums
+        row = c + i * n
+        s0 = 0
+        s1 = 0
+        s2 = 0
+        s3 = 0
+        j = 0
+        while j + 4 <= i:
+            v0 = row[j]
+            v1 = row[j + 1]
+            v2 = row[j + 2]
+            v3 = row[j + 3]
+            s0 = s0 + v0
+            s1 = s1 + v1
+            s2 = s2 + v2
+            s3 = s3 + v3
+            g[j] += v0
+            g[j + 1] += v1
+            g[j + 2] += v2
+            g[j + 3] += v3
+            j += 4
+        while j < i:
+            s0 = s0 + row[j]
+            g[j] += row[j]
+            j += 1
+        s = (s0 + s1) + (s2 + s3)
         g[i] -= s
     run = 0
     for j in range(n):
@@ -757,11 +785,12 @@ cdef extern from "_scanback.h" nogil:
                        double h0, int has_h0, int rev, double *gh0)
     void zm_cscanback_f(int K, const float *a, const float *h, const float *c,
                         float *ga, float *gb, Py_ssize_t rs, Py_ssize_t n,
-                        const float *cf, const float *h0, int rev, float *gh0)
+                        const float *cf, const float *h0, int rev, float *gh0,
+                        int nt)
     void zm_cscanback_d(int K, const double *a, const double *h,
                         const double *c, double *ga, double *gb, Py_ssize_t rs,
                         Py_ssize_t n, const double *cf, const double *h0,
-                        int rev, double *gh0)
+                        int rev, double *gh0, int nt)
     int ZM_CLANES
 
 
@@ -799,11 +828,11 @@ def cscan_backward_rows(const real_t[:, ::1] a, const real_t[:, ::1] h,
                         const real_t[:, ::1] c, const real_t[:, ::1] cf,
                         const real_t[:, ::1] h0, bint has_cf, bint has_h0,
                         bint rev, real_t[:, ::1] ga, real_t[:, ::1] gb,
-                        real_t[:, ::1] gh0, int num_threads):
+                        real_t[:, ::1] gh0, int num_threads, bint stream=False):
     """The pullback of the complex scan along rows, time last, on the
     interleaved real views (P, 2n) of a, h, c, ga, gb and (P, 2) of cf, h0,
     gh0: rows in groups of ZM_CLANES in lockstep (_scanback.h), groups over
-    threads."""
+    threads. With stream, ga and gb are written by streaming stores."""
     cdef Py_ssize_t P = a.shape[0], n2 = a.shape[1], n = a.shape[1] // 2
     cdef Py_ssize_t g, ngroups = (P + ZM_CLANES - 1) // ZM_CLANES, p0
     cdef int K
@@ -825,11 +854,13 @@ def cscan_backward_rows(const real_t[:, ::1] a, const real_t[:, ::1] h,
             if real_t is float:
                 zm_cscanback_f(K, &a[p0, 0], &h[p0, 0], &c[p0, 0], &ga[p0, 0],
                                &gb[p0, 0], n2, n, &cf[p0, 0] if has_cf else NULL,
-                               &h0[p0, 0] if has_h0 else NULL, rev, &gh0[p0, 0])
+                               &h0[p0, 0] if has_h0 else NULL, rev, &gh0[p0, 0],
+                               stream)
             else:
                 zm_cscanback_d(K, &a[p0, 0], &h[p0, 0], &c[p0, 0], &ga[p0, 0],
                                &gb[p0, 0], n2, n, &cf[p0, 0] if has_cf else NULL,
-                               &h0[p0, 0] if has_h0 else NULL, rev, &gh0[p0, 0])
+                               &h0[p0, 0] if has_h0 else NULL, rev, &gh0[p0, 0],
+                               stream)
 
 
 cdef extern from "_vexp.h" nogil:

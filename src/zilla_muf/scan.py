@@ -559,9 +559,24 @@ def _real_scan_backward(a, h, c, cf, h0, ax, workers):
     return {"a": ga, "b": gb, "h0": gh0}
 
 
-def _pair_empty(shape, dtype):
-    """Two uninitialised arrays of `shape` that share one allocation."""
-    both = np.empty((2,) + tuple(shape), dtype)
+# Bytes of the two outputs of the complex rows pullback from which they are
+# written with streaming stores (_scanback.h). Measured in one process,
+# alternating: at (8, 16384) complex128 (4 MiB of outputs) and beyond,
+# 15-25% faster than plain stores; at 1 MiB the same; in the caches,
+# slower. The real rows gained nothing from streaming at 8 to 128 MiB of
+# outputs, and do not stream.
+_STREAM_BYTES = 4 << 20
+
+
+def _pair_empty(shape, dtype, a=None, b=None):
+    """Two uninitialised arrays of `shape` that share one allocation: from
+    the allocator of the scans' own outputs when large (as the forward's;
+    placed off the pages' offsets of the inputs `a` and `b`)."""
+    shape = (2,) + tuple(shape)
+    if math.prod(shape) * np.dtype(dtype).itemsize >= _buffers.MIN_BYTES:
+        both = _buffers.empty(shape, dtype, a, b)
+    else:
+        both = np.empty(shape, dtype)
     return both[0], both[1]
 
 
@@ -588,8 +603,13 @@ def _rows_scan_backward(a, h, c, cf, h0, reverse, workers):
 
     # ga and gb in one block: two large blocks allocated and freed on every
     # call can make the C allocator return and re-map their pages each time
-    ga, gb = _pair_empty(shape, dtype)
+    # ga and gb placed half a page off h, whose loads run beside their
+    # stores (streaming stores wait on loads that alias them in the page)
+    a, c = rows(a), rows(c)
+    hv = h.reshape(P, n)
+    ga, gb = _pair_empty(shape, dtype, hv, a)
     gh0 = np.empty(shape[:-1], dtype)
+    stream = complex_ and 2 * ga.nbytes >= _STREAM_BYTES
     if complex_:
         kern = _vjp_kernels.cscan_backward_rows
         out2 = (ga.reshape(P, n).view(rdt), gb.reshape(P, n).view(rdt),
@@ -597,9 +617,9 @@ def _rows_scan_backward(a, h, c, cf, h0, reverse, workers):
     else:
         kern = _vjp_kernels.scan_backward_rows
         out2 = (ga.reshape(P, n), gb.reshape(P, n), gh0.reshape(P))
-    kern(rows(a), h.reshape(P, n).view(rdt) if complex_ else h.reshape(P, n),
-         rows(c), states(cf), states(h0), cf is not None, h0 is not None,
-         bool(reverse), *out2, workers)
+    kern(a, hv.view(rdt) if complex_ else hv,
+         c, states(cf), states(h0), cf is not None, h0 is not None,
+         bool(reverse), *out2, workers, *((stream,) if complex_ else ()))
     return {"a": ga, "b": gb, "h0": gh0}
 
 
