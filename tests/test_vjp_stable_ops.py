@@ -142,3 +142,14 @@ def test_log_softmax_long_rows_against_float64_formula(dtype, axis, rng):
     assert g.dtype == dtype and g.shape == x.shape
     tol = 2e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(g, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_log_sum_exp_gradient_of_inf_and_nan_rows():
+    # rows whose lse is not finite take exp(x - lse) directly: +inf entries
+    # give NaN, finite entries beside them 0; a NaN row is NaN throughout
+    x = np.array([[np.inf, 0.0, -1.0], [np.nan, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    g = zilla_muf.vjp(zilla_muf.log_sum_exp, x)[1](np.array([2.0, 1.0, 3.0]))["x"]
+    assert np.isnan(g[0, 0]) and np.all(g[0, 1:] == 0.0)
+    assert np.all(np.isnan(g[1]))
+    p = np.exp(x[2] - np.log(np.exp(x[2]).sum()))
+    np.testing.assert_allclose(g[2], 3.0 * p, rtol=1e-14)

@@ -823,12 +823,15 @@ def _log_sum_exp_vjp(args):
         # dx = c * exp(x - lse) (x - lse <= 0); a row of -inf gets 0
         if not args["keepdims"]:
             c = np.expand_dims(c, ax)
-        with np.errstate(invalid="ignore"):
-            p = np.subtract(x, lse, dtype=out.dtype)
-            np.exp(p, out=p)
-        dead = lse == -np.inf
-        if dead.any():
-            p = np.where(dead, 0, p)
+        # exp(x - lse) is softmax(x) (its compiled kernel, one pass per row
+        # in cache) wherever lse is finite; rows of -inf, +inf or NaN take
+        # the direct form (a row of -inf gets 0, not softmax's NaN)
+        p = softmax(x, axis=ax, workers=args["workers"]).astype(out.dtype, copy=False)
+        odd = ~np.isfinite(lse)
+        if odd.any():
+            with np.errstate(invalid="ignore"):
+                q = np.exp(np.subtract(x, lse, dtype=out.dtype))
+            p = np.where(odd, np.where(lse == -np.inf, 0, q), p)
         p *= c
         return {"x": p}
 
