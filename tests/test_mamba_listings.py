@@ -39,18 +39,19 @@ def mamba():
     return torch, loader
 
 
+def _ssd_inputs(rng, L, heads_groups, b=2, P=5, N=6):
+    """x, dt (before dt_bias and softplus), dt_bias, A, B, C."""
+    H, G = heads_groups
+    return (rng.standard_normal((b, L, H, P)), rng.uniform(-4.0, 0.5, (b, L, H)),
+            rng.uniform(-0.5, 0.5, H), -rng.uniform(0.5, 4.0, H),
+            rng.standard_normal((b, L, G, N)), rng.standard_normal((b, L, G, N)))
+
+
 @pytest.mark.parametrize("heads_groups", [(4, 1), (4, 2), (3, 3)])
 @pytest.mark.parametrize("chunk", [16, 20])
 def test_ssd_matches_ssd_minimal_discrete(mamba, rng, heads_groups, chunk):
     torch, loader = mamba
-    b, L, P, N = 2, 48, 5, 6
-    H, G = heads_groups
-    x = rng.standard_normal((b, L, H, P))
-    dt = rng.uniform(-4.0, 0.5, (b, L, H))
-    dt_bias = rng.uniform(-0.5, 0.5, H)
-    A = -rng.uniform(0.5, 4.0, H)
-    B = rng.standard_normal((b, L, G, N))
-    C = rng.standard_normal((b, L, G, N))
+    x, dt, dt_bias, A, B, C = _ssd_inputs(rng, 48, heads_groups)
     t = [torch.from_numpy(v) for v in (x, dt, A, B, C)]
     # the listing's chunk (16) divides L; ours also takes 20, which does not
     y_ref, s_ref = loader.ssd_layer(*t, 16, dt_bias=torch.from_numpy(dt_bias),
@@ -85,16 +86,9 @@ def test_ssd_initial_states_match_ssd_minimal_discrete(mamba, rng):
 @pytest.mark.parametrize("chunk", [16, 20])
 def test_ssd_matches_ssd_chunk_scan_combined_ref(mamba, rng, heads_groups, chunk):
     torch, loader = mamba
-    b, L, P, N = 2, 64, 5, 6
-    H, G = heads_groups
-    x = rng.standard_normal((b, L, H, P))
-    dt = rng.uniform(-4.0, 0.5, (b, L, H))
-    dt_bias = rng.uniform(-0.5, 0.5, H)
-    A = -rng.uniform(0.5, 4.0, H)
-    B = rng.standard_normal((b, L, G, N))
-    C = rng.standard_normal((b, L, G, N))
-    D = rng.standard_normal(H)
-    z = rng.standard_normal((b, L, H, P))
+    x, dt, dt_bias, A, B, C = _ssd_inputs(rng, 64, heads_groups)
+    D = rng.standard_normal(heads_groups[0])
+    z = rng.standard_normal(x.shape)
     ref = loader.ssd_chunk_scan_combined_ref()
     t = [torch.from_numpy(v) for v in (x, dt, A, B, C)]
     # the listing's chunk must divide L (its chunk scan asserts it); ours
