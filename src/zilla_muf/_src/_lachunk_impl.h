@@ -207,13 +207,21 @@ typedef ZM_LA_IT N_(zm_la_i8) __attribute__((vector_size(8 * sizeof(T))));
 #define V8 N_(zm_la_v8)
 #define I8 N_(zm_la_i8)
 
+/* a shuffle of the 16 lanes of x then y by constant indices: gcc's
+   __builtin_shuffle takes them as a vector, clang's __builtin_shufflevector
+   as arguments */
+#if defined(__clang__)
+#define ZM_LA_SHUF8(x, y, i0, i1, i2, i3, i4, i5, i6, i7)                   \
+    __builtin_shufflevector(x, y, i0, i1, i2, i3, i4, i5, i6, i7)
+#else
+#define ZM_LA_SHUF8(x, y, i0, i1, i2, i3, i4, i5, i6, i7)                   \
+    __builtin_shuffle(x, y, (I8) {i0, i1, i2, i3, i4, i5, i6, i7})
+#endif
+
 ZM_LA_FORCE void N_(zm_la_t8)(const T *src, ptrdiff_t lds, T *dst,
                               ptrdiff_t ldd)
 {
     /* pairs of rows interleaved, then pairs of pairs, then the halves */
-    const I8 lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
-    const I8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
-    const I8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
     V8 r[8], t[8], u[8];
     int i;
     ZM_LA_UNROLL
@@ -221,25 +229,26 @@ ZM_LA_FORCE void N_(zm_la_t8)(const T *src, ptrdiff_t lds, T *dst,
         memcpy(&r[i], src + i * lds, sizeof r[i]);
     ZM_LA_UNROLL
     for (i = 0; i < 8; i += 2) {
-        t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
-        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
+        t[i] = ZM_LA_SHUF8(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = ZM_LA_SHUF8(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
     }
     ZM_LA_UNROLL
     for (i = 0; i < 8; i += 4) {
-        u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
-        u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
-        u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
-        u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+        u[i] = ZM_LA_SHUF8(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[i + 1] = ZM_LA_SHUF8(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[i + 2] = ZM_LA_SHUF8(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[i + 3] = ZM_LA_SHUF8(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
     }
     ZM_LA_UNROLL
     for (i = 0; i < 4; i++) {
-        r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
-        r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+        r[i] = ZM_LA_SHUF8(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        r[i + 4] = ZM_LA_SHUF8(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     }
     ZM_LA_UNROLL
     for (i = 0; i < 8; i++)
         memcpy(dst + i * ldd, &r[i], sizeof r[i]);
 }
+#undef ZM_LA_SHUF8
 #undef V8
 #undef I8
 #endif
