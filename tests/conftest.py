@@ -25,6 +25,7 @@ dependency is an error, never a pass.
 """
 
 import fnmatch
+import importlib.util
 import os
 import re
 
@@ -125,3 +126,12 @@ def random_array(rng, shape, dtype, low=-1.0, high=1.0):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261122)
+
+
+def load_bench_module(name):
+    """Import bench/<name>.py (a loader of reference listings) as a module."""
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_zilla_muf_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

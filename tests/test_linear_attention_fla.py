@@ -5,26 +5,19 @@ pip into a cache, see bench/fla_reference.py), one file at a time; they need
 torch and einops. Without them, or offline, these tests skip and say why.
 """
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 from zilla_muf.linear_attention import gated_delta_rule, linear_attention
 
-from conftest import assert_close
-
-_LOADER = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "fla_reference.py")
+from conftest import assert_close, load_bench_module
 
 
 @pytest.fixture(scope="session")
 def fla():
     torch = pytest.importorskip("torch", reason="FLA's references need torch")
     pytest.importorskip("einops", reason="FLA's references need einops")
-    spec = importlib.util.spec_from_file_location("_fla_reference", _LOADER)
-    loader = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loader)
+    loader = load_bench_module("fla_reference")
     try:
         mods = {name: loader.load(name) for name in loader.FILES}
     except Exception as exc:  # offline, pip failure, a moved file

@@ -16,26 +16,19 @@ float32 inputs and ours the same values in float64; the tolerance is
 float32's.
 """
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 from zilla_muf import selective_scan, ssd_chunk_scan_combined
 
-from conftest import assert_close
-
-_LOADER = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "mamba_reference.py")
+from conftest import assert_close, load_bench_module
 
 
 @pytest.fixture(scope="module")
 def mamba():
     torch = pytest.importorskip("torch", reason="mamba_ssm's listings need torch")
     pytest.importorskip("einops", reason="mamba_ssm's listings need einops")
-    spec = importlib.util.spec_from_file_location("_mamba_reference", _LOADER)
-    loader = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loader)
+    loader = load_bench_module("mamba_reference")
     return torch, loader
 
 
