@@ -192,13 +192,8 @@ ZM_INLINE void S(zm_ssdb_finish2)(T *Y0, T *Y, const T *X, const T *Z,
         if (Y != NULL) {
             T *restrict yr = Y + l * ld;
             const T *restrict zr = Z + l * ld;
-            for (p = 0; p < P; p++) {
-                T v = zr[p];
-                T e = ZM_EXP(v < 0 ? v : -v);
-                T r = (T) 1 / ((T) 1 + e);
-                T sg = v >= 0 ? r : e * r;   /* silu(-inf) = -0, the limit */
-                yr[p] = y0r[p] * (sg != 0 ? v * sg : (T) -0.0);
-            }
+            for (p = 0; p < P; p++)
+                yr[p] = y0r[p] * S(zm_ssd_silu)(zr[p]);
         }
     }
 }
@@ -293,8 +288,8 @@ typedef struct {
     ptrdiff_t ldx, ldb, L, P, N, csz, c0, c1;
 } S(zm_ssdb_adj_args);
 
-/* silu'(v) = s (1 + v (1 - s)) and silu(v) = v s, s the logistic from
- * exp(-|v|) (no overflow). gz may be y0 itself (each element read before
+/* silu'(v) = s (1 + v (1 - s)) and silu(v) = v s, s the logistic
+ * (zm_ssd_sigmoid). gz may be y0 itself (each element read before
  * it is written). */
 ZM_INLINE void S(zm_ssdb_gate_rows)(T *restrict dy, T *gz,
                                     const T *restrict gy,
@@ -309,9 +304,7 @@ ZM_INLINE void S(zm_ssdb_gate_rows)(T *restrict dy, T *gz,
         T *restrict d = dy + l * ld, *gzr = gz + l * ld;
         for (p = 0; p < P; p++) {
             T v = zr[p];
-            T e = ZM_EXP(v < 0 ? v : -v);
-            T r = (T) 1 / ((T) 1 + e);
-            T sg = v >= 0 ? r : e * r;
+            T sg = S(zm_ssd_sigmoid)(v);
             T gv = g[p];
             gzr[p] = gv * yr[p] * (sg * ((T) 1 + v * ((T) 1 - sg)));
             d[p] = gv * (v * sg);

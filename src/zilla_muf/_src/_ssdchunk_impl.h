@@ -464,9 +464,24 @@ ZM_INLINE void S(zm_ssd_chunk)(const S(zm_ssd_ws) *ws, const T *X, T *Y,
     }
 }
 
+/* The logistic s(v) formed from exp(-|v|) (no overflow), and silu(v) =
+ * v s(v), -0 at -inf (the limit); the backward forms its gate with the
+ * same operations (the same bits). */
+ZM_INLINE T S(zm_ssd_sigmoid)(T v)
+{
+    T e = ZM_EXP(v < 0 ? v : -v);
+    T r = (T) 1 / ((T) 1 + e);
+    return v >= 0 ? r : e * r;
+}
+
+ZM_INLINE T S(zm_ssd_silu)(T v)
+{
+    T sg = S(zm_ssd_sigmoid)(v);
+    return sg != 0 ? v * sg : (T) -0.0;
+}
+
 /* The output's finishing terms on the rows of a chunk, while they are in
- * cache: y = (y + D x) silu(z), D (P,) and z (rows of stride ld) optional.
- * silu(v) = v s(v), the logistic s formed from exp(-|v|) (no overflow). */
+ * cache: y = (y + D x) silu(z), D (P,) and z (rows of stride ld) optional. */
 ZM_INLINE void S(zm_ssd_finish)(T *Y, const T *X, const T *Z, ptrdiff_t ld,
                                 const T *Dv, ptrdiff_t m, ptrdiff_t P)
 {
@@ -479,13 +494,8 @@ ZM_INLINE void S(zm_ssd_finish)(T *Y, const T *X, const T *Z, ptrdiff_t ld,
                 yr[p] += Dv[p] * xr[p];
         if (Z != NULL) {
             const T *restrict zr = Z + l * ld;
-            for (p = 0; p < P; p++) {
-                T v = zr[p];
-                T e = ZM_EXP(v < 0 ? v : -v);
-                T r = (T) 1 / ((T) 1 + e);
-                T sg = v >= 0 ? r : e * r;   /* silu(-inf) = -0, the limit */
-                yr[p] *= sg != 0 ? v * sg : (T) -0.0;
-            }
+            for (p = 0; p < P; p++)
+                yr[p] *= S(zm_ssd_silu)(zr[p]);
         }
     }
 }
