@@ -135,7 +135,33 @@ def test_free_cores_reads_the_runnable_tasks(monkeypatch, runnable, own, free):
     monkeypatch.setattr(_config, "open", lambda *a, **k: io.BytesIO(line),
                         raising=False)
     monkeypatch.setattr(_config, "_own_runnable_threads", lambda: own)
+    monkeypatch.setattr(_config, "_FREE_CORES_TTL", 0.0)
     assert _config.free_cores() == free
+
+
+def test_free_cores_reuses_a_fresh_answer(monkeypatch):
+    """Within the reuse interval the load is not read again; after it, it is."""
+    import io
+
+    from zilla_muf import _config
+
+    reads = []
+
+    def fake_open(*a, **k):
+        reads.append(a[0])
+        return io.BytesIO(b"0.50 0.40 0.30 1/200 1234\n")
+
+    monkeypatch.setattr(_config.os, "sched_getaffinity", lambda pid: {0, 1},
+                        raising=False)
+    monkeypatch.setattr(_config, "open", fake_open, raising=False)
+    monkeypatch.setattr(_config, "_free_cores_seen", [-1.0, 1])
+    monkeypatch.setattr(_config, "_FREE_CORES_TTL", 3600.0)
+    assert _config.free_cores() == 2
+    assert _config.free_cores() == 2
+    assert reads == ["/proc/loadavg"]
+    monkeypatch.setattr(_config, "_FREE_CORES_TTL", 0.0)
+    assert _config.free_cores() == 2
+    assert reads == ["/proc/loadavg"] * 2
 
 
 def test_own_runnable_threads_counts_the_caller():

@@ -7,6 +7,7 @@ threads a call asked for run, given the cores other processes keep busy.
 
 import operator
 import os
+import time
 
 from . import _buffers
 from ._openmp_helpers import have_openmp, max_threads, threads_used
@@ -132,13 +133,30 @@ def buffer_cache(max_bytes=None):
     return _buffers.stats()
 
 
+# free_cores' answer is reused for this many seconds: reading the states of
+# this process's threads takes ~0.1 ms while a pool thread spins, as much
+# as a decoding step's work, and the load does not change that fast
+_FREE_CORES_TTL = 0.01
+_free_cores_seen = [-1.0, 1]
+
+
 def free_cores():
     """Cores not running another process's task right now (at least 1).
 
     Read from the count of runnable tasks in /proc/loadavg (Linux), less
     this process's own runnable threads (the caller, and pool threads still
     spinning after an earlier parallel call, which the next call reuses);
-    where that is unavailable, every core counts as free."""
+    where that is unavailable, every core counts as free. An answer is
+    reused for ``_FREE_CORES_TTL`` seconds."""
+    now = time.monotonic()
+    if now - _free_cores_seen[0] < _FREE_CORES_TTL:
+        return _free_cores_seen[1]
+    free = _read_free_cores()
+    _free_cores_seen[:] = [time.monotonic(), free]
+    return free
+
+
+def _read_free_cores():
     try:
         ncpu = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
