@@ -269,6 +269,51 @@ def test_decode_skip_and_gate_against_loop(rng):
     assert_close(y0, D[:, None] * x * gate, np.float64, 10)
 
 
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_decode_threads_blocks_and_tails(rng, dtype):
+    # a state big enough for the call to run on several threads, rows in
+    # more than one cache block, dstate with vector columns and a scalar
+    # tail; D, the gate, a pool and intermediate states: the same bits for
+    # every thread count, and the float64 loop of the recurrence
+    nb, T, H, P, N = 2, 4, 4, 70, 37
+    x = rng.standard_normal((nb, T, H, P)).astype(dtype)
+    dt = rng.uniform(0.05, 1.0, (nb, T, H)).astype(dtype)
+    A = -rng.uniform(0.3, 2.0, H).astype(dtype)
+    B = rng.standard_normal((nb, T, 2, N)).astype(dtype)
+    C = rng.standard_normal((nb, T, 2, N)).astype(dtype)
+    D = rng.standard_normal((H, P)).astype(dtype)
+    z = rng.standard_normal((nb, T, H, P)).astype(dtype)
+    pool0 = rng.standard_normal((3, H, P, N)).astype(dtype)
+    rows = np.array([2, 0])
+    got = []
+    for workers in (1, 2, -1):
+        pool = pool0.copy()
+        y, inter = selective_state_update(
+            pool, x, dt, A, B, C, D=D, z=z, state_batch_indices=rows,
+            return_intermediate_states=True, workers=workers)
+        got.append((y, inter, pool))
+    for y, inter, pool in got[1:]:
+        np.testing.assert_array_equal(y, got[0][0])
+        np.testing.assert_array_equal(inter, got[0][1])
+        np.testing.assert_array_equal(pool, got[0][2])
+    y, inter, pool = got[0]
+    np.testing.assert_array_equal(pool[1], pool0[1])
+    np.testing.assert_array_equal(pool[rows], inter[:, -1])
+    h = pool0[rows].astype(np.float64)
+    g = np.arange(H) // (H // 2)
+    for t in range(T):
+        d64 = dt[:, t].astype(np.float64)
+        decay = np.exp(d64 * A)[:, :, None, None]
+        Bt = B[:, t][:, g].astype(np.float64)           # (nb, H, N)
+        Ct = C[:, t][:, g].astype(np.float64)
+        h = decay * h + (d64[:, :, None, None] * x[:, t, :, :, None]
+                         * Bt[:, :, None, :])
+        out = np.einsum("bhpn,bhn->bhp", h, Ct) + D * x[:, t]
+        zt = z[:, t].astype(np.float64)
+        assert_close(y[:, t], out * zt / (1 + np.exp(-zt)), dtype, 50)
+        assert_close(inter[:, t], h, dtype, 50)
+
+
 def test_state_pool_rows(rng):
     (x, dt, A, B, C), kw = decode_problem(rng, 3, 2)
     pool = rng.standard_normal((7, 4, 5, 6))

@@ -118,6 +118,18 @@ cdef extern from "_ssdchunk.h" nogil:
     void zm_seq_step_d(double *S, const double *x, const double *Bt,
                        const double *Ct, double a, double d, Py_ssize_t P,
                        Py_ssize_t N, double *y)
+    void zm_decode_head_f(float *S, Py_ssize_t P, Py_ssize_t N,
+                          Py_ssize_t ntok, const float *x, Py_ssize_t ldx,
+                          const float *Bt, const float *Ct, Py_ssize_t ldbc,
+                          const float *a, const float *d, float *y,
+                          float *inter, Py_ssize_t ldi, const float *Dv,
+                          const float *z)
+    void zm_decode_head_d(double *S, Py_ssize_t P, Py_ssize_t N,
+                          Py_ssize_t ntok, const double *x, Py_ssize_t ldx,
+                          const double *Bt, const double *Ct, Py_ssize_t ldbc,
+                          const double *a, const double *d, double *y,
+                          double *inter, Py_ssize_t ldi, const double *Dv,
+                          const double *z)
     void zm_ssd_stage_f(const float *x, float *y, const float *B,
                         const float *C, const float *dt, const float *cs,
                         const long long *seq, const float *state_in,
@@ -773,15 +785,6 @@ def sequential(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
 # Decoding: T tokens of every (batch, head) in one call, on a state pool.
 # ---------------------------------------------------------------------------
 
-cdef inline real_t gate_silu(real_t v) noexcept nogil:
-    """silu(v) = v s(v), the logistic s from exp(-|v|) (no overflow);
-    silu(-inf) = -0, the limit (the finishing step of the chunk kernels)."""
-    cdef real_t e = vexp(v if v < 0 else -v)
-    cdef real_t r = 1 / (1 + e)
-    cdef real_t sg = r if v >= 0 else e * r
-    return v * sg if sg != 0 else -0.0
-
-
 def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
            const real_t[::1] A, const real_t[:, :, :, ::1] B,
            const real_t[:, :, :, ::1] C, real_t[:, :, :, ::1] state,
@@ -800,12 +803,12 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
     kernel (no temporaries)."""
     cdef Py_ssize_t nb = x.shape[0], T = x.shape[1], H = x.shape[2]
     cdef Py_ssize_t P = x.shape[3], G = B.shape[2], N = B.shape[3]
-    cdef Py_ssize_t pool = state.shape[0], PN = P * N
-    cdef Py_ssize_t task, b, h, g, t, k, r, p0, m, i, rb
-    cdef real_t a, d
+    cdef Py_ssize_t pool = state.shape[0]
+    cdef Py_ssize_t task, b, h, g, t, r
     cdef real_t *S
     cdef real_t *I
-    cdef real_t *yp
+    cdef const real_t *Dp
+    cdef const real_t *zp
     cdef real_t *decays
     cdef const Py_ssize_t *rw = NULL
     cdef real_t *inter0 = NULL
@@ -843,11 +846,6 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         D0 = &D[0, 0]
     if z is not None:
         z0 = &z[0, 0, 0, 0]
-    # rows per block: as many as fit 16 KiB (a multiple of 4, the rows the
-    # step kernel takes together), so that a block of the state stays in L1
-    # across the T tokens and each step call has many rows to amortise it
-    rb = (16384 // <Py_ssize_t> (N * sizeof(real_t))) // 4 * 4
-    rb = 4 if rb < 4 else (P if rb > P else rb)
     # the decays exp(dt A) of every (batch, head, token), formed once (not
     # once per block of rows)
     decays = <real_t *> malloc(nb * H * T * sizeof(real_t))
@@ -866,32 +864,18 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
         h = task % H
         g = h // (H // G)
         r = rw[b] if rw != NULL else b
-        # rows outer, tokens inner: a block of rb rows of the state (at most
-        # 16 KiB) stays in L1 through all T tokens; each row's arithmetic is
-        # that of a one-token call
-        for k in range((P + rb - 1) // rb):
-            p0 = k * rb
-            m = P - p0 if P - p0 < rb else rb
-            S = &state[r, h, p0, 0]
-            for t in range(T):
-                d = dt[b, h, t]
-                a = decays[task * T + t]
-                yp = &y[b, t, h, p0]
-                if real_t is float:
-                    zm_seq_step_f(S, &x[b, t, h, p0], &B[b, t, g, 0],
-                                  &C[b, t, g, 0], a, d, m, N, yp)
-                else:
-                    zm_seq_step_d(S, &x[b, t, h, p0], &B[b, t, g, 0],
-                                  &C[b, t, g, 0], a, d, m, N, yp)
-                if D0 != NULL:
-                    for i in range(m):
-                        yp[i] = yp[i] + D0[h * P + p0 + i] * x[b, t, h, p0 + i]
-                if z0 != NULL:
-                    for i in range(m):
-                        yp[i] = yp[i] * gate_silu(
-                            z0[((b * T + t) * H + h) * P + p0 + i])
-                if inter0 != NULL:
-                    I = inter0 + (((b * T + t) * H + h) * P + p0) * N
-                    for i in range(m * N):
-                        I[i] = S[i]
+        S = &state[r, h, 0, 0]
+        I = NULL if inter0 == NULL else inter0 + ((b * T * H + h) * P) * N
+        Dp = NULL if D0 == NULL else D0 + h * P
+        zp = NULL if z0 == NULL else z0 + (b * T * H + h) * P
+        if real_t is float:
+            zm_decode_head_f(S, P, N, T, &x[b, 0, h, 0], H * P,
+                             &B[b, 0, g, 0], &C[b, 0, g, 0], G * N,
+                             &decays[task * T], &dt[b, h, 0], &y[b, 0, h, 0],
+                             I, H * P * N, Dp, zp)
+        else:
+            zm_decode_head_d(S, P, N, T, &x[b, 0, h, 0], H * P,
+                             &B[b, 0, g, 0], &C[b, 0, g, 0], G * N,
+                             &decays[task * T], &dt[b, h, 0], &y[b, 0, h, 0],
+                             I, H * P * N, Dp, zp)
     free(decays)

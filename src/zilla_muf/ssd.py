@@ -1163,10 +1163,15 @@ def _batch_indices(indices, nb, pool, name):
     return idx
 
 
+# below this many state elements times tokens a decode call runs on the
+# calling thread
+_DECODE_PARALLEL_MIN = 1 << 16
+
+
 def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
                            dt_bias=None, dt_softplus=False,
                            dt_limit=(0.0, math.inf), state_batch_indices=None,
-                           return_intermediate_states=False):
+                           return_intermediate_states=False, workers=None):
     r"""Advance a Mamba-2 state by one token or T tokens, in place.
 
     Parameters
@@ -1208,6 +1213,11 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
     return_intermediate_states : bool, optional
         Also return the state after every token (speculative decoding: the
         state to roll back to when a draft token is rejected).
+    workers : int, optional
+        Threads over the (batch, head) pairs: None is 1, -1 all cores (as in
+        :mod:`scipy.fft`). A call whose state rows times tokens number fewer
+        than 65536 elements runs on the calling thread (waking another costs
+        more than the work). The result is the same for every value.
 
     Returns
     -------
@@ -1239,12 +1249,13 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
     :math:`h \leftarrow e^{\Delta' A} h + \Delta'\, x B^\top`,
     :math:`y = h C \;(+ D x)`, then :math:`y \cdot \operatorname{silu}(z)`.
     The T tokens of a call run in one kernel call (no Python loop over
-    tokens), parallel over (batch, head).
+    tokens), parallel over (batch, head) with `workers`; a block of state
+    rows stays in cache through all T tokens.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0
-       The token axis, `state_batch_indices` and
-       `return_intermediate_states`; DLPack states.
+       The token axis, `state_batch_indices`,
+       `return_intermediate_states` and `workers`; DLPack states.
 
     Examples
     --------
@@ -1268,6 +1279,7 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
     array([1.  , 1.5 , 1.75])
     """
     state = _state_buffer(state, "state")
+    nthreads = resolve_workers(workers)
     x = as_array(x, "x")
     dt = as_array(dt, "dt")
     B = as_array(B, "B")
@@ -1312,7 +1324,10 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
         y = np.empty(p.x.shape, dtype=p.dtype)
         D2 = None if p.D is None else np.ascontiguousarray(np.broadcast_to(
             p.D[:, None] if p.D.ndim == 1 else p.D, (p.H, p.P)))
-        _ssd.decode(p.x, p.processed_dt(), p.A, p.B, p.C, state, y, 1,
+        if nthreads > 1:
+            nthreads = (1 if p.nb * p.L * p.H * p.P * p.N < _DECODE_PARALLEL_MIN
+                        else running_threads(min(nthreads, p.nb * p.H)))
+        _ssd.decode(p.x, p.processed_dt(), p.A, p.B, p.C, state, y, nthreads,
                     rows=rows, inter=inter, D=D2, z=p.z)
     if not tokens:
         y = y[:, 0]

@@ -707,3 +707,39 @@ static void S(zm_seq_step)(T *restrict St, const T *restrict x,
         y[p] = S(zm_hsum)(acc) + tail;
     }
 }
+
+/* Decoding: one head's state advanced through ntok tokens in place. S (P, N)
+ * row-major; token t reads x[t * ldx + p], B and C at t * ldbc, the decay
+ * a[t] and the step d[t], writes y[t * ldx + p] (z laid out like x), and
+ * with `inter` a copy of the state after it at inter + t * ldi. Rows are
+ * taken in blocks of at most 16 KiB (a multiple of 4 rows, those a step
+ * takes together) that stay in L1 through all the tokens; each token's
+ * arithmetic is zm_seq_step's, so a token's result does not depend on how
+ * many tokens the call takes. D x and the gate follow in one vector pass
+ * over the tokens' outputs. */
+ZM_CLONES
+static void S(zm_decode_head)(T *restrict St, ptrdiff_t P, ptrdiff_t N,
+                              ptrdiff_t ntok, const T *x, ptrdiff_t ldx,
+                              const T *Bt, const T *Ct, ptrdiff_t ldbc,
+                              const T *a, const T *d, T *y, T *inter,
+                              ptrdiff_t ldi, const T *Dv, const T *z)
+{
+    ptrdiff_t rb = (ptrdiff_t) (16384 / (N * sizeof(T))) / 4 * 4;
+    ptrdiff_t p0, m, t, i;
+    rb = rb < 4 ? 4 : (rb > P ? P : rb);
+    for (p0 = 0; p0 < P; p0 += rb) {
+        T *blk = St + p0 * N;
+        m = zm_ssd_min(rb, P - p0);
+        for (t = 0; t < ntok; t++) {
+            S(zm_seq_step)(blk, x + t * ldx + p0, Bt + t * ldbc, Ct + t * ldbc,
+                           a[t], d[t], m, N, y + t * ldx + p0);
+            if (inter != NULL) {
+                T *I = inter + t * ldi + p0 * N;
+                for (i = 0; i < m * N; i++)
+                    I[i] = blk[i];
+            }
+        }
+    }
+    if (Dv != NULL || z != NULL)
+        S(zm_ssd_finish)(y, x, z, ldx, Dv, ntok, P);
+}

@@ -476,9 +476,8 @@ def call(name, **kw):
 # -- in-place decode steps (no gradient: they advance a cache)
 
 def _decode_step(fun, state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
-                 state_batch_indices):
+                 state_batch_indices, **kw):
     """One decoding step of `fun`, advancing `state`'s own memory."""
-    kw = {}
     if state_batch_indices is not None:
         kw["state_batch_indices"] = to_numpy(state_batch_indices, "state_batch_indices")
     y = fun(inplace_numpy(state, "state"), to_numpy(x, "x"), to_numpy(dt, "dt"),
@@ -494,7 +493,8 @@ def _ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                       dt_bias: torch.Tensor | None, dt_softplus: bool,
                       state_batch_indices: torch.Tensor | None) -> torch.Tensor:
     return _decode_step(zilla_muf.selective_state_update, state, x, dt, A, B, C, D,
-                        z, dt_bias, dt_softplus, state_batch_indices)
+                        z, dt_bias, dt_softplus, state_batch_indices,
+                        workers=_workers())
 
 
 _ssd_state_update_op = torch.library.custom_op(
