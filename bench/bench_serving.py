@@ -13,8 +13,9 @@ a few interleaved round medians, as the machine is shared):
   tokens), the regime where a loop pays its per-call cost;
 * multi-token decode: ``selective_state_update`` on T = 8 tokens in one
   call against 8 one-token calls, batch 1 (the target: >= 3x), for a
-  Mamba-2 layer's SSM (24 heads x 64 x 128, mamba2-130m) and a small one;
-  and ``causal_conv1d_update`` on 8 tokens against 8 calls.
+  Mamba-2 layer's SSM (24 heads x 64 x 128, mamba2-130m; workers=1 and 2,
+  both sides) and a small one; and ``causal_conv1d_update`` on 8 tokens
+  against 8 calls.
 
 What the loop costs. A packed call does the same arithmetic as one
 sequence of the same tokens (a chunk holding a boundary is computed as
@@ -121,7 +122,7 @@ def bench_packed_selective(report, quick, workers, lo=16, hi=2048, nseq=64):
     report.add(case, "Python loop over the sequences (vs packed)", t["loop"], t["packed"])
 
 
-def bench_decode(report, H, P, G, N, T=8):
+def bench_decode(report, H, P, G, N, T=8, workers=1):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, T, H, P), dtype=np.float32)
     dt = rng.uniform(-4, -1, (1, T, H)).astype(np.float32)
@@ -135,20 +136,22 @@ def bench_decode(report, H, P, G, N, T=8):
     toks = [(x[:, t], dt[:, t], B[:, t], C[:, t], z[:, t]) for t in range(T)]
 
     def multi():
-        return f(state, x, dt, A, B, C, D=D, z=z, dt_softplus=True)
+        return f(state, x, dt, A, B, C, D=D, z=z, dt_softplus=True,
+                 workers=workers)
 
     def singles():
         for xt, dtt, Bt, Ct, zt in toks:
-            f(state, xt, dtt, A, Bt, Ct, D=D, z=zt, dt_softplus=True)
+            f(state, xt, dtt, A, Bt, Ct, D=D, z=zt, dt_softplus=True,
+              workers=workers)
 
     def multi_inter():
         return f(state, x, dt, A, B, C, D=D, z=z, dt_softplus=True,
-                 return_intermediate_states=True)
+                 return_intermediate_states=True, workers=workers)
 
     t = interleaved_times({"multi": multi, "singles": singles,
                            "inter": multi_inter}, rounds=3, repeat=7,
                           min_time=0.02)
-    case = f"Mamba-2 decode, batch 1, {H} heads x {P} x {N}, T={T}"
+    case = f"Mamba-2 decode, batch 1, {H} heads x {P} x {N}, T={T}, workers={workers}"
     report.add(case, f"{T} one-token calls", t["singles"])
     report.add(case, f"one call of {T} tokens (vs {T} calls)", t["multi"], t["singles"])
     report.add(case, f"one call, intermediate states (vs {T} calls)", t["inter"],
@@ -189,7 +192,8 @@ def main():
     bench_packed_ssd(report, opts.quick, 1, lo=16, hi=64, nseq=512)
     bench_packed_selective(report, opts.quick, 1, lo=16, hi=64, nseq=512)
     progress("multi-token decode")
-    bench_decode(report, 24, 64, 1, 128)
+    for workers in (1, 2):
+        bench_decode(report, 24, 64, 1, 128, workers=workers)
     bench_decode(report, 4, 16, 1, 16)
     bench_conv_decode(report)
     print(report.table())
