@@ -312,6 +312,11 @@ def test_decode_threads_blocks_and_tails(rng, dtype):
         zt = z[:, t].astype(np.float64)
         assert_close(y[:, t], out * zt / (1 + np.exp(-zt)), dtype, 50)
         assert_close(inter[:, t], h, dtype, 50)
+    before = pool0.copy()
+    with pytest.raises(ValueError, match="`workers`"):
+        selective_state_update(pool0, x, dt, A, B, C, state_batch_indices=rows,
+                               workers=0)
+    np.testing.assert_array_equal(pool0, before)
 
 
 def test_state_pool_rows(rng):
