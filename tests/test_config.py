@@ -139,6 +139,24 @@ def test_free_cores_reads_the_runnable_tasks(monkeypatch, runnable, own, free):
     assert _config.free_cores() == free
 
 
+@pytest.mark.parametrize("readings, own, free",
+                         [((2, 1), 1, 2), ((3, 2), 1, 1), ((2, 2), 1, 1),
+                          ((3, 3), 2, 1), ((3, 2), 2, 2)])
+def test_free_cores_takes_the_lower_reading(monkeypatch, readings, own, free):
+    """A pool thread that stops spinning between the load's reading and
+    the reading of this process's threads is not taken for another
+    process: the runnable count is read again after, the lower kept."""
+    from zilla_muf import _config
+
+    seq = iter(readings)
+    monkeypatch.setattr(_config.os, "sched_getaffinity", lambda pid: {0, 1},
+                        raising=False)
+    monkeypatch.setattr(_config, "_runnable_tasks", lambda: next(seq))
+    monkeypatch.setattr(_config, "_own_runnable_threads", lambda: own)
+    monkeypatch.setattr(_config, "_FREE_CORES_TTL", 0.0)
+    assert _config.free_cores() == free
+
+
 def test_free_cores_reuses_a_fresh_answer(monkeypatch):
     """Within the reuse interval the load is not read again; after it, it is."""
     import io

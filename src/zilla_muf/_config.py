@@ -156,17 +156,27 @@ def free_cores():
     return free
 
 
+def _runnable_tasks():
+    with open("/proc/loadavg", "rb") as f:
+        return int(f.read().split()[3].split(b"/")[0])
+
+
 def _read_free_cores():
     try:
         ncpu = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         ncpu = os.cpu_count() or 1
     try:
-        with open("/proc/loadavg", "rb") as f:
-            running = int(f.read().split()[3].split(b"/")[0])
+        running = _runnable_tasks()
+        if running > 1:
+            own = _own_runnable_threads()
+            # a pool thread of ours that stopped spinning while its state
+            # was read was counted in the first reading and not in `own`:
+            # the lower of a reading before and one after
+            running = min(running, _runnable_tasks())
     except (OSError, ValueError, IndexError):
         return ncpu
-    others = running - 1 if running <= 1 else running - _own_runnable_threads()
+    others = running - 1 if running <= 1 else running - own
     return max(1, min(ncpu, ncpu - max(others, 0)))
 
 
