@@ -28,7 +28,9 @@ def _torch_ssd(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None
     rep = H // G
     d = dt if dt_bias is None else dt + dt_bias
     if dt_softplus:
-        d = torch.nn.functional.softplus(d)
+        # softplus at every step, as the forward forms it (torch's default
+        # takes the step itself above 20)
+        d = torch.nn.functional.softplus(d, threshold=1e4)
     d = torch.clamp(d, dt_limit[0], dt_limit[1])
     Bh = B.repeat_interleave(rep, dim=2)
     Ch = C.repeat_interleave(rep, dim=2)
@@ -152,6 +154,35 @@ def test_softplus_threshold():
     ct = random_cotangent(rng, out)
     assert_grads_close(pull(ct), _torch_grads(dict(kw, dt_softplus=True), ct, False),
                        1e-9)
+
+
+@pytest.mark.parametrize("lo", [0.0, 20.5])
+def test_softplus_chain_rule_at_large_steps(lo):
+    # dt's gradient through softplus is the logistic times the gradient of
+    # the step it makes, at every step (also above 20, where the logistic
+    # differs from 1 by up to 2e-9, far above float64 rounding): against
+    # the gradient of the same call given softplus(dt) as the steps, times
+    # scipy's logistic; with a lower limit that clamps some steps, zero there
+    from scipy.special import expit
+
+    rng = np.random.default_rng(27)
+    kw = _problem(rng, full=False)
+    v = rng.uniform(19.0, 23.0, kw["dt"].shape)
+    kw["A"] = -rng.uniform(1e-3, 2e-3, 4)
+    sp = np.logaddexp(0.0, v)
+    opts = dict(chunk_size=4, dt_limit=(lo, math.inf))
+    out, pull = vjp(ssd_chunk_scan_combined, **dict(kw, dt=v), dt_softplus=True,
+                    **opts)
+    out2, pull2 = vjp(ssd_chunk_scan_combined, **dict(kw, dt=sp), **opts)
+    np.testing.assert_array_equal(out, out2)
+    ct = random_cotangent(rng, out)
+    want = pull2(ct)["dt"] * expit(v)
+    got = pull(ct)["dt"]
+    clamped = sp < lo
+    assert clamped.any() == (lo > 0)
+    assert np.all(got[clamped] == 0)
+    np.testing.assert_allclose(got[~clamped], want[~clamped], rtol=1e-13,
+                               atol=1e-13 * np.abs(want).max())
 
 
 def test_minimal_arguments_and_sequential_agree():

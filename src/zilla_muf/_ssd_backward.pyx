@@ -330,9 +330,10 @@ def backward(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
 
     With `dt_raw` (batch, seqlen, nheads), the steps as the layer got them,
     ddt is their gradient instead: through the bias `dt_bias`, softplus
-    (`dt_softplus`, the identity above 20) and the clamp to [lo, hi] (zero
-    where a step is clamped strictly); with `gdt_bias` (the shape of gA),
-    the per-task sums of that gradient are added to it (zero it first).
+    (`dt_softplus`, at every step, as process_dt forms it) and the clamp to
+    [lo, hi] (zero where a step is clamped strictly); with `gdt_bias` (the
+    shape of gA), the per-task sums of that gradient are added to it (zero
+    it first).
 
     The chunks are taken in blocks, last block first: pass 2 over the
     block (every (batch, head) resuming its adjoint), then pass 3 over the

@@ -448,14 +448,14 @@ typedef struct {
 } S(zm_ssdb_grad_args);
 
 /* d dt' / d dt at the step v = dt + bias: dt' = clamp(softplus(v), lo, hi)
- * (softplus the identity above 20; without `softplus`, v itself), so the
- * derivative is the logistic of v (1 above 20) where lo <= softplus(v) <=
- * hi, else 0 (a step clamped strictly). g is multiplied by the indicator,
- * then the logistic, as a NaN must stay NaN. */
+ * (softplus as the forward's process_dt forms it, at every v; without
+ * `softplus`, v itself), so the derivative is the logistic of v where
+ * lo <= softplus(v) <= hi, else 0 (a step clamped strictly). g is
+ * multiplied by the indicator, then the logistic, as a NaN must stay NaN. */
 ZM_INLINE T S(zm_ssdb_dstep)(T g, T v, int softplus, T lo, T hi)
 {
     T sp = v, ds = 1;
-    if (softplus && !(v > 20)) {
+    if (softplus) {
         const T e = ZM_EXP(v < 0 ? v : -v);
         const T r = (T) 1 / ((T) 1 + e);
         sp = S(zm_ssdb_softplus)(v);
