@@ -59,6 +59,8 @@ def as_array(x, name):
     and so does a lazy Dask collection, which ``np.asarray`` would compute
     silently (the check reads attributes only and never imports dask).
     """
+    if type(x) is np.ndarray and x.dtype.kind in "biufc":
+        return x
     if hasattr(x, "__dask_graph__") or type(x).__module__.startswith("dask."):
         raise TypeError(
             f"`{name}` is a Dask collection ({type(x).__name__}); the in-memory "
@@ -308,9 +310,9 @@ def check_shape(arr, expected, name):
     `expected` may contain ``None`` for a dimension of any length.
     """
     shape = arr.shape
-    ok = len(shape) == len(expected) and all(
+    ok = shape == expected or (len(shape) == len(expected) and all(
         e is None or e == s for e, s in zip(expected, shape)
-    )
+    ))
     if not ok:
         exp = "(" + ", ".join("any" if e is None else str(e) for e in expected)
         exp += ",)" if len(expected) == 1 else ")"
