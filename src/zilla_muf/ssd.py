@@ -1310,7 +1310,7 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
             f"`state` has dtype {state.dtype} but the inputs compute in "
             f"{p.dtype}; pass inputs of dtype {state.dtype} or a {p.dtype} state"
         )
-    inter = (np.empty((p.nb, p.L, p.H, p.P, p.N), dtype=p.dtype)
+    inter = (_empty((p.nb, p.L, p.H, p.P, p.N), p.dtype)
              if return_intermediate_states else None)
     if np.may_share_memory(state, p.x) or np.may_share_memory(state, p.B) \
             or np.may_share_memory(state, p.C):
