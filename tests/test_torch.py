@@ -284,6 +284,100 @@ def test_gradcheck_selective_scan_fn(gen):
     _gradcheck(fn, [u, delta, A, B, C, D, z, bias])
 
 
+def split_scan_ref(zxbcdt, w, wb, dt_bias, A, D, headdim, ngroups, h0=None,
+                   rmsw=None, eps=1e-6, nbg=True, W=None, Wb=None):
+    """mamba_ssm's split/conv/scan/norm/projection layer from the listings above."""
+    nheads = D.shape[0]
+    dim = nheads * headdim
+    dstate = (w.shape[0] - dim) // ngroups // 2
+    rest = zxbcdt.shape[-1] - 2 * dim - 2 * ngroups * dstate - nheads
+    zx0, z, xBC, dt = torch.split(
+        zxbcdt, [rest, dim, dim + 2 * ngroups * dstate, nheads], dim=-1)
+    xBC = conv_ref(xBC.transpose(1, 2), w, wb, "silu").transpose(1, 2)
+    x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
+    b, L = zxbcdt.shape[:2]
+    y, last = ssd_loop(x.reshape(b, L, nheads, headdim), dt, A,
+                       B.reshape(b, L, ngroups, dstate),
+                       C.reshape(b, L, ngroups, dstate), D=D,
+                       z=None if rmsw is not None else z.reshape(b, L, nheads, headdim),
+                       dt_bias=dt_bias, dt_softplus=True, initial_states=h0)
+    y = y.reshape(b, L, dim)
+    if rmsw is not None:
+        y = rms_ref(y, rmsw, z=z, eps=eps, group_size=dim // ngroups,
+                    norm_before_gate=nbg)
+    if rest:
+        z0, x0 = zx0.chunk(2, dim=-1)
+        y = torch.cat([F.silu(z0) * x0, y], dim=-1)
+    if W is not None:
+        y = F.linear(y, W, Wb)
+    return y, last
+
+
+@pytest.mark.parametrize("norm, nbg, d_mlp, proj", [
+    (True, False, 0, True), (True, True, 3, True), (False, True, 0, False),
+    (False, True, 2, True)])
+def test_split_conv1d_scan_combined_against_the_listings(gen, norm, nbg, d_mlp, proj):
+    # the layer after its input projection, forward and every gradient,
+    # against the same layer written from the recurrence's loop, the
+    # convolution and the norm in torch (float64, ngroups 2, D per head
+    # with headdim given, initial and final states, 1-3 chunks)
+    b, L, nheads, headdim, ngroups, dstate, width = 2, 11, 4, 3, 2, 5, 4
+    dim = nheads * headdim
+    conv_dim = dim + 2 * ngroups * dstate
+    r = lambda *shape: torch.randn(*shape, generator=gen, dtype=f64)  # noqa: E731
+    zxbcdt = r(b, L, 2 * d_mlp + dim + conv_dim + nheads)
+    zxbcdt[..., -nheads:] = zxbcdt[..., -nheads:] * 0.5 - 1.0
+    args = dict(w=r(conv_dim, width) * 0.5, wb=r(conv_dim), dt_bias=r(nheads) * 0.1,
+                A=-torch.rand(nheads, generator=gen, dtype=f64) - 0.5, D=r(nheads),
+                h0=r(b, nheads, headdim, dstate),
+                rmsw=r(dim) if norm else None,
+                W=r(7, dim + d_mlp) if proj else None, Wb=r(7) if proj else None)
+    names = [k for k, v in args.items() if v is not None]
+    leaves = {k: args[k].clone().requires_grad_(True) for k in names}
+    x0 = zxbcdt.clone().requires_grad_(True)
+    y, last = zt.mamba_split_conv1d_scan_combined(
+        x0, leaves["w"], leaves["wb"], leaves["dt_bias"], leaves["A"], leaves["D"], 4,
+        initial_states=leaves["h0"], return_final_states=True,
+        rmsnorm_weight=leaves.get("rmsw"), rmsnorm_eps=1e-5,
+        outproj_weight=leaves.get("W"), outproj_bias=leaves.get("Wb"),
+        headdim=headdim, ngroups=ngroups, norm_before_gate=nbg)
+    leaves2 = {k: args[k].clone().requires_grad_(True) for k in names}
+    x2 = zxbcdt.clone().requires_grad_(True)
+    y2, last2 = split_scan_ref(x2, leaves2["w"], leaves2["wb"], leaves2["dt_bias"],
+                               leaves2["A"], leaves2["D"], headdim, ngroups,
+                               h0=leaves2["h0"], rmsw=leaves2.get("rmsw"), eps=1e-5,
+                               nbg=nbg, W=leaves2.get("W"), Wb=leaves2.get("Wb"))
+    torch.testing.assert_close(y, y2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, last2, rtol=1e-10, atol=1e-10)
+    wy, wl = r(*y.shape), r(*last.shape)
+    g = torch.autograd.grad((y * wy).sum() + (last * wl).sum(),
+                            [x0] + [leaves[k] for k in names])
+    g2 = torch.autograd.grad((y2 * wy).sum() + (last2 * wl).sum(),
+                             [x2] + [leaves2[k] for k in names])
+    for name, a, e in zip(["zxbcdt"] + names, g, g2):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_split_conv1d_scan_combined_refusals(gen):
+    zxbcdt = torch.randn(1, 5, 2 * 8 + 2 * 3 + 2, dtype=f64)
+    w, A, dtb = torch.randn(8 + 6, 4, dtype=f64), -torch.ones(2, dtype=f64), torch.zeros(2, dtype=f64)
+    f = zt.mamba_split_conv1d_scan_combined
+    with pytest.raises(ValueError, match="`headdim`"):
+        f(zxbcdt, w, None, dtb, A, torch.ones(2, dtype=f64), 4)
+    with pytest.raises(ValueError, match="`zxbcdt`"):
+        f(zxbcdt[..., 1:], w, None, dtb, A, torch.ones(2, dtype=f64), 4, headdim=4)
+    with pytest.raises(ValueError, match="`conv1d_weight`"):
+        f(zxbcdt, w[1:], None, dtb, A, torch.ones(2, dtype=f64), 4, headdim=4)
+    with pytest.raises(ValueError, match="`ngroups`"):
+        f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4, ngroups=3)
+    with pytest.raises(ValueError, match="`activation`"):
+        f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4, activation="relu")
+    with pytest.raises(ValueError, match="`outproj_bias`"):
+        f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4,
+          outproj_bias=torch.zeros(3, dtype=f64))
+
+
 def test_gradcheck_conv_norm_and_scan(gen):
     x = torch.randn(1, 3, 6, generator=gen, dtype=f64)
     w = torch.randn(3, 4, generator=gen, dtype=f64)

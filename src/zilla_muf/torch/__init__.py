@@ -30,6 +30,7 @@ __all__ = [
     "causal_conv1d_update",
     "linear_scan",
     "mamba_chunk_scan_combined",
+    "mamba_split_conv1d_scan_combined",
     "rmsnorm_fn",
     "selective_scan_fn",
     "selective_state_update",
@@ -74,6 +75,108 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None,
                 return_final_states=bool(return_final_states),
                 return_varlen_states=bool(return_varlen_states))
     return _one_or_tuple(outs)
+
+
+def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D,
+                                     chunk_size, initial_states=None, seq_idx=None,
+                                     dt_limit=(0.0, math.inf),
+                                     return_final_states=False, activation="silu",
+                                     rmsnorm_weight=None, rmsnorm_eps=1e-6,
+                                     outproj_weight=None, outproj_bias=None,
+                                     headdim=None, ngroups=1, norm_before_gate=True):
+    """A Mamba-2 layer after its input projection, as ``mamba_ssm``'s function.
+
+    `zxbcdt` (batch, seqlen, 2 d_mlp + 2 dim + 2 ngroups dstate + nheads),
+    dim = nheads headdim, is split into an optional MLP part (its two
+    halves give ``silu(first) * second``, put before the SSM's output), the
+    gate z (dim), the convolution's input xBC (dim + 2 ngroups dstate) and
+    the step sizes dt (nheads). xBC goes through :func:`causal_conv1d_fn`
+    (`conv1d_weight` (dim + 2 ngroups dstate, width), `activation`), is
+    split into x, B and C, and :func:`mamba_chunk_scan_combined` runs on
+    them with D, `dt_bias`, softplus steps, `dt_limit`, `initial_states` and
+    `seq_idx` (`seq_idx` also restarts the convolution). With
+    `rmsnorm_weight` (dim,) the output is normalised by :func:`rmsnorm_fn`
+    with the gate z, in groups of dim / ngroups, before or after gating as
+    `norm_before_gate` says; without it z gates the SSM output directly.
+    Last, with `outproj_weight` (out_dim, dim (+ d_mlp)), the output
+    projection (and `outproj_bias`). D is (nheads,) (then `headdim` is
+    required) or (nheads, headdim); dstate is read from `conv1d_weight`.
+
+    Returns the output (batch, seqlen, out_dim), and the final states
+    (batch, nheads, headdim, dstate) if `return_final_states`.
+    Differentiable in every tensor argument; each stage is one of this
+    module's operators.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from zilla_muf.torch import mamba_split_conv1d_scan_combined
+    >>> nheads, headdim, dstate = 2, 4, 3
+    >>> dim = nheads * headdim
+    >>> zxbcdt = torch.randn(1, 6, 2 * dim + 2 * dstate + nheads)
+    >>> out = mamba_split_conv1d_scan_combined(
+    ...     zxbcdt, torch.randn(dim + 2 * dstate, 4), None, torch.zeros(nheads),
+    ...     -torch.ones(nheads), torch.ones(nheads), chunk_size=4, headdim=headdim,
+    ...     rmsnorm_weight=torch.ones(dim), outproj_weight=torch.randn(5, dim))
+    >>> out.shape
+    torch.Size([1, 6, 5])
+    """
+    import torch
+
+    F = torch.nn.functional
+    act = _activation(activation)
+    if not isinstance(D, torch.Tensor) or D.dim() not in (1, 2):
+        raise ValueError("`D` must be a tensor of shape (nheads,) or (nheads, headdim)")
+    if D.dim() == 2:
+        nheads, headdim = D.shape
+    elif headdim is None:
+        raise ValueError("`headdim` must be given when `D` has shape (nheads,)")
+    else:
+        nheads, headdim = D.shape[0], int(headdim)
+    ngroups = int(ngroups)
+    if ngroups < 1 or nheads % ngroups:
+        raise ValueError(f"`ngroups` must divide nheads = {nheads}, got {ngroups}")
+    if zxbcdt.dim() != 3:
+        raise ValueError(
+            f"`zxbcdt` must have shape (batch, seqlen, channels), got {tuple(zxbcdt.shape)}")
+    dim = nheads * headdim
+    conv_dim = conv1d_weight.shape[0] if conv1d_weight.dim() == 2 else -1
+    if conv_dim <= dim or (conv_dim - dim) % (2 * ngroups):
+        raise ValueError(
+            f"`conv1d_weight` must have shape (dim + 2 ngroups dstate, width) with "
+            f"dim = {dim}, ngroups = {ngroups}, got {tuple(conv1d_weight.shape)}")
+    dstate = (conv_dim - dim) // (2 * ngroups)
+    rest = zxbcdt.shape[-1] - dim - conv_dim - nheads
+    if rest < 0 or rest % 2:
+        raise ValueError(
+            f"`zxbcdt` must have 2 d_mlp + {dim + conv_dim + nheads} channels (z, xBC, "
+            f"dt and an optional MLP part), got {zxbcdt.shape[-1]}")
+    batch, seqlen = zxbcdt.shape[:2]
+    zx0, z, xBC, dt = torch.split(zxbcdt, [rest, dim, conv_dim, nheads], dim=-1)
+    xBC = causal_conv1d_fn(xBC.transpose(1, 2), conv1d_weight, conv1d_bias,
+                           seq_idx=seq_idx, activation=act).transpose(1, 2)
+    x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
+    res = mamba_chunk_scan_combined(
+        x.reshape(batch, seqlen, nheads, headdim), dt, A,
+        B.reshape(batch, seqlen, ngroups, dstate),
+        C.reshape(batch, seqlen, ngroups, dstate), chunk_size, D=D,
+        z=z.reshape(batch, seqlen, nheads, headdim) if rmsnorm_weight is None else None,
+        dt_bias=dt_bias, initial_states=initial_states, seq_idx=seq_idx,
+        dt_softplus=True, dt_limit=dt_limit, return_final_states=return_final_states)
+    y, final = res if return_final_states else (res, None)
+    y = y.reshape(batch, seqlen, dim)
+    if rmsnorm_weight is not None:
+        y = rmsnorm_fn(y, rmsnorm_weight, None, z=z, eps=rmsnorm_eps,
+                       group_size=None if ngroups == 1 else dim // ngroups,
+                       norm_before_gate=norm_before_gate)
+    if rest:
+        z0, x0 = zx0.chunk(2, dim=-1)
+        y = torch.cat([F.silu(z0) * x0, y], dim=-1)
+    if outproj_weight is not None:
+        y = F.linear(y, outproj_weight, outproj_bias)
+    elif outproj_bias is not None:
+        raise ValueError("`outproj_bias` needs `outproj_weight`")
+    return (y, final) if return_final_states else y
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None,
