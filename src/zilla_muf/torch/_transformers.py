@@ -64,6 +64,23 @@ def _ssd(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None,
         return_final_states=return_final_states)
 
 
+def _split_scan(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
+                initial_states=None, dt_limit=(0.0, float("inf")),
+                return_final_states=False, activation="silu", rmsnorm_weight=None,
+                rmsnorm_eps=1e-6, outproj_weight=None, outproj_bias=None,
+                headdim=None, ngroups=1, norm_before_gate=True, **kwargs):
+    from . import mamba_split_conv1d_scan_combined
+
+    return mamba_split_conv1d_scan_combined(
+        zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
+        initial_states=initial_states, seq_idx=kwargs.get("seq_idx"),
+        dt_limit=tuple(dt_limit), return_final_states=return_final_states,
+        activation=activation, rmsnorm_weight=rmsnorm_weight,
+        rmsnorm_eps=rmsnorm_eps, outproj_weight=outproj_weight,
+        outproj_bias=outproj_bias, headdim=headdim, ngroups=ngroups,
+        norm_before_gate=norm_before_gate)
+
+
 def _state_update(state, hidden_states, dt, A, B, C, D=None, dt_bias=None,
                   dt_softplus=False, z=None, **kwargs):
     from . import selective_state_update
@@ -121,7 +138,8 @@ def apply_to_mamba2(model=None):
     """Run transformers' Mamba-2 models on zilla_muf's kernels.
 
     Rebinds the causal convolution, its decoding step, the chunked scan, the
-    one-token state update and the gated RMS norm of
+    one-token state update, the gated RMS norm and the fused layer of training
+    (``mamba2_split_conv1d_scan_combined``, where transformers has it) of
     ``transformers.models.mamba2.modeling_mamba2`` to zilla_muf (for CPU
     tensors; other devices keep the original functions), for every model,
     built already or later.
@@ -130,6 +148,14 @@ def apply_to_mamba2(model=None):
     ----------
     model : transformers.Mamba2PreTrainedModel or Mamba2Mixer, optional
         Checked to be a Mamba-2 model; the patch itself is process-wide.
+
+    Notes
+    -----
+    In training (no cache) the mixer then takes its fused path, as it does
+    when ``mamba_ssm`` is installed: positions masked by an
+    ``attention_mask`` are zeroed before the input projection, not again
+    after the convolution as its torch path also does. That differs only
+    for padding before a sequence (left padding).
     """
     mod = importlib.import_module("transformers.models.mamba2.modeling_mamba2")
     _check_model(model, mod, ("Mamba2PreTrainedModel", "Mamba2Mixer"))
@@ -137,6 +163,9 @@ def apply_to_mamba2(model=None):
     _patch(mod, "causal_conv1d_update", _conv_update)
     _patch(mod, "mamba2_chunk_scan", _ssd)
     _patch(mod, "mamba2_selective_state_update", _state_update)
+    if hasattr(mod, "mamba2_split_conv1d_scan_combined"):
+        # the fused layer the mixers call in training (transformers >= 5)
+        _patch(mod, "mamba2_split_conv1d_scan_combined", _split_scan)
     norm = mod.MambaRMSNormGated
     if not hasattr(norm.forward, "__wrapped_original__"):
         norm.forward = _gated_norm_forward(norm.forward)
