@@ -373,6 +373,8 @@ def test_split_conv1d_scan_combined_refusals(gen):
         f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4, ngroups=3)
     with pytest.raises(ValueError, match="`activation`"):
         f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4, activation="relu")
+    with pytest.raises(TypeError, match="`zxbcdt`"):
+        f(zxbcdt.numpy(), w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4)
     with pytest.raises(ValueError, match="`outproj_bias`"):
         f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4,
           outproj_bias=torch.zeros(3, dtype=f64))

@@ -125,7 +125,10 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
 
     F = torch.nn.functional
     act = _activation(activation)
-    if not isinstance(D, torch.Tensor) or D.dim() not in (1, 2):
+    for name, t in (("zxbcdt", zxbcdt), ("conv1d_weight", conv1d_weight), ("D", D)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+    if D.dim() not in (1, 2):
         raise ValueError("`D` must be a tensor of shape (nheads,) or (nheads, headdim)")
     if D.dim() == 2:
         nheads, headdim = D.shape
