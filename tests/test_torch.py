@@ -359,6 +359,26 @@ def test_split_conv1d_scan_combined_against_the_listings(gen, norm, nbg, d_mlp, 
                                    msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_gradcheck_split_conv1d_scan_combined(gen):
+    # finite differences through the whole layer (norm after the gate, the
+    # MLP part, the projection; ngroups 2)
+    nheads, headdim, ngroups, dstate, d_mlp = 2, 2, 2, 2, 1
+    dim = nheads * headdim
+    conv_dim = dim + 2 * ngroups * dstate
+    r = lambda *shape: torch.randn(*shape, generator=gen, dtype=f64)  # noqa: E731
+    zxbcdt = r(1, 5, 2 * d_mlp + dim + conv_dim + nheads)
+    inputs = [zxbcdt, r(conv_dim, 3) * 0.5, r(conv_dim), r(nheads) * 0.1,
+              -torch.rand(nheads, generator=gen, dtype=f64) - 0.5, r(nheads, headdim),
+              r(dim) + 2.0, r(3, dim + d_mlp), r(3)]
+
+    def fn(zxbcdt, w, wb, dtb, A, D, rmsw, W, Wb):
+        return zt.mamba_split_conv1d_scan_combined(
+            zxbcdt, w, wb, dtb, A, D, 2, rmsnorm_weight=rmsw, outproj_weight=W,
+            outproj_bias=Wb, ngroups=ngroups, norm_before_gate=False)
+
+    _gradcheck(fn, inputs)
+
+
 def test_split_conv1d_scan_combined_refusals(gen):
     zxbcdt = torch.randn(1, 5, 2 * 8 + 2 * 3 + 2, dtype=f64)
     w, A, dtb = torch.randn(8 + 6, 4, dtype=f64), -torch.ones(2, dtype=f64), torch.zeros(2, dtype=f64)
