@@ -43,24 +43,28 @@ class _Patch:
     names = ("causal_conv1d_fn", "causal_conv1d_update", "mamba2_chunk_scan",
              "mamba2_selective_state_update", "mamba2_split_conv1d_scan_combined")
 
-    def __init__(self, mod, norm):
-        self.mod, self.norm = mod, norm
+    def __init__(self, mod):
+        self.mod = mod
         self.names = tuple(k for k in self.names if hasattr(mod, k))
         self.saved = {k: getattr(mod, k) for k in self.names}
-        self.saved_norm = norm.forward
+        # the gated norm's forward, and the mixer's (its fused decoding step)
+        self.methods = (mod.MambaRMSNormGated, mod.Mamba2Mixer)
+        self.saved_methods = [c.forward for c in self.methods]
 
     def on(self):
         import zilla_muf.torch as zt
 
         zt.apply_to_mamba2()
         self.patched = {k: getattr(self.mod, k) for k in self.names}
-        self.patched_norm = self.norm.forward
+        self.patched_methods = [c.forward for c in self.methods]
 
     def use(self, patched):
         src = self.patched if patched else self.saved
         for k, v in src.items():
             setattr(self.mod, k, v)
-        self.norm.forward = self.patched_norm if patched else self.saved_norm
+        for c, f in zip(self.methods, self.patched_methods if patched
+                        else self.saved_methods):
+            c.forward = f
 
 
 # operator name (torch.profiler) -> part of the patched training step
@@ -118,7 +122,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     report = Report("torch" if args.threads == 2 else f"torch-{args.threads}-threads")
-    patch = _Patch(m2, m2.MambaRMSNormGated)
+    patch = _Patch(m2)
     patch.on()
     layers = 4
     seqlen = 256 if args.quick else 1024

@@ -405,6 +405,101 @@ def test_selective_state_update_state_checks(rng):
 # ---------------------------------------------------------------------------
 
 
+def _mixer_step_loop(zxbcdt, conv_state, w, bias, dt_bias, A, D, nw, state, P, G, eps):
+    """transformers' Mamba2Mixer decoding token, one number at a time (float64)."""
+    nb, H = state.shape[:2]
+    N = state.shape[3]
+    di, cd, K = H * P, conv_state.shape[1], w.shape[1]
+    out = np.zeros((nb, di))
+    for b in range(nb):
+        conv_state[b, :, :-1] = conv_state[b, :, 1:].copy()
+        conv_state[b, :, -1] = zxbcdt[b, di:di + cd]
+        xbc = np.zeros(cd)
+        for c in range(cd):
+            v = bias[c] + sum(conv_state[b, c, -K + k] * w[c, k] for k in range(K))
+            xbc[c] = v / (1.0 + math.exp(-v))
+        y = np.zeros(di)
+        for h in range(H):
+            g = h // (H // G)
+            d = _softplus(zxbcdt[b, di + cd + h] + dt_bias[h])
+            for p in range(P):
+                xv = xbc[h * P + p]
+                acc = 0.0
+                for n in range(N):
+                    Bv = xbc[di + g * N + n]
+                    Cv = xbc[di + G * N + g * N + n]
+                    state[b, h, p, n] = (math.exp(d * A[h]) * state[b, h, p, n]
+                                         + d * xv * Bv)
+                    acc += state[b, h, p, n] * Cv
+                z = zxbcdt[b, h * P + p]
+                y[h * P + p] = (acc + D[h] * xv) * z / (1.0 + math.exp(-z))
+        gs = di // G
+        for g in range(G):
+            seg = y[g * gs:(g + 1) * gs]
+            out[b, g * gs:(g + 1) * gs] = (seg / math.sqrt(np.mean(seg ** 2) + eps)
+                                           * nw[g * gs:(g + 1) * gs])
+    return out
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("K", [4, 2])
+def test_mamba2_mixer_step_against_a_loop(rng, dtype, K):
+    from zilla_muf.ssd import _mamba2_mixer_step, _mamba2_step_params
+
+    # transformers' layout: the convolution cache holds the last K inputs
+    nb, H, P, G, N = 2, 4, 3, 2, 5
+    di = H * P
+    cd = di + 2 * G * N
+    zxbcdt = rng.standard_normal((nb, di + cd + H))
+    conv_state = rng.standard_normal((nb, cd, K))
+    w = rng.standard_normal((cd, K)) * 0.5
+    bias = rng.standard_normal(cd)
+    dt_bias = rng.uniform(-2, 0, H)
+    A = -rng.uniform(0.5, 2, H)
+    D = rng.standard_normal(H)
+    nw = rng.uniform(0.5, 1.5, di)
+    state = rng.standard_normal((nb, H, P, N))
+    cs, st = conv_state.astype(dtype), state.astype(dtype)
+    for _ in range(3):  # three tokens, the states carried by both sides
+        params = _mamba2_step_params(w, bias, dt_bias, A, D, nw, dtype=dtype,
+                                     headdim=P)
+        out = _mamba2_mixer_step(zxbcdt.astype(dtype), cs, st, params, ngroups=G,
+                                 eps=1e-5)
+        ref = _mixer_step_loop(zxbcdt, conv_state, w, bias, dt_bias, A, D, nw,
+                               state, P, G, 1e-5)
+        assert out.dtype == dtype
+        assert_close(out, ref, dtype, 50)
+        assert_close(st, state, dtype, 50)
+        assert_close(cs, conv_state, dtype, 50)
+        zxbcdt = rng.standard_normal(zxbcdt.shape)
+
+
+def test_mamba2_mixer_step_refuses_a_state_it_cannot_update():
+    from zilla_muf.ssd import _mamba2_mixer_step, _mamba2_step_params
+
+    H, P, G, N = 2, 2, 1, 3
+    cd = H * P + 2 * G * N
+    z = np.zeros((1, H * P + cd + H), np.float32)
+    params = _mamba2_step_params(np.zeros((cd, 4)), None, np.zeros(H), -np.ones(H),
+                                 None, np.ones(H * P), dtype=np.float32, headdim=P)
+    conv = np.zeros((1, cd, 4), np.float32)
+    state = np.zeros((1, H, P, N), np.float32)
+    kw = {"ngroups": G, "eps": 1e-5}
+    with pytest.raises(TypeError, match="`state`"):
+        _mamba2_mixer_step(z, conv, state.astype(np.float64), params, **kw)
+    with pytest.raises(TypeError, match="`conv_state`"):
+        _mamba2_mixer_step(z, conv[:, :, ::2], state, params, **kw)
+    with pytest.raises(TypeError, match="`params`"):
+        _mamba2_mixer_step(z.astype(np.float64), conv.astype(np.float64),
+                           state.astype(np.float64), params, **kw)
+    with pytest.raises(ValueError, match="must agree"):
+        _mamba2_mixer_step(z[:, :-1], conv, state, params, **kw)
+    with pytest.raises(ValueError, match="conv_state"):
+        _mamba2_mixer_step(z, conv[:, :-1].copy(), state, params, **kw)
+    out = _mamba2_mixer_step(z, conv, state, params, **kw)
+    assert out.shape == (1, H * P) and np.all(out == 0)
+
+
 def test_float32_long_sequence_accuracy():
     rng = np.random.default_rng(7)
     nb, L, H, P, G, N = 1, 4096, 2, 16, 1, 16

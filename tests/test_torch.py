@@ -642,10 +642,12 @@ def unpatched_transformers():
     saved = {(mod, k): v for mod in (m1, m2) for k, v in vars(mod).items()
              if callable(v) and not isinstance(v, type)}
     norm_forward = m2.MambaRMSNormGated.forward
+    mixer_forward = m2.Mamba2Mixer.forward
     yield
     for (mod, k), v in saved.items():
         setattr(mod, k, v)
     m2.MambaRMSNormGated.forward = norm_forward
+    m2.Mamba2Mixer.forward = mixer_forward
 
 
 def _run_model(model, ids):
@@ -678,6 +680,73 @@ def test_patched_models_match_transformers(build, apply, unpatched_transformers)
                                    msg=lambda m, n=name: f"{n}: {m}")
     assert torch.equal(gen, gen_ref)
     np.testing.assert_allclose(losses, losses_ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_patched_mamba2_decoding_steps(dtype, unpatched_transformers):
+    # the fused decoding step: logits of every cached step and the caches
+    # themselves, batch 2, two groups, against transformers' own steps
+    import transformers.models.mamba2.modeling_mamba2 as m2
+
+    cfg = transformers.Mamba2Config(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_heads=4,
+        head_dim=8, expand=1, state_size=8, n_groups=2, chunk_size=8,
+        conv_kernel=4, time_step_limit=(0.0, 0.5))
+    torch.manual_seed(3)
+    model = transformers.Mamba2ForCausalLM(cfg).to(dtype).eval()
+    with torch.no_grad():
+        for mixer in model.modules():
+            if isinstance(mixer, m2.Mamba2Mixer):
+                mixer.D.normal_()
+                mixer.norm.weight.uniform_(0.5, 1.5)
+                mixer.conv1d.bias.normal_()
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(4))
+
+    def steps():
+        with torch.no_grad():
+            out = model(ids[:, :7], use_cache=True)
+            cache, logits = out.cache_params, [out.logits[:, -1]]
+            for t in range(7, 11):
+                out = model(ids[:, t:t + 1], cache_params=cache, use_cache=True)
+                logits.append(out.logits[:, -1])
+        layers = range(cfg.num_hidden_layers)
+        return (torch.stack(logits), [cache.get_conv_state(i) for i in layers],
+                [cache.get_recurrent_state(i) for i in layers])
+
+    transformers_steps = steps()
+    zt.apply_to_mamba2(model)
+    fused = m2.Mamba2Mixer.forward
+    m2.Mamba2Mixer.forward = fused.__wrapped_original__
+    pieces = steps()  # the mixer's own path on zilla_muf's kernels
+    calls = []
+    m2.Mamba2Mixer.forward = lambda *a, **k: calls.append(1) or fused(*a, **k)
+    state_update = m2.mamba2_selective_state_update
+    m2.mamba2_selective_state_update = None  # a decoding step must not reach it
+    ours = steps()
+    m2.mamba2_selective_state_update = state_update
+    assert len(calls) == 5 * cfg.num_hidden_layers
+    # transformers computes its gated norm and (in a float64 model) the
+    # recurrent state it caches in float32
+    loose = {"rtol": 2e-4, "atol": 2e-5} if dtype == torch.float32 else {
+        "rtol": 1e-5, "atol": 1e-6}
+    tight = {"rtol": 2e-5, "atol": 2e-6} if dtype == torch.float32 else {}
+    for ref, tol in ((transformers_steps, loose), (pieces, tight)):
+        torch.testing.assert_close(ours[0], ref[0], **tol)
+        for a, b in zip(ours[1] + ours[2], ref[1] + ref[2]):
+            torch.testing.assert_close(a, b.to(a.dtype), **tol)
+    # parameters updated in place (an optimizer step) reach the next steps
+    with torch.no_grad():
+        for mixer in model.modules():
+            if isinstance(mixer, m2.Mamba2Mixer):
+                for p in (mixer.A_log, mixer.D, mixer.dt_bias, mixer.norm.weight,
+                          mixer.conv1d.weight, mixer.conv1d.bias):
+                    p.mul_(0.9)
+    m2.Mamba2Mixer.forward = fused.__wrapped_original__
+    pieces = steps()
+    m2.Mamba2Mixer.forward = fused
+    ours = steps()
+    torch.testing.assert_close(ours[0], pieces[0], **tight)
+    assert not torch.allclose(ours[0], transformers_steps[0], rtol=1e-3, atol=1e-3)
 
 
 def test_apply_checks_the_model(unpatched_transformers):

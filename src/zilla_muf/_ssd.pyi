@@ -40,3 +40,8 @@ def decode(
     *, rows: npt.NDArray[np.intp] | None = ..., inter: _F | None = ...,
     D: _F | None = ..., z: _F | None = ...,
 ) -> None: ...
+def mixer_step(
+    zxbcdt: _F, conv_state: _F, conv_w: _F, conv_b: _F, dt_bias: _F, A: _F,
+    D: _F | None, norm_w: _F, state: _F, out: _F, ngroups: int, eps: float,
+    lo: float, hi: float,
+) -> None: ...

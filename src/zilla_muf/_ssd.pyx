@@ -51,7 +51,7 @@ per-position state and no (L, L) matrix per head
 and chunk is ever stored beyond the one a thread works on.
 """
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport exp, expf, fabs, log1p
+from libc.math cimport exp, expf, fabs, log1p, sqrt, INFINITY
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
@@ -879,3 +879,108 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
                              &decays[task * T], &dt[b, h, 0], &y[b, 0, h, 0],
                              I, H * P * N, Dp, zp)
     free(decays)
+
+
+# ---------------------------------------------------------------------------
+# A Mamba-2 mixer's decoding token between its projections, in one call.
+# ---------------------------------------------------------------------------
+
+cdef inline real_t silu_of(real_t v) noexcept nogil:
+    """v sigmoid(v), -0 at v = -inf (exp(-v) overflows to inf below)."""
+    return v / (1 + vexp(-v)) if v != -INFINITY else -0.0
+
+
+def mixer_step(const real_t[:, ::1] zxbcdt, real_t[:, :, ::1] conv_state,
+               const real_t[:, ::1] conv_w, const real_t[::1] conv_b,
+               const real_t[::1] dt_bias, const real_t[::1] A,
+               const real_t[:, ::1] D, const real_t[::1] norm_w,
+               real_t[:, :, :, ::1] state, real_t[:, ::1] out,
+               Py_ssize_t ngroups, double eps, double lo, double hi):
+    """One token: zxbcdt (batch, d_inner + conv_dim + nheads) read as z, the
+    convolution's input and dt; conv_state (batch, conv_dim, Wc >= width -
+    1) shifted left by one with the input entering at the right; the
+    convolution (weights conv_w (conv_dim, width), bias conv_b) with SiLU
+    gives x, B, C; dt' = clamp(softplus(dt + dt_bias), lo, hi); state
+    (batch, nheads, headdim, dstate) advanced; y = h C + D x (D (nheads,
+    headdim), or None); out (batch, d_inner) = rmsnorm(y * silu(z)) * norm_w
+    in `ngroups` groups."""
+    cdef Py_ssize_t nb = zxbcdt.shape[0], H = state.shape[1]
+    cdef Py_ssize_t P = state.shape[2], N = state.shape[3]
+    cdef Py_ssize_t cd = conv_state.shape[1], Wc = conv_state.shape[2]
+    cdef Py_ssize_t K = conv_w.shape[1], G = ngroups
+    cdef Py_ssize_t di = H * P, gs, b, c, k, h, g, i
+    cdef real_t acc, v, d, a, rlo = <real_t> lo, rhi = <real_t> hi
+    cdef double ss
+    cdef real_t *row
+    cdef real_t *xbc
+    cdef real_t *y
+    cdef const real_t *zrow
+    cdef const real_t *D0 = NULL
+    _require(G >= 1 and H % G == 0 and cd == di + 2 * G * N,
+             "conv_state must be (batch, nheads * headdim + 2 ngroups dstate, Wc)")
+    _require(zxbcdt.shape[1] == di + cd + H and conv_state.shape[0] == nb
+             and state.shape[0] == nb and out.shape[0] == nb
+             and out.shape[1] == di,
+             "zxbcdt (batch, d_inner + conv_dim + nheads), states and out "
+             "(batch, d_inner) must agree")
+    _require(K >= 1 and Wc >= K - 1 and conv_w.shape[0] == cd
+             and conv_b.shape[0] == cd,
+             "conv_w must be (conv_dim, width <= Wc + 1), conv_b (conv_dim,)")
+    _require(dt_bias.shape[0] == H and A.shape[0] == H and norm_w.shape[0] == di,
+             "dt_bias and A must be (nheads,), norm_w (d_inner,)")
+    _require(D is None or (D.shape[0] == H and D.shape[1] == P),
+             "D must be (nheads, headdim)")
+    _require(eps >= 0, "eps must be >= 0")
+    if nb == 0 or di == 0:
+        return
+    gs = di // G
+    if D is not None:
+        D0 = &D[0, 0]
+    xbc = <real_t *> malloc((cd + di + 2) * sizeof(real_t))
+    if xbc == NULL:
+        raise MemoryError("could not allocate the step's scratch")
+    y = xbc + cd
+    with nogil:
+        for b in range(nb):
+            # the convolution: taps over the window's last K - 1 inputs and
+            # the new one, then the window shifts
+            for c in range(cd):
+                v = zxbcdt[b, di + c]
+                acc = conv_b[c] + conv_w[c, K - 1] * v
+                if Wc > 0:
+                    row = &conv_state[b, c, 0]
+                    for k in range(K - 1):
+                        acc = acc + conv_w[c, k] * row[Wc - (K - 1) + k]
+                    for k in range(Wc - 1):
+                        row[k] = row[k + 1]
+                    row[Wc - 1] = v
+                xbc[c] = silu_of(acc)
+            for h in range(H):
+                g = h // (H // G)
+                d = softplus(zxbcdt[b, di + cd + h] + dt_bias[h])
+                if d < rlo:
+                    d = rlo
+                if d > rhi:
+                    d = rhi
+                a = vexp(d * A[h])
+                if real_t is float:
+                    zm_decode_head_f(&state[b, h, 0, 0], P, N, 1, xbc + h * P,
+                                     di, xbc + di + g * N, xbc + di + (G + g) * N,
+                                     G * N, &a, &d, y + h * P, NULL, 0,
+                                     NULL if D0 == NULL else D0 + h * P, NULL)
+                else:
+                    zm_decode_head_d(&state[b, h, 0, 0], P, N, 1, xbc + h * P,
+                                     di, xbc + di + g * N, xbc + di + (G + g) * N,
+                                     G * N, &a, &d, y + h * P, NULL, 0,
+                                     NULL if D0 == NULL else D0 + h * P, NULL)
+            # the gated norm: y * silu(z), normalised group by group
+            zrow = &zxbcdt[b, 0]
+            for g in range(G):
+                ss = 0
+                for i in range(g * gs, (g + 1) * gs):
+                    y[i] = y[i] * silu_of(zrow[i])
+                    ss = ss + <double> y[i] * y[i]
+                v = <real_t> (1.0 / sqrt(ss / gs + eps))
+                for i in range(g * gs, (g + 1) * gs):
+                    out[b, i] = y[i] * v * norm_w[i]
+    free(xbc)

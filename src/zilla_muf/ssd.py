@@ -1334,6 +1334,61 @@ def selective_state_update(state, x, dt, A, B, C, *, D=None, z=None,
     return (y, inter) if return_intermediate_states else y
 
 
+def _mamba2_step_params(conv_weight, conv_bias, dt_bias, A, D, norm_weight, *,
+                        dtype, headdim):
+    """A Mamba-2 layer's parameters as :func:`_mamba2_mixer_step` takes them:
+    C-contiguous arrays of `dtype`, the bias 0 where absent, D as (nheads,
+    headdim) or None. A caller stepping many tokens prepares them once."""
+    def cast(a):
+        return None if a is None else np.ascontiguousarray(a, dtype=dtype)
+
+    W = cast(conv_weight)
+    bias = np.zeros(W.shape[0], dtype) if conv_bias is None else cast(conv_bias)
+    D = cast(D)
+    if D is not None and D.ndim == 1:
+        D = np.ascontiguousarray(np.broadcast_to(D[:, None], (D.shape[0], headdim)))
+    return W, bias, cast(dt_bias), cast(A), D, cast(norm_weight)
+
+
+def _mamba2_mixer_step(zxbcdt, conv_state, state, params, *, ngroups, eps,
+                       dt_limit=(0.0, math.inf)):
+    """One decoding token of a Mamba-2 mixer between its two projections.
+
+    The step of transformers' ``Mamba2Mixer`` (and of mamba_ssm's ``Mamba2``
+    with the norm after the gate), from the input projection's output to
+    the output projection's input, in one compiled call: the causal
+    convolution's update with SiLU, the state update with D x, and the RMS
+    norm of ``y * silu(z)`` in `ngroups` groups, scaled by the norm's
+    weight.
+
+    zxbcdt (batch, d_inner + conv_dim + nheads) is read as z, the
+    convolution's input (x, B, C) and dt; conv_state (batch, conv_dim, >=
+    width - 1) and state (batch, nheads, headdim, dstate) are advanced in
+    place and must have the dtype of zxbcdt (float32 or float64), be
+    C-contiguous and writeable. `params` comes from
+    :func:`_mamba2_step_params` with that dtype. Returns (batch, d_inner).
+    For callers that hold a layer's arrays: the kernel checks that the
+    shapes agree, not which argument is wrong.
+    """
+    zxbcdt = np.asarray(zxbcdt)
+    dtype = zxbcdt.dtype
+    if dtype not in (np.float32, np.float64) or zxbcdt.ndim != 2:
+        raise TypeError("`zxbcdt` must be a float32 or float64 (batch, channels) array")
+    for name, s, nd in (("conv_state", conv_state, 3), ("state", state, 4)):
+        if (not isinstance(s, np.ndarray) or s.dtype != dtype or s.ndim != nd
+                or not s.flags.c_contiguous or not s.flags.writeable):
+            raise TypeError(f"`{name}` must be a writeable C-contiguous {dtype} "
+                            f"array of {nd} dimensions")
+    for a in params:
+        if a is not None and (a.dtype != dtype or not a.flags.c_contiguous):
+            raise TypeError(f"`params` must be {dtype} (from _mamba2_step_params)")
+    out = np.empty((zxbcdt.shape[0], state.shape[1] * state.shape[2]), dtype)
+    lo, hi = dt_limit
+    _ssd.mixer_step(np.ascontiguousarray(zxbcdt), conv_state, *params, state, out,
+                    ngroups, eps, lo, hi)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Gradients
 # ---------------------------------------------------------------------------

@@ -15,8 +15,12 @@ cached generation. The patch is process-wide, as Liger Kernel's
 
 import functools
 import importlib
+import weakref
 
+import numpy as np
 import torch
+
+from ._ops import _increment_version, _plain_eager, to_numpy
 
 __all__ = ["apply_to_mamba", "apply_to_mamba2"]
 
@@ -115,6 +119,103 @@ def _gated_norm_forward(original):
     return forward
 
 
+def _decode_states(mixer, hidden_states, cache_params, attention_mask, kwargs):
+    """The (conv_state, recurrent_state) of a decoding step that the fused
+    step serves, or None.
+
+    Served: one token, cached states already filled, no mask and no extra
+    arguments (as ``generate`` calls the mixer), SiLU, float32/float64
+    tensors on the CPU in the states' dtype, and no gradient to record
+    (eager mode, nothing requiring grad, not tracing); the rest takes the
+    mixer's own path.
+    """
+    if (cache_params is None or attention_mask is not None or kwargs
+            or hidden_states.ndim != 3 or hidden_states.shape[1] != 1
+            or hidden_states.dtype not in (torch.float32, torch.float64)
+            or hidden_states.device.type != "cpu"
+            or mixer.activation not in ("silu", "swish")):
+        return None
+    layer = mixer.layer_idx
+    if cache_params.is_recording_past(layer):
+        return None
+    conv_state = cache_params.get_conv_state(layer, state_idx=0)
+    state = cache_params.get_recurrent_state(layer, state_idx=0)
+    if conv_state is None or state is None:
+        return None
+    for s in (conv_state, state):
+        if (s.dtype != hidden_states.dtype or s.device.type != "cpu"
+                or not s.is_contiguous()):
+            return None
+    if not _plain_eager((hidden_states, conv_state, state, mixer.in_proj.weight)):
+        return None
+    return conv_state, state
+
+
+# mixer -> (the parameters' identities and versions, their prepared arrays)
+_STEP_PARAMS = weakref.WeakKeyDictionary()
+
+
+def _step_params(mixer, dtype):
+    """The mixer's parameters for the fused step, prepared once and again
+    only when a parameter is replaced or updated in place (its version)."""
+    tensors = (mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias,
+               mixer.A_log, mixer.D, mixer.norm.weight)
+    key = (dtype,) + tuple(None if t is None else (id(t), t._version, t.data_ptr())
+                           for t in tensors)
+    hit = _STEP_PARAMS.get(mixer)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    if not _on_cpu(*tensors):
+        return None
+    from zilla_muf.ssd import _mamba2_step_params
+
+    w, b, dt_bias, A_log, D, norm_w = (
+        None if t is None else to_numpy(t, name) for t, name in zip(
+            tensors, ("conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D",
+                      "norm.weight")))
+    # as the mixer forms it: -exp of the float32 A_log
+    A = -np.exp(A_log.astype(np.float32))
+    params = _mamba2_step_params(w[:, 0], b, dt_bias, A, D, norm_w,
+                                 dtype=np.dtype(str(dtype).removeprefix("torch.")),
+                                 headdim=mixer.head_dim)
+    _STEP_PARAMS[mixer] = (key, params)
+    return params
+
+
+def _mixer_forward(original):
+    """Mamba2Mixer.forward with its decoding step in one fused call.
+
+    A decoding token through the mixer's own path is a dozen small torch
+    operations and three kernel calls, each paying its per-call cost; the
+    fused step (zilla_muf.ssd._mamba2_mixer_step) runs the convolution's
+    update, the state update and the gated norm between the two
+    projections in one call.
+    """
+    @functools.wraps(original)
+    def forward(self, hidden_states, cache_params=None, attention_mask=None,
+                **kwargs):
+        states = _decode_states(self, hidden_states, cache_params, attention_mask,
+                                kwargs)
+        params = None if states is None else _step_params(self, hidden_states.dtype)
+        if params is None:
+            return original(self, hidden_states, cache_params=cache_params,
+                            attention_mask=attention_mask, **kwargs)
+        from zilla_muf.ssd import _mamba2_mixer_step
+
+        conv_state, state = states
+        zxbcdt = self.in_proj(hidden_states)
+        y = _mamba2_mixer_step(
+            to_numpy(zxbcdt, "zxbcdt")[:, 0], conv_state.numpy(), state.numpy(),
+            params, ngroups=self.n_groups, eps=self.norm.variance_epsilon,
+            dt_limit=tuple(self.time_step_limit))
+        _increment_version(conv_state)
+        _increment_version(state)
+        return self.out_proj(torch.from_numpy(y)[:, None, :])
+
+    forward.__wrapped_original__ = original
+    return forward
+
+
 def _patch(module, name, ours):
     current = getattr(module, name)
     if hasattr(current, "__wrapped_original__"):
@@ -142,7 +243,12 @@ def apply_to_mamba2(model=None):
     (``mamba2_split_conv1d_scan_combined``, where transformers has it) of
     ``transformers.models.mamba2.modeling_mamba2`` to zilla_muf (for CPU
     tensors; other devices keep the original functions), for every model,
-    built already or later.
+    built already or later. The mixer's ``forward`` is wrapped too: a
+    cached decoding token (one token, no mask, no gradient to record, float32
+    or float64 on the CPU) goes from the input projection's output to the
+    output projection's input in one compiled call (convolution update,
+    state update, gated norm); everything else takes the mixer's own path
+    on the functions above.
 
     Parameters
     ----------
@@ -169,6 +275,10 @@ def apply_to_mamba2(model=None):
     norm = mod.MambaRMSNormGated
     if not hasattr(norm.forward, "__wrapped_original__"):
         norm.forward = _gated_norm_forward(norm.forward)
+    mixer = mod.Mamba2Mixer
+    if _increment_version is not None and not hasattr(mixer.forward,
+                                                       "__wrapped_original__"):
+        mixer.forward = _mixer_forward(mixer.forward)
     return model
 
 
