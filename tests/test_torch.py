@@ -734,6 +734,14 @@ def test_patched_mamba2_decoding_steps(dtype, unpatched_transformers):
         torch.testing.assert_close(ours[0], ref[0], **tol)
         for a, b in zip(ours[1] + ours[2], ref[1] + ref[2]):
             torch.testing.assert_close(a, b.to(a.dtype), **tol)
+    # a hooked projection is called as a module (an adapter would be)
+    seen = []
+    handle = model.backbone.layers[1].mixer.in_proj.register_forward_hook(
+        lambda mod, args, out: seen.append(out.shape))
+    again = steps()
+    handle.remove()
+    assert seen.count(torch.Size([2, 1, seen[-1][-1]])) == 4
+    torch.testing.assert_close(again[0], ours[0], **tight)
     # parameters updated in place (an optimizer step) reach the next steps
     with torch.no_grad():
         for mixer in model.modules():

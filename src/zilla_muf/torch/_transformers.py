@@ -182,6 +182,41 @@ def _step_params(mixer, dtype):
     return params
 
 
+def _project(linear, x):
+    """linear(x)[:, 0] for a (batch, 1, features) tensor or array, as an
+    ndarray.
+
+    A plain ``nn.Linear`` without hooks is applied in NumPy (at one token,
+    torch's call costs about twice the product); any other module (an
+    adapter, a quantised layer, a hooked one) is called as it is.
+    """
+    w = linear.weight
+    if (type(linear) is torch.nn.Linear and not linear._forward_hooks
+            and not linear._forward_pre_hooks and not _global_module_hooks()
+            and w.device.type == "cpu" and w.dtype == _dtype_of(x)):
+        if isinstance(x, torch.Tensor):
+            x = x.numpy()
+        out = x[:, 0] @ w.detach().numpy().T
+        if linear.bias is not None:
+            out += linear.bias.detach().numpy()
+        return out
+    if not isinstance(x, torch.Tensor):
+        x = torch.from_numpy(x)
+    return to_numpy(linear(x), "projection")[:, 0]
+
+
+def _dtype_of(x):
+    return x.dtype if isinstance(x, torch.Tensor) else torch.from_numpy(x[:0]).dtype
+
+
+def _global_module_hooks():
+    """Whether hooks registered for every module are set."""
+    m = torch.nn.modules.module
+    return any(getattr(m, name, None) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks",
+        "_global_forward_hooks_always_called"))
+
+
 def _mixer_forward(original):
     """Mamba2Mixer.forward with its decoding step in one fused call.
 
@@ -203,14 +238,13 @@ def _mixer_forward(original):
         from zilla_muf.ssd import _mamba2_mixer_step
 
         conv_state, state = states
-        zxbcdt = self.in_proj(hidden_states)
+        zxbcdt = _project(self.in_proj, hidden_states)
         y = _mamba2_mixer_step(
-            to_numpy(zxbcdt, "zxbcdt")[:, 0], conv_state.numpy(), state.numpy(),
-            params, ngroups=self.n_groups, eps=self.norm.variance_epsilon,
-            dt_limit=tuple(self.time_step_limit))
+            zxbcdt, conv_state.numpy(), state.numpy(), params, ngroups=self.n_groups,
+            eps=self.norm.variance_epsilon, dt_limit=tuple(self.time_step_limit))
         _increment_version(conv_state)
         _increment_version(state)
-        return self.out_proj(torch.from_numpy(y)[:, None, :])
+        return torch.from_numpy(_project(self.out_proj, y[:, None, :]))[:, None, :]
 
     forward.__wrapped_original__ = original
     return forward
