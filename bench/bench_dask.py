@@ -21,7 +21,10 @@ affine carry: a summary pass into a reused buffer, one carry task, and the
 recomputing pass). The threaded-scheduler row stores into a preallocated,
 already touched output; its reference is the in-memory scan into the same
 output (``out=``), since a fresh output costs its page faults (about as
-much as the scan on this machine).
+much as the scan on this machine). Two more graphs of the same 16 batch
+blocks measure what any task graph of them costs on this cluster: tasks
+that return one column of their block (the scheduling floor) and tasks of
+``np.add`` (the least work that reads both blocks and writes a new one).
 
 Part "stream": one sequence of 2**log2n float32 steps, ``a`` and ``b`` in a
 Zarr store on disk in blocks of 2**block_log2, scanned and written back to
@@ -40,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -136,6 +140,10 @@ def _timed_persist(make, repeat):
     return float(np.median(times)), times
 
 
+def _first_column(a, b):
+    return a[:, :1].copy()
+
+
 def part_batch(report, repeat):
     import dask.array as da
     from threadpoolctl import threadpool_limits
@@ -192,6 +200,17 @@ def part_batch(report, repeat):
         report.add(case, "dask, 16 blocks along batch, 2 workers", t_batch, ref,
                    speedup=ref / t_batch, tasks=len(g.__dask_graph__()),
                    bytes_moved=moved_batch)
+        # what any graph of these 16 blocks costs on this cluster: tasks that
+        # only return one column of their block (scheduling alone), and
+        # tasks of np.add (the least work that reads both blocks and writes
+        # a new one). Fresh names, so that no result is reused.
+        for label, fn in (("dask floor: 16 tasks returning a column", _first_column),
+                          ("dask roofline: 16 tasks of np.add", np.add)):
+            t_floor, _ = _timed_persist(
+                lambda fn=fn: da.map_blocks(fn, a, b, dtype=np.float32,
+                                            name=f"floor-{uuid.uuid4().hex}"),
+                repeat)
+            report.add(case, label, t_floor, ref, speedup=ref / t_floor)
         moved0 = _incoming_bytes(client)
         t_time, _ = _timed_persist(lambda: zd.linear_scan(at, bt), repeat)
         moved_time = (_incoming_bytes(client) - moved0) / repeat
