@@ -47,8 +47,8 @@ class _Patch:
         self.mod = mod
         self.names = tuple(k for k in self.names if hasattr(mod, k))
         self.saved = {k: getattr(mod, k) for k in self.names}
-        # the gated norm's forward, and the mixer's (its fused decoding step)
-        self.methods = (mod.MambaRMSNormGated, mod.Mamba2Mixer)
+        # the norms' forward, and the mixer's (its fused decoding step)
+        self.methods = (mod.MambaRMSNormGated, mod.Mamba2RMSNorm, mod.Mamba2Mixer)
         self.saved_methods = [c.forward for c in self.methods]
 
     def on(self):

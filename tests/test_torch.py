@@ -643,11 +643,13 @@ def unpatched_transformers():
              if callable(v) and not isinstance(v, type)}
     norm_forward = m2.MambaRMSNormGated.forward
     mixer_forward = m2.Mamba2Mixer.forward
+    block_norm_forward = m2.Mamba2RMSNorm.forward
     yield
     for (mod, k), v in saved.items():
         setattr(mod, k, v)
     m2.MambaRMSNormGated.forward = norm_forward
     m2.Mamba2Mixer.forward = mixer_forward
+    m2.Mamba2RMSNorm.forward = block_norm_forward
 
 
 def _run_model(model, ids):
@@ -755,6 +757,37 @@ def test_patched_mamba2_decoding_steps(dtype, unpatched_transformers):
     ours = steps()
     torch.testing.assert_close(ours[0], pieces[0], **tight)
     assert not torch.allclose(ours[0], transformers_steps[0], rtol=1e-3, atol=1e-3)
+
+
+def test_patched_block_norm(unpatched_transformers, monkeypatch):
+    import transformers.models.mamba2.modeling_mamba2 as m2
+
+    import zilla_muf.stable_ops as so
+
+    norm = m2.Mamba2RMSNorm(24, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 24, generator=torch.Generator().manual_seed(2))
+    xt = torch.randn(24, 5, generator=torch.Generator().manual_seed(3)).t()
+    ref, ref_t = norm(x).detach(), norm(xt).detach()
+    zt.apply_to_mamba2()
+    calls = []
+    kernel = so._rms_norm_rows
+    monkeypatch.setattr(so, "_rms_norm_rows", lambda *a: calls.append(1) or kernel(*a))
+    with torch.no_grad():
+        got, got_t = norm(x), norm(xt)
+        wide = norm(x.double())  # float64 input: the module's own path
+        leaf = norm(x.clone().requires_grad_())  # nothing recorded: the kernel
+    assert len(calls) == 3
+    torch.testing.assert_close(leaf, got, rtol=0, atol=0)
+    torch.testing.assert_close(got, ref, rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(got_t, ref_t, rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(wide, ref.double(), rtol=2e-6, atol=2e-6)
+    # a gradient to record: the module's own path, gradients reach both
+    xg = x.clone().requires_grad_()
+    norm(xg).square().sum().backward()
+    assert len(calls) == 3
+    assert xg.grad is not None and norm.weight.grad is not None
 
 
 def test_apply_checks_the_model(unpatched_transformers):

@@ -721,6 +721,21 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
     return out.reshape(shape)
 
 
+def _rms_norm_rows(x, weight, eps):
+    """:func:`rms_norm` of C-contiguous (rows, C) `x` with a weight of its
+    dtype (float32 or float64), no gate, on the calling thread: for callers
+    that hold a model's own arrays (a norm called once per decoded token)."""
+    if (not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64)
+            or x.ndim != 2 or not x.flags.c_contiguous):
+        raise TypeError("`x` must be a C-contiguous float32 or float64 (rows, C) array")
+    if not isinstance(weight, np.ndarray) or weight.dtype != x.dtype:
+        raise TypeError(f"`weight` must be a {x.dtype} array")
+    out = np.empty_like(x)
+    _stable_ops.rms_norm(x, x, np.ascontiguousarray(weight), out, max(x.shape[1], 1),
+                         eps, False, False, 1)
+    return out
+
+
 # Gradients
 #
 # Closed forms, written so that nothing takes exp of a positive difference

@@ -176,7 +176,7 @@ def _step_params(mixer, dtype):
     # as the mixer forms it: -exp of the float32 A_log
     A = -np.exp(A_log.astype(np.float32))
     params = _mamba2_step_params(w[:, 0], b, dt_bias, A, D, norm_w,
-                                 dtype=np.dtype(str(dtype).removeprefix("torch.")),
+                                 dtype=_NUMPY_DTYPES[dtype],
                                  headdim=mixer.head_dim)
     _STEP_PARAMS[mixer] = (key, params)
     return params
@@ -186,27 +186,27 @@ def _project(linear, x):
     """linear(x)[:, 0] for a (batch, 1, features) tensor or array, as an
     ndarray.
 
-    A plain ``nn.Linear`` without hooks is applied in NumPy (at one token,
-    torch's call costs about twice the product); any other module (an
-    adapter, a quantised layer, a hooked one) is called as it is.
+    A plain ``nn.Linear`` without hooks, of x's dtype, is applied in NumPy
+    (at one token, torch's call costs about twice the product); any other
+    module (an adapter, a quantised layer, a hooked one) is called as it is.
     """
     w = linear.weight
-    if (type(linear) is torch.nn.Linear and not linear._forward_hooks
-            and not linear._forward_pre_hooks and not _global_module_hooks()
-            and w.device.type == "cpu" and w.dtype == _dtype_of(x)):
-        if isinstance(x, torch.Tensor):
-            x = x.numpy()
-        out = x[:, 0] @ w.detach().numpy().T
-        if linear.bias is not None:
-            out += linear.bias.detach().numpy()
-        return out
+    wdt = _NUMPY_DTYPES.get(w.dtype)
+    if (wdt is not None and type(linear) is torch.nn.Linear
+            and not linear._forward_hooks and not linear._forward_pre_hooks
+            and w.device.type == "cpu" and not _global_module_hooks()):
+        xn = x.detach().numpy() if isinstance(x, torch.Tensor) else x
+        if xn.dtype == wdt:
+            out = xn[:, 0] @ w.detach().numpy().T
+            if linear.bias is not None:
+                out += linear.bias.detach().numpy()
+            return out
     if not isinstance(x, torch.Tensor):
         x = torch.from_numpy(x)
     return to_numpy(linear(x), "projection")[:, 0]
 
 
-def _dtype_of(x):
-    return x.dtype if isinstance(x, torch.Tensor) else torch.from_numpy(x[:0]).dtype
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def _global_module_hooks():
@@ -245,6 +245,30 @@ def _mixer_forward(original):
         _increment_version(conv_state)
         _increment_version(state)
         return torch.from_numpy(_project(self.out_proj, y[:, None, :]))[:, None, :]
+
+    forward.__wrapped_original__ = original
+    return forward
+
+
+def _rms_norm_forward(original):
+    """Mamba2RMSNorm.forward (the blocks' norms), in zilla_muf's row kernel
+    for float32 CPU tensors when no gradient is recorded (inference: a
+    decoding token pays torch's half-dozen operations at every layer);
+    anything else keeps the module's own path. The module computes in
+    float32 whatever its input's dtype, so only float32 is taken."""
+    @functools.wraps(original)
+    def forward(self, hidden_states):
+        w = self.weight
+        if (hidden_states.dtype == torch.float32 and w.dtype == torch.float32
+                and hidden_states.device.type == "cpu" and w.device.type == "cpu"
+                and hidden_states.ndim >= 1 and _plain_eager((hidden_states, w))):
+            from zilla_muf.stable_ops import _rms_norm_rows
+
+            x = hidden_states.detach().contiguous().numpy()
+            out = _rms_norm_rows(x.reshape(-1, x.shape[-1]), w.detach().numpy(),
+                                 self.variance_epsilon)
+            return torch.from_numpy(out.reshape(x.shape))
+        return original(self, hidden_states)
 
     forward.__wrapped_original__ = original
     return forward
@@ -313,6 +337,9 @@ def apply_to_mamba2(model=None):
     if _increment_version is not None and not hasattr(mixer.forward,
                                                        "__wrapped_original__"):
         mixer.forward = _mixer_forward(mixer.forward)
+    block_norm = mod.Mamba2RMSNorm
+    if not hasattr(block_norm.forward, "__wrapped_original__"):
+        block_norm.forward = _rms_norm_forward(block_norm.forward)
     return model
 
 
