@@ -306,7 +306,9 @@ def apply_to_mamba2(model=None):
     or float64 on the CPU) goes from the input projection's output to the
     output projection's input in one compiled call (convolution update,
     state update, gated norm); everything else takes the mixer's own path
-    on the functions above.
+    on the functions above. The blocks' RMS norm (``Mamba2RMSNorm``) runs
+    on zilla_muf's row kernel for float32 CPU tensors when no gradient is
+    recorded (inference), and as it is otherwise.
 
     Parameters
     ----------
