@@ -974,13 +974,18 @@ def _rms_norm_vjp(args):
     dv = r (dn - n mean_group(dn n)) with dn = w * (dy, gated).
     """
     y = rms_norm(**args)
+    return y, _rms_norm_backward(args, y.dtype, y.shape)
+
+
+def _rms_norm_backward(args, dtype, shape):
+    """The backward of :func:`rms_norm` at `args` (bound by name), whose
+    output has `dtype` and `shape`; it needs the inputs only, so a caller
+    that kept them (a PyTorch operator) builds it without a forward."""
     x = np.asarray(args["x"])
     w = args["weight"]
     zz = args["z"]
     eps = float(args["eps"])
     before = bool(args["norm_before_gate"])
-    dtype = y.dtype
-    shape = y.shape
     c = shape[-1]
     group = (c if args["group_size"] is None
              else positive_int(args["group_size"], "group_size"))
@@ -1063,4 +1068,4 @@ def _rms_norm_vjp(args):
             grads["weight"] = np.add.reduce(gwp, axis=0)
         return grads
 
-    return y, backward
+    return backward

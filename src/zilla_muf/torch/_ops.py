@@ -415,6 +415,18 @@ def _norm_outputs(kw):
     return [(tuple(kw["x"].shape), kw["x"].dtype)]
 
 
+def _norm_saved_backward(numpy_kw):
+    """The norm's pullback from the saved inputs, without a second forward."""
+    from zilla_muf._validation import result_dtype
+    from zilla_muf.stable_ops import _rms_norm_backward
+
+    x, w, z = numpy_kw["x"], numpy_kw.get("weight"), numpy_kw.get("z")
+    dtype = result_dtype(allow_complex=False, x=x, weight=w, z=z)
+    shape = x.shape if z is None else np.broadcast_shapes(x.shape, z.shape)
+    like = np.broadcast_to(np.zeros((), dtype), shape)
+    return like, lambda args: _rms_norm_backward(args, dtype, shape)
+
+
 def _norm_convert(kw):
     kw = dict(kw)
     if kw["group_size"] is None or kw["group_size"] <= 0:
@@ -458,7 +470,7 @@ OPS = {
         [("x", "Tensor"), ("weight", "Tensor?"), ("z", "Tensor?"), ("eps", "float"),
          ("group_size", "int?"), ("norm_before_gate", "bool")],
         ("x", "weight", "z"),
-        _norm_outputs, _norm_convert),
+        _norm_outputs, _norm_convert, saved_backward=_norm_saved_backward),
     "linear_scan": _Op(
         "linear_scan", zilla_muf.linear_scan,
         [("a", "Tensor"), ("b", "Tensor"), ("h0", "Tensor?"), ("axis", "int"),
