@@ -261,7 +261,7 @@ def _rms_norm_forward(original):
         w = self.weight
         if (hidden_states.dtype == torch.float32 and w.dtype == torch.float32
                 and hidden_states.device.type == "cpu" and w.device.type == "cpu"
-                and hidden_states.ndim >= 1 and _plain_eager((hidden_states, w))):
+                and hidden_states.numel() > 0 and _plain_eager((hidden_states, w))):
             from zilla_muf.stable_ops import _rms_norm_rows
 
             x = hidden_states.detach().contiguous().numpy()
