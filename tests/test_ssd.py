@@ -411,12 +411,16 @@ def _mixer_step_loop(zxbcdt, conv_state, w, bias, dt_bias, A, D, nw, state, P, G
     N = state.shape[3]
     di, cd, K = H * P, conv_state.shape[1], w.shape[1]
     out = np.zeros((nb, di))
+    Wc = conv_state.shape[2]
     for b in range(nb):
-        conv_state[b, :, :-1] = conv_state[b, :, 1:].copy()
-        conv_state[b, :, -1] = zxbcdt[b, di:di + cd]
+        new = zxbcdt[b, di:di + cd]
+        # the taps read the cache's last K - 1 inputs and the new one
+        window = np.concatenate([conv_state[b, :, Wc - (K - 1):], new[:, None]], axis=1)
+        if Wc:
+            conv_state[b] = np.concatenate([conv_state[b, :, 1:], new[:, None]], axis=1)
         xbc = np.zeros(cd)
         for c in range(cd):
-            v = bias[c] + sum(conv_state[b, c, -K + k] * w[c, k] for k in range(K))
+            v = bias[c] + sum(window[c, k] * w[c, k] for k in range(K))
             xbc[c] = v / (1.0 + math.exp(-v))
         y = np.zeros(di)
         for h in range(H):
@@ -442,16 +446,17 @@ def _mixer_step_loop(zxbcdt, conv_state, w, bias, dt_bias, A, D, nw, state, P, G
 
 
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
-@pytest.mark.parametrize("K", [4, 2])
-def test_mamba2_mixer_step_against_a_loop(rng, dtype, K):
+@pytest.mark.parametrize("K,Wc", [(4, 4), (2, 2), (4, 3), (3, 5), (1, 0)])
+def test_mamba2_mixer_step_against_a_loop(rng, dtype, K, Wc):
     from zilla_muf.ssd import _mamba2_mixer_step, _mamba2_step_params
 
-    # transformers' layout: the convolution cache holds the last K inputs
+    # Wc = K: transformers' layout (the cache holds the last K inputs);
+    # K - 1: the window alone; more: older inputs kept and shifted along
     nb, H, P, G, N = 2, 4, 3, 2, 5
     di = H * P
     cd = di + 2 * G * N
     zxbcdt = rng.standard_normal((nb, di + cd + H))
-    conv_state = rng.standard_normal((nb, cd, K))
+    conv_state = rng.standard_normal((nb, cd, Wc))
     w = rng.standard_normal((cd, K)) * 0.5
     bias = rng.standard_normal(cd)
     dt_bias = rng.uniform(-2, 0, H)
