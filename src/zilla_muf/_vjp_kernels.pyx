@@ -1051,57 +1051,34 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
 
 # ----------------------------------------------------------- rms_norm_backward
 
+cdef extern from "_vexp.h" nogil:
+    void zm_rmsback_f(const float *x, const float *z, const float *sg,
+                      const float *w, const float *dy, Py_ssize_t C,
+                      Py_ssize_t G, double eps, int mode, float *v, float *q,
+                      float *gx, float *gz, double *gw)
+    void zm_rmsback_d(const double *x, const double *z, const double *sg,
+                      const double *w, const double *dy, Py_ssize_t C,
+                      Py_ssize_t G, double eps, int mode, double *v, double *q,
+                      double *gx, double *gz, double *gw)
+
+
 cdef void rms_back_row(const real_t *x, const real_t *z, const real_t *w,
                        const real_t *dy, Py_ssize_t C, Py_ssize_t G,
                        double eps, int mode, real_t *sg, real_t *v,
                        real_t *gx, real_t *gz, double *gwp) noexcept nogil:
     """One row of C channels in groups of G. mode 0: no gate; 1: gate after
     the norm (y = norm(x) w silu(z)); 2: gate first (y = norm(x silu(z)) w).
-    sg, v: scratch rows of C; gwp: the block's weight-gradient partials (or
-    NULL)."""
-    cdef Py_ssize_t jg, j0, i
-    cdef double ss, pr
-    cdef real_t r, q, n, dn, proj, s, sd, dv
+    sg, v: scratch rows of C, v followed by another (the C loop of _vexp.h,
+    zm_rmsback); gwp: the block's weight-gradient partials (or NULL)."""
     if mode != 0:
         if real_t is float:
             zm_sigmoid_f(z, sg, C)
         else:
             zm_sigmoid_d(z, sg, C)
-    for jg in range(C // G):
-        j0 = jg * G
-        ss = 0
-        for i in range(j0, j0 + G):
-            if mode == 2:
-                v[i] = x[i] * (z[i] * sg[i])
-            else:
-                v[i] = x[i]
-            ss += <double> v[i] * <double> v[i]
-        r = <real_t> (1.0 / sqrt(ss / G + eps))
-        pr = 0
-        for i in range(j0, j0 + G):
-            n = v[i] * r
-            q = dy[i] * (z[i] * sg[i]) if mode == 1 else dy[i]
-            if gwp != NULL:
-                gwp[i] += <double> q * <double> n
-            pr += <double> (q * w[i]) * <double> n
-        proj = <real_t> (pr / G)
-        for i in range(j0, j0 + G):
-            n = v[i] * r
-            q = dy[i] * (z[i] * sg[i]) if mode == 1 else dy[i]
-            dn = q * w[i]
-            dv = r * (dn - n * proj)
-            if mode == 0:
-                gx[i] = dv
-                continue
-            s = sg[i]
-            sd = s * (1 - s)
-            sd = s + (z[i] * sd if sd != 0 else 0)   # silu'(z)
-            if mode == 1:
-                gx[i] = dv
-                gz[i] = dy[i] * n * w[i] * sd
-            else:
-                gz[i] = dv * x[i] * sd
-                gx[i] = dv * (z[i] * s)
+    if real_t is float:
+        zm_rmsback_f(x, z, sg, w, dy, C, G, eps, mode, v, v + C, gx, gz, gwp)
+    else:
+        zm_rmsback_d(x, z, sg, w, dy, C, G, eps, mode, v, v + C, gx, gz, gwp)
 
 
 def rms_norm_backward(const real_t[:, ::1] x, const real_t[:, ::1] z,
@@ -1129,7 +1106,7 @@ def rms_norm_backward(const real_t[:, ::1] x, const real_t[:, ::1] z,
         raise ValueError("rms_norm_backward: inconsistent shapes")
     if R == 0 or C == 0:
         raise ValueError("rms_norm_backward: empty input")
-    scr = Scratch(num_threads, 2 * C, sizeof(real_t),
+    scr = Scratch(num_threads, 3 * C, sizeof(real_t),
                   "the norm backward's per-thread scratch")
     ws = &scr.s
     with nogil, parallel(num_threads=ws.nthreads):

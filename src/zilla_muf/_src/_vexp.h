@@ -151,8 +151,84 @@ static void name(const T *x, const T *z, T *out, ptrdiff_t n)               \
     }                                                                       \
 }
 
+/* The pullback of one row of the grouped RMS norm: C channels in groups of
+ * G, eps added to each group's mean square. mode 0: no gate; 1: the gate
+ * after the norm, y = norm(x) w silu(z); 2: the gate first, y = norm(x
+ * silu(z)) w. sg holds sigmoid(z) (modes 1 and 2; z and sg are not read in
+ * mode 0); v and q are scratch rows of C. With v the normalised input, r =
+ * 1 / rms(v) per group, n = v r and q the cotangent of n w: dv = r (q w -
+ * n mean(q w n)); gx receives x's gradient, gz (modes 1, 2) z's, gw (or
+ * NULL) accumulates q n in double. The group sums run in double in
+ * ZM_LANES partial sums, as the forward's sum of squares does. */
+#define ZM_DEFINE_RMSBACK(name, T)                                          \
+ZM_CLONES                                                                   \
+static void name(const T *x, const T *z, const T *sg, const T *w,           \
+                 const T *dy, ptrdiff_t C, ptrdiff_t G, double eps,         \
+                 int mode, T *v, T *q, T *gx, T *gz, double *gw)            \
+{                                                                           \
+    ptrdiff_t i, j0, m;                                                     \
+    if (mode == 2)                                                          \
+        for (i = 0; i < C; i++)                                             \
+            v[i] = x[i] * (z[i] * sg[i]);                                   \
+    else                                                                    \
+        for (i = 0; i < C; i++)                                             \
+            v[i] = x[i];                                                    \
+    if (mode == 1)                                                          \
+        for (i = 0; i < C; i++)                                             \
+            q[i] = dy[i] * (z[i] * sg[i]);                                  \
+    else                                                                    \
+        for (i = 0; i < C; i++)                                             \
+            q[i] = dy[i];                                                   \
+    for (j0 = 0; j0 < C; j0 += G) {                                         \
+        const T *vg = v + j0, *qg = q + j0, *wg = w + j0;                   \
+        double s[ZM_LANES], p[ZM_LANES], ss = 0.0, pr = 0.0;                \
+        for (int k = 0; k < ZM_LANES; k++) {                                \
+            s[k] = 0.0;                                                     \
+            p[k] = 0.0;                                                     \
+        }                                                                   \
+        for (m = 0; m + ZM_LANES <= G; m += ZM_LANES)                       \
+            for (int k = 0; k < ZM_LANES; k++)                              \
+                s[k] += (double) vg[m + k] * (double) vg[m + k];            \
+        for (; m < G; m++)                                                  \
+            s[0] += (double) vg[m] * (double) vg[m];                        \
+        for (int k = 0; k < ZM_LANES; k++)                                  \
+            ss += s[k];                                                     \
+        T r = (T) (1.0 / sqrt(ss / (double) G + eps));                      \
+        for (m = 0; m + ZM_LANES <= G; m += ZM_LANES)                       \
+            for (int k = 0; k < ZM_LANES; k++)                              \
+                p[k] += (double) (qg[m + k] * wg[m + k])                    \
+                        * (double) (vg[m + k] * r);                         \
+        for (; m < G; m++)                                                  \
+            p[0] += (double) (qg[m] * wg[m]) * (double) (vg[m] * r);        \
+        for (int k = 0; k < ZM_LANES; k++)                                  \
+            pr += p[k];                                                     \
+        T proj = (T) (pr / (double) G);                                     \
+        if (gw != NULL)                                                     \
+            for (m = 0; m < G; m++)                                         \
+                gw[j0 + m] += (double) qg[m] * (double) (vg[m] * r);        \
+        for (m = 0; m < G; m++)                                             \
+            gx[j0 + m] = r * (qg[m] * wg[m] - (vg[m] * r) * proj);          \
+        if (mode == 1)                                                      \
+            for (m = 0; m < G; m++) {                                       \
+                T sm = sg[j0 + m], sd = sm * ((T) 1 - sm);                  \
+                /* silu'(z) = s + z s (1 - s); 0 * inf is not formed */     \
+                sd = sm + (sd != 0 ? z[j0 + m] * sd : (T) 0);               \
+                gz[j0 + m] = dy[j0 + m] * (vg[m] * r) * wg[m] * sd;         \
+            }                                                               \
+    }                                                                       \
+    if (mode == 2)                                                          \
+        for (i = 0; i < C; i++) {                                           \
+            T sm = sg[i], sd = sm * ((T) 1 - sm), dv = gx[i];               \
+            sd = sm + (sd != 0 ? z[i] * sd : (T) 0);                        \
+            gz[i] = dv * x[i] * sd;                                         \
+            gx[i] = dv * (z[i] * sm);                                       \
+        }                                                                   \
+}
+
 ZM_DEFINE_SUMSQ(zm_sumsq_f, float)
 ZM_DEFINE_SUMSQ(zm_sumsq_d, double)
+ZM_DEFINE_RMSBACK(zm_rmsback_f, float)
+ZM_DEFINE_RMSBACK(zm_rmsback_d, double)
 ZM_DEFINE_MULSILU(zm_mulsilu_f, float, zm_expf)
 ZM_DEFINE_MULSILU(zm_mulsilu_d, double, zm_exp)
 ZM_DEFINE_GATES(zm_sigmoid_f, zm_silu_f, float, zm_expf)
