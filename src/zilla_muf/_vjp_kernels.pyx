@@ -104,8 +104,7 @@ Design
       width-1 entries of x~),
   gx~ split into gx and the initial states' gradient. Channels over
   threads (static): each channel sums its own gw and gb over batch and
-  time in a fixed order (8 partial sums, _vexp.h's zm_convback), in the
-  input precision.
+  time in a fixed order (CLANES partial sums), in the input precision.
   With SiLU, g = dy silu'(pre) is formed row by row in scratch
   (silu_back_block); gx~ accumulates in the scratch row of x~, k in order.
 * rms_norm_backward: the pullback of the grouped, optionally gated RMS
@@ -924,29 +923,61 @@ def log_softmax_backward(const real_t[:, ::1] y, const real_t[:, ::1] c,
 
 # ------------------------------------------------------- causal_conv1d_backward
 
-cdef extern from "_vexp.h" nogil:
-    void zm_convback_f(const float *g, const float *x, const float *h0,
-                       const float *w, const float *gf, Py_ssize_t L,
-                       Py_ssize_t W, float *xt, float *gx, float *gh0,
-                       float *gw, float *gb)
-    void zm_convback_d(const double *g, const double *x, const double *h0,
-                       const double *w, const double *gf, Py_ssize_t L,
-                       Py_ssize_t W, double *xt, double *gx, double *gh0,
-                       double *gw, double *gb)
+cdef enum:
+    CLANES = 8
 
 
-cdef inline void conv_back_row(const real_t *g, const real_t *x,
-                               const real_t *h0, const real_t *w,
-                               const real_t *gf, Py_ssize_t L, Py_ssize_t W,
-                               real_t *xt, real_t *gx, real_t *gh0,
-                               real_t *gw, real_t *gb) noexcept nogil:
-    """One (batch, channel) row (the C loop of _vexp.h, zm_convback): adds
-    to gw[:W] and gb[0], writes gx[:L] and gh0[:W-1] (h0, gf NULL when
-    absent). xt: scratch of L + W - 1."""
-    if real_t is float:
-        zm_convback_f(g, x, h0, w, gf, L, W, xt, gx, gh0, gw, gb)
-    else:
-        zm_convback_d(g, x, h0, w, gf, L, W, xt, gx, gh0, gw, gb)
+cdef inline real_t lane_dot(const real_t *a, const real_t *b,
+                            Py_ssize_t n) noexcept nogil:
+    """sum(a[:n] b[:n]) in CLANES partial sums, added in a fixed order."""
+    cdef real_t acc[CLANES]
+    cdef real_t total = 0
+    cdef Py_ssize_t i = 0
+    cdef int j
+    for j in range(CLANES):
+        acc[j] = 0
+    while i + CLANES <= n:
+        for j in range(CLANES):
+            acc[j] = acc[j] + a[i + j] * b[i + j]
+        i += CLANES
+    while i < n:
+        acc[0] = acc[0] + a[i] * b[i]
+        i += 1
+    for j in range(CLANES):
+        total = total + acc[j]
+    return total
+
+
+cdef void conv_back_row(const real_t *g, const real_t *x, const real_t *h0,
+                        const real_t *w, const real_t *gf, Py_ssize_t L,
+                        Py_ssize_t W, real_t *xt, real_t *one, real_t *gx,
+                        real_t *gh0, real_t *gw, real_t *gb) noexcept nogil:
+    """One (batch, channel) row: adds to gw[:W] and gb[0], writes gx[:L]
+    and gh0[:W-1] (h0, gf NULL when absent). xt: scratch of L + W - 1
+    (x~, then its gradient); one: L ones."""
+    cdef Py_ssize_t i, k
+    cdef real_t wk
+    for i in range(W - 1):
+        xt[i] = h0[i] if h0 != NULL else 0
+    for i in range(L):
+        xt[W - 1 + i] = x[i]
+    for k in range(W):
+        gw[k] += lane_dot(g, xt + k, L)
+    gb[0] += lane_dot(g, one, L)
+    # gx~_{i+k} += w_k g_i, k in order
+    for i in range(L + W - 1):
+        xt[i] = 0
+    for k in range(W):
+        wk = w[k]
+        for i in range(L):
+            xt[i + k] = xt[i + k] + wk * g[i]
+    if gf != NULL:
+        for i in range(W - 1):
+            xt[L + i] = xt[L + i] + gf[i]
+    for i in range(W - 1):
+        gh0[i] = xt[i]
+    for i in range(L):
+        gx[i] = xt[W - 1 + i]
 
 
 def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pre,
@@ -961,7 +992,7 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
     weights (dim, W); h0, gf, gh0 (batch, dim, W-1) (h0, gf read only when
     has_h0, has_gf); gw, gb filled here."""
     cdef Py_ssize_t B = g.shape[0], D = g.shape[1], L = g.shape[2]
-    cdef Py_ssize_t W = w.shape[1], b, d, k, q
+    cdef Py_ssize_t W = w.shape[1], b, d, k, m, q
     cdef real_t *xt
     cdef Scratch scr
     cdef scratch_t *ws
@@ -985,11 +1016,14 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
         raise ValueError("causal_conv1d_backward: inconsistent shapes")
     if B == 0 or D == 0 or L == 0:
         raise ValueError("causal_conv1d_backward: empty input")
-    scr = Scratch(num_threads, 2 * L + W, sizeof(real_t),
+    scr = Scratch(num_threads, 3 * L + W, sizeof(real_t),
                   "the convolution backward's per-thread scratch")
     ws = &scr.s
     with nogil, parallel(num_threads=ws.nthreads):
         xt = <real_t *> scratch_block(ws, threadid())
+        if xt != NULL:
+            for m in range(L):
+                xt[L + W + m] = 1
         for d in prange(D, schedule="static"):
             if xt == NULL:
                 continue
@@ -1000,16 +1034,16 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
                 pg = &g[b, d, 0]
                 if silu:
                     # g silu'(pre) into the scratch row
-                    pg = xt + L + W
+                    pg = xt + 2 * L + W
                     for q in range((L + SBLOCK - 1) // SBLOCK):
                         silu_back_block(&pre[b, d, q * SBLOCK], &g[b, d, q * SBLOCK],
-                                        xt + L + W + q * SBLOCK,
+                                        xt + 2 * L + W + q * SBLOCK,
                                         SBLOCK if L - q * SBLOCK > SBLOCK
                                         else L - q * SBLOCK)
                 ph0 = &h0[b, d, 0] if (has_h0 and W > 1) else NULL
                 pgf = &gf[b, d, 0] if (has_gf and W > 1) else NULL
                 conv_back_row(pg, &x[b, d, 0], ph0, &w[d, 0], pgf,
-                              L, W, xt, &gx[b, d, 0],
+                              L, W, xt, xt + L + W, &gx[b, d, 0],
                               &gh0[b, d, 0] if W > 1 else NULL,
                               &gw[d, 0], &gb[d])
     scr.finish()

@@ -225,72 +225,8 @@ static void name(const T *x, const T *z, const T *sg, const T *w,           \
         }                                                                   \
 }
 
-/* The pullback of one (batch, channel) row of the causal convolution of
- * width W over L steps: g the cotangent of the pre-activation, x the row,
- * h0 its W - 1 initial inputs (NULL: zeros), gf the final inputs' cotangent
- * (NULL: none). Adds sum_t g_t x~_{t+k} to gw[k] and sum_t g_t to gb[0]
- * (ZM_CONV_CLANES partial sums in T, added in a fixed order), writes gx (L)
- * and gh0 (W - 1) from gx~_s = sum_k w_k g_{s-k}, k in order. xt: scratch
- * of L + W - 1. The dot helper is inlined into each build of the row. */
-#define ZM_CONV_CLANES 8
-#define ZM_DEFINE_CONVBACK(name, T)                                         \
-static inline T name##_dot(const T *a, const T *b, ptrdiff_t n)             \
-{                                                                           \
-    /* b == NULL: the sum of a */                                           \
-    T acc[ZM_CONV_CLANES], total = 0;                                       \
-    ptrdiff_t i = 0;                                                        \
-    for (int j = 0; j < ZM_CONV_CLANES; j++)                                \
-        acc[j] = 0;                                                         \
-    if (b != NULL) {                                                        \
-        for (; i + ZM_CONV_CLANES <= n; i += ZM_CONV_CLANES)                \
-            for (int j = 0; j < ZM_CONV_CLANES; j++)                        \
-                acc[j] += a[i + j] * b[i + j];                              \
-        for (; i < n; i++)                                                  \
-            acc[0] += a[i] * b[i];                                          \
-    } else {                                                                \
-        for (; i + ZM_CONV_CLANES <= n; i += ZM_CONV_CLANES)                \
-            for (int j = 0; j < ZM_CONV_CLANES; j++)                        \
-                acc[j] += a[i + j];                                         \
-        for (; i < n; i++)                                                  \
-            acc[0] += a[i];                                                 \
-    }                                                                       \
-    for (int j = 0; j < ZM_CONV_CLANES; j++)                                \
-        total += acc[j];                                                    \
-    return total;                                                           \
-}                                                                           \
-ZM_CLONES                                                                   \
-static void name(const T *g, const T *x, const T *h0, const T *w,           \
-                 const T *gf, ptrdiff_t L, ptrdiff_t W, T *xt, T *gx,       \
-                 T *gh0, T *gw, T *gb)                                      \
-{                                                                           \
-    ptrdiff_t i, k;                                                         \
-    for (i = 0; i < W - 1; i++)                                             \
-        xt[i] = h0 != NULL ? h0[i] : (T) 0;                                 \
-    memcpy(xt + W - 1, x, (size_t) L * sizeof(T));                          \
-    for (k = 0; k < W; k++)                                                 \
-        gw[k] += name##_dot(g, xt + k, L);                                  \
-    gb[0] += name##_dot(g, NULL, L);                                        \
-    /* gx~_{i+k} += w_k g_i, k in order */                                  \
-    for (i = 0; i < L + W - 1; i++)                                         \
-        xt[i] = 0;                                                          \
-    for (k = 0; k < W; k++) {                                               \
-        T wk = w[k];                                                        \
-        T *o = xt + k;                                                      \
-        for (i = 0; i < L; i++)                                             \
-            o[i] += wk * g[i];                                              \
-    }                                                                       \
-    if (gf != NULL)                                                         \
-        for (i = 0; i < W - 1; i++)                                         \
-            xt[L + i] += gf[i];                                             \
-    for (i = 0; i < W - 1; i++)                                             \
-        gh0[i] = xt[i];                                                     \
-    memcpy(gx, xt + W - 1, (size_t) L * sizeof(T));                         \
-}
-
 ZM_DEFINE_SUMSQ(zm_sumsq_f, float)
 ZM_DEFINE_SUMSQ(zm_sumsq_d, double)
-ZM_DEFINE_CONVBACK(zm_convback_f, float)
-ZM_DEFINE_CONVBACK(zm_convback_d, double)
 ZM_DEFINE_RMSBACK(zm_rmsback_f, float)
 ZM_DEFINE_RMSBACK(zm_rmsback_d, double)
 ZM_DEFINE_MULSILU(zm_mulsilu_f, float, zm_expf)
