@@ -70,12 +70,20 @@ def log_softmax_backward(
 ) -> None: ...
 
 def causal_conv1d_backward(
-    g: npt.NDArray[np.floating], x: npt.NDArray[np.floating],
+    g: npt.NDArray[np.floating], pre: npt.NDArray[np.floating], silu: bool,
+    x: npt.NDArray[np.floating],
     h0: npt.NDArray[np.floating], w: npt.NDArray[np.floating],
     gf: npt.NDArray[np.floating], has_h0: bool, has_gf: bool,
     gx: npt.NDArray[np.floating], gw: npt.NDArray[np.floating],
     gb: npt.NDArray[np.floating], gh0: npt.NDArray[np.floating],
     num_threads: int,
+) -> None: ...
+
+def causal_conv1d_backward_time_major(
+    g: npt.NDArray[np.floating], pre: npt.NDArray[np.floating], silu: bool,
+    x: npt.NDArray[np.floating], wt: npt.NDArray[np.floating],
+    gx: npt.NDArray[np.floating], gwt: npt.NDArray[np.floating],
+    gb: npt.NDArray[np.floating], num_threads: int,
 ) -> None: ...
 
 def rms_norm_backward(

@@ -107,6 +107,15 @@ Design
   time in a fixed order (CLANES partial sums), in the input precision.
   With SiLU, g = dy silu'(pre) is formed row by row in scratch
   (silu_back_block); gx~ accumulates in the scratch row of x~, k in order.
+* causal_conv1d_backward_time_major: the same pullback (without initial
+  or final states) for time-major data, (batch, L, dim) with contiguous
+  channels, rows possibly strided (slices of a wider activation): every
+  step is a vector operation over the channels. Tasks of TBLOCK steps of
+  one sequence over threads (static): a task forms g silu'(pre) for its
+  steps and the width-1 after them in scratch, writes its rows of
+  gx_t = sum_k w_k g_{t+W-1-k}, and sums its gw and gb into its own row
+  of partials; the partials are added in task order, in double (the
+  result does not depend on the thread count).
 * rms_norm_backward: the pullback of the grouped, optionally gated RMS
   norm for rows (rows, C), all C-contiguous; per group of G channels, with
   v = x (or x silu(z) when the gate comes first), r = 1/sqrt(mean(v^2) +
@@ -1047,6 +1056,143 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
                               &gh0[b, d, 0] if W > 1 else NULL,
                               &gw[d, 0], &gb[d])
     scr.finish()
+
+
+cdef enum:
+    TBLOCK = 64
+
+
+cdef void conv_back_steps(const real_t *g, Py_ssize_t grow, const real_t *pre,
+                          Py_ssize_t prow, bint silu, const real_t *x,
+                          Py_ssize_t xrow, const real_t *wt, real_t *gx,
+                          Py_ssize_t gxrow, Py_ssize_t t0, Py_ssize_t t1,
+                          Py_ssize_t L, Py_ssize_t D, Py_ssize_t W,
+                          real_t *gg, real_t *part) noexcept nogil:
+    """Steps t0 <= t < t1 of one time-major sequence (row t of g at
+    g + t grow, and so on): gx rows written, the steps' weight gradients
+    (W rows of D) and bias gradient (one row) into part. gg: scratch of
+    (t1 - t0 + W - 1) rows of D."""
+    cdef Py_ssize_t te = t1 + W - 1 if t1 + W - 1 < L else L
+    cdef Py_ssize_t t, k, c, q, s
+    cdef real_t *row
+    cdef real_t *o
+    cdef real_t *pk
+    cdef const real_t *src
+    cdef const real_t *wk
+    # g silu'(pre) of the steps and of the W - 1 after them
+    for t in range(t0, te):
+        row = gg + (t - t0) * D
+        if silu:
+            for q in range((D + SBLOCK - 1) // SBLOCK):
+                silu_back_block(pre + t * prow + q * SBLOCK, g + t * grow + q * SBLOCK,
+                                row + q * SBLOCK,
+                                SBLOCK if D - q * SBLOCK > SBLOCK else D - q * SBLOCK)
+        else:
+            src = g + t * grow
+            for c in range(D):
+                row[c] = src[c]
+    for c in range((W + 1) * D):
+        part[c] = 0
+    for t in range(t0, t1):
+        row = gg + (t - t0) * D
+        # gx_t = sum_k w_k g_{t+W-1-k}, k in order
+        o = gx + t * gxrow
+        for c in range(D):
+            o[c] = 0
+        for k in range(W):
+            s = t + W - 1 - k
+            if s < L:
+                src = gg + (s - t0) * D
+                wk = wt + k * D
+                for c in range(D):
+                    o[c] = o[c] + wk[c] * src[c]
+        # gw_k += g_t x_{t-(W-1-k)}, gb += g_t
+        for k in range(W):
+            s = t - (W - 1 - k)
+            if s >= 0:
+                src = x + s * xrow
+                pk = part + k * D
+                for c in range(D):
+                    pk[c] = pk[c] + row[c] * src[c]
+        pk = part + W * D
+        for c in range(D):
+            pk[c] = pk[c] + row[c]
+
+
+cdef bint time_major(const real_t[:, :, :] a, Py_ssize_t B, Py_ssize_t L,
+                     Py_ssize_t D):
+    return (a.shape[0] == B and a.shape[1] == L and a.shape[2] == D
+            and a.strides[2] == <Py_ssize_t> sizeof(real_t))
+
+
+def causal_conv1d_backward_time_major(const real_t[:, :, :] g,
+                                      const real_t[:, :, :] pre, bint silu,
+                                      const real_t[:, :, :] x,
+                                      const real_t[:, ::1] wt,
+                                      real_t[:, :, :] gx, real_t[:, ::1] gwt,
+                                      real_t[::1] gb, int num_threads):
+    """Pullback of the causal convolution (no initial states) of time-major
+    data: g (the cotangent of the output; with silu, of silu(pre)), pre
+    (read only with silu), x and gx are (batch, L, dim) with contiguous
+    channels (rows may be strided); wt, gwt (W, dim) the weight transposed
+    and its gradient, gb (dim,); gwt, gb filled here."""
+    cdef Py_ssize_t B = g.shape[0], L = g.shape[1], D = g.shape[2]
+    cdef Py_ssize_t W = wt.shape[0], nblk, ntask, task, b, t0, c, k, i
+    cdef double acc
+    cdef real_t *gg
+    cdef real_t *part
+    cdef Scratch scr, parts
+    cdef scratch_t *ws
+    if not (time_major(g, B, L, D) and time_major(x, B, L, D)
+            and time_major(gx, B, L, D) and (not silu or time_major(pre, B, L, D))
+            and W >= 1 and wt.shape[1] == D and gwt.shape[0] == W
+            and gwt.shape[1] == D and gb.shape[0] == D):
+        raise ValueError("causal_conv1d_backward_time_major: inconsistent shapes "
+                         "or strided channels")
+    if B == 0 or L == 0 or D == 0:
+        raise ValueError("causal_conv1d_backward_time_major: empty input")
+    nblk = (L + TBLOCK - 1) // TBLOCK
+    ntask = B * nblk
+    parts = Scratch(1, ntask * (W + 1) * D, sizeof(real_t),
+                    "the convolution backward's partial sums")
+    part = <real_t *> parts.s.base
+    scr = Scratch(num_threads, (TBLOCK + W - 1) * D, sizeof(real_t),
+                  "the convolution backward's per-thread scratch")
+    ws = &scr.s
+    cdef Py_ssize_t gb_ = g.strides[0] // <Py_ssize_t> sizeof(real_t)
+    cdef Py_ssize_t gr = g.strides[1] // <Py_ssize_t> sizeof(real_t)
+    cdef Py_ssize_t pb = pre.strides[0] // <Py_ssize_t> sizeof(real_t)
+    cdef Py_ssize_t pr = pre.strides[1] // <Py_ssize_t> sizeof(real_t)
+    cdef Py_ssize_t xb = x.strides[0] // <Py_ssize_t> sizeof(real_t)
+    cdef Py_ssize_t xr = x.strides[1] // <Py_ssize_t> sizeof(real_t)
+    cdef Py_ssize_t ob = gx.strides[0] // <Py_ssize_t> sizeof(real_t)
+    cdef Py_ssize_t orow = gx.strides[1] // <Py_ssize_t> sizeof(real_t)
+    cdef const real_t *G = &g[0, 0, 0]
+    cdef const real_t *P = &pre[0, 0, 0] if silu else NULL
+    cdef const real_t *X = &x[0, 0, 0]
+    cdef real_t *O = &gx[0, 0, 0]
+    with nogil, parallel(num_threads=ws.nthreads):
+        gg = <real_t *> scratch_block(ws, threadid())
+        for task in prange(ntask, schedule="static"):
+            if gg == NULL:
+                continue
+            b = task // nblk
+            t0 = (task - b * nblk) * TBLOCK
+            conv_back_steps(G + b * gb_, gr, NULL if P == NULL else P + b * pb, pr,
+                            silu, X + b * xb, xr, &wt[0, 0], O + b * ob, orow, t0,
+                            t0 + TBLOCK if t0 + TBLOCK < L else L, L, D, W, gg,
+                            part + task * (W + 1) * D)
+    scr.finish()
+    with nogil:
+        for c in prange(D, num_threads=num_threads, schedule="static"):
+            for k in range(W + 1):
+                acc = 0
+                for i in range(ntask):
+                    acc = acc + part[(i * (W + 1) + k) * D + c]
+                if k < W:
+                    gwt[k, c] = <real_t> acc
+                else:
+                    gb[c] = <real_t> acc
 
 
 # ----------------------------------------------------------- rms_norm_backward
