@@ -13,9 +13,10 @@ from it)
 
 Ratios are zilla_muf time / transformers time (below 1 is faster). The
 patched training step is also broken down by operator (torch.profiler, one
-step): the share of the SSD backward, the convolution and norm backwards,
-the forwards and the matrix products of the linear layers, recorded as extra
-rows (``part``). Run ``python bench/bench_torch.py [--quick] [--threads N]``;
+step): the share of the Mamba-2 layers (convolution, SSD and gated norm in
+one operator, forward and backward; the other operators where a call takes
+them), of the matrix products of the linear layers and of torch's copies
+and concatenations, recorded as extra rows (``part``). Run ``python bench/bench_torch.py [--quick] [--threads N]``;
 results go to ``bench/results/torch.json`` (with ``--threads`` other than 2,
 to ``torch-N-threads.json``).
 """
@@ -70,6 +71,9 @@ class _Patch:
 # operator name (torch.profiler) -> part of the patched training step
 # (a forward kernel's time is recorded under its autograd node's name)
 _PARTS = {
+    "zilla_muf::mamba2_split_layer_backward": "Mamba-2 layer backward",
+    "zilla_muf::mamba2_split_layer": "Mamba-2 layer forward",
+    "GeneratedBackwardFor_zilla_muf_mamba2_split_layer_default": "Mamba-2 layer forward",
     "zilla_muf::ssd_combined_backward": "SSD backward",
     "zilla_muf::ssd_combined": "SSD forward",
     "GeneratedBackwardFor_zilla_muf_ssd_combined_default": "SSD forward",

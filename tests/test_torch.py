@@ -379,6 +379,122 @@ def test_gradcheck_split_conv1d_scan_combined(gen):
     _gradcheck(fn, inputs)
 
 
+@pytest.fixture
+def layer_calls(monkeypatch):
+    """The calls of the one-operator layer (zilla_muf.ssd._SplitLayer):
+    ``("forward", keep)`` and ``"backward"``."""
+    import zilla_muf.ssd as ssd_module
+
+    calls = []
+    cls = ssd_module._SplitLayer
+    fwd, bwd = cls.forward, cls.backward
+
+    def forward(self, keep):
+        calls.append(("forward", keep))
+        return fwd(self, keep)
+
+    def backward(self, saved, gout):
+        calls.append("backward")
+        return bwd(self, saved, gout)
+
+    monkeypatch.setattr(cls, "forward", forward)
+    monkeypatch.setattr(cls, "backward", backward)
+    return calls
+
+
+def _layer_inputs(gen, nheads=4, headdim=3, ngroups=2, dstate=5, width=4, b=2, L=11,
+                  D2=False):
+    dim = nheads * headdim
+    conv_dim = dim + 2 * ngroups * dstate
+    r = lambda *shape: torch.randn(*shape, generator=gen, dtype=f64)  # noqa: E731
+    zxbcdt = r(b, L, dim + conv_dim + nheads)
+    zxbcdt[..., -nheads:] = zxbcdt[..., -nheads:] * 0.5 - 1.0
+    return dict(zxbcdt=zxbcdt, w=r(conv_dim, width) * 0.5, wb=r(conv_dim),
+                dt_bias=r(nheads) * 0.1,
+                A=-torch.rand(nheads, generator=gen, dtype=f64) - 0.5,
+                D=r(nheads, headdim) if D2 else r(nheads), rmsw=r(dim) + 2.0)
+
+
+@pytest.mark.parametrize("nbg, ngroups, D2, bias, width", [
+    (False, 1, False, True, 4), (True, 2, True, False, 3), (False, 2, False, True, 1)])
+def test_training_layer_operator_against_the_listings(gen, layer_calls, nbg, ngroups,
+                                                      D2, bias, width):
+    # the training step's case (no MLP part, no states, the gated norm) runs
+    # as one operator: its output and every gradient against the listings
+    # (the recurrence's loop, the convolution and the norm in torch)
+    nheads, headdim = 4, 3
+    a = _layer_inputs(gen, nheads, headdim, ngroups, width=width, D2=D2)
+    if not bias:
+        a["wb"] = None
+    names = [k for k, v in a.items() if v is not None]
+    ours = {k: a[k].clone().requires_grad_(True) for k in names}
+    ref = {k: a[k].clone().requires_grad_(True) for k in names}
+    Wp = torch.randn(7, nheads * headdim, generator=gen, dtype=f64)
+    y = zt.mamba_split_conv1d_scan_combined(
+        ours["zxbcdt"], ours["w"], ours.get("wb"), ours["dt_bias"], ours["A"],
+        ours["D"], 4, rmsnorm_weight=ours["rmsw"], rmsnorm_eps=1e-5,
+        outproj_weight=Wp, headdim=headdim, ngroups=ngroups, norm_before_gate=nbg)
+    assert layer_calls == [("forward", True)]
+    y2, _ = split_scan_ref(ref["zxbcdt"], ref["w"], ref.get("wb"), ref["dt_bias"],
+                           ref["A"], ref["D"], headdim, ngroups, rmsw=ref["rmsw"],
+                           eps=1e-5, nbg=nbg, W=Wp)
+    torch.testing.assert_close(y, y2, rtol=1e-10, atol=1e-10)
+    wy = torch.randn(*y.shape, generator=gen, dtype=f64)
+    g = torch.autograd.grad((y * wy).sum(), [ours[k] for k in names], retain_graph=True)
+    g2 = torch.autograd.grad((y2 * wy).sum(), [ref[k] for k in names])
+    for name, u, e in zip(names, g, g2):
+        torch.testing.assert_close(u, e, rtol=1e-9, atol=1e-9,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+    assert layer_calls == [("forward", True), "backward"]
+    # a second backward through the same graph reads the kept tensors unchanged
+    g3 = torch.autograd.grad((y * wy).sum(), [ours[k] for k in names])
+    for u, v in zip(g, g3):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+
+
+def test_training_layer_operator_gradcheck_opcheck_and_compile(gen, layer_calls):
+    a = _layer_inputs(gen, nheads=2, headdim=2, ngroups=2, dstate=2, width=3, b=1, L=6,
+                      D2=True)
+    order = ["zxbcdt", "w", "wb", "dt_bias", "A", "D", "rmsw"]
+
+    def fn(zxbcdt, w, wb, dtb, A, D, rmsw):
+        return zt.mamba_split_conv1d_scan_combined(
+            zxbcdt, w, wb, dtb, A, D, 4, rmsnorm_weight=rmsw, ngroups=2,
+            dt_limit=(0.05, 0.6), norm_before_gate=False)
+
+    _gradcheck(fn, [a[k] for k in order])
+    assert ("forward", True) in layer_calls and "backward" in layer_calls
+    leaves = [a[k].clone().requires_grad_(True) for k in order]
+    torch.library.opcheck(zt._ops.SPLIT_LAYER.forward,
+                          (*leaves, 4, 2, 2, 1e-6, False, 0.05, 0.6))
+    compiled = torch.compile(lambda *t: fn(*t).square().sum(), backend="aot_eager",
+                             fullgraph=True)
+    out = compiled(*leaves)
+    out.backward()
+    again = [a[k].clone().requires_grad_(True) for k in order]
+    fn(*again).square().sum().backward()
+    for u, v in zip(leaves, again):
+        torch.testing.assert_close(u.grad, v.grad)
+
+
+def test_training_layer_operator_without_gradients_keeps_nothing(gen, layer_calls):
+    a = _layer_inputs(gen)
+    args = (a["zxbcdt"].float(), a["w"].float(), a["wb"].float(), a["dt_bias"].float(),
+            a["A"].float(), a["D"].float(), 4)
+    with torch.no_grad():
+        y = zt.mamba_split_conv1d_scan_combined(*args, rmsnorm_weight=a["rmsw"].float(),
+                                                headdim=3, ngroups=2)
+    assert layer_calls == [("forward", False)]
+    assert y.dtype == torch.float32
+    y2, _ = split_scan_ref(a["zxbcdt"], a["w"], a["wb"], a["dt_bias"], a["A"], a["D"],
+                           3, 2, rmsw=a["rmsw"])
+    torch.testing.assert_close(y, y2.float(), rtol=1e-4, atol=1e-4)
+    # other cases compose the functions' operators
+    layer_calls.clear()
+    zt.mamba_split_conv1d_scan_combined(*args, headdim=3, ngroups=2)
+    assert layer_calls == []
+
+
 def test_split_conv1d_scan_combined_refusals(gen):
     zxbcdt = torch.randn(1, 5, 2 * 8 + 2 * 3 + 2, dtype=f64)
     w, A, dtb = torch.randn(8 + 6, 4, dtype=f64), -torch.ones(2, dtype=f64), torch.zeros(2, dtype=f64)
@@ -398,6 +514,24 @@ def test_split_conv1d_scan_combined_refusals(gen):
     with pytest.raises(ValueError, match="`outproj_bias`"):
         f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4,
           outproj_bias=torch.zeros(3, dtype=f64))
+    with pytest.raises(ValueError, match="`outproj_bias`"):
+        f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4,
+          rmsnorm_weight=torch.ones(8, dtype=f64), outproj_bias=torch.zeros(3, dtype=f64))
+    with pytest.raises(ValueError, match="`A`"):
+        f(zxbcdt, w, None, dtb, A[:1], torch.ones(2, 4, dtype=f64), 4)
+    # the one-operator case checks the rest of its arguments
+    norm = dict(rmsnorm_weight=torch.ones(8, dtype=f64))
+    with pytest.raises(ValueError, match="`rmsnorm_weight`"):
+        f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4,
+          rmsnorm_weight=torch.ones(7, dtype=f64))
+    with pytest.raises(ValueError, match="`conv1d_bias`"):
+        f(zxbcdt, w, torch.zeros(3, dtype=f64), dtb, A, torch.ones(2, 4, dtype=f64), 4,
+          **norm)
+    with pytest.raises(ValueError, match="`dt_bias`"):
+        f(zxbcdt, w, None, dtb[:1], A, torch.ones(2, 4, dtype=f64), 4, **norm)
+    with pytest.raises(ValueError, match="must be a CPU tensor"):
+        f(zxbcdt, w, None, dtb, A, torch.ones(2, 4, dtype=f64), 4,
+          rmsnorm_weight=torch.ones(8, dtype=f64, device="meta"))
 
 
 def test_gradcheck_conv_norm_and_scan(gen):

@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from . import _ssd
+from . import _selective
 from ._config import running_threads
 from .stable_ops import silu
 from ._validation import (
@@ -1546,6 +1547,161 @@ def _ssd_backward(p, cs, y0, gy, gfinal, nthreads=1, kept=None, donate=False):
     if ginit is not None:
         grads["initial_states"] = ginit
     return grads
+
+
+class _SplitLayer:
+    """A Mamba-2 layer between its two projections, as a training step runs
+    it: mamba_ssm's ``mamba_split_conv1d_scan_combined`` without the MLP
+    part, sequence index, initial or final states, and without the output
+    projection, which the caller applies.
+
+    ``zxbcdt`` (batch, seqlen, dim + conv_dim + nheads), dim = nheads
+    headdim and conv_dim = dim + 2 ngroups dstate, is read as the gate z,
+    the convolution's input and dt; the convolution (with SiLU) runs on its
+    slice in place, time-major, and the gradient of ``zxbcdt`` is written
+    into one array of its shape: no transposing copies, no concatenation.
+    The forward keeps what the backward needs (`saved`): the SSD output
+    before the norm, the convolution's pre-activation, the SSD's inputs
+    x, B, C as it read them, and the chunk states with their step sizes
+    (dt', decay sums), so that the backward runs no part of the forward
+    but the SiLU.
+    """
+
+    def __init__(self, zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D,
+                 rmsnorm_weight, *, chunk_size, headdim, ngroups, eps, norm_before_gate=False,
+                 dt_limit=(0.0, math.inf), nthreads=1):
+        args = {"zxbcdt": zxbcdt, "conv1d_weight": conv1d_weight,
+                "conv1d_bias": conv1d_bias, "dt_bias": dt_bias, "A": A, "D": D,
+                "rmsnorm_weight": rmsnorm_weight}
+        args = {k: None if v is None else as_array(v, k) for k, v in args.items()}
+        self.dtype = dtype = result_dtype(allow_complex=False, **args)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"the layer computes in float32 or float64, got {dtype}")
+        zx = args["zxbcdt"]
+        check_shape(zx, (None, None, None), "zxbcdt")
+        check_shape(args["A"], (None,), "A")
+        check_shape(args["conv1d_weight"], (None, None), "conv1d_weight")
+        self.nb, self.L, tot = zx.shape
+        self.H = args["A"].shape[0]
+        self.P = positive_int(headdim, "headdim")
+        self.G = positive_int(ngroups, "ngroups")
+        self.dim = dim = self.H * self.P
+        self.conv_dim, self.W = args["conv1d_weight"].shape
+        self.N = (self.conv_dim - dim) // (2 * self.G)
+        if self.N < 1 or self.conv_dim != dim + 2 * self.G * self.N:
+            raise ValueError(
+                f"`conv1d_weight` must have shape (dim + 2 ngroups dstate, width) with "
+                f"dim = {dim}, ngroups = {self.G}, got {args['conv1d_weight'].shape}")
+        if tot != dim + self.conv_dim + self.H:
+            raise ValueError(
+                f"`zxbcdt` must have {dim + self.conv_dim + self.H} channels (z, xBC, "
+                f"dt), got {tot}")
+        if self.W < 1:
+            raise ValueError("`conv1d_weight` must have at least one tap")
+        if args["conv1d_bias"] is not None:
+            check_shape(args["conv1d_bias"], (self.conv_dim,), "conv1d_bias")
+        check_shape(args["rmsnorm_weight"], (dim,), "rmsnorm_weight")
+        zx = np.asarray(zx, dtype=dtype)
+        if zx.strides[2] != zx.itemsize:
+            zx = np.ascontiguousarray(zx)
+        self.zx = zx
+        self.wt = np.ascontiguousarray(np.asarray(args["conv1d_weight"], dtype).T)
+        self.bias = (np.zeros(self.conv_dim, dtype) if args["conv1d_bias"] is None
+                     else np.ascontiguousarray(args["conv1d_bias"], dtype=dtype))
+        self.args = args
+        self.cs = _chunk_size(chunk_size, self.L)
+        self.eps = eps
+        self.norm_before_gate = bool(norm_before_gate)
+        self.dt_limit = dt_limit
+        self.nthreads = nthreads
+
+    def _slices(self, post):
+        """x, B and C: views of the convolution's output."""
+        nb, L, dim, GN = self.nb, self.L, self.dim, self.G * self.N
+        x = post[..., :dim].reshape(nb, L, self.H, self.P)
+        B = post[..., dim:dim + GN].reshape(nb, L, self.G, self.N)
+        C = post[..., dim + GN:].reshape(nb, L, self.G, self.N)
+        return x, B, C
+
+    def _problem(self, x, B, C):
+        a = self.args
+        return _Problem(x, self.zx[..., self.dim + self.conv_dim:], a["A"], B, C,
+                        D=a["D"], dt_bias=a["dt_bias"], dt_softplus=True,
+                        dt_limit=self.dt_limit)
+
+    def _norm_args(self, y):
+        return {"x": y.reshape(self.nb, self.L, self.dim),
+                "weight": self.args["rmsnorm_weight"], "z": self.zx[..., :self.dim],
+                "eps": self.eps, "group_size": self.dim // self.G,
+                "norm_before_gate": self.norm_before_gate, "workers": self.nthreads}
+
+    def forward(self, keep):
+        """The output (batch, seqlen, dim), and with `keep` the tuple `saved`
+        (y, pre, x, B, C, dt', decay sums, chunk states)."""
+        from .stable_ops import rms_norm
+
+        nb, L = self.nb, self.L
+        pre = _empty((nb, L, self.conv_dim), self.dtype)
+        init = np.zeros((nb, self.W - 1, self.conv_dim), self.dtype)
+        _selective.causal_conv1d_time_major(
+            self.zx[..., self.dim:self.dim + self.conv_dim], self.wt, self.bias, init,
+            pre, False, self.nthreads)
+        post = silu(pre, workers=self.nthreads)
+        p = self._problem(*self._slices(post))
+        del post
+        if keep:
+            kept, (y, _, _) = _chunk_states(p, self.cs, self.nthreads, True)
+        else:
+            y = ssd_chunk_scan_combined(p.x, p.dt, p.A, p.B, p.C, self.cs, D=p.D,
+                                        dt_bias=p.dt_bias, dt_softplus=True,
+                                        dt_limit=self.dt_limit, workers=self.nthreads)
+        out = rms_norm(**self._norm_args(y))
+        if not keep:
+            return out
+        return out, (y, pre, p.x, p.B, p.C) + tuple(kept)
+
+    @staticmethod
+    def saved_shapes(nb, L, H, P, G, N, chunk_size, single):
+        """The shapes of `saved` (`single`: computed in float32)."""
+        cs = _chunk_size(chunk_size, L)
+        nc = -(-L // cs)
+        Pp = _bwd.padded(P, single)
+        return [(nb, L, H, P), (nb, L, P * H + 2 * G * N), (nb, L, H, P),
+                (nb, L, G, N), (nb, L, G, N), (nb, H, nc * cs), (nb, H, nc * cs),
+                (nb, H, nc, N, Pp)]
+
+    def backward(self, saved, gout):
+        """The gradients of the arguments (by name; None for absent ones)
+        for the cotangent `gout` of the output."""
+        from . import _vjp_kernels
+        from .stable_ops import _rms_norm_backward
+
+        y, pre, x, B, C, dt_out, dA, states = saved
+        nb, L, dim, cd, H = self.nb, self.L, self.dim, self.conv_dim, self.H
+        dtype = self.dtype
+        gn = _rms_norm_backward(self._norm_args(y), dtype, (nb, L, dim))(gout)
+        p = self._problem(x, B, C)
+        gs = _ssd_backward(p, self.cs, None, gn["x"].reshape(x.shape), None,
+                           self.nthreads, kept=(dt_out, dA, states))
+        GN = self.G * self.N
+        gpost = _empty((nb, L, cd), dtype)
+        gpost[..., :dim] = gs["x"].reshape(nb, L, dim)
+        gpost[..., dim:dim + GN] = gs["B"].reshape(nb, L, GN)
+        gpost[..., dim + GN:] = gs["C"].reshape(nb, L, GN)
+        del gs["x"], gs["B"], gs["C"]
+        gzx = _empty(self.zx.shape, dtype)
+        gzx[..., :dim] = gn["z"].reshape(nb, L, dim)
+        gzx[..., dim + cd:] = gs["dt"]
+        gwt = np.empty((self.W, cd), dtype)
+        gb = np.empty(cd, dtype)
+        _vjp_kernels.causal_conv1d_backward_time_major(
+            gpost, pre, True, self.zx[..., dim:dim + cd], self.wt,
+            gzx[..., dim:dim + cd], gwt, gb, self.nthreads)
+        a = self.args
+        return {"zxbcdt": gzx, "conv1d_weight": gwt.T,
+                "conv1d_bias": None if a["conv1d_bias"] is None else gb,
+                "dt_bias": gs.get("dt_bias"), "A": gs["A"], "D": gs.get("D"),
+                "rmsnorm_weight": gn["weight"]}
 
 
 def _ssd_rule(fun, kind):

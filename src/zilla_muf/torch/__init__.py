@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised without torch only
 
 import math
 
-from ._ops import INPLACE, call
+from ._ops import INPLACE, SPLIT_LAYER, call
 from ._transformers import apply_to_mamba, apply_to_mamba2
 
 __all__ = [
@@ -104,8 +104,13 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
 
     Returns the output (batch, seqlen, out_dim), and the final states
     (batch, nheads, headdim, dstate) if `return_final_states`.
-    Differentiable in every tensor argument; each stage is one of this
-    module's operators.
+    Differentiable in every tensor argument. The training step's case (no
+    MLP part, `seq_idx`, `initial_states` or final states; SiLU; the gated
+    norm; float32 or float64) runs as one operator: the convolution reads
+    its slice of `zxbcdt` in place, the forward keeps what the backward
+    needs (so that the backward runs none of the forward), and the
+    backward writes the gradient of `zxbcdt` as one tensor. Other calls
+    run each stage as one of this module's operators.
 
     Examples
     --------
@@ -136,6 +141,8 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
         raise ValueError("`headdim` must be given when `D` has shape (nheads,)")
     else:
         nheads, headdim = D.shape[0], int(headdim)
+    if isinstance(A, torch.Tensor) and tuple(A.shape) != (nheads,):
+        raise ValueError(f"`A` must have shape ({nheads},), got {tuple(A.shape)}")
     ngroups = int(ngroups)
     if ngroups < 1 or nheads % ngroups:
         raise ValueError(f"`ngroups` must divide nheads = {nheads}, got {ngroups}")
@@ -155,6 +162,20 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
             f"`zxbcdt` must have 2 d_mlp + {dim + conv_dim + nheads} channels (z, xBC, "
             f"dt and an optional MLP part), got {zxbcdt.shape[-1]}")
     batch, seqlen = zxbcdt.shape[:2]
+    if _one_layer_operator(rest, seq_idx, initial_states, return_final_states, act,
+                           rmsnorm_weight, zxbcdt, conv1d_weight, conv1d_bias,
+                           dt_bias, A, D):
+        y = SPLIT_LAYER(
+            zxbcdt=zxbcdt, conv1d_weight=conv1d_weight, conv1d_bias=conv1d_bias,
+            dt_bias=dt_bias, A=A, D=D, rmsnorm_weight=rmsnorm_weight,
+            chunk_size=int(chunk_size), headdim=headdim, ngroups=ngroups,
+            eps=float(rmsnorm_eps), norm_before_gate=bool(norm_before_gate),
+            dt_limit_lo=float(dt_limit[0]), dt_limit_hi=float(dt_limit[1]))
+        if outproj_weight is not None:
+            return F.linear(y, outproj_weight, outproj_bias)
+        if outproj_bias is not None:
+            raise ValueError("`outproj_bias` needs `outproj_weight`")
+        return y
     zx0, z, xBC, dt = torch.split(zxbcdt, [rest, dim, conv_dim, nheads], dim=-1)
     xBC = causal_conv1d_fn(xBC.transpose(1, 2), conv1d_weight, conv1d_bias,
                            seq_idx=seq_idx, activation=act).transpose(1, 2)
@@ -180,6 +201,26 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
     elif outproj_bias is not None:
         raise ValueError("`outproj_bias` needs `outproj_weight`")
     return (y, final) if return_final_states else y
+
+
+def _one_layer_operator(rest, seq_idx, initial_states, return_final_states, act,
+                        rmsnorm_weight, *tensors):
+    """Whether mamba_split_conv1d_scan_combined runs as one operator (the
+    training step's case: no MLP part, no packing, no states in or out,
+    SiLU, the gated norm, float32/float64 CPU tensors with some data);
+    other calls compose the operators of the functions above."""
+    import torch
+
+    if (rest or seq_idx is not None or initial_states is not None
+            or return_final_states or act != "silu" or rmsnorm_weight is None
+            or tensors[0].numel() == 0 or tensors[1].dim() != 2
+            or not isinstance(tensors[4], torch.Tensor) or tensors[4].numel() == 0):
+        return False
+    for t in tensors + (rmsnorm_weight,):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.device.type != "cpu"
+                              or t.dtype not in (torch.float32, torch.float64)):
+            return False
+    return True
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None,

@@ -6,7 +6,10 @@ call, through :func:`zilla_muf.vjp`), joined by ``register_autograd``. Both
 have fake (meta) kernels, so ``torch.compile`` traces through them and
 ``torch.library.opcheck`` passes. The backward operator recomputes what the
 pullback needs from the inputs, as the library's pullbacks do anyway; no
-Python object crosses from the forward to the backward.
+Python object crosses from the forward to the backward. The one exception,
+the Mamba-2 layer of a training step (``zilla_muf::mamba2_split_layer``),
+returns its intermediate results as extra tensors, which autograd saves for
+its backward operator.
 
 Tensors cross to NumPy without copies when they are contiguous CPU tensors
 of float32 or float64 (``Tensor.numpy()``) and come back with
@@ -24,7 +27,7 @@ import torch
 import zilla_muf
 from zilla_muf._vjp import pullback_from, vjp
 
-__all__ = ["OPS", "call", "to_numpy", "inplace_numpy"]
+__all__ = ["OPS", "SPLIT_LAYER", "call", "to_numpy", "inplace_numpy"]
 
 _HALF = (torch.float16, torch.bfloat16)
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
@@ -478,6 +481,127 @@ OPS = {
         ("a", "b", "h0"),
         _scan_outputs),
 }
+
+
+class _SplitLayerOp:
+    """The Mamba-2 layer of a training step between its projections
+    (:class:`zilla_muf.ssd._SplitLayer`) as one operator pair.
+
+    Unlike the operators above, the forward returns, after the output,
+    what the backward needs (the SSD output before the norm, the
+    convolution's pre-activation, the SSD's inputs, the chunk states): the
+    backward operator takes them back as a list of tensors and runs no
+    part of the forward. They are saved for backward and never
+    differentiated.
+    """
+
+    differentiable = ("zxbcdt", "conv1d_weight", "conv1d_bias", "dt_bias", "A", "D",
+                      "rmsnorm_weight")
+    names = differentiable + ("chunk_size", "headdim", "ngroups", "eps",
+                              "norm_before_gate", "dt_limit_lo", "dt_limit_hi")
+
+    def __init__(self):
+        args = ("Tensor zxbcdt, Tensor conv1d_weight, Tensor? conv1d_bias, "
+                "Tensor? dt_bias, Tensor A, Tensor D, Tensor rmsnorm_weight, "
+                "int chunk_size, int headdim, int ngroups, float eps, "
+                "bool norm_before_gate, float dt_limit_lo, float dt_limit_hi")
+        self.forward = torch.library.custom_op(
+            "zilla_muf::mamba2_split_layer", self._forward_impl, mutates_args=(),
+            device_types="cpu", schema=f"({args}) -> Tensor[]")
+        self.forward.register_fake(self._forward_fake)
+        self.backward = torch.library.custom_op(
+            "zilla_muf::mamba2_split_layer_backward", self._backward_impl,
+            mutates_args=(), device_types="cpu",
+            schema=f"({args}, Tensor[] saved, Tensor gout) -> Tensor[]")
+        self.backward.register_fake(self._backward_fake)
+        self.forward.register_autograd(self._autograd_backward,
+                                       setup_context=self._setup_context)
+
+    def _layer(self, args):
+        from zilla_muf.ssd import _SplitLayer
+
+        kw = dict(zip(self.names, args))
+        arrays = [to_numpy(kw[p], p) for p in self.differentiable]
+        return _SplitLayer(
+            *arrays, chunk_size=kw["chunk_size"], headdim=kw["headdim"],
+            ngroups=kw["ngroups"], eps=kw["eps"],
+            norm_before_gate=kw["norm_before_gate"],
+            dt_limit=(kw["dt_limit_lo"], kw["dt_limit_hi"]),
+            nthreads=_workers(kw["zxbcdt"].numel()) or 1)
+
+    def _forward_impl(self, *args):
+        out, saved = self._layer(args).forward(keep=True)
+        return [_from_numpy(a, None) for a in (out,) + saved]
+
+    @staticmethod
+    def _dtype(tensors):
+        dtype = torch.float32
+        for t in tensors:
+            if t is not None:
+                dtype = torch.promote_types(dtype, t.dtype)
+        return dtype
+
+    def _forward_fake(self, *args):
+        from zilla_muf.ssd import _SplitLayer
+
+        kw = dict(zip(self.names, args))
+        dtype = self._dtype([kw[p] for p in self.differentiable])
+        nb, L = kw["zxbcdt"].shape[:2]
+        H, P, G = kw["A"].shape[0], kw["headdim"], kw["ngroups"]
+        N = (kw["conv1d_weight"].shape[0] - H * P) // (2 * G)
+        shapes = [(nb, L, H * P)] + _SplitLayer.saved_shapes(
+            nb, L, H, P, G, N, kw["chunk_size"], dtype == torch.float32)
+        return [torch.empty(s, dtype=dtype, device="cpu") for s in shapes]
+
+    def _backward_impl(self, *args):
+        n = len(self.names)
+        saved = [t.numpy() for t in args[n]]
+        gout = to_numpy(args[n + 1], "gout")
+        layer = self._layer(args[:n])
+        with _blas_one_thread():
+            grads = layer.backward(saved, gout)
+        return [torch.empty(0, device="cpu") if grads[p] is None
+                else _from_numpy(grads[p], v.dtype)
+                for p, v in zip(self.differentiable, args[:n])]
+
+    def _backward_fake(self, *args):
+        return [torch.empty(0, device="cpu") if v is None else torch.empty_like(v)
+                for v in args[:len(self.differentiable)]]
+
+    def _setup_context(self, ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.n_inputs = len(inputs)
+        ctx.is_tensor = [isinstance(v, torch.Tensor) for v in inputs]
+        ctx.others = [None if t else v for t, v in zip(ctx.is_tensor, inputs)]
+        ctx.save_for_backward(*[v for v in inputs if isinstance(v, torch.Tensor)],
+                              *output[1:])
+
+    def _autograd_backward(self, ctx, grads):
+        tensors = iter(ctx.saved_tensors)
+        inputs = [next(tensors) if t else o for t, o in zip(ctx.is_tensor, ctx.others)]
+        saved = list(tensors)
+        gout = grads[0]
+        if gout is None:
+            return (None,) * ctx.n_inputs
+        gin = self.backward(*inputs, saved, gout.contiguous())
+        result = [None if v is None or (g.numel() == 0 and v.numel() != 0) else g
+                  for g, v in zip(gin, inputs)]
+        return tuple(result) + (None,) * (ctx.n_inputs - len(result))
+
+    def __call__(self, **kw):
+        for p in self.differentiable:
+            if kw.get(p) is not None:
+                _check_tensor(kw[p], p)
+        args = [kw.get(p) for p in self.names]
+        tensors = [kw.get(p) for p in self.differentiable]
+        if _plain_eager(tensors):
+            # no gradient to record: the output only, nothing kept
+            out = self._layer(args).forward(keep=False)
+            return _from_numpy(out, None)
+        return self.forward(*args)[0]
+
+
+SPLIT_LAYER = _SplitLayerOp()
 
 
 def call(name, **kw):
