@@ -904,6 +904,10 @@ def test_patched_block_norm(unpatched_transformers, monkeypatch):
     x = torch.randn(2, 3, 24, generator=torch.Generator().manual_seed(2))
     xt = torch.randn(24, 5, generator=torch.Generator().manual_seed(3)).t()
     ref, ref_t = norm(x).detach(), norm(xt).detach()
+    xg_ref = x.clone().requires_grad_()
+    norm(xg_ref).square().sum().backward()
+    gw_ref = norm.weight.grad
+    norm.weight.grad = None
     zt.apply_to_mamba2()
     calls = []
     kernel = so._rms_norm_rows
@@ -917,11 +921,16 @@ def test_patched_block_norm(unpatched_transformers, monkeypatch):
     torch.testing.assert_close(got, ref, rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(got_t, ref_t, rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(wide, ref.double(), rtol=2e-6, atol=2e-6)
-    # a gradient to record: the module's own path, gradients reach both
+    # a gradient to record: the differentiable norm operator, whose
+    # gradients are the module's own
+    backward = so._rms_norm_backward
+    monkeypatch.setattr(so, "_rms_norm_backward",
+                        lambda *a: calls.append(2) or backward(*a))
     xg = x.clone().requires_grad_()
     norm(xg).square().sum().backward()
-    assert len(calls) == 3
-    assert xg.grad is not None and norm.weight.grad is not None
+    assert calls == [1, 1, 1, 2]
+    torch.testing.assert_close(xg.grad, xg_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm.weight.grad, gw_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_apply_checks_the_model(unpatched_transformers):

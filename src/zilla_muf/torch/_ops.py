@@ -570,6 +570,8 @@ class _SplitLayerOp:
 
     def _setup_context(self, ctx, inputs, output):
         ctx.mark_non_differentiable(*output[1:])
+        # the kept tensors get no cotangents: no zeros are made for them
+        ctx.set_materialize_grads(False)
         ctx.n_inputs = len(inputs)
         ctx.is_tensor = [isinstance(v, torch.Tensor) for v in inputs]
         ctx.others = [None if t else v for t, v in zip(ctx.is_tensor, inputs)]

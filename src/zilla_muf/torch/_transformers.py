@@ -251,17 +251,23 @@ def _mixer_forward(original):
 
 
 def _rms_norm_forward(original):
-    """Mamba2RMSNorm.forward (the blocks' norms), in zilla_muf's row kernel
-    for float32 CPU tensors when no gradient is recorded (inference: a
-    decoding token pays torch's half-dozen operations at every layer);
-    anything else keeps the module's own path. The module computes in
-    float32 whatever its input's dtype, so only float32 is taken."""
+    """Mamba2RMSNorm.forward (the blocks' norms) on zilla_muf for float32 CPU
+    tensors: in its row kernel when no gradient is recorded (inference: a
+    decoding token pays torch's half-dozen operations at every layer), else
+    as the differentiable ``rmsnorm_fn`` operator (training: one operator
+    each way instead of a dozen); anything else keeps the module's own
+    path. The module computes in float32 whatever its input's dtype, so
+    only float32 is taken."""
     @functools.wraps(original)
     def forward(self, hidden_states):
         w = self.weight
         if (hidden_states.dtype == torch.float32 and w.dtype == torch.float32
                 and hidden_states.device.type == "cpu" and w.device.type == "cpu"
-                and hidden_states.numel() > 0 and _plain_eager((hidden_states, w))):
+                and hidden_states.numel() > 0):
+            if not _plain_eager((hidden_states, w)):
+                from . import rmsnorm_fn
+
+                return rmsnorm_fn(hidden_states, w, None, eps=self.variance_epsilon)
             from zilla_muf.stable_ops import _rms_norm_rows
 
             x = hidden_states.detach().contiguous().numpy()
@@ -307,8 +313,9 @@ def apply_to_mamba2(model=None):
     output projection's input in one compiled call (convolution update,
     state update, gated norm); everything else takes the mixer's own path
     on the functions above. The blocks' RMS norm (``Mamba2RMSNorm``) runs
-    on zilla_muf's row kernel for float32 CPU tensors when no gradient is
-    recorded (inference), and as it is otherwise.
+    on zilla_muf for float32 CPU tensors (its row kernel in inference, the
+    differentiable ``rmsnorm_fn`` when a gradient is recorded), and as it
+    is otherwise.
 
     Parameters
     ----------
