@@ -15,8 +15,8 @@ Ratios are zilla_muf time / transformers time (below 1 is faster). The
 patched training step is also broken down by operator (torch.profiler, one
 step): the share of the Mamba-2 layers (convolution, SSD and gated norm in
 one operator, forward and backward; the other operators where a call takes
-them), of the matrix products of the linear layers and of torch's copies
-and concatenations, recorded as extra rows (``part``). Run ``python bench/bench_torch.py [--quick] [--threads N]``;
+them), of the RMS norms, of the matrix products of the linear layers and of
+torch's copies and concatenations, recorded as extra rows (``part``). Run ``python bench/bench_torch.py [--quick] [--threads N]``;
 results go to ``bench/results/torch.json`` (with ``--threads`` other than 2,
 to ``torch-N-threads.json``).
 """
@@ -80,9 +80,9 @@ _PARTS = {
     "zilla_muf::causal_conv1d_backward": "causal conv backward",
     "zilla_muf::causal_conv1d": "causal conv forward",
     "GeneratedBackwardFor_zilla_muf_causal_conv1d_default": "causal conv forward",
-    "zilla_muf::rms_norm_backward": "gated norm backward",
-    "zilla_muf::rms_norm": "gated norm forward",
-    "GeneratedBackwardFor_zilla_muf_rms_norm_default": "gated norm forward",
+    "zilla_muf::rms_norm_backward": "RMS norms backward",
+    "zilla_muf::rms_norm": "RMS norms forward",
+    "GeneratedBackwardFor_zilla_muf_rms_norm_default": "RMS norms forward",
     "aten::mm": "linear layers (aten::mm)",
     "aten::copy_": "copies (aten::copy_)",
     "aten::cat": "concatenations (aten::cat)",
