@@ -543,3 +543,81 @@ def test_conv_bad_input(rng):
         causal_conv1d_update(xt, np.zeros((2, 3, 6))[..., ::2], w)
     with pytest.raises(ValueError, match="`x`"):
         causal_conv1d_update(x[..., None], np.zeros((2, 3, 3)), w)
+
+
+# ------------------------------------------------- Mamba-1's fused decoding step
+
+def _mamba_step_loop(xz, conv, state, w, cb, xw, dtw, dtb, A, D):
+    """One Mamba-1 decoding token, float64, written out here: the
+    convolution's window (the cache's last width - 1 columns and the new
+    input; conv and state advanced in place), SiLU, x_proj, dt_proj,
+    softplus, the state update, D and the gate."""
+    dim, N = A.shape
+    R = dtw.shape[1]
+    K = w.shape[1]
+    silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
+    x, z = xz[:, :dim], xz[:, dim:]
+    window = np.concatenate([conv[:, :, conv.shape[2] - (K - 1):], x[:, :, None]], axis=2)
+    xc = silu((window * w[None]).sum(-1) + cb)
+    if conv.shape[2]:
+        conv[:] = np.concatenate([conv[:, :, 1:], x[:, :, None]], axis=2)
+    dbc = xc @ xw.T
+    dt = np.log1p(np.exp(dbc[:, :R] @ dtw.T + dtb))
+    B, C = dbc[:, R:R + N], dbc[:, R + N:]
+    state[:] = (np.exp(dt[:, :, None] * A[None]) * state
+                + dt[:, :, None] * B[:, None, :] * xc[:, :, None])
+    y = (state * C[:, None, :]).sum(-1) + (0 if D is None else D * xc)
+    return y * silu(z)
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("K,Wc,with_D", [(4, 4, True), (4, 3, False), (3, 5, True),
+                                         (1, 0, True)])
+def test_mamba_mixer_step_against_a_loop(rng, dtype, K, Wc, with_D):
+    from zilla_muf.selective import _mamba_mixer_step, _mamba_step_params
+
+    nb, dim, N, R = 2, 6, 4, 3
+    w = rng.standard_normal((dim, K)) * 0.5
+    cb = rng.standard_normal(dim)
+    xw = rng.standard_normal((R + 2 * N, dim)) * 0.5
+    dtw = rng.standard_normal((dim, R)) * 0.5
+    dtb = rng.uniform(-2, 0, dim)
+    A = -rng.uniform(0.5, 2, (dim, N))
+    D = rng.standard_normal(dim) if with_D else None
+    conv = rng.standard_normal((nb, dim, Wc))
+    state = rng.standard_normal((nb, dim, N))
+    cs, st = conv.astype(dtype), state.astype(dtype)
+    params = _mamba_step_params(w, cb, xw, dtw, dtb, A, D, dtype=dtype)
+    for _ in range(3):  # three tokens, the states carried by both sides
+        xz = rng.standard_normal((nb, 2 * dim))
+        out = _mamba_mixer_step(xz.astype(dtype), cs, st, params)
+        ref = _mamba_step_loop(xz, conv, state, w, cb, xw, dtw, dtb, A, D)
+        assert out.dtype == dtype
+        assert_close(out, ref, dtype, 50)
+        assert_close(st, state, dtype, 50)
+        assert_close(cs, conv, dtype, 50)
+
+
+def test_mamba_mixer_step_refusals():
+    from zilla_muf.selective import _mamba_mixer_step, _mamba_step_params
+
+    dim, N, R = 4, 3, 2
+    params = _mamba_step_params(np.ones((dim, 4)), None, np.ones((R + 2 * N, dim)),
+                                np.ones((dim, R)), None, -np.ones((dim, N)), None,
+                                dtype=np.float32)
+    xz = np.zeros((1, 2 * dim), np.float32)
+    conv = np.zeros((1, dim, 3), np.float32)
+    state = np.zeros((1, dim, N), np.float32)
+    with pytest.raises(TypeError, match="`state`"):
+        _mamba_mixer_step(xz, conv, state.astype(np.float64), params)
+    with pytest.raises(TypeError, match="`conv_state`"):
+        _mamba_mixer_step(xz, conv[:, :, ::2], state, params)
+    with pytest.raises(TypeError, match="`params`"):
+        _mamba_mixer_step(xz.astype(np.float64), conv.astype(np.float64),
+                          state.astype(np.float64), params)
+    with pytest.raises(ValueError, match="do not agree"):
+        _mamba_mixer_step(xz[:, :-1], conv, state, params)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _mamba_mixer_step(xz, conv, state[:, :, :-1].copy(), params)
+    out = _mamba_mixer_step(xz, conv, state, params)
+    assert out.shape == (1, dim) and np.all(out == 0)

@@ -778,12 +778,14 @@ def unpatched_transformers():
     norm_forward = m2.MambaRMSNormGated.forward
     mixer_forward = m2.Mamba2Mixer.forward
     block_norm_forward = m2.Mamba2RMSNorm.forward
+    mamba_mixer_forward = m1.MambaMixer.forward
     yield
     for (mod, k), v in saved.items():
         setattr(mod, k, v)
     m2.MambaRMSNormGated.forward = norm_forward
     m2.Mamba2Mixer.forward = mixer_forward
     m2.Mamba2RMSNorm.forward = block_norm_forward
+    m1.MambaMixer.forward = mamba_mixer_forward
 
 
 def _run_model(model, ids):
@@ -888,6 +890,82 @@ def test_patched_mamba2_decoding_steps(dtype, unpatched_transformers):
     m2.Mamba2Mixer.forward = fused.__wrapped_original__
     pieces = steps()
     m2.Mamba2Mixer.forward = fused
+    ours = steps()
+    torch.testing.assert_close(ours[0], pieces[0], **tight)
+    assert not torch.allclose(ours[0], transformers_steps[0], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_patched_mamba_decoding_steps(dtype, unpatched_transformers):
+    # Mamba-1's fused decoding step: logits of every cached step and the
+    # caches, batch 2, against transformers' own steps and the mixer's own
+    # path on zilla_muf's kernels
+    import transformers.models.mamba.modeling_mamba as m1
+
+    cfg = transformers.MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                                   state_size=4, expand=2, conv_kernel=4,
+                                   time_step_rank=3)
+    torch.manual_seed(5)
+    model = transformers.MambaForCausalLM(cfg).to(dtype).eval()
+    with torch.no_grad():
+        for mixer in model.modules():
+            if isinstance(mixer, m1.MambaMixer):
+                mixer.D.normal_()
+                mixer.conv1d.bias.normal_()
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(6))
+
+    def steps():
+        with torch.no_grad():
+            out = model(ids[:, :7], use_cache=True)
+            cache, logits = out.cache_params, [out.logits[:, -1]]
+            for t in range(7, 11):
+                out = model(ids[:, t:t + 1], cache_params=cache, use_cache=True)
+                logits.append(out.logits[:, -1])
+        layers = range(cfg.num_hidden_layers)
+        return (torch.stack(logits), [cache.get_conv_state(i) for i in layers],
+                [cache.get_recurrent_state(i) for i in layers])
+
+    transformers_steps = steps()
+    zt.apply_to_mamba(model)
+    fused = m1.MambaMixer.forward
+    m1.MambaMixer.forward = fused.__wrapped_original__
+    pieces = steps()
+    calls = []
+    m1.MambaMixer.forward = lambda *a, **k: calls.append(1) or fused(*a, **k)
+    state_update = m1.mamba_selective_state_update
+    m1.mamba_selective_state_update = None  # a decoding step must not reach it
+    ours = steps()
+    m1.mamba_selective_state_update = state_update
+    assert len(calls) == 5 * cfg.num_hidden_layers
+    loose = {"rtol": 2e-4, "atol": 2e-5} if dtype == torch.float32 else {
+        "rtol": 1e-5, "atol": 1e-6}
+    tight = {"rtol": 2e-5, "atol": 2e-6} if dtype == torch.float32 else {}
+    for ref, tol in ((transformers_steps, loose), (pieces, tight)):
+        torch.testing.assert_close(ours[0], ref[0], **tol)
+        for a, b in zip(ours[1] + ours[2], ref[1] + ref[2]):
+            torch.testing.assert_close(a, b.to(a.dtype), **tol)
+    # a hooked x_proj: the mixer's own path, which calls it as a module
+    seen = []
+    handle = model.backbone.layers[0].mixer.x_proj.register_forward_hook(
+        lambda mod, args, out: seen.append(out.shape))
+    m1.mamba_selective_state_update = None
+    with pytest.raises(TypeError):
+        steps()
+    m1.mamba_selective_state_update = state_update
+    again = steps()
+    handle.remove()
+    assert len(seen) >= 5
+    torch.testing.assert_close(again[0], ours[0], **tight)
+    # parameters updated in place reach the next steps
+    with torch.no_grad():
+        for mixer in model.modules():
+            if isinstance(mixer, m1.MambaMixer):
+                for p in (mixer.A_log, mixer.D, mixer.x_proj.weight, mixer.dt_proj.weight,
+                          mixer.dt_proj.bias, mixer.conv1d.weight, mixer.conv1d.bias):
+                    p.mul_(0.9)
+    m1.MambaMixer.forward = fused.__wrapped_original__
+    pieces = steps()
+    m1.MambaMixer.forward = fused
     ours = steps()
     torch.testing.assert_close(ours[0], pieces[0], **tight)
     assert not torch.allclose(ours[0], transformers_steps[0], rtol=1e-3, atol=1e-3)

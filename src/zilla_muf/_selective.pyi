@@ -35,3 +35,7 @@ def conv_update(
     x: _F, state: _F, weight: _F, bias: _F, out: _F, silu: bool, *,
     rows: _I | None = ...,
 ) -> None: ...
+def mamba_step(
+    x: _F, dt: _F, A: _F, B: _F, C: _F, D: _F, z: _F, dt_bias: _F,
+    softplus: bool, has_D: bool, has_z: bool, state: _F, out: _F,
+) -> None: ...

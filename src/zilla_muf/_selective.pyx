@@ -697,6 +697,52 @@ def causal_conv1d_seq(const real_t[:, :, ::1] x, const long long[:, ::1] seq,
                              O + ch * L, W, L, silu)
 
 
+def mamba_step(const real_t[:, ::1] x, const real_t[:, ::1] dt,
+               const real_t[:, ::1] A, const real_t[:, ::1] B,
+               const real_t[:, ::1] C, const real_t[::1] D,
+               const real_t[:, ::1] z, const real_t[::1] dt_bias,
+               bint softplus, bint has_D, bint has_z,
+               real_t[:, :, ::1] state, real_t[:, ::1] out):
+    """One token of Mamba-1's recurrence per (batch, channel), on the
+    calling thread: dt' = softplus(dt + dt_bias) (or dt + dt_bias),
+    h = exp(dt' A) h + dt' B x with the state (batch, dim, N) advanced in
+    place, y = C . h (+ D x), times silu(z). x, dt, z, out (batch, dim);
+    A (dim, N); B, C (batch, N); D, dt_bias (dim,) (D, z read only with
+    has_D, has_z)."""
+    cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1], N = A.shape[1]
+    cdef Py_ssize_t b, d, n
+    cdef real_t step, xv, acc, h, gate
+    cdef real_t *hs
+    if (dt.shape[0] != batch or dt.shape[1] != dim or A.shape[0] != dim
+            or B.shape[0] != batch or B.shape[1] != N or C.shape[0] != batch
+            or C.shape[1] != N or dt_bias.shape[0] != dim
+            or (has_D and D.shape[0] != dim)
+            or (has_z and (z.shape[0] != batch or z.shape[1] != dim))
+            or state.shape[0] != batch or state.shape[1] != dim
+            or state.shape[2] != N or out.shape[0] != batch
+            or out.shape[1] != dim):
+        raise ValueError("mamba_step: inconsistent shapes")
+    if batch == 0 or dim == 0:
+        return
+    with nogil:
+        for b in range(batch):
+            for d in range(dim):
+                delta_row(&dt[b, d], dt_bias[d], softplus, &step, 1)
+                xv = x[b, d]
+                hs = &state[b, d, 0]
+                acc = 0
+                for n in range(N):
+                    h = vexp(step * A[d, n]) * hs[n] + step * B[b, n] * xv
+                    hs[n] = h
+                    acc = acc + C[b, n] * h
+                if has_D:
+                    acc = acc + D[d] * xv
+                if has_z:
+                    gate_row(&z[b, d], &gate, 1)
+                    acc = acc * gate
+                out[b, d] = acc
+
+
 def conv_update(const real_t[:, :, ::1] x, real_t[:, :, ::1] state,
                 const real_t[:, ::1] weight, const real_t[::1] bias,
                 real_t[:, :, ::1] out, bint silu, *,

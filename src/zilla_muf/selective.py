@@ -737,6 +737,69 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
     else:
         state[rows] = last
     return y[:, :, 0]
+def _mamba_step_params(conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                       dt_proj_bias, A, D, *, dtype):
+    """A Mamba-1 layer's parameters as :func:`_mamba_mixer_step` takes them:
+    C-contiguous arrays of `dtype` (the projections transposed), the biases
+    0 where absent. A caller stepping many tokens prepares them once."""
+    def cast(a):
+        return None if a is None else np.ascontiguousarray(a, dtype=dtype)
+
+    W = cast(conv_weight)
+    dim = W.shape[0]
+    zeros = np.zeros(dim, dtype)
+    return (W, zeros if conv_bias is None else cast(conv_bias),
+            cast(np.asarray(x_proj_weight).T), cast(np.asarray(dt_proj_weight).T),
+            zeros if dt_proj_bias is None else cast(dt_proj_bias), cast(A), cast(D))
+
+
+def _mamba_mixer_step(xz, conv_state, state, params):
+    """One decoding token of a Mamba-1 mixer between its input and output
+    projections.
+
+    The step of transformers' ``MambaMixer`` (and of mamba_ssm's ``Mamba``):
+    xz (batch, 2 dim), the input projection's output, is read as x and the
+    gate z; x goes through the convolution's update with SiLU (conv_state
+    (batch, dim, >= width - 1), advanced in place), then the projection to
+    (dt rank, B, C) and dt's own projection, and one step of the selective
+    scan with softplus steps, D x and the gate (state (batch, dim, dstate),
+    advanced in place). conv_state and state must have the dtype of xz
+    (float32 or float64), be C-contiguous and writeable; `params` comes
+    from :func:`_mamba_step_params` with that dtype. Returns (batch, dim).
+    """
+    xz = np.asarray(xz)
+    dtype = xz.dtype
+    if dtype not in (np.float32, np.float64) or xz.ndim != 2:
+        raise TypeError("`xz` must be a float32 or float64 (batch, channels) array")
+    for name, s in (("conv_state", conv_state), ("state", state)):
+        if (not isinstance(s, np.ndarray) or s.dtype != dtype or s.ndim != 3
+                or not s.flags.c_contiguous or not s.flags.writeable):
+            raise TypeError(f"`{name}` must be a writeable C-contiguous {dtype} "
+                            "array of 3 dimensions")
+    for a in params:
+        if a is not None and (a.dtype != dtype or not a.flags.c_contiguous):
+            raise TypeError(f"`params` must be {dtype} (from _mamba_step_params)")
+    W, bias, xw, dtw, dt_bias, A, D = params
+    batch = xz.shape[0]
+    dim, N = A.shape
+    rank = dtw.shape[0]
+    if xz.shape[1] != 2 * dim or xw.shape != (dim, rank + 2 * N):
+        raise ValueError("`xz` and `params` do not agree")
+    x = np.ascontiguousarray(xz[:, :dim])[:, :, None]
+    xc = np.empty((batch, dim, 1), dtype)
+    _selective.conv_update(x, conv_state, W, bias, xc, True)
+    xc = xc[:, :, 0]
+    dbc = xc @ xw
+    dt = dbc[:, :rank] @ dtw
+    out = np.empty((batch, dim), dtype)
+    _selective.mamba_step(
+        xc, dt, A, np.ascontiguousarray(dbc[:, rank:rank + N]),
+        np.ascontiguousarray(dbc[:, rank + N:]), np.zeros(dim, dtype) if D is None else D,
+        np.ascontiguousarray(xz[:, dim:]), dt_bias, True, D is not None, True,
+        state, out)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Gradients
 # ---------------------------------------------------------------------------

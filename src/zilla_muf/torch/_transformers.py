@@ -148,6 +148,8 @@ def _decode_states(mixer, hidden_states, cache_params, attention_mask, kwargs):
             return None
     if not _plain_eager((hidden_states, conv_state, state, mixer.in_proj.weight)):
         return None
+    if any(hasattr(m, "_hf_hook") for m in mixer.modules()):
+        return None  # accelerate's hooks (offloading) run on the mixer's own path
     return conv_state, state
 
 
@@ -155,11 +157,12 @@ def _decode_states(mixer, hidden_states, cache_params, attention_mask, kwargs):
 _STEP_PARAMS = weakref.WeakKeyDictionary()
 
 
-def _step_params(mixer, dtype):
-    """The mixer's parameters for the fused step, prepared once and again
-    only when a parameter is replaced or updated in place (its version)."""
-    tensors = (mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias,
-               mixer.A_log, mixer.D, mixer.norm.weight)
+def _cached_params(mixer, dtype, named, build):
+    """The mixer's parameters for its fused step, prepared by `build` (from
+    the arrays of the `named` tensors, a dict) once and again only when a
+    parameter is replaced or updated in place (its version); None when one
+    is not on the CPU."""
+    tensors = tuple(named.values())
     key = (dtype,) + tuple(None if t is None else (id(t), t._version, t.data_ptr())
                            for t in tensors)
     hit = _STEP_PARAMS.get(mixer)
@@ -167,19 +170,42 @@ def _step_params(mixer, dtype):
         return hit[1]
     if not _on_cpu(*tensors):
         return None
-    from zilla_muf.ssd import _mamba2_step_params
-
-    w, b, dt_bias, A_log, D, norm_w = (
-        None if t is None else to_numpy(t, name) for t, name in zip(
-            tensors, ("conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D",
-                      "norm.weight")))
-    # as the mixer forms it: -exp of the float32 A_log
-    A = -np.exp(A_log.astype(np.float32))
-    params = _mamba2_step_params(w[:, 0], b, dt_bias, A, D, norm_w,
-                                 dtype=_NUMPY_DTYPES[dtype],
-                                 headdim=mixer.head_dim)
+    arrays = {name: None if t is None else to_numpy(t, name) for name, t in named.items()}
+    # as the mixers form it: -exp of the float32 A_log
+    arrays["A"] = -np.exp(arrays.pop("A_log").astype(np.float32))
+    params = build(arrays, _NUMPY_DTYPES[dtype])
     _STEP_PARAMS[mixer] = (key, params)
     return params
+
+
+def _step_params(mixer, dtype):
+    """The Mamba-2 mixer's parameters for the fused step."""
+    from zilla_muf.ssd import _mamba2_step_params
+
+    def build(a, np_dtype):
+        return _mamba2_step_params(a["conv1d.weight"][:, 0], a["conv1d.bias"],
+                                   a["dt_bias"], a["A"], a["D"], a["norm.weight"],
+                                   dtype=np_dtype, headdim=mixer.head_dim)
+
+    return _cached_params(mixer, dtype, {
+        "conv1d.weight": mixer.conv1d.weight, "conv1d.bias": mixer.conv1d.bias,
+        "dt_bias": mixer.dt_bias, "A_log": mixer.A_log, "D": mixer.D,
+        "norm.weight": mixer.norm.weight}, build)
+
+
+def _mamba_params(mixer, dtype):
+    """The Mamba-1 mixer's parameters for the fused step."""
+    from zilla_muf.selective import _mamba_step_params
+
+    def build(a, np_dtype):
+        return _mamba_step_params(a["conv1d.weight"][:, 0], a["conv1d.bias"],
+                                  a["x_proj.weight"], a["dt_proj.weight"],
+                                  a["dt_proj.bias"], a["A"], a["D"], dtype=np_dtype)
+
+    return _cached_params(mixer, dtype, {
+        "conv1d.weight": mixer.conv1d.weight, "conv1d.bias": mixer.conv1d.bias,
+        "x_proj.weight": mixer.x_proj.weight, "dt_proj.weight": mixer.dt_proj.weight,
+        "dt_proj.bias": mixer.dt_proj.bias, "A_log": mixer.A_log, "D": mixer.D}, build)
 
 
 def _project(linear, x):
@@ -242,6 +268,44 @@ def _mixer_forward(original):
         y = _mamba2_mixer_step(
             zxbcdt, conv_state.numpy(), state.numpy(), params, ngroups=self.n_groups,
             eps=self.norm.variance_epsilon, dt_limit=tuple(self.time_step_limit))
+        _increment_version(conv_state)
+        _increment_version(state)
+        return torch.from_numpy(_project(self.out_proj, y[:, None, :]))[:, None, :]
+
+    forward.__wrapped_original__ = original
+    return forward
+
+
+def _mamba_mixer_forward(original):
+    """MambaMixer.forward with its decoding step in one fused call.
+
+    As for Mamba-2 (_mixer_forward): a cached decoding token runs the input
+    projection, then zilla_muf.selective._mamba_mixer_step (the
+    convolution's update, the projection to dt, B and C, dt's projection,
+    the state update with D x and the gate), then the output projection.
+    The projection to dt, B and C is taken inside only when it is a plain
+    ``nn.Linear`` without a bias or hooks, as transformers builds it;
+    anything else takes the mixer's own path.
+    """
+    @functools.wraps(original)
+    def forward(self, hidden_states, cache_params=None, attention_mask=None,
+                **kwargs):
+        states = _decode_states(self, hidden_states, cache_params, attention_mask,
+                                kwargs)
+        xp = self.x_proj
+        params = None
+        if (states is not None and type(xp) is torch.nn.Linear and xp.bias is None
+                and not xp._forward_hooks and not xp._forward_pre_hooks
+                and not _global_module_hooks()):
+            params = _mamba_params(self, hidden_states.dtype)
+        if params is None:
+            return original(self, hidden_states, cache_params=cache_params,
+                            attention_mask=attention_mask, **kwargs)
+        from zilla_muf.selective import _mamba_mixer_step
+
+        conv_state, state = states
+        xz = _project(self.in_proj, hidden_states)
+        y = _mamba_mixer_step(xz, conv_state.numpy(), state.numpy(), params)
         _increment_version(conv_state)
         _increment_version(state)
         return torch.from_numpy(_project(self.out_proj, y[:, None, :]))[:, None, :]
@@ -358,7 +422,13 @@ def apply_to_mamba(model=None):
     Rebinds the causal convolution, its decoding step, the selective scan and
     the one-token state update of ``transformers.models.mamba.modeling_mamba``
     to zilla_muf (for CPU tensors; other devices keep the original
-    functions), for every model, built already or later.
+    functions), for every model, built already or later. The mixer's
+    ``forward`` is wrapped too: a cached decoding token (one token, no
+    mask, no gradient to record, float32 or float64 on the CPU) goes from
+    the input projection's output to the output projection's input in one
+    call (convolution update, the projections to dt, B and C, state
+    update); everything else takes the mixer's own path on the functions
+    above.
 
     Parameters
     ----------
@@ -371,4 +441,8 @@ def apply_to_mamba(model=None):
     _patch(mod, "causal_conv1d_update", _conv_update)
     _patch(mod, "mamba_selective_scan", _selective_scan)
     _patch(mod, "mamba_selective_state_update", _state_update)
+    mixer = mod.MambaMixer
+    if _increment_version is not None and not hasattr(mixer.forward,
+                                                       "__wrapped_original__"):
+        mixer.forward = _mamba_mixer_forward(mixer.forward)
     return model
