@@ -10,6 +10,8 @@ from it)
   path, in the same process and run.
 * Greedy decoding of 64 tokens after a 512-token prompt, batch 1, with the
   cache (prefill, then one decode step per token).
+* The same decoding with a ``MambaForCausalLM`` (Mamba-1: hidden size 256,
+  4 layers, state 16), patched with :func:`zilla_muf.torch.apply_to_mamba`.
 
 Ratios are zilla_muf time / transformers time (below 1 is faster). The
 patched training step is also broken down by operator (torch.profiler, one
@@ -114,6 +116,47 @@ def _breakdown(report, case, torch, step):
                share=1.0)
 
 
+def _mamba1_generation(report, torch, transformers, prompt, new, rounds):
+    import transformers.models.mamba.modeling_mamba as m1
+
+    import zilla_muf.torch as zt
+
+    names = [k for k in ("causal_conv1d_fn", "causal_conv1d_update",
+                         "mamba_selective_scan", "mamba_selective_state_update")
+             if hasattr(m1, k)]
+    saved = {k: getattr(m1, k) for k in names}
+    saved_forward = m1.MambaMixer.forward
+    zt.apply_to_mamba()
+    patched = {k: getattr(m1, k) for k in names}
+    patched_forward = m1.MambaMixer.forward
+    cfg = transformers.MambaConfig(vocab_size=1024, hidden_size=256,
+                                   num_hidden_layers=4, state_size=16, expand=2,
+                                   conv_kernel=4)
+    torch.manual_seed(0)
+    model = transformers.MambaForCausalLM(cfg).eval()
+
+    def use(on):
+        for k, v in (patched if on else saved).items():
+            setattr(m1, k, v)
+        m1.MambaMixer.forward = patched_forward if on else saved_forward
+
+    def generate(on):
+        def run():
+            use(on)
+            with torch.no_grad():
+                model.generate(prompt, max_new_tokens=new, min_new_tokens=new,
+                               do_sample=False)
+        return run
+
+    times = interleaved_times({"transformers": generate(False),
+                               "zilla_muf": generate(True)}, rounds=rounds, repeat=3)
+    use(False)
+    case = (f"MambaForCausalLM greedy generate {new} tokens after a "
+            f"{prompt.shape[1]}-token prompt, b1")
+    ref = report.add(case, "transformers torch path", times["transformers"])["seconds"]
+    report.add(case, "zilla_muf.torch.apply_to_mamba", times["zilla_muf"], ref)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -167,6 +210,7 @@ def main(argv=None):
     ref = report.add(case, "transformers torch path", times["transformers"])["seconds"]
     report.add(case, "zilla_muf.torch.apply_to_mamba2", times["zilla_muf"], ref)
     patch.use(False)
+    _mamba1_generation(report, torch, transformers, ids[:1, :prompt_len], new, rounds)
     progress(report.table())
     print(report.table())
     report.save()
