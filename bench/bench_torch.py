@@ -140,9 +140,19 @@ def _mamba1_generation(report, torch, transformers, prompt, new, rounds):
             setattr(m1, k, v)
         m1.MambaMixer.forward = patched_forward if on else saved_forward
 
-    def generate(on):
+    case = (f"MambaForCausalLM greedy generate {new} tokens after a "
+            f"{prompt.shape[1]}-token prompt, b1")
+    _time_generation(report, case, "zilla_muf.torch.apply_to_mamba", torch, model,
+                     prompt, new, rounds, use)
+    use(False)
+
+
+def _time_generation(report, case, name, torch, model, prompt, new, rounds, use):
+    """Greedy generation of `new` tokens after `prompt`, unpatched and
+    patched (``use(patched)`` switches), as two rows of `report`."""
+    def generate(patched):
         def run():
-            use(on)
+            use(patched)
             with torch.no_grad():
                 model.generate(prompt, max_new_tokens=new, min_new_tokens=new,
                                do_sample=False)
@@ -150,11 +160,8 @@ def _mamba1_generation(report, torch, transformers, prompt, new, rounds):
 
     times = interleaved_times({"transformers": generate(False),
                                "zilla_muf": generate(True)}, rounds=rounds, repeat=3)
-    use(False)
-    case = (f"MambaForCausalLM greedy generate {new} tokens after a "
-            f"{prompt.shape[1]}-token prompt, b1")
     ref = report.add(case, "transformers torch path", times["transformers"])["seconds"]
-    report.add(case, "zilla_muf.torch.apply_to_mamba", times["zilla_muf"], ref)
+    report.add(case, name, times["zilla_muf"], ref)
 
 
 def main(argv=None):
@@ -196,19 +203,9 @@ def main(argv=None):
     prompt_len, new = (128, 16) if args.quick else (512, 64)
     prompt = ids[:1, :prompt_len]
 
-    def generate(patched):
-        def run():
-            patch.use(patched)
-            with torch.no_grad():
-                model.generate(prompt, max_new_tokens=new, min_new_tokens=new,
-                               do_sample=False)
-        return run
-
-    times = interleaved_times({"transformers": generate(False),
-                               "zilla_muf": generate(True)}, rounds=rounds, repeat=3)
     case = f"greedy generate {new} tokens after a {prompt_len}-token prompt, b1"
-    ref = report.add(case, "transformers torch path", times["transformers"])["seconds"]
-    report.add(case, "zilla_muf.torch.apply_to_mamba2", times["zilla_muf"], ref)
+    _time_generation(report, case, "zilla_muf.torch.apply_to_mamba2", torch, model,
+                     prompt, new, rounds, patch.use)
     patch.use(False)
     _mamba1_generation(report, torch, transformers, ids[:1, :prompt_len], new, rounds)
     progress(report.table())

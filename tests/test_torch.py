@@ -820,6 +820,69 @@ def test_patched_models_match_transformers(build, apply, unpatched_transformers)
     np.testing.assert_allclose(losses, losses_ref, rtol=1e-4)
 
 
+def _fused_steps_against_transformers(model, mod, mixer_cls, update_name, apply, ids,
+                                     dtype):
+    """Cached steps of `model` (a 7-token prompt, then one token at a time):
+    transformers' own, then patched by `apply` through the mixer's own path
+    (on zilla_muf's kernels) and through the fused step, which must take
+    every decoding token (the module's one-token state update, `update_name`
+    of `mod`, is removed meanwhile). The logits and both caches agree.
+    Returns (steps, fused forward, fused steps, transformers' steps,
+    tolerance of ours against the mixer's own path)."""
+    nlayers = model.config.num_hidden_layers
+
+    def steps():
+        with torch.no_grad():
+            out = model(ids[:, :7], use_cache=True)
+            cache, logits = out.cache_params, [out.logits[:, -1]]
+            for t in range(7, ids.shape[1]):
+                out = model(ids[:, t:t + 1], cache_params=cache, use_cache=True)
+                logits.append(out.logits[:, -1])
+        return (torch.stack(logits), [cache.get_conv_state(i) for i in range(nlayers)],
+                [cache.get_recurrent_state(i) for i in range(nlayers)])
+
+    transformers_steps = steps()
+    apply(model)
+    fused = mixer_cls.forward
+    mixer_cls.forward = fused.__wrapped_original__
+    pieces = steps()  # the mixer's own path on zilla_muf's kernels
+    calls = []
+    mixer_cls.forward = lambda *a, **k: calls.append(1) or fused(*a, **k)
+    state_update = getattr(mod, update_name)
+    setattr(mod, update_name, None)  # a decoding step must not reach it
+    ours = steps()
+    setattr(mod, update_name, state_update)
+    mixer_cls.forward = fused
+    assert len(calls) == (ids.shape[1] - 6) * nlayers
+    # transformers computes in float32 some of what a float64 model gives
+    # it (the Mamba-2 gated norm and cached state)
+    loose = {"rtol": 2e-4, "atol": 2e-5} if dtype == torch.float32 else {
+        "rtol": 1e-5, "atol": 1e-6}
+    tight = {"rtol": 2e-5, "atol": 2e-6} if dtype == torch.float32 else {}
+    for ref, tol in ((transformers_steps, loose), (pieces, tight)):
+        torch.testing.assert_close(ours[0], ref[0], **tol)
+        for a, b in zip(ours[1] + ours[2], ref[1] + ref[2]):
+            torch.testing.assert_close(a, b.to(a.dtype), **tol)
+    return steps, fused, ours, transformers_steps, tight
+
+
+def _updated_parameters_reach_the_steps(model, mixer_cls, names, fused, steps,
+                                        transformers_steps, tight):
+    """Parameters updated in place (an optimizer step) reach the next fused
+    steps: they agree with the mixer's own path, not with the old steps."""
+    with torch.no_grad():
+        for mixer in model.modules():
+            if isinstance(mixer, mixer_cls):
+                for name in names:
+                    mixer.get_parameter(name).mul_(0.9)
+    mixer_cls.forward = fused.__wrapped_original__
+    pieces = steps()
+    mixer_cls.forward = fused
+    ours = steps()
+    torch.testing.assert_close(ours[0], pieces[0], **tight)
+    assert not torch.allclose(ours[0], transformers_steps[0], rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_patched_mamba2_decoding_steps(dtype, unpatched_transformers):
     # the fused decoding step: logits of every cached step and the caches
@@ -839,39 +902,9 @@ def test_patched_mamba2_decoding_steps(dtype, unpatched_transformers):
                 mixer.norm.weight.uniform_(0.5, 1.5)
                 mixer.conv1d.bias.normal_()
     ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(4))
-
-    def steps():
-        with torch.no_grad():
-            out = model(ids[:, :7], use_cache=True)
-            cache, logits = out.cache_params, [out.logits[:, -1]]
-            for t in range(7, 11):
-                out = model(ids[:, t:t + 1], cache_params=cache, use_cache=True)
-                logits.append(out.logits[:, -1])
-        layers = range(cfg.num_hidden_layers)
-        return (torch.stack(logits), [cache.get_conv_state(i) for i in layers],
-                [cache.get_recurrent_state(i) for i in layers])
-
-    transformers_steps = steps()
-    zt.apply_to_mamba2(model)
-    fused = m2.Mamba2Mixer.forward
-    m2.Mamba2Mixer.forward = fused.__wrapped_original__
-    pieces = steps()  # the mixer's own path on zilla_muf's kernels
-    calls = []
-    m2.Mamba2Mixer.forward = lambda *a, **k: calls.append(1) or fused(*a, **k)
-    state_update = m2.mamba2_selective_state_update
-    m2.mamba2_selective_state_update = None  # a decoding step must not reach it
-    ours = steps()
-    m2.mamba2_selective_state_update = state_update
-    assert len(calls) == 5 * cfg.num_hidden_layers
-    # transformers computes its gated norm and (in a float64 model) the
-    # recurrent state it caches in float32
-    loose = {"rtol": 2e-4, "atol": 2e-5} if dtype == torch.float32 else {
-        "rtol": 1e-5, "atol": 1e-6}
-    tight = {"rtol": 2e-5, "atol": 2e-6} if dtype == torch.float32 else {}
-    for ref, tol in ((transformers_steps, loose), (pieces, tight)):
-        torch.testing.assert_close(ours[0], ref[0], **tol)
-        for a, b in zip(ours[1] + ours[2], ref[1] + ref[2]):
-            torch.testing.assert_close(a, b.to(a.dtype), **tol)
+    steps, fused, ours, transformers_steps, tight = _fused_steps_against_transformers(
+        model, m2, m2.Mamba2Mixer, "mamba2_selective_state_update", zt.apply_to_mamba2,
+        ids, dtype)
     # a hooked projection is called as a module (an adapter would be)
     seen = []
     handle = model.backbone.layers[1].mixer.in_proj.register_forward_hook(
@@ -880,19 +913,9 @@ def test_patched_mamba2_decoding_steps(dtype, unpatched_transformers):
     handle.remove()
     assert seen.count(torch.Size([2, 1, seen[-1][-1]])) == 4
     torch.testing.assert_close(again[0], ours[0], **tight)
-    # parameters updated in place (an optimizer step) reach the next steps
-    with torch.no_grad():
-        for mixer in model.modules():
-            if isinstance(mixer, m2.Mamba2Mixer):
-                for p in (mixer.A_log, mixer.D, mixer.dt_bias, mixer.norm.weight,
-                          mixer.conv1d.weight, mixer.conv1d.bias):
-                    p.mul_(0.9)
-    m2.Mamba2Mixer.forward = fused.__wrapped_original__
-    pieces = steps()
-    m2.Mamba2Mixer.forward = fused
-    ours = steps()
-    torch.testing.assert_close(ours[0], pieces[0], **tight)
-    assert not torch.allclose(ours[0], transformers_steps[0], rtol=1e-3, atol=1e-3)
+    _updated_parameters_reach_the_steps(
+        model, m2.Mamba2Mixer, ("A_log", "D", "dt_bias", "norm.weight", "conv1d.weight",
+                                "conv1d.bias"), fused, steps, transformers_steps, tight)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -913,41 +936,15 @@ def test_patched_mamba_decoding_steps(dtype, unpatched_transformers):
                 mixer.D.normal_()
                 mixer.conv1d.bias.normal_()
     ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(6))
-
-    def steps():
-        with torch.no_grad():
-            out = model(ids[:, :7], use_cache=True)
-            cache, logits = out.cache_params, [out.logits[:, -1]]
-            for t in range(7, 11):
-                out = model(ids[:, t:t + 1], cache_params=cache, use_cache=True)
-                logits.append(out.logits[:, -1])
-        layers = range(cfg.num_hidden_layers)
-        return (torch.stack(logits), [cache.get_conv_state(i) for i in layers],
-                [cache.get_recurrent_state(i) for i in layers])
-
-    transformers_steps = steps()
-    zt.apply_to_mamba(model)
-    fused = m1.MambaMixer.forward
-    m1.MambaMixer.forward = fused.__wrapped_original__
-    pieces = steps()
-    calls = []
-    m1.MambaMixer.forward = lambda *a, **k: calls.append(1) or fused(*a, **k)
-    state_update = m1.mamba_selective_state_update
-    m1.mamba_selective_state_update = None  # a decoding step must not reach it
-    ours = steps()
-    m1.mamba_selective_state_update = state_update
-    assert len(calls) == 5 * cfg.num_hidden_layers
-    loose = {"rtol": 2e-4, "atol": 2e-5} if dtype == torch.float32 else {
-        "rtol": 1e-5, "atol": 1e-6}
-    tight = {"rtol": 2e-5, "atol": 2e-6} if dtype == torch.float32 else {}
-    for ref, tol in ((transformers_steps, loose), (pieces, tight)):
-        torch.testing.assert_close(ours[0], ref[0], **tol)
-        for a, b in zip(ours[1] + ours[2], ref[1] + ref[2]):
-            torch.testing.assert_close(a, b.to(a.dtype), **tol)
-    # a hooked x_proj: the mixer's own path, which calls it as a module
+    steps, fused, ours, transformers_steps, tight = _fused_steps_against_transformers(
+        model, m1, m1.MambaMixer, "mamba_selective_state_update", zt.apply_to_mamba,
+        ids, dtype)
+    # a hooked x_proj: the mixer's own path, which calls it as a module (its
+    # one-token state update then runs: removed, the step fails)
     seen = []
     handle = model.backbone.layers[0].mixer.x_proj.register_forward_hook(
         lambda mod, args, out: seen.append(out.shape))
+    state_update = m1.mamba_selective_state_update
     m1.mamba_selective_state_update = None
     with pytest.raises(TypeError):
         steps()
@@ -956,19 +953,10 @@ def test_patched_mamba_decoding_steps(dtype, unpatched_transformers):
     handle.remove()
     assert len(seen) >= 5
     torch.testing.assert_close(again[0], ours[0], **tight)
-    # parameters updated in place reach the next steps
-    with torch.no_grad():
-        for mixer in model.modules():
-            if isinstance(mixer, m1.MambaMixer):
-                for p in (mixer.A_log, mixer.D, mixer.x_proj.weight, mixer.dt_proj.weight,
-                          mixer.dt_proj.bias, mixer.conv1d.weight, mixer.conv1d.bias):
-                    p.mul_(0.9)
-    m1.MambaMixer.forward = fused.__wrapped_original__
-    pieces = steps()
-    m1.MambaMixer.forward = fused
-    ours = steps()
-    torch.testing.assert_close(ours[0], pieces[0], **tight)
-    assert not torch.allclose(ours[0], transformers_steps[0], rtol=1e-3, atol=1e-3)
+    _updated_parameters_reach_the_steps(
+        model, m1.MambaMixer, ("A_log", "D", "x_proj.weight", "dt_proj.weight",
+                               "dt_proj.bias", "conv1d.weight", "conv1d.bias"),
+        fused, steps, transformers_steps, tight)
 
 
 def test_patched_block_norm(unpatched_transformers, monkeypatch):
