@@ -557,7 +557,8 @@ def _mamba_step_loop(xz, conv, state, w, cb, xw, dtw, dtb, A, D):
     K = w.shape[1]
     silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
     x, z = xz[:, :dim], xz[:, dim:]
-    window = np.concatenate([conv[:, :, conv.shape[2] - (K - 1):], x[:, :, None]], axis=2)
+    window = np.concatenate([conv[:, :, conv.shape[2] - (K - 1):], x[:, :, None]],
+                            axis=2)
     xc = silu((window * w[None]).sum(-1) + cb)
     if conv.shape[2]:
         conv[:] = np.concatenate([conv[:, :, 1:], x[:, :, None]], axis=2)

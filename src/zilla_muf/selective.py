@@ -737,6 +737,8 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
     else:
         state[rows] = last
     return y[:, :, 0]
+
+
 def _mamba_step_params(conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                        dt_proj_bias, A, D, *, dtype):
     """A Mamba-1 layer's parameters as :func:`_mamba_mixer_step` takes them:
@@ -792,11 +794,11 @@ def _mamba_mixer_step(xz, conv_state, state, params):
     dbc = xc @ xw
     dt = dbc[:, :rank] @ dtw
     out = np.empty((batch, dim), dtype)
+    Dv = np.zeros(dim, dtype) if D is None else D
     _selective.mamba_step(
         xc, dt, A, np.ascontiguousarray(dbc[:, rank:rank + N]),
-        np.ascontiguousarray(dbc[:, rank + N:]), np.zeros(dim, dtype) if D is None else D,
-        np.ascontiguousarray(xz[:, dim:]), dt_bias, True, D is not None, True,
-        state, out)
+        np.ascontiguousarray(dbc[:, rank + N:]), Dv, np.ascontiguousarray(xz[:, dim:]),
+        dt_bias, True, D is not None, True, state, out)
     return out
 
 

@@ -1568,7 +1568,8 @@ class _SplitLayer:
     """
 
     def __init__(self, zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D,
-                 rmsnorm_weight, *, chunk_size, headdim, ngroups, eps, norm_before_gate=False,
+                 rmsnorm_weight, *, chunk_size, headdim, ngroups, eps,
+                 norm_before_gate=False,
                  dt_limit=(0.0, math.inf), nthreads=1):
         args = {"zxbcdt": zxbcdt, "conv1d_weight": conv1d_weight,
                 "conv1d_bias": conv1d_bias, "dt_bias": dt_bias, "A": A, "D": D,

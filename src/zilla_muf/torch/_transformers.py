@@ -170,7 +170,8 @@ def _cached_params(mixer, dtype, named, build):
         return hit[1]
     if not _on_cpu(*tensors):
         return None
-    arrays = {name: None if t is None else to_numpy(t, name) for name, t in named.items()}
+    arrays = {name: None if t is None else to_numpy(t, name)
+              for name, t in named.items()}
     # as the mixers form it: -exp of the float32 A_log
     arrays["A"] = -np.exp(arrays.pop("A_log").astype(np.float32))
     params = build(arrays, _NUMPY_DTYPES[dtype])
