@@ -202,6 +202,85 @@ def test_selective_scan_update_is_the_last_step(rng, dtype, groups):
     assert_close(state, last, dtype, 10)
 
 
+def _step_loop(h, x, dt, A, B, C, D, z, bias, softplus):
+    """float64 oracle of one token: (y, new state) for rows of h (batch, dim, N)."""
+    h, x, dt, A, B, C = (np.asarray(a, np.float64) for a in (h, x, dt, A, B, C))
+    d = dt + (0 if bias is None else np.asarray(bias, np.float64))
+    if softplus:
+        d = np.log1p(np.exp(d))
+    h = np.exp(d[:, :, None] * A) * h + (d * x)[:, :, None] * B[:, None]
+    y = np.einsum("bdn,bn->bd", h, C)
+    if D is not None:
+        y = y + np.asarray(D, np.float64) * x
+    if z is not None:
+        z = np.asarray(z, np.float64)
+        y = y * z / (1 + np.exp(-z))
+    return y, h
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("optional", [False, True])
+@pytest.mark.parametrize("b_shape", ["flat", "one group"])
+def test_selective_scan_update_real_pool_against_a_loop(rng, dtype, optional, b_shape):
+    batch, dim, N, pool = 3, 6, 19, 5   # N not a multiple of the vector width
+    rows = [3, 0, 4]
+    state = rng.standard_normal((pool, dim, N)).astype(dtype)
+    before = state.copy()
+    x = rng.standard_normal((batch, dim)).astype(dtype)
+    dt = rng.uniform(-1, 1, (batch, dim)).astype(dtype)
+    A = -rng.uniform(0.2, 2.0, (dim, N)).astype(dtype)
+    B = rng.standard_normal((batch, N)).astype(dtype)
+    C = rng.standard_normal((batch, N)).astype(dtype)
+    D = z = bias = None
+    if optional:
+        D = rng.standard_normal(dim).astype(dtype)
+        z = rng.standard_normal((batch, dim)).astype(dtype)
+        bias = rng.standard_normal(dim).astype(dtype)
+    else:
+        dt = np.abs(dt)
+    Bp, Cp = (B, C) if b_shape == "flat" else (B[:, None], C[:, None])
+    y = selective_scan_update(state, x, dt, A, Bp, Cp, D=D, z=z, dt_bias=bias,
+                              dt_softplus=optional, state_batch_indices=rows)
+    y_ref, h_ref = _step_loop(before[rows], x, dt, A, B, C, D, z, bias, optional)
+    assert y.dtype == dtype
+    assert_close(y, y_ref, dtype, 20)
+    assert_close(state[rows], h_ref, dtype, 20)
+    np.testing.assert_array_equal(state[[1, 2]], before[[1, 2]])
+    # without a pool, the state itself
+    own = before[rows].copy()
+    y2 = selective_scan_update(own, x, dt, A, Bp, Cp, D=D, z=z, dt_bias=bias,
+                               dt_softplus=optional)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(own, state[rows])
+
+
+def test_selective_scan_update_promotes_and_refuses_like_the_scan(rng):
+    batch, dim, N = 2, 3, 4
+    x, dt = rng.standard_normal((batch, dim)), rng.uniform(0.1, 1, (batch, dim))
+    A = -rng.uniform(0.2, 2.0, (dim, N))
+    B, C = rng.standard_normal((batch, N)), rng.standard_normal((batch, N))
+    # float32 inputs into a float64 state compute in float64
+    h = np.zeros((batch, dim, N))
+    y = selective_scan_update(h, *(a.astype(np.float32) for a in (x, dt, A, B, C)))
+    y_ref, h_ref = _step_loop(np.zeros((batch, dim, N)),
+                              *(a.astype(np.float32) for a in (x, dt, A, B, C)),
+                              None, None, None, False)
+    assert y.dtype == np.float64
+    assert_close(y, y_ref, np.float64, 10)
+    assert_close(h, h_ref, np.float64, 10)
+    for bad in (A[:, :3], A[:2]):
+        with pytest.raises(ValueError, match="`A`"):
+            selective_scan_update(h, x, dt, bad, B, C)
+    with pytest.raises(ValueError, match="`D`"):
+        selective_scan_update(h, x, dt, A, B, C, D=np.ones(dim + 1))
+    with pytest.raises(ValueError, match="`dt_bias`"):
+        selective_scan_update(h, x, dt, A, B, C, dt_bias=np.ones(dim + 1))
+    with pytest.raises(TypeError, match="`B`"):
+        selective_scan_update(h, x, dt, A, B + 1j, C)
+    with pytest.raises(TypeError, match="`z`"):
+        selective_scan_update(h, x, dt, A, B, C, z=x + 1j)
+
+
 def test_selective_scan_update_pool_complex_and_refusals(rng):
     dim, N = 4, 3
     A = -rng.uniform(0.2, 2.0, (dim, N)) + 1j * rng.uniform(-2, 2, (dim, N))

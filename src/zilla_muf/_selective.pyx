@@ -710,9 +710,9 @@ def mamba_step(const real_t[:, ::1] x, const real_t[:, ::1] dt,
     A (dim, N); B, C (batch, N); D, dt_bias (dim,) (D, z read only with
     has_D, has_z)."""
     cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1], N = A.shape[1]
-    cdef Py_ssize_t b, d, n
-    cdef real_t step, xv, acc, h, gate
-    cdef real_t *hs
+    cdef Py_ssize_t b, d
+    cdef real_t step, gate
+    cdef real_t *work
     if (dt.shape[0] != batch or dt.shape[1] != dim or A.shape[0] != dim
             or B.shape[0] != batch or B.shape[1] != N or C.shape[0] != batch
             or C.shape[1] != N or dt_bias.shape[0] != dim
@@ -724,23 +724,22 @@ def mamba_step(const real_t[:, ::1] x, const real_t[:, ::1] dt,
         raise ValueError("mamba_step: inconsistent shapes")
     if batch == 0 or dim == 0:
         return
+    work = <real_t *> malloc(zm_sel_scratch(N) * sizeof(real_t) + 1)
+    if work == NULL:
+        raise MemoryError("could not allocate the step's scratch")
     with nogil:
         for b in range(batch):
             for d in range(dim):
                 delta_row(&dt[b, d], dt_bias[d], softplus, &step, 1)
-                xv = x[b, d]
-                hs = &state[b, d, 0]
-                acc = 0
-                for n in range(N):
-                    h = vexp(step * A[d, n]) * hs[n] + step * B[b, n] * xv
-                    hs[n] = h
-                    acc = acc + C[b, n] * h
-                if has_D:
-                    acc = acc + D[d] * xv
                 if has_z:
                     gate_row(&z[b, d], &gate, 1)
-                    acc = acc * gate
-                out[b, d] = acc
+                # one step of the scan's channel, the state read and
+                # written in place
+                channel_real(&x[b, d], &step, &gate if has_z else NULL,
+                             &A[d, 0], &B[b, 0], 0, &C[b, 0], 0,
+                             D[d] if has_D else 0, &state[b, d, 0],
+                             &out[b, d], &state[b, d, 0], work, N, 1, NULL)
+    free(work)
 
 
 def conv_update(const real_t[:, :, ::1] x, real_t[:, :, ::1] state,

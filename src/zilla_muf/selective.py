@@ -706,6 +706,13 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
     if z is not None:
         z = as_array(z, "z")
         check_shape(z, (batch, dim), "z")
+    if D is not None:
+        D = as_array(D, "D")
+        check_shape(D, (dim,), "D")
+    if dt_bias is not None:
+        dt_bias = as_array(dt_bias, "dt_bias")
+        check_shape(dt_bias, (dim,), "dt_bias")
+    require_real(x=x, dt=dt, D=D, z=z, dt_bias=dt_bias)
     A_ = as_array(A, "A")
     complex_state = A_.dtype.kind == "c"
     rows = _batch_indices(state_batch_indices, batch,
@@ -721,6 +728,11 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
             f"for {'complex' if complex_state else 'real'} `A`, got {state.dtype}"
         )
     check_shape(state, (batch if rows is None else None, dim, None), "state")
+    check_shape(A_, (dim, state.shape[2]), "A")
+    if not complex_state:
+        y = _real_step(state, rows, x, dt, A_, B, C, D, z, dt_bias, dt_softplus)
+        if y is not None:
+            return y
     h0 = state if rows is None else state[rows]
     y, last = selective_scan(
         x[:, :, None], dt[:, :, None], A_, B[..., None], C[..., None], D=D,
@@ -737,6 +749,41 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
     else:
         state[rows] = last
     return y[:, :, 0]
+
+
+def _real_step(state, rows, x, dt, A, B, C, D, z, dt_bias, softplus):
+    """selective_scan_update's step with real A on the compiled one-token
+    kernel (the other arguments checked), or None where that does not apply
+    (more than one group, complex or misshapen B or C, a computation dtype
+    other than the state's: the general path then computes, or refuses by
+    name)."""
+    batch, dim = x.shape
+    N = state.shape[2]
+    if B.ndim == 3 and B.shape[1] == 1:
+        B = B[:, 0]
+    if C.ndim == 3 and C.shape[1] == 1:
+        C = C[:, 0]
+    if (B.dtype.kind == "c" or C.dtype.kind == "c" or B.shape != (batch, N)
+            or C.shape != (batch, N)
+            or result_dtype(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                            state=state) != state.dtype):
+        return None
+    dtype = state.dtype
+
+    def cast(a):
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    x = cast(x)
+    zeros = np.zeros(dim, dtype)
+    h = state if rows is None else state[rows]
+    y = np.empty((batch, dim), dtype)
+    _selective.mamba_step(
+        x, cast(dt), cast(A), cast(B), cast(C), zeros if D is None else cast(D),
+        x if z is None else cast(z), zeros if dt_bias is None else cast(dt_bias),
+        bool(softplus), D is not None, z is not None, h, y)
+    if rows is not None:
+        state[rows] = h
+    return y
 
 
 def _mamba_step_params(conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
