@@ -270,6 +270,26 @@ def test_rms_norm_matches_long_double(rng, dtype):
     assert_close(y, rms_oracle(x, None, 0.0, group=6), dtype, scale=4)
 
 
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_rms_norm_strided_rows(rng, dtype):
+    # x and z read in place as column slices of wider arrays (rows strided,
+    # reversed); channels two apart are copied first; the results are alike
+    wide = rng.standard_normal((3, 5, 40)).astype(dtype)
+    w = rng.uniform(0.5, 1.5, 12).astype(dtype)
+    layouts = [(wide[..., 3:15], wide[..., 20:32]),
+               (wide[:, ::-1, 3:15], wide[::-1, :, 20:32]),
+               (wide[..., 3:27:2], wide[..., 16:40:2])]
+    for x, z in layouts:
+        before = wide.copy()
+        for gate_first in (True, False):
+            y = rms_norm(x, w, eps=1e-5, z=z, group_size=4,
+                         norm_before_gate=gate_first)
+            assert y.flags.c_contiguous and y.dtype == dtype
+            assert_close(y, rms_oracle(x, w, 1e-5, z, 4, gate_first), dtype, scale=4)
+        assert_close(rms_norm(x, w), rms_oracle(x, w, 1e-6), dtype, scale=4)
+        np.testing.assert_array_equal(wide, before)
+
+
 def test_rms_norm_gate_broadcasts(rng):
     x = rng.standard_normal(8)
     z = rng.standard_normal((3, 8))

@@ -68,6 +68,34 @@ def test_rms_norm_torch(dtype, rtol, before):
     assert_grads_close(got, want, rtol)
 
 
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
+@pytest.mark.parametrize("before", [True, False])
+def test_rms_norm_strided_rows_and_z_into_a_slice(dtype, rtol, before):
+    # x, z and the cotangent as column slices of wider arrays (read in
+    # place); z's gradient written into a column slice of a wider array
+    from zilla_muf.stable_ops import _rms_norm_backward
+
+    rng = np.random.default_rng(5)
+    wide = rng.standard_normal((2, 6, 50)).astype(dtype)
+    x, z, ct = wide[..., :12], wide[..., 15:27], wide[:, ::-1, 30:42]
+    w = rng.standard_normal(12).astype(dtype)
+    args = dict(x=x, weight=w, z=z, eps=1e-5, group_size=6,
+                norm_before_gate=before, workers=2)
+    tx, tw, tz = (torch.tensor(a, dtype=torch.float64, requires_grad=True)
+                  for a in (x, w, z))
+    _torch_rms_norm(tx, tw, tz, 6, 1e-5, before).backward(
+        torch.tensor(ct.copy(), dtype=torch.float64))
+    want = {"x": tx.grad.numpy(), "weight": tw.grad.numpy(), "z": tz.grad.numpy()}
+    _, pull = vjp(rms_norm, **args)
+    assert_grads_close(pull(ct), want, rtol)
+    target = np.full((2, 6, 20), 7.0, dtype)
+    got = _rms_norm_backward(args, np.dtype(dtype), x.shape)(ct, z_out=target[..., 4:16])
+    assert np.shares_memory(got["z"], target)
+    assert_grads_close(got, want, rtol)
+    np.testing.assert_allclose(target[..., 4:16], want["z"], rtol=rtol, atol=rtol)
+    assert (target[..., :4] == 7).all() and (target[..., 16:] == 7).all()
+
+
 def test_rms_norm_no_weight():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((4, 6))

@@ -368,12 +368,37 @@ def elementwise(int op, const real_t[::1] x, real_t[::1] out, double beta,
                     out[i] = softplus_elem(x[i], rb, rt)
 
 
-def rms_norm(const real_t[:, ::1] x, const real_t[:, ::1] z,
+def _check_channels(Py_ssize_t c, Py_ssize_t stride, Py_ssize_t itemsize,
+                    str name):
+    """Rows may be strided; the channels of a row must be adjacent."""
+    if c > 1 and stride != itemsize:
+        raise ValueError(f"{name} must have contiguous channels")
+
+
+def silu_rows(const real_t[:, :] x, real_t[:, :] out, int num_threads):
+    """out = silu(x) for (rows, C) views whose rows may be strided (a slice
+    of a wider array's columns); the channels contiguous."""
+    cdef Py_ssize_t r, rows = x.shape[0], c = x.shape[1]
+    _check_threads(num_threads)
+    _check_rows(rows, c, out.shape[0], out.shape[1])
+    if rows == 0 or c == 0:
+        return
+    _check_channels(c, x.strides[1], sizeof(real_t), "x")
+    _check_channels(c, out.strides[1], sizeof(real_t), "out")
+    with nogil:
+        for r in prange(rows, num_threads=num_threads, schedule='static'):
+            if real_t is float:
+                zm_silu_f(&x[r, 0], &out[r, 0], c)
+            else:
+                zm_silu_d(&x[r, 0], &out[r, 0], c)
+
+
+def rms_norm(const real_t[:, :] x, const real_t[:, :] z,
              const real_t[::1] weight, real_t[:, ::1] out, Py_ssize_t group,
              double eps, bint gated, bint norm_before_gate, int num_threads):
-    """Row-wise RMS normalisation in groups of `group` channels."""
+    """Row-wise RMS normalisation in groups of `group` channels (x's and
+    z's rows may be strided, their channels contiguous)."""
     cdef Py_ssize_t r, rows = x.shape[0], c = x.shape[1]
-    cdef const real_t *Z
     _check_threads(num_threads)
     _check_rows(rows, c, out.shape[0], out.shape[1])
     if weight.shape[0] != c:
@@ -386,8 +411,10 @@ def rms_norm(const real_t[:, ::1] x, const real_t[:, ::1] z,
         raise ValueError(f"group {group} does not divide {c} channels")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    Z = &z[0, 0] if gated else &x[0, 0]
+    _check_channels(c, x.strides[1], sizeof(real_t), "x")
+    if gated:
+        _check_channels(c, z.strides[1], sizeof(real_t), "z")
     with nogil:
         for r in prange(rows, num_threads=num_threads, schedule='static'):
-            rms_norm_row(&x[r, 0], Z + r * c, &weight[0], &out[r, 0], c,
-                         group, eps, gated, norm_before_gate)
+            rms_norm_row(&x[r, 0], &z[r, 0] if gated else &x[r, 0], &weight[0],
+                         &out[r, 0], c, group, eps, gated, norm_before_gate)

@@ -1227,14 +1227,15 @@ cdef void rms_back_row(const real_t *x, const real_t *z, const real_t *w,
         zm_rmsback_d(x, z, sg, w, dy, C, G, eps, mode, v, v + C, gx, gz, gwp)
 
 
-def rms_norm_backward(const real_t[:, ::1] x, const real_t[:, ::1] z,
-                      const real_t[::1] w, const real_t[:, ::1] dy,
+def rms_norm_backward(const real_t[:, :] x, const real_t[:, :] z,
+                      const real_t[::1] w, const real_t[:, :] dy,
                       Py_ssize_t group, double eps, int mode, bint want_gw,
-                      Py_ssize_t block, real_t[:, ::1] gx, real_t[:, ::1] gz,
+                      Py_ssize_t block, real_t[:, ::1] gx, real_t[:, :] gz,
                       double[:, ::1] gwp, int num_threads):
     """Pullback of rms_norm for rows (R, C) in groups of `group`; `mode` as
     rms_back_row (z read only for mode 1, 2); with want_gw, gwp (nblocks, C)
-    receives per-block partial sums of q n for blocks of `block` rows."""
+    receives per-block partial sums of q n for blocks of `block` rows. The
+    rows of x, z, dy and gz may be strided, their channels contiguous."""
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], nblk, blk, i, i1, j
     cdef real_t *buf
     cdef double *gp
@@ -1252,6 +1253,10 @@ def rms_norm_backward(const real_t[:, ::1] x, const real_t[:, ::1] z,
         raise ValueError("rms_norm_backward: inconsistent shapes")
     if R == 0 or C == 0:
         raise ValueError("rms_norm_backward: empty input")
+    if C > 1 and (x.strides[1] != sizeof(real_t) or dy.strides[1] != sizeof(real_t)
+                  or (mode != 0 and (z.strides[1] != sizeof(real_t)
+                                     or gz.strides[1] != sizeof(real_t)))):
+        raise ValueError("rms_norm_backward: the channels must be contiguous")
     scr = Scratch(num_threads, 3 * C, sizeof(real_t),
                   "the norm backward's per-thread scratch")
     ws = &scr.s

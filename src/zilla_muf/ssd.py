@@ -33,6 +33,7 @@ import numpy as np
 
 from . import _ssd
 from . import _selective
+from . import _stable_ops
 from ._config import running_threads
 from .stable_ops import silu
 from ._validation import (
@@ -1616,12 +1617,17 @@ class _SplitLayer:
         self.dt_limit = dt_limit
         self.nthreads = nthreads
 
-    def _slices(self, post):
-        """x, B and C: views of the convolution's output."""
+    def _activated(self, pre):
+        """x, B and C: silu of the convolution's output `pre`, each its own
+        C-contiguous array (the SSD's kernels take them so), in one pass."""
         nb, L, dim, GN = self.nb, self.L, self.dim, self.G * self.N
-        x = post[..., :dim].reshape(nb, L, self.H, self.P)
-        B = post[..., dim:dim + GN].reshape(nb, L, self.G, self.N)
-        C = post[..., dim + GN:].reshape(nb, L, self.G, self.N)
+        rows = pre.reshape(nb * L, self.conv_dim)
+        x = _empty((nb, L, self.H, self.P), self.dtype)
+        B = np.empty((nb, L, self.G, self.N), self.dtype)
+        C = np.empty((nb, L, self.G, self.N), self.dtype)
+        for lo, width, out in ((0, dim, x), (dim, GN, B), (dim + GN, GN, C)):
+            _stable_ops.silu_rows(rows[:, lo:lo + width], out.reshape(nb * L, width),
+                                  self.nthreads)
         return x, B, C
 
     def _problem(self, x, B, C):
@@ -1647,9 +1653,7 @@ class _SplitLayer:
         _selective.causal_conv1d_time_major(
             self.zx[..., self.dim:self.dim + self.conv_dim], self.wt, self.bias, init,
             pre, False, self.nthreads)
-        post = silu(pre, workers=self.nthreads)
-        p = self._problem(*self._slices(post))
-        del post
+        p = self._problem(*self._activated(pre))
         if keep:
             kept, (y, _, _) = _chunk_states(p, self.cs, self.nthreads, True)
         else:
@@ -1680,7 +1684,9 @@ class _SplitLayer:
         y, pre, x, B, C, dt_out, dA, states = saved
         nb, L, dim, cd, H = self.nb, self.L, self.dim, self.conv_dim, self.H
         dtype = self.dtype
-        gn = _rms_norm_backward(self._norm_args(y), dtype, (nb, L, dim))(gout)
+        gzx = _empty(self.zx.shape, dtype)
+        gn = _rms_norm_backward(self._norm_args(y), dtype, (nb, L, dim))(
+            gout, z_out=gzx[..., :dim])
         p = self._problem(x, B, C)
         gs = _ssd_backward(p, self.cs, None, gn["x"].reshape(x.shape), None,
                            self.nthreads, kept=(dt_out, dA, states))
@@ -1690,8 +1696,6 @@ class _SplitLayer:
         gpost[..., dim:dim + GN] = gs["B"].reshape(nb, L, GN)
         gpost[..., dim + GN:] = gs["C"].reshape(nb, L, GN)
         del gs["x"], gs["B"], gs["C"]
-        gzx = _empty(self.zx.shape, dtype)
-        gzx[..., :dim] = gn["z"].reshape(nb, L, dim)
         gzx[..., dim + cd:] = gs["dt"]
         gwt = np.empty((self.W, cd), dtype)
         gb = np.empty(cd, dtype)

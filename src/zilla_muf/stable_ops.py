@@ -709,16 +709,23 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
                 f"{c} channels, got {group_size!r}")
     rows = math.prod(shape[:-1])
     nthreads = max(1, min(nthreads, rows, rows * c // _MIN_PER_THREAD))
-    x2 = np.ascontiguousarray(np.broadcast_to(x, shape), dtype=dtype).reshape(rows, c)
+    x2 = _row_view(x, shape, dtype)
     w1 = np.ascontiguousarray(w, dtype=dtype)
-    if zz is None:
-        z2 = x2
-    else:
-        z2 = np.ascontiguousarray(np.broadcast_to(zz, shape), dtype=dtype).reshape(rows, c)
+    z2 = x2 if zz is None else _row_view(zz, shape, dtype)
     out = np.empty_like(x2)
     _stable_ops.rms_norm(x2, z2, w1, out, max(group, 1), eps, zz is not None,
                          bool(norm_before_gate), nthreads)
     return out.reshape(shape)
+
+
+def _row_view(a, shape, dtype):
+    """`a` broadcast to `shape`, in `dtype`, as (rows, C) with unit stride
+    along C: a view where `a` already is one (a slice of the columns of a
+    wider array keeps its row stride), else a C-contiguous copy."""
+    rows, c = math.prod(shape[:-1]), shape[-1]
+    if a.dtype == dtype and a.shape == tuple(shape) and a.strides[-1] == a.itemsize:
+        return a.reshape(rows, c)       # a view, or a C-contiguous copy
+    return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype).reshape(rows, c)
 
 
 def _rms_norm_rows(x, weight, eps):
@@ -991,11 +998,21 @@ def _rms_norm_backward(args, dtype, shape):
              else positive_int(args["group_size"], "group_size"))
     nthreads = resolve_workers(args.get("workers"))
 
-    def backward(gy):
+    def backward(gy, z_out=None):
+        """The gradients for the cotangent `gy`; z's written into `z_out`
+        (an array of the output's shape and dtype) when given."""
         gy = np.asarray(gy, dtype=dtype)
         if (0 not in shape and dtype in (np.float32, np.float64)
                 and np.isfinite(eps)):
-            return _rms_norm_backward_compiled(gy)
+            return _rms_norm_backward_compiled(gy, z_out)
+        grads = _rms_norm_backward_listed(gy)
+        if z_out is not None and "z" in grads:
+            z_out[...] = grads["z"]
+            grads["z"] = z_out
+        return grads
+
+    def _rms_norm_backward_listed(gy):
+        """The closed form in NumPy operations (empty or non-finite cases)."""
         xb = np.broadcast_to(np.asarray(x, dtype=dtype), shape)
         wv = (np.ones(c, dtype) if w is None else np.asarray(w, dtype=dtype))
         if zz is not None:
@@ -1037,19 +1054,19 @@ def _rms_norm_backward(args, dtype, shape):
             grads["x"] = dv
         return grads
 
-    def _rms_norm_backward_compiled(gy):
+    def _rms_norm_backward_compiled(gy, z_out):
         """One compiled pass over rows (_vjp_kernels.rms_norm_backward)."""
         rows = int(np.prod(shape[:-1], dtype=np.int64))
-        xr = np.ascontiguousarray(
-            np.broadcast_to(np.asarray(x, dtype=dtype), shape)).reshape(rows, c)
-        gyr = np.ascontiguousarray(gy).reshape(rows, c)
+        xr = _row_view(x, shape, dtype)
+        gyr = _row_view(gy, shape, dtype)
         wv = (np.ones(c, dtype) if w is None
               else np.ascontiguousarray(w, dtype=dtype))
         mode = 0 if zz is None else (1 if before else 2)
         if mode:
-            zr = np.ascontiguousarray(np.broadcast_to(
-                np.asarray(zz, dtype=dtype), shape)).reshape(rows, c)
-            gz = np.empty((rows, c), dtype=dtype)
+            zr = _row_view(np.asarray(zz), shape, dtype)
+            gz = None if z_out is None else _row_view(z_out, shape, dtype)
+            if gz is None or not np.may_share_memory(gz, z_out):
+                gz = np.empty((rows, c), dtype=dtype)
         else:
             zr = gz = np.empty((1, 1), dtype=dtype)
         # fixed blocks of rows (independent of the thread count), each
@@ -1062,7 +1079,11 @@ def _rms_norm_backward(args, dtype, shape):
                                        w is not None, block, gx, gz, gwp,
                                        nthreads)
         grads = {"x": gx.reshape(shape)}
-        if mode:
+        if mode and z_out is not None:
+            if not np.may_share_memory(gz, z_out):
+                z_out[...] = gz.reshape(shape)
+            grads["z"] = z_out
+        elif mode:
             grads["z"] = gz.reshape(shape)
         if w is not None:
             grads["weight"] = np.add.reduce(gwp, axis=0)
