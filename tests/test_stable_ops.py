@@ -278,7 +278,8 @@ def test_rms_norm_strided_rows(rng, dtype):
     w = rng.uniform(0.5, 1.5, 12).astype(dtype)
     layouts = [(wide[..., 3:15], wide[..., 20:32]),
                (wide[:, ::-1, 3:15], wide[::-1, :, 20:32]),
-               (wide[..., 3:27:2], wide[..., 16:40:2])]
+               (wide[..., 3:27:2], wide[..., 16:40:2]),
+               (wide.reshape(15, 40)[::-1, 3:15], wide.reshape(15, 40)[::-1, 20:32])]
     for x, z in layouts:
         before = wide.copy()
         for gate_first in (True, False):
@@ -288,6 +289,22 @@ def test_rms_norm_strided_rows(rng, dtype):
             assert_close(y, rms_oracle(x, w, 1e-5, z, 4, gate_first), dtype, scale=4)
         assert_close(rms_norm(x, w), rms_oracle(x, w, 1e-6), dtype, scale=4)
         np.testing.assert_array_equal(wide, before)
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_silu_of_column_slices_into_column_slices(rng, dtype):
+    from zilla_muf import _stable_ops
+
+    src = rng.uniform(-30, 30, (9, 40)).astype(dtype)
+    dst = np.full((9, 25), 3.0, dtype)
+    _stable_ops.silu_rows(src[:, 5:20], dst[:, 2:17], 2)
+    x = src[:, 5:20].astype(np.float64)
+    assert_close(dst[:, 2:17], x / (1 + np.exp(-x)), dtype, scale=4)
+    assert (dst[:, :2] == 3).all() and (dst[:, 17:] == 3).all()
+    with pytest.raises(ValueError, match="contiguous channels"):
+        _stable_ops.silu_rows(src[:, 0:30:2], dst[:, 2:17], 1)
+    with pytest.raises(ValueError, match="does not match"):
+        _stable_ops.silu_rows(src[:, 5:20], dst[:, 2:16], 1)
 
 
 def test_rms_norm_gate_broadcasts(rng):
