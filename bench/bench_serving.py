@@ -15,7 +15,10 @@ a few interleaved round medians, as the machine is shared):
   call against 8 one-token calls, batch 1 (the target: >= 3x), for a
   Mamba-2 layer's SSM (24 heads x 64 x 128, mamba2-130m; workers=1 and 2,
   both sides) and a small one; and ``causal_conv1d_update`` on 8 tokens
-  against 8 calls.
+  against 8 calls;
+* Mamba-1's one-token step ``selective_scan_update`` (mamba-130m's layer:
+  dim 1536, dstate 16; batch 1 and 8) against ``selective_scan`` called on
+  the one token from the same state.
 
 What the loop costs. A packed call does the same arithmetic as one
 sequence of the same tokens (a chunk holding a boundary is computed as
@@ -158,6 +161,40 @@ def bench_decode(report, H, P, G, N, T=8, workers=1):
                t["singles"])
 
 
+def bench_mamba1_step(report, batch, dim=1536, N=16):
+    """Mamba-1's one-token step, ``selective_scan_update``, against the
+    whole-sequence ``selective_scan`` called on the one token with the
+    state as its initial state (what computes the step without it)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((batch, dim), dtype=np.float32)
+    dt = rng.uniform(-4, -1, (batch, dim)).astype(np.float32)
+    A = -rng.uniform(1, 16, (dim, N)).astype(np.float32)
+    B = rng.standard_normal((batch, N), dtype=np.float32)
+    C = rng.standard_normal((batch, N), dtype=np.float32)
+    D = np.ones(dim, np.float32)
+    z = rng.standard_normal((batch, dim), dtype=np.float32)
+    bias = rng.standard_normal(dim, dtype=np.float32)
+    state = np.zeros((batch, dim, N), np.float32)
+
+    def step():
+        return zilla_muf.selective_scan_update(state, x, dt, A, B, C, D=D, z=z,
+                                               dt_bias=bias, dt_softplus=True)
+
+    def scan():
+        y, last = zilla_muf.selective_scan(
+            x[..., None], dt[..., None], A, B[..., None], C[..., None], D=D,
+            z=z[..., None], delta_bias=bias, delta_softplus=True,
+            return_last_state=True, initial_state=state)
+        state[...] = last
+        return y
+
+    t = interleaved_times({"step": step, "scan": scan}, rounds=3, repeat=7,
+                          min_time=0.02)
+    case = f"Mamba-1 decode, batch {batch}, dim {dim}, dstate {N}, one token"
+    report.add(case, "selective_scan of the one token", t["scan"])
+    report.add(case, "selective_scan_update (vs selective_scan)", t["step"], t["scan"])
+
+
 def bench_conv_decode(report, dim=1536 + 256, W=4, T=8):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, dim, T), dtype=np.float32)
@@ -195,6 +232,8 @@ def main():
     for workers in (1, 2):
         bench_decode(report, 24, 64, 1, 128, workers=workers)
     bench_decode(report, 4, 16, 1, 16)
+    for batch in (1, 8):
+        bench_mamba1_step(report, batch)
     bench_conv_decode(report)
     print(report.table())
     with open("/proc/loadavg") as f:

@@ -221,8 +221,11 @@ def _step_loop(h, x, dt, A, B, C, D, z, bias, softplus):
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
 @pytest.mark.parametrize("optional", [False, True])
 @pytest.mark.parametrize("b_shape", ["flat", "one group"])
-def test_selective_scan_update_real_pool_against_a_loop(rng, dtype, optional, b_shape):
-    batch, dim, N, pool = 3, 6, 19, 5   # N not a multiple of the vector width
+@pytest.mark.parametrize("dim", [6, 150])
+def test_selective_scan_update_real_pool_against_a_loop(rng, dtype, optional, b_shape,
+                                                        dim):
+    # N not a multiple of the vector width; dim 150: channels in three blocks
+    batch, N, pool = 3, 19, 5
     rows = [3, 0, 4]
     state = rng.standard_normal((pool, dim, N)).astype(dtype)
     before = state.copy()

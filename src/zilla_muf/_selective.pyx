@@ -137,6 +137,18 @@ cdef extern from "_selscan.h" nogil:
                           const long long *seq)
 
 
+cdef extern from "_selscan.h" nogil:
+    Py_ssize_t zm_sel_step_scratch(Py_ssize_t N)
+    void zm_sel_step_f(const float *u, const float *dts, const float *g,
+                       const float *A, const float *B, const float *C,
+                       const float *D, float *h, float *y, float *work,
+                       Py_ssize_t dim, Py_ssize_t N)
+    void zm_sel_step_d(const double *u, const double *dts, const double *g,
+                       const double *A, const double *B, const double *C,
+                       const double *D, double *h, double *y, double *work,
+                       Py_ssize_t dim, Py_ssize_t N)
+
+
 cdef inline void delta_row(const real_t *dl, real_t bias, bint softplus,
                            real_t *dt, Py_ssize_t L) noexcept nogil:
     """dt[t] = softplus(dl[t] + bias) (or without softplus)."""
@@ -711,8 +723,9 @@ def mamba_step(const real_t[:, ::1] x, const real_t[:, ::1] dt,
     has_D, has_z)."""
     cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1], N = A.shape[1]
     cdef Py_ssize_t b, d
-    cdef real_t step, gate
     cdef real_t *work
+    cdef real_t *steps
+    cdef real_t *gates
     if (dt.shape[0] != batch or dt.shape[1] != dim or A.shape[0] != dim
             or B.shape[0] != batch or B.shape[1] != N or C.shape[0] != batch
             or C.shape[1] != N or dt_bias.shape[0] != dim
@@ -724,21 +737,28 @@ def mamba_step(const real_t[:, ::1] x, const real_t[:, ::1] dt,
         raise ValueError("mamba_step: inconsistent shapes")
     if batch == 0 or dim == 0:
         return
-    work = <real_t *> malloc(zm_sel_scratch(N) * sizeof(real_t) + 1)
+    # the decays of a block of channels, then the row's steps and gates
+    work = <real_t *> malloc((zm_sel_step_scratch(N) + 2 * dim) * sizeof(real_t))
     if work == NULL:
         raise MemoryError("could not allocate the step's scratch")
+    steps = work + zm_sel_step_scratch(N)
+    gates = steps + dim
     with nogil:
         for b in range(batch):
             for d in range(dim):
-                delta_row(&dt[b, d], dt_bias[d], softplus, &step, 1)
-                if has_z:
-                    gate_row(&z[b, d], &gate, 1)
-                # one step of the scan's channel, the state read and
-                # written in place
-                channel_real(&x[b, d], &step, &gate if has_z else NULL,
-                             &A[d, 0], &B[b, 0], 0, &C[b, 0], 0,
-                             D[d] if has_D else 0, &state[b, d, 0],
-                             &out[b, d], &state[b, d, 0], work, N, 1, NULL)
+                steps[d] = dt[b, d] + dt_bias[d]
+            if softplus:
+                delta_row(steps, 0, True, steps, dim)
+            if has_z:
+                gate_row(&z[b, 0], gates, dim)
+            if real_t is float:
+                zm_sel_step_f(&x[b, 0], steps, gates if has_z else NULL, &A[0, 0],
+                              &B[b, 0], &C[b, 0], &D[0] if has_D else NULL,
+                              &state[b, 0, 0], &out[b, 0], work, dim, N)
+            else:
+                zm_sel_step_d(&x[b, 0], steps, gates if has_z else NULL, &A[0, 0],
+                              &B[b, 0], &C[b, 0], &D[0] if has_D else NULL,
+                              &state[b, 0, 0], &out[b, 0], work, dim, N)
     free(work)
 
 

@@ -96,6 +96,73 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
 ZM_DEFINE_SEL_CHANNEL(f, float, zm_vf, ZM_VWF, zm_expf)
 ZM_DEFINE_SEL_CHANNEL(d, double, zm_vd, ZM_VWD, zm_exp)
 
+/* Channels whose decays one pass of the one-token step forms. */
+#define ZM_SEL_STEP_BLOCK 64
+
+/* Elements of the one-token step's scratch. */
+static ptrdiff_t zm_sel_step_scratch(ptrdiff_t N)
+{
+    return ZM_SEL_STEP_BLOCK * N;
+}
+
+/*
+ * One token of `dim` channels of one batch row, each as one step of the
+ * channel above (the same products in the same order):
+ *
+ *     h[d, n] = exp(dt[d] A[d, n]) h[d, n] + (dt[d] u[d]) B[n]
+ *     y[d]    = (sum_n C[n] h[d, n] + D[d] u[d]) * g[d]
+ *
+ * h (dim, N) in place; g (silu of the gate) and D may be NULL. The decays
+ * of a block of channels are formed in one flat vectorised pass (a
+ * channel's N values alone are too few to fill the vectors well).
+ */
+#define ZM_DEFINE_SEL_STEP(sfx, T, V, VW, EXP)                              \
+ZM_CLONES                                                                   \
+static void zm_sel_step_##sfx(const T *u, const T *dts, const T *g,         \
+                              const T *A, const T *B, const T *C,           \
+                              const T *D, T *h, T *y, T *work,              \
+                              ptrdiff_t dim, ptrdiff_t N)                   \
+{                                                                           \
+    const V zero = {0};                                                     \
+    T *restrict e = work;                                                   \
+    ptrdiff_t d0, d, n, i;                                                  \
+    for (d0 = 0; d0 < dim; d0 += ZM_SEL_STEP_BLOCK) {                       \
+        const ptrdiff_t nd = dim - d0 < ZM_SEL_STEP_BLOCK                   \
+                                 ? dim - d0 : ZM_SEL_STEP_BLOCK;            \
+        for (d = 0; d < nd; d++) {                                          \
+            const T s = dts[d0 + d];                                        \
+            const T *a = A + (d0 + d) * N;                                  \
+            for (n = 0; n < N; n++)                                         \
+                e[d * N + n] = s * a[n];                                    \
+        }                                                                   \
+        for (i = 0; i < nd * N; i++)                                        \
+            e[i] = EXP(e[i]);                                               \
+        for (d = 0; d < nd; d++) {                                          \
+            const T ut = u[d0 + d], du = dts[d0 + d] * ut;                  \
+            const T *ed = e + d * N;                                        \
+            T *restrict hd = h + (d0 + d) * N;                              \
+            V acc = zero;                                                   \
+            T tail = 0, s;                                                  \
+            for (n = 0; n + VW <= N; n += VW) {                             \
+                V hv = zm_vld_##sfx(ed + n) * zm_vld_##sfx(hd + n)          \
+                       + du * zm_vld_##sfx(B + n);                          \
+                zm_vst_##sfx(hd + n, hv);                                   \
+                acc += zm_vld_##sfx(C + n) * hv;                            \
+            }                                                               \
+            for (; n < N; n++) {                                            \
+                T hv = ed[n] * hd[n] + du * B[n];                           \
+                hd[n] = hv;                                                 \
+                tail += C[n] * hv;                                          \
+            }                                                               \
+            s = (zm_hsum_##sfx(acc) + tail) + (D != NULL ? D[d0 + d] : 0) * ut; \
+            y[d0 + d] = g != NULL ? s * g[d0 + d] : s;                      \
+        }                                                                   \
+    }                                                                       \
+}
+
+ZM_DEFINE_SEL_STEP(f, float, zm_vf, ZM_VWF, zm_expf)
+ZM_DEFINE_SEL_STEP(d, double, zm_vd, ZM_VWD, zm_exp)
+
 /* A channel's steps: dt[t] = softplus(dl[t] + bias), or dl[t] + bias.
  * float: the branch-free zm_softplusf (vectorised); double: x itself
  * above 20 (torch's threshold), else log1p(exp(x)). */
