@@ -273,13 +273,14 @@ def test_rms_norm_matches_long_double(rng, dtype):
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
 def test_rms_norm_strided_rows(rng, dtype):
     # x and z read in place as column slices of wider arrays (rows strided,
-    # reversed); channels two apart are copied first; the results are alike
+    # reversed, or one row broadcast); channels two apart are copied first
     wide = rng.standard_normal((3, 5, 40)).astype(dtype)
     w = rng.uniform(0.5, 1.5, 12).astype(dtype)
     layouts = [(wide[..., 3:15], wide[..., 20:32]),
                (wide[:, ::-1, 3:15], wide[::-1, :, 20:32]),
                (wide[..., 3:27:2], wide[..., 16:40:2]),
-               (wide.reshape(15, 40)[::-1, 3:15], wide.reshape(15, 40)[::-1, 20:32])]
+               (wide.reshape(15, 40)[::-1, 3:15], wide.reshape(15, 40)[::-1, 20:32]),
+               (np.broadcast_to(wide[0, 0, 3:15], (3, 5, 12)), wide[..., 20:32])]
     for x, z in layouts:
         before = wide.copy()
         for gate_first in (True, False):

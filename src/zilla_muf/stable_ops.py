@@ -712,7 +712,7 @@ def rms_norm(x, weight=None, *, eps=1e-6, z=None, group_size=None,
     x2 = _row_view(x, shape, dtype)
     w1 = np.ascontiguousarray(w, dtype=dtype)
     z2 = x2 if zz is None else _row_view(zz, shape, dtype)
-    out = np.empty_like(x2)
+    out = np.empty((rows, c), dtype=dtype)
     _stable_ops.rms_norm(x2, z2, w1, out, max(group, 1), eps, zz is not None,
                          bool(norm_before_gate), nthreads)
     return out.reshape(shape)
