@@ -913,6 +913,28 @@ def test_patched_mamba2_decoding_steps(dtype, unpatched_transformers):
     handle.remove()
     assert seen.count(torch.Size([2, 1, seen[-1][-1]])) == 4
     torch.testing.assert_close(again[0], ours[0], **tight)
+    # accelerate's hook (offloading) on a module inside a mixer: the
+    # mixer's own path, where transformers fires it, at every token;
+    # removed, the fused step again
+    class Hook:
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Hook.calls += 1
+            return args, kwargs
+
+        def post_forward(self, module, output):
+            return output
+
+    conv = model.backbone.layers[1].mixer.conv1d
+    conv._hf_hook = Hook()
+    hooked = steps()
+    assert Hook.calls == ids.shape[1] - 6      # the prompt and every token
+    del conv._hf_hook
+    torch.testing.assert_close(hooked[0], ours[0], **tight)
+    again = steps()
+    assert Hook.calls == ids.shape[1] - 6
+    torch.testing.assert_close(again[0], ours[0], **tight)
     _updated_parameters_reach_the_steps(
         model, m2.Mamba2Mixer, ("A_log", "D", "dt_bias", "norm.weight", "conv1d.weight",
                                 "conv1d.bias"), fused, steps, transformers_steps, tight)

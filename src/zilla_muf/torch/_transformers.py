@@ -148,9 +148,23 @@ def _decode_states(mixer, hidden_states, cache_params, attention_mask, kwargs):
             return None
     if not _plain_eager((hidden_states, conv_state, state, mixer.in_proj.weight)):
         return None
-    if any(hasattr(m, "_hf_hook") for m in mixer.modules()):
+    if _has_hf_hook(mixer):
         return None  # accelerate's hooks (offloading) run on the mixer's own path
     return conv_state, state
+
+
+def _has_hf_hook(module):
+    """Whether accelerate's hook (the attribute ``_hf_hook``, which it sets
+    and deletes as a plain attribute) is on `module` or one inside it: a
+    dict lookup per module, no generator of named modules, since every
+    decoding step of every layer asks."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if "_hf_hook" in m.__dict__:
+            return True
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return False
 
 
 # mixer -> (the parameters' identities and versions, their prepared arrays)
