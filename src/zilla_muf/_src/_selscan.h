@@ -39,6 +39,34 @@ static ptrdiff_t zm_sel_next_start(const long long *seq, ptrdiff_t from,
     return L;
 }
 
+/* One step of a channel's state: h[n] = e[n] h[n] + du B[n] in place for
+ * n < N (e: the decays); returns sum_n C[n] h[n], the vector lanes summed
+ * in a fixed order, then the tail. */
+#define ZM_DEFINE_SEL_UPDATE(sfx, T, V, VW)                                 \
+ZM_INLINE T zm_sel_update_##sfx(const T *e, T *restrict h, const T *Bt,     \
+                                const T *Ct, T du, ptrdiff_t N)             \
+{                                                                           \
+    const V zero = {0};                                                     \
+    V acc = zero;                                                           \
+    T tail = 0;                                                             \
+    ptrdiff_t n;                                                            \
+    for (n = 0; n + VW <= N; n += VW) {                                     \
+        V hv = zm_vld_##sfx(e + n) * zm_vld_##sfx(h + n)                    \
+               + du * zm_vld_##sfx(Bt + n);                                 \
+        zm_vst_##sfx(h + n, hv);                                            \
+        acc += zm_vld_##sfx(Ct + n) * hv;                                   \
+    }                                                                       \
+    for (; n < N; n++) {                                                    \
+        T hv = e[n] * h[n] + du * Bt[n];                                    \
+        h[n] = hv;                                                          \
+        tail += Ct[n] * hv;                                                 \
+    }                                                                       \
+    return zm_hsum_##sfx(acc) + tail;                                       \
+}
+
+ZM_DEFINE_SEL_UPDATE(f, float, zm_vf, ZM_VWF)
+ZM_DEFINE_SEL_UPDATE(d, double, zm_vd, ZM_VWD)
+
 #define ZM_DEFINE_SEL_CHANNEL(sfx, T, V, VW, EXP)                           \
 ZM_CLONES                                                                   \
 static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
@@ -48,7 +76,6 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
                                  ptrdiff_t N, ptrdiff_t L,                  \
                                  const long long *seq)                      \
 {                                                                           \
-    const V zero = {0};                                                     \
     T *restrict h = work;                                                   \
     T *restrict dA = work + N;                                              \
     ptrdiff_t t0, t, n;                                                     \
@@ -67,25 +94,13 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
             const T *Bt = Bp + (t0 + t) * bst, *Ct = Cp + (t0 + t) * cst;   \
             const T *e = dA + t * N;                                        \
             const T ut = u[t0 + t], du = dts[t0 + t] * ut;                  \
-            V acc = zero;                                                   \
-            T tail = 0, s;                                                  \
+            T s;                                                            \
             if (t0 + t == next) {     /* a new sequence: state reset */   \
                 for (n = 0; n < N; n++)                                     \
                     h[n] = 0;                                               \
                 next = zm_sel_next_start(seq, next + 1, L);                 \
             }                                                               \
-            for (n = 0; n + VW <= N; n += VW) {                             \
-                V hv = zm_vld_##sfx(e + n) * zm_vld_##sfx(h + n)            \
-                       + du * zm_vld_##sfx(Bt + n);                         \
-                zm_vst_##sfx(h + n, hv);                                    \
-                acc += zm_vld_##sfx(Ct + n) * hv;                           \
-            }                                                               \
-            for (; n < N; n++) {                                            \
-                T hv = e[n] * h[n] + du * Bt[n];                            \
-                h[n] = hv;                                                  \
-                tail += Ct[n] * hv;                                         \
-            }                                                               \
-            s = (zm_hsum_##sfx(acc) + tail) + Dd * ut;                      \
+            s = zm_sel_update_##sfx(e, h, Bt, Ct, du, N) + Dd * ut;         \
             y[t0 + t] = g != NULL ? s * g[t0 + t] : s;                      \
         }                                                                   \
     }                                                                       \
@@ -123,7 +138,6 @@ static void zm_sel_step_##sfx(const T *u, const T *dts, const T *g,         \
                               const T *D, T *h, T *y, T *work,              \
                               ptrdiff_t dim, ptrdiff_t N)                   \
 {                                                                           \
-    const V zero = {0};                                                     \
     T *restrict e = work;                                                   \
     ptrdiff_t d0, d, n, i;                                                  \
     for (d0 = 0; d0 < dim; d0 += ZM_SEL_STEP_BLOCK) {                       \
@@ -139,22 +153,9 @@ static void zm_sel_step_##sfx(const T *u, const T *dts, const T *g,         \
             e[i] = EXP(e[i]);                                               \
         for (d = 0; d < nd; d++) {                                          \
             const T ut = u[d0 + d], du = dts[d0 + d] * ut;                  \
-            const T *ed = e + d * N;                                        \
-            T *restrict hd = h + (d0 + d) * N;                              \
-            V acc = zero;                                                   \
-            T tail = 0, s;                                                  \
-            for (n = 0; n + VW <= N; n += VW) {                             \
-                V hv = zm_vld_##sfx(ed + n) * zm_vld_##sfx(hd + n)          \
-                       + du * zm_vld_##sfx(B + n);                          \
-                zm_vst_##sfx(hd + n, hv);                                   \
-                acc += zm_vld_##sfx(C + n) * hv;                            \
-            }                                                               \
-            for (; n < N; n++) {                                            \
-                T hv = ed[n] * hd[n] + du * B[n];                           \
-                hd[n] = hv;                                                 \
-                tail += C[n] * hv;                                          \
-            }                                                               \
-            s = (zm_hsum_##sfx(acc) + tail) + (D != NULL ? D[d0 + d] : 0) * ut; \
+            const T s = zm_sel_update_##sfx(e + d * N, h + (d0 + d) * N, B, C, \
+                                            du, N)                          \
+                        + (D != NULL ? D[d0 + d] : 0) * ut;                 \
             y[d0 + d] = g != NULL ? s * g[d0 + d] : s;                      \
         }                                                                   \
     }                                                                       \
