@@ -866,6 +866,19 @@ def _fused_steps_against_transformers(model, mod, mixer_cls, update_name, apply,
     return steps, fused, ours, transformers_steps, tight
 
 
+def _random_skip_and_bias(model, mixer_cls, *scales):
+    """D and the convolution's bias of every mixer drawn from N(0, 1), the
+    `scales` (parameter names) from U(0.5, 1.5): initialised as ones and
+    zeros, they would let a step that drops them pass."""
+    with torch.no_grad():
+        for mixer in model.modules():
+            if isinstance(mixer, mixer_cls):
+                mixer.D.normal_()
+                mixer.conv1d.bias.normal_()
+                for name in scales:
+                    mixer.get_parameter(name).uniform_(0.5, 1.5)
+
+
 def _updated_parameters_reach_the_steps(model, mixer_cls, names, fused, steps,
                                         transformers_steps, tight):
     """Parameters updated in place (an optimizer step) reach the next fused
@@ -895,12 +908,7 @@ def test_patched_mamba2_decoding_steps(dtype, unpatched_transformers):
         conv_kernel=4, time_step_limit=(0.0, 0.5))
     torch.manual_seed(3)
     model = transformers.Mamba2ForCausalLM(cfg).to(dtype).eval()
-    with torch.no_grad():
-        for mixer in model.modules():
-            if isinstance(mixer, m2.Mamba2Mixer):
-                mixer.D.normal_()
-                mixer.norm.weight.uniform_(0.5, 1.5)
-                mixer.conv1d.bias.normal_()
+    _random_skip_and_bias(model, m2.Mamba2Mixer, "norm.weight")
     ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(4))
     steps, fused, ours, transformers_steps, tight = _fused_steps_against_transformers(
         model, m2, m2.Mamba2Mixer, "mamba2_selective_state_update", zt.apply_to_mamba2,
@@ -952,11 +960,7 @@ def test_patched_mamba_decoding_steps(dtype, unpatched_transformers):
                                    time_step_rank=3)
     torch.manual_seed(5)
     model = transformers.MambaForCausalLM(cfg).to(dtype).eval()
-    with torch.no_grad():
-        for mixer in model.modules():
-            if isinstance(mixer, m1.MambaMixer):
-                mixer.D.normal_()
-                mixer.conv1d.bias.normal_()
+    _random_skip_and_bias(model, m1.MambaMixer)
     ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(6))
     steps, fused, ours, transformers_steps, tight = _fused_steps_against_transformers(
         model, m1, m1.MambaMixer, "mamba_selective_state_update", zt.apply_to_mamba,
