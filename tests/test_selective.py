@@ -418,7 +418,7 @@ def test_conv_against_convolve(rng, dtype, width, seqlen, silu):
 def test_conv_time_major_layout(rng, dtype, width, seqlen, workers):
     """Time-major data (channels contiguous, rows strided) is convolved in
     its layout, and the output keeps that layout."""
-    dim = 6
+    dim = 37
     act = rng.standard_normal((2, seqlen, dim + 5)).astype(dtype)
     x = np.swapaxes(act[:, :, 2:2 + dim], 1, 2)       # (batch, dim, seqlen) view
     w = rng.standard_normal((dim, width)).astype(dtype)

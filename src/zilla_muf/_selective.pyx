@@ -590,33 +590,29 @@ def causal_conv1d(const real_t[:, :, ::1] x, const real_t[:, ::1] weight,
                          O + ch * L, W, L, silu)
 
 
-cdef void conv_rows(const real_t *x, Py_ssize_t xrow, const real_t *wt,
-                    const real_t *bias, const real_t *init, real_t *out,
-                    Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t dim,
-                    Py_ssize_t W, bint silu) noexcept nogil:
-    """Time-major rows t0 <= t < t1 of one sequence.
+cdef extern from "_convtm.h" nogil:
+    void zm_conv_tm_f(const float *x, Py_ssize_t xrow, const float *wt,
+                      const float *bias, const float *init, float *out,
+                      Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t dim,
+                      Py_ssize_t W, int silu)
+    void zm_conv_tm_d(const double *x, Py_ssize_t xrow, const double *wt,
+                      const double *bias, const double *init, double *out,
+                      Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t dim,
+                      Py_ssize_t W, int silu)
 
-    x[t * xrow + c] is input (t, c); wt is the weight transposed, (W, dim);
-    init is (W - 1, dim), oldest first; out is (L, dim) C-contiguous. Each
-    row is a vector operation over the contiguous channels.
-    """
-    cdef Py_ssize_t t, k, c, src
-    cdef const real_t *xs
-    cdef const real_t *wk
-    cdef real_t *o
-    for t in range(t0, t1):
-        o = out + t * dim
-        for c in range(dim):
-            o[c] = bias[c]
-        for k in range(W):
-            # tap k reads the padded sequence at t + k: init for t + k < W - 1
-            src = t + k - (W - 1)
-            xs = (x + src * xrow) if src >= 0 else (init + (t + k) * dim)
-            wk = wt + k * dim
-            for c in range(dim):
-                o[c] = o[c] + wk[c] * xs[c]
-        if silu:
-            gate_row(o, o, dim)
+
+cdef inline void conv_rows(const real_t *x, Py_ssize_t xrow, const real_t *wt,
+                           const real_t *bias, const real_t *init, real_t *out,
+                           Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t dim,
+                           Py_ssize_t W, bint silu) noexcept nogil:
+    """Time-major rows t0 <= t < t1 of one sequence (the loop of
+    _convtm.h): x[t * xrow + c] is input (t, c); wt is the weight
+    transposed, (W, dim); init is (W - 1, dim), oldest first; out is
+    (L, dim) C-contiguous."""
+    if real_t is float:
+        zm_conv_tm_f(x, xrow, wt, bias, init, out, t0, t1, dim, W, silu)
+    else:
+        zm_conv_tm_d(x, xrow, wt, bias, init, out, t0, t1, dim, W, silu)
 
 
 def causal_conv1d_time_major(const real_t[:, :, :] x, const real_t[:, ::1] wt,

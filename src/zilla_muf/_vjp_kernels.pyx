@@ -109,10 +109,10 @@ Design
   (silu_back_block); gx~ accumulates in the scratch row of x~, k in order.
 * causal_conv1d_backward_time_major: the same pullback (without initial
   or final states) for time-major data, (batch, L, dim) with contiguous
-  channels, rows possibly strided (slices of a wider activation): every
-  step is a vector operation over the channels. Tasks of TBLOCK steps of
-  one sequence over threads (static): a task forms g silu'(pre) for its
-  steps and the width-1 after them in scratch, writes its rows of
+  channels, rows possibly strided (slices of a wider activation). Tasks
+  of TBLOCK steps of one sequence over threads (static); a task
+  (_convtm.h) forms g silu'(pre) for its steps and the width-1 after
+  them in scratch, writes its rows of
   gx_t = sum_k w_k g_{t+W-1-k}, and sums its gw and gb into its own row
   of partials; the partials are added in task order, in double (the
   result does not depend on the thread count).
@@ -1062,61 +1062,39 @@ cdef enum:
     TBLOCK = 64
 
 
-cdef void conv_back_steps(const real_t *g, Py_ssize_t grow, const real_t *pre,
-                          Py_ssize_t prow, bint silu, const real_t *x,
-                          Py_ssize_t xrow, const real_t *wt, real_t *gx,
-                          Py_ssize_t gxrow, Py_ssize_t t0, Py_ssize_t t1,
-                          Py_ssize_t L, Py_ssize_t D, Py_ssize_t W,
-                          real_t *gg, real_t *part) noexcept nogil:
+cdef extern from "_convtm.h" nogil:
+    void zm_conv_tm_back_f(const float *g, Py_ssize_t grow, const float *pre,
+                           Py_ssize_t prow, int silu, const float *x,
+                           Py_ssize_t xrow, const float *wt, float *gx,
+                           Py_ssize_t gxrow, Py_ssize_t t0, Py_ssize_t t1,
+                           Py_ssize_t L, Py_ssize_t dim, Py_ssize_t W,
+                           float *gg, float *part)
+    void zm_conv_tm_back_d(const double *g, Py_ssize_t grow, const double *pre,
+                           Py_ssize_t prow, int silu, const double *x,
+                           Py_ssize_t xrow, const double *wt, double *gx,
+                           Py_ssize_t gxrow, Py_ssize_t t0, Py_ssize_t t1,
+                           Py_ssize_t L, Py_ssize_t dim, Py_ssize_t W,
+                           double *gg, double *part)
+
+
+cdef inline void conv_back_steps(const real_t *g, Py_ssize_t grow,
+                                 const real_t *pre, Py_ssize_t prow, bint silu,
+                                 const real_t *x, Py_ssize_t xrow,
+                                 const real_t *wt, real_t *gx,
+                                 Py_ssize_t gxrow, Py_ssize_t t0,
+                                 Py_ssize_t t1, Py_ssize_t L, Py_ssize_t D,
+                                 Py_ssize_t W, real_t *gg,
+                                 real_t *part) noexcept nogil:
     """Steps t0 <= t < t1 of one time-major sequence (row t of g at
-    g + t grow, and so on): gx rows written, the steps' weight gradients
-    (W rows of D) and bias gradient (one row) into part. gg: scratch of
-    (t1 - t0 + W - 1) rows of D."""
-    cdef Py_ssize_t te = t1 + W - 1 if t1 + W - 1 < L else L
-    cdef Py_ssize_t t, k, c, q, s
-    cdef real_t *row
-    cdef real_t *o
-    cdef real_t *pk
-    cdef const real_t *src
-    cdef const real_t *wk
-    # g silu'(pre) of the steps and of the W - 1 after them
-    for t in range(t0, te):
-        row = gg + (t - t0) * D
-        if silu:
-            for q in range((D + SBLOCK - 1) // SBLOCK):
-                silu_back_block(pre + t * prow + q * SBLOCK, g + t * grow + q * SBLOCK,
-                                row + q * SBLOCK,
-                                SBLOCK if D - q * SBLOCK > SBLOCK else D - q * SBLOCK)
-        else:
-            src = g + t * grow
-            for c in range(D):
-                row[c] = src[c]
-    for c in range((W + 1) * D):
-        part[c] = 0
-    for t in range(t0, t1):
-        row = gg + (t - t0) * D
-        # gx_t = sum_k w_k g_{t+W-1-k}, k in order
-        o = gx + t * gxrow
-        for c in range(D):
-            o[c] = 0
-        for k in range(W):
-            s = t + W - 1 - k
-            if s < L:
-                src = gg + (s - t0) * D
-                wk = wt + k * D
-                for c in range(D):
-                    o[c] = o[c] + wk[c] * src[c]
-        # gw_k += g_t x_{t-(W-1-k)}, gb += g_t
-        for k in range(W):
-            s = t - (W - 1 - k)
-            if s >= 0:
-                src = x + s * xrow
-                pk = part + k * D
-                for c in range(D):
-                    pk[c] = pk[c] + row[c] * src[c]
-        pk = part + W * D
-        for c in range(D):
-            pk[c] = pk[c] + row[c]
+    g + t grow, and so on; the loop of _convtm.h): gx rows written, the
+    steps' weight gradients (W rows of D) and bias gradient (one row) into
+    part. gg: scratch of (t1 - t0 + W - 1) rows of D."""
+    if real_t is float:
+        zm_conv_tm_back_f(g, grow, pre, prow, silu, x, xrow, wt, gx, gxrow,
+                          t0, t1, L, D, W, gg, part)
+    else:
+        zm_conv_tm_back_d(g, grow, pre, prow, silu, x, xrow, wt, gx, gxrow,
+                          t0, t1, L, D, W, gg, part)
 
 
 cdef bint time_major(const real_t[:, :, :] a, Py_ssize_t B, Py_ssize_t L,

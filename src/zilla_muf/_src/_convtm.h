@@ -1,0 +1,248 @@
+/*
+ * The depthwise causal convolution of time-major data (float and double),
+ * forward and pullback, for a span of steps t0 <= t < t1 of one sequence.
+ * Row t of an array (its `dim` channels, contiguous) starts at p + t * row,
+ * so the rows may be slices of a wider activation. wt is the weight
+ * transposed, (W, dim): tap k of step t reads the input of step
+ * t + k - (W - 1).
+ *
+ * Every step is a loop over its contiguous channels, which the compiler
+ * vectorises (with the x86-64-v3 build taken on CPUs that have it). Width 4
+ * (Mamba's) has its own loops that read the four taps and write the step
+ * once; other widths add one tap at a time into the output row. Every sum
+ * is formed in the same order: tap 0 first, steps in order.
+ */
+#ifndef ZM_CONVTM_H
+#define ZM_CONVTM_H
+
+#include "_vmath.h"
+
+/* Channels of a block whose weight and bias gradients' sums stay in
+ * registers (width 4). */
+#define ZM_CONV_PB 16
+
+/* The loops below read and write distinct rows (the callers' arrays do not
+ * overlap); gcc does not trust `restrict` on block-scope pointers, and
+ * without this gives up on the loops with many pointers. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define ZM_IVDEP _Pragma("GCC ivdep")
+#else
+#define ZM_IVDEP
+#endif
+
+/* silu of n elements in place: exp only of -|v|; silu(-inf) is -0. */
+#define ZM_CONV_SILU(T, EXP, o, n)                                          \
+    ZM_IVDEP                                                                \
+    for (ptrdiff_t i = 0; i < (n); i++) {                                   \
+        T v = (o)[i];                                                       \
+        T e = EXP(v < 0 ? v : -v);                                          \
+        T r = (T) 1 / ((T) 1 + e);                                          \
+        T sg = v >= 0 ? r : e * r;                                          \
+        (o)[i] = sg != 0 ? v * sg : (T) -0.0;                               \
+    }
+
+/* Forward: out[t] = bias + sum_k wt[k] x[t + k - (W - 1)], then silu when
+ * asked. init (W - 1 rows of dim, oldest first) stands for the steps before
+ * 0; NULL means zeros. out is (steps, dim), C-contiguous. */
+#define ZM_DEFINE_CONV_TM(sfx, T, EXP)                                      \
+ZM_CLONES                                                                   \
+static void zm_conv_tm_##sfx(const T *x, ptrdiff_t xrow, const T *wt,       \
+                             const T *bias, const T *init, T *out,          \
+                             ptrdiff_t t0, ptrdiff_t t1, ptrdiff_t dim,     \
+                             ptrdiff_t W, int silu)                         \
+{                                                                           \
+    for (ptrdiff_t t = t0; t < t1; t++) {                                   \
+        T *restrict o = out + t * dim;                                      \
+        if (W == 4 && t >= 3) {                                             \
+            const T *restrict x0 = x + (t - 3) * xrow;                      \
+            const T *restrict x1 = x0 + xrow;                               \
+            const T *restrict x2 = x1 + xrow;                               \
+            const T *restrict x3 = x2 + xrow;                               \
+            const T *restrict w0 = wt;                                      \
+            const T *restrict w1 = wt + dim;                                \
+            const T *restrict w2 = wt + 2 * dim;                            \
+            const T *restrict w3 = wt + 3 * dim;                            \
+            ZM_IVDEP                                                        \
+            for (ptrdiff_t c = 0; c < dim; c++)                             \
+                o[c] = bias[c] + w0[c] * x0[c] + w1[c] * x1[c]              \
+                       + w2[c] * x2[c] + w3[c] * x3[c];                     \
+        } else {                                                            \
+            ZM_IVDEP                                                        \
+            for (ptrdiff_t c = 0; c < dim; c++)                             \
+                o[c] = bias[c];                                             \
+            for (ptrdiff_t k = 0; k < W; k++) {                             \
+                ptrdiff_t s = t + k - (W - 1);                              \
+                const T *restrict xs;                                       \
+                if (s >= 0)                                                 \
+                    xs = x + s * xrow;                                      \
+                else if (init != NULL)                                      \
+                    xs = init + (t + k) * dim;                              \
+                else                                                        \
+                    continue;                                               \
+                const T *restrict wk = wt + k * dim;                        \
+                ZM_IVDEP                                                    \
+                for (ptrdiff_t c = 0; c < dim; c++)                         \
+                    o[c] += wk[c] * xs[c];                                  \
+            }                                                               \
+        }                                                                   \
+        if (silu)                                                           \
+            ZM_CONV_SILU(T, EXP, o, dim)                                    \
+    }                                                                       \
+}
+
+/* The weight and bias gradients' sums of steps ta <= t < tb, channels
+ * ca <= c < cb, added into part (W + 1 rows of dim): part[k] += gg[t]
+ * x[t - (W - 1 - k)] (taps before the start left out), part[W] += gg[t].
+ * gg holds the rows of steps t0 on. */
+#define ZM_DEFINE_CONV_TM_PARTS(sfx, T)                                     \
+ZM_INLINE void zm_conv_tm_parts_##sfx(const T *gg, const T *x,               \
+                                      ptrdiff_t xrow,                       \
+                                      ptrdiff_t t0, ptrdiff_t ta,           \
+                                      ptrdiff_t tb, ptrdiff_t ca,           \
+                                      ptrdiff_t cb, ptrdiff_t dim,          \
+                                      ptrdiff_t W, T *part)                 \
+{                                                                           \
+    for (ptrdiff_t t = ta; t < tb; t++) {                                   \
+        const T *restrict r = gg + (t - t0) * dim;                          \
+        for (ptrdiff_t k = 0; k < W; k++) {                                 \
+            ptrdiff_t s = t - (W - 1 - k);                                  \
+            if (s < 0)                                                      \
+                continue;                                                   \
+            const T *restrict xs = x + s * xrow;                            \
+            T *restrict pk = part + k * dim;                                \
+            ZM_IVDEP                                                        \
+            for (ptrdiff_t c = ca; c < cb; c++)                             \
+                pk[c] += r[c] * xs[c];                                      \
+        }                                                                   \
+        T *restrict pb = part + W * dim;                                    \
+        ZM_IVDEP                                                            \
+        for (ptrdiff_t c = ca; c < cb; c++)                                 \
+            pb[c] += r[c];                                                  \
+    }                                                                       \
+}
+
+/* Pullback, no initial states, for the steps t0 <= t < t1 of a sequence of
+ * L steps. g is the cotangent of the output (with silu, of silu(pre); pre is
+ * read only then). Writes gx rows t0..t1 - 1,
+ *     gx[t] = sum_k wt[k] gg[t + W - 1 - k]   (k in order, terms past L
+ *                                              left out),
+ * with gg = g silu'(pre) (or g), and the span's weight and bias gradients
+ * into part, (W + 1) rows of dim:
+ *     part[k] = sum_t gg[t] x[t - (W - 1 - k)],  part[W] = sum_t gg[t].
+ * gg: scratch of (t1 - t0 + W - 1) rows of dim. */
+#define ZM_DEFINE_CONV_TM_BACK(sfx, T, EXP)                                 \
+ZM_CLONES                                                                   \
+static void zm_conv_tm_back_##sfx(const T *g, ptrdiff_t grow, const T *pre, \
+                                  ptrdiff_t prow, int silu, const T *x,     \
+                                  ptrdiff_t xrow, const T *wt, T *gx,       \
+                                  ptrdiff_t gxrow, ptrdiff_t t0,            \
+                                  ptrdiff_t t1, ptrdiff_t L, ptrdiff_t dim, \
+                                  ptrdiff_t W, T *gg, T *part)              \
+{                                                                           \
+    ptrdiff_t te = t1 + W - 1 < L ? t1 + W - 1 : L;                         \
+    for (ptrdiff_t t = t0; t < te; t++) {                                   \
+        T *restrict r = gg + (t - t0) * dim;                                \
+        const T *restrict gt = g + t * grow;                                \
+        if (silu) {                                                         \
+            const T *restrict pt = pre + t * prow;                          \
+            ZM_IVDEP                                                        \
+            for (ptrdiff_t i = 0; i < dim; i++) {                           \
+                T v = pt[i];                                                \
+                T e = EXP(v < 0 ? v : -v);                                  \
+                T q = (T) 1 / ((T) 1 + e);                                  \
+                T s = v >= 0 ? q : e * q;                                   \
+                T d = s * ((T) 1 - s);                                      \
+                r[i] = gt[i] * (s + (d != 0 ? v * d : (T) 0));              \
+            }                                                               \
+        } else {                                                            \
+            ZM_IVDEP                                                        \
+            for (ptrdiff_t i = 0; i < dim; i++)                             \
+                r[i] = gt[i];                                               \
+        }                                                                   \
+    }                                                                       \
+    for (ptrdiff_t t = t0; t < t1; t++) {                                   \
+        const T *restrict r = gg + (t - t0) * dim;                          \
+        T *restrict o = gx + t * gxrow;                                     \
+        if (W == 4 && t + 3 < L) {                                          \
+            const T *restrict g1 = r + dim;                                 \
+            const T *restrict g2 = g1 + dim;                                \
+            const T *restrict g3 = g2 + dim;                                \
+            const T *restrict w0 = wt;                                      \
+            const T *restrict w1 = wt + dim;                                \
+            const T *restrict w2 = wt + 2 * dim;                            \
+            const T *restrict w3 = wt + 3 * dim;                            \
+            ZM_IVDEP                                                        \
+            for (ptrdiff_t c = 0; c < dim; c++)                             \
+                o[c] = (T) 0 + w0[c] * g3[c] + w1[c] * g2[c]                \
+                       + w2[c] * g1[c] + w3[c] * r[c];                      \
+            continue;                                                       \
+        }                                                                   \
+        ZM_IVDEP                                                            \
+        for (ptrdiff_t c = 0; c < dim; c++)                                 \
+            o[c] = 0;                                                       \
+        for (ptrdiff_t k = 0; k < W; k++) {                                 \
+            ptrdiff_t s = t + W - 1 - k;                                    \
+            if (s >= L)                                                     \
+                continue;                                                   \
+            const T *restrict src = gg + (s - t0) * dim;                    \
+            const T *restrict wk = wt + k * dim;                            \
+            ZM_IVDEP                                                        \
+            for (ptrdiff_t c = 0; c < dim; c++)                             \
+                o[c] += wk[c] * src[c];                                     \
+        }                                                                   \
+    }                                                                       \
+    for (ptrdiff_t c = 0; c < (W + 1) * dim; c++)                           \
+        part[c] = 0;                                                        \
+    if (W != 4) {                                                           \
+        zm_conv_tm_parts_##sfx(gg, x, xrow, t0, t0, t1, 0, dim, dim, W, part);\
+        return;                                                             \
+    }                                                                       \
+    /* width 4: the steps with taps before the sequence's start first, then \
+     * blocks of ZM_CONV_PB channels with their five sums in registers */   \
+    ptrdiff_t ts = t0 < 3 ? (t1 < 3 ? t1 : 3) : t0;                         \
+    ptrdiff_t cs = dim - dim % ZM_CONV_PB;                                  \
+    zm_conv_tm_parts_##sfx(gg, x, xrow, t0, t0, ts, 0, dim, dim, 4, part);  \
+    for (ptrdiff_t c0 = 0; c0 < cs; c0 += ZM_CONV_PB) {                     \
+        T a0[ZM_CONV_PB], a1[ZM_CONV_PB], a2[ZM_CONV_PB], a3[ZM_CONV_PB],   \
+          a4[ZM_CONV_PB];                                                   \
+        for (int i = 0; i < ZM_CONV_PB; i++) {                              \
+            a0[i] = part[c0 + i];                                           \
+            a1[i] = part[dim + c0 + i];                                     \
+            a2[i] = part[2 * dim + c0 + i];                                 \
+            a3[i] = part[3 * dim + c0 + i];                                 \
+            a4[i] = part[4 * dim + c0 + i];                                 \
+        }                                                                   \
+        for (ptrdiff_t t = ts; t < t1; t++) {                               \
+            const T *restrict r = gg + (t - t0) * dim + c0;                 \
+            const T *restrict x0 = x + (t - 3) * xrow + c0;                 \
+            const T *restrict x1 = x0 + xrow;                               \
+            const T *restrict x2 = x1 + xrow;                               \
+            const T *restrict x3 = x2 + xrow;                               \
+            for (int i = 0; i < ZM_CONV_PB; i++) {                          \
+                T gc = r[i];                                                \
+                a0[i] += gc * x0[i];                                        \
+                a1[i] += gc * x1[i];                                        \
+                a2[i] += gc * x2[i];                                        \
+                a3[i] += gc * x3[i];                                        \
+                a4[i] += gc;                                                \
+            }                                                               \
+        }                                                                   \
+        for (int i = 0; i < ZM_CONV_PB; i++) {                              \
+            part[c0 + i] = a0[i];                                           \
+            part[dim + c0 + i] = a1[i];                                     \
+            part[2 * dim + c0 + i] = a2[i];                                 \
+            part[3 * dim + c0 + i] = a3[i];                                 \
+            part[4 * dim + c0 + i] = a4[i];                                 \
+        }                                                                   \
+    }                                                                       \
+    zm_conv_tm_parts_##sfx(gg, x, xrow, t0, ts, t1, cs, dim, dim, 4, part); \
+}
+
+ZM_DEFINE_CONV_TM_PARTS(f, float)
+ZM_DEFINE_CONV_TM_PARTS(d, double)
+ZM_DEFINE_CONV_TM(f, float, zm_expf)
+ZM_DEFINE_CONV_TM(d, double, zm_exp)
+ZM_DEFINE_CONV_TM_BACK(f, float, zm_expf)
+ZM_DEFINE_CONV_TM_BACK(d, double, zm_exp)
+
+#endif
