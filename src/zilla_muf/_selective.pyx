@@ -590,7 +590,7 @@ def causal_conv1d(const real_t[:, :, ::1] x, const real_t[:, ::1] weight,
                          O + ch * L, W, L, silu)
 
 
-cdef extern from "_convtm.h" nogil:
+cdef extern from "_conv.h" nogil:
     void zm_conv_tm_f(const float *x, Py_ssize_t xrow, const float *wt,
                       const float *bias, const float *init, float *out,
                       Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t dim,
@@ -606,7 +606,7 @@ cdef inline void conv_rows(const real_t *x, Py_ssize_t xrow, const real_t *wt,
                            Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t dim,
                            Py_ssize_t W, bint silu) noexcept nogil:
     """Time-major rows t0 <= t < t1 of one sequence (the loop of
-    _convtm.h): x[t * xrow + c] is input (t, c); wt is the weight
+    _conv.h): x[t * xrow + c] is input (t, c); wt is the weight
     transposed, (W, dim); init is (W - 1, dim), oldest first; out is
     (L, dim) C-contiguous."""
     if real_t is float:

@@ -57,8 +57,8 @@ Design
   last axis): each run is one task and sums its delta gradient itself.
   Runs over threads (static).
 * silu_backward: g = c (s + x s (1 - s)), s = sigmoid(x), elementwise:
-  blocks of SBLOCK through the vectorised sigmoid of _vexp.h into a local
-  row, then arithmetic only. Where s (1 - s) is 0 (|x| large or infinite)
+  blocks of SBLOCK through one vectorised loop of _vexp.h (the element
+  function of _vmath.h that every SiLU pullback uses). Where s (1 - s) is 0 (|x| large or infinite)
   the term x s (1 - s) is taken as 0, its limit, so x = +-inf gives c or
   0, not NaN. Blocks over threads (static).
 * scan_backward: the pullback of the real forward scan
@@ -104,14 +104,15 @@ Design
       width-1 entries of x~),
   gx~ split into gx and the initial states' gradient. Channels over
   threads (static): each channel sums its own gw and gb over batch and
-  time in a fixed order (CLANES partial sums), in the input precision.
+  time in a fixed order (ZM_CONV_LANES partial sums, _conv.h), in the input
+  precision.
   With SiLU, g = dy silu'(pre) is formed row by row in scratch
   (silu_back_block); gx~ accumulates in the scratch row of x~, k in order.
 * causal_conv1d_backward_time_major: the same pullback (without initial
   or final states) for time-major data, (batch, L, dim) with contiguous
   channels, rows possibly strided (slices of a wider activation). Tasks
   of TBLOCK steps of one sequence over threads (static); a task
-  (_convtm.h) forms g silu'(pre) for its steps and the width-1 after
+  (_conv.h) forms g silu'(pre) for its steps and the width-1 after
   them in scratch, writes its rows of
   gx_t = sum_k w_k g_{t+W-1-k}, and sums its gw and gb into its own row
   of partials; the partials are added in task order, in double (the
@@ -529,26 +530,21 @@ def diag_discretize_backward(int zoh, double alpha, const double[::1] lam,
 cdef extern from "_vexp.h" nogil:
     void zm_sigmoid_f(const float *x, float *out, Py_ssize_t n)
     void zm_sigmoid_d(const double *x, double *out, Py_ssize_t n)
+    void zm_silu_back_f(const float *x, const float *c, float *g, Py_ssize_t n)
+    void zm_silu_back_d(const double *x, const double *c, double *g,
+                        Py_ssize_t n)
 
 cdef enum:
     SBLOCK = 512
 
 
-cdef void silu_back_block(const real_t *x, const real_t *c, real_t *g,
-                          Py_ssize_t n) noexcept nogil:
-    """g = c silu'(x) for n <= SBLOCK elements: the vectorised sigmoid into
-    a local row, then arithmetic only."""
-    cdef real_t sg[SBLOCK]
-    cdef Py_ssize_t i
-    cdef real_t s, q
+cdef inline void silu_back_block(const real_t *x, const real_t *c, real_t *g,
+                                 Py_ssize_t n) noexcept nogil:
+    """g = c silu'(x) for n elements (the vectorised loop of _vexp.h)."""
     if real_t is float:
-        zm_sigmoid_f(x, sg, n)
+        zm_silu_back_f(x, c, g, n)
     else:
-        zm_sigmoid_d(x, sg, n)
-    for i in range(n):
-        s = sg[i]
-        q = s * (1 - s)
-        g[i] = c[i] * (s + (x[i] * q if q != 0 else 0))
+        zm_silu_back_d(x, c, g, n)
 
 
 def silu_backward(const real_t[::1] x, const real_t[::1] c, real_t[::1] g,
@@ -932,61 +928,29 @@ def log_softmax_backward(const real_t[:, ::1] y, const real_t[:, ::1] c,
 
 # ------------------------------------------------------- causal_conv1d_backward
 
-cdef enum:
-    CLANES = 8
+cdef extern from "_conv.h" nogil:
+    void zm_conv_row_back_f(const float *g, const float *x, const float *h0,
+                            const float *w, const float *gf, Py_ssize_t L,
+                            Py_ssize_t W, float *xt, float *gx, float *gh0,
+                            float *gw, float *gb)
+    void zm_conv_row_back_d(const double *g, const double *x, const double *h0,
+                            const double *w, const double *gf, Py_ssize_t L,
+                            Py_ssize_t W, double *xt, double *gx, double *gh0,
+                            double *gw, double *gb)
 
 
-cdef inline real_t lane_dot(const real_t *a, const real_t *b,
-                            Py_ssize_t n) noexcept nogil:
-    """sum(a[:n] b[:n]) in CLANES partial sums, added in a fixed order."""
-    cdef real_t acc[CLANES]
-    cdef real_t total = 0
-    cdef Py_ssize_t i = 0
-    cdef int j
-    for j in range(CLANES):
-        acc[j] = 0
-    while i + CLANES <= n:
-        for j in range(CLANES):
-            acc[j] = acc[j] + a[i + j] * b[i + j]
-        i += CLANES
-    while i < n:
-        acc[0] = acc[0] + a[i] * b[i]
-        i += 1
-    for j in range(CLANES):
-        total = total + acc[j]
-    return total
-
-
-cdef void conv_back_row(const real_t *g, const real_t *x, const real_t *h0,
-                        const real_t *w, const real_t *gf, Py_ssize_t L,
-                        Py_ssize_t W, real_t *xt, real_t *one, real_t *gx,
-                        real_t *gh0, real_t *gw, real_t *gb) noexcept nogil:
-    """One (batch, channel) row: adds to gw[:W] and gb[0], writes gx[:L]
-    and gh0[:W-1] (h0, gf NULL when absent). xt: scratch of L + W - 1
-    (x~, then its gradient); one: L ones."""
-    cdef Py_ssize_t i, k
-    cdef real_t wk
-    for i in range(W - 1):
-        xt[i] = h0[i] if h0 != NULL else 0
-    for i in range(L):
-        xt[W - 1 + i] = x[i]
-    for k in range(W):
-        gw[k] += lane_dot(g, xt + k, L)
-    gb[0] += lane_dot(g, one, L)
-    # gx~_{i+k} += w_k g_i, k in order
-    for i in range(L + W - 1):
-        xt[i] = 0
-    for k in range(W):
-        wk = w[k]
-        for i in range(L):
-            xt[i + k] = xt[i + k] + wk * g[i]
-    if gf != NULL:
-        for i in range(W - 1):
-            xt[L + i] = xt[L + i] + gf[i]
-    for i in range(W - 1):
-        gh0[i] = xt[i]
-    for i in range(L):
-        gx[i] = xt[W - 1 + i]
+cdef inline void conv_back_row(const real_t *g, const real_t *x,
+                               const real_t *h0, const real_t *w,
+                               const real_t *gf, Py_ssize_t L, Py_ssize_t W,
+                               real_t *xt, real_t *gx, real_t *gh0,
+                               real_t *gw, real_t *gb) noexcept nogil:
+    """One (batch, channel) row (the loop of _conv.h): adds to gw[:W] and
+    gb[0], writes gx[:L] and gh0[:W-1] (h0, gf NULL when absent). xt:
+    scratch of L + W - 1."""
+    if real_t is float:
+        zm_conv_row_back_f(g, x, h0, w, gf, L, W, xt, gx, gh0, gw, gb)
+    else:
+        zm_conv_row_back_d(g, x, h0, w, gf, L, W, xt, gx, gh0, gw, gb)
 
 
 def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pre,
@@ -1001,7 +965,7 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
     weights (dim, W); h0, gf, gh0 (batch, dim, W-1) (h0, gf read only when
     has_h0, has_gf); gw, gb filled here."""
     cdef Py_ssize_t B = g.shape[0], D = g.shape[1], L = g.shape[2]
-    cdef Py_ssize_t W = w.shape[1], b, d, k, m, q
+    cdef Py_ssize_t W = w.shape[1], b, d, k, m
     cdef real_t *xt
     cdef Scratch scr
     cdef scratch_t *ws
@@ -1025,14 +989,11 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
         raise ValueError("causal_conv1d_backward: inconsistent shapes")
     if B == 0 or D == 0 or L == 0:
         raise ValueError("causal_conv1d_backward: empty input")
-    scr = Scratch(num_threads, 3 * L + W, sizeof(real_t),
+    scr = Scratch(num_threads, 2 * L + W, sizeof(real_t),
                   "the convolution backward's per-thread scratch")
     ws = &scr.s
     with nogil, parallel(num_threads=ws.nthreads):
         xt = <real_t *> scratch_block(ws, threadid())
-        if xt != NULL:
-            for m in range(L):
-                xt[L + W + m] = 1
         for d in prange(D, schedule="static"):
             if xt == NULL:
                 continue
@@ -1043,16 +1004,12 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
                 pg = &g[b, d, 0]
                 if silu:
                     # g silu'(pre) into the scratch row
-                    pg = xt + 2 * L + W
-                    for q in range((L + SBLOCK - 1) // SBLOCK):
-                        silu_back_block(&pre[b, d, q * SBLOCK], &g[b, d, q * SBLOCK],
-                                        xt + 2 * L + W + q * SBLOCK,
-                                        SBLOCK if L - q * SBLOCK > SBLOCK
-                                        else L - q * SBLOCK)
+                    pg = xt + L + W
+                    silu_back_block(&pre[b, d, 0], &g[b, d, 0], xt + L + W, L)
                 ph0 = &h0[b, d, 0] if (has_h0 and W > 1) else NULL
                 pgf = &gf[b, d, 0] if (has_gf and W > 1) else NULL
                 conv_back_row(pg, &x[b, d, 0], ph0, &w[d, 0], pgf,
-                              L, W, xt, xt + L + W, &gx[b, d, 0],
+                              L, W, xt, &gx[b, d, 0],
                               &gh0[b, d, 0] if W > 1 else NULL,
                               &gw[d, 0], &gb[d])
     scr.finish()
@@ -1062,7 +1019,7 @@ cdef enum:
     TBLOCK = 64
 
 
-cdef extern from "_convtm.h" nogil:
+cdef extern from "_conv.h" nogil:
     void zm_conv_tm_back_f(const float *g, Py_ssize_t grow, const float *pre,
                            Py_ssize_t prow, int silu, const float *x,
                            Py_ssize_t xrow, const float *wt, float *gx,
@@ -1086,7 +1043,7 @@ cdef inline void conv_back_steps(const real_t *g, Py_ssize_t grow,
                                  Py_ssize_t W, real_t *gg,
                                  real_t *part) noexcept nogil:
     """Steps t0 <= t < t1 of one time-major sequence (row t of g at
-    g + t grow, and so on; the loop of _convtm.h): gx rows written, the
+    g + t grow, and so on; the loop of _conv.h): gx rows written, the
     steps' weight gradients (W rows of D) and bias gradient (one row) into
     part. gg: scratch of (t1 - t0 + W - 1) rows of D."""
     if real_t is float:

@@ -92,29 +92,26 @@ static void name(T *e, ptrdiff_t n, T c)                                    \
 /* Eight running sums (sum of squares), for the loops below. */
 #define ZM_LANES 8
 
-/* Logistic sigmoid and SiLU of n elements: exp only of -|x| (no overflow);
- * silu at x = -inf is the limit -0 rather than -inf * 0. */
-#define ZM_DEFINE_GATES(sig, silu, T, EXP)                                  \
+/* Logistic sigmoid and SiLU of n elements, and c silu'(x) (the elements
+ * of _vmath.h). */
+#define ZM_DEFINE_GATES(sig, silu, dsilu, sfx, T)                           \
 ZM_CLONES                                                                   \
 static void sig(const T *x, T *out, ptrdiff_t n)                            \
 {                                                                           \
-    for (ptrdiff_t i = 0; i < n; i++) {                                     \
-        T v = x[i];                                                         \
-        T e = EXP(v < 0 ? v : -v);                                          \
-        T r = (T) 1 / ((T) 1 + e);                                          \
-        out[i] = v >= 0 ? r : e * r;                                        \
-    }                                                                       \
+    for (ptrdiff_t i = 0; i < n; i++)                                       \
+        out[i] = zm_sig_##sfx(x[i]);                                        \
 }                                                                           \
 ZM_CLONES                                                                   \
 static void silu(const T *x, T *out, ptrdiff_t n)                           \
 {                                                                           \
-    for (ptrdiff_t i = 0; i < n; i++) {                                     \
-        T v = x[i];                                                         \
-        T e = EXP(v < 0 ? v : -v);                                          \
-        T r = (T) 1 / ((T) 1 + e);                                          \
-        T s = v >= 0 ? r : e * r;                                           \
-        out[i] = s != 0 ? v * s : (T) -0.0;                                 \
-    }                                                                       \
+    for (ptrdiff_t i = 0; i < n; i++)                                       \
+        out[i] = zm_silu1_##sfx(x[i]);                                      \
+}                                                                           \
+ZM_CLONES                                                                   \
+static void dsilu(const T *x, const T *c, T *g, ptrdiff_t n)                \
+{                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++)                                       \
+        g[i] = c[i] * zm_dsilu_##sfx(x[i]);                                 \
 }
 
 /* Sum of squares in double, in eight partial sums. */
@@ -138,17 +135,12 @@ static double name(const T *x, ptrdiff_t n)                                 \
 }
 
 /* out = x * silu(z), elementwise (the gate of a gated normalisation). */
-#define ZM_DEFINE_MULSILU(name, T, EXP)                                     \
+#define ZM_DEFINE_MULSILU(name, sfx, T)                                     \
 ZM_CLONES                                                                   \
 static void name(const T *x, const T *z, T *out, ptrdiff_t n)               \
 {                                                                           \
-    for (ptrdiff_t i = 0; i < n; i++) {                                     \
-        T v = z[i];                                                         \
-        T e = EXP(v < 0 ? v : -v);                                          \
-        T r = (T) 1 / ((T) 1 + e);                                          \
-        T s = v >= 0 ? r : e * r;                                           \
-        out[i] = x[i] * (s != 0 ? v * s : (T) -0.0);                        \
-    }                                                                       \
+    for (ptrdiff_t i = 0; i < n; i++)                                       \
+        out[i] = x[i] * zm_silu1_##sfx(z[i]);                               \
 }
 
 /* The pullback of one row of the grouped RMS norm: C channels in groups of
@@ -229,10 +221,10 @@ ZM_DEFINE_SUMSQ(zm_sumsq_f, float)
 ZM_DEFINE_SUMSQ(zm_sumsq_d, double)
 ZM_DEFINE_RMSBACK(zm_rmsback_f, float)
 ZM_DEFINE_RMSBACK(zm_rmsback_d, double)
-ZM_DEFINE_MULSILU(zm_mulsilu_f, float, zm_expf)
-ZM_DEFINE_MULSILU(zm_mulsilu_d, double, zm_exp)
-ZM_DEFINE_GATES(zm_sigmoid_f, zm_silu_f, float, zm_expf)
-ZM_DEFINE_GATES(zm_sigmoid_d, zm_silu_d, double, zm_exp)
+ZM_DEFINE_MULSILU(zm_mulsilu_f, f, float)
+ZM_DEFINE_MULSILU(zm_mulsilu_d, d, double)
+ZM_DEFINE_GATES(zm_sigmoid_f, zm_silu_f, zm_silu_back_f, f, float)
+ZM_DEFINE_GATES(zm_sigmoid_d, zm_silu_d, zm_silu_back_d, d, double)
 ZM_DEFINE_MAX(zm_max_f, float)
 ZM_DEFINE_MAX(zm_max_d, double)
 ZM_DEFINE_EXPSUM(zm_exp_sum_store_f, float, zm_expf_in, ZM_EXPF_LO, ZM_EXPF_HI)

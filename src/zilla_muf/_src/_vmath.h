@@ -194,6 +194,33 @@ ZM_INLINE double zm_exp(double x)
     return zm_exp_in(x, ZM_EXP_LO, ZM_EXP_HI);
 }
 
+/* Elements of the gates: the logistic sigmoid (exp only of -|v|, so no
+ * overflow), SiLU (at v = -inf the limit -0 rather than -inf * 0) and SiLU's
+ * derivative s + v s (1 - s) (the product left out where s (1 - s) is 0, so
+ * v = +-inf gives s rather than NaN); float (_f) and double (_d). Every
+ * kernel's gate goes through these, so all give the same bits. */
+#define ZM_DEFINE_GATE_ELEMENTS(sfx, T, EXP)                                \
+ZM_INLINE T zm_sig_##sfx(T v)                                               \
+{                                                                           \
+    T e = EXP(v < 0 ? v : -v);                                              \
+    T r = (T) 1 / ((T) 1 + e);                                              \
+    return v >= 0 ? r : e * r;                                              \
+}                                                                           \
+ZM_INLINE T zm_silu1_##sfx(T v)                                             \
+{                                                                           \
+    T s = zm_sig_##sfx(v);                                                  \
+    return s != 0 ? v * s : (T) -0.0;                                       \
+}                                                                           \
+ZM_INLINE T zm_dsilu_##sfx(T v)                                             \
+{                                                                           \
+    T s = zm_sig_##sfx(v);                                                  \
+    T q = s * ((T) 1 - s);                                                  \
+    return s + (q != 0 ? v * q : (T) 0);                                    \
+}
+
+ZM_DEFINE_GATE_ELEMENTS(f, float, zm_expf)
+ZM_DEFINE_GATE_ELEMENTS(d, double, zm_exp)
+
 /* log1p(y) for y in [0, 1] as 2 atanh(y / (2 + y)): no cancellation for
  * small y, and the odd series in s = y / (2 + y) <= 1/3 converges to float
  * precision by its s^17 term (the next is below 2e-10 relative). */

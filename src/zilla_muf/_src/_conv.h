@@ -1,6 +1,11 @@
 /*
- * The depthwise causal convolution of time-major data (float and double),
- * forward and pullback, for a span of steps t0 <= t < t1 of one sequence.
+ * The depthwise causal convolution's loops (float and double).
+ *
+ * Channel-major data (a row of L steps per batch and channel): the pullback
+ * of one row.
+ *
+ * Time-major data: forward and pullback for a span of steps t0 <= t < t1 of
+ * one sequence.
  * Row t of an array (its `dim` channels, contiguous) starts at p + t * row,
  * so the rows may be slices of a wider activation. wt is the weight
  * transposed, (W, dim): tap k of step t reads the input of step
@@ -12,8 +17,8 @@
  * once; other widths add one tap at a time into the output row. Every sum
  * is formed in the same order: tap 0 first, steps in order.
  */
-#ifndef ZM_CONVTM_H
-#define ZM_CONVTM_H
+#ifndef ZM_CONV_H
+#define ZM_CONV_H
 
 #include "_vmath.h"
 
@@ -30,21 +35,77 @@
 #define ZM_IVDEP
 #endif
 
-/* silu of n elements in place: exp only of -|v|; silu(-inf) is -0. */
-#define ZM_CONV_SILU(T, EXP, o, n)                                          \
-    ZM_IVDEP                                                                \
-    for (ptrdiff_t i = 0; i < (n); i++) {                                   \
-        T v = (o)[i];                                                       \
-        T e = EXP(v < 0 ? v : -v);                                          \
-        T r = (T) 1 / ((T) 1 + e);                                          \
-        T sg = v >= 0 ? r : e * r;                                          \
-        (o)[i] = sg != 0 ? v * sg : (T) -0.0;                               \
-    }
+/* Sum of a[i] b[i] (b NULL: of a[i]), i < n, in ZM_CONV_LANES partial
+ * sums (element i in sum i % ZM_CONV_LANES, the tail in sum 0) added in
+ * order. */
+#define ZM_CONV_LANES 8
+#define ZM_DEFINE_CONV_LANE_DOT(sfx, T)                                     \
+ZM_INLINE T zm_conv_lane_dot_##sfx(const T *a, const T *b, ptrdiff_t n)     \
+{                                                                           \
+    T acc[ZM_CONV_LANES];                                                   \
+    T total = 0;                                                            \
+    ptrdiff_t i = 0, tail = n - n % ZM_CONV_LANES;                          \
+    for (int j = 0; j < ZM_CONV_LANES; j++)                                 \
+        acc[j] = 0;                                                         \
+    if (b == NULL) {                                                        \
+        for (; i < tail; i += ZM_CONV_LANES)                                \
+            for (int j = 0; j < ZM_CONV_LANES; j++)                         \
+                acc[j] += a[i + j];                                         \
+        for (; i < n; i++)                                                  \
+            acc[0] += a[i];                                                 \
+    } else {                                                                \
+        for (; i < tail; i += ZM_CONV_LANES)                                \
+            for (int j = 0; j < ZM_CONV_LANES; j++)                         \
+                acc[j] += a[i + j] * b[i + j];                              \
+        for (; i < n; i++)                                                  \
+            acc[0] += a[i] * b[i];                                          \
+    }                                                                       \
+    for (int j = 0; j < ZM_CONV_LANES; j++)                                 \
+        total += acc[j];                                                    \
+    return total;                                                           \
+}
+
+/* The pullback of one channel-major row: g (L) the output's cotangent, x
+ * (L) the input, h0 (W - 1, or NULL: zeros) the initial states, w (W) the
+ * weights, gf (W - 1, or NULL) the final states' cotangent. Adds
+ * sum_i g[i] x~[i + k] to gw[k] and sum_i g[i] to gb[0] (x~ = (h0, x));
+ * writes gx (L) and gh0 (W - 1; not when W is 1) from
+ * gx~[i + k] += w[k] g[i], k in order, then gf added to its last W - 1.
+ * xt: scratch of L + W - 1. */
+#define ZM_DEFINE_CONV_ROW_BACK(sfx, T)                                     \
+ZM_CLONES                                                                   \
+static void zm_conv_row_back_##sfx(const T *g, const T *x, const T *h0,     \
+                                   const T *w, const T *gf, ptrdiff_t L,    \
+                                   ptrdiff_t W, T *xt, T *gx, T *gh0, T *gw,\
+                                   T *gb)                                   \
+{                                                                           \
+    for (ptrdiff_t i = 0; i < W - 1; i++)                                   \
+        xt[i] = h0 != NULL ? h0[i] : (T) 0;                                 \
+    memcpy(xt + W - 1, x, L * sizeof(T));                                   \
+    for (ptrdiff_t k = 0; k < W; k++)                                       \
+        gw[k] += zm_conv_lane_dot_##sfx(g, xt + k, L);                      \
+    gb[0] += zm_conv_lane_dot_##sfx(g, NULL, L);                            \
+    for (ptrdiff_t i = 0; i < L + W - 1; i++)                               \
+        xt[i] = 0;                                                          \
+    for (ptrdiff_t k = 0; k < W; k++) {                                     \
+        const T wk = w[k];                                                  \
+        T *restrict o = xt + k;                                             \
+        ZM_IVDEP                                                            \
+        for (ptrdiff_t i = 0; i < L; i++)                                   \
+            o[i] += wk * g[i];                                              \
+    }                                                                       \
+    if (gf != NULL)                                                         \
+        for (ptrdiff_t i = 0; i < W - 1; i++)                               \
+            xt[L + i] += gf[i];                                             \
+    for (ptrdiff_t i = 0; i < W - 1; i++)                                   \
+        gh0[i] = xt[i];                                                     \
+    memcpy(gx, xt + W - 1, L * sizeof(T));                                  \
+}
 
 /* Forward: out[t] = bias + sum_k wt[k] x[t + k - (W - 1)], then silu when
  * asked. init (W - 1 rows of dim, oldest first) stands for the steps before
  * 0; NULL means zeros. out is (steps, dim), C-contiguous. */
-#define ZM_DEFINE_CONV_TM(sfx, T, EXP)                                      \
+#define ZM_DEFINE_CONV_TM(sfx, T)                                      \
 ZM_CLONES                                                                   \
 static void zm_conv_tm_##sfx(const T *x, ptrdiff_t xrow, const T *wt,       \
                              const T *bias, const T *init, T *out,          \
@@ -85,8 +146,11 @@ static void zm_conv_tm_##sfx(const T *x, ptrdiff_t xrow, const T *wt,       \
                     o[c] += wk[c] * xs[c];                                  \
             }                                                               \
         }                                                                   \
-        if (silu)                                                           \
-            ZM_CONV_SILU(T, EXP, o, dim)                                    \
+        if (silu) {                                                         \
+            ZM_IVDEP                                                        \
+            for (ptrdiff_t c = 0; c < dim; c++)                             \
+                o[c] = zm_silu1_##sfx(o[c]);                                \
+        }                                                                   \
     }                                                                       \
 }
 
@@ -130,7 +194,7 @@ ZM_INLINE void zm_conv_tm_parts_##sfx(const T *gg, const T *x,               \
  * into part, (W + 1) rows of dim:
  *     part[k] = sum_t gg[t] x[t - (W - 1 - k)],  part[W] = sum_t gg[t].
  * gg: scratch of (t1 - t0 + W - 1) rows of dim. */
-#define ZM_DEFINE_CONV_TM_BACK(sfx, T, EXP)                                 \
+#define ZM_DEFINE_CONV_TM_BACK(sfx, T)                                 \
 ZM_CLONES                                                                   \
 static void zm_conv_tm_back_##sfx(const T *g, ptrdiff_t grow, const T *pre, \
                                   ptrdiff_t prow, int silu, const T *x,     \
@@ -146,14 +210,8 @@ static void zm_conv_tm_back_##sfx(const T *g, ptrdiff_t grow, const T *pre, \
         if (silu) {                                                         \
             const T *restrict pt = pre + t * prow;                          \
             ZM_IVDEP                                                        \
-            for (ptrdiff_t i = 0; i < dim; i++) {                           \
-                T v = pt[i];                                                \
-                T e = EXP(v < 0 ? v : -v);                                  \
-                T q = (T) 1 / ((T) 1 + e);                                  \
-                T s = v >= 0 ? q : e * q;                                   \
-                T d = s * ((T) 1 - s);                                      \
-                r[i] = gt[i] * (s + (d != 0 ? v * d : (T) 0));              \
-            }                                                               \
+            for (ptrdiff_t i = 0; i < dim; i++)                             \
+                r[i] = gt[i] * zm_dsilu_##sfx(pt[i]);                       \
         } else {                                                            \
             ZM_IVDEP                                                        \
             for (ptrdiff_t i = 0; i < dim; i++)                             \
@@ -238,11 +296,15 @@ static void zm_conv_tm_back_##sfx(const T *g, ptrdiff_t grow, const T *pre, \
     zm_conv_tm_parts_##sfx(gg, x, xrow, t0, ts, t1, cs, dim, dim, 4, part); \
 }
 
+ZM_DEFINE_CONV_LANE_DOT(f, float)
+ZM_DEFINE_CONV_LANE_DOT(d, double)
+ZM_DEFINE_CONV_ROW_BACK(f, float)
+ZM_DEFINE_CONV_ROW_BACK(d, double)
 ZM_DEFINE_CONV_TM_PARTS(f, float)
 ZM_DEFINE_CONV_TM_PARTS(d, double)
-ZM_DEFINE_CONV_TM(f, float, zm_expf)
-ZM_DEFINE_CONV_TM(d, double, zm_exp)
-ZM_DEFINE_CONV_TM_BACK(f, float, zm_expf)
-ZM_DEFINE_CONV_TM_BACK(d, double, zm_exp)
+ZM_DEFINE_CONV_TM(f, float)
+ZM_DEFINE_CONV_TM(d, double)
+ZM_DEFINE_CONV_TM_BACK(f, float)
+ZM_DEFINE_CONV_TM_BACK(d, double)
 
 #endif
