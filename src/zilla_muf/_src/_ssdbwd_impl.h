@@ -193,7 +193,7 @@ ZM_INLINE void S(zm_ssdb_finish2)(T *Y0, T *Y, const T *X, const T *Z,
             T *restrict yr = Y + l * ld;
             const T *restrict zr = Z + l * ld;
             for (p = 0; p < P; p++)
-                yr[p] = y0r[p] * S(zm_ssd_silu)(zr[p]);
+                yr[p] = y0r[p] * S(zm_silu1)(zr[p]);
         }
     }
 }
@@ -289,7 +289,7 @@ typedef struct {
 } S(zm_ssdb_adj_args);
 
 /* silu'(v) = s (1 + v (1 - s)) and silu(v) = v s, s the logistic
- * (zm_ssd_sigmoid). gz may be y0 itself (each element read before
+ * (zm_sig of _vmath.h). gz may be y0 itself (each element read before
  * it is written). */
 ZM_INLINE void S(zm_ssdb_gate_rows)(T *restrict dy, T *gz,
                                     const T *restrict gy,
@@ -304,7 +304,7 @@ ZM_INLINE void S(zm_ssdb_gate_rows)(T *restrict dy, T *gz,
         T *restrict d = dy + l * ld, *gzr = gz + l * ld;
         for (p = 0; p < P; p++) {
             T v = zr[p];
-            T sg = S(zm_ssd_sigmoid)(v);
+            T sg = S(zm_sig)(v);
             T gv = g[p];
             gzr[p] = gv * yr[p] * (sg * ((T) 1 + v * ((T) 1 - sg)));
             d[p] = gv * (v * sg);

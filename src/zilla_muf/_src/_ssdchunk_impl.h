@@ -464,22 +464,6 @@ ZM_INLINE void S(zm_ssd_chunk)(const S(zm_ssd_ws) *ws, const T *X, T *Y,
     }
 }
 
-/* The logistic s(v) formed from exp(-|v|) (no overflow), and silu(v) =
- * v s(v), -0 at -inf (the limit); the backward forms its gate with the
- * same operations (the same bits). */
-ZM_INLINE T S(zm_ssd_sigmoid)(T v)
-{
-    T e = ZM_EXP(v < 0 ? v : -v);
-    T r = (T) 1 / ((T) 1 + e);
-    return v >= 0 ? r : e * r;
-}
-
-ZM_INLINE T S(zm_ssd_silu)(T v)
-{
-    T sg = S(zm_ssd_sigmoid)(v);
-    return sg != 0 ? v * sg : (T) -0.0;
-}
-
 /* The output's finishing terms on the rows of a chunk, while they are in
  * cache: y = (y + D x) silu(z), D (P,) and z (rows of stride ld) optional. */
 ZM_INLINE void S(zm_ssd_finish)(T *Y, const T *X, const T *Z, ptrdiff_t ld,
@@ -495,7 +479,7 @@ ZM_INLINE void S(zm_ssd_finish)(T *Y, const T *X, const T *Z, ptrdiff_t ld,
         if (Z != NULL) {
             const T *restrict zr = Z + l * ld;
             for (p = 0; p < P; p++)
-                yr[p] *= S(zm_ssd_silu)(zr[p]);
+                yr[p] *= S(zm_silu1)(zr[p]);
         }
     }
 }
