@@ -152,7 +152,7 @@ static void name(const T *x, const T *z, T *out, ptrdiff_t n)               \
  * n mean(q w n)); gx receives x's gradient, gz (modes 1, 2) z's, gw (or
  * NULL) accumulates q n in double. The group sums run in double in
  * ZM_LANES partial sums, as the forward's sum of squares does. */
-#define ZM_DEFINE_RMSBACK(name, T)                                          \
+#define ZM_DEFINE_RMSBACK(name, sfx, T)                                     \
 ZM_CLONES                                                                   \
 static void name(const T *x, const T *z, const T *sg, const T *w,           \
                  const T *dy, ptrdiff_t C, ptrdiff_t G, double eps,         \
@@ -202,25 +202,22 @@ static void name(const T *x, const T *z, const T *sg, const T *w,           \
             gx[j0 + m] = r * (qg[m] * wg[m] - (vg[m] * r) * proj);          \
         if (mode == 1)                                                      \
             for (m = 0; m < G; m++) {                                       \
-                T sm = sg[j0 + m], sd = sm * ((T) 1 - sm);                  \
-                /* silu'(z) = s + z s (1 - s); 0 * inf is not formed */     \
-                sd = sm + (sd != 0 ? z[j0 + m] * sd : (T) 0);               \
+                T sd = zm_dsilu_sig_##sfx(z[j0 + m], sg[j0 + m]);           \
                 gz[j0 + m] = dy[j0 + m] * (vg[m] * r) * wg[m] * sd;         \
             }                                                               \
     }                                                                       \
     if (mode == 2)                                                          \
         for (i = 0; i < C; i++) {                                           \
-            T sm = sg[i], sd = sm * ((T) 1 - sm), dv = gx[i];               \
-            sd = sm + (sd != 0 ? z[i] * sd : (T) 0);                        \
-            gz[i] = dv * x[i] * sd;                                         \
+            T sm = sg[i], dv = gx[i];                                       \
+            gz[i] = dv * x[i] * zm_dsilu_sig_##sfx(z[i], sm);               \
             gx[i] = dv * (z[i] * sm);                                       \
         }                                                                   \
 }
 
 ZM_DEFINE_SUMSQ(zm_sumsq_f, float)
 ZM_DEFINE_SUMSQ(zm_sumsq_d, double)
-ZM_DEFINE_RMSBACK(zm_rmsback_f, float)
-ZM_DEFINE_RMSBACK(zm_rmsback_d, double)
+ZM_DEFINE_RMSBACK(zm_rmsback_f, f, float)
+ZM_DEFINE_RMSBACK(zm_rmsback_d, d, double)
 ZM_DEFINE_MULSILU(zm_mulsilu_f, f, float)
 ZM_DEFINE_MULSILU(zm_mulsilu_d, d, double)
 ZM_DEFINE_GATES(zm_sigmoid_f, zm_silu_f, zm_silu_back_f, f, float)

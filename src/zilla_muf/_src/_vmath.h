@@ -197,7 +197,8 @@ ZM_INLINE double zm_exp(double x)
 /* Elements of the gates: the logistic sigmoid (exp only of -|v|, so no
  * overflow), SiLU (at v = -inf the limit -0 rather than -inf * 0) and SiLU's
  * derivative s + v s (1 - s) (the product left out where s (1 - s) is 0, so
- * v = +-inf gives s rather than NaN); float (_f) and double (_d). Every
+ * v = +-inf gives s rather than NaN; zm_dsilu_sig from s = sigmoid(v) at
+ * hand); float (_f) and double (_d). Every
  * kernel's gate goes through these, so all give the same bits. */
 #define ZM_DEFINE_GATE_ELEMENTS(sfx, T, EXP)                                \
 ZM_INLINE T zm_sig_##sfx(T v)                                               \
@@ -211,11 +212,14 @@ ZM_INLINE T zm_silu1_##sfx(T v)                                             \
     T s = zm_sig_##sfx(v);                                                  \
     return s != 0 ? v * s : (T) -0.0;                                       \
 }                                                                           \
-ZM_INLINE T zm_dsilu_##sfx(T v)                                             \
+ZM_INLINE T zm_dsilu_sig_##sfx(T v, T s)                                    \
 {                                                                           \
-    T s = zm_sig_##sfx(v);                                                  \
     T q = s * ((T) 1 - s);                                                  \
     return s + (q != 0 ? v * q : (T) 0);                                    \
+}                                                                           \
+ZM_INLINE T zm_dsilu_##sfx(T v)                                             \
+{                                                                           \
+    return zm_dsilu_sig_##sfx(v, zm_sig_##sfx(v));                          \
 }
 
 ZM_DEFINE_GATE_ELEMENTS(f, float, zm_expf)
