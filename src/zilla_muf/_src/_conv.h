@@ -102,6 +102,27 @@ static void zm_conv_row_back_##sfx(const T *g, const T *x, const T *h0,     \
     memcpy(gx, xt + W - 1, L * sizeof(T));                                  \
 }
 
+/* Width 4's step: o[c] = b[c] + w0[c] r0[c] + w1[c] r1[c] + w2[c] r2[c]
+ * + w3[c] r3[c] (b NULL: 0), the taps' weights in the rows of wt. */
+#define ZM_DEFINE_CONV_TAPS4(sfx, T)                                        \
+ZM_INLINE void zm_conv_taps4_##sfx(T *o, const T *b, const T *wt,           \
+                                   const T *r0, const T *r1, const T *r2,   \
+                                   const T *r3, ptrdiff_t dim)              \
+{                                                                           \
+    const T *w1 = wt + dim, *w2 = wt + 2 * dim, *w3 = wt + 3 * dim;         \
+    if (b != NULL) {                                                        \
+        ZM_IVDEP                                                            \
+        for (ptrdiff_t c = 0; c < dim; c++)                                 \
+            o[c] = b[c] + wt[c] * r0[c] + w1[c] * r1[c] + w2[c] * r2[c]     \
+                   + w3[c] * r3[c];                                         \
+    } else {                                                                \
+        ZM_IVDEP                                                            \
+        for (ptrdiff_t c = 0; c < dim; c++)                                 \
+            o[c] = (T) 0 + wt[c] * r0[c] + w1[c] * r1[c] + w2[c] * r2[c]    \
+                   + w3[c] * r3[c];                                         \
+    }                                                                       \
+}
+
 /* Forward: out[t] = bias + sum_k wt[k] x[t + k - (W - 1)], then silu when
  * asked. init (W - 1 rows of dim, oldest first) stands for the steps before
  * 0; NULL means zeros. out is (steps, dim), C-contiguous. */
@@ -115,18 +136,9 @@ static void zm_conv_tm_##sfx(const T *x, ptrdiff_t xrow, const T *wt,       \
     for (ptrdiff_t t = t0; t < t1; t++) {                                   \
         T *restrict o = out + t * dim;                                      \
         if (W == 4 && t >= 3) {                                             \
-            const T *restrict x0 = x + (t - 3) * xrow;                      \
-            const T *restrict x1 = x0 + xrow;                               \
-            const T *restrict x2 = x1 + xrow;                               \
-            const T *restrict x3 = x2 + xrow;                               \
-            const T *restrict w0 = wt;                                      \
-            const T *restrict w1 = wt + dim;                                \
-            const T *restrict w2 = wt + 2 * dim;                            \
-            const T *restrict w3 = wt + 3 * dim;                            \
-            ZM_IVDEP                                                        \
-            for (ptrdiff_t c = 0; c < dim; c++)                             \
-                o[c] = bias[c] + w0[c] * x0[c] + w1[c] * x1[c]              \
-                       + w2[c] * x2[c] + w3[c] * x3[c];                     \
+            const T *x0 = x + (t - 3) * xrow;                               \
+            zm_conv_taps4_##sfx(o, bias, wt, x0, x0 + xrow, x0 + 2 * xrow,  \
+                                x0 + 3 * xrow, dim);                        \
         } else {                                                            \
             ZM_IVDEP                                                        \
             for (ptrdiff_t c = 0; c < dim; c++)                             \
@@ -222,17 +234,8 @@ static void zm_conv_tm_back_##sfx(const T *g, ptrdiff_t grow, const T *pre, \
         const T *restrict r = gg + (t - t0) * dim;                          \
         T *restrict o = gx + t * gxrow;                                     \
         if (W == 4 && t + 3 < L) {                                          \
-            const T *restrict g1 = r + dim;                                 \
-            const T *restrict g2 = g1 + dim;                                \
-            const T *restrict g3 = g2 + dim;                                \
-            const T *restrict w0 = wt;                                      \
-            const T *restrict w1 = wt + dim;                                \
-            const T *restrict w2 = wt + 2 * dim;                            \
-            const T *restrict w3 = wt + 3 * dim;                            \
-            ZM_IVDEP                                                        \
-            for (ptrdiff_t c = 0; c < dim; c++)                             \
-                o[c] = (T) 0 + w0[c] * g3[c] + w1[c] * g2[c]                \
-                       + w2[c] * g1[c] + w3[c] * r[c];                      \
+            zm_conv_taps4_##sfx(o, NULL, wt, r + 3 * dim, r + 2 * dim,      \
+                                r + dim, r, dim);                           \
             continue;                                                       \
         }                                                                   \
         ZM_IVDEP                                                            \
@@ -300,6 +303,8 @@ ZM_DEFINE_CONV_LANE_DOT(f, float)
 ZM_DEFINE_CONV_LANE_DOT(d, double)
 ZM_DEFINE_CONV_ROW_BACK(f, float)
 ZM_DEFINE_CONV_ROW_BACK(d, double)
+ZM_DEFINE_CONV_TAPS4(f, float)
+ZM_DEFINE_CONV_TAPS4(d, double)
 ZM_DEFINE_CONV_TM_PARTS(f, float)
 ZM_DEFINE_CONV_TM_PARTS(d, double)
 ZM_DEFINE_CONV_TM(f, float)
