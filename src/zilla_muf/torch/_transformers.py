@@ -233,9 +233,7 @@ def _project(linear, x):
     """
     w = linear.weight
     wdt = _NUMPY_DTYPES.get(w.dtype)
-    if (wdt is not None and type(linear) is torch.nn.Linear
-            and not linear._forward_hooks and not linear._forward_pre_hooks
-            and w.device.type == "cpu" and not _global_module_hooks()):
+    if wdt is not None and w.device.type == "cpu" and _plain_linear(linear):
         xn = x.detach().numpy() if isinstance(x, torch.Tensor) else x
         if xn.dtype == wdt:
             out = xn[:, 0] @ w.detach().numpy().T
@@ -248,6 +246,14 @@ def _project(linear, x):
 
 
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def _plain_linear(module):
+    """Whether `module` is exactly ``nn.Linear`` and no hook (its own or a
+    global one) would run around its call: only then may its product be
+    formed outside the module."""
+    return (type(module) is torch.nn.Linear and not module._forward_hooks
+            and not module._forward_pre_hooks and not _global_module_hooks())
 
 
 def _global_module_hooks():
@@ -309,9 +315,7 @@ def _mamba_mixer_forward(original):
                                 kwargs)
         xp = self.x_proj
         params = None
-        if (states is not None and type(xp) is torch.nn.Linear and xp.bias is None
-                and not xp._forward_hooks and not xp._forward_pre_hooks
-                and not _global_module_hooks()):
+        if states is not None and _plain_linear(xp) and xp.bias is None:
             params = _mamba_params(self, hidden_states.dtype)
         if params is None:
             return original(self, hidden_states, cache_params=cache_params,
