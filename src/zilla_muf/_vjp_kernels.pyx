@@ -57,10 +57,10 @@ Design
   last axis): each run is one task and sums its delta gradient itself.
   Runs over threads (static).
 * silu_backward: g = c (s + x s (1 - s)), s = sigmoid(x), elementwise:
-  blocks of SBLOCK through one vectorised loop of _vexp.h (the element
-  function of _vmath.h that every SiLU pullback uses). Where s (1 - s) is 0 (|x| large or infinite)
-  the term x s (1 - s) is taken as 0, its limit, so x = +-inf gives c or
-  0, not NaN. Blocks over threads (static).
+  blocks of SBLOCK through one vectorised loop of _vexp.h (on the SiLU
+  derivative element of _vmath.h). Where s (1 - s) is 0 (|x| large or
+  infinite) the term x s (1 - s) is taken as 0, its limit, so x = +-inf
+  gives c or 0, not NaN. Blocks over threads (static).
 * scan_backward: the pullback of the real forward scan
   h_t = a_t h_{t-1} + b_t on arrays (P, n, Q), time in the middle (Q = 1:
   time last), all C-contiguous: in one reverse pass per p,
@@ -965,7 +965,7 @@ def causal_conv1d_backward(const real_t[:, :, ::1] g, const real_t[:, :, ::1] pr
     weights (dim, W); h0, gf, gh0 (batch, dim, W-1) (h0, gf read only when
     has_h0, has_gf); gw, gb filled here."""
     cdef Py_ssize_t B = g.shape[0], D = g.shape[1], L = g.shape[2]
-    cdef Py_ssize_t W = w.shape[1], b, d, k, m
+    cdef Py_ssize_t W = w.shape[1], b, d, k
     cdef real_t *xt
     cdef Scratch scr
     cdef scratch_t *ws

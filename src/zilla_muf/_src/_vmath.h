@@ -198,8 +198,8 @@ ZM_INLINE double zm_exp(double x)
  * overflow), SiLU (at v = -inf the limit -0 rather than -inf * 0) and SiLU's
  * derivative s + v s (1 - s) (the product left out where s (1 - s) is 0, so
  * v = +-inf gives s rather than NaN; zm_dsilu_sig from s = sigmoid(v) at
- * hand); float (_f) and double (_d). Every
- * kernel's gate goes through these, so all give the same bits. */
+ * hand); float (_f) and double (_d). The gate loops of _vexp.h and _conv.h
+ * and the SSD's kernels go through these, so they give the same bits. */
 #define ZM_DEFINE_GATE_ELEMENTS(sfx, T, EXP)                                \
 ZM_INLINE T zm_sig_##sfx(T v)                                               \
 {                                                                           \
