@@ -257,6 +257,54 @@ def test_selective_scan_update_real_pool_against_a_loop(rng, dtype, optional, b_
     np.testing.assert_array_equal(own, state[rows])
 
 
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_selective_scan_update_threads_over_batch_rows(rng, dtype):
+    # 7 x 160 x 64 state elements (above the one-thread limit of 65536), a
+    # pool: the same bits on one, two and three threads, against the loop
+    batch, dim, N, pool = 7, 160, 64, 9
+    rows = [8, 0, 3, 5, 1, 7, 2]
+    state = rng.standard_normal((pool, dim, N)).astype(dtype)
+    before = state.copy()
+    x = rng.standard_normal((batch, dim)).astype(dtype)
+    dt = rng.uniform(-1, 1, (batch, dim)).astype(dtype)
+    A = -rng.uniform(0.2, 2.0, (dim, N)).astype(dtype)
+    B = rng.standard_normal((batch, N)).astype(dtype)
+    C = rng.standard_normal((batch, N)).astype(dtype)
+    D = rng.standard_normal(dim).astype(dtype)
+    z = rng.standard_normal((batch, dim)).astype(dtype)
+    bias = rng.standard_normal(dim).astype(dtype)
+    results = []
+    for workers in (None, 2, 3):
+        st = before.copy()
+        y = selective_scan_update(st, x, dt, A, B, C, D=D, z=z, dt_bias=bias,
+                                  dt_softplus=True, state_batch_indices=rows,
+                                  workers=workers)
+        results.append((y, st))
+    y_ref, h_ref = _step_loop(before[rows], x, dt, A, B, C, D, z, bias, True)
+    assert_close(results[0][0], y_ref, dtype, 20)
+    assert_close(results[0][1][rows], h_ref, dtype, 20)
+    np.testing.assert_array_equal(results[0][1][[4, 6]], before[[4, 6]])
+    for y, st in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(st, results[0][1])
+    # the kernel itself on 2 and 3 threads (the public call caps its
+    # threads at the free cores)
+    from zilla_muf import _selective
+    for threads in (2, 3):
+        h = before[rows]
+        y = np.empty((batch, dim), dtype)
+        _selective.mamba_step(x, dt, A, B, C, D, z, bias, True, True, True, h, y,
+                              threads)
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(h, results[0][1][rows])
+    for bad in (0, -100000):
+        with pytest.raises(ValueError, match="workers"):
+            selective_scan_update(state, x, dt, A, B, C, workers=bad)
+    with pytest.raises(TypeError, match="workers"):
+        selective_scan_update(state, x, dt, A, B, C, workers=1.5)
+    np.testing.assert_array_equal(state, before)
+
+
 def test_selective_scan_update_promotes_and_refuses_like_the_scan(rng):
     batch, dim, N = 2, 3, 4
     x, dt = rng.standard_normal((batch, dim)), rng.uniform(0.1, 1, (batch, dim))

@@ -38,4 +38,5 @@ def conv_update(
 def mamba_step(
     x: _F, dt: _F, A: _F, B: _F, C: _F, D: _F, z: _F, dt_bias: _F,
     softplus: bool, has_D: bool, has_z: bool, state: _F, out: _F,
+    num_threads: int,
 ) -> None: ...

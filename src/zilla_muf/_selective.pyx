@@ -710,18 +710,20 @@ def mamba_step(const real_t[:, ::1] x, const real_t[:, ::1] dt,
                const real_t[:, ::1] C, const real_t[::1] D,
                const real_t[:, ::1] z, const real_t[::1] dt_bias,
                bint softplus, bint has_D, bint has_z,
-               real_t[:, :, ::1] state, real_t[:, ::1] out):
-    """One token of Mamba-1's recurrence per (batch, channel), on the
-    calling thread: dt' = softplus(dt + dt_bias) (or dt + dt_bias),
-    h = exp(dt' A) h + dt' B x with the state (batch, dim, N) advanced in
-    place, y = C . h (+ D x), times silu(z). x, dt, z, out (batch, dim);
-    A (dim, N); B, C (batch, N); D, dt_bias (dim,) (D, z read only with
-    has_D, has_z)."""
+               real_t[:, :, ::1] state, real_t[:, ::1] out, int num_threads):
+    """One token of Mamba-1's recurrence per (batch, channel): dt' =
+    softplus(dt + dt_bias) (or dt + dt_bias), h = exp(dt' A) h + dt' B x
+    with the state (batch, dim, N) advanced in place, y = C . h (+ D x),
+    times silu(z). x, dt, z, out (batch, dim); A (dim, N); B, C (batch, N);
+    D, dt_bias (dim,) (D, z read only with has_D, has_z). Batch rows over
+    threads (static), each row's arithmetic the same on any thread."""
     cdef Py_ssize_t batch = x.shape[0], dim = x.shape[1], N = A.shape[1]
     cdef Py_ssize_t b, d
     cdef real_t *work
     cdef real_t *steps
     cdef real_t *gates
+    cdef Scratch scr
+    cdef scratch_t *ws
     if (dt.shape[0] != batch or dt.shape[1] != dim or A.shape[0] != dim
             or B.shape[0] != batch or B.shape[1] != N or C.shape[0] != batch
             or C.shape[1] != N or dt_bias.shape[0] != dim
@@ -733,14 +735,19 @@ def mamba_step(const real_t[:, ::1] x, const real_t[:, ::1] dt,
         raise ValueError("mamba_step: inconsistent shapes")
     if batch == 0 or dim == 0:
         return
-    # the decays of a block of channels, then the row's steps and gates
-    work = <real_t *> malloc((zm_sel_step_scratch(N) + 2 * dim) * sizeof(real_t))
-    if work == NULL:
-        raise MemoryError("could not allocate the step's scratch")
-    steps = work + zm_sel_step_scratch(N)
-    gates = steps + dim
-    with nogil:
-        for b in range(batch):
+    # per thread: the decays of a block of channels, then the row's steps
+    # and gates
+    scr = Scratch(num_threads if num_threads < batch else batch,
+                  zm_sel_step_scratch(N) + 2 * dim, sizeof(real_t),
+                  "the step's per-thread scratch")
+    ws = &scr.s
+    with nogil, parallel(num_threads=ws.nthreads):
+        work = <real_t *> scratch_block(ws, threadid())
+        for b in prange(batch, schedule='static'):
+            if work == NULL:
+                continue
+            steps = work + zm_sel_step_scratch(N)
+            gates = steps + dim
             for d in range(dim):
                 steps[d] = dt[b, d] + dt_bias[d]
             if softplus:
@@ -755,7 +762,7 @@ def mamba_step(const real_t[:, ::1] x, const real_t[:, ::1] dt,
                 zm_sel_step_d(&x[b, 0], steps, gates if has_z else NULL, &A[0, 0],
                               &B[b, 0], &C[b, 0], &D[0] if has_D else NULL,
                               &state[b, 0, 0], &out[b, 0], work, dim, N)
-    free(work)
+    scr.finish()
 
 
 def conv_update(const real_t[:, :, ::1] x, real_t[:, :, ::1] state,

@@ -18,7 +18,8 @@ Layouts follow mamba_ssm: sequences are (batch, dim, seqlen).
 import numpy as np
 
 from . import _selective
-from .ssd import _batch_indices, _seq_idx, _state_buffer
+from ._config import running_threads
+from .ssd import _DECODE_PARALLEL_MIN, _batch_indices, _seq_idx, _state_buffer
 from ._validation import (
     as_array,
     check_shape,
@@ -600,7 +601,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None,
 
 def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
                           dt_bias=None, dt_softplus=False,
-                          state_batch_indices=None):
+                          state_batch_indices=None, workers=None):
     r"""Advance a Mamba-1 state by one token, in place; return the output.
 
     Parameters
@@ -634,6 +635,11 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
         Shape (batch,): batch row b advances ``state[state_batch_indices[b]]``
         of a larger pool; other rows are untouched. Distinct, in
         ``[0, pool)``.
+    workers : int, optional
+        Threads over the batch rows: None is 1, -1 all cores (as in
+        :mod:`scipy.fft`). A call whose state rows number fewer than 65536
+        elements runs on the calling thread (waking another costs more
+        than the work). The result is the same for every value.
 
     Returns
     -------
@@ -649,8 +655,9 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
         integer.
     ValueError
         If `state` is read-only or not C-contiguous, a shape does not match
-        (the message names the argument), or `state_batch_indices` is out
-        of range or repeats a row.
+        (the message names the argument), `state_batch_indices` is out
+        of range or repeats a row, or `workers` is 0 or asks for fewer
+        than one thread.
 
     See Also
     --------
@@ -684,6 +691,7 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
     >>> y, state
     (array([[1.75]]), array([[[1.75]]]))
     """
+    nthreads = resolve_workers(workers)
     state = _state_buffer(state, "state", tuple(np.dtype(d) for d in (
         np.float32, np.float64, np.complex64, np.complex128)))
     x = as_array(x, "x")
@@ -730,14 +738,16 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
     check_shape(state, (batch if rows is None else None, dim, None), "state")
     check_shape(A_, (dim, state.shape[2]), "A")
     if not complex_state:
-        y = _real_step(state, rows, x, dt, A_, B, C, D, z, dt_bias, dt_softplus)
+        y = _real_step(state, rows, x, dt, A_, B, C, D, z, dt_bias, dt_softplus,
+                       nthreads)
         if y is not None:
             return y
     h0 = state if rows is None else state[rows]
     y, last = selective_scan(
         x[:, :, None], dt[:, :, None], A_, B[..., None], C[..., None], D=D,
         z=None if z is None else z[:, :, None], delta_bias=dt_bias,
-        delta_softplus=dt_softplus, return_last_state=True, initial_state=h0)
+        delta_softplus=dt_softplus, return_last_state=True, initial_state=h0,
+        workers=workers)
     if last.dtype != state.dtype:
         raise TypeError(
             f"`state` has dtype {state.dtype} but the inputs compute in "
@@ -751,9 +761,10 @@ def selective_scan_update(state, x, dt, A, B, C, *, D=None, z=None,
     return y[:, :, 0]
 
 
-def _real_step(state, rows, x, dt, A, B, C, D, z, dt_bias, softplus):
+def _real_step(state, rows, x, dt, A, B, C, D, z, dt_bias, softplus, nthreads):
     """selective_scan_update's step with real A on the compiled one-token
-    kernel (the other arguments checked), or None where that does not apply
+    kernel (the other arguments checked; `nthreads` the resolved workers),
+    or None where that does not apply
     (more than one group, complex or misshapen B or C, a computation dtype
     other than the state's: the general path then computes, or refuses by
     name)."""
@@ -777,10 +788,12 @@ def _real_step(state, rows, x, dt, A, B, C, D, z, dt_bias, softplus):
     zeros = np.zeros(dim, dtype)
     h = state if rows is None else state[rows]
     y = np.empty((batch, dim), dtype)
+    nthreads = (1 if batch * dim * N < _DECODE_PARALLEL_MIN
+                else running_threads(min(nthreads, batch)))
     _selective.mamba_step(
         x, cast(dt), cast(A), cast(B), cast(C), zeros if D is None else cast(D),
         x if z is None else cast(z), zeros if dt_bias is None else cast(dt_bias),
-        bool(softplus), D is not None, z is not None, h, y)
+        bool(softplus), D is not None, z is not None, h, y, nthreads)
     if rows is not None:
         state[rows] = h
     return y
@@ -845,7 +858,7 @@ def _mamba_mixer_step(xz, conv_state, state, params):
     _selective.mamba_step(
         xc, dt, A, np.ascontiguousarray(dbc[:, rank:rank + N]),
         np.ascontiguousarray(dbc[:, rank + N:]), Dv, np.ascontiguousarray(xz[:, dim:]),
-        dt_bias, True, D is not None, True, state, out)
+        dt_bias, True, D is not None, True, state, out, 1)
     return out
 
 

@@ -651,7 +651,8 @@ def _selective_scan_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
                            dt_bias: torch.Tensor | None, dt_softplus: bool,
                            state_batch_indices: torch.Tensor | None) -> torch.Tensor:
     return _decode_step(zilla_muf.selective.selective_scan_update, state, x, dt, A, B,
-                        C, D, z, dt_bias, dt_softplus, state_batch_indices)
+                        C, D, z, dt_bias, dt_softplus, state_batch_indices,
+                        workers=_workers())
 
 
 _selective_scan_update_op = torch.library.custom_op(
