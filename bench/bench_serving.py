@@ -176,9 +176,10 @@ def bench_mamba1_step(report, batch, dim=1536, N=16):
     bias = rng.standard_normal(dim, dtype=np.float32)
     state = np.zeros((batch, dim, N), np.float32)
 
-    def step():
+    def step(workers=None):
         return zilla_muf.selective_scan_update(state, x, dt, A, B, C, D=D, z=z,
-                                               dt_bias=bias, dt_softplus=True)
+                                               dt_bias=bias, dt_softplus=True,
+                                               workers=workers)
 
     def scan():
         y, last = zilla_muf.selective_scan(
@@ -188,11 +189,16 @@ def bench_mamba1_step(report, batch, dim=1536, N=16):
         state[...] = last
         return y
 
-    t = interleaved_times({"step": step, "scan": scan}, rounds=3, repeat=7,
-                          min_time=0.02)
+    funs = {"step": step, "scan": scan}
+    if batch > 1:
+        funs["step2"] = lambda: step(2)
+    t = interleaved_times(funs, rounds=3, repeat=7, min_time=0.02)
     case = f"Mamba-1 decode, batch {batch}, dim {dim}, dstate {N}, one token"
     report.add(case, "selective_scan of the one token", t["scan"])
     report.add(case, "selective_scan_update (vs selective_scan)", t["step"], t["scan"])
+    if batch > 1:
+        report.add(case, "selective_scan_update, workers=2 (vs workers=None)",
+                   t["step2"], t["step"])
 
 
 def bench_conv_decode(report, dim=1536 + 256, W=4, T=8):
