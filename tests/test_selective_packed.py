@@ -218,17 +218,10 @@ def _step_loop(h, x, dt, A, B, C, D, z, bias, softplus):
     return y, h
 
 
-@pytest.mark.parametrize("dtype", REAL_DTYPES)
-@pytest.mark.parametrize("optional", [False, True])
-@pytest.mark.parametrize("b_shape", ["flat", "one group"])
-@pytest.mark.parametrize("dim", [6, 150])
-def test_selective_scan_update_real_pool_against_a_loop(rng, dtype, optional, b_shape,
-                                                        dim):
-    # N not a multiple of the vector width; dim 150: channels in three blocks
-    batch, N, pool = 3, 19, 5
-    rows = [3, 0, 4]
+def _step_problem(rng, dtype, batch, dim, N, pool, optional):
+    """A random one-token problem of real A: a (pool, dim, N) state, x, dt,
+    A, B, C, and D, z, dt_bias (None unless `optional`)."""
     state = rng.standard_normal((pool, dim, N)).astype(dtype)
-    before = state.copy()
     x = rng.standard_normal((batch, dim)).astype(dtype)
     dt = rng.uniform(-1, 1, (batch, dim)).astype(dtype)
     A = -rng.uniform(0.2, 2.0, (dim, N)).astype(dtype)
@@ -239,7 +232,22 @@ def test_selective_scan_update_real_pool_against_a_loop(rng, dtype, optional, b_
         D = rng.standard_normal(dim).astype(dtype)
         z = rng.standard_normal((batch, dim)).astype(dtype)
         bias = rng.standard_normal(dim).astype(dtype)
-    else:
+    return state, x, dt, A, B, C, D, z, bias
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+@pytest.mark.parametrize("optional", [False, True])
+@pytest.mark.parametrize("b_shape", ["flat", "one group"])
+@pytest.mark.parametrize("dim", [6, 150])
+def test_selective_scan_update_real_pool_against_a_loop(rng, dtype, optional, b_shape,
+                                                        dim):
+    # N not a multiple of the vector width; dim 150: channels in three blocks
+    batch, N, pool = 3, 19, 5
+    rows = [3, 0, 4]
+    state, x, dt, A, B, C, D, z, bias = _step_problem(rng, dtype, batch, dim, N, pool,
+                                                      optional)
+    before = state.copy()
+    if not optional:
         dt = np.abs(dt)
     Bp, Cp = (B, C) if b_shape == "flat" else (B[:, None], C[:, None])
     y = selective_scan_update(state, x, dt, A, Bp, Cp, D=D, z=z, dt_bias=bias,
@@ -263,16 +271,9 @@ def test_selective_scan_update_threads_over_batch_rows(rng, dtype):
     # pool: the same bits on one, two and three threads, against the loop
     batch, dim, N, pool = 7, 160, 64, 9
     rows = [8, 0, 3, 5, 1, 7, 2]
-    state = rng.standard_normal((pool, dim, N)).astype(dtype)
+    state, x, dt, A, B, C, D, z, bias = _step_problem(rng, dtype, batch, dim, N, pool,
+                                                      True)
     before = state.copy()
-    x = rng.standard_normal((batch, dim)).astype(dtype)
-    dt = rng.uniform(-1, 1, (batch, dim)).astype(dtype)
-    A = -rng.uniform(0.2, 2.0, (dim, N)).astype(dtype)
-    B = rng.standard_normal((batch, N)).astype(dtype)
-    C = rng.standard_normal((batch, N)).astype(dtype)
-    D = rng.standard_normal(dim).astype(dtype)
-    z = rng.standard_normal((batch, dim)).astype(dtype)
-    bias = rng.standard_normal(dim).astype(dtype)
     results = []
     for workers in (None, 2, 3):
         st = before.copy()
