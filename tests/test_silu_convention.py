@@ -1,5 +1,7 @@
 """One SiLU everywhere: silu(-inf) is the limit -0 (not -inf * 0 = NaN),
-silu(+inf) = +inf, silu(NaN) = NaN, in every function that applies it.
+silu(+inf) = +inf, silu(NaN) = NaN, in every function that applies it; and
+in every pullback through a gate, the derivative's limits silu'(-inf) = 0
+and silu'(+inf) = 1.
 
 torch.nn.functional.silu and the NumPy formulas x * expit(x) and
 x / (1 + exp(-x)) give NaN at -inf (inf / inf, -inf * 0); the package uses
@@ -166,3 +168,91 @@ def test_selective_state_update_gate_special_values(dtype, rng):
     plain = zilla_muf.selective_state_update(s1, x, dt, A, B, C)
     gated = zilla_muf.selective_state_update(s2, x, dt, A, B, C, z=z)
     _check_gated(gated, plain, z, dtype)
+
+
+# The pullbacks. A gate at -inf switches its output element off: the
+# gradients equal those at a large finite negative gate (whose sigmoid is
+# below 1e-26: the same numbers to the dtype's rounding), and nothing turns
+# NaN. A gate at +inf passes y0 through with derivative 1: z's gradient
+# equals the one at a large positive gate (the other gradients are infinite
+# there, as the output is). A NaN gate gives a NaN gradient in its place.
+LIMIT = 60.0
+
+
+def _gated_problems(dtype, rng):
+    """(name, fun, args, kwargs, gate's shape) for every differentiable
+    function with a SiLU gate; the gate goes in as kwargs['z']."""
+    x, dt, A, B, C = _ssd_args(dtype, rng)
+    out = [(fn, getattr(zilla_muf, fn), (x, dt, A, B, C),
+            {} if fn == "ssd_quadratic" else {"chunk_size": 4}, x.shape)
+           for fn in ("ssd_chunk_scan_combined", "ssd_sequential", "ssd_quadratic")]
+    u = rng.standard_normal((1, 3, 6)).astype(dtype)
+    delta = rng.uniform(0.1, 1.0, u.shape).astype(dtype)
+    A2 = -rng.uniform(0.5, 1.5, (3, 4)).astype(dtype)
+    B2 = rng.standard_normal((3, 4)).astype(dtype)
+    C2 = rng.standard_normal((3, 4)).astype(dtype)
+    out.append(("selective_scan", zilla_muf.selective_scan,
+                (u, delta, A2, B2, C2), {"delta_softplus": True}, u.shape))
+    xn = rng.standard_normal((3, 8)).astype(dtype)
+    wn = rng.uniform(0.5, 1.5, 8).astype(dtype)
+    out.append(("rms_norm", zilla_muf.rms_norm, (xn, wn), {}, xn.shape))
+    return out
+
+
+def _pull(fun, args, kw, z, gy):
+    out, pullback = zilla_muf.vjp(fun, *args, z=z, **kw)
+    return out, pullback(gy)
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_gate_pullbacks_at_minus_inf(dtype, rng):
+    for name, fun, args, kw, shape in _gated_problems(dtype, rng):
+        z = rng.standard_normal(shape).astype(dtype)
+        off = np.zeros(shape, dtype=bool)
+        off.reshape(-1)[[1, 5, off.size - 2]] = True
+        gy = rng.standard_normal(shape).astype(dtype)
+        z_inf, z_lim = z.copy(), z.copy()
+        z_inf[off], z_lim[off] = -INF, -LIMIT
+        y, got = _pull(fun, args, kw, z_inf, gy)
+        assert (y[off] == 0).all(), name
+        _, ref = _pull(fun, args, kw, z_lim, gy)
+        assert set(got) == set(ref)
+        for key in ref:
+            check(got[key], ref[key], dtype)
+        assert (got["z"][off] == 0).all(), name
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_gate_pullbacks_at_plus_inf_and_nan(dtype, rng):
+    for name, fun, args, kw, shape in _gated_problems(dtype, rng):
+        z = rng.standard_normal(shape).astype(dtype)
+        flat = np.arange(z.size)
+        pos, nan = np.zeros(shape, bool), np.zeros(shape, bool)
+        pos.reshape(-1)[flat == 2] = True
+        nan.reshape(-1)[flat == z.size - 3] = True
+        gy = rng.standard_normal(shape).astype(dtype)
+        z_inf, z_lim = z.copy(), z.copy()
+        z_inf[pos], z_lim[pos] = INF, LIMIT
+        z_inf[nan] = np.nan
+        with np.errstate(invalid="ignore", over="ignore"):
+            _, got = _pull(fun, args, kw, z_inf, gy)
+            _, ref = _pull(fun, args, kw, z_lim, gy)
+        assert np.isnan(got["z"][nan]).all(), name
+        # z's gradient gy y0 silu'(z) needs only y0, the output before the
+        # gate (finite here): the NaN gate leaves every other element alone
+        check(got["z"][~nan], ref["z"][~nan], dtype)
+        assert got["z"][pos] != 0, name
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_silu_pullback_special_values(dtype):
+    x = SPECIAL.astype(dtype)
+    gy = np.linspace(0.5, 2.0, x.size).astype(dtype)
+    _, pullback = zilla_muf.vjp(zilla_muf.silu, x)
+    gx = pullback(gy)["x"]
+    v = SPECIAL.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = sc.expit(v)
+        d = s * (1 + v * (1 - s))
+    d = np.where(np.isinf(v), (v > 0).astype(float), d)
+    check(gx, gy.astype(np.float64) * d, dtype)

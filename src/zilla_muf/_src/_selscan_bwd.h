@@ -74,8 +74,8 @@ ZM_INLINE void zm_selb_softplus_d(const double *dl, double bias, double *dt,
                           SIGMOID)                                            \
 /* A segment's per-step factors: its steps dt (the forward's own function),   \
  * sp = d dt / d delta (sigmoid, 1 above the threshold; 1 without softplus),  \
- * g0 = gy silu(z) and gz = gy y0 silu'(z) (g0 = gy without the gate). The    \
- * sigmoid exponentiates only -|x|. */                                        \
+ * g0 = gy silu(z) and gz = gy y0 silu'(z) by the gate elements of _vmath.h  \
+ * (g0 = gy without the gate). The sigmoid exponentiates only -|x|. */        \
 ZM_INLINE void zm_selb_steps_##sfx(const T *dl, T bias, int softplus,         \
                                    const T *z, const T *y0, const T *gy,      \
                                    T *dt, T *sp, T *g0, T *gz, ptrdiff_t m)   \
@@ -93,8 +93,8 @@ ZM_INLINE void zm_selb_steps_##sfx(const T *dl, T bias, int softplus,         \
         SIGMOID(z, g0, m);                                                    \
         for (k = 0; k < m; k++) {                                             \
             const T s = g0[k], zz = z[k], g = gy[k];                          \
-            g0[k] = s != 0 ? g * (zz * s) : (T) 0;                            \
-            gz[k] = s != 0 ? g * y0[k] * (s * (1 + zz * (1 - s))) : (T) 0;    \
+            g0[k] = g * zm_silu_sig_##sfx(zz, s);                             \
+            gz[k] = g * y0[k] * zm_dsilu_sig_##sfx(zz, s);                    \
         }                                                                     \
     } else {                                                                  \
         for (k = 0; k < m; k++)                                               \

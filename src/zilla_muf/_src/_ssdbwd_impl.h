@@ -288,9 +288,9 @@ typedef struct {
     ptrdiff_t ldx, ldb, L, P, N, csz, c0, c1;
 } S(zm_ssdb_adj_args);
 
-/* silu'(v) = s (1 + v (1 - s)) and silu(v) = v s, s the logistic
- * (zm_sig of _vmath.h). gz may be y0 itself (each element read before
- * it is written). */
+/* silu(v) and silu'(v) from s = sigmoid(v), the gate elements of _vmath.h
+ * (so v = -inf gives -0 and 0, v = +inf gives +inf and 1, as the forward's
+ * limits). gz may be y0 itself (each element read before it is written). */
 ZM_INLINE void S(zm_ssdb_gate_rows)(T *restrict dy, T *gz,
                                     const T *restrict gy,
                                     const T *restrict z,
@@ -306,8 +306,8 @@ ZM_INLINE void S(zm_ssdb_gate_rows)(T *restrict dy, T *gz,
             T v = zr[p];
             T sg = S(zm_sig)(v);
             T gv = g[p];
-            gzr[p] = gv * yr[p] * (sg * ((T) 1 + v * ((T) 1 - sg)));
-            d[p] = gv * (v * sg);
+            gzr[p] = gv * yr[p] * S(zm_dsilu_sig)(v, sg);
+            d[p] = gv * S(zm_silu_sig)(v, sg);
         }
     }
 }

@@ -161,13 +161,13 @@ static void name(const T *x, const T *z, const T *sg, const T *w,           \
     ptrdiff_t i, j0, m;                                                     \
     if (mode == 2)                                                          \
         for (i = 0; i < C; i++)                                             \
-            v[i] = x[i] * (z[i] * sg[i]);                                   \
+            v[i] = x[i] * zm_silu_sig_##sfx(z[i], sg[i]);                   \
     else                                                                    \
         for (i = 0; i < C; i++)                                             \
             v[i] = x[i];                                                    \
     if (mode == 1)                                                          \
         for (i = 0; i < C; i++)                                             \
-            q[i] = dy[i] * (z[i] * sg[i]);                                  \
+            q[i] = dy[i] * zm_silu_sig_##sfx(z[i], sg[i]);                  \
     else                                                                    \
         for (i = 0; i < C; i++)                                             \
             q[i] = dy[i];                                                   \
@@ -210,7 +210,7 @@ static void name(const T *x, const T *z, const T *sg, const T *w,           \
         for (i = 0; i < C; i++) {                                           \
             T sm = sg[i], dv = gx[i];                                       \
             gz[i] = dv * x[i] * zm_dsilu_sig_##sfx(z[i], sm);               \
-            gx[i] = dv * (z[i] * sm);                                       \
+            gx[i] = dv * zm_silu_sig_##sfx(z[i], sm);                       \
         }                                                                   \
 }
 

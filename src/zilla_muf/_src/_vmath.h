@@ -197,9 +197,10 @@ ZM_INLINE double zm_exp(double x)
 /* Elements of the gates: the logistic sigmoid (exp only of -|v|, so no
  * overflow), SiLU (at v = -inf the limit -0 rather than -inf * 0) and SiLU's
  * derivative s + v s (1 - s) (the product left out where s (1 - s) is 0, so
- * v = +-inf gives s rather than NaN; zm_dsilu_sig from s = sigmoid(v) at
- * hand); float (_f) and double (_d). The gate loops of _vexp.h and _conv.h
- * and the SSD's kernels go through these, so they give the same bits. */
+ * v = +-inf gives s rather than NaN); the _sig forms take s = sigmoid(v)
+ * already at hand; float (_f) and double (_d). The gate loops of _vexp.h
+ * and _conv.h, the selective scan's pullback and the SSD's kernels go
+ * through these, so they give the same bits and the same limits. */
 #define ZM_DEFINE_GATE_ELEMENTS(sfx, T, EXP)                                \
 ZM_INLINE T zm_sig_##sfx(T v)                                               \
 {                                                                           \
@@ -207,10 +208,13 @@ ZM_INLINE T zm_sig_##sfx(T v)                                               \
     T r = (T) 1 / ((T) 1 + e);                                              \
     return v >= 0 ? r : e * r;                                              \
 }                                                                           \
+ZM_INLINE T zm_silu_sig_##sfx(T v, T s)                                     \
+{                                                                           \
+    return s != 0 ? v * s : (T) -0.0;                                       \
+}                                                                           \
 ZM_INLINE T zm_silu1_##sfx(T v)                                             \
 {                                                                           \
-    T s = zm_sig_##sfx(v);                                                  \
-    return s != 0 ? v * s : (T) -0.0;                                       \
+    return zm_silu_sig_##sfx(v, zm_sig_##sfx(v));                           \
 }                                                                           \
 ZM_INLINE T zm_dsilu_sig_##sfx(T v, T s)                                    \
 {                                                                           \
