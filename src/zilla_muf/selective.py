@@ -866,8 +866,6 @@ def _mamba_mixer_step(xz, conv_state, state, params):
 # Gradients
 # ---------------------------------------------------------------------------
 
-from scipy.special import expit  # noqa: E402
-
 from ._vjp import defvjp  # noqa: E402
 from . import _vjp_kernels  # noqa: E402
 from .stable_ops import silu as _silu  # noqa: E402

@@ -1395,9 +1395,8 @@ def _mamba2_mixer_step(zxbcdt, conv_state, state, params, *, ngroups, eps,
 # Gradients
 # ---------------------------------------------------------------------------
 
-from scipy.special import expit  # noqa: E402
-
 from . import _ssd_backward as _bwd  # noqa: E402
+from .stable_ops import _silu_pullback  # noqa: E402
 from ._vjp import defvjp  # noqa: E402
 
 _SSD_DIFF = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
@@ -1473,9 +1472,8 @@ def _degenerate_backward(p, y0, gy, gfinal):
              "C": np.zeros(p.C.shape, dt_)}
     dY = gy
     if p.z is not None:
-        sig = expit(p.z)
-        grads["z"] = gy * y0 * (sig * (1 + p.z * (1 - sig)))
-        dY = gy * (p.z * sig)
+        grads["z"] = _silu_pullback(p.z, gy * y0, p.z.shape, dt_, 1)
+        dY = gy * silu(p.z)
     if p.D is not None:
         Dm = p.D[:, None] if p.D.ndim == 1 else p.D
         gDm = np.einsum("blhp,blhp->hp", dY, p.x)

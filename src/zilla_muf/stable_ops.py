@@ -527,7 +527,11 @@ def silu(x, *, workers=None, out=None):
     ``torch.nn.functional.silu`` and the NumPy formulas ``x * expit(x)`` and
     ``x / (1 + exp(-x))`` give). Every function of the package that applies
     SiLU (the gates of :func:`rms_norm`, the selective scan and the SSD, the
-    activation of ``causal_conv1d``) follows the same rule.
+    activation of ``causal_conv1d``) follows the same rule, and their
+    gradients (:func:`zilla_muf.vjp`) take the derivative's limits
+    :math:`\operatorname{silu}'(-\infty) = 0` and
+    :math:`\operatorname{silu}'(+\infty) = 1`: a gate at :math:`-\infty`
+    switches its output element off without turning any gradient into NaN.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0
@@ -937,14 +941,21 @@ def _silu_vjp(args):
     x = np.asarray(args["x"])
 
     def backward(c):
-        xf = np.ascontiguousarray(x, dtype=y.dtype).reshape(-1)
-        cf = np.ascontiguousarray(np.broadcast_to(c, y.shape), dtype=y.dtype).reshape(-1)
-        g = np.empty(y.shape, y.dtype)
-        _vjp_kernels.silu_backward(xf, cf, g.reshape(-1),
-                                   resolve_workers(args["workers"]))
-        return {"x": g}
+        return {"x": _silu_pullback(x, c, y.shape, y.dtype,
+                                    resolve_workers(args["workers"]))}
 
     return y, backward
+
+
+def _silu_pullback(x, c, shape, dtype, threads):
+    """c silu'(x) as a new array of `shape` and `dtype` (x and c broadcast
+    to it), by the compiled gate element every gate's pullback uses (so
+    silu'(-inf) = 0 and silu'(+inf) = 1)."""
+    xf = np.ascontiguousarray(np.broadcast_to(x, shape), dtype=dtype).reshape(-1)
+    cf = np.ascontiguousarray(np.broadcast_to(c, shape), dtype=dtype).reshape(-1)
+    g = np.empty(shape, dtype)
+    _vjp_kernels.silu_backward(xf, cf, g.reshape(-1), threads)
+    return g
 
 
 @defvjp(softplus, "x")
@@ -967,8 +978,6 @@ def _softplus_vjp(args):
 
 # The gated RMS norm (a layer's gradient, derived in the user guide's page on
 # the layers' gradients).
-
-from scipy.special import expit  # noqa: E402
 
 
 @defvjp(rms_norm, "x", "weight", "z")
