@@ -172,7 +172,9 @@ def test_free_cores_reuses_a_fresh_answer(monkeypatch):
     monkeypatch.setattr(_config.os, "sched_getaffinity", lambda pid: {0, 1},
                         raising=False)
     monkeypatch.setattr(_config, "open", fake_open, raising=False)
-    monkeypatch.setattr(_config, "_free_cores_seen", [-1.0, 1])
+    # nothing read yet (not a time 1 s before 0: monotonic time starts near
+    # 0 on a machine just booted, and a long reuse interval would cover it)
+    monkeypatch.setattr(_config, "_free_cores_seen", [float("-inf"), 1])
     monkeypatch.setattr(_config, "_FREE_CORES_TTL", 3600.0)
     assert _config.free_cores() == 2
     assert _config.free_cores() == 2

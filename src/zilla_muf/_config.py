@@ -137,7 +137,9 @@ def buffer_cache(max_bytes=None):
 # this process's threads takes ~0.1 ms while a pool thread spins, as much
 # as a decoding step's work, and the load does not change that fast
 _FREE_CORES_TTL = 0.01
-_free_cores_seen = [-1.0, 1]
+# (time.monotonic() of the reading, its answer); -inf: nothing read yet
+# (monotonic time may start near 0, as it does on a machine just booted)
+_free_cores_seen = [float("-inf"), 1]
 
 
 def free_cores():
