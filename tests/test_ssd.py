@@ -543,6 +543,35 @@ def test_strong_decay_underflows_cleanly(rng):
         assert_close(y, y_ref, dtype, 10)
 
 
+@pytest.mark.parametrize("dtype, steps", [(np.float32, 8), (np.float64, 32)])
+def test_decays_below_the_flush_threshold_are_zero(dtype, steps):
+    # The chunked forms set a decay below the square root of the smallest
+    # normal number to zero (its products would be subnormal, and slow),
+    # forward and backward alike: in one chunk, an initial state decaying by
+    # e^-12 a step, with no input, reaches the outputs exactly until its
+    # decay passes that threshold, and not at all after. (Across chunks the
+    # state is carried by one decay a chunk, each above the threshold here
+    # in float64, so it fades through the subnormal range instead.)
+    thr = math.sqrt(np.finfo(dtype).tiny)
+    nb, H, P, G, N = 1, 1, 2, 1, 3
+    rng = np.random.default_rng(5)
+    x = np.zeros((nb, steps, H, P), dtype)
+    dt = np.ones((nb, steps, H), dtype)
+    A = np.array([-12.0], dtype)
+    B = rng.standard_normal((nb, steps, G, N)).astype(dtype)
+    C = rng.standard_normal((nb, steps, G, N)).astype(dtype)
+    h0 = rng.uniform(1.0, 2.0, (nb, H, P, N)).astype(dtype)
+    decay = np.exp(-12.0 * np.arange(1, steps + 1))
+    kept = decay >= thr
+    assert kept.any() and not kept.all()
+    want = np.einsum("t,tn,hpn->thp", decay, C[0, :, 0].astype(np.float64),
+                     h0[0].astype(np.float64))[None]
+    y = ssd_chunk_scan_combined(x, dt, A, B, C, steps, initial_states=h0)
+    assert (y[:, ~kept] == 0).all()
+    np.testing.assert_allclose(y[:, kept], want[:, kept],
+                               rtol=100 * np.finfo(dtype).eps)
+
+
 # ---------------------------------------------------------------------------
 # The Cython contract
 # ---------------------------------------------------------------------------

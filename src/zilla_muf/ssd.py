@@ -818,8 +818,13 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
 
     All exponents are differences of cumulative sums within one chunk, and
     are clamped to <= 0 when the decays are (:math:`\Delta' A \le 0`): float32
-    keeps its accuracy at any sequence length. float32 inputs are computed in
-    float32, float64 in float64.
+    keeps its accuracy at any sequence length. A decay below the square root
+    of the smallest normal number (about :math:`10^{-19}` in float32,
+    :math:`10^{-154}` in float64) is taken as zero: its products would be
+    subnormal numbers, which slow the arithmetic several times over (the
+    fast-decaying heads of trained models put many decays there), and what
+    is dropped is below that fraction of the terms it scales. float32
+    inputs are computed in float32, float64 in float64.
 
     A NaN or infinity in a chunk's input can reach the outputs of that chunk's
     earlier positions through the (zero) masked entries of the products, as in

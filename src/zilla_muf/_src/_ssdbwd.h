@@ -13,12 +13,6 @@
 
 #include "_ssdchunk.h"
 
-/* Decays below these (the square roots of the smallest normal numbers) are
- * set to zero: their products with the other operands would be subnormal,
- * and subnormal operands slow the products tenfold or more. */
-#define ZM_SSDB_TINY_F 1.0842021724855044e-19f
-#define ZM_SSDB_TINY_D 1.4916681462400413e-154
-
 /* Rows ahead at which the row loops over strided rows prefetch. */
 #define ZM_SSDB_AHEAD 6
 
@@ -88,27 +82,23 @@ ZM_INLINE double zm_ssdb_softplus_d(double v)
 #define VW ZM_VWF
 #define S(name) name##_f
 #define ZM_EXP zm_expf
-#define ZM_SSDB_TINY ZM_SSDB_TINY_F
 #include "_ssdbwd_impl.h"
 #undef T
 #undef V
 #undef VW
 #undef S
 #undef ZM_EXP
-#undef ZM_SSDB_TINY
 
 #define T double
 #define V zm_vd
 #define VW ZM_VWD
 #define S(name) name##_d
 #define ZM_EXP zm_exp
-#define ZM_SSDB_TINY ZM_SSDB_TINY_D
 #include "_ssdbwd_impl.h"
 #undef T
 #undef V
 #undef VW
 #undef S
 #undef ZM_EXP
-#undef ZM_SSDB_TINY
 
 #endif

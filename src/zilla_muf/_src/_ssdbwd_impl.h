@@ -1,6 +1,6 @@
 /*
- * Body of _ssdbwd.h, included once per element type with T, V, VW, S(name),
- * ZM_EXP and ZM_SSDB_TINY defined. No include guard: that is the point.
+ * Body of _ssdbwd.h, included once per element type with T, V, VW, S(name)
+ * and ZM_EXP defined. No include guard: that is the point.
  *
  * Layouts: a chunk of one head is m <= cm rows; scratch rows are padded to
  * Pp = P, Np = N or mp = cm rounded up to VW elements, with zeros in the
@@ -9,17 +9,6 @@
  * leaving it are kept transposed, (N, Pp), as the forward walk keeps its
  * running state.
  */
-
-/* exp(d) with d clamped to <= 0 when `clamp`, set to 0 below the flush
- * threshold (NaN stays NaN). */
-ZM_INLINE T S(zm_ssdb_decay)(T d, int clamp)
-{
-    T e;
-    if (clamp && d > 0)
-        d = 0;
-    e = ZM_EXP(d);
-    return e < (T) ZM_SSDB_TINY ? 0 : e;
-}
 
 /* sum_k a[k] b[k] over n elements: VW running sums, then the tail. */
 ZM_INLINE T S(zm_ssdb_dot)(const T *a, const T *b, ptrdiff_t n)
@@ -351,13 +340,13 @@ static void S(zm_ssdb_adjoint)(const S(zm_ssdb_adj_args) *a, T *work)
                 ;
         clamp = S(zm_ssd_nonincreasing)(cs, m1);
         for (i = 0; i < m1; i++) {
-            const T e = S(zm_ssdb_decay)(cs[i], clamp);
+            const T e = S(zm_ssd_decay)(cs[i], clamp);
             const T *restrict src = dy + i * ldx;
             T *restrict dst = dYin + i * Pp;
             for (j = 0; j < P; j++)
                 dst[j] = e * src[j];
         }
-        carry = m1 == m ? S(zm_ssdb_decay)(cs[m - 1], clamp) : 0;
+        carry = m1 == m ? S(zm_ssd_decay)(cs[m - 1], clamp) : 0;
         {
             /* dS = carry dS + C1^T dYin, the previous chunk's rows of the
              * cotangent (and gate, output) fetched meanwhile */
@@ -478,15 +467,13 @@ ZM_INLINE void S(zm_ssdb_decays)(T *restrict E, T *restrict Wt,
         if (clamp) {
             for (j = 0; j <= i; j++) {
                 T d = csi - cs[j];
-                T e = ZM_EXP(d > 0 ? 0 : d);
-                e = e < (T) ZM_SSDB_TINY ? 0 : e;
+                T e = S(zm_ssd_flushed_exp)(d > 0 ? 0 : d);
                 Ei[j] = e;
                 Wi[j] = e * cbi[j];
             }
         } else {
             for (j = 0; j <= i; j++) {
-                T e = ZM_EXP(csi - cs[j]);
-                e = e < (T) ZM_SSDB_TINY ? 0 : e;
+                T e = S(zm_ssd_flushed_exp)(csi - cs[j]);
                 Ei[j] = e;
                 Wi[j] = e * cbi[j];
             }
@@ -668,10 +655,10 @@ static void S(zm_ssdb_grads)(const S(zm_ssdb_grad_args) *a, T *work)
 
             if (h_in)
                 for (i = 0; i < ms; i++)
-                    w.din[i] = S(zm_ssdb_decay)(cs[i], clamp);
+                    w.din[i] = S(zm_ssd_decay)(cs[i], clamp);
             if (h_out)
                 for (i = 0; i < ms; i++)
-                    w.dout[i] = S(zm_ssdb_decay)(cs[ms - 1] - cs[i], clamp);
+                    w.dout[i] = S(zm_ssd_decay)(cs[ms - 1] - cs[i], clamp);
             S(zm_ssdb_decays)(w.E, w.Wt, w.CB, cs, ms, mp, clamp);
             /* Xd = diag(dt) x, dY, and their transposes */
             for (i = 0; i < ms; i++) {
@@ -755,7 +742,7 @@ static void S(zm_ssdb_grads)(const S(zm_ssdb_grad_args) *a, T *work)
                 w.dc[ms - 1] += wsum;
                 if (h_in && s0 == 0 && s1 == m) {
                     /* the carry of the entering state through the chunk */
-                    const T carry = S(zm_ssdb_decay)(cs[ms - 1], clamp);
+                    const T carry = S(zm_ssd_decay)(cs[ms - 1], clamp);
                     if (carry != 0)
                         w.dc[ms - 1] += carry * S(zm_ssdb_dot)(dSt, Sin,
                                                               N * Pp);

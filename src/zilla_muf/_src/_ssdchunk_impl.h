@@ -1,7 +1,8 @@
 /*
  * Body of _ssdchunk.h, included once per element type with T (element),
- * V (vector of VW elements), S(name) (name with the type's suffix) and
- * ZM_EXP (exp of T) defined. No include guard: that is the point.
+ * V (vector of VW elements), S(name) (name with the type's suffix), ZM_EXP
+ * (exp of T) and ZM_SSD_TINY (the decays' flush threshold) defined. No
+ * include guard: that is the point.
  */
 
 /* ------------------------------------------------------------------------
@@ -255,12 +256,20 @@ static void S(zm_chunk_cb)(T *CB, ptrdiff_t ldcb, const T *Cc,
     }
 }
 
-/* exp(d), d clamped to <= 0 when the chunk's decays never grow. */
+/* exp(d) set to 0 below the flush threshold ZM_SSD_TINY (NaN stays NaN):
+ * every decay of the forward and the backward. */
+ZM_INLINE T S(zm_ssd_flushed_exp)(T d)
+{
+    const T e = ZM_EXP(d);
+    return e < (T) ZM_SSD_TINY ? 0 : e;
+}
+
+/* The same, d clamped to <= 0 when the chunk's decays never grow. */
 ZM_INLINE T S(zm_ssd_decay)(T d, int clamp)
 {
     if (clamp && d > 0)
         d = 0;
-    return ZM_EXP(d);
+    return S(zm_ssd_flushed_exp)(d);
 }
 
 /* Whether a chunk's cumulative decay never grows (all dt'A <= 0). */
@@ -307,11 +316,11 @@ ZM_INLINE void S(zm_decay_matrix)(T *restrict W, const T *restrict CB,
             for (j = 0; j < n; j++) {
                 T d = csi - csp[j];
                 d = d > 0 ? 0 : d;
-                Wi[j] = cbi[j] * ZM_EXP(d) * dtp[j];
+                Wi[j] = cbi[j] * S(zm_ssd_flushed_exp)(d) * dtp[j];
             }
         } else {
             for (j = 0; j < n; j++)
-                Wi[j] = cbi[j] * ZM_EXP(csi - csp[j]) * dtp[j];
+                Wi[j] = cbi[j] * S(zm_ssd_flushed_exp)(csi - csp[j]) * dtp[j];
         }
         for (j = i + 1; j < n || j < tile_end; j++)
             Wi[j] = 0;
@@ -337,13 +346,13 @@ ZM_INLINE void S(zm_chunk_weights)(T *restrict e, T *restrict w,
     if (clamp) {
         for (i = 0; i < m; i++) {
             T a = cs[i], b = last - cs[i];
-            e[i] = ZM_EXP(a > 0 ? 0 : a);
-            w[i] = ZM_EXP(b > 0 ? 0 : b) * dt[i];
+            e[i] = S(zm_ssd_flushed_exp)(a > 0 ? 0 : a);
+            w[i] = S(zm_ssd_flushed_exp)(b > 0 ? 0 : b) * dt[i];
         }
     } else {
         for (i = 0; i < m; i++) {
-            e[i] = ZM_EXP(cs[i]);
-            w[i] = ZM_EXP(last - cs[i]) * dt[i];
+            e[i] = S(zm_ssd_flushed_exp)(cs[i]);
+            w[i] = S(zm_ssd_flushed_exp)(last - cs[i]) * dt[i];
         }
     }
     if (sq != NULL && sq[0] != sq[m - 1])
