@@ -404,3 +404,35 @@ def test_large_outputs_reuse_cached_memory(rng):
     finally:
         zilla_muf.buffer_cache(0)
         zilla_muf.buffer_cache(limit)
+
+
+@pytest.mark.parametrize("dtype, steps", [(np.float32, 8), (np.float64, 32)])
+@pytest.mark.parametrize("form", ["scalar", "channel", "delta"])
+def test_decays_below_the_flush_threshold_are_zero(form, dtype, steps):
+    # As the SSD does, the chunked forms set a decay below the square root
+    # of the smallest normal number to zero (its products would be
+    # subnormal, and slow): in one chunk, an initial state decaying by e^-12
+    # a step, with zero keys, reaches the outputs exactly until its decay
+    # passes that threshold, and not at all after.
+    thr = np.sqrt(np.finfo(dtype).tiny)
+    B, H, K, V = 1, 1, 3, 2
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((B, steps, H, K)).astype(dtype)
+    k = np.zeros((B, steps, H, K), dtype)
+    v = rng.standard_normal((B, steps, H, V)).astype(dtype)
+    h0 = rng.uniform(1.0, 2.0, (B, H, K, V)).astype(dtype)
+    shape = (B, steps, H, K) if form == "channel" else (B, steps, H)
+    g = np.full(shape, -12.0, dtype)
+    decay = np.exp(-12.0 * np.arange(1, steps + 1))
+    kept = decay >= thr
+    assert kept.any() and not kept.all()
+    want = K ** -0.5 * np.einsum("t,tk,kv->tv", decay, q[0, :, 0].astype(np.float64),
+                                 h0[0, 0].astype(np.float64))
+    if form == "delta":
+        beta = np.full((B, steps, H), 0.5, dtype)
+        o = gated_delta_rule(q, k, v, g, beta, initial_state=h0, chunk_size=steps)
+    else:
+        o = linear_attention(q, k, v, g, initial_state=h0, chunk_size=steps)
+    o = o[0, :, 0]
+    assert (o[~kept] == 0).all()
+    np.testing.assert_allclose(o[kept], want[kept], rtol=100 * np.finfo(dtype).eps)

@@ -201,12 +201,22 @@ def _pad_chunks(x, T, C):
     return x.reshape(x.shape[0], N, C, *x.shape[2:])
 
 
+def _decays(d):
+    """exp(d) for log-decays d, set to 0 below the square root of the
+    smallest normal number, as the compiled kernels set them (_vmath.h's
+    ZM_DECAY_TINY_*): their products would be subnormal, which slows the
+    matrix products several times over."""
+    e = np.exp(d)
+    e[e < np.sqrt(np.finfo(e.dtype).tiny)] = 0
+    return e
+
+
 def _decay_matrix(gc):
     """exp(gc_i - gc_j) for i >= j, 0 above the diagonal; gc (..., C)."""
     C = gc.shape[-1]
     d = gc[..., :, None] - gc[..., None, :]
     d = np.where(np.tri(C, dtype=bool), d, -np.inf)
-    return np.exp(d)
+    return _decays(d)
 
 
 def _la_rows(q, k, v, g, h0, scale, gate, C):
@@ -225,18 +235,18 @@ def _la_rows(q, k, v, g, h0, scale, gate, C):
     elif gate == "scalar":
         gc = np.cumsum(_pad_chunks(g, T, C), axis=-1)
         A = (qc @ kT) * _decay_matrix(gc)
-        qd = qc * np.exp(gc)[..., None]
-        kd = kc * np.exp(gc[..., -1:] - gc)[..., None]
-        last = np.exp(gc[..., -1])[..., None, None]            # (Z, N, 1, 1)
+        qd = qc * _decays(gc)[..., None]
+        kd = kc * _decays(gc[..., -1:] - gc)[..., None]
+        last = _decays(gc[..., -1])[..., None, None]            # (Z, N, 1, 1)
     else:
         gc = np.cumsum(_pad_chunks(g, T, C), axis=2)           # (Z, N, C, K)
         # A_ij = sum_k q_ik k_jk exp(gc_ik - gc_jk), j <= i (exponent <= 0)
         A = np.empty((Z, N, C, C), dtype=dt)
         _kernels.channel_gate_scores(qc.reshape(Z * N, C, K), kc.reshape(Z * N, C, K),
                                      gc.reshape(Z * N, C, K), A.reshape(Z * N, C, C), 1)
-        qd = qc * np.exp(gc)
-        kd = kc * np.exp(gc[:, :, -1:] - gc)
-        last = np.exp(gc[:, :, -1])[..., None]                  # (Z, N, K, 1)
+        qd = qc * _decays(gc)
+        kd = kc * _decays(gc[:, :, -1:] - gc)
+        last = _decays(gc[:, :, -1])[..., None]                  # (Z, N, K, 1)
     o = A @ vc
     local = kd.swapaxes(-1, -2) @ vc                            # (Z, N, K, V)
     states = np.empty((Z, N, K, V), dtype=dt)
@@ -270,14 +280,14 @@ def _gdr_rows(q, k, v, g, beta, h0, scale, C):
     # (I + M) U = [beta v, beta exp(gc) k], M strictly lower: M_ij =
     # beta_i k_i.k_j exp(gc_i - gc_j), j < i (the UT transform of the chunk)
     M = (kb @ kT) * L
-    rhs = np.concatenate([vc * bc, kb * np.exp(gc)[..., None]], axis=-1)
+    rhs = np.concatenate([vc * bc, kb * _decays(gc)[..., None]], axis=-1)
     _kernels.unit_lower_solve(M.reshape(Z * N, C, C), rhs.reshape(Z * N, C, V + K), 1)
     U = rhs[..., :V]
     W = rhs[..., V:]
     Aqk = (qc @ kT) * L
-    qd = qc * np.exp(gc)[..., None]
-    kdT = (kc * np.exp(gc[..., -1:] - gc)[..., None]).swapaxes(-1, -2)
-    last = np.exp(gc[..., -1])
+    qd = qc * _decays(gc)[..., None]
+    kdT = (kc * _decays(gc[..., -1:] - gc)[..., None]).swapaxes(-1, -2)
+    last = _decays(gc[..., -1])
     o = np.empty((Z, N, C, V), dtype=dt)
     states = np.empty((Z, N, K, V), dtype=dt)
     S = np.zeros((Z, K, V), dtype=dt) if h0 is None else h0.copy()
@@ -517,7 +527,12 @@ def linear_attention(q, k, v, g=None, *, scale=None, initial_state=None,
     \sum_j (k_j \odot e^{G_C - G_j}) v_j^\top`. Every exponent is a
     difference of cumulative gates that is never positive, so there is no
     division by a decay: the result is exact at ``g = 0`` and has no
-    overflow for very negative ``g``.
+    overflow for very negative ``g``. A decay below the square root of the
+    smallest normal number (about :math:`10^{-19}` in float32,
+    :math:`10^{-154}` in float64) is taken as zero, as in the SSD: its
+    products would be subnormal numbers, which slow the arithmetic many
+    times over (strongly decaying heads put many decays there), and what is
+    dropped is below that fraction of the terms it scales.
 
     With a scalar gate this is Mamba-2's SSD: ``ssd_chunk_scan_combined(x,
     dt, A, B, C)`` (one group per head, no D, z or dt_bias) equals
@@ -635,7 +650,9 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
     compiled forward evaluates :math:`U = (I + M)^{-1}(\beta \odot V -
     \beta e^{G} \odot K S_{\mathrm{in}})`, inverting the C x C unit
     triangular matrix of each chunk. No exponent is positive and nothing is
-    divided by a decay.
+    divided by a decay. Decays below the square root of the smallest normal
+    number are taken as zero, as in :func:`linear_attention`, and so are
+    the entries of :math:`(I + M)^{-1}` below it.
 
     .. versionadded:: 0.2.0
 
@@ -692,7 +709,7 @@ def _backward_rows(sv, do, dS, scale, C, delta, gate):
     dv = np.empty_like(v)
     dg = None if g is None else np.empty_like(g)
     db = None if beta is None else np.empty_like(beta)
-    a = None if g is None else np.exp(g)
+    a = None if g is None else _decays(g)
     dS = dS.copy()
     sc = q.dtype.type(scale)
     N = states.shape[1]

@@ -26,6 +26,22 @@ typedef T N_(zm_lav) __attribute__((vector_size(ZM_LA_VW * sizeof(T))));
 #define ZM_LA_FORCE static inline
 #endif
 
+/* The decays' flush threshold of _vmath.h for T; v, or 0 when |v| is below
+ * it; exp(d) set to 0 below it (NaN stays NaN). */
+#define ZM_LA_TINY (sizeof(T) == sizeof(float) ? (T) ZM_DECAY_TINY_F \
+                                               : (T) ZM_DECAY_TINY_D)
+ZM_LA_FORCE T N_(zm_la_flush)(T v)
+{
+    return (v < ZM_LA_TINY && v > -ZM_LA_TINY) ? 0 : v;
+}
+
+#define ZM_LA_DECAY(d) N_(zm_la_decay)(d)
+ZM_LA_FORCE T N_(zm_la_decay)(T d)
+{
+    const T e = ZM_LA_EXP(d);
+    return e < ZM_LA_TINY ? 0 : e;
+}
+
 ZM_LA_FORCE VT N_(zm_la_ld)(const T *p)
 {
     VT v;
@@ -359,10 +375,10 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
             }
             last = G[m - 1];
             for (i = 0; i < m; i++) {
-                e[i] = ZM_LA_EXP(G[i]);
-                wv[i] = ZM_LA_EXP(last - G[i]);
+                e[i] = ZM_LA_DECAY(G[i]);
+                wv[i] = ZM_LA_DECAY(last - G[i]);
             }
-            gam = ZM_LA_EXP(last);
+            gam = ZM_LA_DECAY(last);
         } else {
             for (i = 0; i < m; i++) {
                 G[i] = 0;
@@ -428,7 +444,7 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
             const ptrdiff_t n = i + 1;
             if (gh != NULL) {
                 for (j = 0; j < n; j++)
-                    di[j] = ZM_LA_EXP(Gi - G[j]);
+                    di[j] = ZM_LA_DECAY(Gi - G[j]);
             } else {
                 for (j = 0; j < n; j++)
                     di[j] = 1;
@@ -447,7 +463,11 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
 
         X = Vc;
         if (delta) {
-            /* Ti = (I + M)^{-1}: row i = e_i - sum_{j<i} M_ij Ti_j */
+            /* Ti = (I + M)^{-1}: row i = e_i - sum_{j<i} M_ij Ti_j. Its
+             * entries are sums of products of entries of M along paths,
+             * which shrink geometrically: those below the decays' flush
+             * threshold are set to zero, so that neither this loop nor the
+             * product with Ti meets subnormal operands. */
             for (i = 0; i < m; i++) {
                 T *ti = Ti + i * Cp;
                 const T *Mi = KK + i * Cp;
@@ -459,6 +479,8 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
                     for (c = 0; c <= j; c++)
                         ti[c] -= mij * tj[c];
                 }
+                for (c = 0; c < i; c++)
+                    ti[c] = N_(zm_la_flush)(ti[c]);
                 ti[i] = 1;
             }
             /* R = beta v - (beta e) .* (k S) */
@@ -537,5 +559,7 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
 #undef TW
 #undef NVT
 #undef N_
+#undef ZM_LA_DECAY
+#undef ZM_LA_TINY
 #undef ZM_LA_FORCE
 #undef ZM_LA_PREFETCH

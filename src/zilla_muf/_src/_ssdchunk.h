@@ -25,14 +25,6 @@
 /* Rows of a tile. */
 #define ZM_SSD_MR 6
 
-/* Decays below these (the square roots of the smallest normal numbers) are
- * set to zero, forward and backward alike: their products with the other
- * operands would be subnormal, and subnormal operands slow the products
- * tenfold or more (a fast-decaying head of a trained model puts a good
- * share of a chunk's decays there). What is dropped is below 1e-19
- * (float) or 1e-154 (double) of the terms it scales. */
-#define ZM_SSD_TINY_F 1.0842021724855044e-19f
-#define ZM_SSD_TINY_D 1.4916681462400413e-154
 
 ZM_INLINE ptrdiff_t zm_ssd_round(ptrdiff_t n, ptrdiff_t w)
 {
@@ -61,7 +53,7 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 #define VW ZM_VWF
 #define S(name) name##_f
 #define ZM_EXP zm_expf
-#define ZM_SSD_TINY ZM_SSD_TINY_F
+#define ZM_SSD_TINY ZM_DECAY_TINY_F
 #include "_ssdchunk_impl.h"
 #undef T
 #undef V
@@ -75,7 +67,7 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 #define VW ZM_VWD
 #define S(name) name##_d
 #define ZM_EXP zm_exp
-#define ZM_SSD_TINY ZM_SSD_TINY_D
+#define ZM_SSD_TINY ZM_DECAY_TINY_D
 #include "_ssdchunk_impl.h"
 #undef T
 #undef V

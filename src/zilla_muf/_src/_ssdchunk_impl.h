@@ -256,8 +256,9 @@ static void S(zm_chunk_cb)(T *CB, ptrdiff_t ldcb, const T *Cc,
     }
 }
 
-/* exp(d) set to 0 below the flush threshold ZM_SSD_TINY (NaN stays NaN):
- * every decay of the forward and the backward. */
+/* exp(d) set to 0 below the flush threshold ZM_SSD_TINY (ZM_DECAY_TINY_*
+ * of _vmath.h; NaN stays NaN): every decay of the forward and the
+ * backward. */
 ZM_INLINE T S(zm_ssd_flushed_exp)(T d)
 {
     const T e = ZM_EXP(d);

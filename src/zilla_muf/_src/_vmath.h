@@ -87,6 +87,16 @@ ZM_INLINE T zm_flush_##sfx(T p)                                             \
 ZM_DEFINE_FLUSH(f, float, FLT_MIN)
 ZM_DEFINE_FLUSH(d, double, DBL_MIN)
 
+/* Decays (exps of sums of log-decays) that the chunked kernels (the SSD's,
+ * linear attention's) multiply into matrix products are set to zero below
+ * these, the square roots of the smallest normal numbers: their products
+ * with the other operands would be subnormal, and subnormal operands slow
+ * the products tenfold or more (strongly decaying heads put a good share
+ * of a chunk's decays there). What is dropped is below 1e-19 (float) or
+ * 1e-154 (double) of the terms it scales. */
+#define ZM_DECAY_TINY_F 1.0842021724855044e-19f
+#define ZM_DECAY_TINY_D 1.4916681462400413e-154
+
 /* A power of two t with x t in [1, 2) for x >= 0 (a magnitude): x's
  * exponent mirrored, from the bits, so that scaling by t is exact and costs
  * no division (the scaled complex division). x is first clamped to the
