@@ -30,6 +30,8 @@ typedef T N_(zm_lav) __attribute__((vector_size(ZM_LA_VW * sizeof(T))));
  * it; exp(d) set to 0 below it (NaN stays NaN). */
 #define ZM_LA_TINY (sizeof(T) == sizeof(float) ? (T) ZM_DECAY_TINY_F \
                                                : (T) ZM_DECAY_TINY_D)
+#define ZM_LA_LOG_FLOOR (sizeof(T) == sizeof(float) ? (T) ZM_DECAY_LOG_FLOOR_F \
+                                                    : (T) ZM_DECAY_LOG_FLOOR_D)
 ZM_LA_FORCE T N_(zm_la_flush)(T v)
 {
     return (v < ZM_LA_TINY && v > -ZM_LA_TINY) ? 0 : v;
@@ -38,7 +40,7 @@ ZM_LA_FORCE T N_(zm_la_flush)(T v)
 #define ZM_LA_DECAY(d) N_(zm_la_decay)(d)
 ZM_LA_FORCE T N_(zm_la_decay)(T d)
 {
-    const T e = ZM_LA_EXP(d);
+    const T e = ZM_LA_EXP(d < ZM_LA_LOG_FLOOR ? ZM_LA_LOG_FLOOR : d);
     return e < ZM_LA_TINY ? 0 : e;
 }
 
@@ -561,5 +563,6 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
 #undef N_
 #undef ZM_LA_DECAY
 #undef ZM_LA_TINY
+#undef ZM_LA_LOG_FLOOR
 #undef ZM_LA_FORCE
 #undef ZM_LA_PREFETCH

@@ -54,6 +54,7 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 #define S(name) name##_f
 #define ZM_EXP zm_expf
 #define ZM_SSD_TINY ZM_DECAY_TINY_F
+#define ZM_SSD_LOG_FLOOR ZM_DECAY_LOG_FLOOR_F
 #include "_ssdchunk_impl.h"
 #undef T
 #undef V
@@ -61,6 +62,7 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 #undef S
 #undef ZM_EXP
 #undef ZM_SSD_TINY
+#undef ZM_SSD_LOG_FLOOR
 
 #define T double
 #define V zm_vd
@@ -68,6 +70,7 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 #define S(name) name##_d
 #define ZM_EXP zm_exp
 #define ZM_SSD_TINY ZM_DECAY_TINY_D
+#define ZM_SSD_LOG_FLOOR ZM_DECAY_LOG_FLOOR_D
 #include "_ssdchunk_impl.h"
 #undef T
 #undef V
@@ -75,5 +78,6 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 #undef S
 #undef ZM_EXP
 #undef ZM_SSD_TINY
+#undef ZM_SSD_LOG_FLOOR
 
 #endif

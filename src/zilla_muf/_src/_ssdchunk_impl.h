@@ -1,8 +1,9 @@
 /*
  * Body of _ssdchunk.h, included once per element type with T (element),
  * V (vector of VW elements), S(name) (name with the type's suffix), ZM_EXP
- * (exp of T) and ZM_SSD_TINY (the decays' flush threshold) defined. No
- * include guard: that is the point.
+ * (exp of T), ZM_SSD_TINY and ZM_SSD_LOG_FLOOR (the decays' flush
+ * threshold and the exponent below which it applies) defined. No include
+ * guard: that is the point.
  */
 
 /* ------------------------------------------------------------------------
@@ -261,7 +262,7 @@ static void S(zm_chunk_cb)(T *CB, ptrdiff_t ldcb, const T *Cc,
  * backward. */
 ZM_INLINE T S(zm_ssd_flushed_exp)(T d)
 {
-    const T e = ZM_EXP(d);
+    const T e = ZM_EXP(d < (T) ZM_SSD_LOG_FLOOR ? (T) ZM_SSD_LOG_FLOOR : d);
     return e < (T) ZM_SSD_TINY ? 0 : e;
 }
 

@@ -96,6 +96,11 @@ ZM_DEFINE_FLUSH(d, double, DBL_MIN)
  * 1e-154 (double) of the terms it scales. */
 #define ZM_DECAY_TINY_F 1.0842021724855044e-19f
 #define ZM_DECAY_TINY_D 1.4916681462400413e-154
+/* Exponents below these give decays below the thresholds above (their logs
+ * less 1): a flushed exp clamps its argument here first, so that exp
+ * itself never computes a subnormal result on the way to 0. */
+#define ZM_DECAY_LOG_FLOOR_F (-44.66827237527655f)
+#define ZM_DECAY_LOG_FLOOR_D (-355.19820926613204)
 
 /* A power of two t with x t in [1, 2) for x >= 0 (a magnitude): x's
  * exponent mirrored, from the bits, so that scaling by t is exact and costs
