@@ -28,6 +28,7 @@ TITLES = {
     "selective": "Mamba-1 selective scan and layers (zilla_muf.selective)",
     "load": "workers=2 against workers=1 on a loaded machine",
     "linear_attention": "GLA and the gated delta rule (zilla_muf.linear_attention)",
+    "decays": "Chunked kernels on strongly against mildly decaying inputs",
     "layer_grads": "Gradients of the layers (forward + backward)",
 }
 
@@ -131,18 +132,22 @@ def main():
     parts = []
     files = sorted(RESULTS.glob("*.json"), key=lambda p: list(TITLES).index(p.stem)
                    if p.stem in TITLES else len(TITLES))
-    machine_done = False
+    first_machine = None
     for f in files:
         data = json.loads(f.read_text())
         if not isinstance(data, dict) or "suite" not in data:
             continue  # a suite's auxiliary record, not a table of rows
         suite = data["suite"]
         rows = data["rows"]
-        if not machine_done:
-            parts.append(f"Machine: {_machine_line(data['machine'])}.\n")
-            machine_done = True
+        machine = _machine_line(data["machine"])
+        if first_machine is None:
+            parts.append(f"Machine: {machine}.\n")
+            first_machine = machine
         title = TITLES.get(suite, suite)
         parts.append(f"{title}\n{'-' * len(title)}\n")
+        if machine != first_machine:
+            # a suite recorded in a later run, on another machine
+            parts.append(f"Recorded on another machine: {machine}.\n")
         png = OUT / f"{suite}.png"
         if any("size" in r for r in rows):
             drawn = _plot_sweep(rows, png)

@@ -31,6 +31,7 @@ SUITES = {
     "ssd": ("bench_ssd.py", ["--quick"], []),
     "selective": ("bench_selective.py", ["--quick"], []),
     "linear_attention": ("bench_linear_attention.py", ["--quick"], []),
+    "decays": ("bench_decays.py", ["--quick"], []),
     "layer_grads": ("bench_layer_grads.py", ["--quick"], []),
     "sweeps": ("bench_sweeps.py", ["--repeat", "3"], ["--repeat", "5"]),
     "load": ("bench_load.py", ["--repeat", "5", "--rounds", "3"],
