@@ -821,9 +821,9 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     keeps its accuracy at any sequence length. A decay below the square root
     of the smallest normal number (about :math:`10^{-19}` in float32,
     :math:`10^{-154}` in float64) is taken as zero: its products would be
-    subnormal numbers, which slow the arithmetic several times over (the
-    fast-decaying heads of trained models put many decays there), and what
-    is dropped is below that fraction of the terms it scales. float32
+    subnormal numbers, which slow the arithmetic several times over (heads
+    with a large :math:`|\Delta' A|` put many decays there), and what is
+    dropped is below that fraction of the terms it scales. float32
     inputs are computed in float32, float64 in float64.
 
     A NaN or infinity in a chunk's input can reach the outputs of that chunk's

@@ -25,7 +25,6 @@
 /* Rows of a tile. */
 #define ZM_SSD_MR 6
 
-
 ZM_INLINE ptrdiff_t zm_ssd_round(ptrdiff_t n, ptrdiff_t w)
 {
     return (n + w - 1) / w * w;
