@@ -42,12 +42,12 @@ xpad = (initial states, x), evaluated tap by tap with t innermost
 (vectorised), the first width-1 outputs reading the initial states.
 """
 from cython.parallel cimport prange, parallel, threadid
-from libc.math cimport cos, cosf, fabs, sin, sinf, INFINITY
+from libc.math cimport cos, cosf, fabs, sin, sinf
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
-from zilla_muf._vmath cimport vexp, vsincos, vsincos_max
+from zilla_muf._vmath cimport vexp, vsilu, vsincos, vsincos_max
 
 
 
@@ -58,12 +58,6 @@ cdef enum:
 # ---------------------------------------------------------------------------
 # Element functions
 # ---------------------------------------------------------------------------
-
-cdef inline real_t silu_t(real_t x) noexcept nogil:
-    """x sigmoid(x); exp(-x) may overflow to inf, giving -0 (and the limit
-    -0 at x = -inf, as every SiLU of the package, not inf/inf)."""
-    return x / (1 + vexp(-x)) if x != -INFINITY else -0.0
-
 
 cdef inline real_t cos_t(real_t x) noexcept nogil:
     if real_t is float:
@@ -813,7 +807,7 @@ def conv_update(const real_t[:, :, ::1] x, real_t[:, :, ::1] state,
                     for k in range(W):
                         acc = acc + weight[d, k] * ext[Wc + t - (W - 1) + k]
                     if silu:
-                        acc = silu_t(acc)
+                        acc = vsilu(acc)
                     out[b, d, t] = acc
                 for k in range(Wc):
                     row[k] = ext[T + k]

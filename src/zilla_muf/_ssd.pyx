@@ -53,12 +53,12 @@ per-position state and no (L, L) matrix per head
 and chunk is ever stored beyond the one a thread works on.
 """
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport exp, expf, fabs, log1p, sqrt, INFINITY
+from libc.math cimport exp, expf, fabs, log1p, sqrt
 from libc.stdlib cimport malloc, free
 
 from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
-from zilla_muf._vmath cimport vexp, zm_softplusf
+from zilla_muf._vmath cimport vexp, vsilu, zm_softplusf
 
 
 # ---------------------------------------------------------------------------
@@ -895,11 +895,6 @@ def decode(const real_t[:, :, :, ::1] x, const real_t[:, :, ::1] dt,
 # A Mamba-2 mixer's decoding token between its projections, in one call.
 # ---------------------------------------------------------------------------
 
-cdef inline real_t silu_of(real_t v) noexcept nogil:
-    """v sigmoid(v), -0 at v = -inf (exp(-v) overflows to inf below)."""
-    return v / (1 + vexp(-v)) if v != -INFINITY else -0.0
-
-
 def mixer_step(const real_t[:, ::1] zxbcdt, real_t[:, :, ::1] conv_state,
                const real_t[:, ::1] conv_w, const real_t[::1] conv_b,
                const real_t[::1] dt_bias, const real_t[::1] A,
@@ -964,7 +959,7 @@ def mixer_step(const real_t[:, ::1] zxbcdt, real_t[:, :, ::1] conv_state,
                     for k in range(Wc - 1):
                         row[k] = row[k + 1]
                     row[Wc - 1] = v
-                xbc[c] = silu_of(acc)
+                xbc[c] = vsilu(acc)
             for h in range(H):
                 g = h // (H // G)
                 d = softplus(zxbcdt[b, di + cd + h] + dt_bias[h])
@@ -988,7 +983,7 @@ def mixer_step(const real_t[:, ::1] zxbcdt, real_t[:, :, ::1] conv_state,
             for g in range(G):
                 ss = 0
                 for i in range(g * gs, (g + 1) * gs):
-                    y[i] = y[i] * silu_of(zrow[i])
+                    y[i] = y[i] * vsilu(zrow[i])
                     ss = ss + <double> y[i] * y[i]
                 v = <real_t> (1.0 / sqrt(ss / gs + eps))
                 for i in range(g * gs, (g + 1) * gs):

@@ -26,8 +26,8 @@ between threads by a static ``prange``; each row is handled by one small
 * elementwise functions (sigmoid, silu, softplus) run over a flat contiguous
   array in blocks of ``BLOCK`` elements; every formula evaluates ``exp`` of a
   non-positive argument only, so no finite input overflows. sigmoid and silu
-  are the vectorised loops of ``_vexp.h``; ``silu_elem`` (the same formula)
-  serves rms_norm's gate.
+  are the vectorised loops of ``_vexp.h`` (on the gate elements of
+  ``_vmath.h``).
 * rms_norm: rows ``(rows, channels)``, each row split into groups of
   ``group`` contiguous channels; the sum of squares accumulates in double.
 """
@@ -235,18 +235,6 @@ cdef inline void rms_norm_row(const real_t *x, const real_t *z, const real_t *w,
 # ---------------------------------------------------------------------------
 # Element functions: exp only ever sees -|x|.
 # ---------------------------------------------------------------------------
-
-cdef inline real_t sigmoid_elem(real_t x) noexcept nogil:
-    cdef real_t e = vexp(-r_fabs(x))
-    cdef real_t r = 1 / (1 + e)
-    return r if x >= 0 else e * r
-
-
-cdef inline real_t silu_elem(real_t x) noexcept nogil:
-    cdef real_t s = sigmoid_elem(x)
-    # x * 0 at x = -inf is the limit -0, not NaN
-    return x * s if s != 0 else -0.0
-
 
 cdef inline real_t softplus_elem(real_t x, real_t beta, real_t threshold) noexcept nogil:
     cdef real_t z = beta * x

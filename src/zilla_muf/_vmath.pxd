@@ -13,6 +13,8 @@ cdef extern from "_vmath.h" nogil:
     void zm_sincos(double x, double *s, double *c)
     float ZM_SINCOS_MAXF
     double ZM_SINCOS_MAX
+    float zm_silu1_f(float v)
+    double zm_silu1_d(double v)
 
 
 cdef inline real_t vexp(real_t x) noexcept nogil:
@@ -21,6 +23,15 @@ cdef inline real_t vexp(real_t x) noexcept nogil:
         return zm_expf(x)
     else:
         return zm_exp(x)
+
+
+cdef inline real_t vsilu(real_t x) noexcept nogil:
+    """x sigmoid(x), the gate element of _vmath.h that every SiLU of the
+    package uses (the limit -0 at x = -inf)."""
+    if real_t is float:
+        return zm_silu1_f(x)
+    else:
+        return zm_silu1_d(x)
 
 
 cdef inline real_t vflush(real_t p) noexcept nogil:
