@@ -622,3 +622,27 @@ def test_mamba_mixer_step_refusals():
         _mamba_mixer_step(xz, conv, state[:, :, :-1].copy(), params)
     out = _mamba_mixer_step(xz, conv, state, params)
     assert out.shape == (1, dim) and np.all(out == 0)
+
+
+@pytest.mark.parametrize("dtype, A_small, A_kept", [(np.float32, -50.0, -40.0),
+                                                    (np.float64, -360.0, -350.0)])
+def test_decays_below_the_flush_threshold_are_zero(dtype, A_small, A_kept):
+    # A step's decay exp(dt A) below the square root of the smallest normal
+    # number is taken as zero (its products would be subnormal, and slow):
+    # with no input, an initial state decayed by it reaches no output, while
+    # one decayed by a decay just above the threshold reaches them exactly.
+    thr = np.sqrt(np.finfo(dtype).tiny)
+    assert np.exp(A_small) < thr <= np.exp(A_kept)
+    rng = np.random.default_rng(7)
+    b, d, n, L = 1, 2, 3, 3
+    u = np.zeros((b, d, L), dtype)
+    delta = np.ones((b, d, L), dtype)
+    B = rng.standard_normal((b, n, L)).astype(dtype)
+    C = rng.standard_normal((b, n, L)).astype(dtype)
+    h0 = rng.uniform(1.0, 2.0, (b, d, n)).astype(dtype)
+    A = np.array([[A_small] * n, [A_kept] * n], dtype)
+    y = selective_scan(u, delta, A, B, C, initial_state=h0)
+    assert (y[0, 0] == 0).all()
+    want = np.exp(A_kept) * np.einsum("n,nt->t", h0[0, 1].astype(np.float64),
+                                      C[0].astype(np.float64))
+    np.testing.assert_allclose(y[0, 1, 0], want[0], rtol=100 * np.finfo(dtype).eps)

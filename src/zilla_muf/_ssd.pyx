@@ -29,7 +29,7 @@ never a product of exp(cs_i) and exp(-cs_j). When a chunk's cumulative sum
 is non-increasing (dt' A <= 0, the SSM case), every exponent is clamped to
 <= 0 as well, so rounding can never turn a decay into a growth. A decay
 below the square root of the smallest normal number is set to zero
-(ZM_DECAY_TINY_* of _vmath.h), so that no product of it is subnormal.
+(the decay element of _vmath.h), so that no product of it is subnormal.
 
 The products are the register-tiled loops of _ssdchunk.h (no BLAS): the two
 output terms accumulate in the same registers and are stored once, the
@@ -58,7 +58,7 @@ from libc.stdlib cimport malloc, free
 
 from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
-from zilla_muf._vmath cimport vexp, vsilu, zm_softplusf
+from zilla_muf._vmath cimport vdecay, vexp, vsilu, zm_softplusf
 
 
 # ---------------------------------------------------------------------------
@@ -68,8 +68,6 @@ from zilla_muf._vmath cimport vexp, vsilu, zm_softplusf
 cdef extern from "_ssdchunk.h" nogil:
     int ZM_VWF
     int ZM_VWD
-    float ZM_DECAY_TINY_F
-    double ZM_DECAY_TINY_D
     Py_ssize_t zm_ssd_scratch(Py_ssize_t cm, Py_ssize_t P, Py_ssize_t N,
                               Py_ssize_t vw, Py_ssize_t itemsize)
     ctypedef struct zm_ssd_walk_args_f:
@@ -156,15 +154,10 @@ cdef extern from "_ssdchunk.h" nogil:
 
 cdef inline real_t decay(real_t d, bint clamp) noexcept nogil:
     """exp(d), with d clamped to <= 0 when the math says it is, and 0 below
-    the flush threshold of the chunk kernels (_ssdchunk.h)."""
-    cdef real_t e
+    the decays' flush threshold (vdecay), as in the chunk kernels."""
     if clamp:
         d = 0 if d > 0 else d
-    e = vexp(d)
-    if real_t is float:
-        return 0 if e < ZM_DECAY_TINY_F else e
-    else:
-        return 0 if e < ZM_DECAY_TINY_D else e
+    return vdecay(d)
 
 
 cdef inline bint nonincreasing(const real_t *cs, Py_ssize_t m) noexcept nogil:

@@ -15,6 +15,8 @@ cdef extern from "_vmath.h" nogil:
     double ZM_SINCOS_MAX
     float zm_silu1_f(float v)
     double zm_silu1_d(double v)
+    float zm_decay_expf(float d)
+    double zm_decay_exp(double d)
 
 
 cdef inline real_t vexp(real_t x) noexcept nogil:
@@ -23,6 +25,15 @@ cdef inline real_t vexp(real_t x) noexcept nogil:
         return zm_expf(x)
     else:
         return zm_exp(x)
+
+
+cdef inline real_t vdecay(real_t d) noexcept nogil:
+    """exp(d) for a log-decay d, 0 below the square root of the smallest
+    normal number (the decay element of _vmath.h)."""
+    if real_t is float:
+        return zm_decay_expf(d)
+    else:
+        return zm_decay_exp(d)
 
 
 cdef inline real_t vsilu(real_t x) noexcept nogil:

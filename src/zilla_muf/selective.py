@@ -153,9 +153,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     Unlike ``selective_scan_ref``, which computes in float32, float64 inputs
     are computed in float64. The kernel keeps each channel's state in a small
     per-thread buffer across the sequence, with no (batch, dim, dstate,
-    seqlen) temporary, and runs channels in parallel. In float32 the
-    exponential is a vectorised polynomial within 2 ulp of ``expf`` that
-    flushes results below about 1.7e-38 to zero.
+    seqlen) temporary, and runs channels in parallel. The exponential is a
+    vectorised polynomial within 2 ulp of ``exp``; for real `A`, a decay
+    :math:`\exp(\Delta_t A_d)` below the square root of the smallest normal
+    number (about :math:`10^{-19}` in float32, :math:`10^{-154}` in
+    float64) is taken as zero, as in the chunked SSD: its products would be
+    subnormal numbers, which slow the arithmetic several times over, and
+    what is dropped is below that fraction of the state it scales.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0

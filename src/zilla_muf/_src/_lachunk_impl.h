@@ -27,11 +27,9 @@ typedef T N_(zm_lav) __attribute__((vector_size(ZM_LA_VW * sizeof(T))));
 #endif
 
 /* The decays' flush threshold of _vmath.h for T; v, or 0 when |v| is below
- * it; exp(d) set to 0 below it (NaN stays NaN). */
+ * it; a decay exp(d), flushed (_vmath.h's decay element for T). */
 #define ZM_LA_TINY (sizeof(T) == sizeof(float) ? (T) ZM_DECAY_TINY_F \
                                                : (T) ZM_DECAY_TINY_D)
-#define ZM_LA_LOG_FLOOR (sizeof(T) == sizeof(float) ? (T) ZM_DECAY_LOG_FLOOR_F \
-                                                    : (T) ZM_DECAY_LOG_FLOOR_D)
 ZM_LA_FORCE T N_(zm_la_flush)(T v)
 {
     return (v < ZM_LA_TINY && v > -ZM_LA_TINY) ? 0 : v;
@@ -40,8 +38,8 @@ ZM_LA_FORCE T N_(zm_la_flush)(T v)
 #define ZM_LA_DECAY(d) N_(zm_la_decay)(d)
 ZM_LA_FORCE T N_(zm_la_decay)(T d)
 {
-    const T e = ZM_LA_EXP(d < ZM_LA_LOG_FLOOR ? ZM_LA_LOG_FLOOR : d);
-    return e < ZM_LA_TINY ? 0 : e;
+    return sizeof(T) == sizeof(float) ? (T) zm_decay_expf((float) d)
+                                      : (T) zm_decay_exp((double) d);
 }
 
 ZM_LA_FORCE VT N_(zm_la_ld)(const T *p)
@@ -563,6 +561,5 @@ static ZM_LA_ATTR void N_(zm_la_walk)(const ZM_LA_ARGS *a, T *work)
 #undef N_
 #undef ZM_LA_DECAY
 #undef ZM_LA_TINY
-#undef ZM_LA_LOG_FLOOR
 #undef ZM_LA_FORCE
 #undef ZM_LA_PREFETCH

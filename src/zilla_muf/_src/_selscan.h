@@ -10,7 +10,10 @@
  * decay) where the id changes, so packed sequences share no arithmetic.
  *
  * The decays exp(dt A) of a block of ZM_SEL_TB steps are formed first, in
- * one vectorised pass, so that the recurrence itself is multiply-adds only.
+ * one vectorised pass, so that the recurrence itself is multiply-adds only;
+ * they are the decay element of _vmath.h (0 below the square root of the
+ * smallest normal number, as in the chunked kernels: their products would
+ * be subnormal, and slow).
  * The dot product over n runs in vector lanes, summed in a fixed order
  * (the result does not depend on the thread count).
  */
@@ -67,7 +70,7 @@ ZM_INLINE T zm_sel_update_##sfx(const T *e, T *restrict h, const T *Bt,     \
 ZM_DEFINE_SEL_UPDATE(f, float, zm_vf, ZM_VWF)
 ZM_DEFINE_SEL_UPDATE(d, double, zm_vd, ZM_VWD)
 
-#define ZM_DEFINE_SEL_CHANNEL(sfx, T, V, VW, EXP)                           \
+#define ZM_DEFINE_SEL_CHANNEL(sfx, T, V, VW, EXP_IN, EXP_LO, EXP_HI, TINY)  \
 ZM_CLONES                                                                   \
 static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
                                  const T *A, const T *Bp, ptrdiff_t bst,    \
@@ -78,7 +81,10 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
 {                                                                           \
     T *restrict h = work;                                                   \
     T *restrict dA = work + N;                                              \
+    T lo = EXP_LO, hi = EXP_HI;     /* hidden: min and max (see _vmath.h) */\
     ptrdiff_t t0, t, n;                                                     \
+    ZM_OPAQUE(lo);                                                          \
+    ZM_OPAQUE(hi);                                                          \
     ptrdiff_t next = seq != NULL ? zm_sel_next_start(seq, 1, L) : L;       \
     for (n = 0; n < N; n++)                                                 \
         h[n] = h0[n];                                                       \
@@ -87,8 +93,10 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
         for (t = 0; t < tb; t++) {                                          \
             const T d = dts[t0 + t];                                        \
             T *restrict row = dA + t * N;                                   \
-            for (n = 0; n < N; n++)                                         \
-                row[n] = EXP(d * A[n]);                                     \
+            for (n = 0; n < N; n++) {                                       \
+                const T e = EXP_IN(d * A[n], lo, hi);                       \
+                row[n] = e < (T) TINY ? 0 : e;                              \
+            }                                                               \
         }                                                                   \
         for (t = 0; t < tb; t++) {                                          \
             const T *Bt = Bp + (t0 + t) * bst, *Ct = Cp + (t0 + t) * cst;   \
@@ -108,8 +116,12 @@ static void zm_sel_channel_##sfx(const T *u, const T *dts, const T *g,      \
         hlast[n] = h[n];                                                    \
 }
 
-ZM_DEFINE_SEL_CHANNEL(f, float, zm_vf, ZM_VWF, zm_expf)
-ZM_DEFINE_SEL_CHANNEL(d, double, zm_vd, ZM_VWD, zm_exp)
+/* the decays: the decay element of _vmath.h (the exponent floored, then 0
+ * below the threshold), with the bounds hidden from the optimiser */
+ZM_DEFINE_SEL_CHANNEL(f, float, zm_vf, ZM_VWF, zm_expf_in, ZM_DECAY_LOG_FLOOR_F,
+                      ZM_EXPF_HI, ZM_DECAY_TINY_F)
+ZM_DEFINE_SEL_CHANNEL(d, double, zm_vd, ZM_VWD, zm_exp_in, ZM_DECAY_LOG_FLOOR_D,
+                      ZM_EXP_HI, ZM_DECAY_TINY_D)
 
 /* Channels whose decays one pass of the one-token step forms. */
 #define ZM_SEL_STEP_BLOCK 64
@@ -161,8 +173,8 @@ static void zm_sel_step_##sfx(const T *u, const T *dts, const T *g,         \
     }                                                                       \
 }
 
-ZM_DEFINE_SEL_STEP(f, float, zm_vf, ZM_VWF, zm_expf)
-ZM_DEFINE_SEL_STEP(d, double, zm_vd, ZM_VWD, zm_exp)
+ZM_DEFINE_SEL_STEP(f, float, zm_vf, ZM_VWF, zm_decay_expf)
+ZM_DEFINE_SEL_STEP(d, double, zm_vd, ZM_VWD, zm_decay_exp)
 
 /* A channel's steps: dt[t] = softplus(dl[t] + bias), or dl[t] + bias.
  * float: the branch-free zm_softplusf (vectorised); double: x itself

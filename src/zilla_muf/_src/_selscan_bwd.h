@@ -70,8 +70,8 @@ ZM_INLINE void zm_selb_softplus_d(const double *dl, double bias, double *dt,
         sp[k] = dl[k] + bias > ZM_SELB_SP_MAX ? 1.0 : sp[k];
 }
 
-#define ZM_DEFINE_SEL_BWD(sfx, T, V, VW, EXP_IN, EXP_LO, EXP_HI, STEPS,      \
-                          SIGMOID)                                            \
+#define ZM_DEFINE_SEL_BWD(sfx, T, V, VW, EXP_IN, EXP_LO, EXP_HI, TINY,       \
+                          STEPS, SIGMOID)                                     \
 /* A segment's per-step factors: its steps dt (the forward's own function),   \
  * sp = d dt / d delta (sigmoid, 1 above the threshold; 1 without softplus),  \
  * g0 = gy silu(z) and gz = gy y0 silu'(z) by the gate elements of _vmath.h  \
@@ -144,8 +144,12 @@ ZM_INLINE void zm_selb_body_##sfx(                                            \
         for (k = 0; k < m; k++)                                               \
             for (n = 0; n < N; n++)                                           \
                 E[k * N + n] = dt[k] * A[n];                                  \
-        for (i = 0; i < m * N; i++)                                           \
-            E[i] = EXP_IN(E[i], lo, hi);                                      \
+        /* the forward's decay element (_vmath.h): exp with the exponent   \
+         * floored at EXP_LO, then 0 below TINY */                            \
+        for (i = 0; i < m * N; i++) {                                         \
+            const T e = EXP_IN(E[i], lo, hi);                                 \
+            E[i] = e < (T) TINY ? 0 : e;                                      \
+        }                                                                     \
         if (NV > 0) {                                                         \
             /* the states, the adjoint and dA in registers (NV vectors) */    \
             V hr[ZM_SELB_NVMAX], lr[ZM_SELB_NVMAX], gr[ZM_SELB_NVMAX];        \
@@ -307,10 +311,10 @@ static void zm_selb_channel_##sfx(                                            \
                            sums, work, N, L, K, 0);                           \
 }
 
-ZM_DEFINE_SEL_BWD(f, float, zm_vf, ZM_VWF, zm_expf_in, ZM_EXPF_LO, ZM_EXPF_HI,
-                  zm_selb_softplus_f, zm_sigmoid_f)
-ZM_DEFINE_SEL_BWD(d, double, zm_vd, ZM_VWD, zm_exp_in, ZM_EXP_LO, ZM_EXP_HI,
-                  zm_selb_softplus_d, zm_sigmoid_d)
+ZM_DEFINE_SEL_BWD(f, float, zm_vf, ZM_VWF, zm_expf_in, ZM_DECAY_LOG_FLOOR_F,
+                  ZM_EXPF_HI, ZM_DECAY_TINY_F, zm_selb_softplus_f, zm_sigmoid_f)
+ZM_DEFINE_SEL_BWD(d, double, zm_vd, ZM_VWD, zm_exp_in, ZM_DECAY_LOG_FLOOR_D,
+                  ZM_EXP_HI, ZM_DECAY_TINY_D, zm_selb_softplus_d, zm_sigmoid_d)
 
 /* ------------------------------------------------------------------------
  * Complex A (and B, C, the state): the real and imaginary parts in separate

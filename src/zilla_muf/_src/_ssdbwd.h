@@ -82,23 +82,27 @@ ZM_INLINE double zm_ssdb_softplus_d(double v)
 #define VW ZM_VWF
 #define S(name) name##_f
 #define ZM_EXP zm_expf
+#define ZM_DECAY_EXP zm_decay_expf
 #include "_ssdbwd_impl.h"
 #undef T
 #undef V
 #undef VW
 #undef S
 #undef ZM_EXP
+#undef ZM_DECAY_EXP
 
 #define T double
 #define V zm_vd
 #define VW ZM_VWD
 #define S(name) name##_d
 #define ZM_EXP zm_exp
+#define ZM_DECAY_EXP zm_decay_exp
 #include "_ssdbwd_impl.h"
 #undef T
 #undef V
 #undef VW
 #undef S
 #undef ZM_EXP
+#undef ZM_DECAY_EXP
 
 #endif

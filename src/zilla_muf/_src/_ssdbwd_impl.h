@@ -1,6 +1,6 @@
 /*
- * Body of _ssdbwd.h, included once per element type with T, V, VW, S(name)
- * and ZM_EXP defined. No include guard: that is the point.
+ * Body of _ssdbwd.h, included once per element type with T, V, VW, S(name),
+ * ZM_EXP and ZM_DECAY_EXP defined. No include guard: that is the point.
  *
  * Layouts: a chunk of one head is m <= cm rows; scratch rows are padded to
  * Pp = P, Np = N or mp = cm rounded up to VW elements, with zeros in the
@@ -467,13 +467,13 @@ ZM_INLINE void S(zm_ssdb_decays)(T *restrict E, T *restrict Wt,
         if (clamp) {
             for (j = 0; j <= i; j++) {
                 T d = csi - cs[j];
-                T e = S(zm_ssd_flushed_exp)(d > 0 ? 0 : d);
+                T e = ZM_DECAY_EXP(d > 0 ? 0 : d);
                 Ei[j] = e;
                 Wi[j] = e * cbi[j];
             }
         } else {
             for (j = 0; j <= i; j++) {
-                T e = S(zm_ssd_flushed_exp)(csi - cs[j]);
+                T e = ZM_DECAY_EXP(csi - cs[j]);
                 Ei[j] = e;
                 Wi[j] = e * cbi[j];
             }

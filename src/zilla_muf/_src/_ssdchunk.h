@@ -52,31 +52,27 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 #define VW ZM_VWF
 #define S(name) name##_f
 #define ZM_EXP zm_expf
-#define ZM_SSD_TINY ZM_DECAY_TINY_F
-#define ZM_SSD_LOG_FLOOR ZM_DECAY_LOG_FLOOR_F
+#define ZM_DECAY_EXP zm_decay_expf
 #include "_ssdchunk_impl.h"
 #undef T
 #undef V
 #undef VW
 #undef S
 #undef ZM_EXP
-#undef ZM_SSD_TINY
-#undef ZM_SSD_LOG_FLOOR
+#undef ZM_DECAY_EXP
 
 #define T double
 #define V zm_vd
 #define VW ZM_VWD
 #define S(name) name##_d
 #define ZM_EXP zm_exp
-#define ZM_SSD_TINY ZM_DECAY_TINY_D
-#define ZM_SSD_LOG_FLOOR ZM_DECAY_LOG_FLOOR_D
+#define ZM_DECAY_EXP zm_decay_exp
 #include "_ssdchunk_impl.h"
 #undef T
 #undef V
 #undef VW
 #undef S
 #undef ZM_EXP
-#undef ZM_SSD_TINY
-#undef ZM_SSD_LOG_FLOOR
+#undef ZM_DECAY_EXP
 
 #endif

@@ -1,9 +1,8 @@
 /*
  * Body of _ssdchunk.h, included once per element type with T (element),
  * V (vector of VW elements), S(name) (name with the type's suffix), ZM_EXP
- * (exp of T), ZM_SSD_TINY and ZM_SSD_LOG_FLOOR (the decays' flush
- * threshold and the exponent below which it applies) defined. No include
- * guard: that is the point.
+ * (exp of T) and ZM_DECAY_EXP (the decays' exp of T, flushed: _vmath.h)
+ * defined. No include guard: that is the point.
  */
 
 /* ------------------------------------------------------------------------
@@ -257,21 +256,14 @@ static void S(zm_chunk_cb)(T *CB, ptrdiff_t ldcb, const T *Cc,
     }
 }
 
-/* exp(d) set to 0 below the flush threshold ZM_SSD_TINY (ZM_DECAY_TINY_*
- * of _vmath.h; NaN stays NaN): every decay of the forward and the
- * backward. */
-ZM_INLINE T S(zm_ssd_flushed_exp)(T d)
-{
-    const T e = ZM_EXP(d < (T) ZM_SSD_LOG_FLOOR ? (T) ZM_SSD_LOG_FLOOR : d);
-    return e < (T) ZM_SSD_TINY ? 0 : e;
-}
-
-/* The same, d clamped to <= 0 when the chunk's decays never grow. */
+/* exp(d) flushed to 0 below the decays' threshold (ZM_DECAY_EXP, of
+ * _vmath.h), d clamped to <= 0 when the chunk's decays never grow: every
+ * decay of the forward and the backward. */
 ZM_INLINE T S(zm_ssd_decay)(T d, int clamp)
 {
     if (clamp && d > 0)
         d = 0;
-    return S(zm_ssd_flushed_exp)(d);
+    return ZM_DECAY_EXP(d);
 }
 
 /* Whether a chunk's cumulative decay never grows (all dt'A <= 0). */
@@ -318,11 +310,11 @@ ZM_INLINE void S(zm_decay_matrix)(T *restrict W, const T *restrict CB,
             for (j = 0; j < n; j++) {
                 T d = csi - csp[j];
                 d = d > 0 ? 0 : d;
-                Wi[j] = cbi[j] * S(zm_ssd_flushed_exp)(d) * dtp[j];
+                Wi[j] = cbi[j] * ZM_DECAY_EXP(d) * dtp[j];
             }
         } else {
             for (j = 0; j < n; j++)
-                Wi[j] = cbi[j] * S(zm_ssd_flushed_exp)(csi - csp[j]) * dtp[j];
+                Wi[j] = cbi[j] * ZM_DECAY_EXP(csi - csp[j]) * dtp[j];
         }
         for (j = i + 1; j < n || j < tile_end; j++)
             Wi[j] = 0;
@@ -348,13 +340,13 @@ ZM_INLINE void S(zm_chunk_weights)(T *restrict e, T *restrict w,
     if (clamp) {
         for (i = 0; i < m; i++) {
             T a = cs[i], b = last - cs[i];
-            e[i] = S(zm_ssd_flushed_exp)(a > 0 ? 0 : a);
-            w[i] = S(zm_ssd_flushed_exp)(b > 0 ? 0 : b) * dt[i];
+            e[i] = ZM_DECAY_EXP(a > 0 ? 0 : a);
+            w[i] = ZM_DECAY_EXP(b > 0 ? 0 : b) * dt[i];
         }
     } else {
         for (i = 0; i < m; i++) {
-            e[i] = S(zm_ssd_flushed_exp)(cs[i]);
-            w[i] = S(zm_ssd_flushed_exp)(last - cs[i]) * dt[i];
+            e[i] = ZM_DECAY_EXP(cs[i]);
+            w[i] = ZM_DECAY_EXP(last - cs[i]) * dt[i];
         }
     }
     if (sq != NULL && sq[0] != sq[m - 1])

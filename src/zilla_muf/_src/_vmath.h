@@ -87,21 +87,6 @@ ZM_INLINE T zm_flush_##sfx(T p)                                             \
 ZM_DEFINE_FLUSH(f, float, FLT_MIN)
 ZM_DEFINE_FLUSH(d, double, DBL_MIN)
 
-/* Decays (exps of sums of log-decays) that the chunked kernels (the SSD's,
- * linear attention's) multiply into matrix products are set to zero below
- * these, the square roots of the smallest normal numbers: their products
- * with the other operands would be subnormal, and subnormal operands slow
- * the products tenfold or more (strongly decaying heads put a good share
- * of a chunk's decays there). What is dropped is below 1e-19 (float) or
- * 1e-154 (double) of the terms it scales. */
-#define ZM_DECAY_TINY_F 1.0842021724855044e-19f
-#define ZM_DECAY_TINY_D 1.4916681462400413e-154
-/* Exponents below these give decays below the thresholds above (their logs
- * less 1): a flushed exp clamps its argument here first, so that exp
- * itself never computes a subnormal result on the way to 0. */
-#define ZM_DECAY_LOG_FLOOR_F (-44.66827237527655f)
-#define ZM_DECAY_LOG_FLOOR_D (-355.19820926613204)
-
 /* A power of two t with x t in [1, 2) for x >= 0 (a magnitude): x's
  * exponent mirrored, from the bits, so that scaling by t is exact and costs
  * no division (the scaled complex division). x is first clamped to the
@@ -207,6 +192,33 @@ ZM_INLINE double zm_exp_in(double x, double lo, double hi)
 ZM_INLINE double zm_exp(double x)
 {
     return zm_exp_in(x, ZM_EXP_LO, ZM_EXP_HI);
+}
+
+/* Decays (exps of sums of log-decays) that the kernels multiply into
+ * products in blocks (the SSD's chunks, linear attention's, the selective
+ * scan's steps) are set to zero below these, the square roots of the
+ * smallest normal numbers: their products with the other operands would be
+ * subnormal, and subnormal operands slow the arithmetic tenfold or more
+ * (strongly decaying heads put a good share of their decays there). What
+ * is dropped is below 1e-19 (float) or 1e-154 (double) of the terms it
+ * scales. The exponent is first clamped just below the threshold's log, so
+ * that exp itself never computes a subnormal result on its way to 0; NaN
+ * stays NaN. */
+#define ZM_DECAY_TINY_F 1.0842021724855044e-19f
+#define ZM_DECAY_TINY_D 1.4916681462400413e-154
+#define ZM_DECAY_LOG_FLOOR_F (-44.66827237527655f)
+#define ZM_DECAY_LOG_FLOOR_D (-355.19820926613204)
+
+ZM_INLINE float zm_decay_expf(float d)
+{
+    const float e = zm_expf(d < ZM_DECAY_LOG_FLOOR_F ? ZM_DECAY_LOG_FLOOR_F : d);
+    return e < ZM_DECAY_TINY_F ? 0.0f : e;
+}
+
+ZM_INLINE double zm_decay_exp(double d)
+{
+    const double e = zm_exp(d < ZM_DECAY_LOG_FLOOR_D ? ZM_DECAY_LOG_FLOOR_D : d);
+    return e < ZM_DECAY_TINY_D ? 0.0 : e;
 }
 
 /* Elements of the gates: the logistic sigmoid (exp only of -|v|, so no
