@@ -1,13 +1,14 @@
-"""Benchmark the chunked kernels on strongly against mildly decaying inputs.
+"""Benchmark the kernels on strongly against mildly decaying inputs.
 
     python bench/bench_decays.py [--quick]
 
 A chunked kernel multiplies decays exp(sum of log-decays) into its matrix
-products. Where a head decays fast (a large |A dt| in the SSD, a very
-negative gate in linear attention) many of a chunk's decays would lie in the
-subnormal range, where the processor's arithmetic runs many times slower;
-the kernels set decays below the square root of the smallest normal number
-to zero, so that the speed does not depend on how fast the inputs decay.
+products, the selective scan its steps' decays into the state. Where a head
+decays fast (a large |A dt| in the SSD and the selective scan, a very
+negative gate in linear attention) many decays would lie in the subnormal
+range, where the processor's arithmetic runs many times slower; the kernels
+set decays below the square root of the smallest normal number to zero, so
+that the speed does not depend on how fast the inputs decay.
 Each case times the same call on the same shapes with strong decays against
 mild ones (the reference), in the same run: a ratio near 1 is what the
 flush is for. float32, ``workers=2``.
@@ -16,8 +17,11 @@ Cases: the SSD forward (``ssd_chunk_scan_combined``) and its pullback
 (``zilla_muf.vjp``), b2 L2048, 8 heads of 64, state 64, chunk 128, A = -1
 and steps in [0.01, 0.1] (mild) against A = -8 and steps in [0.5, 3]
 (strong); ``linear_attention`` (scalar gate) and ``gated_delta_rule``, B1
-T4096 H8 K128 V128, log-gates in [-0.1, 0] against [-8, -3]; and the
-per-channel gate of ``linear_attention`` (B1 T2048 H4 K64 V64).
+T4096 H8 K128 V128, log-gates in [-0.1, 0] against [-8, -3]; the
+per-channel gate of ``linear_attention`` (B1 T2048 H4 K64 V64); and Mamba-1's
+``selective_scan`` and its pullback, b2 dim 512 state 16 L2048, A = -1 and
+steps in [0.001, 0.1] against A = -60 and steps in [1, 3] (every step's
+decay below the threshold).
 """
 
 import argparse
@@ -46,6 +50,17 @@ def _ssd_inputs(strong, rng):
     return x, dt, A, B, C
 
 
+def _selective_inputs(strong, rng):
+    b, d, n, L = 2, 512, 16, 2048
+    u = rng.standard_normal((b, d, L), dtype=np.float32)
+    B = rng.standard_normal((b, n, L), dtype=np.float32)
+    C = rng.standard_normal((b, n, L), dtype=np.float32)
+    A = np.full((d, n), -60.0 if strong else -1.0, np.float32)
+    lo, hi = (1.0, 3.0) if strong else (0.001, 0.1)
+    delta = rng.uniform(lo, hi, (b, d, L)).astype(np.float32)
+    return u, delta, A, B, C
+
+
 def _la_inputs(strong, rng, shape, per_channel=False):
     B, T, H, K, V = shape
     q = rng.standard_normal((B, T, H, K), dtype=np.float32)
@@ -63,7 +78,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args(argv)
     rounds, repeat = (2, 3) if args.quick else (3, 5)
-    from zilla_muf import gated_delta_rule, linear_attention, ssd_chunk_scan_combined, vjp
+    from zilla_muf import (gated_delta_rule, linear_attention, selective_scan,
+                           ssd_chunk_scan_combined, vjp)
 
     report = Report("decays")
     rng = np.random.default_rng(0)
@@ -94,12 +110,24 @@ def main(argv=None):
         q, k, v, g, _ = _la_inputs(strong, rng, (1, 2048, 4, 64, 64), per_channel=True)
         return lambda: linear_attention(q, k, v, g, workers=w)
 
+    def selective_case(strong):
+        a = _selective_inputs(strong, rng)
+        return lambda: selective_scan(*a, workers=w)
+
+    def selective_grad_case(strong):
+        a = _selective_inputs(strong, rng)
+        y, pullback = vjp(selective_scan, *a, workers=w)
+        gy = np.ones_like(y)
+        return lambda: pullback(gy)
+
     cases = {
         "ssd_chunk_scan_combined b2 L2048 h8x64 n64": ssd_case,
         "ssd_chunk_scan_combined pullback b2 L2048 h8x64 n64": ssd_grad_case,
         "linear_attention scalar gate B1 T4096 H8 K128 V128": la_case,
         "gated_delta_rule B1 T4096 H8 K128 V128": gdr_case,
         "linear_attention per-channel gate B1 T2048 H4 K64 V64": la_channel_case,
+        "selective_scan b2 dim512 n16 L2048": selective_case,
+        "selective_scan pullback b2 dim512 n16 L2048": selective_grad_case,
     }
     for case, make in cases.items():
         progress(case)

@@ -28,7 +28,7 @@ TITLES = {
     "selective": "Mamba-1 selective scan and layers (zilla_muf.selective)",
     "load": "workers=2 against workers=1 on a loaded machine",
     "linear_attention": "GLA and the gated delta rule (zilla_muf.linear_attention)",
-    "decays": "Chunked kernels on strongly against mildly decaying inputs",
+    "decays": "Strongly against mildly decaying inputs (SSD, linear attention, selective scan)",
     "layer_grads": "Gradients of the layers (forward + backward)",
 }
 
