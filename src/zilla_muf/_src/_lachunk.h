@@ -103,8 +103,8 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 /* ---- the builds -------------------------------------------------------- */
 /* _lachunk_impl.h takes T (element), ZM_LA_VW (elements of a vector),
  * ZM_LA_MR (rows of a tile), ZM_LA_NAME(x) (x with the build's suffix),
- * ZM_LA_ATTR (the target attribute), ZM_LA_EXP (exp of T) and ZM_LA_ARGS
- * (the task type of T). */
+ * ZM_LA_ATTR (the target attribute) and ZM_LA_ARGS (the task type of T);
+ * its decays are the decay element of _vmath.h. */
 #if ZM_LA_MULTI
 #define ZM_LA_ATTR __attribute__((target("arch=x86-64-v4")))
 #define ZM_LA_MR 12
@@ -113,27 +113,23 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #define ZM_LA_ARGS zm_la_args_f
 #define ZM_LA_VW 16
 #define ZM_LA_NAME(x) x##_f_v4
-#define ZM_LA_EXP zm_expf
 #include "_lachunk_impl.h"
 #undef T
 #undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
-#undef ZM_LA_EXP
 #define T double
 #define ZM_LA_IT int64_t
 #define ZM_LA_ARGS zm_la_args_d
 #define ZM_LA_VW 8
 #define ZM_LA_NAME(x) x##_d_v4
-#define ZM_LA_EXP zm_exp
 #include "_lachunk_impl.h"
 #undef T
 #undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
-#undef ZM_LA_EXP
 #undef ZM_LA_ATTR
 #undef ZM_LA_MR
 
@@ -144,27 +140,23 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #define ZM_LA_ARGS zm_la_args_f
 #define ZM_LA_VW 8
 #define ZM_LA_NAME(x) x##_f_v3
-#define ZM_LA_EXP zm_expf
 #include "_lachunk_impl.h"
 #undef T
 #undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
-#undef ZM_LA_EXP
 #define T double
 #define ZM_LA_IT int64_t
 #define ZM_LA_ARGS zm_la_args_d
 #define ZM_LA_VW 4
 #define ZM_LA_NAME(x) x##_d_v3
-#define ZM_LA_EXP zm_exp
 #include "_lachunk_impl.h"
 #undef T
 #undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
-#undef ZM_LA_EXP
 #undef ZM_LA_ATTR
 #undef ZM_LA_MR
 #endif
@@ -188,27 +180,23 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #define ZM_LA_ARGS zm_la_args_f
 #define ZM_LA_VW ZM_LA_VW_F
 #define ZM_LA_NAME(x) x##_f_base
-#define ZM_LA_EXP zm_expf
 #include "_lachunk_impl.h"
 #undef T
 #undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
-#undef ZM_LA_EXP
 #define T double
 #define ZM_LA_IT int64_t
 #define ZM_LA_ARGS zm_la_args_d
 #define ZM_LA_VW ZM_LA_VW_D
 #define ZM_LA_NAME(x) x##_d_base
-#define ZM_LA_EXP zm_exp
 #include "_lachunk_impl.h"
 #undef T
 #undef ZM_LA_IT
 #undef ZM_LA_ARGS
 #undef ZM_LA_VW
 #undef ZM_LA_NAME
-#undef ZM_LA_EXP
 #undef ZM_LA_ATTR
 #undef ZM_LA_MR
 

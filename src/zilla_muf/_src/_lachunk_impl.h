@@ -1,6 +1,6 @@
 /*
  * Body of _lachunk.h, included once per element type and build with T,
- * ZM_LA_VW, ZM_LA_MR, ZM_LA_NAME(x), ZM_LA_ATTR and ZM_LA_EXP defined. No
+ * ZM_LA_VW, ZM_LA_MR, ZM_LA_NAME(x), ZM_LA_ATTR and ZM_LA_ARGS defined. No
  * include guard: that is the point.
  */
 
