@@ -271,7 +271,12 @@ def test_property_against_torch(seed, nb, L, groups, P, N, chunk, use_D, use_z,
     got = pull(ct)
     want = _torch_grads(kw, ct, last, seq_idx=seq)
     assert sorted(got) == sorted(want)
-    assert_grads_close(got, want, 1e-8)
+    # a gradient can be exactly zero in the oracle (A's, when every step
+    # between two positions of a sequence is clamped to 0) and rounding noise
+    # of cancelling terms here: judged against a millionth of the largest
+    # gradient (about 1e-14 absolute for these problems)
+    floor = 1e-6 * max(float(np.max(np.abs(w))) for w in want.values() if w.size)
+    assert_grads_close(got, want, 1e-8, floor=floor)
 
 
 def test_bad_cotangent():
