@@ -44,13 +44,6 @@
  * tile width. */
 #define ZM_LA_PAD 128
 
-#if !defined(ZM_SCALAR) && defined(__GNUC__) && !defined(__clang__) \
-    && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
-#define ZM_LA_MULTI 1
-#else
-#define ZM_LA_MULTI 0
-#endif
-
 #if defined(__GNUC__)
 #define ZM_LA_UNROLL _Pragma("GCC unroll 16")
 #else
@@ -105,7 +98,7 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
  * ZM_LA_MR (rows of a tile), ZM_LA_NAME(x) (x with the build's suffix),
  * ZM_LA_ATTR (the target attribute) and ZM_LA_ARGS (the task type of T);
  * its decays are the decay element of _vmath.h. */
-#if ZM_LA_MULTI
+#if ZM_ISA_BUILDS
 #define ZM_LA_ATTR __attribute__((target("arch=x86-64-v4")))
 #define ZM_LA_MR 12
 #define T float
@@ -168,7 +161,7 @@ static ptrdiff_t zm_la_scratch(ptrdiff_t C, ptrdiff_t K, ptrdiff_t V,
 #if defined(ZM_SCALAR) || !defined(__GNUC__)
 #define ZM_LA_VW_F 1
 #define ZM_LA_VW_D 1
-#elif ZM_LA_MULTI
+#elif ZM_ISA_BUILDS
 #define ZM_LA_VW_F 4
 #define ZM_LA_VW_D 2
 #else
@@ -207,13 +200,7 @@ static int zm_la_isa_cached = -1;
 static int zm_la_isa(void)
 {
     if (zm_la_isa_cached < 0) {
-#if ZM_LA_MULTI
-        __builtin_cpu_init();
-        zm_la_isa_cached = __builtin_cpu_supports("x86-64-v4") ? 2
-                           : __builtin_cpu_supports("x86-64-v3") ? 1 : 0;
-#else
-        zm_la_isa_cached = 0;
-#endif
+        zm_la_isa_cached = zm_cpu_isa();
     }
     return zm_la_isa_cached;
 }
@@ -221,7 +208,7 @@ static int zm_la_isa(void)
 /* Run one task; work: zm_la_scratch(...) elements plus 64 bytes. */
 static void zm_la_task_f(const zm_la_args_f *a, float *work)
 {
-#if ZM_LA_MULTI
+#if ZM_ISA_BUILDS
     if (zm_la_isa_cached == 2) {
         zm_la_walk_f_v4(a, work);
         return;
@@ -236,7 +223,7 @@ static void zm_la_task_f(const zm_la_args_f *a, float *work)
 
 static void zm_la_task_d(const zm_la_args_d *a, double *work)
 {
-#if ZM_LA_MULTI
+#if ZM_ISA_BUILDS
     if (zm_la_isa_cached == 2) {
         zm_la_walk_d_v4(a, work);
         return;

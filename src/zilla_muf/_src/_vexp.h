@@ -20,7 +20,7 @@
 /* Largest element, ignoring NaN (-inf for n == 0): a select that keeps m
  * on NaN is maxps. */
 #define ZM_DEFINE_MAX(name, T)                                              \
-ZM_CLONES_WIDE                                                              \
+ZM_CLONES                                                                   \
 static T name(const T *x, ptrdiff_t n)                                      \
 {                                                                           \
     T m[ZM_RLANES];                                                         \
@@ -44,7 +44,7 @@ static T name(const T *x, ptrdiff_t n)                                      \
  * its lanes fill AVX-512 registers. The clamp bounds are hidden from the
  * optimiser (see zm_expf_in). */
 #define ZM_DEFINE_EXPSUM(name, T, EXP_IN, LO, HI)                           \
-ZM_CLONES_WIDE                                                              \
+ZM_CLONES                                                                   \
 static double name(const T *x, T *e, ptrdiff_t n, T m)                      \
 {                                                                           \
     double s[ZM_RLANES];                                                    \
@@ -82,7 +82,7 @@ static double name(const T *x, ptrdiff_t n, T m)                            \
 
 /* e[i] *= c, i < n. */
 #define ZM_DEFINE_SCALE(name, T)                                            \
-ZM_CLONES_WIDE                                                              \
+ZM_CLONES                                                                   \
 static void name(T *e, ptrdiff_t n, T c)                                    \
 {                                                                           \
     for (ptrdiff_t i = 0; i < n; i++)                                       \

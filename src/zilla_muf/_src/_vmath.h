@@ -32,36 +32,52 @@
 #define ZM_INLINE static inline
 #endif
 
-/* Loops marked ZM_CLONES are compiled twice on x86-64 Linux with gcc: for the baseline
- * (SSE2) and for x86-64-v3 (AVX2 + FMA; gcc < 12: AVX2), picked at load time
- * by the CPU's features (an ifunc, as NumPy dispatches its own loops; ifuncs
- * need glibc). Elsewhere, the baseline only. ("arch=haswell" would not do:
- * its resolver asks for that CPU model, so an AMD CPU got the baseline.) */
+/* ZM_ISA_BUILDS is 1 where a kernel may carry its own builds for several
+ * instruction sets, picked at run time by zm_cpu_isa (x86-64 Linux with
+ * gcc >= 12, vector extensions on: not with ZM_SCALAR). */
+#if !defined(ZM_SCALAR) && defined(__GNUC__) && !defined(__clang__) \
+    && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
+#define ZM_ISA_BUILDS 1
+#else
+#define ZM_ISA_BUILDS 0
+#endif
+
+/* The widest build this CPU runs: 2 x86-64-v4 (AVX-512), 1 x86-64-v3
+ * (AVX2 + FMA), 0 the baseline (always 0 without ZM_ISA_BUILDS). */
+static inline int zm_cpu_isa(void)
+{
+#if ZM_ISA_BUILDS
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("x86-64-v4") ? 2
+           : __builtin_cpu_supports("x86-64-v3") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
+/* Loops marked ZM_CLONES are compiled three times on x86-64 Linux with gcc
+ * >= 12 (and glibc): for the baseline (SSE2), for x86-64-v3 (AVX2 + FMA)
+ * and for x86-64-v4 (AVX-512), picked at load time by the CPU's features
+ * (an ifunc, as NumPy dispatches its own loops). With older gcc, the
+ * baseline and AVX2; elsewhere, the baseline only. ("arch=haswell" would
+ * not do: its resolver asks for that CPU model, so an AMD CPU got the
+ * baseline.) The builds may differ in the last bit (fused multiply-adds
+ * or not), but the one to run is picked once per process, so every thread
+ * and every call runs the same one. ZM_CLONES_AVX2 leaves out the AVX-512
+ * build, for code that has an AVX-512 build of its own (wider vectors:
+ * the SSD's chunk kernels). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
     && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
-#define ZM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define ZM_CLONES __attribute__((target_clones("arch=x86-64-v4", \
+                                               "arch=x86-64-v3", "default")))
+#define ZM_CLONES_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
     && defined(__linux__) && defined(__GLIBC__)
 #define ZM_CLONES __attribute__((target_clones("avx2", "default")))
+#define ZM_CLONES_AVX2 ZM_CLONES
 #else
 #define ZM_CLONES
-#endif
-
-/* ZM_CLONES_WIDE adds an x86-64-v4 (AVX-512) build, taken on CPUs that have
- * it, to the loops bound by arithmetic rather than memory (the exp loops of
- * the softmax family: NumPy dispatches its own exp to AVX-512). The builds
- * may differ in the last bit (fused multiply-adds or not), but the one to
- * run is picked once per process, so every thread and every call runs the
- * same one. With ZM_SCALAR (the scalar-kernels build option), a single
- * portable build; elsewhere ZM_CLONES. */
-#if defined(ZM_SCALAR)
-#define ZM_CLONES_WIDE
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
-    && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
-#define ZM_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", \
-                                                    "arch=x86-64-v3", "default")))
-#else
-#define ZM_CLONES_WIDE ZM_CLONES
+#define ZM_CLONES_AVX2
 #endif
 
 ZM_INLINE float zm_pow2f(int32_t n)
