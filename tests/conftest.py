@@ -128,6 +128,24 @@ def rng():
     return np.random.default_rng(20261122)
 
 
+def _ssd_builds():
+    from zilla_muf import _ssd
+
+    names = ["avx2", "avx512"]
+    return names[:names.index(_ssd.kernel_build()) + 1]
+
+
+# every build of the SSD's chunk kernels this CPU runs (AVX-512 CPUs: both),
+# for a whole module at a time (module scope: hypothesis tests may use it)
+@pytest.fixture(scope="module", params=_ssd_builds())
+def ssd_build(request):
+    from zilla_muf import _ssd
+
+    _ssd.set_kernel_build(request.param)
+    yield request.param
+    _ssd.set_kernel_build(None)
+
+
 def load_bench_module(name):
     """Import bench/<name>.py (a loader of reference listings) as a module."""
     path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", f"{name}.py")

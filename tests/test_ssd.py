@@ -30,6 +30,9 @@ from zilla_muf import (
 
 from conftest import REAL_DTYPES, assert_close
 
+# every test of this module runs on each build of the chunk kernels
+pytestmark = pytest.mark.usefixtures("ssd_build")
+
 # ---------------------------------------------------------------------------
 # The independent oracle: one position, one head at a time, in float64.
 # ---------------------------------------------------------------------------
@@ -844,3 +847,25 @@ def test_exp_over_the_whole_range(dtype):
     # y_1 = exp(A) * y_0 + 1 with y_0 = 1
     expect = np.exp(A.astype(np.float64)) + 1.0
     np.testing.assert_allclose(y[0, 1, :, 0], expect, rtol=5 * np.finfo(dtype).eps)
+
+
+def test_kernel_builds_set_the_padding_and_refuse_unknown_names(ssd_build):
+    """The kept states' padded head dimension is the running build's vector
+    width (8 or 16 floats, 4 or 8 doubles); unknown or unrunnable builds are
+    refused."""
+    from zilla_muf import _ssd, _ssd_backward
+
+    assert _ssd.kernel_build() == ssd_build
+    single, double = (16, 8) if ssd_build == "avx512" else (8, 4)
+    assert _ssd_backward.padded(50, True) == -(-50 // single) * single
+    assert _ssd_backward.padded(50, False) == -(-50 // double) * double
+    with pytest.raises(ValueError, match="name must be one of"):
+        _ssd.set_kernel_build("sse9")
+    best = _ssd.set_kernel_build(None)
+    try:
+        if best == "avx2":
+            with pytest.raises(ValueError, match="cannot run"):
+                _ssd.set_kernel_build("avx512")
+    finally:
+        _ssd.set_kernel_build(ssd_build)
+    assert _ssd.kernel_build() == ssd_build

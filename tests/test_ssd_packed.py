@@ -18,6 +18,9 @@ from zilla_muf import (
     ssd_sequential,
 )
 
+# every test of this module runs on each build of the chunk kernels
+pytestmark = pytest.mark.usefixtures("ssd_build")
+
 PACKED_FUNCS = [ssd_chunk_scan_combined, ssd_sequential]
 
 

@@ -16,6 +16,9 @@ from zilla_muf import vjp
 
 from _gradcheck import assert_grads_close, fd_grads, random_cotangent
 
+# every test of this module runs on each build of the chunk kernels
+pytestmark = pytest.mark.usefixtures("ssd_build")
+
 torch = pytest.importorskip("torch")
 
 NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]

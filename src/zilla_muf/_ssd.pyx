@@ -66,8 +66,9 @@ from zilla_muf._vmath cimport vdecay, vexp, vsilu, zm_softplusf
 # ---------------------------------------------------------------------------
 
 cdef extern from "_ssdchunk.h" nogil:
-    int ZM_VWF
-    int ZM_VWD
+    int zm_cpu_isa()
+    int zm_ssd_wide
+    Py_ssize_t zm_ssd_vw(Py_ssize_t itemsize)
     Py_ssize_t zm_ssd_scratch(Py_ssize_t cm, Py_ssize_t P, Py_ssize_t N,
                               Py_ssize_t vw, Py_ssize_t itemsize)
     ctypedef struct zm_ssd_walk_args_f:
@@ -184,10 +185,36 @@ cdef inline Py_ssize_t imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 
 cdef inline Py_ssize_t vector_width(real_t *dummy) noexcept nogil:
-    if real_t is float:
-        return ZM_VWF
-    else:
-        return ZM_VWD
+    return zm_ssd_vw(sizeof(real_t))
+
+
+_BUILDS = ("avx2", "avx512")
+
+
+def kernel_build():
+    """The build the chunk kernels run: 'avx512' (64-byte vectors) or 'avx2'
+    (the other one: 32-byte vectors, run as its AVX2 or its baseline clone;
+    scalars in a scalar-kernels build)."""
+    return _BUILDS[1 if zm_ssd_vw(4) == 16 else 0]
+
+
+def set_kernel_build(name):
+    """Run the SSD's chunk kernels, forward (this module) and backward
+    (_ssd_backward), in build `name` from now on (for the tests: both builds
+    against the same oracle; the kept states' layout follows the build).
+    None restores the CPU's choice. A build the CPU cannot run is refused
+    with ValueError. Returns the build set."""
+    from zilla_muf import _ssd_backward
+
+    global zm_ssd_wide
+    if name is not None and name not in _BUILDS:
+        raise ValueError(f"name must be one of {_BUILDS} or None, got {name!r}")
+    best = 1 if zm_cpu_isa() == 2 else 0
+    if name is not None and _BUILDS.index(name) > best:
+        raise ValueError(f"this CPU or build cannot run the {name!r} build")
+    zm_ssd_wide = -1 if name is None else _BUILDS.index(name)
+    _ssd_backward._set_wide(zm_ssd_wide)
+    return kernel_build()
 
 
 # Positions of a block of the fused walk (see combined).

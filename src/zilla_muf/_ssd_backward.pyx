@@ -71,8 +71,8 @@ from zilla_muf._types cimport real_t
 
 
 cdef extern from "_ssdbwd.h" nogil:
-    int ZM_VWF
-    int ZM_VWD
+    int zm_ssd_wide
+    Py_ssize_t zm_ssd_vw(Py_ssize_t itemsize)
     Py_ssize_t zm_ssd_scratch(Py_ssize_t cm, Py_ssize_t P, Py_ssize_t N,
                               Py_ssize_t vw, Py_ssize_t itemsize)
     Py_ssize_t zm_ssdb_scratch(Py_ssize_t cm, Py_ssize_t P, Py_ssize_t N,
@@ -150,16 +150,20 @@ cdef inline bint shape5(const real_t[:, :, :, :, ::1] a, Py_ssize_t n0,
 
 
 cdef inline Py_ssize_t vector_width(real_t *dummy) noexcept nogil:
-    if real_t is float:
-        return ZM_VWF
-    else:
-        return ZM_VWD
+    return zm_ssd_vw(sizeof(real_t))
+
+
+def _set_wide(int flag):
+    """The build switch of this module's kernels (_ssd.set_kernel_build
+    sets it with the forward's)."""
+    global zm_ssd_wide
+    zm_ssd_wide = flag
 
 
 def padded(Py_ssize_t n, bint single):
     """n rounded up to the kernels' vector width (float32 when `single`):
     the last axis (headdim) of the kept states and adjoints."""
-    return rnd(n, ZM_VWF if single else ZM_VWD)
+    return rnd(n, zm_ssd_vw(4 if single else 8))
 
 
 cdef void common(zm_ssdb_problem *pr, const real_t[:, :, :, ::1] x,

@@ -5,8 +5,8 @@
  * gradients inside the chunks. The math and the plan of the passes are in
  * _ssd_backward.pyx's Design.
  *
- * The body (_ssdbwd_impl.h) is written once and included twice, with
- * T = float and T = double, as _ssdchunk_impl.h is.
+ * The body (_ssdbwd_impl.h) is written once and included once per element
+ * type and build, as _ssdchunk_impl.h is.
  */
 #ifndef ZM_SSDBWD_H
 #define ZM_SSDBWD_H
@@ -77,10 +77,17 @@ ZM_INLINE double zm_ssdb_softplus_d(double v)
     return (v > 0 ? v : 0) + log1p(exp(-fabs(v)));
 }
 
+/* The builds, as _ssdchunk.h's (_512 and _256). */
+#if ZM_ISA_BUILDS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#define ZM_SSD_ATTR
 #define T float
-#define V zm_vf
-#define VW ZM_VWF
-#define S(name) name##_f
+#define V zm_wf
+#define VW ZM_WWF
+#define S(name) name##_f_512
+#define ST(name) name##_f
+#define SV(name) name##_wf
 #define ZM_EXP zm_expf
 #define ZM_DECAY_EXP zm_decay_expf
 #include "_ssdbwd_impl.h"
@@ -88,13 +95,16 @@ ZM_INLINE double zm_ssdb_softplus_d(double v)
 #undef V
 #undef VW
 #undef S
+#undef ST
+#undef SV
 #undef ZM_EXP
 #undef ZM_DECAY_EXP
-
 #define T double
-#define V zm_vd
-#define VW ZM_VWD
-#define S(name) name##_d
+#define V zm_wd
+#define VW ZM_WWD
+#define S(name) name##_d_512
+#define ST(name) name##_d
+#define SV(name) name##_wd
 #define ZM_EXP zm_exp
 #define ZM_DECAY_EXP zm_decay_exp
 #include "_ssdbwd_impl.h"
@@ -102,7 +112,67 @@ ZM_INLINE double zm_ssdb_softplus_d(double v)
 #undef V
 #undef VW
 #undef S
+#undef ST
+#undef SV
 #undef ZM_EXP
 #undef ZM_DECAY_EXP
+#undef ZM_SSD_ATTR
+#pragma GCC pop_options
+#endif
+
+#define ZM_SSD_ATTR ZM_SSD_ATTR_256
+#define T float
+#define V zm_vf
+#define VW ZM_VWF
+#define S(name) name##_f_256
+#define ST(name) name##_f
+#define SV(name) name##_f
+#define ZM_EXP zm_expf
+#define ZM_DECAY_EXP zm_decay_expf
+#include "_ssdbwd_impl.h"
+#undef T
+#undef V
+#undef VW
+#undef S
+#undef ST
+#undef SV
+#undef ZM_EXP
+#undef ZM_DECAY_EXP
+
+#define T double
+#define V zm_vd
+#define VW ZM_VWD
+#define S(name) name##_d_256
+#define ST(name) name##_d
+#define SV(name) name##_d
+#define ZM_EXP zm_exp
+#define ZM_DECAY_EXP zm_decay_exp
+#include "_ssdbwd_impl.h"
+#undef T
+#undef V
+#undef VW
+#undef S
+#undef ST
+#undef SV
+#undef ZM_EXP
+#undef ZM_DECAY_EXP
+#undef ZM_SSD_ATTR
+
+/* The entry points: the picked build's (zm_ssd_pick). */
+#define ZM_SSDB_DEFINE_ENTRY(name, sfx, T)                                  \
+static void name##_##sfx(const zm_ssdb_problem *pr, ptrdiff_t task,         \
+                         T *work)                                           \
+{                                                                           \
+    ZM_SSD_RUN(name, sfx, (pr, task, work));                                \
+}
+ZM_SSDB_DEFINE_ENTRY(zm_ssdb_cb_task, f, float)
+ZM_SSDB_DEFINE_ENTRY(zm_ssdb_cb_task, d, double)
+ZM_SSDB_DEFINE_ENTRY(zm_ssdb_fwd_task, f, float)
+ZM_SSDB_DEFINE_ENTRY(zm_ssdb_fwd_task, d, double)
+ZM_SSDB_DEFINE_ENTRY(zm_ssdb_adj_task, f, float)
+ZM_SSDB_DEFINE_ENTRY(zm_ssdb_adj_task, d, double)
+ZM_SSDB_DEFINE_ENTRY(zm_ssdb_grad_task, f, float)
+ZM_SSDB_DEFINE_ENTRY(zm_ssdb_grad_task, d, double)
+#undef ZM_SSDB_DEFINE_ENTRY
 
 #endif

@@ -1,6 +1,7 @@
 /*
- * Body of _ssdbwd.h, included once per element type with T, V, VW, S(name),
- * ZM_EXP and ZM_DECAY_EXP defined. No include guard: that is the point.
+ * Body of _ssdbwd.h, included once per element type and build with T, V,
+ * VW, S(name), ST(name), SV(name), ZM_SSD_ATTR, ZM_EXP and ZM_DECAY_EXP defined (as
+ * for _ssdchunk_impl.h). No include guard: that is the point.
  *
  * Layouts: a chunk of one head is m <= cm rows; scratch rows are padded to
  * Pp = P, Np = N or mp = cm rounded up to VW elements, with zeros in the
@@ -17,10 +18,10 @@ ZM_INLINE T S(zm_ssdb_dot)(const T *a, const T *b, ptrdiff_t n)
     T tail = 0;
     ptrdiff_t k;
     for (k = 0; k + VW <= n; k += VW)
-        acc += S(zm_vld)(a + k) * S(zm_vld)(b + k);
+        acc += SV(zm_vld)(a + k) * SV(zm_vld)(b + k);
     for (; k < n; k++)
         tail += a[k] * b[k];
-    return S(zm_hsum)(acc) + tail;
+    return SV(zm_hsum)(acc) + tail;
 }
 
 /* Prefetching of up to three arrays' rows of the next unit of work (rows
@@ -182,12 +183,12 @@ ZM_INLINE void S(zm_ssdb_finish2)(T *Y0, T *Y, const T *X, const T *Z,
             T *restrict yr = Y + l * ld;
             const T *restrict zr = Z + l * ld;
             for (p = 0; p < P; p++)
-                yr[p] = y0r[p] * S(zm_silu1)(zr[p]);
+                yr[p] = y0r[p] * ST(zm_silu1)(zr[p]);
         }
     }
 }
 
-ZM_CLONES
+ZM_SSD_ATTR
 static void S(zm_ssdb_forward)(const S(zm_ssdb_fwd_args) *a, T *work)
 {
     const ptrdiff_t L = a->L, P = a->P, N = a->N, csz = a->csz;
@@ -293,15 +294,15 @@ ZM_INLINE void S(zm_ssdb_gate_rows)(T *restrict dy, T *gz,
         T *restrict d = dy + l * ld, *gzr = gz + l * ld;
         for (p = 0; p < P; p++) {
             T v = zr[p];
-            T sg = S(zm_sig)(v);
+            T sg = ST(zm_sig)(v);
             T gv = g[p];
-            gzr[p] = gv * yr[p] * S(zm_dsilu_sig)(v, sg);
-            d[p] = gv * S(zm_silu_sig)(v, sg);
+            gzr[p] = gv * yr[p] * ST(zm_dsilu_sig)(v, sg);
+            d[p] = gv * ST(zm_silu_sig)(v, sg);
         }
     }
 }
 
-ZM_CLONES
+ZM_SSD_ATTR
 static void S(zm_ssdb_adjoint)(const S(zm_ssdb_adj_args) *a, T *work)
 {
     const ptrdiff_t L = a->L, P = a->P, N = a->N, csz = a->csz;
@@ -447,7 +448,7 @@ ZM_INLINE T S(zm_ssdb_dstep)(T g, T v, int softplus, T lo, T hi)
     if (softplus) {
         const T e = ZM_EXP(v < 0 ? v : -v);
         const T r = (T) 1 / ((T) 1 + e);
-        sp = S(zm_ssdb_softplus)(v);
+        sp = ST(zm_ssdb_softplus)(v);
         ds = v >= 0 ? r : e * r;
     }
     g *= (T) (sp >= lo && sp <= hi);
@@ -501,10 +502,10 @@ ZM_INLINE void S(zm_ssdb_dm)(T *restrict dM, T *restrict dCB,
         V acc = {0};
         T tail = 0;
         for (j = 0; j + VW <= i + 1; j += VW) {
-            V v = S(zm_vld)(dMi + j) * S(zm_vld)(Ei + j);
-            V wv = v * S(zm_vld)(cbi + j);
-            S(zm_vst)(dCBi + j, S(zm_vld)(dCBi + j) + v);
-            S(zm_vst)(col + j, S(zm_vld)(col + j) + wv);
+            V v = SV(zm_vld)(dMi + j) * SV(zm_vld)(Ei + j);
+            V wv = v * SV(zm_vld)(cbi + j);
+            SV(zm_vst)(dCBi + j, SV(zm_vld)(dCBi + j) + v);
+            SV(zm_vst)(col + j, SV(zm_vld)(col + j) + wv);
             acc += wv;
         }
         for (; j <= i; j++) {
@@ -514,7 +515,7 @@ ZM_INLINE void S(zm_ssdb_dm)(T *restrict dM, T *restrict dCB,
             col[j] += wv;
             tail += wv;
         }
-        dc[i] = S(zm_hsum)(acc) + tail;
+        dc[i] = SV(zm_hsum)(acc) + tail;
     }
     for (i = 0; i < ms; i++)
         dc[i] -= col[i];
@@ -605,7 +606,7 @@ ZM_INLINE void S(zm_ssdb_scatter_t)(T *restrict G, T *restrict acc,
     }
 }
 
-ZM_CLONES
+ZM_SSD_ATTR
 static void S(zm_ssdb_grads)(const S(zm_ssdb_grad_args) *a, T *work)
 {
     const ptrdiff_t P = a->P, N = a->N, m = a->m, ldx = a->ldx;

@@ -1,8 +1,13 @@
 /*
- * Body of _ssdchunk.h, included once per element type with T (element),
- * V (vector of VW elements), S(name) (name with the type's suffix), ZM_EXP
- * (exp of T) and ZM_DECAY_EXP (the decays' exp of T, flushed: _vmath.h)
- * defined. No include guard: that is the point.
+ * Body of _ssdchunk.h, included once per element type and build with T
+ * (element), V (vector of VW elements), S(name) (name with the type's and
+ * the build's suffix), ST(name) (with the type's: the element functions
+ * of _vmath.h), SV(name) (the vector helpers of V: _vlanes.h),
+ * ZM_SSD_TYPES (1 in the first build of T, which defines the task
+ * arguments, named with the type's suffix only), ZM_SSD_ATTR (the build's
+ * attribute on the loops), ZM_EXP (exp of T) and ZM_DECAY_EXP (the decays'
+ * exp of T, flushed: _vmath.h) defined. No include guard: that is the
+ * point.
  */
 
 /* ------------------------------------------------------------------------
@@ -36,8 +41,8 @@ ZM_INLINE void S(zm_tile_seg)(const int MR, const int NV,
     ptrdiff_t l;
     int r;
     for (l = 0; l < k; l++) {
-        V b0 = S(zm_vld)(B + l * ldb);
-        V b1 = NV > 1 ? S(zm_vld)(B + l * ldb + VW) : zero;
+        V b0 = SV(zm_vld)(B + l * ldb);
+        V b1 = NV > 1 ? SV(zm_vld)(B + l * ldb + VW) : zero;
         ZM_UNROLL
         for (r = 0; r < MR; r++) {
             T a = A[r * ra + l * ka];
@@ -64,11 +69,11 @@ ZM_INLINE void S(zm_tile_run)(const int MR, const int NV,
             if (!t->use_c) {
                 acc[r][v] = zero;
             } else if (full) {
-                acc[r][v] = t->beta * S(zm_vld)(t->C + r * t->ldc + v * VW);
+                acc[r][v] = t->beta * SV(zm_vld)(t->C + r * t->ldc + v * VW);
             } else {
                 for (c = 0; c < NV * VW; c++)
                     part[c] = c < t->ncols ? t->C[r * t->ldc + c] : 0;
-                acc[r][v] = t->beta * S(zm_vld)(part + v * VW);
+                acc[r][v] = t->beta * SV(zm_vld)(part + v * VW);
             }
         }
     }
@@ -87,10 +92,10 @@ ZM_INLINE void S(zm_tile_run)(const int MR, const int NV,
         if (full) {
             ZM_UNROLL
             for (v = 0; v < NV; v++)
-                S(zm_vst)(t->C + r * t->ldc + v * VW, acc[r][v]);
+                SV(zm_vst)(t->C + r * t->ldc + v * VW, acc[r][v]);
         } else {
             for (v = 0; v < NV; v++)
-                S(zm_vst)(part + v * VW, acc[r][v]);
+                SV(zm_vst)(part + v * VW, acc[r][v]);
             for (c = 0; c < t->ncols; c++)
                 t->C[r * t->ldc + c] = part[c];
         }
@@ -98,7 +103,7 @@ ZM_INLINE void S(zm_tile_run)(const int MR, const int NV,
 }
 
 #define ZM_TILE_FN(MR, NV)                                                  \
-ZM_CLONES static void S(zm_tile_##MR##_##NV)(const S(zm_tile_args) *t)     \
+ZM_SSD_ATTR static void S(zm_tile_##MR##_##NV)(const S(zm_tile_args) *t)     \
 {                                                                           \
     S(zm_tile_run)(MR, NV, t);                                              \
 }
@@ -482,7 +487,7 @@ ZM_INLINE void S(zm_ssd_finish)(T *Y, const T *X, const T *Z, ptrdiff_t ld,
         if (Z != NULL) {
             const T *restrict zr = Z + l * ld;
             for (p = 0; p < P; p++)
-                yr[p] *= S(zm_silu1)(zr[p]);
+                yr[p] *= ST(zm_silu1)(zr[p]);
         }
     }
 }
@@ -499,6 +504,7 @@ ZM_INLINE void S(zm_ssd_finish)(T *Y, const T *X, const T *Z, ptrdiff_t ld,
  * at every chunk and at every sequence start (see process_dt).
  *
  * Scratch `work`: zm_ssd_scratch(min(csz, L), P, N, VW, sizeof(T)). */
+#if ZM_SSD_TYPES
 typedef struct {
     const T *x;            /* (L, P) of this head, row stride ldx */
     T *y;                  /* (L, P), row stride ldx */
@@ -519,10 +525,11 @@ typedef struct {
     ptrdiff_t ldx, ldb, L, P, N, csz;
     ptrdiff_t c0, c1;      /* the chunks of this call, c0 <= c < c1: a row */
     ptrdiff_t k;           /* is walked in blocks of chunks, the state kept */
-} S(zm_ssd_walk_args);     /* in `last` and the sequence count in k between */
+} ZM_SSD_WALK_ARGS;        /* in `last` and the sequence count in k between */
+#endif
 
-ZM_CLONES
-static void S(zm_ssd_walk)(S(zm_ssd_walk_args) *a, T *work)
+ZM_SSD_ATTR
+static void S(zm_ssd_walk)(ZM_SSD_WALK_ARGS *a, T *work)
 {
     const ptrdiff_t L = a->L, P = a->P, N = a->N, csz = a->csz;
     const ptrdiff_t ldx = a->ldx, ldb = a->ldb;
@@ -590,7 +597,7 @@ static void S(zm_ssd_walk)(S(zm_ssd_walk_args) *a, T *work)
  * entering the chunk, `state_in` (P, N), the others' from zero (chunk
  * scan); otherwise the end state of the chunk's last sequence from zero
  * into `state_out` (chunk state). */
-ZM_CLONES
+ZM_SSD_ATTR
 static void S(zm_ssd_stage)(const T *x, T *y, const T *B, const T *C,
                             const T *dt, const T *cs, const long long *sq,
                             const T *state_in, T *state_out,
@@ -639,7 +646,7 @@ static void S(zm_ssd_cb)(T *CB, ptrdiff_t ldcb, const T *Cc, const T *Bc,
  * is VW running sums over the vector columns, added in a fixed order, then
  * its scalar tail (the result does not depend on the thread count).
  * ------------------------------------------------------------------------ */
-ZM_CLONES
+ZM_SSD_ATTR
 static void S(zm_seq_step)(T *restrict St, const T *restrict x,
                            const T *restrict Bt, const T *restrict Ct, T a,
                            T d, ptrdiff_t P, ptrdiff_t N, T *restrict y)
@@ -659,11 +666,11 @@ static void S(zm_seq_step)(T *restrict St, const T *restrict x,
             tail[k] = 0;
         }
         for (n = 0; n < nv; n += VW) {
-            const V b = S(zm_vld)(Bt + n), c = S(zm_vld)(Ct + n);
+            const V b = SV(zm_vld)(Bt + n), c = SV(zm_vld)(Ct + n);
             ZM_UNROLL
             for (k = 0; k < 4; k++) {
-                V s = a * S(zm_vld)(r[k] + n) + u[k] * b;
-                S(zm_vst)(r[k] + n, s);
+                V s = a * SV(zm_vld)(r[k] + n) + u[k] * b;
+                SV(zm_vst)(r[k] + n, s);
                 acc[k] += s * c;
             }
         }
@@ -674,7 +681,7 @@ static void S(zm_seq_step)(T *restrict St, const T *restrict x,
                 tail[k] += s * Ct[n];
             }
         for (k = 0; k < 4; k++)
-            y[p + k] = S(zm_hsum)(acc[k]) + tail[k];
+            y[p + k] = SV(zm_hsum)(acc[k]) + tail[k];
     }
     for (; p < P; p++) {
         T *restrict row = St + p * N;
@@ -682,16 +689,16 @@ static void S(zm_seq_step)(T *restrict St, const T *restrict x,
         V acc = zero;
         T tail = 0;
         for (n = 0; n < nv; n += VW) {
-            V s = a * S(zm_vld)(row + n) + u * S(zm_vld)(Bt + n);
-            S(zm_vst)(row + n, s);
-            acc += s * S(zm_vld)(Ct + n);
+            V s = a * SV(zm_vld)(row + n) + u * SV(zm_vld)(Bt + n);
+            SV(zm_vst)(row + n, s);
+            acc += s * SV(zm_vld)(Ct + n);
         }
         for (; n < N; n++) {
             T s = a * row[n] + u * Bt[n];
             row[n] = s;
             tail += s * Ct[n];
         }
-        y[p] = S(zm_hsum)(acc) + tail;
+        y[p] = SV(zm_hsum)(acc) + tail;
     }
 }
 
@@ -704,7 +711,7 @@ static void S(zm_seq_step)(T *restrict St, const T *restrict x,
  * arithmetic is zm_seq_step's, so a token's result does not depend on how
  * many tokens the call takes. D x and the gate follow in one vector pass
  * over the tokens' outputs. */
-ZM_CLONES
+ZM_SSD_ATTR
 static void S(zm_decode_head)(T *restrict St, ptrdiff_t P, ptrdiff_t N,
                               ptrdiff_t ntok, const T *x, ptrdiff_t ldx,
                               const T *Bt, const T *Ct, ptrdiff_t ldbc,

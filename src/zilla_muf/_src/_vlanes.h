@@ -58,4 +58,19 @@ ZM_INLINE T zm_hsum_##sfx(V v)                                              \
 ZM_DEFINE_VHELPERS(f, float, zm_vf, ZM_VWF)
 ZM_DEFINE_VHELPERS(d, double, zm_vd, ZM_VWD)
 
+/* With ZM_ISA_BUILDS, 64-byte vectors for the AVX-512 builds: zm_wf /
+ * zm_wd of ZM_WWF / ZM_WWD elements, helpers suffixed wf and wd, compiled
+ * for x86-64-v4 (they are only called from code built for it). */
+#if ZM_ISA_BUILDS
+#define ZM_WWF 16
+#define ZM_WWD 8
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+typedef float zm_wf __attribute__((vector_size(64)));
+typedef double zm_wd __attribute__((vector_size(64)));
+ZM_DEFINE_VHELPERS(wf, float, zm_wf, ZM_WWF)
+ZM_DEFINE_VHELPERS(wd, double, zm_wd, ZM_WWD)
+#pragma GCC pop_options
+#endif
+
 #endif
