@@ -808,7 +808,9 @@ def ssd_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, *, D=None, z=None,
     recurrence. Work per token and head is about
     :math:`2Q(\text{dstate} + \text{headdim}) + 4\,\text{headdim}\cdot\text{dstate}`
     multiply-adds, all in register-tiled matrix products that skip the
-    masked upper half of the intra-chunk one.
+    masked upper half of the intra-chunk one (on x86-64 CPUs with AVX-512,
+    a build of them on 64-byte vectors, picked once per process; results
+    may differ from the other build's in the last bits).
     Each (batch, head) pair is one parallel task that walks its chunks in
     order, so only one state per task is kept and no per-chunk states are
     stored: the working memory is O(workers * Q^2) plus, when several heads
