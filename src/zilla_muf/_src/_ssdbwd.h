@@ -78,85 +78,24 @@ ZM_INLINE double zm_ssdb_softplus_d(double v)
 }
 
 /* The builds, as _ssdchunk.h's (_512 and _256). */
+#define ZM_SSD_BODY "_ssdbwd_impl.h"
 #if ZM_ISA_BUILDS
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
+#define ZM_SSD_WIDE 1
 #define ZM_SSD_ATTR
-#define T float
-#define V zm_wf
-#define VW ZM_WWF
-#define S(name) name##_f_512
-#define ST(name) name##_f
-#define SV(name) name##_wf
-#define ZM_EXP zm_expf
-#define ZM_DECAY_EXP zm_decay_expf
-#include "_ssdbwd_impl.h"
-#undef T
-#undef V
-#undef VW
-#undef S
-#undef ST
-#undef SV
-#undef ZM_EXP
-#undef ZM_DECAY_EXP
-#define T double
-#define V zm_wd
-#define VW ZM_WWD
-#define S(name) name##_d_512
-#define ST(name) name##_d
-#define SV(name) name##_wd
-#define ZM_EXP zm_exp
-#define ZM_DECAY_EXP zm_decay_exp
-#include "_ssdbwd_impl.h"
-#undef T
-#undef V
-#undef VW
-#undef S
-#undef ST
-#undef SV
-#undef ZM_EXP
-#undef ZM_DECAY_EXP
+#include "_ssdinst.h"
+#undef ZM_SSD_WIDE
 #undef ZM_SSD_ATTR
 #pragma GCC pop_options
 #endif
 
+#define ZM_SSD_WIDE 0
 #define ZM_SSD_ATTR ZM_SSD_ATTR_256
-#define T float
-#define V zm_vf
-#define VW ZM_VWF
-#define S(name) name##_f_256
-#define ST(name) name##_f
-#define SV(name) name##_f
-#define ZM_EXP zm_expf
-#define ZM_DECAY_EXP zm_decay_expf
-#include "_ssdbwd_impl.h"
-#undef T
-#undef V
-#undef VW
-#undef S
-#undef ST
-#undef SV
-#undef ZM_EXP
-#undef ZM_DECAY_EXP
-
-#define T double
-#define V zm_vd
-#define VW ZM_VWD
-#define S(name) name##_d_256
-#define ST(name) name##_d
-#define SV(name) name##_d
-#define ZM_EXP zm_exp
-#define ZM_DECAY_EXP zm_decay_exp
-#include "_ssdbwd_impl.h"
-#undef T
-#undef V
-#undef VW
-#undef S
-#undef ST
-#undef SV
-#undef ZM_EXP
-#undef ZM_DECAY_EXP
+#include "_ssdinst.h"
+#undef ZM_SSD_WIDE
 #undef ZM_SSD_ATTR
+#undef ZM_SSD_BODY
 
 /* The entry points: the picked build's (zm_ssd_pick). */
 #define ZM_SSDB_DEFINE_ENTRY(name, sfx, T)                                  \

@@ -1,7 +1,8 @@
 /*
- * Body of _ssdbwd.h, included once per element type and build with T, V,
- * VW, S(name), ST(name), SV(name), ZM_SSD_ATTR, ZM_EXP and ZM_DECAY_EXP defined (as
- * for _ssdchunk_impl.h). No include guard: that is the point.
+ * Body of _ssdbwd.h, included (by _ssdinst.h) once per element type and
+ * build with T, V, VW, S(name), ST(name), SV(name), ZM_SSD_ATTR, ZM_EXP
+ * and ZM_DECAY_EXP defined (as for _ssdchunk_impl.h). No include guard:
+ * that is the point.
  *
  * Layouts: a chunk of one head is m <= cm rows; scratch rows are padded to
  * Pp = P, Np = N or mp = cm rounded up to VW elements, with zeros in the

@@ -59,49 +59,15 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
  * process (zm_ssd_pick); the vector width it works in, VW, sets the
  * padding of the layouts the callers allocate (zm_ssd_vw), so the kept
  * states of the backward follow the build too. */
+#define ZM_SSD_BODY "_ssdchunk_impl.h"
 #if ZM_ISA_BUILDS
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
+#define ZM_SSD_WIDE 1
 #define ZM_SSD_ATTR
 #define ZM_SSD_TYPES 1
-#define T float
-#define V zm_wf
-#define VW ZM_WWF
-#define S(name) name##_f_512
-#define ST(name) name##_f
-#define SV(name) name##_wf
-#define ZM_SSD_WALK_ARGS zm_ssd_walk_args_f
-#define ZM_EXP zm_expf
-#define ZM_DECAY_EXP zm_decay_expf
-#include "_ssdchunk_impl.h"
-#undef T
-#undef V
-#undef VW
-#undef S
-#undef ST
-#undef SV
-#undef ZM_SSD_WALK_ARGS
-#undef ZM_EXP
-#undef ZM_DECAY_EXP
-#define T double
-#define V zm_wd
-#define VW ZM_WWD
-#define S(name) name##_d_512
-#define ST(name) name##_d
-#define SV(name) name##_wd
-#define ZM_SSD_WALK_ARGS zm_ssd_walk_args_d
-#define ZM_EXP zm_exp
-#define ZM_DECAY_EXP zm_decay_exp
-#include "_ssdchunk_impl.h"
-#undef T
-#undef V
-#undef VW
-#undef S
-#undef ST
-#undef SV
-#undef ZM_SSD_WALK_ARGS
-#undef ZM_EXP
-#undef ZM_DECAY_EXP
+#include "_ssdinst.h"
+#undef ZM_SSD_WIDE
 #undef ZM_SSD_ATTR
 #undef ZM_SSD_TYPES
 #pragma GCC pop_options
@@ -110,50 +76,14 @@ static ptrdiff_t zm_ssd_scratch(ptrdiff_t cm, ptrdiff_t P, ptrdiff_t N,
 #define ZM_SSD_ATTR_256 ZM_CLONES
 #endif
 
+#define ZM_SSD_WIDE 0
 #define ZM_SSD_ATTR ZM_SSD_ATTR_256
 #define ZM_SSD_TYPES (!ZM_ISA_BUILDS)
-
-#define T float
-#define V zm_vf
-#define VW ZM_VWF
-#define S(name) name##_f_256
-#define ST(name) name##_f
-#define SV(name) name##_f
-#define ZM_SSD_WALK_ARGS zm_ssd_walk_args_f
-#define ZM_EXP zm_expf
-#define ZM_DECAY_EXP zm_decay_expf
-#include "_ssdchunk_impl.h"
-#undef T
-#undef V
-#undef VW
-#undef S
-#undef ST
-#undef SV
-#undef ZM_SSD_WALK_ARGS
-#undef ZM_EXP
-#undef ZM_DECAY_EXP
-
-#define T double
-#define V zm_vd
-#define VW ZM_VWD
-#define S(name) name##_d_256
-#define ST(name) name##_d
-#define SV(name) name##_d
-#define ZM_SSD_WALK_ARGS zm_ssd_walk_args_d
-#define ZM_EXP zm_exp
-#define ZM_DECAY_EXP zm_decay_exp
-#include "_ssdchunk_impl.h"
-#undef T
-#undef V
-#undef VW
-#undef S
-#undef ST
-#undef SV
-#undef ZM_SSD_WALK_ARGS
-#undef ZM_EXP
-#undef ZM_DECAY_EXP
-#undef ZM_SSD_TYPES
+#include "_ssdinst.h"
+#undef ZM_SSD_WIDE
 #undef ZM_SSD_ATTR
+#undef ZM_SSD_TYPES
+#undef ZM_SSD_BODY
 
 /* 1 when the _512 build runs. -1 until the first zm_ssd_pick; a caller
  * may set 0 or 1 (1 only where zm_cpu_isa() == 2) before any kernel runs

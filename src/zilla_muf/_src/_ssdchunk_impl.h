@@ -1,13 +1,13 @@
 /*
- * Body of _ssdchunk.h, included once per element type and build with T
- * (element), V (vector of VW elements), S(name) (name with the type's and
- * the build's suffix), ST(name) (with the type's: the element functions
- * of _vmath.h), SV(name) (the vector helpers of V: _vlanes.h),
- * ZM_SSD_TYPES (1 in the first build of T, which defines the task
- * arguments, named with the type's suffix only), ZM_SSD_ATTR (the build's
- * attribute on the loops), ZM_EXP (exp of T) and ZM_DECAY_EXP (the decays'
- * exp of T, flushed: _vmath.h) defined. No include guard: that is the
- * point.
+ * Body of _ssdchunk.h, included (by _ssdinst.h) once per element type and
+ * build with T (element), V (vector of VW elements), S(name) (name with
+ * the type's and the build's suffix), ST(name) (with the type's: the
+ * element functions of _vmath.h), SV(name) (the vector helpers of V:
+ * _vlanes.h), ZM_SSD_TYPES (1 in the first build of T, which defines the
+ * task arguments, named with the type's suffix only), ZM_SSD_ATTR (the
+ * build's attribute on the loops), ZM_EXP (exp of T) and ZM_DECAY_EXP (the
+ * decays' exp of T, flushed: _vmath.h) defined. No include guard: that is
+ * the point.
  */
 
 /* ------------------------------------------------------------------------

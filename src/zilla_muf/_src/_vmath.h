@@ -70,7 +70,8 @@ static inline int zm_cpu_isa(void)
     && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
 #define ZM_CLONES __attribute__((target_clones("arch=x86-64-v4", \
                                                "arch=x86-64-v3", "default")))
-#define ZM_CLONES_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define ZM_CLONES_AVX2 __attribute__((target_clones("arch=x86-64-v3", \
+                                                    "default")))
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
     && defined(__linux__) && defined(__GLIBC__)
 #define ZM_CLONES __attribute__((target_clones("avx2", "default")))
