@@ -851,12 +851,18 @@ def test_exp_over_the_whole_range(dtype):
 
 def test_kernel_builds_set_the_padding_and_refuse_unknown_names(ssd_build):
     """The kept states' padded head dimension is the running build's vector
-    width (8 or 16 floats, 4 or 8 doubles); unknown or unrunnable builds are
+    width (16 floats or 8 doubles in the AVX-512 build, 8 or 4 in the other,
+    1 in a scalar-kernels build); unknown or unrunnable builds are
     refused."""
-    from zilla_muf import _ssd, _ssd_backward
+    from zilla_muf import _build_config, _ssd, _ssd_backward
 
     assert _ssd.kernel_build() == ssd_build
-    single, double = (16, 8) if ssd_build == "avx512" else (8, 4)
+    if ssd_build == "avx512":
+        single, double = 16, 8
+    elif _build_config.scalar_kernels:
+        single, double = 1, 1
+    else:
+        single, double = 8, 4
     assert _ssd_backward.padded(50, True) == -(-50 // single) * single
     assert _ssd_backward.padded(50, False) == -(-50 // double) * double
     with pytest.raises(ValueError, match="name must be one of"):
