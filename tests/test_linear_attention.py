@@ -407,6 +407,31 @@ def test_large_outputs_reuse_cached_memory(rng):
 
 
 @pytest.mark.parametrize("dtype, steps", [(np.float32, 8), (np.float64, 32)])
+@pytest.mark.parametrize("form", ["scalar", "channel"])
+def test_intra_chunk_decays_below_the_flush_threshold_are_zero(form, dtype, steps):
+    # The same threshold inside a chunk: only the first position has a value,
+    # so position t reads it through the score q_t . k_0 e^(-12 t), exactly
+    # until that decay passes the threshold, and not at all after.
+    thr = np.sqrt(np.finfo(dtype).tiny)
+    B, H, K, V = 1, 1, 3, 2
+    rng = np.random.default_rng(7)
+    q = rng.uniform(0.5, 1.0, (B, steps, H, K)).astype(dtype)
+    k = rng.uniform(0.5, 1.0, (B, steps, H, K)).astype(dtype)
+    v = np.zeros((B, steps, H, V), dtype)
+    v[0, 0, 0] = rng.uniform(1.0, 2.0, V)
+    shape = (B, steps, H, K) if form == "channel" else (B, steps, H)
+    g = np.full(shape, -12.0, dtype)
+    decay = np.exp(-12.0 * np.arange(steps))
+    kept = decay >= thr
+    assert kept.any() and not kept.all()
+    q64, k64 = q[0, :, 0].astype(np.float64), k[0, 0, 0].astype(np.float64)
+    want = K ** -0.5 * np.outer(decay * (q64 @ k64), v[0, 0, 0])
+    o = linear_attention(q, k, v, g, chunk_size=steps)[0, :, 0]
+    assert (o[~kept] == 0).all()
+    np.testing.assert_allclose(o[kept], want[kept], rtol=100 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype, steps", [(np.float32, 8), (np.float64, 32)])
 @pytest.mark.parametrize("form", ["scalar", "channel", "delta"])
 def test_decays_below_the_flush_threshold_are_zero(form, dtype, steps):
     # As the SSD does, the chunked forms set a decay below the square root

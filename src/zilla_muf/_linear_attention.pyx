@@ -6,17 +6,19 @@
 # inside the chunk. The exponent is a difference of cumulative gates that is
 # never positive for j <= i, so nothing overflows and nothing is divided by a
 # decay (the factored form q e^G times k e^-G would overflow for very
-# negative gates). Layout: q, k, G of shape (M, C, K) C-contiguous, one row
-# m per (head, chunk); the output (M, C, C) is allocated by the caller.
+# negative gates); the exponentials are the decay element of _vmath.h (0
+# below its threshold, as every chunked form's decays). Layout: q, k, G of
+# shape (M, C, K) C-contiguous, one row m per (head, chunk); the output
+# (M, C, C) is allocated by the caller.
 # `prange` over m, static schedule: every row costs the same.
 
 import numpy as np
 
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport exp, expf
 
 from zilla_muf._scratch cimport Scratch, scratch_t, scratch_block
 from zilla_muf._types cimport real_t
+from zilla_muf._vmath cimport vdecay
 
 
 cdef inline real_t _row_score(const real_t *qi, const real_t *gi, const real_t *kj,
@@ -24,10 +26,7 @@ cdef inline real_t _row_score(const real_t *qi, const real_t *gi, const real_t *
     cdef Py_ssize_t c
     cdef real_t acc = 0
     for c in range(K):
-        if real_t is float:
-            acc = acc + qi[c] * kj[c] * expf(gi[c] - gj[c])
-        else:
-            acc = acc + qi[c] * kj[c] * exp(gi[c] - gj[c])
+        acc = acc + qi[c] * kj[c] * vdecay(gi[c] - gj[c])
     return acc
 
 
